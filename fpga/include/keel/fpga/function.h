@@ -1,0 +1,68 @@
+// keel/fpga/function.h - one PCIe function of a card (the PF or a VF).
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+
+#include "keel/fpga/dma.h"
+#include "keel/result.h"
+
+namespace keel::fpga {
+
+/// One PCIe function: BAR0 registers, DMA memory in its own IOMMU domain, MSI-X vectors, FLR.
+///
+/// Threading: BAR reads and writes may be issued from any thread at once (they are single bus
+/// transactions). DMA mapping, interrupt waits and FLR are safe from any thread, but an
+/// interrupt vector should be waited on by one thread at a time.
+class Function {
+ public:
+  virtual ~Function() = default;
+
+  /// PCIe function number on the card: 0 for the PF, n + 1 for VF n.
+  virtual unsigned number() const noexcept = 0;
+  /// Size of BAR0 in bytes.
+  virtual std::uint64_t bar_size() const noexcept = 0;
+
+  /// BAR0 accesses. Offsets must be naturally aligned and inside bar_size(). A function that
+  /// is gone (surprise-removed) reads as all ones and drops writes, as on PCIe.
+  virtual std::uint32_t read32(std::uint64_t offset) noexcept = 0;
+  virtual std::uint64_t read64(std::uint64_t offset) noexcept = 0;
+  virtual void write32(std::uint64_t offset, std::uint32_t value) noexcept = 0;
+  virtual void write64(std::uint64_t offset, std::uint64_t value) noexcept = 0;
+
+  /// Allocates zeroed, page-aligned host memory of at least `bytes` and maps it into this
+  /// function's IOMMU domain at an IOVA the backend picks.
+  /// Errors: invalid_argument (bytes == 0), no_memory (host allocation or IOVA space exhausted),
+  /// gone (the function was removed).
+  virtual Result<DmaBuffer> alloc_dma(std::size_t bytes) = 0;
+
+  /// Maps caller-owned memory at a caller-chosen IOVA (the paravisor maps guest memory at
+  /// IOVA = GPA). `host`, `bytes` and `iova` must be page aligned. The caller keeps the memory
+  /// alive until unmap_dma().
+  /// Errors: invalid_argument (alignment, zero size), out_of_range (overlaps an existing
+  /// window), no_memory, gone.
+  virtual Status map_dma(void* host, std::size_t bytes, Iova iova) = 0;
+  /// Removes the window that starts at `iova`. Errors: not_found.
+  virtual Status unmap_dma(Iova iova) = 0;
+
+  /// MSI-X vectors this function has.
+  virtual unsigned num_vectors() const noexcept = 0;
+  /// Waits until `vector` fired at least once since the last wait, and returns how many times
+  /// it fired. On a lockstep card the wait advances the card's clock, so `timeout` is card
+  /// time. Errors: invalid_argument (no such vector), timeout, gone.
+  virtual Result<std::uint32_t> wait_interrupt(unsigned vector,
+                                               std::chrono::nanoseconds timeout) = 0;
+
+  /// Function-level reset; returns when the reset is complete. For a VF: outstanding commands
+  /// are aborted, its queues deleted, its controller reset, its resources kept. Errors:
+  /// invalid_argument (the PF cannot be reset this way), gone, timeout.
+  virtual Status flr() = 0;
+
+ protected:
+  Function() = default;
+  Function(const Function&) = delete;
+  Function& operator=(const Function&) = delete;
+};
+
+}  // namespace keel::fpga
