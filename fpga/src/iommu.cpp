@@ -131,12 +131,8 @@ bool Iommu::access(unsigned function, Iova iova, std::byte* host_side, std::size
     const std::size_t n = (bytes - done) < in_window ? (bytes - done) : in_window;
     std::byte* mem = it->second.host + off;
     switch (op) {
-      case Op::read:
-        std::memcpy(host_side + done, mem, n);
-        break;
-      case Op::write:
-        std::memcpy(mem, host_side + done, n);
-        break;
+      case Op::read: std::memcpy(host_side + done, mem, n); break;
+      case Op::write: std::memcpy(mem, host_side + done, n); break;
       case Op::write_release: {
         const std::size_t copy = done + n <= body ? n : (done < body ? body - done : 0);
         if (copy > 0) std::memcpy(mem, host_side + done, copy);
@@ -164,15 +160,15 @@ bool Iommu::dma_read(unsigned function, Iova iova, void* dst, std::size_t bytes)
 
 bool Iommu::dma_write(unsigned function, Iova iova, const void* src, std::size_t bytes) noexcept {
   // access() only reads through host_side for writes.
-  return access(function, iova, const_cast<std::byte*>(static_cast<const std::byte*>(src)),
-                bytes, Op::write);
+  return access(function, iova, const_cast<std::byte*>(static_cast<const std::byte*>(src)), bytes,
+                Op::write);
 }
 
 bool Iommu::dma_write_release_last32(unsigned function, Iova iova, const void* src,
                                      std::size_t bytes) noexcept {
   if (bytes < 4 || (iova + bytes) % 4 != 0) return false;
-  return access(function, iova, const_cast<std::byte*>(static_cast<const std::byte*>(src)),
-                bytes, Op::write_release);
+  return access(function, iova, const_cast<std::byte*>(static_cast<const std::byte*>(src)), bytes,
+                Op::write_release);
 }
 
 void Iommu::count_fault(unsigned function) noexcept {

@@ -22,8 +22,11 @@ Result<DmaBuffer> IommuFunction::alloc_dma(std::size_t bytes) {
     return make_error(Errc::no_memory, "DMA allocation of " + std::to_string(len) +
                                            " bytes failed: " + std::strerror(errno));
   }
-  // One guard page between allocations so an overrun by the device faults in the IOMMU.
-  const Iova iova = next_iova_.fetch_add(len + kPage, std::memory_order_relaxed);
+  // IOVAs are 64 KiB aligned (the largest NVMe page size keel supports) with at least one
+  // unmapped guard page after each buffer, so a device overrun faults in the IOMMU.
+  constexpr std::size_t kIovaAlign = 64 * 1024;
+  const std::size_t span = (len + kPage + kIovaAlign - 1) & ~(kIovaAlign - 1);
+  const Iova iova = next_iova_.fetch_add(span, std::memory_order_relaxed);
   if (Status st = iommu_.map(function_, iova, p, len); !st.ok()) {
     munmap(p, len);
     return st.error();

@@ -33,6 +33,18 @@ Result<std::unique_ptr<Card>> open_card(std::string_view spec, const CardOptions
 }
 
 std::vector<std::string> test_backends() {
+  // KEEL_TEST_BACKENDS=model,sim pins the list (ctest runs one backend per entry).
+  if (const char* pinned = std::getenv("KEEL_TEST_BACKENDS"); pinned != nullptr && *pinned) {
+    std::vector<std::string> out;
+    std::string_view rest(pinned);
+    while (!rest.empty()) {
+      const auto comma = rest.find(',');
+      if (comma != 0) out.emplace_back(rest.substr(0, comma));
+      if (comma == std::string_view::npos) break;
+      rest.remove_prefix(comma + 1);
+    }
+    return out;
+  }
   std::vector<std::string> out{"model"};
   if (const char* env = std::getenv("KEEL_CARD"); env != nullptr && *env != '\0') {
     const std::string board(env);

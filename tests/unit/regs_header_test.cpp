@@ -28,9 +28,8 @@ static_assert(noexcept(r::vfcfg::at(0, r::vfcfg::CTRL)));
 static_assert(r::MAGIC == 0x4B45454Cull);
 static_assert(r::pf::ID == 0);
 static_assert(r::pf::ID_RESET == r::MAGIC);
-static_assert(r::pf::VERSION_RESET ==
-              ((r::VERSION_MAJOR << r::pf::VERSION_MAJOR_SHIFT) |
-               (r::VERSION_MINOR << r::pf::VERSION_MINOR_SHIFT)));
+static_assert(r::pf::VERSION_RESET == ((r::VERSION_MAJOR << r::pf::VERSION_MAJOR_SHIFT) |
+                                       (r::VERSION_MINOR << r::pf::VERSION_MINOR_SHIFT)));
 static_assert(r::nvme::CAP == 0x00 && r::nvme::CAP_BITS == 64);
 static_assert(r::nvme::VS == 0x08 && r::nvme::VS_RESET == r::NVME_VS_1_4);
 static_assert(r::nvme::CAP_MQES_MASK == 0xFFFF);
@@ -49,8 +48,7 @@ TEST(RegsHeader, FieldGetExtractsField) {
   EXPECT_EQ(r::field_get(cap, r::nvme::CAP_TO_MASK, r::nvme::CAP_TO_SHIFT), 0x0Fu);
   EXPECT_EQ(r::field_get(cap, r::nvme::CAP_CSS_MASK, r::nvme::CAP_CSS_SHIFT), 1u);
   EXPECT_EQ(r::field_get(cap, r::nvme::CAP_MPSMAX_MASK, r::nvme::CAP_MPSMAX_SHIFT), 0xFu);
-  EXPECT_EQ(r::field_get(r::pf::ID_RESET, r::pf::ID_MAGIC_MASK, r::pf::ID_MAGIC_SHIFT),
-            r::MAGIC);
+  EXPECT_EQ(r::field_get(r::pf::ID_RESET, r::pf::ID_MAGIC_MASK, r::pf::ID_MAGIC_SHIFT), r::MAGIC);
 }
 
 TEST(RegsHeader, FieldSetReplacesOnlyTheField) {

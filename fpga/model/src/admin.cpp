@@ -44,8 +44,7 @@ Controller::Outcome Controller::admin(const Sqe& sqe, std::uint64_t now_ns) noex
       if (aers_.size() >= kAerLimit) return fail(sc::kAsyncEventLimitExceeded);
       aers_.push_back(sqe.cid);
       return {sc::kSuccess, 0, true};
-    default:
-      return fail(sc::kInvalidOpcode);
+    default: return fail(sc::kInvalidOpcode);
   }
 }
 
@@ -78,8 +77,7 @@ Controller::Outcome Controller::identify(const Sqe& sqe) noexcept {
       id->oncs = 1u << 3;  // Write Zeroes
       id->vwc = 0;
       id->sgls = 0;
-      std::snprintf(id->subnqn, sizeof id->subnqn, "nqn.2026-11.dev.keel:card:vf%u",
-                    p_.vf_index);
+      std::snprintf(id->subnqn, sizeof id->subnqn, "nqn.2026-11.dev.keel:card:vf%u", p_.vf_index);
       break;
     }
     case nvme::cns::kNamespace: {
@@ -103,8 +101,7 @@ Controller::Outcome Controller::identify(const Sqe& sqe) noexcept {
       }
       break;
     }
-    default:
-      return fail(sc::kInvalidField);
+    default: return fail(sc::kInvalidField);
   }
   return {transfer(sqe, scratch_.data(), 4096, true)};
 }
@@ -126,8 +123,9 @@ Controller::Outcome Controller::create_cq(const Sqe& sqe) noexcept {
   }
   if (ien && iv >= irq_.vectors()) return fail(sc::kInvalidInterruptVector);
   if (sqe.prp1 % page_bytes() != 0 || sqe.prp1 == 0) return fail(sc::kPrpOffsetInvalid);
-  cqs_[qid] = Cq{true, sqe.prp1, static_cast<std::uint16_t>(qsize), 0, true, ien,
-                 static_cast<std::uint16_t>(iv), 0, 0};
+  cqs_[qid] = Cq{true, sqe.prp1, static_cast<std::uint16_t>(qsize), 0,
+                 true, ien,      static_cast<std::uint16_t>(iv),    0,
+                 0};
   doorbells_[2 * qid + 1].store(0, std::memory_order_relaxed);
   return {};
 }
@@ -148,8 +146,8 @@ Controller::Outcome Controller::create_sq(const Sqe& sqe) noexcept {
     return fail(sc::kInvalidField);
   }
   if (sqe.prp1 % page_bytes() != 0 || sqe.prp1 == 0) return fail(sc::kPrpOffsetInvalid);
-  sqs_[qid] = Sq{true, sqe.prp1, static_cast<std::uint16_t>(qsize), 0,
-                 static_cast<std::uint16_t>(cqid)};
+  sqs_[qid] =
+      Sq{true, sqe.prp1, static_cast<std::uint16_t>(qsize), 0, static_cast<std::uint16_t>(cqid)};
   ++cqs_[cqid].sq_refs;
   doorbells_[2 * qid].store(0, std::memory_order_relaxed);
   return {};
@@ -238,8 +236,7 @@ Controller::Outcome Controller::get_log_page(const Sqe& sqe) noexcept {
       log_bytes = sizeof(nvme_firmware_slot);
       break;
     }
-    default:
-      return fail(sc::kInvalidLogPage);
+    default: return fail(sc::kInvalidLogPage);
   }
   if (offset % 4 != 0 || offset >= log_bytes) return fail(sc::kInvalidField);
   const std::uint64_t mdts_bytes = (1ull << p_.mdts) * 4096;

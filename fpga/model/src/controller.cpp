@@ -33,7 +33,7 @@ std::uint64_t Controller::cap() const noexcept {
   std::uint64_t v = 0;
   v = regs::field_set(v, nv::CAP_MQES_MASK, nv::CAP_MQES_SHIFT, p_.mqes);
   v = regs::field_set(v, nv::CAP_CQR_MASK, nv::CAP_CQR_SHIFT, 1);
-  v = regs::field_set(v, nv::CAP_TO_MASK, nv::CAP_TO_SHIFT, 2);  // 1 s
+  v = regs::field_set(v, nv::CAP_TO_MASK, nv::CAP_TO_SHIFT, 2);    // 1 s
   v = regs::field_set(v, nv::CAP_CSS_MASK, nv::CAP_CSS_SHIFT, 1);  // NVM command set
   v = regs::field_set(v, nv::CAP_MPSMIN_MASK, nv::CAP_MPSMIN_SHIFT, 0);
   v = regs::field_set(v, nv::CAP_MPSMAX_MASK, nv::CAP_MPSMAX_SHIFT, 4);
@@ -72,8 +72,7 @@ std::uint64_t Controller::read64(std::uint64_t offset) const noexcept {
     case nv::CAP: return cap();
     case nv::ASQ: return asq_.load(std::memory_order_relaxed);
     case nv::ACQ: return acq_.load(std::memory_order_relaxed);
-    default:
-      return read32(offset) | (static_cast<std::uint64_t>(read32(offset + 4)) << 32);
+    default: return read32(offset) | (static_cast<std::uint64_t>(read32(offset + 4)) << 32);
   }
 }
 
@@ -90,14 +89,17 @@ void Controller::write32(std::uint64_t offset, std::uint32_t value) noexcept {
     r.store((r.load(std::memory_order_relaxed) & ~0xFFFFFFFFull) | v, std::memory_order_relaxed);
   };
   auto set_hi = [](std::atomic<std::uint64_t>& r, std::uint32_t v) {
-    r.store((r.load(std::memory_order_relaxed) & 0xFFFFFFFFull) |
-                (static_cast<std::uint64_t>(v) << 32),
-            std::memory_order_relaxed);
+    r.store(
+        (r.load(std::memory_order_relaxed) & 0xFFFFFFFFull) | (static_cast<std::uint64_t>(v) << 32),
+        std::memory_order_relaxed);
   };
   switch (offset) {
     case nv::INTMS: intms_.fetch_or(value, std::memory_order_relaxed); break;
     case nv::INTMC: intms_.fetch_and(~value, std::memory_order_relaxed); break;
-    case nv::CC: cc_.store(value, std::memory_order_release); break;
+    case nv::CC:
+      if ((value & nv::CC_EN_MASK) == 0) en_cleared_.store(true, std::memory_order_relaxed);
+      cc_.store(value, std::memory_order_release);
+      break;
     case nv::AQA: aqa_.store(value, std::memory_order_relaxed); break;
     case nv::ASQ: set_lo(asq_, value); break;
     case nv::ASQ + 4: set_hi(asq_, value); break;
@@ -124,6 +126,10 @@ void Controller::write64(std::uint64_t offset, std::uint64_t value) noexcept {
 // ---------------------------------------------------------------- card side
 
 void Controller::handle_cc(std::uint64_t now_ns) noexcept {
+  if (en_cleared_.exchange(false, std::memory_order_acquire) && (last_cc_ & nv::CC_EN_MASK) != 0) {
+    reset();  // EN went to 0 since the last step, even if it is 1 again now
+    last_cc_ &= ~static_cast<std::uint32_t>(nv::CC_EN_MASK);
+  }
   const std::uint32_t cc = cc_.load(std::memory_order_acquire);
   if (cc != last_cc_) {
     const bool was_en = (last_cc_ & nv::CC_EN_MASK) != 0;
@@ -141,7 +147,8 @@ void Controller::handle_cc(std::uint64_t now_ns) noexcept {
       (void)storage_.flush((res_.slice_base << regs::LBA_SHIFT),
                            res_.slice_lbas << regs::LBA_SHIFT);
       std::uint32_t cs = csts_.load(std::memory_order_relaxed);
-      cs = static_cast<std::uint32_t>(regs::field_set(cs, nv::CSTS_SHST_MASK, nv::CSTS_SHST_SHIFT, 2));
+      cs = static_cast<std::uint32_t>(
+          regs::field_set(cs, nv::CSTS_SHST_MASK, nv::CSTS_SHST_SHIFT, 2));
       csts_.store(cs, std::memory_order_release);
     } else if (shn == 0 && old_shn != 0) {
       csts_.fetch_and(static_cast<std::uint32_t>(~nv::CSTS_SHST_MASK), std::memory_order_release);
@@ -214,6 +221,7 @@ void Controller::flr() noexcept {
   acq_.store(0, std::memory_order_relaxed);
   intms_.store(0, std::memory_order_relaxed);
   last_cc_ = 0;
+  en_cleared_.store(false, std::memory_order_relaxed);
   faults_ = VfFaults{};
   irq_.wake_all();
 }
@@ -271,7 +279,8 @@ bool Controller::cq_has_room(const Cq& cq) const noexcept {
 
 bool Controller::rate_allows(std::uint64_t now_ns) noexcept {
   if (res_.rate_mbps == 0) return true;
-  const std::int64_t burst = std::max<std::int64_t>(128 * 1024, std::int64_t{res_.rate_mbps} * 1000);
+  const std::int64_t burst =
+      std::max<std::int64_t>(128 * 1024, std::int64_t{res_.rate_mbps} * 1000);
   const std::uint64_t elapsed = now_ns - tokens_at_ns_;
   tokens_at_ns_ = now_ns;
   tokens_ = std::min<std::int64_t>(
@@ -335,9 +344,8 @@ bool Controller::post(std::uint16_t cqid, Cqe cqe) noexcept {
   Cq& cq = cqs_[cqid];
   if (!cq.live) return false;
   cqe.status = static_cast<std::uint16_t>((cqe.status & ~1u) | (cq.phase ? 1u : 0u));
-  if (!iommu_.dma_write_release_last32(p_.function,
-                                       cq.base + std::uint64_t{cq.tail} * nvme::kCqeBytes, &cqe,
-                                       sizeof cqe)) {
+  if (!iommu_.dma_write_release_last32(
+          p_.function, cq.base + std::uint64_t{cq.tail} * nvme::kCqeBytes, &cqe, sizeof cqe)) {
     fatal();  // the controller cannot reach its own completion queue
     return false;
   }

@@ -29,10 +29,10 @@ struct Activity {
 
 struct ControllerParams {
   unsigned vf_index = 0;
-  unsigned function = 1;   ///< PCIe function number (vf_index + 1).
-  unsigned max_ioq = 8;    ///< IO queue pairs the card can give one VF.
-  unsigned mqes = 1023;    ///< CAP.MQES (0-based queue entries).
-  unsigned mdts = 5;       ///< Identify MDTS: 2^mdts minimum pages per command.
+  unsigned function = 1;  ///< PCIe function number (vf_index + 1).
+  unsigned max_ioq = 8;   ///< IO queue pairs the card can give one VF.
+  unsigned mqes = 1023;   ///< CAP.MQES (0-based queue entries).
+  unsigned mdts = 5;      ///< Identify MDTS: 2^mdts minimum pages per command.
   unsigned clock_mhz = 250;
 };
 
@@ -67,8 +67,7 @@ struct VfFaults {
 
 class Controller {
  public:
-  Controller(const ControllerParams& params, Iommu& iommu, Storage& storage,
-             Activity& activity);
+  Controller(const ControllerParams& params, Iommu& iommu, Storage& storage, Activity& activity);
 
   // ---- host side (any thread) ----
   std::uint32_t read32(std::uint64_t offset) const noexcept;
@@ -189,6 +188,9 @@ class Controller {
   std::atomic<std::uint32_t> intms_{0};
   std::unique_ptr<std::atomic<std::uint32_t>[]> doorbells_;  // [2*qid] SQ tail, [2*qid+1] CQ head
   std::atomic<bool> removed_{false};
+  // Set by a host write of CC with EN = 0, so that an EN 1 -> 0 -> 1 sequence written between
+  // two card steps still resets the controller (the RTL sees every register write).
+  std::atomic<bool> en_cleared_{false};
 
   // Card state.
   std::uint32_t last_cc_ = 0;
@@ -203,13 +205,13 @@ class Controller {
   std::vector<std::uint16_t> aers_;  // outstanding Async Event Request CIDs
   std::uint32_t nsqa_ = 0;           // Number of Queues allocated (1-based), 0: not set
   std::uint32_t ncqa_ = 0;
-  unsigned rr_ = 1;                  // next IO SQ in round robin
-  std::int64_t tokens_ = 0;          // rate limiter (bytes)
+  unsigned rr_ = 1;          // next IO SQ in round robin
+  std::int64_t tokens_ = 0;  // rate limiter (bytes)
   std::uint64_t tokens_at_ns_ = 0;
   std::uint64_t host_reads_ = 0, host_writes_ = 0, units_read_ = 0, units_written_ = 0;
-  std::vector<std::byte> scratch_;   // identify / log page staging
+  std::vector<std::byte> scratch_;  // identify / log page staging
   std::uint16_t cur_sqid_ = 0;
-  std::vector<Segment> segs_;          // PRP walk result, reused
+  std::vector<Segment> segs_;            // PRP walk result, reused
   std::vector<std::uint64_t> prp_list_;  // one PRP list page, reused
 
   VfResources res_;

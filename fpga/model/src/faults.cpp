@@ -42,8 +42,8 @@ class ModelFaults final : public FaultInjector {
   Status with_vf(unsigned vf, F&& f) {
     std::lock_guard lock(card_.mu);
     if (vf >= card_.num_vfs.load()) {
-      return make_error(Errc::not_found, "fault injection: VF " + std::to_string(vf) +
-                                             " is not present");
+      return make_error(Errc::not_found,
+                        "fault injection: VF " + std::to_string(vf) + " is not present");
     }
     f(*card_.ctrls[vf]);
     card_.activity.kick();

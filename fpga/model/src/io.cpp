@@ -62,15 +62,14 @@ Controller::Outcome Controller::write_zeroes(const Sqe& sqe) noexcept {
   if (slba >= res_.slice_lbas || nlb > res_.slice_lbas - slba) return fail(sc::kLbaOutOfRange);
   std::memset(storage_.data() + ((res_.slice_base + slba) << regs::LBA_SHIFT), 0,
               static_cast<std::size_t>(nlb << regs::LBA_SHIFT));
-  counters_.busy_cycles.fetch_add(data_cycles(nlb << regs::LBA_SHIFT),
-                                  std::memory_order_relaxed);
+  counters_.busy_cycles.fetch_add(data_cycles(nlb << regs::LBA_SHIFT), std::memory_order_relaxed);
   return {};
 }
 
 Controller::Outcome Controller::flush_cmd(const Sqe& sqe) noexcept {
   if (sqe.nsid != 1 && sqe.nsid != kFlushAllNamespaces) return fail(sc::kInvalidNamespace);
-  const Status st = storage_.flush(res_.slice_base << regs::LBA_SHIFT,
-                                   res_.slice_lbas << regs::LBA_SHIFT);
+  const Status st =
+      storage_.flush(res_.slice_base << regs::LBA_SHIFT, res_.slice_lbas << regs::LBA_SHIFT);
   if (!st.ok()) return {sc::kInternalError};
   return {};
 }

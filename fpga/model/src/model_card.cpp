@@ -18,8 +18,8 @@ Result<std::unique_ptr<ModelCard>> ModelCard::create(const ModelConfig& config) 
                                                   std::to_string(o.max_vfs));
   }
   if (o.max_ioq_per_vf == 0 || o.max_ioq_per_vf > 255) {
-    return make_error(Errc::invalid_argument, "max_ioq_per_vf must be 1..255, got " +
-                                                  std::to_string(o.max_ioq_per_vf));
+    return make_error(Errc::invalid_argument,
+                      "max_ioq_per_vf must be 1..255, got " + std::to_string(o.max_ioq_per_vf));
   }
   if (config.mqes < 1 || config.mqes > 0xFFFF || config.mdts < 1 || config.mdts > 8 ||
       config.ns_per_step == 0 || config.commands_per_weight == 0 || config.clock_mhz == 0) {
@@ -115,9 +115,9 @@ Iommu& ModelCard::iommu() noexcept { return *impl_->iommu; }
 
 std::uint64_t ModelCard::Impl::now_ns() const noexcept {
   if (config.card.lockstep) return virtual_ns.load(std::memory_order_acquire);
-  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                        std::chrono::steady_clock::now() - start)
-                                        .count());
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
+          .count());
 }
 
 std::uint64_t ModelCard::Impl::storage_lbas() const noexcept {
@@ -215,10 +215,10 @@ Result<std::uint32_t> VfFunction::wait_interrupt(unsigned vector,
                                                  std::chrono::nanoseconds timeout) {
   Controller& c = *card_.ctrls[index_];
   if (vector >= c.interrupts().vectors()) {
-    return make_error(Errc::invalid_argument,
-                      "VF " + std::to_string(index_) + " has no MSI-X vector " +
-                          std::to_string(vector) + " (it has " +
-                          std::to_string(c.interrupts().vectors()) + ")");
+    return make_error(Errc::invalid_argument, "VF " + std::to_string(index_) +
+                                                  " has no MSI-X vector " + std::to_string(vector) +
+                                                  " (it has " +
+                                                  std::to_string(c.interrupts().vectors()) + ")");
   }
   auto gone_error = [&] {
     return make_error(Errc::gone, "VF " + std::to_string(index_) + " was removed");

@@ -33,9 +33,9 @@ Status ModelCard::Impl::set_num_vfs_locked(unsigned n) {
   const unsigned cur = num_vfs.load();
   if (n > config.card.max_vfs) {
     num_vfs_err = true;
-    return make_error(Errc::invalid_argument,
-                      "the card has " + std::to_string(config.card.max_vfs) +
-                          " VFs; cannot enable " + std::to_string(n));
+    return make_error(Errc::invalid_argument, "the card has " +
+                                                  std::to_string(config.card.max_vfs) +
+                                                  " VFs; cannot enable " + std::to_string(n));
   }
   if (cur != 0 && n != 0 && n != cur) {
     num_vfs_err = true;
@@ -102,9 +102,12 @@ std::uint64_t PfFunction::read64(std::uint64_t offset) noexcept {
     }
     std::lock_guard lock(c.mu);
     std::uint32_t caps = 0;
-    caps = static_cast<std::uint32_t>(regs::field_set(caps, pf::CAPS_MAX_VFS_MASK, pf::CAPS_MAX_VFS_SHIFT, max_vfs));
-    caps = static_cast<std::uint32_t>(regs::field_set(caps, pf::CAPS_MAX_IOQ_MASK, pf::CAPS_MAX_IOQ_SHIFT, c.config.card.max_ioq_per_vf));
-    caps = static_cast<std::uint32_t>(regs::field_set(caps, pf::CAPS_LBA_SHIFT_MASK, pf::CAPS_LBA_SHIFT_SHIFT, regs::LBA_SHIFT));
+    caps = static_cast<std::uint32_t>(
+        regs::field_set(caps, pf::CAPS_MAX_VFS_MASK, pf::CAPS_MAX_VFS_SHIFT, max_vfs));
+    caps = static_cast<std::uint32_t>(regs::field_set(
+        caps, pf::CAPS_MAX_IOQ_MASK, pf::CAPS_MAX_IOQ_SHIFT, c.config.card.max_ioq_per_vf));
+    caps = static_cast<std::uint32_t>(
+        regs::field_set(caps, pf::CAPS_LBA_SHIFT_MASK, pf::CAPS_LBA_SHIFT_SHIFT, regs::LBA_SHIFT));
     caps |= static_cast<std::uint32_t>(pf::CAPS_QOS_MASK | pf::CAPS_RATE_LIMIT_MASK);
     const std::uint32_t status = static_cast<std::uint32_t>(
         pf::STATUS_READY_MASK | (c.num_vfs_err ? pf::STATUS_NUM_VFS_ERR_MASK : 0));
@@ -145,7 +148,8 @@ std::uint64_t PfFunction::read64(std::uint64_t offset) noexcept {
       status |= r.enabled ? vc::STATUS_ENABLED_MASK : 0;
       status |= present ? vc::STATUS_PRESENT_MASK : 0;
       status |= r.err_code != 0 ? vc::STATUS_CFG_ERR_MASK : 0;
-      status = regs::field_set(status, vc::STATUS_ERR_CODE_MASK, vc::STATUS_ERR_CODE_SHIFT, r.err_code);
+      status =
+          regs::field_set(status, vc::STATUS_ERR_CODE_MASK, vc::STATUS_ERR_CODE_SHIFT, r.err_code);
       return (r.enabled ? 1u : 0u) | (status << 32);
     }
     case vc::IOQ: return r.ioq | (static_cast<std::uint64_t>(r.weight) << 32);

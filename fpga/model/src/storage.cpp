@@ -46,8 +46,8 @@ Result<std::unique_ptr<Storage>> Storage::open(const std::string& path, std::uin
       s->bytes_ = bytes;
     } else {
       if (st.st_size % 512 != 0) {
-        return make_error(Errc::invalid_argument, "disk image '" + path +
-                                                      "' is not a multiple of 512 bytes");
+        return make_error(Errc::invalid_argument,
+                          "disk image '" + path + "' is not a multiple of 512 bytes");
       }
       s->bytes_ = static_cast<std::uint64_t>(st.st_size);
     }

@@ -68,8 +68,7 @@ class FaultInjector {
   /// or the controller is reset).
   virtual Status drop_completions(unsigned vf, unsigned count) = 0;
   /// The next `count` completions are posted `delay` later than they would be.
-  virtual Status delay_completions(unsigned vf, unsigned count,
-                                   std::chrono::nanoseconds delay) = 0;
+  virtual Status delay_completions(unsigned vf, unsigned count, std::chrono::nanoseconds delay) = 0;
   /// The next CC.EN 0->1 sets CSTS.RDY only after `delay`.
   virtual Status delay_ready(unsigned vf, std::chrono::nanoseconds delay) = 0;
   /// Sets CSTS.CFS; the controller stops processing until it is reset.
@@ -104,7 +103,7 @@ struct CardOptions {
 Result<std::unique_ptr<Card>> open_card(std::string_view spec, const CardOptions& options = {});
 
 /// Backends every test suite runs on: "model", "sim" when it is built, plus the board named
-/// by KEEL_CARD if set.
+/// by KEEL_CARD if set. KEEL_TEST_BACKENDS (comma-separated specs) overrides the list.
 std::vector<std::string> test_backends();
 
 /// Polls `done()` until it returns true or `timeout` of card time passes, stepping a lockstep

@@ -28,9 +28,8 @@ struct Sqe {
   std::uint32_t cdw15;
 };
 static_assert(sizeof(Sqe) == 64, "NVMe SQE is 64 bytes");
-static_assert(offsetof(Sqe, nsid) == 4 && offsetof(Sqe, prp1) == 24 &&
-                  offsetof(Sqe, prp2) == 32 && offsetof(Sqe, cdw10) == 40 &&
-                  offsetof(Sqe, cdw15) == 60,
+static_assert(offsetof(Sqe, nsid) == 4 && offsetof(Sqe, prp1) == 24 && offsetof(Sqe, prp2) == 32 &&
+                  offsetof(Sqe, cdw10) == 40 && offsetof(Sqe, cdw15) == 60,
               "NVMe SQE field offsets");
 
 /// Completion queue entry (NVMe 1.4 figure 121), 16 bytes.

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# keel's one entry point for people and CI.
+#
+#   scripts/keel.sh demo    install missing Debian packages, build, run the main job
+#   scripts/keel.sh test    install missing Debian packages, build, run every test via ctest
+#   scripts/keel.sh deps    only install missing Debian packages
+#   scripts/keel.sh build   deps + configure + build
+#
+# Environment: BUILD_DIR (default build), JOBS (default: number of cores).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD_DIR="${BUILD_DIR:-$ROOT/build}"
+JOBS="${JOBS:-$(nproc)}"
+
+# Every Debian package the build, the tests and the tools need.
+PACKAGES=(
+  build-essential cmake ninja-build pkg-config python3 clang-format
+  googletest libgtest-dev libgmock-dev libbenchmark-dev
+  libnvme-dev libjson-c-dev liburing-dev libxrt-dev libibverbs-dev
+  libcli11-dev nlohmann-json3-dev libfmt-dev libspdlog-dev
+  verilator yosys iverilog
+)
+
+die() { echo "keel: $*" >&2; exit 1; }
+
+deps() {
+  local missing=()
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    echo "keel: all ${#PACKAGES[@]} Debian packages are installed"
+    return
+  fi
+  echo "keel: installing ${missing[*]}"
+  local sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || die "run as root (or install sudo) to install: ${missing[*]}"
+    sudo=(sudo)
+  fi
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}"
+}
+
+build() {
+  deps
+  cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+  cmake --build "$BUILD_DIR" -j "$JOBS"
+}
+
+case "${1:-}" in
+  deps) deps ;;
+  build) build ;;
+  demo)
+    build
+    "$BUILD_DIR/bench/keel-demo" --vfs 4 --mib 8
+    ;;
+  test)
+    build
+    ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS"
+    ;;
+  *)
+    sed -n '2,12p' "${BASH_SOURCE[0]}" >&2
+    exit 2
+    ;;
+esac
