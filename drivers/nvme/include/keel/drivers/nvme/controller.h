@@ -1,0 +1,123 @@
+// keel/drivers/nvme/controller.h - user-mode NVMe driver for one VF.
+#pragma once
+
+#include <nvme/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "keel/drivers/nvme/io_status.h"
+#include "keel/fpga/card.h"
+#include "keel/nvme/wire.h"
+#include "keel/result.h"
+
+namespace keel::drivers::nvme {
+
+class QueuePair;
+
+/// Every member has a default; the device decides the rest.
+struct ControllerConfig {
+  /// Admin queue entries.
+  std::uint16_t admin_entries = 32;
+  /// IO queue pairs to ask for with Set Features (0: as many as the controller grants).
+  std::uint16_t io_queues = 0;
+  /// Bound on every admin command.
+  std::chrono::nanoseconds admin_timeout = std::chrono::seconds(2);
+};
+
+struct QueuePairConfig {
+  /// SQ and CQ entries (the queue holds entries - 1 commands). Capped at CAP.MQES + 1.
+  std::uint16_t entries = 256;
+  /// Completion interrupts on (wait() sleeps on MSI-X) or off (wait() polls).
+  bool interrupts = false;
+  /// A command outstanding longer than this is aborted; if the abort does not resolve it, the
+  /// controller is reset.
+  std::chrono::nanoseconds command_timeout = std::chrono::seconds(5);
+};
+
+/// The NVMe controller of one function: bring-up, admin commands, queue pairs, recovery.
+///
+/// Threading: admin commands and queue-pair creation are serialised internally and may be
+/// called from any thread. Each QueuePair is owned by one thread at a time. reset() may run
+/// while queue pairs are in use: they notice the new generation on their next call and fail
+/// their outstanding commands with IoErrc::gone.
+class Controller {
+ public:
+  /// Brings the controller up: CC.EN = 0 and wait (bounded by CAP.TO), admin queue, CC.EN = 1
+  /// and wait, Identify controller and namespace 1, Set Features Number of Queues.
+  /// Errors: timeout (CSTS.RDY), device_error (CSTS.CFS or a failed admin command, with the
+  /// NVMe status text), gone (the function reads all ones), no_memory, invalid_argument.
+  static Result<std::unique_ptr<Controller>> open(fpga::Card& card, fpga::Function& fn,
+                                                  const ControllerConfig& config = {});
+  ~Controller();
+  Controller(const Controller&) = delete;
+  Controller& operator=(const Controller&) = delete;
+
+  const nvme_id_ctrl& identify() const noexcept { return id_ctrl_; }
+  const nvme_id_ns& namespace_info() const noexcept { return id_ns_; }
+  std::uint64_t block_count() const noexcept { return id_ns_.nsze; }
+  std::uint32_t block_bytes() const noexcept { return block_bytes_; }
+  /// Largest transfer in bytes (Identify MDTS).
+  std::uint32_t max_transfer_bytes() const noexcept { return max_transfer_; }
+  /// IO queue pairs allocated by Set Features.
+  unsigned io_queue_count() const noexcept { return io_queues_; }
+  std::uint16_t max_queue_entries() const noexcept { return mqes_ + 1u; }
+
+  /// Creates the next free IO queue pair. Errors: busy (all allocated queues in use),
+  /// device_error, timeout, gone, no_memory.
+  Result<std::unique_ptr<QueuePair>> create_queue_pair(const QueuePairConfig& config = {});
+
+  /// Runs one admin command (its PRPs filled by the caller) and returns its completion.
+  /// Errors: timeout (then the controller is reset), gone.
+  Result<keel::nvme::Cqe> admin(keel::nvme::Sqe sqe);
+  /// Admin command returning data into an internal buffer; copies `bytes` into `out`.
+  Result<keel::nvme::Cqe> admin_read(keel::nvme::Sqe sqe, void* out, std::size_t bytes);
+
+  /// Controller reset and re-initialisation (admin queue, Set Features). Every queue pair is
+  /// invalidated. Errors: as open().
+  Status reset();
+  /// True once the function reads as all ones (surprise removal).
+  bool gone() noexcept;
+  /// Changes on every reset; queue pairs compare it on each call.
+  std::uint64_t generation() const noexcept { return generation_.load(std::memory_order_acquire); }
+
+  fpga::Card& card() noexcept { return card_; }
+  fpga::Function& function() noexcept { return fn_; }
+
+ private:
+  friend class QueuePair;
+  Controller(fpga::Card& card, fpga::Function& fn, const ControllerConfig& config);
+
+  Status bring_up();
+  Status wait_csts(std::uint32_t mask, std::uint32_t want, const char* what);
+  Result<keel::nvme::Cqe> admin_locked(keel::nvme::Sqe sqe);
+  /// Called by a queue pair whose command timed out: Abort, then reset if that fails.
+  void recover_timeout(std::uint16_t qid, std::uint16_t cid);
+  void release_queue(std::uint16_t qid) noexcept;
+  std::chrono::nanoseconds ready_timeout() const;
+
+  fpga::Card& card_;
+  fpga::Function& fn_;
+  ControllerConfig config_;
+  std::mutex admin_mu_;
+  std::mutex reset_mu_;
+  fpga::DmaBuffer asq_, acq_, admin_buf_;
+  std::uint16_t asq_tail_ = 0, acq_head_ = 0;
+  bool acq_phase_ = true;
+  std::uint16_t next_cid_ = 0;
+  std::atomic<std::uint64_t> generation_{1};
+  std::vector<bool> qid_used_;  // by qid; guarded by admin_mu_
+  nvme_id_ctrl id_ctrl_{};
+  nvme_id_ns id_ns_{};
+  std::uint32_t block_bytes_ = 512;
+  std::uint32_t max_transfer_ = 0;
+  std::uint16_t mqes_ = 0;
+  unsigned io_queues_ = 0;
+  std::uint64_t cap_ = 0;
+};
+
+}  // namespace keel::drivers::nvme

@@ -1,0 +1,105 @@
+// keel/drivers/nvme/queue_pair.h - one IO submission/completion queue pair.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "keel/drivers/nvme/controller.h"
+#include "keel/drivers/nvme/io_status.h"
+
+namespace keel::drivers::nvme {
+
+/// An IO queue pair. Owned by one thread at a time: no locks and no atomic read-modify-write
+/// on its hot path (the only atomics are acquire loads of completion entries, which are plain
+/// loads on x86). Submissions are written into the SQ and published by commit(), which fences
+/// and rings the doorbell only if the tail moved.
+///
+/// Must be destroyed before its Controller.
+class QueuePair {
+ public:
+  ~QueuePair();
+  QueuePair(const QueuePair&) = delete;
+  QueuePair& operator=(const QueuePair&) = delete;
+
+  std::uint16_t id() const noexcept { return qid_; }
+  /// Commands that can be outstanding at once.
+  unsigned depth() const noexcept { return static_cast<unsigned>(slots_.size()); }
+  unsigned outstanding() const noexcept { return outstanding_; }
+
+  /// Queue a Read/Write of `blocks` logical blocks at `lba` into/from `data` (device
+  /// addresses). Segments must be PRP-compatible: only the first may start inside a page, only
+  /// the last may end inside a page, and every address is dword aligned. Errors (nothing
+  /// queued): invalid, too_large, queue_full, gone.
+  IoStatus read(std::uint64_t lba, std::uint32_t blocks, std::span<const Segment> data,
+                std::uint64_t tag) noexcept;
+  IoStatus write(std::uint64_t lba, std::uint32_t blocks, std::span<const Segment> data,
+                 std::uint64_t tag) noexcept;
+  IoStatus flush(std::uint64_t tag) noexcept;
+  IoStatus write_zeroes(std::uint64_t lba, std::uint32_t blocks, std::uint64_t tag) noexcept;
+
+  /// Publishes queued commands: one doorbell write if anything was queued since the last one.
+  void commit() noexcept;
+
+  /// Reaps up to out.size() completions without blocking; returns how many. Also notices
+  /// commands past their timeout (then recovers, which may block for a bounded time) and a
+  /// controller reset (then every outstanding command completes with IoErrc::gone).
+  unsigned poll(std::span<Completion> out) noexcept;
+
+  /// Commits, then blocks until at least one completion arrives (MSI-X wait in interrupt mode,
+  /// polling otherwise; a lockstep card is stepped) or `timeout` passes. Returns the number
+  /// reaped (0 on timeout).
+  unsigned wait(std::span<Completion> out, std::chrono::nanoseconds timeout) noexcept;
+
+  struct Stats {
+    std::uint64_t submitted = 0;
+    std::uint64_t completed = 0;
+    std::uint64_t doorbells = 0;   ///< SQ tail doorbell writes.
+    std::uint64_t idle_polls = 0;  ///< poll() calls that found nothing.
+    std::uint64_t timeouts = 0;    ///< Commands that timed out.
+  };
+  const Stats& stats() const noexcept { return stats_; }
+
+ private:
+  friend class Controller;
+  struct Slot {
+    std::uint64_t tag = 0;
+    std::uint64_t deadline_ns = 0;
+    bool busy = false;
+    bool timed_out = false;
+  };
+  QueuePair(Controller& ctrl, std::uint16_t qid, std::uint16_t entries,
+            const QueuePairConfig& config, fpga::DmaBuffer sq, fpga::DmaBuffer cq,
+            fpga::DmaBuffer prp_lists);
+
+  IoStatus submit_rw(std::uint8_t opc, std::uint64_t lba, std::uint32_t blocks,
+                     std::span<const Segment> data, std::uint64_t tag) noexcept;
+  IoStatus push(keel::nvme::Sqe& sqe, std::uint64_t tag) noexcept;
+  int take_slot() noexcept;
+  void check_timeouts() noexcept;
+  unsigned fail_all(std::span<Completion> out, IoErrc why) noexcept;
+
+  Controller& ctrl_;
+  fpga::Function& fn_;
+  const std::uint16_t qid_;
+  const std::uint16_t entries_;
+  const QueuePairConfig config_;
+  const std::uint64_t generation_;
+  fpga::DmaBuffer sq_, cq_, prp_lists_;
+  std::uint16_t sq_tail_ = 0;
+  std::uint16_t sq_committed_ = 0;
+  std::uint16_t cq_head_ = 0;
+  bool phase_ = true;
+  bool dead_ = false;
+  std::vector<Slot> slots_;
+  std::vector<std::uint16_t> free_;  // free slot indices (CIDs)
+  unsigned outstanding_ = 0;
+  unsigned polls_since_check_ = 0;
+  std::uint32_t page_ = 4096;
+  std::uint32_t max_transfer_ = 0;
+  std::uint64_t block_count_ = 0;
+  Stats stats_;
+};
+
+}  // namespace keel::drivers::nvme

@@ -1,0 +1,290 @@
+// Controller bring-up, admin queue, reset and timeout recovery.
+#include "keel/drivers/nvme/controller.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <string>
+
+#include <keel/regs/keel_regs.h>
+
+#include "keel/drivers/nvme/queue_pair.h"
+
+namespace keel::drivers::nvme {
+
+namespace nv = regs::nvme;
+namespace wire = keel::nvme;
+
+namespace {
+
+std::string status_text(const wire::Cqe& c) {
+  return to_string(IoStatus::device(wire::cqe_status(c)));
+}
+
+}  // namespace
+
+Controller::Controller(fpga::Card& card, fpga::Function& fn, const ControllerConfig& config)
+    : card_(card), fn_(fn), config_(config) {}
+
+Controller::~Controller() {
+  // Leave the controller disabled; do not wait long for a dead one.
+  if (!gone()) fn_.write32(nv::CC, 0);
+}
+
+Result<std::unique_ptr<Controller>> Controller::open(fpga::Card& card, fpga::Function& fn,
+                                                     const ControllerConfig& config) {
+  if (config.admin_entries < 2) {
+    return make_error(Errc::invalid_argument, "admin queue needs at least 2 entries");
+  }
+  std::unique_ptr<Controller> c(new Controller(card, fn, config));
+  auto asq = fn.alloc_dma(std::max<std::size_t>(4096, config.admin_entries * wire::kSqeBytes));
+  if (!asq) return asq.error();
+  auto acq = fn.alloc_dma(std::max<std::size_t>(4096, config.admin_entries * wire::kCqeBytes));
+  if (!acq) return acq.error();
+  auto buf = fn.alloc_dma(4096);
+  if (!buf) return buf.error();
+  c->asq_ = std::move(asq).value();
+  c->acq_ = std::move(acq).value();
+  c->admin_buf_ = std::move(buf).value();
+  if (Status st = c->bring_up(); !st.ok()) return st.error();
+  return c;
+}
+
+bool Controller::gone() noexcept { return fn_.read32(nv::CSTS) == 0xFFFFFFFFu; }
+
+std::chrono::nanoseconds Controller::ready_timeout() const {
+  const auto to = regs::field_get(cap_, nv::CAP_TO_MASK, nv::CAP_TO_SHIFT);
+  return std::chrono::milliseconds(500 * std::max<std::uint64_t>(to, 1));
+}
+
+Status Controller::wait_csts(std::uint32_t mask, std::uint32_t want, const char* what) {
+  std::uint32_t csts = 0;
+  const bool ok = fpga::poll_until(card_, ready_timeout(), [&] {
+    csts = fn_.read32(nv::CSTS);
+    return csts == 0xFFFFFFFFu || (csts & mask) == want ||
+           (want != 0 && (csts & nv::CSTS_CFS_MASK) != 0);
+  });
+  if (csts == 0xFFFFFFFFu) return make_error(Errc::gone, "the function reads all ones (removed)");
+  if (want != 0 && (csts & nv::CSTS_CFS_MASK) != 0) {
+    return make_error(Errc::device_error,
+                      std::string("controller fatal status (CSTS.CFS) while waiting for ") + what);
+  }
+  if (!ok) {
+    return make_error(Errc::timeout, std::string("waited CAP.TO (") +
+                                         std::to_string(ready_timeout().count() / 1000000) +
+                                         " ms) for " + what);
+  }
+  return {};
+}
+
+Status Controller::bring_up() {
+  cap_ = fn_.read64(nv::CAP);
+  if (cap_ == ~std::uint64_t{0}) return make_error(Errc::gone, "the function reads all ones");
+  if ((regs::field_get(cap_, nv::CAP_CSS_MASK, nv::CAP_CSS_SHIFT) & 1u) == 0) {
+    return make_error(Errc::device_error, "controller does not support the NVM command set");
+  }
+  if (regs::field_get(cap_, nv::CAP_MPSMIN_MASK, nv::CAP_MPSMIN_SHIFT) != 0) {
+    return make_error(Errc::device_error, "controller does not support 4 KiB pages");
+  }
+  mqes_ = static_cast<std::uint16_t>(regs::field_get(cap_, nv::CAP_MQES_MASK, nv::CAP_MQES_SHIFT));
+  // Disable and wait for the reset to finish (RDY and CFS both clear).
+  fn_.write32(nv::CC, 0);
+  if (Status st = wait_csts(nv::CSTS_RDY_MASK | nv::CSTS_CFS_MASK, 0, "CSTS.RDY to clear");
+      !st.ok()) {
+    return st;
+  }
+  const std::uint16_t entries =
+      static_cast<std::uint16_t>(std::min<unsigned>(config_.admin_entries, mqes_ + 1u));
+  std::memset(asq_.data(), 0, asq_.size());
+  std::memset(acq_.data(), 0, acq_.size());
+  config_.admin_entries = entries;
+  asq_tail_ = acq_head_ = 0;
+  acq_phase_ = true;
+  fn_.write32(nv::AQA,
+              static_cast<std::uint32_t>(((entries - 1u) << nv::AQA_ACQS_SHIFT) | (entries - 1u)));
+  fn_.write64(nv::ASQ, asq_.iova());
+  fn_.write64(nv::ACQ, acq_.iova());
+  fn_.write32(nv::CC,
+              static_cast<std::uint32_t>(nv::CC_EN_MASK | (wire::kSqesLog2 << nv::CC_IOSQES_SHIFT) |
+                                         (wire::kCqesLog2 << nv::CC_IOCQES_SHIFT)));
+  if (Status st = wait_csts(nv::CSTS_RDY_MASK, nv::CSTS_RDY_MASK, "CSTS.RDY"); !st.ok()) {
+    return st;
+  }
+
+  wire::Sqe id{};
+  id.opc = wire::admin::kIdentify;
+  id.cdw10 = wire::cns::kController;
+  auto c = admin_read(id, &id_ctrl_, sizeof id_ctrl_);
+  if (!c) return c.error();
+  if (wire::cqe_status(*c) != 0) {
+    return make_error(Errc::device_error, "Identify Controller failed: " + status_text(*c));
+  }
+  id = {};
+  id.opc = wire::admin::kIdentify;
+  id.nsid = 1;
+  id.cdw10 = wire::cns::kNamespace;
+  c = admin_read(id, &id_ns_, sizeof id_ns_);
+  if (!c) return c.error();
+  if (wire::cqe_status(*c) != 0) {
+    return make_error(Errc::device_error, "Identify Namespace 1 failed: " + status_text(*c));
+  }
+  const unsigned lbads = id_ns_.lbaf[id_ns_.flbas & 0xF].ds;
+  if (lbads < 9 || lbads > 16) {
+    return make_error(Errc::device_error,
+                      "namespace 1 has an unsupported block size 2^" + std::to_string(lbads));
+  }
+  block_bytes_ = 1u << lbads;
+  max_transfer_ = id_ctrl_.mdts == 0 ? (1u << 20) : (4096u << std::min<unsigned>(id_ctrl_.mdts, 8));
+
+  wire::Sqe nq{};
+  nq.opc = wire::admin::kSetFeatures;
+  nq.cdw10 = wire::feature::kNumberOfQueues;
+  const std::uint32_t want = config_.io_queues == 0 ? 0xFFFEu : config_.io_queues - 1u;
+  nq.cdw11 = (want << 16) | want;
+  c = admin(nq);
+  if (!c) return c.error();
+  if (wire::cqe_status(*c) != 0) {
+    return make_error(Errc::device_error,
+                      "Set Features (Number of Queues) failed: " + status_text(*c));
+  }
+  io_queues_ = std::min((c->dw0 & 0xFFFF) + 1, (c->dw0 >> 16) + 1);
+  if (config_.io_queues != 0) io_queues_ = std::min<unsigned>(io_queues_, config_.io_queues);
+  std::lock_guard lock(admin_mu_);
+  qid_used_.assign(io_queues_ + 1u, false);
+  return {};
+}
+
+Result<wire::Cqe> Controller::admin(wire::Sqe sqe) {
+  std::lock_guard lock(admin_mu_);
+  return admin_locked(sqe);
+}
+
+Result<wire::Cqe> Controller::admin_read(wire::Sqe sqe, void* out, std::size_t bytes) {
+  if (bytes > admin_buf_.size()) {
+    return make_error(Errc::invalid_argument, "admin data larger than one page");
+  }
+  std::lock_guard lock(admin_mu_);
+  std::memset(admin_buf_.data(), 0, admin_buf_.size());
+  sqe.prp1 = admin_buf_.iova();
+  sqe.prp2 = 0;
+  auto c = admin_locked(sqe);
+  if (c.ok() && wire::cqe_status(*c) == 0) std::memcpy(out, admin_buf_.data(), bytes);
+  return c;
+}
+
+Result<wire::Cqe> Controller::admin_locked(wire::Sqe sqe) {
+  sqe.cid = next_cid_++;
+  std::memcpy(asq_.data() + std::size_t{asq_tail_} * wire::kSqeBytes, &sqe, sizeof sqe);
+  asq_tail_ = static_cast<std::uint16_t>((asq_tail_ + 1) % config_.admin_entries);
+  std::atomic_thread_fence(std::memory_order_release);
+  fn_.write32(regs::NVME_DOORBELL_BASE, asq_tail_);
+  wire::Cqe cqe{};
+  bool found = false;
+  const bool ok = fpga::poll_until(card_, config_.admin_timeout, [&] {
+    auto* slot = acq_.data() + std::size_t{acq_head_} * wire::kCqeBytes;
+    // The device stores the entry's last dword (phase tag) last, with release ordering.
+    const std::uint32_t dw3 =
+        std::atomic_ref<std::uint32_t>(*reinterpret_cast<std::uint32_t*>(slot + 12))
+            .load(std::memory_order_acquire);
+    if (((dw3 >> 16) & 1u) != (acq_phase_ ? 1u : 0u)) return false;
+    std::memcpy(&cqe, slot, sizeof cqe);
+    if (++acq_head_ == config_.admin_entries) {
+      acq_head_ = 0;
+      acq_phase_ = !acq_phase_;
+    }
+    fn_.write32(regs::NVME_DOORBELL_BASE + 4, acq_head_);
+    found = cqe.cid == sqe.cid;  // skip stale completions of commands given up on
+    return found;
+  });
+  if (ok && found) return cqe;
+  if (gone()) return make_error(Errc::gone, "device removed during an admin command");
+  return make_error(Errc::timeout, "admin command opcode " + std::to_string(sqe.opc) +
+                                       " did not complete within " +
+                                       std::to_string(config_.admin_timeout.count() / 1000000) +
+                                       " ms");
+}
+
+Result<std::unique_ptr<QueuePair>> Controller::create_queue_pair(const QueuePairConfig& config) {
+  std::lock_guard lock(admin_mu_);
+  std::uint16_t qid = 0;
+  for (std::uint16_t q = 1; q < qid_used_.size(); ++q) {
+    if (!qid_used_[q]) {
+      qid = q;
+      break;
+    }
+  }
+  if (qid == 0) {
+    return make_error(Errc::busy, "all " + std::to_string(io_queues_) +
+                                      " IO queue pairs of this controller are in use");
+  }
+  const std::uint16_t entries = static_cast<std::uint16_t>(
+      std::clamp<unsigned>(config.entries, 2u, std::min<unsigned>(mqes_ + 1u, 4096u)));
+  if (config.interrupts && qid >= fn_.num_vectors()) {
+    return make_error(Errc::invalid_argument, "no MSI-X vector " + std::to_string(qid) +
+                                                  " for queue " + std::to_string(qid));
+  }
+  auto sq = fn_.alloc_dma(std::size_t{entries} * wire::kSqeBytes);
+  if (!sq) return sq.error();
+  auto cq = fn_.alloc_dma(std::size_t{entries} * wire::kCqeBytes);
+  if (!cq) return cq.error();
+  // One PRP list page per command slot: enough for any transfer up to MDTS.
+  auto prp = fn_.alloc_dma(std::size_t{entries} * 4096);
+  if (!prp) return prp.error();
+
+  wire::Sqe c{};
+  c.opc = wire::admin::kCreateCq;
+  c.prp1 = cq->iova();
+  c.cdw10 = (static_cast<std::uint32_t>(entries - 1) << 16) | qid;
+  c.cdw11 = (config.interrupts ? (static_cast<std::uint32_t>(qid) << 16) | 2u : 0u) | 1u;
+  auto r = admin_locked(c);
+  if (!r) return r.error();
+  if (wire::cqe_status(*r) != 0) {
+    return make_error(Errc::device_error,
+                      "Create IO CQ " + std::to_string(qid) + " failed: " + status_text(*r));
+  }
+  wire::Sqe s{};
+  s.opc = wire::admin::kCreateSq;
+  s.prp1 = sq->iova();
+  s.cdw10 = (static_cast<std::uint32_t>(entries - 1) << 16) | qid;
+  s.cdw11 = (static_cast<std::uint32_t>(qid) << 16) | 1u;
+  r = admin_locked(s);
+  if (!r) return r.error();
+  if (wire::cqe_status(*r) != 0) {
+    wire::Sqe d{};
+    d.opc = wire::admin::kDeleteCq;
+    d.cdw10 = qid;
+    (void)admin_locked(d);
+    return make_error(Errc::device_error,
+                      "Create IO SQ " + std::to_string(qid) + " failed: " + status_text(*r));
+  }
+  qid_used_[qid] = true;
+  return std::unique_ptr<QueuePair>(new QueuePair(*this, qid, entries, config,
+                                                  std::move(sq).value(), std::move(cq).value(),
+                                                  std::move(prp).value()));
+}
+
+void Controller::release_queue(std::uint16_t qid) noexcept {
+  std::lock_guard lock(admin_mu_);
+  if (qid < qid_used_.size()) qid_used_[qid] = false;
+}
+
+Status Controller::reset() {
+  std::lock_guard lock(reset_mu_);
+  generation_.fetch_add(1, std::memory_order_acq_rel);
+  return bring_up();
+}
+
+void Controller::recover_timeout(std::uint16_t qid, std::uint16_t cid) {
+  if (gone()) {
+    generation_.fetch_add(1, std::memory_order_acq_rel);
+    return;
+  }
+  wire::Sqe abort{};
+  abort.opc = wire::admin::kAbort;
+  abort.cdw10 = (static_cast<std::uint32_t>(cid) << 16) | qid;
+  auto r = admin(abort);
+  if (r.ok() && wire::cqe_status(*r) == 0 && (r->dw0 & 1u) == 0) return;  // it will complete
+  (void)reset();  // the abort did not resolve it: reset; every queue pair fails its commands
+}
+
+}  // namespace keel::drivers::nvme

@@ -1,0 +1,264 @@
+// The IO hot path: submit, commit, poll.
+#include "keel/drivers/nvme/queue_pair.h"
+
+#include <atomic>
+#include <cstring>
+
+#include <keel/regs/keel_regs.h>
+
+namespace keel::drivers::nvme {
+
+namespace wire = keel::nvme;
+
+QueuePair::QueuePair(Controller& ctrl, std::uint16_t qid, std::uint16_t entries,
+                     const QueuePairConfig& config, fpga::DmaBuffer sq, fpga::DmaBuffer cq,
+                     fpga::DmaBuffer prp_lists)
+    : ctrl_(ctrl),
+      fn_(ctrl.function()),
+      qid_(qid),
+      entries_(entries),
+      config_(config),
+      generation_(ctrl.generation()),
+      sq_(std::move(sq)),
+      cq_(std::move(cq)),
+      prp_lists_(std::move(prp_lists)),
+      slots_(entries - 1u),
+      max_transfer_(ctrl.max_transfer_bytes()),
+      block_count_(ctrl.block_count()) {
+  free_.reserve(slots_.size());
+  for (std::size_t i = slots_.size(); i-- > 0;) free_.push_back(static_cast<std::uint16_t>(i));
+}
+
+QueuePair::~QueuePair() {
+  if (ctrl_.generation() != generation_ || ctrl_.gone()) return;  // the reset freed the queues
+  wire::Sqe d{};
+  d.opc = wire::admin::kDeleteSq;
+  d.cdw10 = qid_;
+  (void)ctrl_.admin(d);
+  d.opc = wire::admin::kDeleteCq;
+  (void)ctrl_.admin(d);
+  ctrl_.release_queue(qid_);
+}
+
+int QueuePair::take_slot() noexcept {
+  if (free_.empty()) return -1;
+  const std::uint16_t s = free_.back();
+  free_.pop_back();
+  return s;
+}
+
+IoStatus QueuePair::push(wire::Sqe& sqe, std::uint64_t tag) noexcept {
+  // take_slot() was done by the caller for rw (the PRP list page belongs to the slot).
+  Slot& slot = slots_[sqe.cid];
+  slot.tag = tag;
+  slot.busy = true;
+  slot.timed_out = false;
+  slot.deadline_ns = 0;  // stamped lazily by check_timeouts
+  std::memcpy(sq_.data() + std::size_t{sq_tail_} * wire::kSqeBytes, &sqe, sizeof sqe);
+  sq_tail_ = static_cast<std::uint16_t>(sq_tail_ + 1 == entries_ ? 0 : sq_tail_ + 1);
+  ++outstanding_;
+  ++stats_.submitted;
+  return IoStatus::success();
+}
+
+IoStatus QueuePair::submit_rw(std::uint8_t opc, std::uint64_t lba, std::uint32_t blocks,
+                              std::span<const Segment> data, std::uint64_t tag) noexcept {
+  if (dead_ || ctrl_.generation() != generation_) return IoStatus::error(IoErrc::gone);
+  if (blocks == 0 || blocks > 65536 || data.empty()) return IoStatus::error(IoErrc::invalid);
+  if (lba >= block_count_ || blocks > block_count_ - lba) return IoStatus::error(IoErrc::invalid);
+  const std::uint64_t bytes = std::uint64_t{blocks} * ctrl_.block_bytes();
+  if (bytes > max_transfer_) return IoStatus::error(IoErrc::too_large);
+  // Validate the segments against the PRP rules and the length.
+  std::uint64_t total = 0;
+  for (std::size_t i = 0; i < data.size(); ++i) {
+    const Segment& s = data[i];
+    if (s.bytes == 0 || (s.iova & 3) != 0) return IoStatus::error(IoErrc::invalid);
+    if (i > 0 && (s.iova & (page_ - 1)) != 0) return IoStatus::error(IoErrc::invalid);
+    if (i + 1 < data.size() && ((s.iova + s.bytes) & (page_ - 1)) != 0) {
+      return IoStatus::error(IoErrc::invalid);
+    }
+    total += s.bytes;
+  }
+  if (total != bytes) return IoStatus::error(IoErrc::invalid);
+  const int slot = take_slot();
+  if (slot < 0) return IoStatus::error(IoErrc::queue_full);
+
+  wire::Sqe sqe{};
+  sqe.opc = opc;
+  sqe.cid = static_cast<std::uint16_t>(slot);
+  sqe.nsid = 1;
+  sqe.cdw10 = static_cast<std::uint32_t>(lba);
+  sqe.cdw11 = static_cast<std::uint32_t>(lba >> 32);
+  sqe.cdw12 = blocks - 1;
+  // PRP1 is the first byte; then one entry per page that follows.
+  sqe.prp1 = data[0].iova;
+  auto* list = reinterpret_cast<std::uint64_t*>(  // this slot's PRP list page (DMA memory)
+      prp_lists_.data() + static_cast<std::size_t>(slot) * 4096);
+  unsigned n = 0;
+  for (std::size_t i = 0; i < data.size(); ++i) {
+    fpga::Iova page = (data[i].iova & ~std::uint64_t{page_ - 1});
+    const fpga::Iova end = data[i].iova + data[i].bytes;
+    if (i == 0) page += page_;  // PRP1 covers the first page
+    for (; page < end; page += page_) list[n++] = page;
+  }
+  if (n == 1) {
+    sqe.prp2 = list[0];
+  } else if (n > 1) {
+    sqe.prp2 = prp_lists_.iova() + static_cast<std::uint64_t>(slot) * 4096;
+  }
+  return push(sqe, tag);
+}
+
+IoStatus QueuePair::read(std::uint64_t lba, std::uint32_t blocks, std::span<const Segment> data,
+                         std::uint64_t tag) noexcept {
+  return submit_rw(wire::io::kRead, lba, blocks, data, tag);
+}
+
+IoStatus QueuePair::write(std::uint64_t lba, std::uint32_t blocks, std::span<const Segment> data,
+                          std::uint64_t tag) noexcept {
+  return submit_rw(wire::io::kWrite, lba, blocks, data, tag);
+}
+
+IoStatus QueuePair::flush(std::uint64_t tag) noexcept {
+  if (dead_ || ctrl_.generation() != generation_) return IoStatus::error(IoErrc::gone);
+  const int slot = take_slot();
+  if (slot < 0) return IoStatus::error(IoErrc::queue_full);
+  wire::Sqe sqe{};
+  sqe.opc = wire::io::kFlush;
+  sqe.cid = static_cast<std::uint16_t>(slot);
+  sqe.nsid = 1;
+  return push(sqe, tag);
+}
+
+IoStatus QueuePair::write_zeroes(std::uint64_t lba, std::uint32_t blocks,
+                                 std::uint64_t tag) noexcept {
+  if (dead_ || ctrl_.generation() != generation_) return IoStatus::error(IoErrc::gone);
+  if (blocks == 0 || blocks > 65536) return IoStatus::error(IoErrc::invalid);
+  if (lba >= block_count_ || blocks > block_count_ - lba) return IoStatus::error(IoErrc::invalid);
+  const int slot = take_slot();
+  if (slot < 0) return IoStatus::error(IoErrc::queue_full);
+  wire::Sqe sqe{};
+  sqe.opc = wire::io::kWriteZeroes;
+  sqe.cid = static_cast<std::uint16_t>(slot);
+  sqe.nsid = 1;
+  sqe.cdw10 = static_cast<std::uint32_t>(lba);
+  sqe.cdw11 = static_cast<std::uint32_t>(lba >> 32);
+  sqe.cdw12 = blocks - 1;
+  return push(sqe, tag);
+}
+
+void QueuePair::commit() noexcept {
+  if (sq_tail_ == sq_committed_) return;
+  // SQ entries must be visible before the doorbell write.
+  std::atomic_thread_fence(std::memory_order_release);
+  fn_.write32(regs::NVME_DOORBELL_BASE + regs::NVME_DOORBELL_STRIDE * qid_, sq_tail_);
+  sq_committed_ = sq_tail_;
+  ++stats_.doorbells;
+}
+
+unsigned QueuePair::fail_all(std::span<Completion> out, IoErrc why) noexcept {
+  dead_ = true;
+  unsigned n = 0;
+  for (std::size_t i = 0; i < slots_.size() && n < out.size(); ++i) {
+    Slot& s = slots_[i];
+    if (!s.busy) continue;
+    s.busy = false;
+    out[n++] = Completion{s.tag, IoStatus::error(s.timed_out ? IoErrc::timeout : why)};
+    free_.push_back(static_cast<std::uint16_t>(i));
+    --outstanding_;
+    ++stats_.completed;
+  }
+  return n;
+}
+
+unsigned QueuePair::poll(std::span<Completion> out) noexcept {
+  if (ctrl_.generation() != generation_ || dead_) {
+    return fail_all(out, IoErrc::gone);
+  }
+  unsigned n = 0;
+  while (n < out.size()) {
+    auto* slot = cq_.data() + std::size_t{cq_head_} * wire::kCqeBytes;
+    // The device stores the entry's last dword (phase tag) last, with release ordering.
+    const std::uint32_t dw3 =
+        std::atomic_ref<std::uint32_t>(*reinterpret_cast<std::uint32_t*>(slot + 12))
+            .load(std::memory_order_acquire);
+    if (((dw3 >> 16) & 1u) != (phase_ ? 1u : 0u)) break;
+    const std::uint16_t cid = static_cast<std::uint16_t>(dw3 & 0xFFFF);
+    const wire::StatusCode status = static_cast<wire::StatusCode>(dw3 >> 17);
+    if (++cq_head_ == entries_) {
+      cq_head_ = 0;
+      phase_ = !phase_;
+    }
+    if (cid >= slots_.size() || !slots_[cid].busy) continue;  // stale or bogus: ignore
+    Slot& s = slots_[cid];
+    s.busy = false;
+    IoStatus st = IoStatus::success();
+    if (wire::status_base(status) != 0) {
+      st = s.timed_out && wire::status_base(status) == wire::sc::kAbortRequested
+               ? IoStatus::error(IoErrc::timeout)
+               : IoStatus::device(status);
+    }
+    out[n++] = Completion{s.tag, st};
+    free_.push_back(cid);
+    --outstanding_;
+    ++stats_.completed;
+  }
+  if (n > 0) {
+    fn_.write32(regs::NVME_DOORBELL_BASE + regs::NVME_DOORBELL_STRIDE * qid_ + 4, cq_head_);
+  } else {
+    ++stats_.idle_polls;
+  }
+  // Every 64 polls, look for commands past their deadline (whether or not others complete).
+  if (outstanding_ > 0 && ++polls_since_check_ >= 64) {
+    polls_since_check_ = 0;
+    check_timeouts();
+    if (ctrl_.generation() != generation_) return n + fail_all(out.subspan(n), IoErrc::gone);
+  }
+  return n;
+}
+
+void QueuePair::check_timeouts() noexcept {
+  const std::uint64_t now = ctrl_.card().now_ns();
+  const auto limit = static_cast<std::uint64_t>(config_.command_timeout.count());
+  for (std::size_t i = 0; i < slots_.size(); ++i) {
+    Slot& s = slots_[i];
+    if (!s.busy || s.timed_out) continue;
+    if (s.deadline_ns == 0) {
+      s.deadline_ns = now + limit;  // first seen outstanding at this check
+      continue;
+    }
+    if (now < s.deadline_ns) continue;
+    s.timed_out = true;
+    ++stats_.timeouts;
+    ctrl_.recover_timeout(qid_, static_cast<std::uint16_t>(i));
+    if (ctrl_.generation() != generation_) return;
+  }
+}
+
+unsigned QueuePair::wait(std::span<Completion> out, std::chrono::nanoseconds timeout) noexcept {
+  commit();
+  unsigned n = poll(out);
+  if (n > 0) return n;
+  if (config_.interrupts) {
+    const auto deadline = ctrl_.card().now_ns() + static_cast<std::uint64_t>(timeout.count());
+    for (;;) {
+      const std::uint64_t now = ctrl_.card().now_ns();
+      if (now >= deadline) break;
+      auto r = fn_.wait_interrupt(qid_, std::chrono::nanoseconds(deadline - now));
+      n = poll(out);
+      if (n > 0 || !r.ok()) break;  // completions, or timeout / device gone
+    }
+  } else {
+    fpga::poll_until(ctrl_.card(), timeout, [&] {
+      n = poll(out);
+      return n > 0;
+    });
+  }
+  if (n == 0 && outstanding_ > 0) {
+    check_timeouts();
+    if (ctrl_.generation() != generation_) return fail_all(out, IoErrc::gone);
+  }
+  return n;
+}
+
+}  // namespace keel::drivers::nvme
