@@ -15,11 +15,12 @@ JOBS="${JOBS:-$(nproc)}"
 
 # Every Debian package the build, the tests and the tools need.
 PACKAGES=(
-  build-essential cmake ninja-build pkg-config python3 clang-format
+  build-essential cmake ninja-build pkg-config python3 clang-format clang libclang-rt-14-dev
   googletest libgtest-dev libgmock-dev libbenchmark-dev
-  libnvme-dev libjson-c-dev liburing-dev libxrt-dev libibverbs-dev
+  libnvme-dev libjson-c-dev liburing-dev libxrt-dev uuid-dev libibverbs-dev
   libcli11-dev nlohmann-json3-dev libfmt-dev libspdlog-dev
   verilator yosys iverilog
+  qemu-system-x86 qemu-utils busybox-static fio kmod
 )
 
 die() { echo "keel: $*" >&2; exit 1; }
@@ -60,6 +61,20 @@ case "${1:-}" in
   test)
     build
     ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS"
+    # The same host-side suites under AddressSanitizer + UndefinedBehaviorSanitizer (the
+    # Verilated card is left out: it is generated code and slow under ASan).
+    cmake -S "$ROOT" -B "$BUILD_DIR-asan" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DKEEL_SANITIZE=ON \
+      -DKEEL_WITH_SIM=OFF
+    cmake --build "$BUILD_DIR-asan" -j "$JOBS"
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+      ctest --test-dir "$BUILD_DIR-asan" --output-on-failure -j "$JOBS" \
+      -L 'unit|model|driver|sriov|fault|paravisor' -E 'format_check|bench_'
+    # The virtqueue / virtio-blk request parser under libFuzzer, for a bounded time.
+    cmake -S "$ROOT/tests/fuzz" -B "$BUILD_DIR-fuzz" -G Ninja -DCMAKE_CXX_COMPILER=clang++
+    cmake --build "$BUILD_DIR-fuzz" -j "$JOBS"
+    mkdir -p "$BUILD_DIR-fuzz/corpus"
+    "$BUILD_DIR-fuzz/blk_request_fuzz" -max_total_time="${FUZZ_SECONDS:-30}" \
+      "$BUILD_DIR-fuzz/corpus"
     ;;
   *)
     sed -n '2,12p' "${BASH_SOURCE[0]}" >&2

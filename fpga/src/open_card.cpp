@@ -1,11 +1,65 @@
 // Backend registry: turns "model", "sim", "vfio:BDF", "xrt:N" into a Card.
+#include <charconv>
 #include <cstdlib>
 #include <string>
+#include <system_error>
 
 #include "keel/fpga/card.h"
 #include "keel/fpga/model/model_card.h"
+#ifdef KEEL_HAVE_SIM
+#include "keel/fpga/sim/sim_card.h"
+#endif
+#include "keel/sriov/pci_address.h"
+#ifdef KEEL_HAVE_VFIO
+#include "keel/fpga/vfio/vfio_card.h"
+#endif
+#ifdef KEEL_HAVE_XRT
+#include "keel/fpga/xrt/xrt_card.h"
+#endif
 
 namespace keel::fpga {
+
+namespace {
+
+// "vfio:<PCI address of the PF>". Real boards ignore CardOptions (they are what they are).
+Result<std::unique_ptr<Card>> open_vfio(std::string_view spec, std::string_view arg) {
+  auto address = sriov::parse_pci_address(arg);
+  if (!address.ok()) {
+    return make_error(Errc::invalid_argument,
+                      "card spec '" + std::string(spec) + "': " + address.error().message);
+  }
+#ifdef KEEL_HAVE_VFIO
+  auto card = vfio::VfioCard::open(*address);
+  if (!card.ok()) return card.error();
+  return std::unique_ptr<Card>(std::move(card).value());
+#else
+  return make_error(Errc::unavailable,
+                    "the 'vfio' backend is not part of this build of keel (linux/vfio.h was "
+                    "not found when it was configured)");
+#endif
+}
+
+// "xrt:<device index>", a decimal number.
+Result<std::unique_ptr<Card>> open_xrt(std::string_view spec, std::string_view arg) {
+  unsigned index = 0;
+  const auto [end, ec] = std::from_chars(arg.data(), arg.data() + arg.size(), index);
+  if (arg.empty() || ec != std::errc() || end != arg.data() + arg.size()) {
+    return make_error(Errc::invalid_argument,
+                      "card spec '" + std::string(spec) +
+                          "': expected xrt:<device index>, a decimal number such as xrt:0");
+  }
+#ifdef KEEL_HAVE_XRT
+  auto card = xrt::XrtCard::open(index);
+  if (!card.ok()) return card.error();
+  return std::unique_ptr<Card>(std::move(card).value());
+#else
+  return make_error(Errc::unavailable,
+                    "the 'xrt' backend is not part of this build of keel (XRT was not found "
+                    "when it was configured: install libxrt-dev or Xilinx XRT)");
+#endif
+}
+
+}  // namespace
 
 Result<std::unique_ptr<Card>> open_card(std::string_view spec, const CardOptions& options) {
   const auto colon = spec.find(':');
@@ -22,10 +76,24 @@ Result<std::unique_ptr<Card>> open_card(std::string_view spec, const CardOptions
     if (!card) return card.error();
     return std::unique_ptr<Card>(std::move(card).value());
   }
-  if (kind == "sim" || kind == "vfio" || kind == "xrt") {
+  if (kind == "vfio") return open_vfio(spec, arg);
+  if (kind == "xrt") return open_xrt(spec, arg);
+  if (kind == "sim") {
+#ifdef KEEL_HAVE_SIM
+    if (!arg.empty()) {
+      return make_error(Errc::invalid_argument,
+                        "card spec 'sim' takes no argument, got '" + std::string(spec) + "'");
+    }
+    sim::SimConfig cfg;
+    cfg.card = options;
+    auto card = sim::SimCard::create(cfg);
+    if (!card) return card.error();
+    return std::unique_ptr<Card>(std::move(card).value());
+#else
     return make_error(Errc::unavailable,
                       "the '" + std::string(kind) +
                           "' backend is not part of this build of keel (available: model)");
+#endif
   }
   return make_error(Errc::invalid_argument,
                     "unknown card spec '" + std::string(spec) +
@@ -46,9 +114,12 @@ std::vector<std::string> test_backends() {
     return out;
   }
   std::vector<std::string> out{"model"};
+#ifdef KEEL_HAVE_SIM
+  out.push_back("sim");
+#endif
   if (const char* env = std::getenv("KEEL_CARD"); env != nullptr && *env != '\0') {
     const std::string board(env);
-    if (board != "model") out.push_back(board);
+    if (board != "model" && board != "sim") out.push_back(board);
   }
   return out;
 }

@@ -42,6 +42,8 @@ class VfFunction final : public IommuFunction {
   void write64(std::uint64_t offset, std::uint64_t value) noexcept override;
   unsigned num_vectors() const noexcept override;
   Result<std::uint32_t> wait_interrupt(unsigned vector, std::chrono::nanoseconds timeout) override;
+  int interrupt_fd(unsigned vector) override;
+  void set_interrupt_masked(unsigned vector, bool masked) override;
   Status flr() override;
 
  private:

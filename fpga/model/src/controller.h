@@ -21,9 +21,15 @@ struct Activity {
   std::atomic<std::uint64_t> epoch{0};
   std::atomic<bool> sleeping{false};
 
+  /// Host side, after its store (doorbell, register). The fence pairs with the one the card
+  /// issues after setting `sleeping`: either the card sees the store, or this sees `sleeping`
+  /// and wakes it. No read-modify-write on the shared line unless the card sleeps.
   void kick() noexcept {
-    epoch.fetch_add(1, std::memory_order_seq_cst);
-    if (sleeping.load(std::memory_order_seq_cst)) epoch.notify_all();
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (sleeping.load(std::memory_order_relaxed)) {
+      epoch.fetch_add(1, std::memory_order_seq_cst);
+      epoch.notify_all();
+    }
   }
 };
 

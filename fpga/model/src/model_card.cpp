@@ -62,7 +62,7 @@ ModelCard::ModelCard(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ModelCard::~ModelCard() {
   if (impl_->thread.joinable()) {
     impl_->running.store(false);
-    impl_->activity.epoch.fetch_add(1);
+    impl_->activity.epoch.fetch_add(1, std::memory_order_seq_cst);
     impl_->activity.epoch.notify_all();
     impl_->thread.join();
   }
@@ -151,7 +151,6 @@ void ModelCard::Impl::run() {
   constexpr unsigned kSpinsBeforeSleep = 4096;
   unsigned idle = 0;
   while (running.load(std::memory_order_relaxed)) {
-    const std::uint64_t seen = activity.epoch.load(std::memory_order_seq_cst);
     unsigned done;
     bool busy;
     {
@@ -169,11 +168,18 @@ void ModelCard::Impl::run() {
       std::this_thread::yield();
       continue;
     }
-    activity.sleeping.store(true, std::memory_order_seq_cst);
-    if (activity.epoch.load(std::memory_order_seq_cst) == seen && running.load()) {
-      activity.epoch.wait(seen, std::memory_order_seq_cst);
+    // Announce the sleep, then look once more: a host store either is seen here or sees
+    // `sleeping` and bumps the epoch (Activity::kick).
+    activity.sleeping.store(true, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    const std::uint64_t seen = activity.epoch.load(std::memory_order_seq_cst);
+    bool work;
+    {
+      std::lock_guard lock(mu);
+      work = any_busy();
     }
-    activity.sleeping.store(false, std::memory_order_seq_cst);
+    if (!work && running.load()) activity.epoch.wait(seen, std::memory_order_seq_cst);
+    activity.sleeping.store(false, std::memory_order_relaxed);
     idle = 0;
   }
 }
@@ -243,6 +249,14 @@ Result<std::uint32_t> VfFunction::wait_interrupt(unsigned vector,
   return make_error(Errc::timeout, "no interrupt on VF " + std::to_string(index_) + " vector " +
                                        std::to_string(vector) + " within " +
                                        std::to_string(timeout.count() / 1000000) + " ms");
+}
+
+int VfFunction::interrupt_fd(unsigned vector) {
+  return card_.ctrls[index_]->interrupts().fd(vector);
+}
+
+void VfFunction::set_interrupt_masked(unsigned vector, bool masked) {
+  card_.ctrls[index_]->interrupts().set_masked(vector, masked);
 }
 
 Status VfFunction::flr() {

@@ -54,6 +54,21 @@ class Function {
   virtual Result<std::uint32_t> wait_interrupt(unsigned vector,
                                                std::chrono::nanoseconds timeout) = 0;
 
+  /// An eventfd that becomes readable when `vector` fires, for callers that wait on several
+  /// event sources at once (epoll). Reading it (8 bytes) consumes the signal; wait_interrupt()
+  /// keeps its own count. Returns -1 when the backend has no such fd for the vector.
+  virtual int interrupt_fd(unsigned vector) {
+    (void)vector;
+    return -1;
+  }
+  /// MSI-X per-vector mask: while masked, the function records the interrupt as pending and
+  /// signals interrupt_fd() only when unmasked. Lets a polling caller take no interrupts and
+  /// arm one just before it sleeps. Backends without masking ignore it.
+  virtual void set_interrupt_masked(unsigned vector, bool masked) {
+    (void)vector;
+    (void)masked;
+  }
+
   /// Function-level reset; returns when the reset is complete. For a VF: outstanding commands
   /// are aborted, its queues deleted, its controller reset, its resources kept. Errors:
   /// invalid_argument (the PF cannot be reset this way), gone, timeout.

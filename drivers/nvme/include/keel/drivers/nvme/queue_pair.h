@@ -52,6 +52,17 @@ class QueuePair {
   /// reaped (0 on timeout).
   unsigned wait(std::span<Completion> out, std::chrono::nanoseconds timeout) noexcept;
 
+  /// With interrupts on: an eventfd that becomes readable when this queue's MSI-X vector fires
+  /// (for callers that wait on several sources with epoll). -1 otherwise.
+  int interrupt_fd() const noexcept { return config_.interrupts ? fn_.interrupt_fd(qid_) : -1; }
+
+  /// Interrupt mode: unmask (true) or mask (false) this queue's MSI-X vector. A caller that
+  /// polls keeps it masked and arms it just before sleeping on interrupt_fd(), then polls
+  /// once more before actually sleeping.
+  void arm_interrupt(bool armed) noexcept {
+    if (config_.interrupts) fn_.set_interrupt_masked(qid_, !armed);
+  }
+
   struct Stats {
     std::uint64_t submitted = 0;
     std::uint64_t completed = 0;
@@ -79,6 +90,7 @@ class QueuePair {
   int take_slot() noexcept;
   void check_timeouts() noexcept;
   unsigned fail_all(std::span<Completion> out, IoErrc why) noexcept;
+  void write_cq_head() noexcept;
 
   Controller& ctrl_;
   fpga::Function& fn_;
@@ -90,6 +102,7 @@ class QueuePair {
   std::uint16_t sq_tail_ = 0;
   std::uint16_t sq_committed_ = 0;
   std::uint16_t cq_head_ = 0;
+  unsigned unreported_ = 0;  // completions consumed since the CQ head doorbell was written
   bool phase_ = true;
   bool dead_ = false;
   std::vector<Slot> slots_;

@@ -1,0 +1,155 @@
+// keel_bench_driver: the NVMe VF driver on the free-running reference card.
+//
+// 4 KiB random reads at several queue depths with 1 and 2 queue pairs, all owned by the
+// benchmark thread. Counters:
+//   iops                  completed reads per second (wall time)
+//   cpu_ns_per_io         host thread CPU per IO, excluding idle polling (polls that found
+//                         nothing, at their cost calibrated in the same run)
+//   thread_cpu_ns_per_io  all host thread CPU per IO, idle polling included
+//   doorbells_per_io      SQ doorbell writes per IO (batching)
+//   idle_polls_per_io     polls that found nothing, per IO
+//   peak_rss_mib          peak resident memory of the process
+#include <benchmark/benchmark.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include <random>
+#include <vector>
+
+#include "keel/drivers/nvme/controller.h"
+#include "keel/drivers/nvme/queue_pair.h"
+#include "keel/fpga/card.h"
+#include "keel/sriov/pf_manager.h"
+
+namespace {
+
+namespace drv = keel::drivers::nvme;
+
+std::uint64_t thread_cpu_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull +
+         static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+double peak_rss_mib() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;
+}
+
+[[noreturn]] void die(const std::string& what) {
+  std::fprintf(stderr, "keel_bench_driver: %s\n", what.c_str());
+  std::exit(1);
+}
+
+struct Rig {
+  std::unique_ptr<keel::fpga::Card> card;
+  std::unique_ptr<drv::Controller> ctrl;
+  std::vector<std::unique_ptr<drv::QueuePair>> qps;
+  keel::fpga::DmaBuffer buf;
+
+  Rig(unsigned nqp, unsigned qd) {
+    keel::fpga::CardOptions o;
+    o.lockstep = false;
+    o.storage_bytes = 256ull << 20;
+    auto c = keel::fpga::open_card("model", o);
+    if (!c) die(keel::to_string(c.error()));
+    card = std::move(c).value();
+    auto pm = keel::sriov::PfManager::discover(*card);
+    if (!pm) die(keel::to_string(pm.error()));
+    if (auto st = pm->enable_vfs_even(1, nqp); !st.ok()) die(keel::to_string(st.error()));
+    auto ctl = drv::Controller::open(*card, **card->vf(0));
+    if (!ctl) die(keel::to_string(ctl.error()));
+    ctrl = std::move(ctl).value();
+    for (unsigned q = 0; q < nqp; ++q) {
+      auto qp = ctrl->create_queue_pair({.entries = static_cast<std::uint16_t>(qd + 1)});
+      if (!qp) die(keel::to_string(qp.error()));
+      qps.push_back(std::move(qp).value());
+    }
+    auto b = (*card->vf(0))->alloc_dma(std::size_t{qd} * nqp * 4096);
+    if (!b) die(keel::to_string(b.error()));
+    buf = std::move(b).value();
+  }
+  ~Rig() {
+    qps.clear();
+    buf.reset();
+    ctrl.reset();
+  }
+};
+
+void BM_RandRead4k(benchmark::State& state) {
+  const unsigned qd = static_cast<unsigned>(state.range(0));
+  const unsigned nqp = static_cast<unsigned>(state.range(1));
+  const unsigned per_qp = std::max(1u, qd / nqp);
+  Rig rig(nqp, per_qp);
+  const std::uint64_t blocks = rig.ctrl->block_count() / 8;  // 4 KiB units
+  std::mt19937_64 rng(1);
+  auto submit = [&](unsigned q, std::uint64_t slot) {
+    const drv::Segment seg{rig.buf.iova() + (q * per_qp + slot) * 4096, 4096};
+    const drv::IoStatus st = rig.qps[q]->read((rng() % blocks) * 8, 8, {&seg, 1}, slot);
+    if (!st.ok()) die("submit: " + drv::to_string(st));
+  };
+  for (unsigned q = 0; q < nqp; ++q) {
+    for (unsigned s = 0; s < per_qp; ++s) submit(q, s);
+    rig.qps[q]->commit();
+  }
+  drv::Completion done[256];
+  std::uint64_t ios = 0;
+  const std::uint64_t cpu0 = thread_cpu_ns();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto _ : state) {
+    for (unsigned q = 0; q < nqp; ++q) {
+      const unsigned n = rig.qps[q]->poll(done);
+
+      for (unsigned i = 0; i < n; ++i) {
+        if (!done[i].status.ok()) die("read failed: " + drv::to_string(done[i].status));
+        submit(q, done[i].tag);
+      }
+      rig.qps[q]->commit();
+      ios += n;
+    }
+  }
+  const std::uint64_t cpu = thread_cpu_ns() - cpu0;
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::uint64_t idle = 0, doorbells = 0;
+  for (const auto& qp : rig.qps) {
+    idle += qp->stats().idle_polls;
+    doorbells += qp->stats().doorbells;
+  }
+  // Drain, then calibrate what an idle poll costs on an empty queue pair in this run.
+  for (unsigned q = 0; q < nqp; ++q) {
+    while (rig.qps[q]->outstanding() > 0) rig.qps[q]->wait(done, std::chrono::seconds(5));
+  }
+  constexpr unsigned kCal = 200000;
+  const std::uint64_t cal0 = thread_cpu_ns();
+  for (unsigned i = 0; i < kCal; ++i) benchmark::DoNotOptimize(rig.qps[0]->poll(done));
+  const double idle_cost = static_cast<double>(thread_cpu_ns() - cal0) / kCal;
+  const double busy =
+      std::max(0.0, static_cast<double>(cpu) - idle_cost * static_cast<double>(idle));
+  const double n = static_cast<double>(std::max<std::uint64_t>(ios, 1));
+  state.counters["iops"] = static_cast<double>(ios) / secs;
+  state.counters["cpu_ns_per_io"] = busy / n;
+  state.counters["thread_cpu_ns_per_io"] = static_cast<double>(cpu) / n;
+  state.counters["doorbells_per_io"] = static_cast<double>(doorbells) / n;
+  state.counters["idle_polls_per_io"] = static_cast<double>(idle) / n;
+  state.counters["idle_poll_ns"] = idle_cost;
+  state.counters["peak_rss_mib"] = peak_rss_mib();
+  state.SetItemsProcessed(static_cast<std::int64_t>(ios));
+}
+
+BENCHMARK(BM_RandRead4k)
+    ->ArgNames({"qd", "qps"})
+    ->Args({1, 1})
+    ->Args({32, 1})
+    ->Args({128, 1})
+    ->Args({1, 2})
+    ->Args({32, 2})
+    ->Args({128, 2})
+    ->MinTime(0.5)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();

@@ -1,0 +1,328 @@
+// VfioCard: opening a real card through VFIO, and SR-IOV through sysfs plus the card's PF.
+#include "keel/fpga/vfio/vfio_card.h"
+
+#include <sys/random.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include <keel/regs/keel_regs.h>
+
+#include "keel/sriov/pci_address.h"
+#include "keel/sriov/sysfs.h"
+#include "vfio_device.h"
+
+namespace keel::fpga::vfio {
+
+namespace fs = std::filesystem;
+namespace pf_regs = regs::pf;
+
+namespace {
+
+constexpr std::string_view kVfioPci = "vfio-pci";
+
+// Errors that mean "this host is not set up for the card" become unavailable, so callers
+// (and test fixtures) can tell "cannot run here" from a real failure.
+Error as_unavailable(Error e) {
+  if (e.code == Errc::not_found) e.code = Errc::unavailable;
+  return e;
+}
+
+std::array<std::uint8_t, 16> random_uuid() {
+  std::array<std::uint8_t, 16> u{};
+  if (::getrandom(u.data(), u.size(), 0) != static_cast<ssize_t>(u.size())) {
+    std::random_device rd;
+    for (auto& b : u) b = static_cast<std::uint8_t>(rd());
+  }
+  u[6] = static_cast<std::uint8_t>((u[6] & 0x0F) | 0x40);  // version 4 (random)
+  u[8] = static_cast<std::uint8_t>((u[8] & 0x3F) | 0x80);  // RFC 4122 variant
+  return u;
+}
+
+std::string uuid_text(const std::array<std::uint8_t, 16>& u) {
+  std::string s;
+  char buf[3];
+  for (std::size_t i = 0; i < u.size(); ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) s += '-';
+    std::snprintf(buf, sizeof buf, "%02x", u[i]);
+    s += buf;
+  }
+  return s;
+}
+
+}  // namespace
+
+struct VfioCard::Impl {
+  explicit Impl(const VfioOptions& o) : options(o), sysfs(sriov::SysfsConfig{o.sysfs_root, {}}) {}
+
+  Result<std::shared_ptr<Group>> group_for(unsigned number);
+  Result<std::unique_ptr<VfioFunction>> open_function(const std::string& addr, unsigned number);
+  Status open_vfs(unsigned n);
+  Status disable();
+  Status wait_for_node(const std::string& vf, const fs::path& node) const;
+  std::string container_path() const { return options.dev_root + "/vfio/vfio"; }
+
+  VfioOptions options;
+  sriov::SysfsSriov sysfs;
+  std::string address;
+  // Declared first, destroyed last: DmaBuffers of every function point at these.
+  std::vector<std::shared_ptr<Container>> containers;
+  std::map<unsigned, std::weak_ptr<Group>> groups;  // open groups, shared by their functions
+  std::unique_ptr<VfioFunction> pf;
+  std::mutex mu;  // VF list and count
+  std::vector<std::unique_ptr<VfioFunction>> vfs;
+  std::vector<std::unique_ptr<VfioFunction>> retired;  // removed VFs: pointers stay valid
+  std::atomic<unsigned> num_vfs{0};
+  unsigned max_vfs = 0;
+  std::string no_vfs_reason;  // why max_vfs is 0, when it is
+  std::array<std::uint8_t, 16> token{};
+  bool have_token = false;
+};
+
+Result<std::shared_ptr<Group>> VfioCard::Impl::group_for(unsigned number) {
+  if (auto it = groups.find(number); it != groups.end()) {
+    if (auto open = it->second.lock()) return open;
+  }
+  auto group =
+      Group::open(options.dev_root + "/vfio/" + std::to_string(number), number, container_path());
+  if (!group.ok()) return group.error();
+  groups[number] = *group;
+  containers.push_back((*group)->container());
+  return group;
+}
+
+Result<std::unique_ptr<VfioFunction>> VfioCard::Impl::open_function(const std::string& addr,
+                                                                    unsigned number) {
+  const auto group_number = sysfs.iommu_group(addr);
+  if (!group_number.ok()) return as_unavailable(group_number.error());
+  auto group = group_for(*group_number);
+  if (!group.ok()) return group.error();
+  // A VF of a PF held by vfio-pci opens only with the token its PF was given.
+  const std::string name =
+      number != 0 && have_token ? addr + " vf_token=" + uuid_text(token) : addr;
+  return VfioFunction::open(std::move(group).value(), addr, name, number);
+}
+
+Status VfioCard::Impl::wait_for_node(const std::string& vf, const fs::path& node) const {
+  const auto deadline = std::chrono::steady_clock::now() + options.vf_settle_timeout;
+  std::error_code ec;
+  while (!fs::exists(node, ec)) {
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return make_error(Errc::timeout, "VF " + vf + ": " + node.string() +
+                                           " did not appear within " +
+                                           std::to_string(options.vf_settle_timeout.count()) +
+                                           " ms of enabling it");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return {};
+}
+
+Status VfioCard::Impl::open_vfs(unsigned n) {
+  const auto list = sysfs.vf_addresses(address);
+  if (!list.ok()) return list.error();
+  if (list->size() < n) {
+    return make_error(Errc::io_error, address + " has " + std::to_string(n) + " VFs but only " +
+                                          std::to_string(list->size()) + " virtfn links in sysfs");
+  }
+  std::vector<std::unique_ptr<VfioFunction>> opened;
+  for (unsigned i = 0; i < n; ++i) {
+    const std::string& vf = (*list)[i];
+    const auto driver = sysfs.driver(vf);
+    if (!driver.ok()) return driver.error();
+    if (*driver != kVfioPci) {
+      if (!options.bind_vfs) {
+        return make_error(Errc::unavailable,
+                          "VF " + vf + " is bound to " +
+                              (driver->empty() ? std::string("no driver") : *driver) +
+                              ", not vfio-pci, and binding VFs is off");
+      }
+      if (Status st = sysfs.bind_to(vf, kVfioPci); !st.ok()) return st;
+    }
+    const auto group_number = sysfs.iommu_group(vf);
+    if (!group_number.ok()) return as_unavailable(group_number.error());
+    const fs::path node = fs::path(options.dev_root) / "vfio" / std::to_string(*group_number);
+    if (Status st = wait_for_node(vf, node); !st.ok()) return st;
+    auto fn = open_function(vf, i + 1);
+    if (!fn.ok()) return fn.error();
+    opened.push_back(std::move(fn).value());
+  }
+  vfs = std::move(opened);
+  num_vfs.store(n, std::memory_order_release);
+  return {};
+}
+
+Status VfioCard::Impl::disable() {
+  for (auto& vf : vfs) {
+    vf->close();
+    retired.push_back(std::move(vf));
+  }
+  vfs.clear();
+  num_vfs.store(0, std::memory_order_release);
+  Status st = sysfs.set_num_vfs(address, 0);
+  pf->write32(pf_regs::NUM_VFS, 0);
+  return st;
+}
+
+// ------------------------------------------------------------------------------- VfioCard
+
+VfioCard::VfioCard(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+VfioCard::~VfioCard() {
+  if (impl_ == nullptr || impl_->pf == nullptr) return;
+  std::lock_guard lock(impl_->mu);
+  if (impl_->num_vfs.load() != 0) (void)impl_->disable();
+}
+
+Result<std::unique_ptr<VfioCard>> VfioCard::open(std::string_view address,
+                                                 const VfioOptions& options) {
+  auto addr = sriov::parse_pci_address(address);
+  if (!addr.ok()) return addr.error();
+  auto impl = std::make_unique<Impl>(options);
+  impl->address = *addr;
+  sriov::SysfsSriov& sysfs = impl->sysfs;
+  const fs::path devices = fs::path(options.sysfs_root) / "bus" / "pci" / "devices";
+  if (!sysfs.exists(*addr)) {
+    return make_error(Errc::unavailable, "no PCI device " + *addr + " in " + devices.string());
+  }
+  std::error_code ec;
+  if (!fs::exists(impl->container_path(), ec)) {
+    return make_error(Errc::unavailable,
+                      impl->container_path() +
+                          " not present: load vfio-pci (modprobe vfio-pci) and bind the card "
+                          "to it (docs/boards.md)");
+  }
+  const auto group = sysfs.iommu_group(*addr);
+  if (!group.ok()) return as_unavailable(group.error());
+  const auto driver = sysfs.driver(*addr);
+  if (!driver.ok()) return as_unavailable(driver.error());
+  if (*driver != kVfioPci) {
+    const std::string dev = (devices / *addr).string();
+    return make_error(
+        Errc::unavailable,
+        *addr + " is bound to " + (driver->empty() ? std::string("no driver") : *driver) +
+            ", not vfio-pci: hand it over with 'echo vfio-pci > " + dev +
+            "/driver_override; echo " + *addr + " > " + dev + "/driver/unbind; echo " + *addr +
+            " > " + options.sysfs_root + "/bus/pci/drivers_probe' (docs/boards.md)");
+  }
+
+  auto pf = impl->open_function(*addr, 0);
+  if (!pf.ok()) return pf.error();
+  impl->pf = std::move(pf).value();
+  VfioFunction& p = *impl->pf;
+  const std::uint32_t id = p.read32(pf_regs::ID);
+  if (id != regs::MAGIC) {
+    char buf[16];
+    std::snprintf(buf, sizeof buf, "0x%08x", id);
+    return make_error(Errc::not_found, *addr + " does not answer as a keel card: PF ID reads " +
+                                           buf +
+                                           ", expected 0x4B45454C ('KEEL'); check that "
+                                           "the keel bitstream is loaded");
+  }
+  const auto card_max = static_cast<unsigned>(regs::field_get(
+      p.read32(pf_regs::CAPS), pf_regs::CAPS_MAX_VFS_MASK, pf_regs::CAPS_MAX_VFS_SHIFT));
+  const auto total = sysfs.total_vfs(*addr);
+  if (total.ok()) {
+    impl->max_vfs = std::min(card_max, *total);
+    if (impl->max_vfs == 0) impl->no_vfs_reason = "sriov_totalvfs or CAPS.MAX_VFS is 0";
+  } else {
+    impl->no_vfs_reason = total.error().message;
+  }
+  impl->token = random_uuid();
+  impl->have_token = impl->max_vfs > 0 && p.set_vf_token(impl->token);
+
+  // VFs created before we came (an administrator's sriov_numvfs) are adopted.
+  if (const auto existing = sysfs.num_vfs(*addr); existing.ok() && *existing > 0) {
+    std::lock_guard lock(impl->mu);
+    p.write32(pf_regs::NUM_VFS, 0);
+    p.write32(pf_regs::NUM_VFS, *existing);
+    if (Status st = impl->open_vfs(*existing); !st.ok()) return st.error();
+  }
+  return std::unique_ptr<VfioCard>(new VfioCard(std::move(impl)));
+}
+
+const std::string& VfioCard::address() const noexcept { return impl_->address; }
+
+std::string VfioCard::describe() const {
+  VfioFunction& p = *impl_->pf;
+  const std::uint32_t version = p.read32(pf_regs::VERSION);
+  const std::uint64_t lbas = p.read64(pf_regs::STORAGE_LBAS);
+  char buf[200];
+  std::snprintf(buf, sizeof buf,
+                "vfio card %s (IOMMU group %u): programming model %u.%u, %u of %u VFs, "
+                "%llu MiB storage (%llu LBAs)",
+                impl_->address.c_str(), p.group_number(), version >> 16, version & 0xFFFF,
+                num_vfs(), max_vfs(), static_cast<unsigned long long>((lbas << 9) >> 20),
+                static_cast<unsigned long long>(lbas));
+  return buf;
+}
+
+Function& VfioCard::pf() noexcept { return *impl_->pf; }
+
+Result<Function*> VfioCard::vf(unsigned index) {
+  std::lock_guard lock(impl_->mu);
+  if (index >= impl_->vfs.size()) {
+    return make_error(Errc::not_found, "VF " + std::to_string(index) + " is not present (" +
+                                           std::to_string(impl_->vfs.size()) + " VFs are enabled)");
+  }
+  return static_cast<Function*>(impl_->vfs[index].get());
+}
+
+unsigned VfioCard::max_vfs() const noexcept { return impl_->max_vfs; }
+
+unsigned VfioCard::num_vfs() const noexcept {
+  return impl_->num_vfs.load(std::memory_order_acquire);
+}
+
+Status VfioCard::set_num_vfs(unsigned n) {
+  Impl& c = *impl_;
+  std::lock_guard lock(c.mu);
+  if (n > c.max_vfs) {
+    std::string msg =
+        "the card has " + std::to_string(c.max_vfs) + " VFs; cannot enable " + std::to_string(n);
+    if (!c.no_vfs_reason.empty()) msg += " (" + c.no_vfs_reason + ")";
+    return make_error(Errc::invalid_argument, msg);
+  }
+  const unsigned cur = c.num_vfs.load();
+  if (n == cur) return {};
+  if (cur != 0 && n != 0) {
+    return make_error(Errc::busy, std::to_string(cur) + " VFs are enabled; set the count to 0 " +
+                                      "before changing it to " + std::to_string(n));
+  }
+  if (n == 0) return c.disable();
+
+  // The card's logic first, then the bus: a VF is never on the bus without its controller.
+  c.pf->write32(pf_regs::NUM_VFS, n);
+  const std::uint32_t status = c.pf->read32(pf_regs::STATUS);
+  if ((status & pf_regs::STATUS_NUM_VFS_ERR_MASK) != 0) {
+    c.pf->write32(pf_regs::NUM_VFS, 0);
+    return make_error(Errc::device_error, "the card refused NUM_VFS = " + std::to_string(n) +
+                                              " (PF STATUS.NUM_VFS_ERR)");
+  }
+  if (Status st = c.sysfs.set_num_vfs(c.address, n); !st.ok()) {
+    c.pf->write32(pf_regs::NUM_VFS, 0);
+    return st;
+  }
+  if (Status st = c.open_vfs(n); !st.ok()) {
+    (void)c.sysfs.set_num_vfs(c.address, 0);
+    c.pf->write32(pf_regs::NUM_VFS, 0);
+    return st;
+  }
+  return {};
+}
+
+std::uint64_t VfioCard::now_ns() const noexcept {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                        std::chrono::steady_clock::now().time_since_epoch())
+                                        .count());
+}
+
+}  // namespace keel::fpga::vfio

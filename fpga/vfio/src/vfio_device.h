@@ -1,0 +1,115 @@
+// A VFIO group and a VFIO device: one PCIe function of a real card behind vfio-pci.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "keel/fpga/function.h"
+#include "mmio.h"
+#include "unique_fd.h"
+#include "vfio_container.h"
+
+namespace keel::fpga::vfio {
+
+/// An open /dev/vfio/<N> attached to its own container. Shared by the functions in the group;
+/// when the last one lets go, the group closes and its container is detached (the kernel drops
+/// the IOMMU domain). The container itself lives on as long as someone holds it: DmaBuffers
+/// point at it, so VfioCard keeps every container until the card is destroyed.
+class Group {
+ public:
+  /// Opens the group node `path`, checks it is viable, attaches it to a new container opened
+  /// from `container_path` and selects the IOMMU. Errors: unavailable (missing node, no
+  /// permission, not viable: other devices of the group are bound to host drivers), busy (the
+  /// group is open in another process).
+  static Result<std::shared_ptr<Group>> open(const std::string& path, unsigned number,
+                                             const std::string& container_path);
+  Group(const Group&) = delete;
+  Group& operator=(const Group&) = delete;
+  ~Group();
+
+  unsigned number() const noexcept { return number_; }
+  int fd() const noexcept { return fd_.get(); }
+  const std::shared_ptr<Container>& container() const noexcept { return container_; }
+
+ private:
+  Group(unsigned number, UniqueFd fd, std::shared_ptr<Container> container)
+      : number_(number), fd_(std::move(fd)), container_(std::move(container)) {}
+
+  unsigned number_;
+  UniqueFd fd_;
+  std::shared_ptr<Container> container_;
+};
+
+/// One function (the PF or a VF) opened through VFIO.
+class VfioFunction final : public Function {
+ public:
+  /// Opens `address` in `group`. `name` is what VFIO_GROUP_GET_DEVICE_FD gets: the address,
+  /// plus " vf_token=<uuid>" for a VF whose PF is held by vfio-pci. Maps BAR0, routes every
+  /// MSI-X vector to an eventfd and listens for the kernel's release request.
+  /// Errors: unavailable, busy (the device is open elsewhere), io_error.
+  static Result<std::unique_ptr<VfioFunction>> open(std::shared_ptr<Group> group,
+                                                    const std::string& address,
+                                                    const std::string& name, unsigned number);
+  ~VfioFunction() override;
+
+  const std::string& address() const noexcept { return address_; }
+  unsigned group_number() const noexcept { return group_number_; }
+  /// Sets the VF token (a UUID, 16 bytes) VFs of this PF must present. False when the kernel
+  /// or device has no VF token (kernels before 5.7, or a function that is not an SR-IOV PF).
+  bool set_vf_token(const std::array<std::uint8_t, 16>& uuid);
+  /// Leaves the bus: BAR reads return all ones, writes are dropped, DMA and interrupt waits
+  /// fail with gone (waits in progress wake up), the device and its group are released. The
+  /// object stays valid, so pointers callers still hold never dangle. Idempotent.
+  void close() noexcept;
+
+  unsigned number() const noexcept override { return number_; }
+  std::uint64_t bar_size() const noexcept override { return bar_.size(); }
+  std::uint32_t read32(std::uint64_t offset) noexcept override { return bar_.read32(offset); }
+  std::uint64_t read64(std::uint64_t offset) noexcept override { return bar_.read64(offset); }
+  void write32(std::uint64_t offset, std::uint32_t value) noexcept override {
+    bar_.write32(offset, value);
+  }
+  void write64(std::uint64_t offset, std::uint64_t value) noexcept override {
+    bar_.write64(offset, value);
+  }
+  Result<DmaBuffer> alloc_dma(std::size_t bytes) override;
+  Status map_dma(void* host, std::size_t bytes, Iova iova) override;
+  Status unmap_dma(Iova iova) override;
+  unsigned num_vectors() const noexcept override { return static_cast<unsigned>(irq_fds_.size()); }
+  Result<std::uint32_t> wait_interrupt(unsigned vector, std::chrono::nanoseconds timeout) override;
+  Status flr() override;
+
+ private:
+  VfioFunction(std::shared_ptr<Group> group, std::string address, unsigned number, UniqueFd device)
+      : group_(std::move(group)),
+        address_(std::move(address)),
+        number_(number),
+        device_(std::move(device)) {}
+  Status map_bar0();
+  Status route_interrupts(unsigned num_irqs);
+  /// True once the function was closed or the kernel asked for it back (hot removal).
+  bool gone() noexcept;
+  Error gone_error() const;
+
+  std::shared_ptr<Group> group_;
+  std::shared_ptr<Container> container_;  // kept after close(): DmaBuffers still point at it
+  std::string address_;
+  unsigned number_;
+  UniqueFd device_;
+  Bar bar_;  // declared after device_: unmapped before the device closes
+  std::vector<UniqueFd> irq_fds_;
+  // Signalled by the kernel when it wants the device back (hot removal) and by close(); every
+  // interrupt wait polls it too.
+  UniqueFd gone_fd_;
+  unsigned group_number_ = 0;
+  bool can_reset_ = false;
+  std::atomic<bool> gone_{false};
+  std::atomic<bool> closed_{false};
+};
+
+}  // namespace keel::fpga::vfio

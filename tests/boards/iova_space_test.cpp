@@ -1,0 +1,155 @@
+// IovaSpace: where the vfio backend puts DMA buffers and which caller windows it refuses.
+#include "keel/fpga/vfio/iova_space.h"
+
+#include <gtest/gtest.h>
+
+namespace keel::fpga::vfio {
+namespace {
+
+constexpr std::size_t kPage = 4096;
+constexpr Iova kGiB = 1ull << 30;
+
+// The error code of a failed call; a call that succeeded fails the expectation instead.
+template <typename R>
+Errc code(const R& r) {
+  EXPECT_FALSE(r.ok()) << "expected an error";
+  return r.ok() ? Errc::io_error : r.error().code;
+}
+
+TEST(IovaSpace, AllocationsStartAt64GiBAlignedWithAGuardPage) {
+  IovaSpace space;
+
+  const auto a = space.allocate(64 * 1024);
+  const auto b = space.allocate(kPage);
+
+  ASSERT_TRUE(a.ok()) << to_string(a.error());
+  ASSERT_TRUE(b.ok()) << to_string(b.error());
+  EXPECT_EQ(*a, IovaSpace::kAllocBase);
+  EXPECT_EQ(*b % IovaSpace::kAllocAlign, 0u);
+  EXPECT_GE(*b, *a + 64 * 1024 + kPage) << "no guard page after the first buffer";
+}
+
+TEST(IovaSpace, ReleasedRangesAreReused) {
+  IovaSpace space;
+  const auto a = space.allocate(kPage);
+  ASSERT_TRUE(a.ok());
+
+  const auto size = space.release(*a);
+  const auto again = space.allocate(kPage);
+
+  ASSERT_TRUE(size.ok());
+  EXPECT_EQ(*size, kPage);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, *a);
+  EXPECT_EQ(space.windows(), 1u);
+}
+
+TEST(IovaSpace, CallerWindowsBelow64GiBDoNotDisturbAllocations) {
+  IovaSpace space;
+
+  const Status guest = space.reserve(0, 4 * kGiB);  // IOVA = GPA for a 4 GiB guest
+  const auto buffer = space.allocate(kPage);
+
+  ASSERT_TRUE(guest.ok()) << to_string(guest.error());
+  ASSERT_TRUE(buffer.ok());
+  EXPECT_EQ(*buffer, IovaSpace::kAllocBase);
+}
+
+TEST(IovaSpace, AllocationSkipsACallerWindow) {
+  IovaSpace space;
+  ASSERT_TRUE(space.reserve(IovaSpace::kAllocBase, 16 * kPage).ok());
+
+  const auto buffer = space.allocate(kPage);
+
+  ASSERT_TRUE(buffer.ok());
+  EXPECT_GE(*buffer, IovaSpace::kAllocBase + 16 * kPage);
+  EXPECT_EQ(*buffer % IovaSpace::kAllocAlign, 0u);
+}
+
+TEST(IovaSpace, OverlappingWindowsAreRefused) {
+  IovaSpace space;
+  ASSERT_TRUE(space.reserve(kGiB, 4 * kPage).ok());
+
+  const Status inside = space.reserve(kGiB + kPage, kPage);
+  const Status before = space.reserve(kGiB - kPage, 2 * kPage);
+  const Status adjacent = space.reserve(kGiB + 4 * kPage, kPage);
+
+  ASSERT_FALSE(inside.ok());
+  EXPECT_EQ(code(inside), Errc::out_of_range);
+  EXPECT_NE(inside.error().message.find("overlaps"), std::string::npos);
+  ASSERT_FALSE(before.ok());
+  EXPECT_EQ(code(before), Errc::out_of_range);
+  EXPECT_TRUE(adjacent.ok()) << to_string(adjacent.error());
+}
+
+TEST(IovaSpace, UnalignedOrEmptyWindowsAreInvalid) {
+  IovaSpace space;
+
+  const Status unaligned_iova = space.reserve(kGiB + 512, kPage);
+  const Status unaligned_size = space.reserve(kGiB, kPage + 1);
+  const Status empty = space.reserve(kGiB, 0);
+  const auto empty_alloc = space.allocate(0);
+
+  EXPECT_EQ(code(unaligned_iova), Errc::invalid_argument);
+  EXPECT_EQ(code(unaligned_size), Errc::invalid_argument);
+  EXPECT_EQ(code(empty), Errc::invalid_argument);
+  EXPECT_EQ(code(empty_alloc), Errc::invalid_argument);
+}
+
+TEST(IovaSpace, WindowsOutsideTheUsableRangesAreRefused) {
+  // x86 style: everything but the MSI window, and a 39-bit address width.
+  IovaSpace space({{0, 0xFEDFFFFF}, {0xFEF00000, (1ull << 39) - 1}}, kPage);
+
+  const Status msi = space.reserve(0xFEE00000, kPage);
+  const Status wide = space.reserve(1ull << 39, kPage);
+  const Status wraps = space.reserve(~Iova{0} - kPage + 1, 2 * kPage);
+  const Status fine = space.reserve(0xFEF00000, kPage);
+
+  EXPECT_EQ(code(msi), Errc::out_of_range);
+  EXPECT_EQ(code(wide), Errc::out_of_range);
+  EXPECT_EQ(code(wraps), Errc::out_of_range);
+  EXPECT_TRUE(fine.ok()) << to_string(fine.error());
+}
+
+TEST(IovaSpace, AllocationMovesToTheNextUsableRangeAndRunsOut) {
+  const Iova second = 1ull << 40;
+  IovaSpace space({{0, IovaSpace::kAllocBase + 2 * kPage - 1}, {second, second + 128 * 1024 - 1}},
+                  kPage);
+
+  const auto first = space.allocate(kPage);      // fits below the end of range one
+  const auto moved = space.allocate(8 * kPage);  // does not: goes to range two
+  const auto last = space.allocate(8 * kPage);   // range two has room for one more
+  const auto none = space.allocate(8 * kPage);
+
+  ASSERT_TRUE(first.ok()) << to_string(first.error());
+  EXPECT_EQ(*first, IovaSpace::kAllocBase);
+  ASSERT_TRUE(moved.ok()) << to_string(moved.error());
+  EXPECT_EQ(*moved, second);
+  ASSERT_TRUE(last.ok()) << to_string(last.error());
+  EXPECT_EQ(*last, second + 64 * 1024);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(code(none), Errc::no_memory);
+}
+
+TEST(IovaSpace, LargerIommuPagesRaiseTheAlignment) {
+  IovaSpace space({}, 2 << 20);
+
+  const Status small = space.reserve(kGiB, kPage);
+  const auto buffer = space.allocate(2 << 20);
+
+  EXPECT_EQ(code(small), Errc::invalid_argument);
+  ASSERT_TRUE(buffer.ok());
+  EXPECT_EQ(*buffer % (2 << 20), 0u);
+}
+
+TEST(IovaSpace, ReleasingAnUnknownWindowIsNotFound) {
+  IovaSpace space;
+
+  const auto r = space.release(kGiB);
+
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(code(r), Errc::not_found);
+}
+
+}  // namespace
+}  // namespace keel::fpga::vfio

@@ -1,0 +1,135 @@
+// Guests on a card: each with its own memory, VF, host-service instance, paravisor and
+// in-process virtio-blk driver. The card is lockstep; every wait steps it.
+#pragma once
+
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <map>
+
+#include "card_fixture.h"
+#include "keel/sriov/pf_manager.h"
+#include "keel/vmm/guest_driver.h"
+#include "keel/vmm/host_service.h"
+#include "keel/vmm/paravisor.h"
+
+namespace keel::testing {
+
+namespace vmm = keel::vmm;
+namespace blk = vmm::virtio::blk;
+
+struct Guest {
+  std::unique_ptr<vmm::GuestMemory> mem;
+  std::unique_ptr<vmm::HostStorageService> host;
+  std::unique_ptr<vmm::Paravisor> pv;
+  std::unique_ptr<vmm::GuestDriver> drv;
+  unsigned vf = 0;
+  std::uint64_t slice_lbas = 0;
+};
+
+/// Card + guests, used by test fixtures of either parameter type.
+class ParavisorTest {
+ public:
+  static constexpr std::uint64_t kSliceLbas = 32768;  // 16 MiB per guest
+
+  /// Opens a lockstep simulated card on a fresh image. False (the test should skip) for a
+  /// real board: the host path needs the card's disk image.
+  bool open_backend(const std::string& backend) {
+    if (backend != "model" && backend != "sim") return false;
+    image_ =
+        (std::filesystem::temp_directory_path() / ("keel-pv-" + std::to_string(getpid()) + ".img"))
+            .string();
+    std::filesystem::remove(image_);
+    fpga::CardOptions co;
+    co.image_path = image_;
+    co.storage_bytes = 8 * kSliceLbas * 512;
+    co.lockstep = true;
+    auto c = fpga::open_card(backend, co);
+    EXPECT_TRUE(c.ok()) << to_string(c.error());
+    if (!c.ok()) return false;
+    card_ = std::move(c).value();
+    return true;
+  }
+  virtual ~ParavisorTest() {
+    guests_.clear();
+    card_.reset();
+    if (!image_.empty()) std::filesystem::remove(image_);
+  }
+
+  /// `n` guests on VFs 0..n-1 (VFs enabled with `queues` queue pairs each).
+  void make_guests(unsigned n, vmm::ParavisorConfig cfg = {}, std::uint64_t mem_bytes = 32u << 20) {
+    auto pm = sriov::PfManager::discover(*card_);
+    KEEL_ASSERT_OK(pm);
+    std::vector<sriov::VfResources> res(n);
+    for (unsigned i = 0; i < n; ++i) {
+      res[i].queues = std::max(1u, cfg.queues);
+      res[i].slice_base = i * kSliceLbas;
+      res[i].slice_lbas = kSliceLbas;
+    }
+    KEEL_ASSERT_OK(pm->enable_vfs(res));
+    for (unsigned i = 0; i < n; ++i) {
+      Guest g;
+      g.vf = i;
+      g.slice_lbas = kSliceLbas;
+      auto mem = vmm::GuestMemory::create(mem_bytes);
+      KEEL_ASSERT_OK(mem);
+      g.mem = std::move(mem).value();
+      vmm::HostServiceConfig hc;
+      hc.image_path = image_;
+      hc.base_offset = i * kSliceLbas * 512;
+      hc.length = kSliceLbas * 512;
+      hc.guest_memory_fd = g.mem->regions()[0].fd;
+      hc.guest_memory_bytes = g.mem->regions()[0].bytes;
+      auto host = vmm::HostStorageService::start(hc);
+      KEEL_ASSERT_OK(host);
+      g.host = std::move(host).value();
+      cfg.capacity_sectors = kSliceLbas;
+      auto vf = card_->vf(i);
+      KEEL_ASSERT_OK(vf);
+      auto pv = vmm::Paravisor::create(*card_, *vf, *g.mem, *g.host, cfg);
+      KEEL_ASSERT_OK(pv);
+      g.pv = std::move(pv).value();
+      auto drv = vmm::GuestDriver::attach(*g.pv, *g.mem, cfg.queues, 128, 1u << 20);
+      KEEL_ASSERT_OK(drv);
+      g.drv = std::move(drv).value();
+      guests_.push_back(std::move(g));
+    }
+  }
+
+  /// One round: every paravisor once, then one card step.
+  void turn() {
+    for (auto& g : guests_) g.pv->run_once();
+    card_->step(1);
+  }
+
+  /// Runs until `ids` of guest g (queue q) completed; returns their statuses by id.
+  std::map<std::uint16_t, std::uint8_t> await(Guest& g, std::vector<std::uint16_t> ids,
+                                              unsigned q = 0, unsigned max_turns = 2'000'000) {
+    std::map<std::uint16_t, std::uint8_t> got;
+    vmm::GuestCompletion c[64];
+    for (unsigned t = 0; t < max_turns && got.size() < ids.size(); ++t) {
+      turn();
+      const unsigned n = g.drv->reap(q, c);
+      for (unsigned i = 0; i < n; ++i) got[c[i].id] = c[i].status;
+    }
+    EXPECT_EQ(got.size(), ids.size()) << "requests did not complete";
+    return got;
+  }
+
+  std::uint8_t run(Guest& g, std::uint32_t type, std::uint64_t sector,
+                   std::vector<vmm::DataSeg> data, unsigned q = 0) {
+    auto id = g.drv->submit(q, type, sector, data);
+    EXPECT_TRUE(id.ok());
+    if (!id.ok()) return 0xFF;
+    g.drv->kick(q);
+    auto st = await(g, {*id}, q);
+    return st.count(*id) != 0 ? st[*id] : 0xFF;
+  }
+
+  std::string image_;
+  std::unique_ptr<fpga::Card> card_;
+  std::vector<Guest> guests_;
+};
+
+}  // namespace keel::testing

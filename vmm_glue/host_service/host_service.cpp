@@ -1,0 +1,244 @@
+// HostStorageService: setup (image, guest memory, io_uring), channels, and the control path.
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <pthread.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <system_error>
+
+#include "service_impl.h"
+
+namespace keel::vmm {
+namespace {
+
+constexpr unsigned kMaxDepth = 4096;
+
+Error sys_error(Errc code, const std::string& what, int err = errno) {
+  return make_error(code, what + " failed: " + std::strerror(err));
+}
+
+Status add_to_epoll(int epoll_fd, int fd, std::uint64_t key) {
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = key;
+  if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0)
+    return sys_error(Errc::io_error, "epoll_ctl");
+  return {};
+}
+
+}  // namespace
+
+Status HostStorageService::Impl::open_image(const HostServiceConfig& cfg) {
+  const std::string name =
+      cfg.image_fd >= 0 ? "fd " + std::to_string(cfg.image_fd) : "'" + cfg.image_path + "'";
+  if (cfg.image_fd >= 0) {
+    image_fd.reset(fcntl(cfg.image_fd, F_DUPFD_CLOEXEC, 0));
+    if (!image_fd.valid()) return sys_error(Errc::invalid_argument, "dup of image " + name);
+    const int flags = fcntl(image_fd.get(), F_GETFL);
+    if (flags < 0 || (flags & O_ACCMODE) != O_RDWR) {
+      return make_error(Errc::invalid_argument, "image " + name + " is not open read-write");
+    }
+  } else {
+    if (cfg.image_path.empty()) {
+      return make_error(Errc::invalid_argument,
+                        "no backing image: set HostServiceConfig::image_path or image_fd");
+    }
+    image_fd.reset(::open(cfg.image_path.c_str(), O_RDWR | O_CLOEXEC));
+    if (!image_fd.valid()) {
+      const Errc code = errno == ENOENT ? Errc::not_found : Errc::io_error;
+      return sys_error(code, "open of image " + name);
+    }
+  }
+  struct stat st {};
+  if (fstat(image_fd.get(), &st) != 0) return sys_error(Errc::io_error, "fstat of image " + name);
+  std::uint64_t size = static_cast<std::uint64_t>(st.st_size);
+  if (S_ISBLK(st.st_mode) && ioctl(image_fd.get(), BLKGETSIZE64, &size) != 0) {
+    return sys_error(Errc::io_error, "BLKGETSIZE64 on image " + name);
+  }
+  if (!S_ISBLK(st.st_mode) && !S_ISREG(st.st_mode)) {
+    return make_error(Errc::invalid_argument,
+                      "image " + name + " is neither a regular file nor a block device");
+  }
+  base_offset = cfg.base_offset;
+  length = cfg.length;
+  if (length == 0 && base_offset < size) length = size - base_offset;
+  if (length == 0 || base_offset > size || length > size - base_offset) {
+    return make_error(Errc::invalid_argument, "image " + name + " (" + std::to_string(size) +
+                                                  " bytes) is smaller than base_offset + length (" +
+                                                  std::to_string(base_offset) + " + " +
+                                                  std::to_string(cfg.length) +
+                                                  "), or the slice is empty");
+  }
+  return {};
+}
+
+Status HostStorageService::Impl::map_guest_memory(const HostServiceConfig& cfg) {
+  if (!cfg.regions.empty() && cfg.guest_memory_fd >= 0) {
+    return make_error(Errc::invalid_argument,
+                      "guest memory: set either guest_memory_fd or regions, not both");
+  }
+  std::vector<HostMemoryRegion> list = cfg.regions;
+  if (cfg.guest_memory_fd >= 0) list.push_back({cfg.guest_memory_fd, 0, 0, cfg.guest_memory_bytes});
+  std::sort(list.begin(), list.end(), [](const auto& a, const auto& b) { return a.gpa < b.gpa; });
+  const auto page = static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+  for (std::size_t i = 0; i < list.size(); ++i) {
+    const HostMemoryRegion& r = list[i];
+    const std::string what = "guest memory region at GPA " + std::to_string(r.gpa);
+    if (r.fd < 0 || r.bytes == 0 || r.gpa + r.bytes < r.gpa) {
+      return make_error(Errc::invalid_argument, what + ": needs an fd and a non-zero size");
+    }
+    if (i > 0 && list[i - 1].gpa + list[i - 1].bytes > r.gpa) {
+      return make_error(Errc::invalid_argument, what + " overlaps the region before it");
+    }
+    struct stat st {};
+    if (fstat(r.fd, &st) != 0) return sys_error(Errc::invalid_argument, "fstat of " + what);
+    if (S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) < r.fd_offset + r.bytes) {
+      return make_error(Errc::invalid_argument, what + ": its fd holds " +
+                                                    std::to_string(st.st_size) +
+                                                    " bytes, less than fd_offset + bytes");
+    }
+    const std::uint64_t aligned = r.fd_offset & ~(page - 1);
+    const std::uint64_t delta = r.fd_offset - aligned;
+    // Guest RAM, shared with the guest and the VMM: the service reads and writes IO data here.
+    void* map = mmap(nullptr, r.bytes + delta, PROT_READ | PROT_WRITE, MAP_SHARED, r.fd,
+                     static_cast<off_t>(aligned));
+    if (map == MAP_FAILED) return sys_error(Errc::io_error, "mmap of " + what);
+    detail::MappedRegion m;
+    m.gpa = r.gpa;
+    m.bytes = r.bytes;
+    m.map = map;
+    m.map_bytes = r.bytes + delta;
+    m.host = static_cast<std::byte*>(map) + delta;
+    regions.push_back(m);
+  }
+  return {};
+}
+
+Status HostStorageService::Impl::init_io(const HostServiceConfig& cfg) {
+  const unsigned depth = cfg.io_uring_depth;
+  if (depth == 0 || depth > kMaxDepth) {
+    return make_error(Errc::invalid_argument, "io_uring_depth " + std::to_string(depth) +
+                                                  " is outside 1.." + std::to_string(kMaxDepth));
+  }
+  if (const int ret = io_uring_queue_init(depth, &ring, 0); ret < 0) {
+    const Errc code = (ret == -ENOSYS || ret == -EPERM) ? Errc::unavailable : Errc::io_error;
+    return sys_error(code, "io_uring_queue_init (depth " + std::to_string(depth) + ")", -ret);
+  }
+  ring_ready = true;
+  uring_event_fd.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  control_fd.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  epoll_fd.reset(epoll_create1(EPOLL_CLOEXEC));
+  if (!uring_event_fd.valid() || !control_fd.valid()) return sys_error(Errc::io_error, "eventfd");
+  if (!epoll_fd.valid()) return sys_error(Errc::io_error, "epoll_create1");
+  if (const int ret = io_uring_register_eventfd(&ring, uring_event_fd.get()); ret < 0) {
+    return sys_error(Errc::io_error, "io_uring_register_eventfd", -ret);
+  }
+  if (auto s = add_to_epoll(epoll_fd.get(), control_fd.get(), 0); !s) return s;
+  if (auto s = add_to_epoll(epoll_fd.get(), uring_event_fd.get(), 1); !s) return s;
+  // Source of zeroes for write_zeroes without ZERO_RANGE: a private read-only anonymous mapping
+  // reads as the shared zero page, so it costs no memory.
+  void* z = mmap(nullptr, detail::kZeroChunk, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (z == MAP_FAILED) return sys_error(Errc::no_memory, "mmap of the zero buffer");
+  zeros = static_cast<const std::byte*>(z);
+  zero_range = cfg.zero_range;
+  slots.resize(depth);
+  free_slots.reserve(depth);
+  for (unsigned i = depth; i > 0; --i) free_slots.push_back(i - 1);
+  return {};
+}
+
+HostStorageService::Impl::~Impl() {
+  channels.clear();
+  pending.clear();
+  if (ring_ready) io_uring_queue_exit(&ring);
+  for (const auto& r : regions) munmap(r.map, r.map_bytes);
+  // const_cast: only to hand the zero mapping back; it was never written.
+  if (zeros != nullptr) munmap(const_cast<std::byte*>(zeros), detail::kZeroChunk);
+}
+
+void HostStorageService::Impl::note_error(const std::string& message) noexcept {
+  std::lock_guard lock(pending_mutex);
+  try {
+    last_error_text = message;
+  } catch (const std::bad_alloc&) {
+    last_error_text.clear();
+  }
+}
+
+Result<std::unique_ptr<HostStorageService>> HostStorageService::start(
+    const HostServiceConfig& config) {
+  auto impl = std::make_unique<Impl>();
+  impl->config = config;
+  if (auto s = impl->open_image(config); !s) return s.error();
+  if (auto s = impl->map_guest_memory(config); !s) return s.error();
+  if (auto s = impl->init_io(config); !s) return s.error();
+  try {
+    impl->thread = std::thread([p = impl.get()] { p->run(); });
+  } catch (const std::system_error& e) {
+    return make_error(Errc::io_error,
+                      std::string("starting the service thread failed: ") + e.what());
+  }
+  pthread_setname_np(impl->thread.native_handle(), "keel-hostsvc");
+  if (const int err = pthread_getcpuclockid(impl->thread.native_handle(), &impl->cpu_clock)) {
+    impl->cpu_clock = CLOCK_THREAD_CPUTIME_ID;  // unreachable on Linux; keeps the value defined
+    impl->note_error(std::string("pthread_getcpuclockid failed: ") + std::strerror(err));
+  }
+  return std::unique_ptr<HostStorageService>(new HostStorageService(std::move(impl)));
+}
+
+HostStorageService::HostStorageService(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+HostStorageService::~HostStorageService() {
+  if (!impl_ || !impl_->thread.joinable()) return;
+  impl_->stop.store(true, std::memory_order_release);
+  const std::uint64_t one = 1;
+  [[maybe_unused]] const ssize_t n = ::write(impl_->control_fd.get(), &one, sizeof one);
+  impl_->thread.join();
+}
+
+Result<HostChannel> HostStorageService::open_channel(unsigned entries) {
+  if (!detail::valid_entries(entries)) {
+    return make_error(Errc::invalid_argument, "channel entries " + std::to_string(entries) +
+                                                  " must be a power of two in 1.." +
+                                                  std::to_string(detail::kMaxEntries));
+  }
+  auto ch = detail::ServiceChannel::create(entries);
+  if (!ch) return ch.error();
+  const HostChannel out{(*ch)->ring_fd.get(), (*ch)->submit_fd.get(), (*ch)->complete_fd.get(),
+                        entries};
+  {
+    std::lock_guard lock(impl_->pending_mutex);
+    if (impl_->closed || impl_->stop.load(std::memory_order_acquire)) {
+      return make_error(Errc::gone, "the host storage service is stopping");
+    }
+    impl_->pending.push_back(std::move(*ch));
+    impl_->has_pending.store(true, std::memory_order_release);
+  }
+  const std::uint64_t one = 1;
+  [[maybe_unused]] const ssize_t n = ::write(impl_->control_fd.get(), &one, sizeof one);
+  return out;
+}
+
+HostStorageService::Stats HostStorageService::stats() const {
+  const auto& c = impl_->counters;
+  constexpr auto r = std::memory_order_relaxed;
+  return Stats{c.requests.load(r),         c.bytes.load(r),          c.errors.load(r),
+               c.io_uring_submits.load(r), c.retries.load(r),        c.sleeps.load(r),
+               c.client_kicks.load(r),     c.broken_channels.load(r)};
+}
+
+std::string HostStorageService::last_error() const {
+  std::lock_guard lock(impl_->pending_mutex);
+  return impl_->last_error_text;
+}
+
+}  // namespace keel::vmm

@@ -1,0 +1,168 @@
+// The host storage service's private state: channels as the service sees them, the requests in
+// its hands, and the thread that serves them.
+#pragma once
+
+#include <liburing.h>
+#include <sys/uio.h>
+#include <time.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "keel/vmm/host_service.h"
+#include "ring_layout.h"
+#include "unique_fd.h"
+
+namespace keel::vmm::detail {
+
+inline constexpr std::uint64_t kZeroChunk = 1 << 20;  // bytes of the zero source (per iovec)
+
+/// A channel on the service side. Built by open_channel() on any thread, then handed to the
+/// service thread, which alone touches the fields below the fds.
+struct ServiceChannel {
+  UniqueFd ring_fd;
+  UniqueFd submit_fd;
+  UniqueFd complete_fd;
+  void* map = nullptr;
+  std::uint64_t map_bytes = 0;
+  RingHeader* header = nullptr;
+  RingSqe* sq = nullptr;
+  RingCqe* cq = nullptr;
+  std::uint32_t entries = 0;
+  std::uint32_t mask = 0;
+  std::uint32_t sq_head = 0;  // next SQ index to consume (published to header->sq_head)
+  std::uint32_t cq_tail = 0;  // next CQ index to fill (published in batches)
+  std::uint32_t held = 0;     // requests taken from the SQ and not yet completed
+  bool dirty = false;         // cq_tail moved since it was last published
+  bool broken = false;        // corrupt indices seen: the SQ is no longer read
+  unsigned id = 0;            // order of adoption, for messages
+
+  ServiceChannel() = default;
+  ServiceChannel(const ServiceChannel&) = delete;
+  ServiceChannel& operator=(const ServiceChannel&) = delete;
+  ~ServiceChannel();
+
+  /// A sealed memfd of ring_bytes(entries), mapped and initialised, and its two eventfds.
+  static Result<std::unique_ptr<ServiceChannel>> create(std::uint32_t entries);
+};
+
+/// One request in the service's hands, from the SQ until its completion is posted.
+struct Slot {
+  ServiceChannel* channel = nullptr;
+  std::uint64_t tag = 0;
+  std::uint64_t position = 0;  // image offset where the request starts
+  std::uint64_t total = 0;     // bytes to move (read/write/write_zeroes)
+  std::uint64_t done = 0;      // bytes moved so far (short IO continues from here)
+  HostOp op = HostOp::read;
+  bool busy = false;
+  bool zero_fill = false;  // write_zeroes carried out by writing zeroes
+  unsigned retries = 0;
+  unsigned iov_first = 0;
+  unsigned iov_count = 0;
+  iovec iov[kMaxSegments];
+};
+
+/// A region of guest memory mapped into the service.
+struct MappedRegion {
+  std::uint64_t gpa = 0;
+  std::uint64_t bytes = 0;
+  std::byte* host = nullptr;  // host address of gpa
+  void* map = nullptr;        // the mapping (starts at or before host: page-aligned offset)
+  std::uint64_t map_bytes = 0;
+};
+
+}  // namespace keel::vmm::detail
+
+namespace keel::vmm {
+
+struct HostStorageService::Impl {
+  Impl() = default;
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  ~Impl();
+
+  // Setup (host_service.cpp).
+  Status open_image(const HostServiceConfig& config);
+  Status map_guest_memory(const HostServiceConfig& config);
+  Status init_io(const HostServiceConfig& config);
+
+  // The thread (service_loop.cpp).
+  void run() noexcept;
+  bool adopt_channels() noexcept;
+  bool drain(detail::ServiceChannel& ch) noexcept;
+  bool can_take(const detail::ServiceChannel& ch) const noexcept;
+  void publish(detail::ServiceChannel& ch) noexcept;
+  void publish_all() noexcept;
+  void sleep_until_work() noexcept;
+  void shut_down() noexcept;
+  void mark_broken(detail::ServiceChannel& ch, const char* why) noexcept;
+  void note_error(const std::string& message) noexcept;
+
+  // Requests (service_io.cpp).
+  void take(detail::ServiceChannel& ch, const detail::RingSqe& entry) noexcept;
+  int prepare(detail::Slot& slot, const detail::RingSqe& entry) noexcept;
+  void issue(std::uint32_t slot_index) noexcept;
+  bool reap() noexcept;
+  void on_complete(std::uint64_t user_data, int res) noexcept;
+  void finish(std::uint32_t slot_index, int result) noexcept;
+  void post(detail::ServiceChannel& ch, std::uint64_t tag, int result) noexcept;
+  std::byte* translate(std::uint64_t gpa, std::uint64_t bytes) const noexcept;
+  void submit_prepared() noexcept;
+  void cancel_in_flight() noexcept;
+
+  HostServiceConfig config;
+  detail::UniqueFd image_fd;
+  std::uint64_t base_offset = 0;
+  std::uint64_t length = 0;
+  std::vector<detail::MappedRegion> regions;
+  const std::byte* zeros = nullptr;  // read-only anonymous mapping: reads as zeroes, no RSS
+
+  io_uring ring{};
+  bool ring_ready = false;
+  unsigned prepared = 0;  // SQEs prepared since the last io_uring_submit
+  detail::UniqueFd uring_event_fd;
+  detail::UniqueFd control_fd;  // stop and new channels
+  detail::UniqueFd epoll_fd;
+  bool zero_range = true;
+  bool stopping = false;
+
+  std::vector<detail::Slot> slots;
+  std::vector<std::uint32_t> free_slots;
+  std::vector<std::unique_ptr<detail::ServiceChannel>> channels;  // service thread only
+
+  std::mutex pending_mutex;  // guards pending, closed and last_error_text
+  std::vector<std::unique_ptr<detail::ServiceChannel>> pending;
+  bool closed = false;  // shut_down() has taken the last pending channels
+  std::string last_error_text;
+  std::atomic<bool> has_pending{false};
+  std::atomic<bool> stop{false};
+  std::atomic<bool> thread_done{false};
+  std::atomic<std::uint64_t> final_cpu_ns{0};
+
+  std::thread thread;
+  clockid_t cpu_clock{};
+  std::atomic<int> thread_tid{0};  // kernel tid of the service thread, once it runs
+
+  std::mutex worker_mutex;                 // guards worker_ns
+  std::map<int, std::uint64_t> worker_ns;  // io-wq worker tid -> CPU ns at its last sample
+
+  // Written by the service thread only (relaxed load + store), read by stats().
+  struct Counters {
+    std::atomic<std::uint64_t> requests{0}, bytes{0}, errors{0}, io_uring_submits{0};
+    std::atomic<std::uint64_t> retries{0}, sleeps{0}, client_kicks{0}, broken_channels{0};
+  } counters;
+};
+
+/// Single-writer counter increment: no locked instruction on the service's hot path.
+inline void bump(std::atomic<std::uint64_t>& counter, std::uint64_t n = 1) noexcept {
+  counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+}  // namespace keel::vmm

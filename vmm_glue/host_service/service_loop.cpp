@@ -1,0 +1,201 @@
+// The service thread: adopt channels, drain their SQs into io_uring, post completions, sleep
+// in epoll when there is nothing to do, and stop without losing or duplicating a completion.
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <string>
+
+#include "service_impl.h"
+
+namespace keel::vmm {
+namespace {
+
+constexpr std::uint32_t kBatch = 32;  // SQ entries taken from one channel per pass (fairness)
+
+void kick(int fd) noexcept {
+  const std::uint64_t one = 1;
+  [[maybe_unused]] const ssize_t n = ::write(fd, &one, sizeof one);
+}
+
+void clear_eventfd(int fd) noexcept {
+  std::uint64_t value = 0;
+  [[maybe_unused]] const ssize_t n = ::read(fd, &value, sizeof value);
+}
+
+}  // namespace
+
+void HostStorageService::Impl::run() noexcept {
+  thread_tid.store(static_cast<int>(gettid()), std::memory_order_release);
+  while (!stop.load(std::memory_order_acquire)) {
+    bool progress = false;
+    if (has_pending.load(std::memory_order_acquire)) progress |= adopt_channels();
+    progress |= reap();
+    for (auto& ch : channels) progress |= drain(*ch);
+    submit_prepared();
+    publish_all();
+    if (!progress) sleep_until_work();
+  }
+  shut_down();
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  final_cpu_ns.store(static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u +
+                     static_cast<std::uint64_t>(ts.tv_nsec));
+  thread_done.store(true, std::memory_order_release);
+}
+
+bool HostStorageService::Impl::adopt_channels() noexcept {
+  std::vector<std::unique_ptr<detail::ServiceChannel>> fresh;
+  {
+    std::lock_guard lock(pending_mutex);
+    fresh.swap(pending);
+    has_pending.store(false, std::memory_order_relaxed);
+  }
+  for (auto& ch : fresh) {
+    ch->id = static_cast<unsigned>(channels.size());
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = 2 + std::uint64_t{ch->id};
+    if (epoll_ctl(epoll_fd.get(), EPOLL_CTL_ADD, ch->submit_fd.get(), &ev) != 0) {
+      mark_broken(*ch, (std::string("epoll_ctl failed: ") + std::strerror(errno)).c_str());
+    }
+    channels.push_back(std::move(ch));
+  }
+  return !fresh.empty();
+}
+
+bool HostStorageService::Impl::drain(detail::ServiceChannel& ch) noexcept {
+  if (ch.broken || stopping) return false;
+  detail::RingHeader& h = *ch.header;
+  const std::uint32_t tail = h.sq_tail.load(std::memory_order_acquire);
+  const std::uint32_t queued = tail - ch.sq_head;
+  if (queued == 0) return false;
+  if (queued > ch.entries) {
+    mark_broken(ch, "SQ tail is more than `entries` ahead of the head");
+    return false;
+  }
+  // Loaded after sq_tail: the client frees CQ slots before it submits into them.
+  const std::uint32_t used = ch.cq_tail - h.cq_head.load(std::memory_order_acquire);
+  if (used > ch.entries) {
+    mark_broken(ch, "CQ head is ahead of the tail");
+    return false;
+  }
+  const std::uint32_t room = ch.entries - used;
+  const std::uint32_t credit = room > ch.held ? room - ch.held : 0;
+  const auto idle_slots = static_cast<std::uint32_t>(free_slots.size());
+  const std::uint32_t n = std::min({queued, credit, idle_slots, kBatch});
+  for (std::uint32_t i = 0; i < n; ++i) {
+    // Copy the entry out of shared memory before looking at it: the client cannot change what
+    // the service validated. Only the segments the entry claims are copied.
+    const detail::RingSqe& shared = ch.sq[ch.sq_head & ch.mask];
+    detail::RingSqe entry;
+    std::memcpy(&entry, &shared, offsetof(detail::RingSqe, segments));
+    const std::uint32_t segs = std::min(entry.segment_count, detail::kMaxSegments);
+    std::memcpy(entry.segments, shared.segments, segs * sizeof(detail::WireSegment));
+    ++ch.sq_head;
+    take(ch, entry);
+  }
+  if (n > 0) h.sq_head.store(ch.sq_head, std::memory_order_release);
+  return n > 0;
+}
+
+bool HostStorageService::Impl::can_take(const detail::ServiceChannel& ch) const noexcept {
+  if (ch.broken || free_slots.empty()) return false;
+  const detail::RingHeader& h = *ch.header;
+  const std::uint32_t queued = h.sq_tail.load(std::memory_order_seq_cst) - ch.sq_head;
+  if (queued == 0) return false;
+  if (queued > ch.entries) return true;  // drain() will drop the channel
+  const std::uint32_t used = ch.cq_tail - h.cq_head.load(std::memory_order_acquire);
+  return used > ch.entries || used + ch.held < ch.entries;
+}
+
+void HostStorageService::Impl::publish(detail::ServiceChannel& ch) noexcept {
+  if (!ch.dirty) return;
+  ch.dirty = false;
+  detail::RingHeader& h = *ch.header;
+  // Waker side of the protocol (ring_layout.h): seq_cst tail store, then seq_cst flag load.
+  h.cq_tail.store(ch.cq_tail, std::memory_order_seq_cst);
+  if (h.client_needs_wakeup.load(std::memory_order_seq_cst) != 0 &&
+      h.client_needs_wakeup.exchange(0, std::memory_order_acq_rel) != 0) {
+    kick(ch.complete_fd.get());
+    bump(counters.client_kicks);
+  }
+}
+
+void HostStorageService::Impl::publish_all() noexcept {
+  for (auto& ch : channels) publish(*ch);
+}
+
+void HostStorageService::Impl::sleep_until_work() noexcept {
+  // Sleeper side of the protocol (ring_layout.h): seq_cst flag stores, then seq_cst re-check
+  // (can_take() loads sq_tail with seq_cst).
+  for (auto& ch : channels) ch->header->service_needs_wakeup.store(1, std::memory_order_seq_cst);
+  bool work = stop.load(std::memory_order_relaxed) || has_pending.load(std::memory_order_relaxed) ||
+              io_uring_cq_ready(&ring) > 0;
+  for (auto& ch : channels) work = work || can_take(*ch);
+  if (!work) {
+    bump(counters.sleeps);
+    epoll_event events[16];
+    const int n = epoll_wait(epoll_fd.get(), events, 16, static_cast<int>(config.idle_timeout_ms));
+    for (int i = 0; i < n; ++i) {
+      const std::uint64_t key = events[i].data.u64;
+      if (key == 0) clear_eventfd(control_fd.get());
+      if (key == 1) clear_eventfd(uring_event_fd.get());
+      if (key >= 2 && key - 2 < channels.size()) clear_eventfd(channels[key - 2]->submit_fd.get());
+    }
+  }
+  for (auto& ch : channels) ch->header->service_needs_wakeup.store(0, std::memory_order_relaxed);
+}
+
+void HostStorageService::Impl::mark_broken(detail::ServiceChannel& ch, const char* why) noexcept {
+  if (ch.broken) return;
+  ch.broken = true;
+  bump(counters.broken_channels);
+  note_error("host channel " + std::to_string(ch.id) + ": " + why +
+             "; the channel is no longer served (its client is corrupt or not a keel client)");
+}
+
+void HostStorageService::Impl::shut_down() noexcept {
+  stopping = true;
+  {
+    std::lock_guard lock(pending_mutex);
+    closed = true;
+  }
+  adopt_channels();  // channels opened while stopping get their stop too
+  reap();
+  cancel_in_flight();
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + std::chrono::milliseconds(config.stop_timeout_ms);
+  while (free_slots.size() < slots.size()) {
+    const auto left = deadline - Clock::now();
+    if (left <= Clock::duration::zero()) break;
+    const auto ns = std::min<std::int64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(left).count(), 100'000'000);
+    __kernel_timespec ts{0, ns};
+    io_uring_cqe* cqe = nullptr;
+    io_uring_wait_cqe_timeout(&ring, &cqe, &ts);
+    reap();
+  }
+  unsigned stuck = 0;
+  for (std::uint32_t i = 0; i < slots.size(); ++i) {
+    if (!slots[i].busy) continue;
+    finish(i, -ECANCELED);
+    ++stuck;
+  }
+  if (stuck > 0) {
+    note_error(std::to_string(stuck) + " request(s) still in the kernel after stop_timeout_ms (" +
+               std::to_string(config.stop_timeout_ms) + ") were completed with -ECANCELED");
+  }
+  publish_all();
+  for (auto& ch : channels) {
+    ch->header->sq_head.store(ch->sq_head, std::memory_order_release);
+    ch->header->service_state.store(detail::kServiceStopped, std::memory_order_release);
+  }
+  // Wake every client, asleep or not: each must see the stop (and cancel what it queued).
+  for (auto& ch : channels) kick(ch->complete_fd.get());
+}
+
+}  // namespace keel::vmm

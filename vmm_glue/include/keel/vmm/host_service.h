@@ -1,0 +1,207 @@
+// keel/vmm/host_service.h - the software fallback: a host storage service that performs a
+// guest's block IO on the backing image with io_uring, and the client the paravisor uses to
+// reach it through a shared-memory ring with eventfd notification.
+//
+// The wire format and the wake-up protocol are documented in vmm_glue/host_service/ring_layout.h.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "keel/result.h"
+
+namespace keel::vmm {
+
+namespace detail {
+struct RingHeader;
+struct RingSqe;
+struct RingCqe;
+}  // namespace detail
+
+/// Segments one request may carry.
+inline constexpr unsigned kHostMaxSegments = 64;
+
+enum class HostOp : std::uint8_t { read, write, flush, write_zeroes };
+
+/// A piece of guest memory: guest-physical address and length.
+struct HostSegment {
+  std::uint64_t gpa;
+  std::uint32_t bytes;
+};
+
+/// The outcome of one request: its tag, and 0 or -errno. Errors the service produces itself:
+/// -EINVAL (unknown op, no or more than kHostMaxSegments segments, a zero-length segment, a
+/// flush/write_zeroes with segments, write_zeroes of 0 bytes, a range outside the slice),
+/// -EFAULT (a segment outside guest memory), -ECANCELED (the service stopped first), -EIO (the
+/// image ended early); anything else comes from the IO itself.
+struct HostCompletion {
+  std::uint64_t tag;
+  std::int32_t result;
+};
+
+/// One mapping of guest RAM: `bytes` of `fd` from `fd_offset` appear at guest address `gpa`
+/// (a vhost-user memory table entry). A segment must lie within one region.
+struct HostMemoryRegion {
+  int fd = -1;
+  std::uint64_t fd_offset = 0;
+  std::uint64_t gpa = 0;
+  std::uint64_t bytes = 0;
+};
+
+struct HostServiceConfig {
+  std::string image_path;         ///< The same disk image the card's storage maps.
+  int image_fd = -1;              ///< If >= 0, used (duplicated) instead of image_path.
+  std::uint64_t base_offset = 0;  ///< Byte offset of this guest's slice in the image.
+  std::uint64_t length = 0;       ///< Slice length in bytes; 0: to the end of the image.
+  int guest_memory_fd = -1;       ///< memfd of guest RAM at GPA 0 (mapped MAP_SHARED).
+  std::uint64_t guest_memory_bytes = 0;
+  std::vector<HostMemoryRegion> regions;  ///< Instead of guest_memory_fd: several regions.
+  unsigned io_uring_depth = 128;          ///< io_uring entries = requests in flight at once.
+  bool zero_range = true;           ///< write_zeroes via fallocate(ZERO_RANGE) where supported.
+  unsigned idle_timeout_ms = 100;   ///< Longest sleep of the service thread between checks.
+  unsigned stop_timeout_ms = 5000;  ///< How long stopping waits for IO already in the kernel.
+};
+
+/// What a client attaches to. The fds belong to the service and stay open until it is
+/// destroyed; a client duplicates what it keeps (another process receives them by SCM_RIGHTS).
+struct HostChannel {
+  int ring_fd;           ///< memfd of the shared rings (sealed against resizing).
+  int submit_eventfd;    ///< Client -> service kick.
+  int complete_eventfd;  ///< Service -> client kick.
+  unsigned entries;      ///< Size of each ring; also the client's limit of outstanding requests.
+};
+
+/// The host side: one thread that serves every channel (one per virtqueue) with io_uring on
+/// the image. Buffered IO (no O_DIRECT), so it is coherent with the card's MAP_SHARED mapping of
+/// the same file. Guest memory is mapped at start and must not change afterwards.
+///
+/// Threading: open_channel(), stats(), thread_cpu_ns(), io_worker_cpu_ns() and last_error()
+/// may be called from any thread while the service lives.
+///
+/// Memory: a channel of 256 entries is a 280 KiB memfd (1088-byte SQ entries, 16-byte CQ
+/// entries); the service adds 136 KiB per 128 of io_uring_depth.
+class HostStorageService {
+ public:
+  /// Opens the image, maps guest memory and starts the service thread.
+  /// Errors: invalid_argument (no image, bad depth, empty/overlapping regions, slice past the
+  /// end of the image), not_found (image missing), io_error (open, mmap, io_uring, thread).
+  static Result<std::unique_ptr<HostStorageService>> start(const HostServiceConfig& config);
+  /// Stops and joins the thread. Requests in its hands complete: IO in the kernel is cancelled
+  /// or finishes (its real result) within stop_timeout_ms, after which it is reported
+  /// -ECANCELED anyway (last_error() says so). Requests not yet taken are completed by their
+  /// client with -ECANCELED. Nothing is completed twice. -ECANCELED means "not done": a write
+  /// may have reached part of its range, so the caller re-issues it elsewhere in full.
+  ~HostStorageService();
+  HostStorageService(const HostStorageService&) = delete;
+  HostStorageService& operator=(const HostStorageService&) = delete;
+
+  /// A new channel with rings of `entries` (a power of two, 1..32768). One per virtqueue.
+  /// Errors: invalid_argument (entries), io_error (memfd, mmap, eventfd), gone (stopped).
+  Result<HostChannel> open_channel(unsigned entries = 256);
+
+  /// CPU time the service thread has used (user + system), in nanoseconds.
+  std::uint64_t thread_cpu_ns() const;
+  /// CPU time of the kernel's io_uring worker threads of this service ("iou-wrk-<tid>"), in
+  /// nanoseconds. io_uring hands them what cannot complete without blocking: on ext4 every
+  /// buffered write, every flush and fallocate. Host-side cost is thread_cpu_ns() plus this.
+  /// Sampled per call from /proc (control path); a worker's time counts up to the last sample
+  /// before it exits (workers exit only after seconds of idleness).
+  std::uint64_t io_worker_cpu_ns() const;
+
+  struct Stats {
+    std::uint64_t requests = 0;          ///< Requests completed by the service.
+    std::uint64_t bytes = 0;             ///< Bytes read, written or zeroed successfully.
+    std::uint64_t errors = 0;            ///< Requests completed with an error.
+    std::uint64_t io_uring_submits = 0;  ///< io_uring_submit() calls that submitted work.
+    std::uint64_t retries = 0;           ///< Short or interrupted IO resubmitted.
+    std::uint64_t sleeps = 0;            ///< Times the thread slept in epoll_wait.
+    std::uint64_t client_kicks = 0;      ///< Completion eventfd writes.
+    std::uint64_t broken_channels = 0;   ///< Channels dropped for corrupt ring indices.
+  };
+  Stats stats() const;
+  /// The last problem the service noticed on its own (corrupt channel, stuck IO at stop), or "".
+  std::string last_error() const;
+
+ private:
+  struct Impl;
+  explicit HostStorageService(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+/// The paravisor side of one channel; one client per channel. Owned by one thread:
+/// submit/notify/poll take no locks, allocate nothing and make no system call except the
+/// eventfd write of notify() when the service may be asleep. Completions arrive in any order.
+/// May outlive the service (its fds and mapping are its own).
+class HostServiceClient {
+ public:
+  /// Maps the channel's rings and duplicates its eventfds.
+  /// Errors: invalid_argument (not a host-service ring, wrong entries), io_error (dup, mmap).
+  static Result<std::unique_ptr<HostServiceClient>> attach(const HostChannel& channel);
+  ~HostServiceClient();
+  HostServiceClient(const HostServiceClient&) = delete;
+  HostServiceClient& operator=(const HostServiceClient&) = delete;
+
+  /// Queues a request (segments are guest-physical; at most kHostMaxSegments). Nothing is
+  /// validated here: the service completes a malformed request with -EINVAL/-EFAULT. Returns
+  /// false, queuing nothing, if `entries` requests are outstanding or the service has stopped.
+  bool submit(std::uint64_t tag, HostOp op, std::uint64_t offset_bytes,
+              std::span<const HostSegment> segs, std::uint32_t zero_bytes = 0) noexcept;
+  /// Publishes queued requests; writes the submit eventfd only if the service may be asleep.
+  void notify() noexcept;
+  /// Reaps up to out.size() completions without blocking; returns how many.
+  unsigned poll(std::span<HostCompletion> out) noexcept;
+  /// notify(), then blocks on the completion eventfd until at least one completion arrives or
+  /// `timeout` passes; returns the number reaped (0 on timeout, or at once if nothing is
+  /// outstanding).
+  unsigned wait(std::span<HostCompletion> out, std::chrono::nanoseconds timeout) noexcept;
+
+  /// For callers with their own event loop: call prepare_wait() before sleeping on
+  /// completion_fd(); if it returns false, completions are already there (poll instead).
+  /// completion_fd() is non-blocking; read it (8 bytes) after it becomes readable, then call
+  /// end_wait() (else the service's next completion still writes the eventfd once).
+  bool prepare_wait() noexcept;
+  void end_wait() noexcept;
+  int completion_fd() const noexcept { return complete_fd_; }
+
+  unsigned capacity() const noexcept { return entries_; }
+  /// Requests submitted whose completion has not been reaped yet.
+  unsigned outstanding() const noexcept { return outstanding_; }
+  /// False once the service has stopped (its remaining requests complete with -ECANCELED).
+  bool service_alive() const noexcept;
+
+  struct Stats {
+    std::uint64_t submitted = 0;
+    std::uint64_t completed = 0;
+    std::uint64_t kicks = 0;       ///< Submit eventfd writes.
+    std::uint64_t sleeps = 0;      ///< Blocking waits on the completion eventfd.
+    std::uint64_t idle_polls = 0;  ///< poll() calls that found nothing.
+  };
+  const Stats& stats() const noexcept { return stats_; }
+
+ private:
+  HostServiceClient() = default;
+  unsigned cancel_unconsumed(std::span<HostCompletion> out) noexcept;
+
+  detail::RingHeader* header_ = nullptr;
+  detail::RingSqe* sq_ = nullptr;
+  detail::RingCqe* cq_ = nullptr;
+  void* map_ = nullptr;
+  std::uint64_t map_bytes_ = 0;
+  int submit_fd_ = -1;
+  int complete_fd_ = -1;
+  unsigned entries_ = 0;
+  std::uint32_t mask_ = 0;
+  std::uint32_t sq_tail_ = 0;       // next SQ index to fill
+  std::uint32_t sq_published_ = 0;  // last sq_tail stored to the header
+  std::uint32_t cq_head_ = 0;       // next CQ index to consume
+  std::uint32_t cancel_next_ = 0;   // after the service stopped: next SQ index to cancel
+  unsigned outstanding_ = 0;
+  bool stopped_ = false;  // the service's stop has been seen
+  Stats stats_;
+};
+
+}  // namespace keel::vmm

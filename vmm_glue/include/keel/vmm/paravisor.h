@@ -1,0 +1,168 @@
+// keel/vmm/paravisor.h - one guest's paravisor: a virtio-blk device backed by the guest's VF,
+// with a software fallback through the host that loses nothing.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "keel/drivers/nvme/controller.h"
+#include "keel/fpga/card.h"
+#include "keel/result.h"
+#include "keel/vmm/guest_memory.h"
+#include "keel/vmm/host_service.h"
+#include "keel/vmm/virtqueue.h"
+
+namespace keel::vmm {
+
+/// Which path carries the guest's IO (design brief, "Failover").
+enum class PathState : std::uint8_t {
+  absent,    ///< No VF: everything on the fallback.
+  ready,     ///< VF up again, traffic about to move back.
+  active,    ///< Accelerated: IO goes to the VF.
+  draining,  ///< VF lost: in-flight VF IO is being re-issued on the fallback.
+  fallback,  ///< Software path; the VF is probed for its return.
+};
+const char* to_string(PathState s) noexcept;
+
+struct Transition {
+  PathState from;
+  PathState to;
+  std::string reason;
+  std::uint64_t card_time_ns;
+};
+
+/// Every member has a default.
+struct ParavisorConfig {
+  /// Virtqueues (and VF queue pairs, and host channels): one worker each.
+  unsigned queues = 1;
+  /// Largest virtqueue the device accepts.
+  std::uint16_t max_queue_size = 256;
+  /// Guest memory is private: never mapped for the VF; data bounces through a pool the
+  /// paravisor owns (as OpenHCL does for SNP/TDX guests).
+  bool confidential = false;
+  /// Bounds on the VF path; a command past its timeout triggers failover.
+  std::chrono::nanoseconds command_timeout = std::chrono::seconds(1);
+  std::chrono::nanoseconds admin_timeout = std::chrono::milliseconds(500);
+  /// How often a paravisor on the fallback checks whether its VF is back.
+  std::chrono::nanoseconds probe_interval = std::chrono::milliseconds(50);
+  /// Data segments per request (virtio-blk seg_max).
+  std::uint32_t seg_max = 126;
+  /// Disk size when no VF answers at creation (otherwise the VF's namespace decides).
+  std::uint64_t capacity_sectors = 0;
+  /// virtio-blk GET_ID answer.
+  std::string serial = "keel";
+  /// true: a thread per queue runs the data path; false: the caller runs run_once().
+  bool threads = false;
+};
+
+struct ParavisorCounters {
+  std::uint64_t requests = 0;       ///< Guest requests completed.
+  std::uint64_t vf_ios = 0;         ///< NVMe commands completed on the VF.
+  std::uint64_t fallback_ios = 0;   ///< Requests completed by the host service.
+  std::uint64_t reissued = 0;       ///< VF commands re-issued on the fallback.
+  std::uint64_t bounced = 0;        ///< Transfers that went through the bounce pool.
+  std::uint64_t errors = 0;         ///< Requests completed with a non-OK status.
+  std::uint64_t bad_requests = 0;   ///< Malformed requests (completed with an error).
+  std::uint64_t notifications = 0;  ///< Interrupts sent to the guest.
+  std::uint64_t to_fallback = 0;    ///< Switches to the fallback.
+  std::uint64_t to_vf = 0;          ///< Switches back to the VF.
+};
+
+class QueueWorker;
+
+/// The paravisor of one guest. Owns the guest's virtio-blk device state, its VF driver and
+/// its host-service channels.
+class Paravisor {
+ public:
+  /// `vf` may be null (the guest starts without one). The VF's resources must already be
+  /// committed by the PF manager. Errors: from the VF bring-up (then the guest starts on the
+  /// fallback, and this returns ok), invalid_argument, and host-service errors.
+  static Result<std::unique_ptr<Paravisor>> create(fpga::Card& card, fpga::Function* vf,
+                                                   GuestMemory& memory, HostStorageService& host,
+                                                   const ParavisorConfig& config = {});
+  ~Paravisor();
+  Paravisor(const Paravisor&) = delete;
+  Paravisor& operator=(const Paravisor&) = delete;
+
+  // ---- virtio-blk device (what a front end drives) ----
+  std::uint64_t device_features() const noexcept;
+  /// Errors: invalid_argument (features not offered, or VERSION_1 missing).
+  Status set_features(std::uint64_t features);
+  /// The device configuration space (capacity, seg_max, blk_size, num_queues, ...).
+  virtio::blk::Config config_space() const noexcept;
+  /// Sets up virtqueue `q`. Errors: invalid_argument (bad index, size, layout).
+  Status set_queue(unsigned q, const Virtqueue::Layout& layout, std::uint16_t last_avail = 0);
+  /// Where completions are signalled: called with the queue index (in-process guests), or
+  /// an eventfd per queue (vhost-user call fds; -1 to use the callback).
+  void set_notifier(std::function<void(unsigned)> notify);
+  void set_call_fd(unsigned q, int fd);
+  /// Kick fd per queue (vhost-user): the worker sleeps on it when idle.
+  void set_kick_fd(unsigned q, int fd);
+  /// Starts the workers (threads when configured) for every configured queue.
+  Status start();
+  /// Stops the workers; in-flight requests finish first (bounded by the timeouts).
+  void stop();
+  /// DEVICE_NEEDS_RESET: a virtqueue was broken by the driver.
+  bool needs_reset() const noexcept;
+  /// Last avail index of queue q (vhost-user GET_VRING_BASE).
+  std::uint16_t last_avail(unsigned q) const noexcept;
+
+  /// Runs every worker once (threads == false): take new requests, reap completions, notify.
+  /// Returns the number of guest requests completed.
+  unsigned run_once();
+
+  // ---- failover ----
+  PathState state() const noexcept { return state_.load(std::memory_order_acquire); }
+  /// The VF went away (hot-remove announced by the host). In-flight VF IO moves to the fallback.
+  void vf_removed(const std::string& reason);
+  /// The VF is back (hot-add announced by the host): probe it now instead of at the next
+  /// probe interval.
+  void vf_arrived();
+  std::vector<Transition> transitions() const;
+  ParavisorCounters counters() const;
+  /// Guest-visible capacity in 512-byte sectors.
+  std::uint64_t capacity_sectors() const noexcept { return capacity_; }
+  /// CPU time of the worker threads (threads == true), for benchmarks.
+  std::uint64_t worker_cpu_ns() const;
+
+ private:
+  friend class QueueWorker;
+  Paravisor(fpga::Card& card, fpga::Function* vf, GuestMemory& memory, HostStorageService& host,
+            const ParavisorConfig& config);
+  void transition(PathState to, const std::string& reason);
+  /// A worker saw its VF fail (gone or timeout).
+  void vf_failed(const std::string& reason);
+  void worker_drained();
+  void maybe_probe();
+  Status bring_up_vf();
+
+  fpga::Card& card_;
+  fpga::Function* vf_;
+  GuestMemory& memory_;
+  HostStorageService& host_;
+  ParavisorConfig config_;
+  std::uint64_t capacity_ = 0;
+  std::uint64_t features_ = 0;
+  std::unique_ptr<drivers::nvme::Controller> ctrl_;
+  std::atomic<PathState> state_{PathState::absent};
+  std::atomic<std::uint64_t> vf_epoch_{0};  // bumps on every loss; workers drop old queue pairs
+  std::atomic<unsigned> drained_{0};
+  std::atomic<bool> probe_now_{false};
+  std::uint64_t next_probe_ns_ = 0;
+  mutable std::mutex mu_;  // transitions, controller lifecycle
+  std::vector<Transition> log_;
+  std::atomic<std::uint64_t> to_fallback_{0}, to_vf_{0};
+  std::vector<std::unique_ptr<QueueWorker>> workers_;
+  std::function<void(unsigned)> notify_;
+  std::vector<std::thread> threads_;
+  std::atomic<bool> running_{false};
+};
+
+}  // namespace keel::vmm

@@ -1,0 +1,260 @@
+// The paravisor's control side: device setup, workers, and the failover state machine.
+#include "keel/vmm/paravisor.h"
+
+#include <cstdio>
+
+#include <keel/regs/keel_regs.h>
+
+#include "queue_worker.h"
+
+namespace keel::vmm {
+
+namespace drv = drivers::nvme;
+using virtio::bit;
+namespace f = virtio::feature;
+
+const char* to_string(PathState s) noexcept {
+  switch (s) {
+    case PathState::absent: return "absent";
+    case PathState::ready: return "ready";
+    case PathState::active: return "active";
+    case PathState::draining: return "draining";
+    case PathState::fallback: return "fallback";
+  }
+  return "unknown";
+}
+
+Paravisor::Paravisor(fpga::Card& card, fpga::Function* vf, GuestMemory& memory,
+                     HostStorageService& host, const ParavisorConfig& config)
+    : card_(card), vf_(vf), memory_(memory), host_(host), config_(config) {}
+
+Result<std::unique_ptr<Paravisor>> Paravisor::create(fpga::Card& card, fpga::Function* vf,
+                                                     GuestMemory& memory, HostStorageService& host,
+                                                     const ParavisorConfig& config) {
+  if (config.queues == 0 || config.queues > 64) {
+    return make_error(Errc::invalid_argument, "queues must be 1..64");
+  }
+  if (config.max_queue_size == 0 || config.max_queue_size > 1024 ||
+      (config.max_queue_size & (config.max_queue_size - 1)) != 0) {
+    return make_error(Errc::invalid_argument, "max_queue_size must be a power of two up to 1024");
+  }
+  std::unique_ptr<Paravisor> pv(new Paravisor(card, vf, memory, host, config));
+  pv->capacity_ = config.capacity_sectors;
+  if (vf != nullptr) {
+    if (Status st = pv->bring_up_vf(); !st.ok()) {
+      pv->transition(PathState::fallback, "VF bring-up failed: " + to_string(st.error()));
+    }
+  }
+  if (pv->capacity_ == 0) {
+    return make_error(Errc::invalid_argument,
+                      "disk size unknown: no VF answered and capacity_sectors is 0");
+  }
+  for (unsigned q = 0; q < config.queues; ++q) {
+    auto ch = host.open_channel();
+    if (!ch) return ch.error();
+    auto client = HostServiceClient::attach(*ch);
+    if (!client) return client.error();
+    pv->workers_.push_back(std::make_unique<QueueWorker>(*pv, q, std::move(client).value()));
+  }
+  return pv;
+}
+
+Paravisor::~Paravisor() {
+  stop();
+  workers_.clear();
+  if (vf_ != nullptr && !config_.confidential) memory_.unmap_from_device(*vf_);
+  ctrl_.reset();
+}
+
+Status Paravisor::bring_up_vf() {
+  drv::ControllerConfig cc;
+  cc.admin_timeout = config_.admin_timeout;
+  cc.io_queues = static_cast<std::uint16_t>(config_.queues);
+  auto c = drv::Controller::open(card_, *vf_, cc);
+  if (!c) return c.error();
+  if (!config_.confidential) {
+    memory_.unmap_from_device(*vf_);
+    if (Status st = memory_.map_for_device(*vf_); !st.ok()) return st;
+  }
+  const std::uint64_t cap = (*c)->block_count() * (*c)->block_bytes() / 512;
+  if (capacity_ != 0 && cap != capacity_) {
+    return make_error(Errc::device_error, "the VF's namespace has " + std::to_string(cap) +
+                                              " sectors; the guest's disk has " +
+                                              std::to_string(capacity_));
+  }
+  capacity_ = cap;
+  ctrl_ = std::move(c).value();
+  transition(PathState::active, "VF controller up");
+  return {};
+}
+
+void Paravisor::transition(PathState to, const std::string& reason) {
+  const PathState from = state_.exchange(to, std::memory_order_acq_rel);
+  log_.push_back(Transition{from, to, reason, card_.now_ns()});
+  if (to == PathState::draining || (to == PathState::fallback && from == PathState::absent)) {
+    to_fallback_.fetch_add(1);
+  }
+  if (to == PathState::active && from != PathState::absent) to_vf_.fetch_add(1);
+  std::fprintf(stderr, "keel paravisor: %s -> %s: %s\n", vmm::to_string(from), vmm::to_string(to),
+               reason.c_str());
+}
+
+void Paravisor::vf_failed(const std::string& reason) {
+  std::lock_guard lock(mu_);
+  const PathState st = state();
+  if (st != PathState::active && st != PathState::ready) return;
+  drained_.store(0);
+  vf_epoch_.fetch_add(1, std::memory_order_acq_rel);
+  transition(PathState::draining, reason);
+  // Stop the device from touching guest memory for the commands being re-issued: a controller
+  // reset deletes every queue (and, with the reset generation, fails them in the driver). A
+  // device that is gone fails fast here.
+  if (ctrl_ != nullptr) (void)ctrl_->reset();
+  next_probe_ns_ = card_.now_ns() + static_cast<std::uint64_t>(config_.probe_interval.count());
+}
+
+void Paravisor::vf_removed(const std::string& reason) { vf_failed("VF removed: " + reason); }
+
+void Paravisor::vf_arrived() { probe_now_.store(true); }
+
+void Paravisor::worker_drained() {
+  if (drained_.fetch_add(1) + 1 != workers_.size()) return;
+  std::lock_guard lock(mu_);
+  if (state() == PathState::draining) {
+    transition(PathState::fallback, "every in-flight VF command re-issued on the host path");
+  }
+}
+
+void Paravisor::maybe_probe() {
+  if (vf_ == nullptr || state() != PathState::fallback) return;
+  const std::uint64_t now = card_.now_ns();
+  if (!probe_now_.exchange(false) && now < next_probe_ns_) return;
+  next_probe_ns_ = now + static_cast<std::uint64_t>(config_.probe_interval.count());
+  if (vf_->read32(regs::nvme::CSTS) == 0xFFFFFFFFu) return;  // still gone
+  std::lock_guard lock(mu_);
+  Status st;
+  if (ctrl_ != nullptr) {
+    st = ctrl_->reset();
+    if (st.ok() && !config_.confidential) {
+      memory_.unmap_from_device(*vf_);
+      st = memory_.map_for_device(*vf_);
+    }
+  } else {
+    st = bring_up_vf();  // transitions to active itself
+    if (st.ok()) {
+      to_vf_.fetch_add(1);
+      return;
+    }
+  }
+  if (!st.ok()) return;  // not yet; the next probe tries again
+  transition(PathState::ready, "VF answers again");
+  transition(PathState::active, "traffic returns to the VF");
+}
+
+std::uint64_t Paravisor::device_features() const noexcept {
+  return bit(f::kVersion1) | bit(f::kBlkSegMax) | bit(f::kBlkBlkSize) | bit(f::kBlkFlush) |
+         bit(f::kBlkWriteZeroes) | bit(f::kBlkMq) | bit(f::kRingEventIdx);
+}
+
+Status Paravisor::set_features(std::uint64_t features) {
+  if ((features & ~device_features()) != 0) {
+    return make_error(Errc::invalid_argument, "driver accepted features the device does not offer");
+  }
+  if ((features & bit(f::kVersion1)) == 0) {
+    return make_error(Errc::invalid_argument,
+                      "VIRTIO_F_VERSION_1 is required (no legacy interface)");
+  }
+  features_ = features;
+  return {};
+}
+
+virtio::blk::Config Paravisor::config_space() const noexcept {
+  virtio::blk::Config c{};
+  c.capacity = capacity_;
+  c.seg_max = config_.seg_max;
+  c.blk_size = 512;
+  c.num_queues = static_cast<std::uint16_t>(config_.queues);
+  c.max_write_zeroes_sectors = 1u << 16;
+  c.max_write_zeroes_seg = 1;
+  c.write_zeroes_may_unmap = 0;
+  return c;
+}
+
+Status Paravisor::set_queue(unsigned q, const Virtqueue::Layout& layout, std::uint16_t last_avail) {
+  if (q >= workers_.size()) {
+    return make_error(Errc::invalid_argument, "queue " + std::to_string(q) + " does not exist (" +
+                                                  std::to_string(workers_.size()) + " queues)");
+  }
+  return workers_[q]->setup(layout, (features_ & bit(f::kRingEventIdx)) != 0, last_avail);
+}
+
+void Paravisor::set_notifier(std::function<void(unsigned)> notify) { notify_ = std::move(notify); }
+void Paravisor::set_call_fd(unsigned q, int fd) {
+  if (q < workers_.size()) workers_[q]->call_fd = fd;
+}
+void Paravisor::set_kick_fd(unsigned q, int fd) {
+  if (q < workers_.size()) workers_[q]->kick_fd = fd;
+}
+
+Status Paravisor::start() {
+  if (!config_.threads || running_.exchange(true)) return {};
+  for (auto& w : workers_) threads_.emplace_back([w = w.get()] { w->run_thread(); });
+  return {};
+}
+
+void Paravisor::stop() {
+  if (running_.exchange(false)) {
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+  }
+  for (auto& w : workers_) w->quiesce();
+}
+
+bool Paravisor::needs_reset() const noexcept {
+  for (const auto& w : workers_) {
+    if (w->vq().broken()) return true;
+  }
+  return false;
+}
+
+std::uint16_t Paravisor::last_avail(unsigned q) const noexcept {
+  return q < workers_.size() ? workers_[q]->vq().last_avail() : 0;
+}
+
+unsigned Paravisor::run_once() {
+  maybe_probe();
+  unsigned n = 0;
+  for (auto& w : workers_) n += w->run_once();
+  return n;
+}
+
+std::vector<Transition> Paravisor::transitions() const {
+  std::lock_guard lock(mu_);
+  return log_;
+}
+
+ParavisorCounters Paravisor::counters() const {
+  ParavisorCounters c;
+  for (const auto& w : workers_) {
+    const auto& k = w->counters();
+    c.requests += k.requests.load();
+    c.vf_ios += k.vf_ios.load();
+    c.fallback_ios += k.fallback_ios.load();
+    c.reissued += k.reissued.load();
+    c.bounced += k.bounced.load();
+    c.errors += k.errors.load();
+    c.bad_requests += k.bad_requests.load();
+    c.notifications += k.notifications.load();
+  }
+  c.to_fallback = to_fallback_.load();
+  c.to_vf = to_vf_.load();
+  return c;
+}
+
+std::uint64_t Paravisor::worker_cpu_ns() const {
+  std::uint64_t n = 0;
+  for (const auto& w : workers_) n += w->thread_cpu_ns();
+  return n;
+}
+
+}  // namespace keel::vmm

@@ -1,0 +1,105 @@
+// The data path of one virtqueue: guest requests in, NVMe commands (VF) or host-service
+// requests (fallback) out, completions back to the guest. Owned by one thread.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "keel/drivers/nvme/queue_pair.h"
+#include "keel/vmm/blk_request.h"
+#include "keel/vmm/host_service.h"
+#include "keel/vmm/paravisor.h"
+#include "keel/vmm/virtqueue.h"
+
+namespace keel::vmm {
+
+class QueueWorker {
+ public:
+  QueueWorker(Paravisor& pv, unsigned index, std::unique_ptr<HostServiceClient> host);
+  ~QueueWorker();
+
+  Status setup(const Virtqueue::Layout& layout, bool event_idx, std::uint16_t last_avail);
+  bool configured() const noexcept { return vq_.ready(); }
+  /// One pass: reap completions, take new requests, submit, notify. Returns requests completed.
+  unsigned run_once() noexcept;
+  /// Thread body until the paravisor stops.
+  void run_thread();
+  /// Waits (bounded) until nothing is in flight, then drops the VF queue pair.
+  void quiesce();
+
+  unsigned index() const noexcept { return index_; }
+  int call_fd = -1;
+  int kick_fd = -1;
+  Virtqueue& vq() noexcept { return vq_; }
+  std::uint64_t thread_cpu_ns() const noexcept;
+
+  struct Counters {
+    std::atomic<std::uint64_t> requests{0}, vf_ios{0}, fallback_ios{0}, reissued{0}, bounced{0},
+        errors{0}, bad_requests{0}, notifications{0};
+  };
+  const Counters& counters() const noexcept { return counters_; }
+
+ private:
+  enum class Op : std::uint8_t { read, write, flush, write_zeroes };
+  struct Sub {
+    Op op = Op::read;
+    std::uint64_t lba = 0;
+    std::uint32_t blocks = 0;
+    std::vector<DataSeg> segs;
+    bool done = false;
+    bool ok = false;
+    bool on_vf = false;
+    bool reissued = false;
+    int bounce = -1;  // bounce chunk index while the VF uses one
+  };
+  struct Slot {
+    bool busy = false;
+    BlkRequest req;
+    std::vector<Sub> subs;
+    unsigned nsubs = 0;
+    unsigned left = 0;
+  };
+  struct Pending {
+    std::uint16_t slot;
+    std::uint16_t sub;
+  };
+
+  void sync_vf() noexcept;
+  void take_requests() noexcept;
+  void split(Slot& s) noexcept;
+  void submit_pending() noexcept;
+  bool submit_vf(std::uint16_t slot, std::uint16_t sub) noexcept;
+  bool submit_host(std::uint16_t slot, std::uint16_t sub) noexcept;
+  void reap_vf() noexcept;
+  void reap_host() noexcept;
+  void finish(std::uint16_t slot, std::uint16_t sub, bool ok) noexcept;
+  void complete(Slot& s) noexcept;
+  void notify_guest() noexcept;
+  bool use_vf() const noexcept;
+
+  Paravisor& pv_;
+  const unsigned index_;
+  std::unique_ptr<HostServiceClient> host_;
+  Virtqueue vq_;
+  BlkLimits limits_;
+  std::vector<Slot> slots_;       // indexed by chain head
+  std::vector<ChainSeg> chain_;   // scratch
+  std::vector<Pending> pending_;  // subs waiting for a path (ring full, no bounce chunk)
+  std::vector<Pending> retry_;    // scratch for submit_pending
+  std::unique_ptr<drivers::nvme::QueuePair> qp_;
+  std::uint64_t qp_epoch_ = 0;
+  bool draining_ = false;
+  std::uint64_t drained_epoch_ = 0;  // the loss this worker reported drained
+  fpga::DmaBuffer bounce_;
+  std::vector<int> free_bounce_;
+  std::uint32_t max_sub_bytes_ = 128 * 1024;
+  unsigned inflight_ = 0;  // requests taken and not yet completed
+  bool pushed_ = false;    // used entries pushed since the last notification decision
+  std::atomic<pthread_t> thread_{};
+  std::atomic<bool> has_thread_{false};
+  Counters counters_;
+};
+
+}  // namespace keel::vmm
