@@ -1,0 +1,430 @@
+#include "run.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <bit>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <thread>
+
+#include "keel/sriov/pf_manager.h"
+#include "keel/vmm/guest_driver.h"
+#include "keel/vmm/host_service.h"
+#include "keel/vmm/paravisor.h"
+
+namespace keel::perf {
+
+namespace vmm = keel::vmm;
+namespace blk = vmm::virtio::blk;
+using Clock = std::chrono::steady_clock;
+
+// ---------------------------------------------------------------- histogram
+
+void Histogram::add(std::uint64_t ns) noexcept {
+  // Values below kSub have a bucket each; above, 64 buckets per power of two.
+  std::size_t i = ns;
+  if (ns >= kSub) {
+    const unsigned shift =
+        static_cast<unsigned>(std::bit_width(ns)) - 7;  // ns >> shift in [64, 128)
+    i = std::size_t{shift + 1} * kSub + static_cast<std::size_t>((ns >> shift) - kSub);
+  }
+  ++buckets_[std::min(i, buckets_.size() - 1)];
+  ++count_;
+  sum_ += ns;
+  min_ = std::min(min_, ns);
+  max_ = std::max(max_, ns);
+}
+
+void Histogram::merge(const Histogram& o) noexcept {
+  for (std::size_t i = 0; i < buckets_.size(); ++i) buckets_[i] += o.buckets_[i];
+  count_ += o.count_;
+  sum_ += o.sum_;
+  min_ = std::min(min_, o.min_);
+  max_ = std::max(max_, o.max_);
+}
+
+std::uint64_t Histogram::percentile(double p) const noexcept {
+  if (count_ == 0) return 0;
+  const auto want = static_cast<std::uint64_t>(p * static_cast<double>(count_ - 1)) + 1;
+  std::uint64_t seen = 0;
+  for (std::size_t i = 0; i < buckets_.size(); ++i) {
+    seen += buckets_[i];
+    if (seen < want) continue;
+    const std::size_t group = i / kSub, sub = i % kSub;
+    // Group g > 0 covers [(kSub + sub) << (g - 1), (kSub + sub + 1) << (g - 1)); group 0 is exact.
+    const std::uint64_t hi = group == 0 ? sub : ((kSub + sub + 1) << (group - 1)) - 1;
+    return std::clamp(hi, min_, max_);
+  }
+  return max_;
+}
+
+// ---------------------------------------------------------------- stack
+
+namespace {
+
+bool simulated(const std::string& spec) { return spec == "model" || spec == "sim"; }
+
+std::uint64_t rss_peak_kib() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<std::uint64_t>(ru.ru_maxrss);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Stack>> Stack::open(const Config& config) {
+  std::unique_ptr<Stack> s(new Stack());
+  s->spec_ = config.card;
+  if (s->spec_.empty()) {
+    const auto backends = fpga::test_backends();
+    s->spec_ =
+        std::find(backends.begin(), backends.end(), "sim") != backends.end() ? "sim" : "model";
+  }
+  if (!simulated(s->spec_) && config.path != PathChoice::vf) {
+    return make_error(Errc::invalid_argument,
+                      "the fallback path needs the card's disk image, which only a simulated "
+                      "card (sim, model) has here: use --path vf on " +
+                          s->spec_);
+  }
+  const std::uint64_t slice_mib = ((config.size + (1u << 20) - 1) >> 20) + 1;
+  const std::uint64_t card_mib = config.card_mib != 0 ? config.card_mib : slice_mib * config.vfs;
+  fpga::CardOptions o;
+  o.lockstep = false;
+  o.max_vfs = std::max(8u, config.vfs);
+  o.storage_bytes = card_mib << 20;
+  if (simulated(s->spec_)) {
+    if (config.image.empty()) {
+      const std::filesystem::path dir =
+          std::filesystem::exists("/dev/shm") ? "/dev/shm" : std::filesystem::temp_directory_path();
+      s->image_ = (dir / ("keel-perf-" + std::to_string(getpid()) + ".img")).string();
+      std::filesystem::remove(s->image_);
+      s->temp_image_ = true;
+    } else {
+      s->image_ = config.image;
+    }
+    o.image_path = s->image_;
+  }
+  auto card = fpga::open_card(s->spec_, o);
+  if (!card) return card.error();
+  s->card_ = std::move(card).value();
+  auto pm = sriov::PfManager::discover(*s->card_);
+  if (!pm) return pm.error();
+  if (Status st = pm->disable_vfs(); !st.ok()) return st.error();
+  const std::uint64_t lbas = pm->info().storage_lbas / config.vfs;
+  s->slice_bytes_ = lbas * 512;
+  if (config.size > s->slice_bytes_) {
+    return make_error(Errc::invalid_argument,
+                      "--size " + std::to_string(config.size >> 20) + " MiB does not fit a VF's " +
+                          std::to_string(s->slice_bytes_ >> 20) + " MiB slice of the card");
+  }
+  if (Status st = pm->enable_vfs_even(config.vfs, 1); !st.ok()) return st.error();
+  return s;
+}
+
+Stack::~Stack() {
+  card_.reset();
+  if (temp_image_) std::filesystem::remove(image_);
+}
+
+namespace {
+
+struct Job {
+  std::unique_ptr<vmm::GuestMemory> mem;
+  std::unique_ptr<vmm::HostStorageService> host;
+  std::unique_ptr<vmm::Paravisor> pv;
+  std::unique_ptr<vmm::GuestDriver> drv;
+  DirStats read, write;
+  std::atomic<std::uint64_t> done{0};
+  std::uint64_t verify_errors = 0, verified = 0;
+  std::vector<std::uint32_t> version;  // per block: last version written (--verify)
+  std::uint64_t buf = 0;               // guest buffers
+  std::string error;
+};
+
+// Every 512-byte sector: 16 bytes of header (sector, version, job), then bytes derived from them.
+void fill_block(std::byte* p, std::uint32_t bytes, std::uint64_t sector, std::uint32_t version,
+                std::uint32_t job) {
+  for (std::uint32_t off = 0; off < bytes; off += 512, ++sector) {
+    const std::uint64_t hdr[2] = {sector, (std::uint64_t{version} << 32) | job};
+    std::memcpy(p + off, hdr, sizeof hdr);
+    std::uint64_t x = sector * 0x9E3779B97F4A7C15ull ^ version ^ (std::uint64_t{job} << 48);
+    for (std::uint32_t i = 16; i < 512; i += 8) {
+      x ^= x << 13;
+      x ^= x >> 7;
+      x ^= x << 17;
+      std::memcpy(p + off + i, &x, 8);
+    }
+  }
+}
+
+bool check_block(const std::byte* p, std::uint32_t bytes, std::uint64_t sector,
+                 std::uint32_t version, std::uint32_t job) {
+  std::byte expect[512];
+  for (std::uint32_t off = 0; off < bytes; off += 512, ++sector) {
+    fill_block(expect, 512, sector, version, job);
+    if (std::memcmp(p + off, expect, 512) != 0) return false;
+  }
+  return true;
+}
+
+void run_job(Job& j, const Config& c, unsigned index, Clock::time_point deadline,
+             std::uint64_t amount) {
+  vmm::GuestDriver& g = *j.drv;
+  const std::uint32_t bs = c.bs;
+  const std::uint64_t blocks = c.size / bs;
+  const std::uint64_t buf = j.buf = g.alloc(std::uint64_t{c.iodepth} * bs);
+  j.version.assign(c.verify ? blocks : 0, 0);
+  std::vector<std::uint32_t>& version = j.version;
+  std::vector<bool> busy(blocks, false);
+  struct Slot {
+    std::uint64_t block = 0;
+    bool write = false;
+    Clock::time_point start;
+    bool used = false;
+  };
+  std::vector<Slot> slots(c.iodepth);
+  std::vector<unsigned> free_slots;
+  for (unsigned s = c.iodepth; s-- > 0;) free_slots.push_back(s);
+  std::vector<int> slot_of(65536, -1);
+  std::mt19937_64 rng(c.seed * 7919 + index);
+  std::uint64_t next_seq = 0, issued_bytes = 0;
+  unsigned inflight = 0;
+  const bool random = c.rw == Rw::randread || c.rw == Rw::randwrite || c.rw == Rw::randrw;
+  auto pick_write = [&] {
+    switch (c.rw) {
+      case Rw::read:
+      case Rw::randread: return false;
+      case Rw::write:
+      case Rw::randwrite: return true;
+      case Rw::randrw: return rng() % 100 >= c.rwmixread;
+    }
+    return false;
+  };
+  vmm::GuestCompletion done[256];
+  for (;;) {
+    const bool time_up = c.runtime.count() > 0 ? Clock::now() >= deadline : issued_bytes >= amount;
+    while (!time_up && !free_slots.empty()) {
+      std::uint64_t block = 0;
+      bool found = false;
+      for (int tries = 0; tries < 8 && !found; ++tries) {
+        block = random ? rng() % blocks : next_seq++ % blocks;
+        found = !busy[block];
+      }
+      if (!found) break;
+      const unsigned s = free_slots.back();
+      free_slots.pop_back();
+      Slot& sl = slots[s];
+      sl.block = block;
+      sl.write = pick_write();
+      sl.used = true;
+      const std::uint64_t sector = block * (bs / 512);
+      std::byte* mem = g.host(buf + std::uint64_t{s} * bs, bs);
+      if (sl.write) {
+        const std::uint32_t v = c.verify ? ++version[block] : 1;
+        fill_block(mem, bs, sector, v, index);
+      }
+      const vmm::DataSeg seg{buf + std::uint64_t{s} * bs, bs};
+      auto id = g.submit(0, sl.write ? blk::kOut : blk::kIn, sector, {&seg, 1});
+      if (!id) {
+        j.error = "submit: " + to_string(id.error());
+        return;
+      }
+      slot_of[*id] = static_cast<int>(s);
+      busy[block] = true;
+      sl.start = Clock::now();
+      ++inflight;
+      issued_bytes += bs;
+    }
+    g.kick(0);
+    if (inflight == 0 && time_up) break;
+    const unsigned n = g.reap(0, done);
+    const auto now = Clock::now();
+    for (unsigned i = 0; i < n; ++i) {
+      const int s = slot_of[done[i].id];
+      if (s < 0) {
+        j.error = "completion for an unknown request";
+        return;
+      }
+      Slot& sl = slots[static_cast<unsigned>(s)];
+      if (done[i].status != blk::kStatusOk) {
+        j.error = "request failed with virtio-blk status " + std::to_string(done[i].status);
+        return;
+      }
+      const auto ns = static_cast<std::uint64_t>(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(now - sl.start).count());
+      DirStats& d = sl.write ? j.write : j.read;
+      ++d.ios;
+      d.bytes += bs;
+      d.lat.add(ns);
+      if (c.verify && !sl.write && version[sl.block] != 0) {
+        ++j.verified;
+        if (!check_block(g.host(buf + std::uint64_t(s) * bs, bs), bs, sl.block * (bs / 512),
+                         version[sl.block], index)) {
+          ++j.verify_errors;
+        }
+      }
+      busy[sl.block] = false;
+      free_slots.push_back(static_cast<unsigned>(s));
+      --inflight;
+      j.done.fetch_add(1, std::memory_order_relaxed);
+    }
+    if (n == 0) g.wait(0, 5);  // halt until the device's interrupt, as a vCPU does
+  }
+}
+
+// --verify, after the timed phase: read back every block the job wrote.
+void verify_job(Job& j, const Config& c, unsigned index) {
+  if (!c.verify || !j.error.empty()) return;
+  vmm::GuestDriver& g = *j.drv;
+  const std::uint32_t bs = c.bs;
+  const std::uint64_t buf = j.buf;
+  const std::vector<std::uint32_t>& version = j.version;
+  vmm::GuestCompletion done[4];
+  for (std::uint64_t block = 0; block < version.size(); ++block) {
+    if (version[block] == 0) continue;
+    const vmm::DataSeg seg{buf, bs};
+    auto id = g.submit(0, blk::kIn, block * (bs / 512), {&seg, 1});
+    if (!id) {
+      j.error = "verify submit: " + to_string(id.error());
+      return;
+    }
+    g.kick(0);
+    unsigned n = 0;
+    for (int t = 0; n == 0 && t < 2000; ++t) {
+      n = g.reap(0, done);
+      if (n == 0) g.wait(0, 5);
+    }
+    if (n == 0 || done[0].status != blk::kStatusOk) {
+      j.error = "verify read of block " + std::to_string(block) + " failed";
+      return;
+    }
+    ++j.verified;
+    if (!check_block(g.host(buf, bs), bs, block * (bs / 512), version[block], index)) {
+      ++j.verify_errors;
+    }
+  }
+}
+
+}  // namespace
+
+Result<PathResult> Stack::run(const Config& c, bool vf_path, const Progress& progress) {
+  PathResult r;
+  r.path = vf_path ? "vf" : "fallback";
+  r.card = card_->describe();
+  std::vector<std::unique_ptr<Job>> jobs;
+  for (unsigned i = 0; i < c.numjobs; ++i) {
+    auto j = std::make_unique<Job>();
+    auto mem = vmm::GuestMemory::create(
+        std::max<std::uint64_t>(64ull << 20, std::uint64_t{c.iodepth} * c.bs * 2 + (16u << 20)));
+    if (!mem) return mem.error();
+    j->mem = std::move(mem).value();
+    if (simulated(spec_)) {
+      vmm::HostServiceConfig hc;
+      hc.image_path = image_;
+      hc.base_offset = i * slice_bytes_;
+      hc.length = slice_bytes_;
+      hc.guest_memory_fd = j->mem->regions()[0].fd;
+      hc.guest_memory_bytes = j->mem->regions()[0].bytes;
+      auto host = vmm::HostStorageService::start(hc);
+      if (!host) return host.error();
+      j->host = std::move(host).value();
+    }
+    vmm::ParavisorConfig pc;
+    pc.threads = true;
+    pc.capacity_sectors = slice_bytes_ / 512;
+    fpga::Function* vf = nullptr;
+    if (vf_path) {
+      auto f = card_->vf(i);
+      if (!f) return f.error();
+      vf = *f;
+    }
+    if (j->host == nullptr) {
+      return make_error(Errc::invalid_argument, "a real board has no host path here");
+    }
+    auto pv = vmm::Paravisor::create(*card_, vf, *j->mem, *j->host, pc);
+    if (!pv) return pv.error();
+    j->pv = std::move(pv).value();
+    if (vf_path && j->pv->state() != vmm::PathState::active) {
+      return make_error(Errc::device_error, "VF " + std::to_string(i) + " did not come up");
+    }
+    auto drv = vmm::GuestDriver::attach(*j->pv, *j->mem, 1, 256, 1u << 20);
+    if (!drv) return drv.error();
+    j->drv = std::move(drv).value();
+    if (Status st = j->pv->start(); !st.ok()) return st.error();
+    jobs.push_back(std::move(j));
+  }
+  auto cpu_now = [&] {
+    std::uint64_t n = 0;
+    for (const auto& j : jobs) {
+      n += j->pv->worker_cpu_ns();
+      if (j->host) n += j->host->thread_cpu_ns() + j->host->io_worker_cpu_ns();
+    }
+    return n;
+  };
+  const std::uint64_t amount = c.size;
+  const std::uint64_t cpu0 = cpu_now();
+  const std::uint64_t switches0 = [&] {
+    std::uint64_t n = 0;
+    for (const auto& j : jobs) n += j->pv->counters().to_fallback;
+    return n;
+  }();
+  const auto t0 = Clock::now();
+  const auto deadline = t0 + c.runtime;
+  std::vector<std::thread> threads;
+  for (unsigned i = 0; i < jobs.size(); ++i) {
+    threads.emplace_back([&, i] { run_job(*jobs[i], c, i, deadline, amount); });
+  }
+  // Progress from this thread while the jobs run.
+  const double expect_ios = static_cast<double>(amount / c.bs) * jobs.size();
+  std::atomic<bool> finished{false};
+  std::thread watcher([&] {
+    while (!finished.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(250));
+      std::uint64_t n = 0;
+      for (const auto& j : jobs) n += j->done.load(std::memory_order_relaxed);
+      const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+      const double frac = c.runtime.count() > 0
+                              ? secs * 1000.0 / static_cast<double>(c.runtime.count())
+                              : static_cast<double>(n) / expect_ios;
+      if (progress && !finished.load()) progress(r.path, std::min(frac, 1.0), n, secs);
+    }
+  });
+  for (auto& t : threads) t.join();
+  finished.store(true);
+  watcher.join();
+  r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  r.host_cpu_ns = cpu_now() - cpu0;
+  threads.clear();
+  for (unsigned i = 0; i < jobs.size(); ++i) {
+    threads.emplace_back([&, i] { verify_job(*jobs[i], c, i); });
+  }
+  for (auto& t : threads) t.join();
+  for (auto& j : jobs) {
+    if (!j->error.empty())
+      return make_error(Errc::io_error, "job on path " + r.path + ": " + j->error);
+    r.read.ios += j->read.ios;
+    r.read.bytes += j->read.bytes;
+    r.read.lat.merge(j->read.lat);
+    r.write.ios += j->write.ios;
+    r.write.bytes += j->write.bytes;
+    r.write.lat.merge(j->write.lat);
+    r.verify_errors += j->verify_errors;
+    r.verified_blocks += j->verified;
+    r.path_switches += j->pv->counters().to_fallback;
+    j->pv->stop();
+  }
+  r.path_switches -= switches0;
+  r.peak_rss_mib = static_cast<double>(rss_peak_kib()) / 1024.0;
+  for (auto& j : jobs) {
+    j->drv.reset();
+    j->pv.reset();
+    j->host.reset();
+  }
+  return r;
+}
+
+}  // namespace keel::perf

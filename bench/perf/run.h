@@ -1,0 +1,85 @@
+// keel-perf: standing up the stack and running one workload on one path.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "keel/fpga/card.h"
+#include "keel/result.h"
+#include "options.h"
+
+namespace keel::perf {
+
+/// Log-linear latency histogram: 64 sub-buckets per power of two (under 1.6% error).
+class Histogram {
+ public:
+  void add(std::uint64_t ns) noexcept;
+  void merge(const Histogram& o) noexcept;
+  std::uint64_t count() const noexcept { return count_; }
+  std::uint64_t min() const noexcept { return count_ == 0 ? 0 : min_; }
+  std::uint64_t max() const noexcept { return max_; }
+  double mean() const noexcept { return count_ == 0 ? 0 : static_cast<double>(sum_) / count_; }
+  /// Value at or below which `p` (0..1) of the samples lie.
+  std::uint64_t percentile(double p) const noexcept;
+
+ private:
+  static constexpr unsigned kSub = 64;
+  std::array<std::uint64_t, 64 * kSub> buckets_{};
+  std::uint64_t count_ = 0, sum_ = 0, min_ = ~std::uint64_t{0}, max_ = 0;
+};
+
+struct DirStats {
+  std::uint64_t ios = 0;
+  std::uint64_t bytes = 0;
+  Histogram lat;
+};
+
+struct PathResult {
+  std::string path;  ///< "vf" or "fallback"
+  double seconds = 0;
+  DirStats read, write;
+  std::uint64_t host_cpu_ns = 0;  ///< Paravisor threads + host service threads (incl. io_uring).
+  std::uint64_t verify_errors = 0;
+  std::uint64_t verified_blocks = 0;
+  std::uint64_t path_switches = 0;
+  double peak_rss_mib = 0;
+  std::string card;
+
+  std::uint64_t ios() const { return read.ios + write.ios; }
+  double iops() const { return seconds > 0 ? static_cast<double>(ios()) / seconds : 0; }
+  double cpu_ns_per_io() const {
+    return ios() > 0 ? static_cast<double>(host_cpu_ns) / static_cast<double>(ios()) : 0;
+  }
+};
+
+/// Live progress: path, fraction done (0..1), IOs so far, seconds so far.
+using Progress = std::function<void(const std::string&, double, std::uint64_t, double)>;
+
+/// The card and its image, shared by the paths of one invocation.
+class Stack {
+ public:
+  /// Opens the card (free running), enables config.vfs VFs with an even split of storage.
+  /// Errors: from the card and the PF manager; invalid_argument when the fallback is asked of
+  /// a real board or the jobs do not fit.
+  static Result<std::unique_ptr<Stack>> open(const Config& config);
+  ~Stack();
+
+  /// Runs the workload of `config` on one path with one guest per job.
+  Result<PathResult> run(const Config& config, bool vf_path, const Progress& progress);
+  fpga::Card& card() { return *card_; }
+  std::string card_spec() const { return spec_; }
+
+ private:
+  Stack() = default;
+  std::unique_ptr<fpga::Card> card_;
+  std::string spec_;
+  std::string image_;
+  bool temp_image_ = false;
+  std::uint64_t slice_bytes_ = 0;
+};
+
+}  // namespace keel::perf
