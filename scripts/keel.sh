@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # keel's one entry point for people and CI.
 #
-#   scripts/keel.sh demo    install missing Debian packages, build, run the main job
+#   scripts/keel.sh demo    install missing Debian packages, build, run keel-perf (main job)
 #   scripts/keel.sh test    install missing Debian packages, build, run every test via ctest
 #   scripts/keel.sh deps    only install missing Debian packages
 #   scripts/keel.sh build   deps + configure + build
@@ -19,7 +19,7 @@ PACKAGES=(
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   libnvme-dev libjson-c-dev liburing-dev libxrt-dev uuid-dev libibverbs-dev
   libcli11-dev nlohmann-json3-dev libfmt-dev libspdlog-dev
-  verilator yosys iverilog
+  verilator yosys iverilog python3-matplotlib
   qemu-system-x86 qemu-utils busybox-static fio kmod
 )
 
@@ -56,7 +56,9 @@ case "${1:-}" in
   build) build ;;
   demo)
     build
-    "$BUILD_DIR/bench/keel-demo" --vfs 4 --mib 8
+    # keel's main job: the accelerated path against the software fallback, on the simulated
+    # card (the RTL card when it is built, else the C++ model), short, verified.
+    "$BUILD_DIR/bench/keel-perf" --rw randrw --bs 4k --iodepth 16 --runtime 3s --verify
     ;;
   test)
     build

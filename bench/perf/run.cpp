@@ -207,7 +207,7 @@ void run_job(Job& j, const Config& c, unsigned index, Clock::time_point deadline
   vmm::GuestCompletion done[256];
   for (;;) {
     const bool time_up = c.runtime.count() > 0 ? Clock::now() >= deadline : issued_bytes >= amount;
-    while (!time_up && !free_slots.empty()) {
+    while (!time_up && !free_slots.empty() && (c.runtime.count() > 0 || issued_bytes < amount)) {
       std::uint64_t block = 0;
       bool found = false;
       for (int tries = 0; tries < 8 && !found; ++tries) {

@@ -182,7 +182,14 @@ unsigned GuestDriver::reap(unsigned q, std::span<GuestCompletion> out) {
 }
 
 void GuestDriver::wait(unsigned q, int timeout_ms) {
-  pollfd p{queues_[q].call_fd, POLLIN, 0};
+  Queue& Q = queues_[q];
+  // reap() published used_event; an entry used after that and before this check may have
+  // been pushed without a notification (the device read the old used_event): look first,
+  // as a virtio driver does after virtqueue_enable_cb().
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  const std::byte* used = mem_.translate(Q.used, virtio::used_bytes(Q.size));
+  if (load16(used + 2) != Q.last_used) return;
+  pollfd p{Q.call_fd, POLLIN, 0};
   if (poll(&p, 1, timeout_ms) > 0) {
     std::uint64_t v;
     (void)!read(queues_[q].call_fd, &v, sizeof v);

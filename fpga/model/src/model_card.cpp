@@ -148,8 +148,11 @@ bool ModelCard::Impl::any_busy() noexcept {
 }
 
 void ModelCard::Impl::run() {
-  constexpr unsigned kSpinsBeforeSleep = 4096;
-  unsigned idle = 0;
+  // Like silicon that clock-gates when idle: poll for a short while after the last piece of
+  // work, then sleep until the host writes a register or doorbell. Sleeping early matters on a
+  // shared host: a thread that spins gets scheduled late when work does arrive.
+  constexpr auto kSpin = std::chrono::microseconds(30);
+  auto last_work = std::chrono::steady_clock::now();
   while (running.load(std::memory_order_relaxed)) {
     unsigned done;
     bool busy;
@@ -159,13 +162,16 @@ void ModelCard::Impl::run() {
       busy = done == 0 && any_busy();
     }
     if (done > 0) {
-      idle = 0;
+      last_work = std::chrono::steady_clock::now();
       continue;
     }
-    if (busy || ++idle < kSpinsBeforeSleep) {
-      // Timers pending, a full completion queue, a rate limit, or a short spin before
-      // sleeping: give the host threads the core.
-      std::this_thread::yield();
+    if (busy) {
+      // Timers pending, a full completion queue or a rate limit: nothing to do for a moment.
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+      continue;
+    }
+    if (std::chrono::steady_clock::now() - last_work < kSpin) {
+      __builtin_ia32_pause();
       continue;
     }
     // Announce the sleep, then look once more: a host store either is seen here or sees
@@ -180,7 +186,7 @@ void ModelCard::Impl::run() {
     }
     if (!work && running.load()) activity.epoch.wait(seen, std::memory_order_seq_cst);
     activity.sleeping.store(false, std::memory_order_relaxed);
-    idle = 0;
+    last_work = std::chrono::steady_clock::now();
   }
 }
 
