@@ -201,6 +201,15 @@ TEST_P(Paravisor, AnIndexBeyondTheQueueMarksTheDeviceForReset) {
   EXPECT_TRUE(g.pv->needs_reset());
 }
 
+TEST_P(Paravisor, AnAvailableHeadBeyondTheQueueMarksTheDeviceForReset) {
+  make_guests(1);
+  Guest& g = guests_[0];
+  g.drv->publish_raw(0, {}, 0, 128 + 5);  // queue of 128: head 133 does not exist
+  for (int i = 0; i < 20; ++i) turn();
+  EXPECT_TRUE(g.pv->needs_reset());
+  EXPECT_GE(g.pv->counters().bad_requests, 1u);
+}
+
 TEST_P(Paravisor, AGuestsVfCannotReachAnotherGuestsMemory) {
   make_guests(2, {}, 32u << 20);
   auto* model = dynamic_cast<fpga::model::ModelCard*>(card_.get());

@@ -243,6 +243,11 @@ void QueueWorker::take_requests() noexcept {
   std::uint16_t head;
   while (vq_.pop(&head)) {
     const ChainError ce = vq_.read_chain(head, chain_);
+    if (ce == ChainError::bad_index || head >= slots_.size()) {  // a head beyond the queue
+      counters_.bad_requests.fetch_add(1, std::memory_order_relaxed);
+      vq_.mark_broken();
+      return;
+    }
     Slot& s = slots_[head];
     if (s.busy) {  // the driver made a chain available twice
       counters_.bad_requests.fetch_add(1, std::memory_order_relaxed);
@@ -401,6 +406,8 @@ std::uint64_t QueueWorker::thread_cpu_ns() const noexcept {
 }
 
 void QueueWorker::run_thread() {
+  const std::string name = "keel-pv-q" + std::to_string(index_);
+  pthread_setname_np(pthread_self(), name.c_str());
   thread_.store(pthread_self());
   has_thread_.store(true);
   // Spin briefly after the last piece of work, then sleep on every event source at once:
@@ -444,6 +451,7 @@ void QueueWorker::run_thread() {
     if (vq_.ready() && kick_fd >= 0) ready = vq_.enable_kicks();
     if (host_->outstanding() > 0 && !host_->prepare_wait()) ready = true;
     if (qp_ != nullptr && qp_->outstanding() > 0) {
+      qp_->check_deadlines();  // a lost VF must not wait for thousands of polls to be noticed
       qp_->arm_interrupt(true);
       // A completion that landed before the vector was armed raised no interrupt: look.
       ready = ready || run_once() > 0;

@@ -1,4 +1,6 @@
 // The reference card: construction, time, arbitration, the free-running thread, VF functions.
+#include <pthread.h>
+
 #include <cstdio>
 #include <string>
 
@@ -148,6 +150,7 @@ bool ModelCard::Impl::any_busy() noexcept {
 }
 
 void ModelCard::Impl::run() {
+  pthread_setname_np(pthread_self(), "keel-card");
   // Like silicon that clock-gates when idle: poll for a short while after the last piece of
   // work, then sleep until the host writes a register or doorbell. Sleeping early matters on a
   // shared host: a thread that spins gets scheduled late when work does arrive.

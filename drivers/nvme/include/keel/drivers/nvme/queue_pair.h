@@ -63,6 +63,10 @@ class QueuePair {
     if (config_.interrupts) fn_.set_interrupt_masked(qid_, !armed);
   }
 
+  /// Looks for commands past their deadline now (poll() does so only every 4096 calls): for
+  /// callers about to sleep with commands outstanding. May recover (abort, reset): bounded.
+  void check_deadlines() noexcept { check_timeouts(); }
+
   struct Stats {
     std::uint64_t submitted = 0;
     std::uint64_t completed = 0;

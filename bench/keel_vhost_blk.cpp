@@ -1,0 +1,177 @@
+// keel-vhost-blk: a vhost-user-blk back end on a keel card. Stands up a card (model or sim,
+// free-running), one VF with the guest's disk as its namespace, a host storage service on the
+// same image (the fallback path), and a VhostUserBlkServer on a unix socket; serves one front
+// end at a time (QEMU's vhost-user-blk-pci) until SIGINT or SIGTERM, then prints the path
+// transitions and counters.
+//
+// The disk is bytes [0, N MiB) of the image. With --vf-index I > 0 the card also gives VFs
+// 0..I-1 a 1 MiB slice each after the disk (the card needs every enabled VF to own a slice).
+#include <signal.h>
+#include <CLI/CLI.hpp>
+
+#include <cinttypes>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "keel/fpga/card.h"
+#include "keel/sriov/pf_manager.h"
+#include "keel/vmm/host_service.h"
+#include "keel/vmm/paravisor.h"
+#include "keel/vmm/vhost_user.h"
+
+namespace {
+
+namespace vmm = keel::vmm;
+constexpr std::uint64_t kMiB = 1ull << 20;
+
+int fail(const std::string& what) {
+  std::fprintf(stderr, "keel-vhost-blk: %s\n", what.c_str());
+  return 1;
+}
+
+void print_report(const vmm::VhostUserBlkServer& server) {
+  std::printf("path transitions:\n");
+  for (const vmm::Transition& t : server.transitions()) {
+    std::printf("  %12.3f ms  %-8s -> %-8s  %s\n", static_cast<double>(t.card_time_ns) / 1e6,
+                vmm::to_string(t.from), vmm::to_string(t.to), t.reason.c_str());
+  }
+  const vmm::ParavisorCounters c = server.counters();
+  std::printf("counters: requests=%" PRIu64 " vf_ios=%" PRIu64 " fallback_ios=%" PRIu64
+              " reissued=%" PRIu64 " bounced=%" PRIu64 " errors=%" PRIu64 " bad_requests=%" PRIu64
+              " notifications=%" PRIu64 " to_fallback=%" PRIu64 " to_vf=%" PRIu64 "\n",
+              c.requests, c.vf_ios, c.fallback_ios, c.reissued, c.bounced, c.errors, c.bad_requests,
+              c.notifications, c.to_fallback, c.to_vf);
+  const auto s = server.stats();
+  std::printf("vhost-user: connections=%" PRIu64 " turned_away=%" PRIu64 " disconnects=%" PRIu64
+              " messages=%" PRIu64 " failed_requests=%" PRIu64 " protocol_errors=%" PRIu64
+              " paravisors=%" PRIu64 " ring_errors=%" PRIu64 "\n",
+              s.connections, s.turned_away, s.disconnects, s.messages, s.failed_requests,
+              s.protocol_errors, s.paravisors, s.ring_errors);
+  if (!server.last_error().empty()) std::printf("last error: %s\n", server.last_error().c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"keel-vhost-blk: serve a keel VF as a vhost-user-blk device"};
+  std::string socket_path, card_spec = "model", image;
+  std::uint64_t size_mib = 0;
+  unsigned queues = 1, vf_index = 0;
+  app.add_option("--socket", socket_path, "Unix socket to listen on (QEMU: -chardev socket,path=)")
+      ->required();
+  app.add_option("--card", card_spec, "Card backend")->check(CLI::IsMember({"model", "sim"}));
+  app.add_option("--image", image, "Disk image backing the card's storage (created if missing)")
+      ->required();
+  app.add_option("--size-mib", size_mib, "Guest disk size in MiB")
+      ->required()
+      ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 20));
+  app.add_option("--queues", queues, "Virtqueues (= VF IO queue pairs)")->check(CLI::Range(1u, 8u));
+  app.add_option("--vf-index", vf_index, "Which VF serves the guest")->check(CLI::Range(0u, 7u));
+  bool no_vf = false;
+  app.add_flag("--no-vf", no_vf, "serve the guest on the software fallback path only");
+  app.footer(
+      "Signals: SIGUSR1 surprise-removes the VF (failover to the host path), SIGUSR2 restores "
+      "it (traffic returns to the VF); SIGINT/SIGTERM print the path transitions and counters "
+      "and exit.");
+  CLI11_PARSE(app, argc, argv);
+
+  // Signals are taken by sigwait below; block them before any thread exists.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGUSR1);
+  sigaddset(&sigs, SIGUSR2);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
+  keel::fpga::CardOptions co;
+  co.image_path = image;
+  co.storage_bytes = (size_mib + vf_index) * kMiB;
+  co.lockstep = false;  // like silicon: the card works on its own thread
+  auto card_r = keel::fpga::open_card(card_spec, co);
+  if (!card_r) return fail("opening the " + card_spec + " card: " + to_string(card_r.error()));
+  std::unique_ptr<keel::fpga::Card> card = std::move(card_r).value();
+  if (vf_index >= card->max_vfs()) {
+    return fail("--vf-index " + std::to_string(vf_index) + ": the card has " +
+                std::to_string(card->max_vfs()) + " VFs");
+  }
+  auto pm = keel::sriov::PfManager::discover(*card);
+  if (!pm) return fail("PF manager: " + to_string(pm.error()));
+  const std::uint64_t disk_lbas = size_mib * kMiB / 512;
+  std::vector<keel::sriov::VfResources> res(vf_index + 1);
+  for (unsigned i = 0; i < vf_index; ++i) {
+    res[i].slice_base = disk_lbas + i * (kMiB / 512);
+    res[i].slice_lbas = kMiB / 512;
+  }
+  res[vf_index].queues = queues;
+  res[vf_index].slice_lbas = disk_lbas;
+  if (auto st = pm->enable_vfs(res); !st.ok()) {
+    return fail("enabling VFs (is the image smaller than --size-mib + --vf-index MiB?): " +
+                to_string(st.error()));
+  }
+  auto vf = card->vf(vf_index);
+  if (!vf) return fail("VF " + std::to_string(vf_index) + ": " + to_string(vf.error()));
+
+  // Re-created by the server for every memory table the front end sends.
+  std::unique_ptr<vmm::HostStorageService> host;
+  auto factory = [&](vmm::GuestMemory& mem) -> keel::Result<std::unique_ptr<vmm::Paravisor>> {
+    host.reset();  // the paravisor that used it is gone
+    vmm::HostServiceConfig hc;
+    hc.image_path = image;
+    hc.length = size_mib * kMiB;
+    for (const auto& r : mem.regions()) hc.regions.push_back({r.fd, r.fd_offset, r.gpa, r.bytes});
+    auto h = vmm::HostStorageService::start(hc);
+    if (!h) return h.error();
+    host = std::move(h).value();
+    vmm::ParavisorConfig pc;
+    pc.queues = queues;
+    pc.threads = true;  // the server runs on its own thread and never drives the data path
+    pc.capacity_sectors = disk_lbas;
+    // A guest under TCG on a loaded host can leave commands waiting a long time: a longer
+    // bound than the default keeps a slow host from looking like a lost VF.
+    pc.command_timeout = std::chrono::seconds(5);
+    return vmm::Paravisor::create(*card, no_vf ? nullptr : *vf, mem, *host, pc);
+  };
+  vmm::VhostUserBlkConfig vc;
+  vc.socket_path = socket_path;
+  auto server_r = vmm::VhostUserBlkServer::create(vc, factory);
+  if (!server_r) return fail("vhost-user server: " + to_string(server_r.error()));
+  std::unique_ptr<vmm::VhostUserBlkServer> server = std::move(server_r).value();
+  if (auto st = server->start(); !st.ok()) return fail(to_string(st.error()));
+  std::printf("keel-vhost-blk: serving %s (%" PRIu64
+              " MiB, %u queue%s) from VF %u of the %s card "
+              "on %s\n",
+              image.c_str(), size_mib, queues, queues == 1 ? "" : "s", vf_index, card_spec.c_str(),
+              socket_path.c_str());
+  std::fflush(stdout);
+
+  int sig = 0;
+  for (;;) {
+    sigwait(&sigs, &sig);
+    if (sig == SIGINT || sig == SIGTERM) break;
+    keel::fpga::FaultInjector* fi = card->faults();
+    if (fi == nullptr) {
+      std::printf("keel-vhost-blk: this card cannot remove or restore VFs\n");
+      continue;
+    }
+    if (sig == SIGUSR1) {
+      const auto st = fi->surprise_remove(vf_index);
+      std::printf("keel-vhost-blk: SIGUSR1: VF %u surprise-removed%s\n", vf_index,
+                  st.ok() ? "" : (": " + to_string(st.error())).c_str());
+    } else {
+      const auto st = fi->restore(vf_index);
+      std::printf("keel-vhost-blk: SIGUSR2: VF %u restored%s\n", vf_index,
+                  st.ok() ? "" : (": " + to_string(st.error())).c_str());
+    }
+    std::fflush(stdout);
+  }
+  std::printf("keel-vhost-blk: %s: shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  server->stop();
+  print_report(*server);
+  server.reset();  // drops the front end; the paravisor stops before the host service goes
+  host.reset();
+  card.reset();
+  return 0;
+}

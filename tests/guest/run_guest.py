@@ -1,0 +1,195 @@
+#!/usr/bin/python3
+"""Boot keel's minimal Linux guest on a vhost-user-blk backend and run fio inside it.
+
+  run_guest.py build [--build-dir B]
+      build (or reuse) the kernel + initramfs under B/guest
+
+  run_guest.py run --backend 'CMD {socket} {image} {size_mib} {queues}' [options]
+      one guest run against any vhost-user-blk server; placeholders are filled in
+
+  run_guest.py test SCENARIO [--keel-bin PATH]
+      a named run, as ctest calls it: qsd, keel-model, keel-sim, keel-model-failover
+
+Exit status: 0 pass, 1 fail, 77 skipped (this machine cannot run it; the reason is printed).
+See docs/guest.md.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import keelguest  # noqa: E402
+
+QSD = ("{qsd} --blockdev driver=file,node-name=disk0,filename={image} "
+       "--export type=vhost-user-blk,id=vub0,node-name=disk0,addr.type=unix,"
+       "addr.path={socket},writable=on,num-queues={queues}")
+KEEL = "{keel} --socket {socket} --card {card} --image {image} --size-mib {size_mib} " \
+       "--queues {queues}"
+# What keel-vhost-blk prints when the VF goes away and comes back (see docs/guest.md).
+# Its exit report counts the switches; the paravisor's error counter must stay 0 across them.
+KEEL_FAILOVER_LOG = [r"\bto_fallback=[1-9]", r"\bto_vf=[1-9]", r"\berrors=0\b"]
+
+
+def qsd_template():
+    qsd = keelguest.find_tool("qemu-storage-daemon", "qemu-system-common")
+    return QSD.replace("{qsd}", qsd)
+
+
+def keel_template(keel_bin, card, extra=""):
+    if not keel_bin or not os.access(keel_bin, os.X_OK):
+        raise keelguest.Skip(f"keel-vhost-blk is not built ({keel_bin}): nothing to serve "
+                             f"the guest from keel")
+    t = KEEL.replace("{keel}", keel_bin).replace("{card}", card)
+    return t + (" " + extra if extra else "")
+
+
+def keel_help(keel_bin):
+    try:
+        res = subprocess.run([keel_bin, "--help"], capture_output=True, text=True, timeout=30)
+    except OSError:
+        return ""
+    return res.stdout + res.stderr
+
+
+def add_run_options(p):
+    p.add_argument("--build-dir", default=os.environ.get("KEEL_BUILD_DIR", "build"))
+    p.add_argument("--accel", choices=["auto", "kvm", "tcg"],
+                   default=os.environ.get("KEEL_GUEST_ACCEL", "auto"))
+    p.add_argument("--smp", type=int, default=1)
+    p.add_argument("--mem-mib", type=int, default=1024)
+    p.add_argument("--queues", type=int, default=1)
+    p.add_argument("--size-mib", type=int, default=128, help="disk size")
+    p.add_argument("--fio-size", default="64M", help="region fio writes and reads")
+    p.add_argument("--bs", default="4k")
+    p.add_argument("--iodepth", type=int, default=16)
+    p.add_argument("--runtime", type=int, default=5, help="seconds of the random-read job")
+    p.add_argument("--jobs", default="verify-write,randread",
+                   help="comma list of verify-write, randread, randwrite")
+    p.add_argument("--numjobs", type=int, default=1, help="fio jobs of the time-based runs")
+    p.add_argument("--timeout", type=int, default=None, help="hard limit for the guest (s)")
+    p.add_argument("--failover", default=None, metavar="REMOVE,RESTORE",
+                   help="seconds into verify-write to send SIGUSR1 (remove the VF), then "
+                        "seconds later to send SIGUSR2 (restore it)")
+    p.add_argument("--expect-backend-log", action="append", default=[], metavar="REGEX")
+    p.add_argument("--no-host-verify", action="store_true",
+                   help="skip re-reading the image on the host after the run")
+    p.add_argument("--image-offset", type=int, default=0,
+                   help="byte offset of the guest's disk inside the image (host verify)")
+    p.add_argument("--kernel", default=None,
+                   help="boot this kernel instead of the minimal guest's (docs/guest.md)")
+    p.add_argument("--initrd", default=None, help="with --kernel: its initramfs")
+    p.add_argument("--append", default="", help="more kernel command line")
+    p.add_argument("--image", default=None,
+                   help="serve this existing raw image (kept as it is; no host-side verify)")
+    p.add_argument("--boot-timeout", type=int, default=120,
+                   help="seconds until the guest's first KEEL-BOOT line")
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--json", default=None, help="write the result here")
+
+
+def config_from(args):
+    failover = None
+    if args.failover:
+        a, b = args.failover.split(",")
+        failover = (float(a), float(b))
+    return keelguest.RunConfig(
+        build_dir=args.build_dir, accel=args.accel, smp=args.smp, mem_mib=args.mem_mib,
+        queues=args.queues, size_mib=args.size_mib, fio_size=args.fio_size, bs=args.bs,
+        iodepth=args.iodepth, runtime=args.runtime, jobs=args.jobs, numjobs=args.numjobs,
+        timeout=args.timeout, failover=failover, expect_backend_log=args.expect_backend_log,
+        host_verify=not args.no_host_verify, image_offset=args.image_offset,
+        workdir=args.workdir, seed=args.seed, kernel=args.kernel, initrd=args.initrd,
+        append=args.append, image=args.image, boot_timeout=args.boot_timeout)
+
+
+def finish(result, args):
+    for line in keelguest.summarize(result):
+        print(line, flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1, default=str)
+    return 0 if result["ok"] else 1
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="build the guest kernel + initramfs")
+    b.add_argument("--build-dir", default=os.environ.get("KEEL_BUILD_DIR", "build"))
+    r = sub.add_parser("run", help="one run against a backend command")
+    r.add_argument("--backend", required=True,
+                   help="command line; {socket} {image} {size_mib} {queues} are filled in")
+    r.add_argument("--label", default="guest")
+    add_run_options(r)
+    t = sub.add_parser("test", help="a named scenario (ctest)")
+    t.add_argument("scenario", choices=["qsd", "keel-model", "keel-sim", "keel-model-failover",
+                                        "keel-sim-failover"])
+    t.add_argument("--keel-bin", default=None)
+    t.add_argument("--keel-target", default="1",
+                   help="0 when the build has no keel-vhost-blk target (skip, not fail)")
+    t.add_argument("--sim-target", default="1",
+                   help="0 when the build has no Verilated card (keel-sim skips)")
+    add_run_options(t)
+    args = ap.parse_args()
+
+    try:
+        if args.cmd == "build":
+            g = keelguest.build_guest(args.build_dir)
+            print(json.dumps(g, indent=1))
+            return 0
+        if args.cmd == "run":
+            cfg = config_from(args)
+            return finish(keelguest.run_guest(cfg, args.backend, args.label), args)
+        # test
+        keelguest.detect_accel(args.accel)  # skip early, before building anything
+        for tool, pkg in (("busybox", "busybox-static"), ("fio", "fio"),
+                          ("dpkg", "dpkg"), ("depmod", "kmod"), ("ldd", "libc-bin")):
+            keelguest.find_tool(tool, pkg)
+        cfg = config_from(args)
+        sc = args.scenario
+        if sc == "qsd":
+            template = qsd_template()
+        else:
+            if args.keel_target in ("0", "", "false", "FALSE"):
+                raise keelguest.Skip("this build has no keel-vhost-blk target "
+                                     "(bench/keel_vhost_blk.cpp)")
+            card = "sim" if sc.startswith("keel-sim") else "model"
+            if card == "sim" and args.sim_target in ("0", ""):
+                raise keelguest.Skip("this build has no Verilated card (KEEL_WITH_SIM=OFF)")
+            keel_bin = args.keel_bin
+            if keel_bin is None:
+                keel_bin = os.path.join(args.build_dir, "bench", "keel-vhost-blk")
+            if args.keel_bin == "" or not os.access(keel_bin, os.X_OK):
+                if args.keel_bin is not None and args.keel_target not in ("0", ""):
+                    raise keelguest.Failure(f"keel-vhost-blk is a target of this build but "
+                                            f"{keel_bin!r} is not there: build it first")
+            template = keel_template(keel_bin, card)
+            if sc.endswith("-failover"):
+                if "SIGUSR1" not in keel_help(keel_bin):
+                    raise keelguest.Skip(f"{keel_bin} --help says nothing of SIGUSR1 (remove the "
+                                         f"VF) / SIGUSR2 (restore it): it cannot be failed "
+                                         f"over under a guest yet")
+                if cfg.failover is None:
+                    cfg.failover = (3.0, 4.0)
+                if not cfg.expect_backend_log:
+                    cfg.expect_backend_log = list(KEEL_FAILOVER_LOG)
+                # Long enough that the VF leaves and returns while fio writes and verifies.
+                if args.fio_size == "64M":
+                    cfg.fio_size = "96M"
+        return finish(keelguest.run_guest(cfg, template, sc), args)
+    except keelguest.Skip as e:
+        print(f"SKIP: {e}", flush=True)
+        return keelguest.SKIP_CODE
+    except keelguest.Failure as e:
+        print(f"FAIL: {e}", flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

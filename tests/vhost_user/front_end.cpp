@@ -1,0 +1,357 @@
+#include "front_end.h"
+
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+
+namespace keel::testing {
+
+namespace virtio = keel::vmm::virtio;
+using vu::Request;
+
+namespace {
+
+std::uint16_t load16(const std::byte* p) {
+  return std::atomic_ref<std::uint16_t>(
+             *const_cast<std::uint16_t*>(reinterpret_cast<const std::uint16_t*>(p)))
+      .load(std::memory_order_acquire);
+}
+void store16(std::byte* p, std::uint16_t v) {
+  std::atomic_ref<std::uint16_t>(*reinterpret_cast<std::uint16_t*>(p))
+      .store(v, std::memory_order_release);
+}
+
+}  // namespace
+
+// ---- GuestRam ----
+
+GuestRam::GuestRam(std::uint64_t bytes_per_region) : half_(bytes_per_region) {
+  fd_ = memfd_create("vhost-user-test-ram", MFD_CLOEXEC);
+  EXPECT_GE(fd_, 0);
+  EXPECT_EQ(ftruncate(fd_, static_cast<off_t>(2 * half_)), 0);
+  void* p = mmap(nullptr, 2 * half_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+  EXPECT_NE(p, MAP_FAILED);
+  base_ = static_cast<std::byte*>(p);
+}
+
+GuestRam::~GuestRam() {
+  munmap(base_, 2 * half_);
+  ::close(fd_);
+}
+
+std::byte* GuestRam::at(std::uint64_t gpa, std::uint64_t len) const {
+  if (gpa + len <= half_) return base_ + gpa;
+  if (gpa >= kHighGpa && gpa - kHighGpa + len <= half_) return base_ + half_ + (gpa - kHighGpa);
+  return nullptr;
+}
+
+std::uint64_t GuestRam::user_addr(std::uint64_t gpa) const {
+  return reinterpret_cast<std::uint64_t>(at(gpa));
+}
+
+vu::MemoryTable GuestRam::table(bool both_regions) const {
+  vu::MemoryTable t{};
+  t.nregions = both_regions ? 2 : 1;
+  t.regions[0] = {0, half_, reinterpret_cast<std::uint64_t>(base_), 0};
+  t.regions[1] = {kHighGpa, half_, reinterpret_cast<std::uint64_t>(base_ + half_), half_};
+  return t;
+}
+
+// ---- DriverRing ----
+
+DriverRing::DriverRing(GuestRam& ram, std::uint16_t size, std::uint64_t gpa)
+    : ram_(ram), size_(size) {
+  desc_ = gpa;
+  avail_ = desc_ + virtio::desc_bytes(size);
+  used_ = (avail_ + virtio::avail_bytes(size) + 4095) & ~std::uint64_t{4095};
+  scratch_ = (used_ + virtio::used_bytes(size) + 4095) & ~std::uint64_t{4095};
+  std::memset(ram.at(desc_, scratch_ + 32u * size - desc_), 0, scratch_ + 32u * size - desc_);
+  for (unsigned i = size; i-- > 0;) free_.push_back(static_cast<std::uint16_t>(i));
+  chain_len_.assign(size, 0);
+  kick_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  call_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+}
+
+DriverRing::~DriverRing() {
+  ::close(kick_fd_);
+  ::close(call_fd_);
+}
+
+std::uint16_t DriverRing::submit(std::uint32_t type, std::uint64_t sector,
+                                 std::span<const Seg> data) {
+  const std::size_t n = data.size() + 2;
+  EXPECT_GE(free_.size(), n) << "test ring full";
+  std::vector<std::uint16_t> idx(n);
+  for (auto& i : idx) {
+    i = free_.back();
+    free_.pop_back();
+  }
+  const std::uint16_t head = idx[0];
+  const std::uint64_t hdr = scratch_ + 32u * head;
+  const virtio::blk::OutHeader h{type, 0, sector};
+  std::memcpy(ram_.at(hdr, sizeof h), &h, sizeof h);
+  *ram_.at(hdr + 16) = std::byte{0xFF};  // status: not written yet
+  const std::uint16_t data_flags = type == virtio::blk::kIn ? virtio::kDescWrite : 0;
+  for (std::size_t k = 0; k < n; ++k) {
+    virtio::Desc d{};
+    if (k == 0) {
+      d = {hdr, 16, 0, 0};
+    } else if (k + 1 == n) {
+      d = {hdr + 16, 1, virtio::kDescWrite, 0};
+    } else {
+      d = {data[k - 1].gpa, data[k - 1].len, data_flags, 0};
+    }
+    if (k + 1 < n) {
+      d.flags |= virtio::kDescNext;
+      d.next = idx[k + 1];
+    }
+    std::memcpy(ram_.at(desc_ + 16u * idx[k], 16), &d, sizeof d);
+  }
+  chain_len_[head] = static_cast<std::uint16_t>(n);
+  std::memcpy(ram_.at(avail_ + 4 + 2u * (avail_idx_ % size_), 2), &head, 2);
+  store16(ram_.at(avail_ + 2, 2), ++avail_idx_);
+  return head;
+}
+
+void DriverRing::publish_head(std::uint16_t head) {
+  std::memcpy(ram_.at(avail_ + 4 + 2u * (avail_idx_ % size_), 2), &head, 2);
+  store16(ram_.at(avail_ + 2, 2), ++avail_idx_);
+}
+
+void DriverRing::publish_loop() {
+  const auto last = static_cast<std::uint16_t>(size_ - 1);
+  const virtio::Desc d{scratch_ + 32u * last, 16, virtio::kDescNext, last};
+  std::memcpy(ram_.at(desc_ + 16u * last, 16), &d, sizeof d);
+  publish_head(last);
+}
+
+std::optional<std::pair<std::uint16_t, std::uint8_t>> DriverRing::reap() {
+  if (load16(ram_.at(used_ + 2, 2)) == last_used_) return std::nullopt;
+  virtio::UsedElem e;
+  std::memcpy(&e, ram_.at(used_ + 4 + 8u * (last_used_ % size_), 8), sizeof e);
+  ++last_used_;
+  // EVENT_IDX: interrupt me at the next used entry.
+  store16(ram_.at(avail_ + 4 + 2u * size_, 2), last_used_);
+  EXPECT_LT(e.id, size_);
+  if (e.id >= size_) return std::nullopt;
+  const auto head = static_cast<std::uint16_t>(e.id);
+  const auto status = static_cast<std::uint8_t>(*ram_.at(scratch_ + 32u * head + 16));
+  std::uint16_t i = head;
+  for (unsigned k = 0; k < chain_len_[head]; ++k) {
+    virtio::Desc d;
+    std::memcpy(&d, ram_.at(desc_ + 16u * i, 16), sizeof d);
+    free_.push_back(i);
+    i = d.next;
+  }
+  return std::make_pair(head, status);
+}
+
+void DriverRing::kick() const {
+  const std::uint64_t one = 1;
+  EXPECT_EQ(::write(kick_fd_, &one, sizeof one), 8);
+}
+
+std::uint64_t DriverRing::take_calls() const {
+  std::uint64_t v = 0;
+  if (::read(call_fd_, &v, sizeof v) != sizeof v) return 0;
+  return v;
+}
+
+bool DriverRing::wait_call(int ms) const {
+  pollfd p{call_fd_, POLLIN, 0};
+  return ::poll(&p, 1, ms) == 1;
+}
+
+std::uint16_t DriverRing::used_idx() const { return load16(ram_.at(used_ + 2, 2)); }
+
+int open_fds() {
+  int n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+// ---- FrontEnd ----
+
+FrontEnd::FrontEnd(std::string path, std::function<void()> pump)
+    : path_(std::move(path)), pump_(std::move(pump)) {}
+
+FrontEnd::~FrontEnd() { close(); }
+
+bool FrontEnd::connect() {
+  close();
+  fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path_.c_str());
+  const timeval tv{2, 0};  // a blocked send gives up after 2 s
+  setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  if (::connect(fd_, reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0) return false;
+  if (pump_) pump_();  // the server accepts
+  return true;
+}
+
+void FrontEnd::close() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+}
+
+bool FrontEnd::send_raw(const void* bytes, std::size_t n, std::span<const int> fds, bool hang_up) {
+  iovec iov{const_cast<void*>(bytes), n};
+  msghdr m{};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)] = {};
+  if (!fds.empty()) {
+    m.msg_control = control;
+    m.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+    cmsghdr* c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  }
+  const bool ok = ::sendmsg(fd_, &m, MSG_NOSIGNAL) == static_cast<ssize_t>(n);
+  if (hang_up) ::shutdown(fd_, SHUT_WR);
+  if (pump_) pump_();
+  return ok;
+}
+
+bool FrontEnd::send(std::uint32_t request, const void* payload, std::size_t bytes,
+                    std::span<const int> fds, bool need_reply) {
+  std::vector<std::byte> buf(sizeof(vu::Header) + bytes);
+  const vu::Header h{request, vu::kVersion | (need_reply ? vu::kFlagNeedReply : 0u),
+                     static_cast<std::uint32_t>(bytes)};
+  std::memcpy(buf.data(), &h, sizeof h);
+  if (bytes > 0) std::memcpy(buf.data() + sizeof h, payload, bytes);
+  return send_raw(buf.data(), buf.size(), fds);
+}
+
+std::optional<FrontEnd::Reply> FrontEnd::recv(int ms) {
+  auto read_exact = [&](void* dst, std::size_t n) {
+    std::size_t got = 0;
+    while (got < n) {
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, ms) != 1) return false;
+      const ssize_t k = ::recv(fd_, static_cast<char*>(dst) + got, n - got, 0);
+      if (k <= 0) return false;
+      got += static_cast<std::size_t>(k);
+    }
+    return true;
+  };
+  Reply r{};
+  if (!read_exact(&r.hdr, sizeof r.hdr)) return std::nullopt;
+  EXPECT_EQ(r.hdr.flags, vu::kVersion | vu::kFlagReply);
+  r.payload.resize(r.hdr.size);
+  if (r.hdr.size > 0 && !read_exact(r.payload.data(), r.hdr.size)) return std::nullopt;
+  return r;
+}
+
+bool FrontEnd::peer_closed(int ms) {
+  for (;;) {
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, ms) != 1) return false;
+    char b[256];
+    const ssize_t k = ::recv(fd_, b, sizeof b, 0);
+    if (k == 0 || (k < 0 && errno == ECONNRESET)) return true;
+    if (k < 0) return false;
+  }
+}
+
+std::optional<std::uint64_t> FrontEnd::get_u64(Request r) {
+  if (!send(static_cast<std::uint32_t>(r), nullptr, 0)) return std::nullopt;
+  auto rep = recv();
+  if (!rep || rep->hdr.request != static_cast<std::uint32_t>(r) || rep->hdr.size != 8) {
+    return std::nullopt;
+  }
+  std::uint64_t v;
+  std::memcpy(&v, rep->payload.data(), 8);
+  return v;
+}
+
+std::optional<std::uint64_t> FrontEnd::ack(Request r, const void* payload, std::size_t bytes,
+                                           std::span<const int> fds) {
+  if (!send(static_cast<std::uint32_t>(r), payload, bytes, fds, true)) return std::nullopt;
+  auto rep = recv();
+  if (!rep || rep->hdr.request != static_cast<std::uint32_t>(r) || rep->hdr.size != 8) {
+    return std::nullopt;
+  }
+  std::uint64_t v;
+  std::memcpy(&v, rep->payload.data(), 8);
+  return v;
+}
+
+std::optional<vu::VringState> FrontEnd::get_vring_base(std::uint32_t index) {
+  const vu::VringState s{index, 0};
+  if (!send(static_cast<std::uint32_t>(Request::get_vring_base), &s, sizeof s)) {
+    return std::nullopt;
+  }
+  auto rep = recv();
+  if (!rep || rep->hdr.size != sizeof s) return std::nullopt;
+  vu::VringState out;
+  std::memcpy(&out, rep->payload.data(), sizeof out);
+  return out;
+}
+
+std::optional<std::vector<std::byte>> FrontEnd::get_config(std::uint32_t offset,
+                                                           std::uint32_t size) {
+  std::vector<std::byte> req(sizeof(vu::ConfigHeader) + size);
+  const vu::ConfigHeader h{offset, size, 0};
+  std::memcpy(req.data(), &h, sizeof h);
+  if (!send(static_cast<std::uint32_t>(Request::get_config), req.data(), req.size())) {
+    return std::nullopt;
+  }
+  auto rep = recv();
+  if (!rep) return std::nullopt;
+  if (rep->hdr.size == 0) return std::vector<std::byte>{};
+  if (rep->hdr.size != req.size()) return std::nullopt;
+  return std::vector<std::byte>(rep->payload.begin() + sizeof h, rep->payload.end());
+}
+
+bool FrontEnd::start_ring(GuestRam& ram, unsigned q, const DriverRing& r, std::uint16_t base) {
+  const int kick = r.kick_fd(), call = r.call_fd();
+  const vu::VringAddr a{
+      q, 0, ram.user_addr(r.desc_gpa()), ram.user_addr(r.used_gpa()), ram.user_addr(r.avail_gpa()),
+      0};
+  EXPECT_EQ(ack_state(Request::set_vring_num, q, r.size()), 0u);
+  EXPECT_EQ(ack_state(Request::set_vring_base, q, base), 0u);
+  EXPECT_EQ(ack(Request::set_vring_addr, &a, sizeof a), 0u);
+  EXPECT_EQ(ack_u64(Request::set_vring_kick, q, {&kick, 1}), 0u);
+  EXPECT_EQ(ack_u64(Request::set_vring_call, q, {&call, 1}), 0u);
+  EXPECT_EQ(ack_state(Request::set_vring_enable, q, 1), 0u);
+  return !::testing::Test::HasFailure();
+}
+
+bool FrontEnd::handshake(GuestRam& ram, std::span<DriverRing* const> rings) {
+  const auto features = get_u64(Request::get_features);
+  EXPECT_TRUE(features.has_value());
+  if (!features) return false;
+  EXPECT_NE(*features & (1ull << vu::kFeatureProtocolFeatures), 0u);
+  const auto proto = get_u64(Request::get_protocol_features);
+  EXPECT_TRUE(proto.has_value());
+  if (!proto) return false;
+  const std::uint64_t want = (1ull << vu::protocol::kMq) | (1ull << vu::protocol::kReplyAck) |
+                             (1ull << vu::protocol::kConfig);
+  EXPECT_EQ(*proto & want, want);
+  const std::uint64_t p = *proto & want;
+  send(static_cast<std::uint32_t>(Request::set_protocol_features), &p, sizeof p);
+  EXPECT_GE(get_u64(Request::get_queue_num).value_or(0), rings.size());
+  EXPECT_EQ(ack(Request::set_owner, nullptr, 0), 0u);
+  EXPECT_EQ(ack_u64(Request::set_features, *features), 0u);  // everything offered
+  const vu::MemoryTable t = ram.table();
+  const int fds[2] = {ram.fd(), ram.fd()};
+  EXPECT_EQ(ack(Request::set_mem_table, &t, 8 + 2 * sizeof(vu::MemoryRegion), fds), 0u);
+  for (unsigned q = 0; q < rings.size(); ++q) {
+    if (!start_ring(ram, q, *rings[q])) return false;
+  }
+  return !::testing::Test::HasFailure();
+}
+
+}  // namespace keel::testing

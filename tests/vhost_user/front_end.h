@@ -1,0 +1,152 @@
+// A scripted vhost-user front end for the tests: what QEMU does for a vhost-user-blk-pci
+// device, written from the spec. Its own socket code, guest RAM in a memfd (two regions with a
+// hole between them, at the addresses this process maps them), split rings built in that RAM,
+// and kick/call eventfds. Every wait is bounded.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "keel/vmm/vhost_user.h"
+#include "keel/vmm/virtio.h"
+
+namespace keel::testing {
+
+namespace vu = keel::vmm::vhost_user;
+
+/// Guest RAM: one memfd, mapped here, shown to the back end as two regions. Region 0: GPA 0,
+/// the first half of the file; region 1: GPA kHighGpa, the second half (mmap_offset = half).
+class GuestRam {
+ public:
+  static constexpr std::uint64_t kHighGpa = 1ull << 30;
+  explicit GuestRam(std::uint64_t bytes_per_region = 4ull << 20);
+  ~GuestRam();
+  GuestRam(const GuestRam&) = delete;
+  GuestRam& operator=(const GuestRam&) = delete;
+
+  /// Host pointer of [gpa, gpa + len), or nullptr.
+  std::byte* at(std::uint64_t gpa, std::uint64_t len = 1) const;
+  /// The front end's ("user") address of a GPA, as QEMU would put it in SET_VRING_ADDR.
+  std::uint64_t user_addr(std::uint64_t gpa) const;
+  /// The memory table describing both regions (or only region 0).
+  vu::MemoryTable table(bool both_regions = true) const;
+  int fd() const { return fd_; }
+  std::uint64_t region_bytes() const { return half_; }
+
+ private:
+  int fd_ = -1;
+  std::byte* base_ = nullptr;
+  std::uint64_t half_;
+};
+
+/// One split virtqueue, driver side, in GuestRam. Requests are [header][data...][status].
+class DriverRing {
+ public:
+  /// Lays the ring out at `gpa` (needs about 3 pages + 32 bytes per entry).
+  DriverRing(GuestRam& ram, std::uint16_t size, std::uint64_t gpa);
+  ~DriverRing();
+
+  struct Seg {
+    std::uint64_t gpa;
+    std::uint32_t len;
+  };
+  /// Publishes a request (no kick). Returns its head.
+  std::uint16_t submit(std::uint32_t type, std::uint64_t sector, std::span<const Seg> data);
+  /// Makes `head` available as it is, valid or not (malformed-input tests).
+  void publish_head(std::uint16_t head);
+  /// Publishes a chain whose only descriptor (the last one of the table) links to itself.
+  void publish_loop();
+  /// The next used entry, if any: head and status byte.
+  std::optional<std::pair<std::uint16_t, std::uint8_t>> reap();
+  void kick() const;
+  /// Reads (and clears) the call eventfd: how many notifications arrived since the last read.
+  std::uint64_t take_calls() const;
+  /// Waits up to `ms` for the call eventfd.
+  bool wait_call(int ms) const;
+  std::uint16_t used_idx() const;
+
+  std::uint16_t size() const { return size_; }
+  std::uint64_t desc_gpa() const { return desc_; }
+  std::uint64_t avail_gpa() const { return avail_; }
+  std::uint64_t used_gpa() const { return used_; }
+  int kick_fd() const { return kick_fd_; }
+  int call_fd() const { return call_fd_; }
+  std::uint16_t avail_idx() const { return avail_idx_; }
+  std::size_t free_descriptors() const { return free_.size(); }
+
+ private:
+  GuestRam& ram_;
+  std::uint16_t size_;
+  std::uint64_t desc_, avail_, used_, scratch_;
+  std::uint16_t avail_idx_ = 0, last_used_ = 0;
+  std::vector<std::uint16_t> free_;
+  std::vector<std::uint16_t> chain_len_;
+  int kick_fd_ = -1, call_fd_ = -1;
+};
+
+/// The socket side. `pump` lets a caller-driven server handle what was just sent (it is
+/// called after every send); a server on its own thread needs none.
+class FrontEnd {
+ public:
+  FrontEnd(std::string path, std::function<void()> pump);
+  ~FrontEnd();
+  FrontEnd(const FrontEnd&) = delete;
+  FrontEnd& operator=(const FrontEnd&) = delete;
+
+  bool connect();
+  void close();
+  /// Sends header + payload with `fds` attached, then pumps. False if the socket refused it.
+  bool send(std::uint32_t request, const void* payload, std::size_t bytes,
+            std::span<const int> fds = {}, bool need_reply = false);
+  /// Sends raw bytes (malformed messages), optionally shuts down its sending side, then pumps.
+  bool send_raw(const void* bytes, std::size_t n, std::span<const int> fds = {},
+                bool hang_up = false);
+  struct Reply {
+    vu::Header hdr;
+    std::vector<std::byte> payload;
+  };
+  /// The next reply, or nothing if none arrives within `ms` (or the peer closed).
+  std::optional<Reply> recv(int ms = 2000);
+  /// True if the back end closed the connection (EOF within `ms`).
+  bool peer_closed(int ms = 2000);
+
+  // Typed requests. Those with a reply return nothing if it did not come.
+  std::optional<std::uint64_t> get_u64(vu::Request r);
+  /// With need_reply: the ack value (0 = success), or nothing.
+  std::optional<std::uint64_t> ack(vu::Request r, const void* payload, std::size_t bytes,
+                                   std::span<const int> fds = {});
+  std::optional<std::uint64_t> ack_u64(vu::Request r, std::uint64_t v,
+                                       std::span<const int> fds = {}) {
+    return ack(r, &v, sizeof v, fds);
+  }
+  std::optional<std::uint64_t> ack_state(vu::Request r, std::uint32_t index, std::uint32_t num) {
+    const vu::VringState s{index, num};
+    return ack(r, &s, sizeof s);
+  }
+  std::optional<vu::VringState> get_vring_base(std::uint32_t index);
+  /// GET_CONFIG: the config bytes (empty when the back end answered with an error).
+  std::optional<std::vector<std::byte>> get_config(std::uint32_t offset, std::uint32_t size);
+
+  /// QEMU's sequence: features, protocol features, queue count, owner, memory table, then
+  /// each ring (num, base, addr, kick, call) and enabling them. Returns false (with a gtest
+  /// failure) when a step fails.
+  bool handshake(GuestRam& ram, std::span<DriverRing* const> rings);
+  /// Starts one ring: num, base, addr, kick, call, enable (acked).
+  bool start_ring(GuestRam& ram, unsigned q, const DriverRing& r, std::uint16_t base = 0);
+
+ private:
+  std::string path_;
+  std::function<void()> pump_;
+  int fd_ = -1;
+};
+
+/// File descriptors this process has open (for leak checks).
+int open_fds();
+
+}  // namespace keel::testing

@@ -1,0 +1,263 @@
+// keel/vmm/vhost_user.h - the vhost-user-blk front end: a unix-socket server through which a
+// VMM (QEMU's vhost-user-blk-pci, or any client speaking the protocol as QEMU 7.2 does) drives a
+// keel paravisor. The wire format of the protocol is in namespace vhost_user below.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "keel/result.h"
+#include "keel/vmm/guest_memory.h"
+#include "keel/vmm/paravisor.h"
+
+namespace keel::vmm {
+
+/// vhost-user wire format (QEMU docs/interop/vhost-user.rst). Native byte order throughout.
+namespace vhost_user {
+
+/// Every message starts with this header; `size` bytes of payload follow.
+struct Header {
+  std::uint32_t request;
+  std::uint32_t flags;
+  std::uint32_t size;
+};
+static_assert(sizeof(Header) == 12 && offsetof(Header, flags) == 4 && offsetof(Header, size) == 8);
+
+inline constexpr std::uint32_t kVersion = 0x1;  ///< flags bits 0-1.
+inline constexpr std::uint32_t kVersionMask = 0x3;
+inline constexpr std::uint32_t kFlagReply = 1u << 2;      ///< Set on every back-end reply.
+inline constexpr std::uint32_t kFlagNeedReply = 1u << 3;  ///< REPLY_ACK: front end wants an ack.
+
+/// Front-end requests (the ones keel knows by name).
+enum class Request : std::uint32_t {
+  get_features = 1,
+  set_features = 2,
+  set_owner = 3,
+  reset_owner = 4,
+  set_mem_table = 5,
+  set_log_base = 6,
+  set_log_fd = 7,
+  set_vring_num = 8,
+  set_vring_addr = 9,
+  set_vring_base = 10,
+  get_vring_base = 11,
+  set_vring_kick = 12,
+  set_vring_call = 13,
+  set_vring_err = 14,
+  get_protocol_features = 15,
+  set_protocol_features = 16,
+  get_queue_num = 17,
+  set_vring_enable = 18,
+  get_config = 24,
+  set_config = 25,
+  get_inflight_fd = 31,
+  set_inflight_fd = 32,
+  reset_device = 34,
+};
+/// "SET_VRING_ADDR" for known requests, "request 99" otherwise.
+std::string request_name(std::uint32_t request);
+
+/// SET_VRING_NUM, SET_VRING_BASE, GET_VRING_BASE (and its reply), SET_VRING_ENABLE.
+struct VringState {
+  std::uint32_t index;
+  std::uint32_t num;
+};
+static_assert(sizeof(VringState) == 8 && offsetof(VringState, num) == 4);
+
+/// SET_VRING_ADDR: front-end user addresses of the three ring areas.
+struct VringAddr {
+  std::uint32_t index;
+  std::uint32_t flags;  ///< Bit 0: VHOST_VRING_F_LOG (dirty logging, not supported).
+  std::uint64_t desc_user_addr;
+  std::uint64_t used_user_addr;
+  std::uint64_t avail_user_addr;
+  std::uint64_t log_guest_addr;
+};
+static_assert(sizeof(VringAddr) == 40 && offsetof(VringAddr, desc_user_addr) == 8 &&
+              offsetof(VringAddr, used_user_addr) == 16 &&
+              offsetof(VringAddr, avail_user_addr) == 24 &&
+              offsetof(VringAddr, log_guest_addr) == 32);
+inline constexpr std::uint32_t kVringFlagLog = 1;
+
+struct MemoryRegion {
+  std::uint64_t guest_phys_addr;
+  std::uint64_t memory_size;
+  std::uint64_t userspace_addr;
+  std::uint64_t mmap_offset;  ///< Offset of the region in its fd.
+};
+static_assert(sizeof(MemoryRegion) == 32 && offsetof(MemoryRegion, userspace_addr) == 16 &&
+              offsetof(MemoryRegion, mmap_offset) == 24);
+
+/// SET_MEM_TABLE: `nregions` regions, one fd each (SCM_RIGHTS, in region order). QEMU sends
+/// only the regions in use: payload size 8 + 32 * nregions.
+inline constexpr unsigned kMaxRegions = 8;
+struct MemoryTable {
+  std::uint32_t nregions;
+  std::uint32_t padding;
+  MemoryRegion regions[kMaxRegions];
+};
+static_assert(sizeof(MemoryTable) == 8 + 32 * kMaxRegions && offsetof(MemoryTable, regions) == 8);
+
+/// GET_CONFIG / SET_CONFIG: this header, then `size` bytes of device configuration space.
+struct ConfigHeader {
+  std::uint32_t offset;
+  std::uint32_t size;
+  std::uint32_t flags;  ///< 0: written by the driver; 1: live migration.
+};
+static_assert(sizeof(ConfigHeader) == 12 && offsetof(ConfigHeader, flags) == 8);
+inline constexpr std::uint32_t kMaxConfigBytes = 256;
+
+/// SET_VRING_KICK / CALL / ERR payload (u64): ring index in bits 0-7, bit 8 "no fd" (kick:
+/// the back end polls; call/err: no notification).
+inline constexpr std::uint64_t kVringIndexMask = 0xff;
+inline constexpr std::uint64_t kVringNoFd = 1u << 8;
+
+/// Largest payload keel reads (bigger messages end the connection).
+inline constexpr std::uint32_t kMaxPayload = 4096;
+/// At most this many fds travel with one message.
+inline constexpr unsigned kMaxFds = 8;
+
+/// Feature bit (GET_FEATURES / SET_FEATURES) announcing protocol-feature negotiation.
+inline constexpr unsigned kFeatureProtocolFeatures = 30;
+
+/// Protocol feature bits.
+namespace protocol {
+inline constexpr unsigned kMq = 0;
+inline constexpr unsigned kLogShmfd = 1;
+inline constexpr unsigned kReplyAck = 3;
+inline constexpr unsigned kBackendReq = 5;
+inline constexpr unsigned kConfig = 9;
+inline constexpr unsigned kInflightShmfd = 12;
+inline constexpr unsigned kResetDevice = 13;
+inline constexpr unsigned kConfigureMemSlots = 15;
+inline constexpr unsigned kStatus = 16;
+}  // namespace protocol
+
+/// What keel's server offers: MQ, REPLY_ACK, CONFIG (QEMU's vhost-user-blk requires it) and
+/// RESET_DEVICE. INFLIGHT_SHMFD is optional for QEMU and not offered.
+inline constexpr std::uint64_t kOfferedProtocolFeatures =
+    (1ull << protocol::kMq) | (1ull << protocol::kReplyAck) | (1ull << protocol::kConfig) |
+    (1ull << protocol::kResetDevice);
+
+}  // namespace vhost_user
+
+/// Builds the paravisor of the connected front end's guest over `memory`, which holds the
+/// front end's memory table (already mapped; the paravisor must not outlive it). The caller
+/// decides the VF, the host storage service (whose guest-memory regions should be
+/// memory.regions()) and ParavisorConfig (threads = true for a server on its own thread).
+///
+/// The server destroys the paravisor it holds before it calls the factory again, so a factory
+/// may replace what the previous paravisor used (a host service mapping the old table). It is
+/// called once from create() with an empty GuestMemory, to learn the device (features, config
+/// space, queue count) before any front end connects; that paravisor is destroyed at once.
+using ParavisorFactory = std::function<Result<std::unique_ptr<Paravisor>>(GuestMemory& memory)>;
+
+/// Every member has a default except the socket path.
+struct VhostUserBlkConfig {
+  /// Unix socket the server listens on (QEMU: -chardev socket,path=...). Created at create(),
+  /// removed by the destructor.
+  std::string socket_path;
+  /// Once the first byte of a message has arrived, how long the rest of it (and sending the
+  /// reply) may take before the connection is dropped as broken.
+  std::chrono::milliseconds message_timeout{1000};
+  /// An existing socket at socket_path that nobody listens on is removed first. (A path that
+  /// is not a socket, or a live server's socket, is never touched.)
+  bool replace_stale_socket = true;
+};
+
+/// A vhost-user-blk back end over a keel paravisor. One front end at a time; a second one that
+/// connects meanwhile is turned away (accepted and closed, with a log line). After a
+/// disconnect, everything the front end set up is dropped and the next one is accepted.
+///
+/// Bad input from the front end never crashes the server or blocks it without bound. A framing
+/// error (wrong version bits, a payload over kMaxPayload, a message cut short or not finished
+/// within message_timeout, more fds than kMaxFds) ends the connection. A well-framed request
+/// that cannot be honoured (unknown request, wrong payload size, ring index out of range, a ring
+/// outside the memory table, too many regions, ...) is logged and failed: with a non-zero ack
+/// when the front end set need_reply (REPLY_ACK); with an empty reply for GET_CONFIG (as the
+/// spec says); otherwise by closing the connection, since the front end has no other way to
+/// learn that the request failed.
+///
+/// Rings follow the spec's states: a ring runs once it is started (SET_VRING_KICK, with an fd
+/// or the no-fd flag, which makes the paravisor poll the ring) and enabled (SET_VRING_ENABLE 1;
+/// enabled from the start if VHOST_USER_F_PROTOCOL_FEATURES was not negotiated), and stops on
+/// GET_VRING_BASE (reply: the ring's last avail index), on disable and on disconnect. Changing
+/// a running ring (new kick or call fd, say) stops the paravisor's workers (in-flight requests
+/// complete first), applies the change and starts them again. A paravisor is created by the
+/// factory on SET_MEM_TABLE and re-created on every new table, and when a ring stops while
+/// others keep running (Paravisor has no per-queue stop). A ring the driver breaks
+/// (DEVICE_NEEDS_RESET) is signalled once on its SET_VRING_ERR eventfd.
+///
+/// Threading, pick one per server:
+///  - start(): the server runs on its own thread until stop(). Use paravisors with
+///    threads = true (the server never runs their data path).
+///  - run_once(): the caller's thread drives the server, and, for paravisors with
+///    threads = false, the data path with run_paravisor_once(). Deterministic with a lockstep
+///    card; the tests use this.
+/// connected(), stats(), last_error(), counters() and transitions() may be called from any
+/// thread.
+class VhostUserBlkServer {
+ public:
+  /// Learns the device from a paravisor the factory builds over empty memory, then binds and
+  /// listens on config.socket_path. Errors: invalid_argument (empty or too long path, no
+  /// factory, the factory's paravisor has no queues), busy (a live server owns the path, or
+  /// it exists and is not a socket),
+  /// io_error (socket, bind), and whatever the factory returns.
+  static Result<std::unique_ptr<VhostUserBlkServer>> create(const VhostUserBlkConfig& config,
+                                                            ParavisorFactory factory);
+  /// Stops the thread, drops the connection (the paravisor stops first), removes the socket.
+  ~VhostUserBlkServer();
+  VhostUserBlkServer(const VhostUserBlkServer&) = delete;
+  VhostUserBlkServer& operator=(const VhostUserBlkServer&) = delete;
+
+  /// Runs the server on its own thread. Errors: io_error (thread creation).
+  Status start();
+  /// Stops and joins the thread (within about one message's handling).
+  void stop();
+
+  /// Waits up to `timeout` for a connection, a message or a disconnect and handles one of them.
+  /// Returns how many events it handled (0 on timeout, or when the server's own thread runs).
+  unsigned run_once(std::chrono::milliseconds timeout);
+  /// One pass of the paravisor's data path if rings are running (Paravisor::run_once); 0 when
+  /// none run. Only for paravisors with threads = false, from the thread calling run_once().
+  unsigned run_paravisor_once();
+  /// The current front end's paravisor, or nullptr. Only from the thread driving run_once(),
+  /// and only until its next call.
+  Paravisor* paravisor() noexcept;
+  bool connected() const noexcept;
+
+  /// Device identity learned at create().
+  std::uint64_t device_features() const noexcept;
+  unsigned num_queues() const noexcept;
+  const std::string& socket_path() const noexcept;
+
+  struct Stats {
+    std::uint64_t connections = 0;      ///< Front ends accepted.
+    std::uint64_t turned_away = 0;      ///< Connections refused while one was being served.
+    std::uint64_t disconnects = 0;      ///< Connections ended (by the peer or by the server).
+    std::uint64_t messages = 0;         ///< Well-framed messages handled.
+    std::uint64_t failed_requests = 0;  ///< Requests failed (ack, empty reply or close).
+    std::uint64_t protocol_errors = 0;  ///< Connections ended for framing errors.
+    std::uint64_t paravisors = 0;       ///< Paravisors created for front ends.
+    std::uint64_t ring_errors = 0;      ///< Broken rings signalled on their err fd.
+  };
+  Stats stats() const;
+  /// The last failure the server logged, or "".
+  std::string last_error() const;
+  /// Counters summed over every paravisor created for front ends (the live one included),
+  /// and all of their path transitions in order.
+  ParavisorCounters counters() const;
+  std::vector<Transition> transitions() const;
+
+ private:
+  struct Impl;
+  explicit VhostUserBlkServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace keel::vmm

@@ -1,0 +1,183 @@
+// The vhost-user-blk server's state, shared by vhost_user_*.cpp:
+//   vhost_user_socket.cpp    listening, accepting, bounded message reads and replies
+//   vhost_user_server.cpp    lifecycle, the event loop, reporting
+//   vhost_user_messages.cpp  request validation and dispatch
+//   vhost_user_rings.cpp     memory table, paravisor (re)creation, ring start/stop
+#pragma once
+
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "keel/vmm/vhost_user.h"
+
+namespace keel::vmm {
+
+namespace detail {
+
+/// An owned file descriptor.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) reset(std::exchange(o.fd_, -1));
+    return *this;
+  }
+  ~Fd() { reset(); }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+
+  int get() const noexcept { return fd_; }
+  bool valid() const noexcept { return fd_ >= 0; }
+  int release() noexcept { return std::exchange(fd_, -1); }
+  void reset(int fd = -1) noexcept {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = fd;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+/// One well-framed front-end message.
+struct Message {
+  vhost_user::Header hdr{};
+  std::array<std::byte, vhost_user::kMaxPayload> payload{};
+  std::vector<Fd> fds;
+};
+
+/// What the front end told us about one virtqueue.
+struct Ring {
+  std::uint32_t num = 0;  ///< SET_VRING_NUM (0: not yet).
+  bool has_addr = false;  ///< SET_VRING_ADDR seen.
+  std::uint64_t desc_user = 0, avail_user = 0, used_user = 0;
+  std::uint16_t base = 0;  ///< Next avail index to process (SET_VRING_BASE; updated on stop).
+  Fd kick, call, err;
+  bool started = false;     ///< SET_VRING_KICK seen and no GET_VRING_BASE since.
+  bool enabled = false;     ///< SET_VRING_ENABLE (or enabled from the start, see below).
+  bool configured = false;  ///< Set up in the current paravisor (set_queue).
+  bool running = false;     ///< Part of the paravisor's running set.
+  std::uint64_t gen = 1;    ///< Bumped on every change of the above.
+  std::uint64_t applied_gen = 0;
+};
+
+inline void add(ParavisorCounters& to, const ParavisorCounters& c) {
+  to.requests += c.requests;
+  to.vf_ios += c.vf_ios;
+  to.fallback_ios += c.fallback_ios;
+  to.reissued += c.reissued;
+  to.bounced += c.bounced;
+  to.errors += c.errors;
+  to.bad_requests += c.bad_requests;
+  to.notifications += c.notifications;
+  to.to_fallback += c.to_fallback;
+  to.to_vf += c.to_vf;
+}
+
+}  // namespace detail
+
+struct VhostUserBlkServer::Impl {
+  using Clock = std::chrono::steady_clock;
+
+  VhostUserBlkConfig config;
+  ParavisorFactory factory;
+  // The device, learned at create().
+  std::uint64_t device_features = 0;
+  virtio::blk::Config probe_config{};
+  unsigned queues = 0;
+
+  detail::Fd listen_fd, conn_fd, wake_fd;
+  std::atomic<bool> connected{false};  // conn_fd is valid (readable from any thread)
+  bool socket_created = false;
+
+  // ---- per connection ----
+  bool owner = false;
+  bool features_set = false;
+  std::uint64_t acked_features = 0;
+  std::uint64_t protocol_features = 0;
+  std::unique_ptr<GuestMemory> memory;
+  std::unique_ptr<Paravisor> pv;
+  bool pv_running = false;
+  bool err_signalled = false;
+  std::vector<detail::Ring> rings;
+  bool close_requested = false;  // a handler found the connection unusable
+
+  // ---- reporting (any thread) ----
+  mutable std::mutex mu;  // guards the members below and the pv pointer for counters()
+  Stats stats;
+  std::string last_error;
+  ParavisorCounters retired;
+  std::vector<Transition> retired_transitions;
+
+  // ---- own thread ----
+  std::thread thread;
+  std::atomic<bool> thread_running{false};
+  std::atomic<bool> stop_thread{false};
+
+  // vhost_user_socket.cpp
+  Status listen();
+  void unlink_socket() noexcept;
+  /// Accepts one pending connection (or turns it away when one is being served).
+  void accept_one();
+  enum class ReadResult { message, closed, broken };
+  /// Reads one whole message (its first byte is available); `why` says what broke.
+  ReadResult read_message(detail::Message& m, std::string& why);
+  /// Sends a reply to `request` with `payload`. False (and close_requested) on failure.
+  bool reply(std::uint32_t request, const void* payload, std::size_t bytes);
+  bool reply_u64(std::uint32_t request, std::uint64_t value) {
+    return reply(request, &value, sizeof value);
+  }
+
+  // vhost_user_server.cpp
+  unsigned run_once(std::chrono::milliseconds timeout);
+  void handle_input();
+  void drop_connection(const std::string& why);
+  void reset_connection_state();
+  void log_failure(const std::string& what);
+  void check_broken_rings();
+
+  // vhost_user_messages.cpp
+  void handle(detail::Message& m);
+  Status dispatch(detail::Message& m);
+  Status ring_fd(detail::Message& m, vhost_user::Request r);
+  Status get_config(const detail::Message& m);
+  Status set_config(const detail::Message& m);
+  Status set_features(const detail::Message& m);
+  Status get_vring_base(const detail::Message& m);
+  Status set_vring_addr(const detail::Message& m);
+
+  // vhost_user_rings.cpp
+  Status set_mem_table(detail::Message& m);
+  /// Stops the paravisor's workers (in-flight requests complete) and records where each
+  /// running ring stands.
+  void pause();
+  /// pause() if ring q runs. (While the paravisor runs, every ring set up in it runs; the
+  /// others may change freely.)
+  void pause_ring(unsigned q) {
+    if (rings[q].running) pause();
+  }
+  /// Starts what should run: every ring started, enabled and set up.
+  Status apply_rings();
+  Status create_paravisor();
+  /// Stops and destroys the paravisor, folding its counters and transitions into the totals.
+  void retire_paravisor();
+  /// Ring areas of `num` entries at front-end user addresses, as guest-physical addresses.
+  /// Errors: out_of_range (an area not wholly inside one region of the memory table).
+  Result<Virtqueue::Layout> layout_from(std::uint32_t num, std::uint64_t desc, std::uint64_t avail,
+                                        std::uint64_t used) const;
+  void reset_rings();
+};
+
+}  // namespace keel::vmm

@@ -1,0 +1,354 @@
+// The vhost-user server's requests: validation, dispatch, and how a failed request is reported
+// (non-zero ack with need_reply, empty GET_CONFIG reply, otherwise closing the connection).
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+
+#include "vhost_user_impl.h"
+
+namespace keel::vmm {
+
+namespace vu = vhost_user;
+using vu::Request;
+
+namespace {
+
+// Bytes of virtio::blk::Config that are fields (no tail padding).
+constexpr std::size_t kBlkConfigBytes =
+    offsetof(virtio::blk::Config, unused1) + sizeof(virtio::blk::Config::unused1);
+static_assert(kBlkConfigBytes == 60, "virtio-blk config space is 60 bytes");
+
+constexpr std::uint64_t kProtocolFeaturesBit = std::uint64_t{1} << vu::kFeatureProtocolFeatures;
+
+bool has_natural_reply(std::uint32_t request) {
+  switch (static_cast<Request>(request)) {
+    case Request::get_features:
+    case Request::get_protocol_features:
+    case Request::get_vring_base:
+    case Request::get_queue_num:
+    case Request::get_config: return true;
+    default: return false;  // every other request, known or not
+  }
+}
+
+std::string hex(std::uint64_t v) {
+  char b[24];
+  std::snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
+  return b;
+}
+
+template <typename T>
+T payload_as(const detail::Message& m) {
+  T v;
+  std::memcpy(&v, m.payload.data(), sizeof v);
+  return v;
+}
+
+Status expect_size(const detail::Message& m, std::size_t bytes) {
+  if (m.hdr.size == bytes) return {};
+  return make_error(Errc::invalid_argument, "payload of " + std::to_string(m.hdr.size) +
+                                                " bytes; this request takes " +
+                                                std::to_string(bytes));
+}
+
+Status check_ring(std::uint32_t index, unsigned queues) {
+  if (index < queues) return {};
+  return make_error(Errc::out_of_range, "ring index " + std::to_string(index) +
+                                            " out of range (the device has " +
+                                            std::to_string(queues) + " queues)");
+}
+
+// Config header of GET_CONFIG / SET_CONFIG, checked against the payload size.
+Result<vu::ConfigHeader> config_header(const detail::Message& m) {
+  if (m.hdr.size < sizeof(vu::ConfigHeader)) {
+    return make_error(Errc::invalid_argument, "payload of " + std::to_string(m.hdr.size) +
+                                                  " bytes, shorter than the config header");
+  }
+  const auto h = payload_as<vu::ConfigHeader>(m);
+  if (h.size > vu::kMaxConfigBytes || h.offset > vu::kMaxConfigBytes - h.size) {
+    return make_error(Errc::out_of_range, "config access at offset " + std::to_string(h.offset) +
+                                              " of " + std::to_string(h.size) +
+                                              " bytes goes past the 256-byte config space");
+  }
+  if (m.hdr.size != sizeof(vu::ConfigHeader) + h.size) {
+    return make_error(Errc::invalid_argument,
+                      "payload of " + std::to_string(m.hdr.size) + " bytes for a " +
+                          std::to_string(h.size) + "-byte config access (expected " +
+                          std::to_string(sizeof(vu::ConfigHeader) + h.size) + ")");
+  }
+  return h;
+}
+
+}  // namespace
+
+void VhostUserBlkServer::Impl::handle(detail::Message& m) {
+  const std::uint32_t req = m.hdr.request;
+  const bool need_reply = (m.hdr.flags & vu::kFlagNeedReply) != 0;
+  Status st = dispatch(m);
+  if (close_requested) return;  // a reply could not be sent: the connection is gone
+  if (st.ok()) {
+    if (need_reply && !has_natural_reply(req)) reply_u64(req, 0);
+    return;
+  }
+  {
+    std::lock_guard lock(mu);
+    ++stats.failed_requests;
+  }
+  const std::string what = vu::request_name(req) + " failed: " + st.error().message;
+  if (static_cast<Request>(req) == Request::get_config) {
+    log_failure(what + "; replying with an empty payload");
+    reply(req, nullptr, 0);
+  } else if (!has_natural_reply(req) && need_reply) {
+    log_failure(what + "; replying failure");
+    reply_u64(req, 1);
+  } else {
+    log_failure(what + "; closing the connection (" +
+                (has_natural_reply(req) ? "it has no meaningful reply"
+                                        : "the front end asked for no reply") +
+                ")");
+    close_requested = true;
+  }
+}
+
+Status VhostUserBlkServer::Impl::dispatch(detail::Message& m) {
+  const std::uint32_t req = m.hdr.request;
+  switch (static_cast<Request>(req)) {
+    case Request::get_features:
+      if (Status st = expect_size(m, 0); !st.ok()) return st;
+      reply_u64(req, device_features | kProtocolFeaturesBit);
+      return {};
+    case Request::set_features: return set_features(m);
+    case Request::set_owner:
+      if (Status st = expect_size(m, 0); !st.ok()) return st;
+      owner = true;
+      return {};
+    case Request::reset_owner:
+      // Deprecated; the spec recommends disabling every ring, which is what keel does.
+      if (Status st = expect_size(m, 0); !st.ok()) return st;
+      pause();
+      for (detail::Ring& r : rings) {
+        r.started = r.enabled = false;
+        r.kick.reset();
+        ++r.gen;
+      }
+      return {};
+    case Request::reset_device: {
+      if (Status st = expect_size(m, 0); !st.ok()) return st;
+      const bool was_owner = owner;
+      const std::uint64_t proto = protocol_features;
+      reset_connection_state();  // rings, memory, paravisor, features: as after connecting
+      owner = was_owner;
+      protocol_features = proto;
+      return {};
+    }
+    case Request::set_mem_table: return set_mem_table(m);
+    case Request::set_vring_num: {
+      if (Status st = expect_size(m, sizeof(vu::VringState)); !st.ok()) return st;
+      const auto s = payload_as<vu::VringState>(m);
+      if (Status st = check_ring(s.index, queues); !st.ok()) return st;
+      if (s.num == 0 || s.num > virtio::kMaxQueueSize || (s.num & (s.num - 1)) != 0) {
+        return make_error(Errc::invalid_argument, "ring " + std::to_string(s.index) + " size " +
+                                                      std::to_string(s.num) +
+                                                      " is not a power of two up to 32768");
+      }
+      pause_ring(s.index);
+      rings[s.index].num = s.num;
+      ++rings[s.index].gen;
+      return apply_rings();
+    }
+    case Request::set_vring_addr: return set_vring_addr(m);
+    case Request::set_vring_base: {
+      if (Status st = expect_size(m, sizeof(vu::VringState)); !st.ok()) return st;
+      const auto s = payload_as<vu::VringState>(m);
+      if (Status st = check_ring(s.index, queues); !st.ok()) return st;
+      if (s.num > 0xFFFF) {
+        return make_error(Errc::invalid_argument, "ring base " + std::to_string(s.num) +
+                                                      " does not fit a split ring's 16 bits");
+      }
+      pause_ring(s.index);
+      rings[s.index].base = static_cast<std::uint16_t>(s.num);
+      ++rings[s.index].gen;
+      return apply_rings();
+    }
+    case Request::get_vring_base: return get_vring_base(m);
+    case Request::set_vring_kick:
+    case Request::set_vring_call:
+    case Request::set_vring_err: return ring_fd(m, static_cast<Request>(req));
+    case Request::get_protocol_features:
+      if (Status st = expect_size(m, 0); !st.ok()) return st;
+      reply_u64(req, vu::kOfferedProtocolFeatures);
+      return {};
+    case Request::set_protocol_features: {
+      if (Status st = expect_size(m, 8); !st.ok()) return st;
+      const auto v = payload_as<std::uint64_t>(m);
+      if ((v & ~vu::kOfferedProtocolFeatures) != 0) {
+        return make_error(Errc::invalid_argument, "protocol features " +
+                                                      hex(v & ~vu::kOfferedProtocolFeatures) +
+                                                      " were not offered (offered " +
+                                                      hex(vu::kOfferedProtocolFeatures) + ")");
+      }
+      protocol_features = v;
+      return {};
+    }
+    case Request::get_queue_num:
+      if (Status st = expect_size(m, 0); !st.ok()) return st;
+      reply_u64(req, queues);
+      return {};
+    case Request::set_vring_enable: {
+      if (Status st = expect_size(m, sizeof(vu::VringState)); !st.ok()) return st;
+      const auto s = payload_as<vu::VringState>(m);
+      if (Status st = check_ring(s.index, queues); !st.ok()) return st;
+      if (s.num > 1) {
+        return make_error(Errc::invalid_argument,
+                          "enable value " + std::to_string(s.num) + " (must be 0 or 1)");
+      }
+      if (rings[s.index].enabled == (s.num == 1)) return {};
+      pause_ring(s.index);
+      rings[s.index].enabled = s.num == 1;
+      ++rings[s.index].gen;
+      return apply_rings();
+    }
+    case Request::get_config: return get_config(m);
+    case Request::set_config: return set_config(m);
+    case Request::set_log_base:
+    case Request::set_log_fd:
+    case Request::get_inflight_fd:
+    case Request::set_inflight_fd: break;
+  }
+  return make_error(Errc::invalid_argument, "not supported (keel offers protocol features " +
+                                                hex(vu::kOfferedProtocolFeatures) +
+                                                " and no dirty logging)");
+}
+
+Status VhostUserBlkServer::Impl::set_features(const detail::Message& m) {
+  if (Status st = expect_size(m, 8); !st.ok()) return st;
+  const auto v = payload_as<std::uint64_t>(m);
+  const std::uint64_t offered = device_features | kProtocolFeaturesBit;
+  if ((v & ~offered) != 0) {
+    return make_error(
+        Errc::invalid_argument,
+        "features " + hex(v & ~offered) + " were not offered (offered " + hex(offered) + ")");
+  }
+  if ((v & virtio::bit(virtio::feature::kVersion1)) == 0) {
+    return make_error(Errc::invalid_argument,
+                      "VIRTIO_F_VERSION_1 not acknowledged: keel has no legacy interface");
+  }
+  pause();
+  acked_features = v;
+  features_set = true;
+  if (pv != nullptr) {
+    if (Status st = pv->set_features(v & ~kProtocolFeaturesBit); !st.ok()) return st;
+  }
+  for (detail::Ring& r : rings) ++r.gen;  // EVENT_IDX may have changed
+  return apply_rings();
+}
+
+Status VhostUserBlkServer::Impl::set_vring_addr(const detail::Message& m) {
+  if (Status st = expect_size(m, sizeof(vu::VringAddr)); !st.ok()) return st;
+  const auto a = payload_as<vu::VringAddr>(m);
+  if (Status st = check_ring(a.index, queues); !st.ok()) return st;
+  if ((a.flags & vu::kVringFlagLog) != 0) {
+    return make_error(Errc::invalid_argument,
+                      "VHOST_VRING_F_LOG: dirty logging is not supported (no VHOST_F_LOG_ALL)");
+  }
+  if (memory == nullptr) {
+    return make_error(Errc::invalid_argument, "ring addresses before any memory table");
+  }
+  detail::Ring& r = rings[a.index];
+  // Checked against the size set so far (or just the first byte of each area).
+  auto layout = layout_from(std::max<std::uint32_t>(r.num, 1), a.desc_user_addr, a.avail_user_addr,
+                            a.used_user_addr);
+  if (!layout) {
+    return make_error(layout.error().code,
+                      "ring " + std::to_string(a.index) + ": " + layout.error().message);
+  }
+  pause_ring(a.index);
+  r.desc_user = a.desc_user_addr;
+  r.avail_user = a.avail_user_addr;
+  r.used_user = a.used_user_addr;
+  r.has_addr = true;
+  ++r.gen;
+  return apply_rings();
+}
+
+Status VhostUserBlkServer::Impl::get_vring_base(const detail::Message& m) {
+  if (Status st = expect_size(m, sizeof(vu::VringState)); !st.ok()) return st;
+  const auto s = payload_as<vu::VringState>(m);
+  if (Status st = check_ring(s.index, queues); !st.ok()) return st;
+  pause_ring(s.index);  // its in-flight requests complete; base is then where it stands
+  detail::Ring& r = rings[s.index];
+  r.started = false;
+  r.kick.reset();
+  ++r.gen;
+  const vu::VringState out{s.index, r.base};
+  if (Status st = apply_rings(); !st.ok()) return st;  // the other rings carry on
+  reply(m.hdr.request, &out, sizeof out);
+  return {};
+}
+
+Status VhostUserBlkServer::Impl::ring_fd(detail::Message& m, Request which) {
+  if (Status st = expect_size(m, 8); !st.ok()) return st;
+  const auto v = payload_as<std::uint64_t>(m);
+  if ((v & ~(vu::kVringIndexMask | vu::kVringNoFd)) != 0) {
+    return make_error(Errc::invalid_argument, "payload " + hex(v) + " has unknown bits set");
+  }
+  const auto q = static_cast<std::uint32_t>(v & vu::kVringIndexMask);
+  if (Status st = check_ring(q, queues); !st.ok()) return st;
+  const bool no_fd = (v & vu::kVringNoFd) != 0;
+  if (!no_fd && m.fds.size() != 1) {
+    return make_error(Errc::invalid_argument,
+                      "needs exactly one file descriptor or the no-fd flag (bit 8); got " +
+                          std::to_string(m.fds.size()) + " descriptors");
+  }
+  detail::Fd fd = no_fd ? detail::Fd() : std::move(m.fds[0]);
+  detail::Ring& r = rings[q];
+  if (which == Request::set_vring_err) {  // only the server uses it: nothing to stop
+    r.err = std::move(fd);
+    return {};
+  }
+  pause_ring(q);  // a running ring's worker holds the old descriptor
+  if (which == Request::set_vring_kick) {
+    r.kick = std::move(fd);
+    r.started = true;
+  } else {
+    r.call = std::move(fd);
+  }
+  ++r.gen;
+  return apply_rings();
+}
+
+Status VhostUserBlkServer::Impl::get_config(const detail::Message& m) {
+  auto h = config_header(m);
+  if (!h) return h.error();
+  std::array<std::byte, vu::kMaxConfigBytes> space{};
+  const virtio::blk::Config c = pv != nullptr ? pv->config_space() : probe_config;
+  std::memcpy(space.data(), &c, kBlkConfigBytes);
+  std::array<std::byte, sizeof(vu::ConfigHeader) + vu::kMaxConfigBytes> out{};
+  std::memcpy(out.data(), &*h, sizeof(vu::ConfigHeader));
+  std::memcpy(out.data() + sizeof(vu::ConfigHeader), space.data() + h->offset, h->size);
+  reply(m.hdr.request, out.data(), sizeof(vu::ConfigHeader) + h->size);
+  return {};
+}
+
+Status VhostUserBlkServer::Impl::set_config(const detail::Message& m) {
+  auto h = config_header(m);
+  if (!h) return h.error();
+  if (h->flags > 1) {
+    return make_error(Errc::invalid_argument, "config flags " + hex(h->flags) + " unknown");
+  }
+  std::array<std::byte, vu::kMaxConfigBytes> space{};
+  const virtio::blk::Config c = pv != nullptr ? pv->config_space() : probe_config;
+  std::memcpy(space.data(), &c, kBlkConfigBytes);
+  const std::byte* wanted = m.payload.data() + sizeof(vu::ConfigHeader);
+  for (std::uint32_t i = 0; i < h->size; ++i) {
+    if (wanted[i] != space[h->offset + i]) {
+      return make_error(Errc::invalid_argument,
+                        "config byte " + std::to_string(h->offset + i) +
+                            " is read-only (keel's virtio-blk has no writable field: no "
+                            "CONFIG_WCE)");
+    }
+  }
+  return {};  // writing what is already there changes nothing
+}
+
+}  // namespace keel::vmm

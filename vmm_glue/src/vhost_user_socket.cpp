@@ -1,0 +1,218 @@
+// The vhost-user server's socket: listening, accepting, and message reads and replies that
+// never wait without a bound (poll with the message timeout, partial reads and writes resumed).
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "vhost_user_impl.h"
+
+namespace keel::vmm {
+
+namespace vu = vhost_user;
+using detail::Fd;
+
+namespace {
+
+enum class Io { ok, closed, truncated, timeout, error, too_many_fds };
+
+const char* describe(Io io) {
+  switch (io) {
+    case Io::ok: return "ok";
+    case Io::closed: return "the peer closed the connection";
+    case Io::truncated: return "the peer closed the connection mid-message";
+    case Io::timeout: return "timed out";
+    case Io::error: return "socket error";
+    case Io::too_many_fds: return "too many file descriptors attached";
+  }
+  return "?";
+}
+
+int ms_left(std::chrono::steady_clock::time_point deadline) {
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      deadline - std::chrono::steady_clock::now());
+  return static_cast<int>(std::clamp<long long>(left.count(), 0, 60'000));
+}
+
+// Waits until `fd` is ready for `events` or the deadline passes.
+Io wait_for(int fd, short events, std::chrono::steady_clock::time_point deadline) {
+  for (;;) {
+    pollfd p{fd, events, 0};
+    const int r = ::poll(&p, 1, ms_left(deadline));
+    if (r > 0) return Io::ok;
+    if (r == 0) return Io::timeout;
+    if (errno != EINTR) return Io::error;
+  }
+}
+
+// Reads exactly `n` bytes, keeping every fd that arrives with them.
+Io recv_exact(int fd, std::byte* buf, std::size_t n, std::vector<Fd>& fds,
+              std::chrono::steady_clock::time_point deadline) {
+  std::size_t got = 0;
+  while (got < n) {
+    if (Io w = wait_for(fd, POLLIN, deadline); w != Io::ok) return w;
+    iovec iov{buf + got, n - got};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * vu::kMaxFds)];
+    msghdr m{};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = control;
+    m.msg_controllen = sizeof control;
+    const ssize_t k = ::recvmsg(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (k < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      return Io::error;
+    }
+    for (cmsghdr* c = CMSG_FIRSTHDR(&m); c != nullptr; c = CMSG_NXTHDR(&m, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (std::size_t i = 0; i < count; ++i) {
+        int received;
+        std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof received);
+        fds.emplace_back(received);  // owned now, closed unless a handler keeps it
+      }
+    }
+    if ((m.msg_flags & MSG_CTRUNC) != 0 || fds.size() > vu::kMaxFds) return Io::too_many_fds;
+    if (k == 0) return got == 0 ? Io::closed : Io::truncated;
+    got += static_cast<std::size_t>(k);
+  }
+  return Io::ok;
+}
+
+}  // namespace
+
+Status VhostUserBlkServer::Impl::listen() {
+  const std::string& path = config.socket_path;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof addr.sun_path) {
+    return make_error(Errc::invalid_argument,
+                      "socket path '" + path + "' is empty or longer than " +
+                          std::to_string(sizeof addr.sun_path - 1) + " bytes");
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  const auto* sa = reinterpret_cast<const sockaddr*>(&addr);  // the sockets API's generic type
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode) || !config.replace_stale_socket) {
+      return make_error(Errc::busy, "'" + path + "' already exists" +
+                                        (S_ISSOCK(st.st_mode) ? "" : " and is not a socket") +
+                                        "; remove it or choose another --socket path");
+    }
+    // A socket file: stale unless a server still answers on it.
+    Fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (probe.valid() && (::connect(probe.get(), sa, sizeof addr) == 0 || errno == EAGAIN)) {
+      return make_error(Errc::busy, "another server is listening on '" + path + "'");
+    }
+    ::unlink(path.c_str());
+  }
+  listen_fd.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!listen_fd.valid()) {
+    return make_error(Errc::io_error, std::string("socket: ") + std::strerror(errno));
+  }
+  if (::bind(listen_fd.get(), sa, sizeof addr) != 0) {
+    return make_error(Errc::io_error,
+                      "bind to '" + path + "': " + std::string(std::strerror(errno)));
+  }
+  socket_created = true;
+  if (::listen(listen_fd.get(), 4) != 0) {
+    return make_error(Errc::io_error, std::string("listen: ") + std::strerror(errno));
+  }
+  return {};
+}
+
+void VhostUserBlkServer::Impl::unlink_socket() noexcept {
+  if (socket_created) ::unlink(config.socket_path.c_str());
+  socket_created = false;
+}
+
+void VhostUserBlkServer::Impl::accept_one() {
+  Fd fd(::accept4(listen_fd.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+  if (!fd.valid()) return;  // the peer went away again (or EAGAIN): nothing to do
+  if (conn_fd.valid()) {
+    std::fprintf(stderr, "keel vhost-user: %s: turned a second front end away (one is connected)\n",
+                 config.socket_path.c_str());
+    std::lock_guard lock(mu);
+    ++stats.turned_away;
+    return;  // closing it tells the peer at once, instead of leaving it waiting for replies
+  }
+  conn_fd = std::move(fd);
+  connected.store(true);
+  reset_connection_state();
+  std::fprintf(stderr, "keel vhost-user: %s: front end connected\n", config.socket_path.c_str());
+  std::lock_guard lock(mu);
+  ++stats.connections;
+}
+
+VhostUserBlkServer::Impl::ReadResult VhostUserBlkServer::Impl::read_message(detail::Message& m,
+                                                                            std::string& why) {
+  m.fds.clear();
+  const auto deadline = Clock::now() + config.message_timeout;
+  const int fd = conn_fd.get();
+  Io io = recv_exact(fd, reinterpret_cast<std::byte*>(&m.hdr), sizeof m.hdr, m.fds, deadline);
+  // A clean close between messages is an ordinary disconnect; anything else breaks framing.
+  if (io == Io::closed) {
+    why = "the front end closed the connection";
+    return ReadResult::closed;
+  }
+  if (io != Io::ok) {
+    why = std::string("reading a message header: ") + describe(io);
+    return ReadResult::broken;
+  }
+  if ((m.hdr.flags & vu::kVersionMask) != vu::kVersion || (m.hdr.flags & vu::kFlagReply) != 0) {
+    char flags[16];
+    std::snprintf(flags, sizeof flags, "0x%x", m.hdr.flags);
+    why = vu::request_name(m.hdr.request) + ": header flags " + flags +
+          " (a request needs version 1 and no reply bit)";
+    return ReadResult::broken;
+  }
+  if (m.hdr.size > vu::kMaxPayload) {
+    why = vu::request_name(m.hdr.request) + ": payload of " + std::to_string(m.hdr.size) +
+          " bytes, more than the " + std::to_string(vu::kMaxPayload) + " keel accepts";
+    return ReadResult::broken;
+  }
+  io = recv_exact(fd, m.payload.data(), m.hdr.size, m.fds, deadline);
+  if (io == Io::closed) io = Io::truncated;  // the header came, the payload did not
+  if (io != Io::ok) {
+    why = vu::request_name(m.hdr.request) + ": truncated message (" + std::to_string(m.hdr.size) +
+          "-byte payload): " + describe(io);
+    return ReadResult::broken;
+  }
+  return ReadResult::message;
+}
+
+bool VhostUserBlkServer::Impl::reply(std::uint32_t request, const void* payload,
+                                     std::size_t bytes) {
+  if (!conn_fd.valid()) return false;
+  std::array<std::byte, sizeof(vu::Header) + vu::kMaxPayload> buf;
+  const vu::Header h{request, vu::kVersion | vu::kFlagReply, static_cast<std::uint32_t>(bytes)};
+  std::memcpy(buf.data(), &h, sizeof h);
+  if (bytes > 0) std::memcpy(buf.data() + sizeof h, payload, bytes);
+  const std::size_t total = sizeof h + bytes;
+  const auto deadline = Clock::now() + config.message_timeout;
+  std::size_t sent = 0;
+  while (sent < total) {
+    Io io = wait_for(conn_fd.get(), POLLOUT, deadline);
+    if (io == Io::ok) {
+      const ssize_t k =
+          ::send(conn_fd.get(), buf.data() + sent, total - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (k > 0) {
+        sent += static_cast<std::size_t>(k);
+        continue;
+      }
+      if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+      io = Io::error;
+    }
+    log_failure(vu::request_name(request) + ": sending the reply: " + describe(io));
+    close_requested = true;
+    return false;
+  }
+  return true;
+}
+
+}  // namespace keel::vmm
