@@ -13,6 +13,9 @@ namespace blk = virtio::blk;
 
 namespace {
 
+// Per chain head: 16-byte request header, status byte at +16, write-zeroes payload at +32.
+constexpr std::uint64_t kScratch = 64;
+
 std::uint16_t load16(const std::byte* p) {
   return std::atomic_ref<std::uint16_t>(
              *const_cast<std::uint16_t*>(reinterpret_cast<const std::uint16_t*>(p)))
@@ -45,11 +48,11 @@ Result<std::unique_ptr<GuestDriver>> GuestDriver::attach(Paravisor& dev, GuestMe
     Q.desc = take(virtio::desc_bytes(size), 4096);
     Q.avail = take(virtio::avail_bytes(size), 64);
     Q.used = take(virtio::used_bytes(size), 4096);
-    Q.hdr = take(std::uint64_t{size} * 32, 4096);
-    std::byte* zero = mem.translate(Q.desc, Q.hdr + std::uint64_t{size} * 32 - Q.desc);
+    Q.hdr = take(std::uint64_t{size} * kScratch, 4096);
+    std::byte* zero = mem.translate(Q.desc, Q.hdr + std::uint64_t{size} * kScratch - Q.desc);
     if (zero == nullptr)
       return make_error(Errc::invalid_argument, "rings do not fit in guest memory");
-    std::memset(zero, 0, Q.hdr + std::uint64_t{size} * 32 - Q.desc);
+    std::memset(zero, 0, Q.hdr + std::uint64_t{size} * kScratch - Q.desc);
     for (unsigned i = size; i-- > 0;) Q.free.push_back(static_cast<std::uint16_t>(i));
     Q.chain_len.assign(size, 0);
     Q.kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -95,7 +98,7 @@ Result<std::uint16_t> GuestDriver::publish(unsigned q, std::uint32_t type, std::
   }
   const std::uint16_t head = idx[0];
   // Header and status live in a per-head scratch area of guest memory.
-  const std::uint64_t hdr_gpa = Q.hdr + std::uint64_t{head} * 32;
+  const std::uint64_t hdr_gpa = Q.hdr + std::uint64_t{head} * kScratch;
   const blk::OutHeader h{type, 0, sector};
   std::memcpy(mem_.translate(hdr_gpa, 16), &h, sizeof h);
   std::byte* status = mem_.translate(hdr_gpa + 16, 1);
@@ -112,7 +115,7 @@ Result<std::uint16_t> GuestDriver::publish(unsigned q, std::uint32_t type, std::
   };
   put(hdr_gpa, 16, false);
   if (!payload.empty()) {
-    const std::uint64_t pl = hdr_gpa + 20;  // 12 bytes fit before the next head's area
+    const std::uint64_t pl = hdr_gpa + 32;  // the payload slot of this head's scratch area
     std::memcpy(mem_.translate(pl, payload.size()), payload.data(), payload.size());
     put(pl, static_cast<std::uint32_t>(payload.size()), false);
   }
@@ -133,12 +136,10 @@ Result<std::uint16_t> GuestDriver::submit(unsigned q, std::uint32_t type, std::u
 
 Result<std::uint16_t> GuestDriver::write_zeroes(unsigned q, std::uint64_t sector,
                                                 std::uint32_t sectors) {
-  // The 16-byte payload does not fit the 12 spare bytes of the scratch slot: put it in data.
-  const std::uint64_t gpa = alloc(16, 16);
+  // The 16-byte payload travels in the head's scratch area: no guest memory is consumed.
   const blk::DiscardWriteZeroes wz{sector, sectors, 0};
-  std::memcpy(mem_.translate(gpa, 16), &wz, sizeof wz);
-  const DataSeg seg{gpa, 16};
-  return publish(q, blk::kWriteZeroes, 0, {&seg, 1}, false, {});
+  return publish(q, blk::kWriteZeroes, 0, {}, false,
+                 {reinterpret_cast<const std::byte*>(&wz), sizeof wz});
 }
 
 void GuestDriver::publish_raw(unsigned q, std::span<const virtio::Desc> descs, std::uint16_t first,
@@ -163,7 +164,7 @@ unsigned GuestDriver::reap(unsigned q, std::span<GuestCompletion> out) {
     ++Q.last_used;
     const auto head = static_cast<std::uint16_t>(e.id % Q.size);
     const std::uint8_t status =
-        static_cast<std::uint8_t>(*mem_.translate(Q.hdr + std::uint64_t{head} * 32 + 16, 1));
+        static_cast<std::uint8_t>(*mem_.translate(Q.hdr + std::uint64_t{head} * kScratch + 16, 1));
     out[n++] = GuestCompletion{head, status, e.len};
     // Free the chain: walk it by its recorded length.
     const auto* table =

@@ -1,0 +1,608 @@
+// The NBD export of a keel guest disk, driven by a scripted client over its unix socket, on the
+// accelerated path and on the fallback: negotiation, verified IO (split, pipelined, unaligned),
+// flush/FUA, write zeroes and trim, and bad peers (bad magic, out-of-range and oversized
+// requests, disconnects mid-request, stalls). The card runs free (the server needs its own
+// threads); every wait is bounded by the client's socket timeout and nothing asserts on time.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "nbd_client.h"
+
+namespace keel::test {
+namespace {
+
+constexpr std::uint64_t kMiB = 1ull << 20;
+constexpr std::uint64_t kDiskBytes = 48 * kMiB;
+
+std::vector<std::uint8_t> pattern(std::size_t n, std::uint32_t seed) {
+  std::vector<std::uint8_t> v(n);
+  std::mt19937 rng(seed);
+  for (auto& b : v) b = static_cast<std::uint8_t>(rng());
+  return v;
+}
+
+std::string socket_path() {
+  static std::atomic<unsigned> n{0};
+  return "/tmp/keel-nbd-test-" + std::to_string(getpid()) + "-" + std::to_string(n++) + ".sock";
+}
+
+/// Joins a client-side sender thread even when an assertion returns early (the socket is shut
+/// down first, so the thread's blocked send fails instead of waiting for the timeout).
+struct Joiner {
+  std::thread& thread;
+  NbdClient& client;
+  ~Joiner() {
+    if (thread.joinable()) {
+      shutdown(client.fd(), SHUT_RDWR);
+      thread.join();
+    }
+  }
+};
+
+class NbdTest : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override { start({}); }
+  void TearDown() override { disk_.reset(); }
+
+  /// (Re)starts the disk with server settings changed by `tweak`.
+  void start(const std::function<void(vmm::NbdServerConfig&)>& tweak) {
+    disk_.reset();
+    vmm::NbdDiskOptions o;
+    o.size_bytes = kDiskBytes;
+    o.vf_path = std::string(GetParam()) == "vf";
+    o.server.socket_path = socket_path();
+    o.server.log = false;
+    if (tweak) tweak(o.server);
+    auto d = vmm::NbdDisk::create(o);
+    ASSERT_TRUE(d.ok()) << to_string(d.error());
+    disk_ = std::move(d).value();
+  }
+
+  std::unique_ptr<NbdClient> client() {
+    auto c = NbdClient::connect(disk_->server().socket_path());
+    EXPECT_NE(c, nullptr);
+    return c;
+  }
+  std::unique_ptr<NbdClient> open() {
+    auto c = client();
+    if (c == nullptr) return nullptr;
+    NbdClient::Export e;
+    EXPECT_TRUE(c->open("keel", e));
+    EXPECT_EQ(e.size, kDiskBytes);
+    return c;
+  }
+
+  void expect_data(NbdClient& c, std::uint64_t off, const std::vector<std::uint8_t>& want) {
+    std::vector<std::uint8_t> got;
+    ASSERT_EQ(c.read(off, static_cast<std::uint32_t>(want.size()), got), 0u) << "read at " << off;
+    ASSERT_TRUE(got == want) << "data differs at offset " << off << " (+" << want.size() << ")";
+  }
+
+  /// Every test ends here: the path that was asked for carried the IO.
+  void expect_path_used() {
+    const auto c = disk_->paravisor().counters();
+    if (std::string(GetParam()) == "vf") {
+      EXPECT_GT(c.vf_ios, 0u);
+      EXPECT_EQ(c.fallback_ios, 0u);
+    } else {
+      EXPECT_GT(c.fallback_ios, 0u);
+      EXPECT_EQ(c.vf_ios, 0u);
+    }
+  }
+
+  std::unique_ptr<vmm::NbdDisk> disk_;
+};
+
+TEST_P(NbdTest, GoNegotiatesExportAndBlockSizes) {
+  auto c = client();
+  ASSERT_TRUE(c->handshake());
+  EXPECT_EQ(c->greeting_flags(), nbd::kFlagFixedNewstyle | nbd::kFlagNoZeroes);
+  NbdClient::Export e;
+  ASSERT_EQ(c->go("keel", e), nbd::kRepAck);
+  EXPECT_EQ(e.size, kDiskBytes);
+  EXPECT_EQ(e.name, "keel");
+  EXPECT_EQ(e.description, "keel guest disk");
+  const std::uint16_t want = nbd::kFlagHasFlags | nbd::kFlagSendFlush | nbd::kFlagSendFua |
+                             nbd::kFlagSendTrim | nbd::kFlagSendWriteZeroes |
+                             nbd::kFlagCanMultiConn;
+  EXPECT_EQ(e.flags, want);
+  EXPECT_EQ(e.block.type, nbd::kInfoBlockSize);
+  EXPECT_EQ(e.block.minimum, 512u);
+  EXPECT_EQ(e.block.preferred, 4096u);
+  EXPECT_EQ(e.block.maximum, 32u << 20);
+  std::vector<std::uint8_t> d;
+  EXPECT_EQ(c->read(0, 4096, d), 0u);
+}
+
+TEST_P(NbdTest, VerifiedWritesAndReadsOfEverySize) {
+  auto c = open();
+  ASSERT_NE(c, nullptr);
+  struct Io {
+    std::uint64_t off;
+    std::uint32_t len;
+  };
+  const Io ios[] = {
+      {0, 4096},                   // one page
+      {40960 + 512, 512},          // one sector
+      {3 * kMiB, 1 * kMiB + 512},  // more than one virtio request
+      {8 * kMiB, 32u << 20},       // the largest payload: 32 virtio requests
+      {kDiskBytes - 8192, 8192},   // the last blocks
+  };
+  std::uint32_t seed = 1;
+  for (const Io& io : ios) ASSERT_EQ(c->write(io.off, pattern(io.len, seed++)), 0u);
+  seed = 1;
+  for (const Io& io : ios) expect_data(*c, io.off, pattern(io.len, seed++));
+  // FUA write and a flush.
+  ASSERT_EQ(c->write(5 * kMiB, pattern(65536, 99), nbd::kCmdFlagFua), 0u);
+  EXPECT_EQ(c->command(nbd::kCmdFlush, 0, 0), 0u);
+  expect_data(*c, 5 * kMiB, pattern(65536, 99));
+  const auto s = disk_->server().stats();
+  EXPECT_GE(s.flushes, 1u);
+  EXPECT_EQ(s.error_replies, 0u);
+  EXPECT_EQ(s.bytes_written, s.bytes_read);
+  expect_path_used();
+}
+
+TEST_P(NbdTest, PipelinedRequestsCompleteByHandle) {
+  auto c = open();
+  ASSERT_NE(c, nullptr);
+  // More requests than the queue depth (64) and the socket buffer hold: a sender thread keeps
+  // sending while this thread takes replies, as a real client with iodepth does.
+  constexpr unsigned kN = 400;
+  std::vector<std::uint64_t> offsets(kN);
+  for (unsigned i = 0; i < kN; ++i) offsets[i] = (i * 7919ull % (kDiskBytes / 4096)) * 4096;
+  std::set<std::uint64_t> unique(offsets.begin(), offsets.end());
+  ASSERT_EQ(unique.size(), kN);
+  std::thread sender([&] {
+    for (unsigned i = 0; i < kN; ++i) {
+      const auto data = pattern(4096, 1000 + i);
+      if (!c->send_request(nbd::kCmdWrite, 0, 0x100000000ull + i, offsets[i], 4096, data.data()))
+        return;
+    }
+  });
+  const Joiner join_sender{sender, *c};
+  std::set<std::uint64_t> seen;
+  for (unsigned i = 0; i < kN; ++i) {
+    nbd::SimpleReply r{};
+    ASSERT_TRUE(c->read_reply(r)) << "reply " << i;
+    EXPECT_EQ(r.error, 0u);
+    EXPECT_TRUE(seen.insert(r.handle).second) << "handle twice: " << r.handle;
+  }
+  sender.join();
+  // Pipelined reads: replies carry their data right after the header.
+  std::thread reader_sender([&] {
+    for (unsigned i = 0; i < kN; ++i) {
+      if (!c->send_request(nbd::kCmdRead, 0, i, offsets[i], 4096)) return;
+    }
+  });
+  const Joiner join_reader_sender{reader_sender, *c};
+  unsigned out_of_order = 0;
+  for (unsigned i = 0; i < kN; ++i) {
+    nbd::SimpleReply r{};
+    ASSERT_TRUE(c->read_reply(r));
+    ASSERT_EQ(r.error, 0u);
+    ASSERT_LT(r.handle, kN);
+    out_of_order += r.handle != i ? 1u : 0u;
+    std::vector<std::uint8_t> got(4096);
+    ASSERT_TRUE(c->recv_all(got.data(), got.size()));
+    EXPECT_TRUE(got == pattern(4096, 1000 + static_cast<std::uint32_t>(r.handle)))
+        << "handle " << r.handle;
+  }
+  reader_sender.join();
+  std::printf("pipelined reads replied out of order: %u of %u\n", out_of_order, kN);
+  expect_path_used();
+}
+
+TEST_P(NbdTest, WriteZeroesAndTrim) {
+  auto c = open();
+  ASSERT_NE(c, nullptr);
+  const std::uint64_t base = 2 * kMiB;
+  auto data = pattern(kMiB, 5);
+  ASSERT_EQ(c->write(base, data), 0u);
+  // Aligned write zeroes in the middle.
+  ASSERT_EQ(c->command(nbd::kCmdWriteZeroes, base + 4096, 8192), 0u);
+  std::fill(data.begin() + 4096, data.begin() + 4096 + 8192, 0);
+  // Unaligned write zeroes: read-modify-write of both edge sectors.
+  ASSERT_EQ(c->command(nbd::kCmdWriteZeroes, base + 20000, 1000, nbd::kCmdFlagNoHole), 0u);
+  std::fill(data.begin() + 20000, data.begin() + 21000, 0);
+  // Inside one sector.
+  ASSERT_EQ(c->command(nbd::kCmdWriteZeroes, base + 30010, 20, nbd::kCmdFlagFua), 0u);
+  std::fill(data.begin() + 30010, data.begin() + 30030, 0);
+  // Trim (zero mode): whole sectors inside the range read back as zeroes.
+  ASSERT_EQ(c->command(nbd::kCmdTrim, base + 65536, 65536), 0u);
+  std::fill(data.begin() + 65536, data.begin() + 131072, 0);
+  expect_data(*c, base, data);
+  // Longer than one virtio write-zeroes (32 MiB): split.
+  ASSERT_EQ(c->write(10 * kMiB, pattern(4096, 6)), 0u);
+  ASSERT_EQ(c->write(10 * kMiB + 34 * kMiB - 4096, pattern(4096, 7)), 0u);
+  ASSERT_EQ(c->command(nbd::kCmdWriteZeroes, 10 * kMiB, 34 * kMiB), 0u);
+  expect_data(*c, 10 * kMiB, std::vector<std::uint8_t>(4096, 0));
+  expect_data(*c, 10 * kMiB + 34 * kMiB - 4096, std::vector<std::uint8_t>(4096, 0));
+  // FAST_ZERO was not advertised.
+  EXPECT_EQ(c->command(nbd::kCmdWriteZeroes, 0, 4096, nbd::kCmdFlagFastZero), nbd::kEinval);
+  expect_path_used();
+}
+
+TEST_P(NbdTest, UnalignedWritesReadModifyWrite) {
+  auto c = open();
+  ASSERT_NE(c, nullptr);
+  const std::uint64_t base = 6 * kMiB;
+  auto data = pattern(65536, 11);
+  ASSERT_EQ(c->write(base, data), 0u);
+  const auto b = pattern(3000, 12);
+  ASSERT_EQ(c->write(base + 1000, b), 0u);
+  std::copy(b.begin(), b.end(), data.begin() + 1000);
+  const auto t = pattern(7, 13);  // inside one sector
+  ASSERT_EQ(c->write(base + 5000, t, nbd::kCmdFlagFua), 0u);
+  std::copy(t.begin(), t.end(), data.begin() + 5000);
+  // Pipelined unaligned writes to different bytes of the same sectors: none may lose another's.
+  for (unsigned i = 0; i < 16; ++i) {
+    const auto p = pattern(100, 20 + i);
+    ASSERT_TRUE(c->send_request(nbd::kCmdWrite, 0, 500 + i, base + 8192 + i * 130, 100, p.data()));
+    std::copy(p.begin(), p.end(), data.begin() + 8192 + i * 130);
+  }
+  for (unsigned i = 0; i < 16; ++i) {
+    nbd::SimpleReply r{};
+    ASSERT_TRUE(c->read_reply(r));
+    EXPECT_EQ(r.error, 0u);
+  }
+  expect_data(*c, base, data);
+  // Unaligned reads.
+  std::vector<std::uint8_t> got;
+  ASSERT_EQ(c->read(base + 7, 10, got), 0u);
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), data.begin() + 7));
+  ASSERT_EQ(c->read(base + 4095, 4099, got), 0u);
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), data.begin() + 4095));
+  EXPECT_GE(disk_->server().stats().unaligned, 20u);
+  expect_path_used();
+}
+
+TEST_P(NbdTest, InvalidRequestsGetErrorsAndTheConnectionLives) {
+  auto c = open();
+  ASSERT_NE(c, nullptr);
+  const auto keep = pattern(4096, 3);
+  ASSERT_EQ(c->write(0, keep), 0u);
+  std::vector<std::uint8_t> d;
+  EXPECT_EQ(c->read(kDiskBytes - 4096, 8192, d), nbd::kEinval);  // past the end
+  EXPECT_EQ(c->read(kDiskBytes, 512, d), nbd::kEinval);
+  EXPECT_EQ(c->read(~0ull - 100, 512, d), nbd::kEinval);                  // offset + length wraps
+  EXPECT_EQ(c->write(kDiskBytes - 512, pattern(4096, 4)), nbd::kEnospc);  // payload skipped
+  EXPECT_EQ(c->command(nbd::kCmdWriteZeroes, kDiskBytes, 4096), nbd::kEnospc);
+  EXPECT_EQ(c->command(nbd::kCmdTrim, kDiskBytes - 512, 1024), nbd::kEinval);
+  EXPECT_EQ(c->read(0, 0, d), nbd::kEinval);                             // zero length
+  EXPECT_EQ(c->read(0, (32u << 20) + 512, d), nbd::kEinval);             // longer than the maximum
+  EXPECT_EQ(c->write(0, pattern((32u << 20) + 4096, 5)), nbd::kEinval);  // payload skipped
+  EXPECT_EQ(c->command(99, 0, 4096), nbd::kEinval);                      // unknown command
+  EXPECT_EQ(c->command(nbd::kCmdCache, 0, 4096), nbd::kEinval);          // not advertised
+  EXPECT_EQ(c->command(nbd::kCmdBlockStatus, 0, 4096), nbd::kEinval);
+  EXPECT_EQ(c->command(nbd::kCmdRead, 0, 4096, 1u << 9), nbd::kEinval);  // unknown flag
+  EXPECT_EQ(c->command(nbd::kCmdRead, 0, 4096, nbd::kCmdFlagDf), nbd::kEinval);
+  expect_data(*c, 0, keep);  // the connection still works and nothing was written
+  EXPECT_EQ(disk_->server().stats().protocol_errors, 0u);
+}
+
+TEST_P(NbdTest, BadMagicDisconnectsAndTheServerKeepsAccepting) {
+  auto c = open();
+  ASSERT_NE(c, nullptr);
+  const auto keep = pattern(4096, 8);
+  ASSERT_EQ(c->write(4096, keep), 0u);
+  ASSERT_TRUE(c->send_request(nbd::kCmdRead, 0, 1, 0, 4096, nullptr, 0xdeadbeef));
+  EXPECT_TRUE(c->closed_by_peer());
+  auto c2 = open();
+  ASSERT_NE(c2, nullptr);
+  expect_data(*c2, 4096, keep);
+  EXPECT_EQ(disk_->server().stats().protocol_errors, 1u);
+}
+
+TEST_P(NbdTest, DisconnectMidRequestChangesNothing) {
+  auto c = open();
+  ASSERT_NE(c, nullptr);
+  const auto keep = pattern(kMiB, 9);
+  ASSERT_EQ(c->write(kMiB, keep), 0u);
+  // A write header and half its payload, then gone.
+  const auto half = pattern(kMiB / 2, 10);
+  ASSERT_TRUE(c->send_msg(nbd::Request{nbd::kRequestMagic, 0, nbd::kCmdWrite, 7, kMiB,
+                                       static_cast<std::uint32_t>(kMiB)}));
+  ASSERT_TRUE(c->send_all(half.data(), half.size()));
+  c->close_now();
+  // Requests in flight when the peer goes: their replies go nowhere, nothing breaks.
+  auto c2 = open();
+  ASSERT_NE(c2, nullptr);
+  for (unsigned i = 0; i < 32; ++i) {
+    ASSERT_TRUE(c2->send_request(nbd::kCmdRead, 0, i, i * 65536ull, 65536));
+  }
+  c2->close_now();
+  // Half a header.
+  auto c3 = open();
+  ASSERT_NE(c3, nullptr);
+  ASSERT_TRUE(c3->send_all("\x25\x60\x95\x13\x00\x00", 6));
+  c3->close_now();
+  auto c4 = open();
+  ASSERT_NE(c4, nullptr);
+  expect_data(*c4, kMiB, keep);
+}
+
+TEST_P(NbdTest, OptionHaggling) {
+  auto c = client();
+  ASSERT_TRUE(c->handshake());
+  NbdClient::OptReply r;
+  // LIST: one export, then ACK.
+  ASSERT_TRUE(c->send_option(nbd::kOptList, ""));
+  ASSERT_TRUE(c->read_opt_reply(r));
+  EXPECT_EQ(r.type, nbd::kRepServer);
+  ASSERT_GE(r.data.size(), 8u);
+  EXPECT_EQ(r.data.substr(4, 4), "keel");
+  ASSERT_TRUE(c->read_opt_reply(r));
+  EXPECT_EQ(r.type, nbd::kRepAck);
+  ASSERT_TRUE(c->send_option(nbd::kOptList, "x"));
+  ASSERT_TRUE(c->read_opt_reply(r));
+  EXPECT_EQ(r.type, nbd::kRepErrInvalid);
+  // Options this server does not do.
+  for (std::uint32_t opt : {nbd::kOptStartTls, nbd::kOptStructuredReply, 42u, 0xffffffffu}) {
+    ASSERT_TRUE(c->send_option(opt, ""));
+    ASSERT_TRUE(c->read_opt_reply(r));
+    EXPECT_EQ(r.option, opt);
+    EXPECT_EQ(r.type, nbd::kRepErrUnsup) << "option " << opt;
+    EXPECT_FALSE(r.data.empty());  // a message for humans
+  }
+  // An option too long to take is skipped and refused.
+  ASSERT_TRUE(c->send_option(77, std::string(100000, 'z')));
+  ASSERT_TRUE(c->read_opt_reply(r));
+  EXPECT_EQ(r.type, nbd::kRepErrTooBig);
+  // INFO: unknown export, malformed, then fine (and still negotiating).
+  NbdClient::Export e;
+  EXPECT_EQ(c->go("nope", e, true), nbd::kRepErrUnknown);
+  ASSERT_TRUE(c->send_option(nbd::kOptInfo, std::string("\0\0\0\x09keel", 8)));
+  ASSERT_TRUE(c->read_opt_reply(r));
+  EXPECT_EQ(r.type, nbd::kRepErrInvalid);
+  std::string bad = NbdClient::info_request("keel", {1});
+  bad.pop_back();  // request count says one, the data holds half
+  ASSERT_TRUE(c->send_option(nbd::kOptGo, bad));
+  ASSERT_TRUE(c->read_opt_reply(r));
+  EXPECT_EQ(r.type, nbd::kRepErrInvalid);
+  EXPECT_EQ(c->go("keel", e, true), nbd::kRepAck);
+  EXPECT_EQ(e.size, kDiskBytes);
+  // GO on the default export ("") with no information requested.
+  e = {};
+  EXPECT_EQ(c->go("", e, false, {}), nbd::kRepAck);
+  EXPECT_EQ(e.size, kDiskBytes);
+  EXPECT_EQ(e.block.minimum, 512u);  // sent anyway
+  std::vector<std::uint8_t> d;
+  EXPECT_EQ(c->read(0, 512, d), 0u);
+  // ABORT: ACK, then the server closes.
+  auto a = client();
+  ASSERT_TRUE(a->handshake());
+  ASSERT_TRUE(a->send_option(nbd::kOptAbort, ""));
+  ASSERT_TRUE(a->read_opt_reply(r));
+  EXPECT_EQ(r.type, nbd::kRepAck);
+  EXPECT_TRUE(a->closed_by_peer());
+  EXPECT_EQ(disk_->server().stats().protocol_errors, 0u);
+}
+
+TEST_P(NbdTest, ExportNameWithAndWithoutZeroes) {
+  for (bool no_zeroes : {false, true}) {
+    auto c = client();
+    ASSERT_TRUE(c->handshake(nbd::kFlagCFixedNewstyle | (no_zeroes ? nbd::kFlagCNoZeroes : 0u)));
+    ASSERT_TRUE(c->send_option(nbd::kOptExportName, "keel"));
+    nbd::ExportNameReply r{};
+    ASSERT_TRUE(c->recv_msg(r));
+    EXPECT_EQ(r.size, kDiskBytes);
+    EXPECT_NE(r.flags & nbd::kFlagHasFlags, 0);
+    if (!no_zeroes) {
+      std::vector<std::uint8_t> z(124, 1);
+      ASSERT_TRUE(c->recv_all(z.data(), z.size()));
+      EXPECT_EQ(z, std::vector<std::uint8_t>(124, 0));
+    }
+    const auto p = pattern(4096, 30);
+    ASSERT_EQ(c->write(12288, p), 0u);
+    expect_data(*c, 12288, p);
+    // DISC after requests in flight: their replies come first, then the server closes.
+    for (unsigned i = 0; i < 8; ++i) {
+      ASSERT_TRUE(c->send_request(nbd::kCmdWrite, 0, 900 + i, i * 4096ull, 4096, p.data()));
+    }
+    ASSERT_TRUE(c->send_request(nbd::kCmdDisc, 0, 999, 0, 0));
+    for (unsigned i = 0; i < 8; ++i) {
+      nbd::SimpleReply sr{};
+      ASSERT_TRUE(c->read_reply(sr));
+      EXPECT_EQ(sr.error, 0u);
+    }
+    EXPECT_TRUE(c->closed_by_peer());
+  }
+  // Unknown export: the spec leaves nothing but closing.
+  auto c = client();
+  ASSERT_TRUE(c->handshake());
+  ASSERT_TRUE(c->send_option(nbd::kOptExportName, "other"));
+  EXPECT_TRUE(c->closed_by_peer());
+}
+
+TEST_P(NbdTest, HandshakeViolationsDisconnect) {
+  auto c = client();
+  ASSERT_TRUE(c->handshake(0x80));  // unknown client flag
+  EXPECT_TRUE(c->closed_by_peer());
+  c = client();
+  ASSERT_TRUE(c->handshake());
+  ASSERT_TRUE(c->send_msg(nbd::OptionHeader{0x1234, nbd::kOptGo, 0}));  // bad option magic
+  EXPECT_TRUE(c->closed_by_peer());
+  c = client();
+  ASSERT_TRUE(c->handshake());
+  ASSERT_TRUE(c->send_msg(nbd::OptionHeader{nbd::kOptMagic, nbd::kOptGo, 1u << 30}));
+  EXPECT_TRUE(c->closed_by_peer());  // a gigabyte of option data: not waited for
+  EXPECT_EQ(disk_->server().stats().protocol_errors, 3u);
+  auto ok = open();
+  ASSERT_NE(ok, nullptr);
+}
+
+TEST_P(NbdTest, StalledPeersAreDropped) {
+  start([](vmm::NbdServerConfig& s) {
+    s.handshake_timeout = std::chrono::milliseconds(1500);
+    s.io_timeout = std::chrono::milliseconds(1500);
+  });
+  auto idle = client();  // never finishes the handshake
+  auto partial = open();
+  ASSERT_NE(partial, nullptr);
+  ASSERT_TRUE(partial->send_all("\x25\x60\x95\x13\x00\x00\x00\x01", 8));  // 8 of 28 bytes
+  auto half_write = open();
+  ASSERT_NE(half_write, nullptr);
+  ASSERT_TRUE(half_write->send_request(nbd::kCmdWrite, 0, 1, 0, 65536));  // no payload
+  EXPECT_TRUE(idle->closed_by_peer());
+  EXPECT_TRUE(partial->closed_by_peer());
+  EXPECT_TRUE(half_write->closed_by_peer());
+  // An idle connection in transmission is fine: it is not dropped while others are.
+  auto quiet = open();
+  ASSERT_NE(quiet, nullptr);
+  std::vector<std::uint8_t> d;
+  EXPECT_EQ(quiet->read(0, 4096, d), 0u);
+  EXPECT_EQ(disk_->server().stats().protocol_errors, 3u);
+}
+
+TEST_P(NbdTest, ReadOnlyExportRefusesWrites) {
+  start([](vmm::NbdServerConfig& s) { s.read_only = true; });
+  auto c = client();
+  ASSERT_TRUE(c->handshake());
+  NbdClient::Export e;
+  ASSERT_EQ(c->go("keel", e), nbd::kRepAck);
+  EXPECT_NE(e.flags & nbd::kFlagReadOnly, 0);
+  EXPECT_EQ(c->write(0, pattern(4096, 1)), nbd::kEperm);
+  EXPECT_EQ(c->command(nbd::kCmdWriteZeroes, 0, 4096), nbd::kEperm);
+  EXPECT_EQ(c->command(nbd::kCmdTrim, 0, 4096), nbd::kEperm);
+  std::vector<std::uint8_t> d;
+  EXPECT_EQ(c->read(0, 4096, d), 0u);
+  EXPECT_EQ(c->command(nbd::kCmdFlush, 0, 0), 0u);
+}
+
+TEST_P(NbdTest, ConnectionLimitAndManyClients) {
+  start([](vmm::NbdServerConfig& s) { s.max_connections = 4; });
+  std::vector<std::unique_ptr<NbdClient>> cs;
+  for (unsigned i = 0; i < 4; ++i) {
+    cs.push_back(open());
+    ASSERT_NE(cs.back(), nullptr);
+  }
+  auto extra = client();
+  ASSERT_NE(extra, nullptr);
+  EXPECT_TRUE(extra->closed_by_peer());  // turned away
+  // The four write their own regions at once, each pipelined.
+  std::vector<std::thread> ts;
+  std::atomic<unsigned> failures{0};
+  for (unsigned i = 0; i < 4; ++i) {
+    ts.emplace_back([&, i] {
+      NbdClient& c = *cs[i];
+      for (unsigned k = 0; k < 32; ++k) {
+        const auto p = pattern(16384, i * 100 + k);
+        if (c.write((i * 64 + k) * 16384ull, p, k % 8 == 0 ? nbd::kCmdFlagFua : 0) != 0) ++failures;
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(failures.load(), 0u);
+  cs.pop_back();  // one leaves: room for another once the server has seen it go
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (disk_->server().stats().disconnects < 1 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::yield();
+  }
+  auto late = open();
+  ASSERT_NE(late, nullptr);
+  for (unsigned i = 0; i < 4; ++i) {
+    for (unsigned k = 0; k < 32; ++k) {
+      expect_data(*late, (i * 64 + k) * 16384ull, pattern(16384, i * 100 + k));
+    }
+  }
+  EXPECT_GE(disk_->server().stats().turned_away, 1u);
+  expect_path_used();
+}
+
+TEST_P(NbdTest, StopWithConnectionsOpenIsClean) {
+  auto c = open();
+  ASSERT_NE(c, nullptr);
+  for (unsigned i = 0; i < 16; ++i) ASSERT_TRUE(c->send_request(nbd::kCmdRead, 0, i, 0, 65536));
+  // Stop while this thread reads (the replies are more than the socket buffers hold).
+  std::thread stopper([&] { disk_->stop(); });
+  // What the server took before the stop was answered in full; then it closed.
+  unsigned replies = 0;
+  for (;;) {
+    nbd::SimpleReply r{};
+    if (!c->read_reply(r)) break;
+    EXPECT_EQ(r.error, 0u);
+    std::vector<std::uint8_t> d(65536);
+    if (!c->recv_all(d.data(), d.size())) {
+      ADD_FAILURE() << "reply data cut short";
+      break;
+    }
+    ++replies;
+  }
+  stopper.join();
+  EXPECT_LE(replies, 16u);
+  EXPECT_TRUE(c->closed_by_peer());
+  EXPECT_EQ(NbdClient::connect(disk_->server().socket_path()), nullptr);  // socket removed
+}
+
+TEST_P(NbdTest, LosingTheVfUnderLoadIsInvisibleToTheClient) {
+  if (std::string(GetParam()) != "vf") GTEST_SKIP() << "needs a VF to lose";
+  auto c = open();
+  ASSERT_NE(c, nullptr);
+  // Two passes over 1500 blocks, pipelined (queue depth 64: a block's second write is read by
+  // the server only after its first one was answered). The VF is surprise-removed a third of
+  // the way in and comes back once the guest is on the fallback.
+  constexpr unsigned kBlocks = 1500, kWrites = 2 * kBlocks;
+  std::thread sender([&] {
+    for (unsigned i = 0; i < kWrites; ++i) {
+      const unsigned block = i % kBlocks, pass = i / kBlocks;
+      const auto data = pattern(4096, block * 10 + pass);
+      if (!c->send_request(nbd::kCmdWrite, 0, i, block * 4096ull, 4096, data.data())) return;
+    }
+  });
+  const Joiner join_sender{sender, *c};
+  fpga::FaultInjector* fi = disk_->card().faults();
+  ASSERT_NE(fi, nullptr);
+  bool removed = false, restored = false;
+  for (unsigned done = 0; done < kWrites; ++done) {
+    nbd::SimpleReply r{};
+    ASSERT_TRUE(c->read_reply(r)) << "reply " << done;
+    ASSERT_EQ(r.error, 0u) << "write " << r.handle;
+    if (!removed && done >= kWrites / 3) {
+      removed = true;
+      ASSERT_TRUE(fi->surprise_remove(0).ok());
+      disk_->paravisor().vf_removed("hot-remove announced by the test");
+    }
+    if (removed && !restored && disk_->paravisor().state() == vmm::PathState::fallback) {
+      restored = true;
+      ASSERT_TRUE(fi->restore(0).ok());
+      disk_->paravisor().vf_arrived();
+    }
+  }
+  sender.join();
+  std::thread reads([&] {
+    for (unsigned b = 0; b < kBlocks; ++b) {
+      if (!c->send_request(nbd::kCmdRead, 0, b, b * 4096ull, 4096)) return;
+    }
+  });
+  const Joiner join_reads{reads, *c};
+  for (unsigned i = 0; i < kBlocks; ++i) {
+    nbd::SimpleReply r{};
+    ASSERT_TRUE(c->read_reply(r));
+    ASSERT_EQ(r.error, 0u);
+    std::vector<std::uint8_t> got(4096);
+    ASSERT_TRUE(c->recv_all(got.data(), got.size()));
+    EXPECT_TRUE(got == pattern(4096, static_cast<std::uint32_t>(r.handle) * 10 + 1))
+        << "block " << r.handle << " does not hold its last write";
+  }
+  reads.join();
+  const auto pc = disk_->paravisor().counters();
+  EXPECT_GE(pc.to_fallback, 1u);
+  EXPECT_GT(pc.fallback_ios, 0u);
+  EXPECT_EQ(pc.errors, 0u);
+  EXPECT_EQ(disk_->server().stats().error_replies, 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Paths, NbdTest, ::testing::Values("vf", "fallback"),
+                         [](const auto& p) { return std::string(p.param); });
+
+}  // namespace
+}  // namespace keel::test

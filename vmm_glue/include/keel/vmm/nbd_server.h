@@ -1,0 +1,373 @@
+// keel/vmm/nbd_server.h - an NBD export of one keel guest disk, so that tools that speak NBD
+// (fio's nbd engine, qemu-img, nbd-client) drive keel unchanged.
+//
+// The server plays the guest: every NBD request becomes virtio-blk requests of the in-process
+// GuestDriver, which the paravisor carries on the VF or on the host fallback path, exactly as a
+// guest kernel's requests would be. Data moves between the socket and buffers the server owns
+// in guest memory (one copy each way, the socket's own).
+//
+// Protocol (https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md), fixed newstyle
+// negotiation only, over a unix socket:
+//   handshake   NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES; client flags C_FIXED_NEWSTYLE,
+//               C_NO_ZEROES (anything else: the connection is dropped, as the spec requires)
+//   options     EXPORT_NAME, GO, INFO (INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE
+//               - block sizes are always sent: 512 / 4096 / max_request_bytes), LIST, ABORT;
+//               anything else (STARTTLS and STRUCTURED_REPLY included) -> NBD_REP_ERR_UNSUP
+//   commands    READ, WRITE (+FUA), FLUSH, TRIM (+FUA), WRITE_ZEROES (+FUA, NO_HOLE), DISC;
+//               simple replies, in completion order (the handle says which request)
+//
+// Requests need not be sector aligned (the spec's default minimum block size is 1): an unaligned
+// read reads the covering sectors; an unaligned write or write-zeroes is a read-modify-write of
+// its edge sectors that runs alone (nothing else is in flight meanwhile), so concurrent
+// requests never lose each other's bytes.
+//
+// Bad peers, per the spec's SHOULDs:
+//   bad request magic, unknown client flags, bad option magic    -> the connection is dropped
+//   read/trim past the end, zero length, unknown command or flag -> EINVAL reply
+//   write/write-zeroes past the end                              -> ENOSPC reply
+//   read/write longer than max_request_bytes                     -> EINVAL reply (a write's
+//                                                                   payload is read and dropped)
+//   any write on a read-only export                              -> EPERM reply
+//   a request or option not fully received within io_timeout, a handshake not finished within
+//   handshake_timeout, replies not accepted by the peer for io_timeout -> the connection drops
+//   a device request not completed within io_timeout -> EIO reply (its buffer is reclaimed when
+//   the device does complete)
+// Other connections and the requests already in flight are unaffected.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "keel/fpga/card.h"
+#include "keel/result.h"
+#include "keel/vmm/guest_memory.h"
+#include "keel/vmm/host_service.h"
+#include "keel/vmm/paravisor.h"
+
+namespace keel::vmm {
+
+/// NBD wire format. Every integer is big-endian on the wire; the structs below hold host-order
+/// values and are converted with to_wire()/from_wire() (which swap every field).
+namespace nbd {
+
+inline constexpr std::uint64_t kInitPasswd = 0x4e42444d41474943ull;  ///< "NBDMAGIC"
+inline constexpr std::uint64_t kOptMagic = 0x49484156454f5054ull;    ///< "IHAVEOPT"
+inline constexpr std::uint64_t kOptReplyMagic = 0x0003e889045565a9ull;
+inline constexpr std::uint32_t kRequestMagic = 0x25609513;
+inline constexpr std::uint32_t kSimpleReplyMagic = 0x67446698;
+
+// Handshake flags (server) and client flags.
+inline constexpr std::uint16_t kFlagFixedNewstyle = 1u << 0;
+inline constexpr std::uint16_t kFlagNoZeroes = 1u << 1;
+inline constexpr std::uint32_t kFlagCFixedNewstyle = 1u << 0;
+inline constexpr std::uint32_t kFlagCNoZeroes = 1u << 1;
+
+// Transmission flags.
+inline constexpr std::uint16_t kFlagHasFlags = 1u << 0;
+inline constexpr std::uint16_t kFlagReadOnly = 1u << 1;
+inline constexpr std::uint16_t kFlagSendFlush = 1u << 2;
+inline constexpr std::uint16_t kFlagSendFua = 1u << 3;
+inline constexpr std::uint16_t kFlagRotational = 1u << 4;
+inline constexpr std::uint16_t kFlagSendTrim = 1u << 5;
+inline constexpr std::uint16_t kFlagSendWriteZeroes = 1u << 6;
+inline constexpr std::uint16_t kFlagSendDf = 1u << 7;
+inline constexpr std::uint16_t kFlagCanMultiConn = 1u << 8;
+inline constexpr std::uint16_t kFlagSendCache = 1u << 10;
+inline constexpr std::uint16_t kFlagSendFastZero = 1u << 11;
+
+// Options.
+inline constexpr std::uint32_t kOptExportName = 1;
+inline constexpr std::uint32_t kOptAbort = 2;
+inline constexpr std::uint32_t kOptList = 3;
+inline constexpr std::uint32_t kOptStartTls = 5;
+inline constexpr std::uint32_t kOptInfo = 6;
+inline constexpr std::uint32_t kOptGo = 7;
+inline constexpr std::uint32_t kOptStructuredReply = 8;
+
+// Option replies.
+inline constexpr std::uint32_t kRepAck = 1;
+inline constexpr std::uint32_t kRepServer = 2;
+inline constexpr std::uint32_t kRepInfo = 3;
+inline constexpr std::uint32_t kRepFlagError = 1u << 31;
+inline constexpr std::uint32_t kRepErrUnsup = kRepFlagError + 1;
+inline constexpr std::uint32_t kRepErrPolicy = kRepFlagError + 2;
+inline constexpr std::uint32_t kRepErrInvalid = kRepFlagError + 3;
+inline constexpr std::uint32_t kRepErrPlatform = kRepFlagError + 4;
+inline constexpr std::uint32_t kRepErrTlsReqd = kRepFlagError + 5;
+inline constexpr std::uint32_t kRepErrUnknown = kRepFlagError + 6;
+inline constexpr std::uint32_t kRepErrShutdown = kRepFlagError + 7;
+inline constexpr std::uint32_t kRepErrBlockSizeReqd = kRepFlagError + 8;
+inline constexpr std::uint32_t kRepErrTooBig = kRepFlagError + 9;
+
+// NBD_REP_INFO types.
+inline constexpr std::uint16_t kInfoExport = 0;
+inline constexpr std::uint16_t kInfoName = 1;
+inline constexpr std::uint16_t kInfoDescription = 2;
+inline constexpr std::uint16_t kInfoBlockSize = 3;
+
+// Commands and command flags.
+inline constexpr std::uint16_t kCmdRead = 0;
+inline constexpr std::uint16_t kCmdWrite = 1;
+inline constexpr std::uint16_t kCmdDisc = 2;
+inline constexpr std::uint16_t kCmdFlush = 3;
+inline constexpr std::uint16_t kCmdTrim = 4;
+inline constexpr std::uint16_t kCmdCache = 5;
+inline constexpr std::uint16_t kCmdWriteZeroes = 6;
+inline constexpr std::uint16_t kCmdBlockStatus = 7;
+inline constexpr std::uint16_t kCmdFlagFua = 1u << 0;
+inline constexpr std::uint16_t kCmdFlagNoHole = 1u << 1;
+inline constexpr std::uint16_t kCmdFlagDf = 1u << 2;
+inline constexpr std::uint16_t kCmdFlagReqOne = 1u << 3;
+inline constexpr std::uint16_t kCmdFlagFastZero = 1u << 4;
+
+// Error values of simple replies (errno numbers as the spec fixes them, not the host's).
+inline constexpr std::uint32_t kEperm = 1;
+inline constexpr std::uint32_t kEio = 5;
+inline constexpr std::uint32_t kEnomem = 12;
+inline constexpr std::uint32_t kEinval = 22;
+inline constexpr std::uint32_t kEnospc = 28;
+inline constexpr std::uint32_t kEoverflow = 75;
+inline constexpr std::uint32_t kEnotsup = 95;
+inline constexpr std::uint32_t kEshutdown = 108;
+
+/// Largest payload the spec lets a client assume (32 MiB).
+inline constexpr std::uint32_t kMaxPayload = 32u << 20;
+/// Longest string (export name, description, error message) the spec allows.
+inline constexpr std::uint32_t kMaxString = 4096;
+
+/// S: the first 18 bytes of the newstyle handshake.
+struct [[gnu::packed]] Greeting {
+  std::uint64_t passwd;  ///< kInitPasswd
+  std::uint64_t magic;   ///< kOptMagic
+  std::uint16_t flags;   ///< handshake flags
+};
+static_assert(sizeof(Greeting) == 18 && offsetof(Greeting, flags) == 16);
+
+/// C: an option request header; `length` bytes of data follow.
+struct [[gnu::packed]] OptionHeader {
+  std::uint64_t magic;  ///< kOptMagic
+  std::uint32_t option;
+  std::uint32_t length;
+};
+static_assert(sizeof(OptionHeader) == 16 && offsetof(OptionHeader, length) == 12);
+
+/// S: an option reply header; `length` bytes of data follow.
+struct [[gnu::packed]] OptionReply {
+  std::uint64_t magic;  ///< kOptReplyMagic
+  std::uint32_t option;
+  std::uint32_t type;
+  std::uint32_t length;
+};
+static_assert(sizeof(OptionReply) == 20 && offsetof(OptionReply, length) == 16);
+
+/// S: the end of NBD_OPT_EXPORT_NAME (124 zero bytes follow unless NO_ZEROES was agreed).
+struct [[gnu::packed]] ExportNameReply {
+  std::uint64_t size;
+  std::uint16_t flags;  ///< transmission flags
+};
+static_assert(sizeof(ExportNameReply) == 10);
+
+/// NBD_REP_INFO payload for NBD_INFO_EXPORT.
+struct [[gnu::packed]] InfoExport {
+  std::uint16_t type;  ///< kInfoExport
+  std::uint64_t size;
+  std::uint16_t flags;
+};
+static_assert(sizeof(InfoExport) == 12 && offsetof(InfoExport, flags) == 10);
+
+/// NBD_REP_INFO payload for NBD_INFO_BLOCK_SIZE.
+struct [[gnu::packed]] InfoBlockSize {
+  std::uint16_t type;  ///< kInfoBlockSize
+  std::uint32_t minimum;
+  std::uint32_t preferred;
+  std::uint32_t maximum;
+};
+static_assert(sizeof(InfoBlockSize) == 14 && offsetof(InfoBlockSize, maximum) == 10);
+
+/// C: a transmission request; a WRITE's `length` bytes of payload follow.
+struct [[gnu::packed]] Request {
+  std::uint32_t magic;  ///< kRequestMagic
+  std::uint16_t flags;
+  std::uint16_t type;
+  std::uint64_t handle;
+  std::uint64_t offset;
+  std::uint32_t length;
+};
+static_assert(sizeof(Request) == 28 && offsetof(Request, handle) == 8 &&
+              offsetof(Request, offset) == 16 && offsetof(Request, length) == 24);
+
+/// S: a simple reply; a successful READ's data follows.
+struct [[gnu::packed]] SimpleReply {
+  std::uint32_t magic;  ///< kSimpleReplyMagic
+  std::uint32_t error;
+  std::uint64_t handle;
+};
+static_assert(sizeof(SimpleReply) == 16 && offsetof(SimpleReply, handle) == 8);
+
+/// Host order <-> wire order (the same swap both ways).
+Greeting to_wire(Greeting m) noexcept;
+OptionHeader to_wire(OptionHeader m) noexcept;
+OptionReply to_wire(OptionReply m) noexcept;
+ExportNameReply to_wire(ExportNameReply m) noexcept;
+InfoExport to_wire(InfoExport m) noexcept;
+InfoBlockSize to_wire(InfoBlockSize m) noexcept;
+Request to_wire(Request m) noexcept;
+SimpleReply to_wire(SimpleReply m) noexcept;
+template <typename M>
+M from_wire(M m) noexcept {
+  return to_wire(m);
+}
+
+/// "NBD_CMD_READ", "NBD_OPT_GO", ... ("unknown" for others), for logs and tests.
+const char* command_name(std::uint16_t type) noexcept;
+const char* option_name(std::uint32_t option) noexcept;
+
+}  // namespace nbd
+
+/// What NBD_CMD_TRIM does.
+enum class NbdTrim : std::uint8_t {
+  zero,    ///< advertised; trimmed sectors are written with zeroes (reads return zeroes)
+  ignore,  ///< advertised; acknowledged and otherwise ignored (allowed: trim is advisory)
+  off,     ///< not advertised; a TRIM gets EINVAL
+};
+
+/// Every member has a default except socket_path.
+struct NbdServerConfig {
+  std::string socket_path;  ///< Unix socket to listen on (an existing socket file is replaced).
+  std::string export_name = "keel";  ///< The default export ("") is accepted as well.
+  std::string description = "keel guest disk";
+  /// NBD requests one connection may have in flight; the server reads no further request
+  /// from that connection until one completes.
+  unsigned queue_depth = 64;
+  /// Largest READ/WRITE payload (the spec's 32 MiB at most; a power of two >= 4096).
+  std::uint32_t max_request_bytes = nbd::kMaxPayload;
+  /// Data buffers in guest memory, shared by all connections (>= max_request_bytes + 256 KiB).
+  std::uint64_t buffer_bytes = 64ull << 20;
+  /// Entries of the server's virtqueue (the guest driver's queue; a power of two).
+  std::uint16_t virtqueue_size = 256;
+  /// Largest virtio-blk request the server builds (a multiple of 128 KiB); longer NBD requests
+  /// are split.
+  std::uint32_t max_virtio_bytes = 1u << 20;
+  NbdTrim trim = NbdTrim::zero;
+  bool read_only = false;
+  /// Connections at once; further ones are accepted and closed at once.
+  unsigned max_connections = 16;
+  std::chrono::milliseconds handshake_timeout{10000};
+  std::chrono::milliseconds io_timeout{30000};
+  /// How long stop() lets in-flight requests finish and their replies drain.
+  std::chrono::milliseconds stop_timeout{5000};
+  /// Log dropped connections and failed device requests to stderr.
+  bool log = true;
+};
+
+struct NbdServerStats {
+  std::uint64_t connections = 0;      ///< Accepted and served.
+  std::uint64_t turned_away = 0;      ///< Closed at once (max_connections).
+  std::uint64_t transmissions = 0;    ///< Connections that reached the transmission phase.
+  std::uint64_t disconnects = 0;      ///< Connections closed (for any reason).
+  std::uint64_t protocol_errors = 0;  ///< Connections dropped for a protocol violation or timeout.
+  std::uint64_t options = 0;          ///< Options handled.
+  std::uint64_t requests = 0;         ///< Transmission requests replied to.
+  std::uint64_t reads = 0, writes = 0, flushes = 0, trims = 0, write_zeroes = 0;
+  std::uint64_t bytes_read = 0, bytes_written = 0;
+  std::uint64_t error_replies = 0;    ///< Replies with a non-zero error.
+  std::uint64_t unaligned = 0;        ///< Requests that needed a covering read or RMW.
+  std::uint64_t device_timeouts = 0;  ///< Device requests past io_timeout (replied EIO).
+  std::uint64_t virtio_requests = 0;  ///< virtio-blk requests completed.
+  std::uint64_t virtio_errors = 0;    ///< ... with a non-OK status.
+};
+
+/// An NBD server on a unix socket, exporting the virtio-blk disk of one paravisor. One thread
+/// serves every connection (epoll); all connections share one virtqueue.
+///
+/// Threading: stats(), thread_cpu_ns() and last_error() may be called from any thread.
+class NbdServer {
+ public:
+  /// Guest RAM the server lays out (rings, write-zeroes payloads, data buffers). The guest
+  /// memory given to create() must have at least this much at GPA 0.
+  static std::uint64_t guest_memory_bytes(const NbdServerConfig& config) noexcept;
+
+  /// Attaches a guest driver to `pv` (which must not be started yet and must have been created
+  /// with threads = true over `memory`) and listens on the socket. The paravisor must outlive
+  /// the server. Errors: invalid_argument (config, memory too small), io_error (socket, bind,
+  /// eventfd), and errors from the device while the driver attaches.
+  static Result<std::unique_ptr<NbdServer>> create(const NbdServerConfig& config, Paravisor& pv,
+                                                   GuestMemory& memory);
+  /// stop(), then detaches from the paravisor. Call Paravisor::stop() before this: the
+  /// paravisor's workers must not run while the guest driver goes away.
+  ~NbdServer();
+  NbdServer(const NbdServer&) = delete;
+  NbdServer& operator=(const NbdServer&) = delete;
+
+  /// Starts the paravisor's workers and the server thread. Errors: from the paravisor, io_error.
+  Status start();
+  /// Stops accepting, lets in-flight requests finish and their replies drain (bounded by
+  /// stop_timeout), closes every connection and joins the thread. Idempotent.
+  void stop();
+
+  NbdServerStats stats() const;
+  /// CPU time of the server thread so far (user + system), in nanoseconds.
+  std::uint64_t thread_cpu_ns() const;
+  /// The last problem the server noticed (a dropped peer, a failed device request), or "".
+  std::string last_error() const;
+  const std::string& socket_path() const noexcept;
+  /// Export size in bytes.
+  std::uint64_t export_bytes() const noexcept;
+
+  struct Impl;
+
+ private:
+  explicit NbdServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+/// One keel guest disk behind an NBD server, stood up whole: a free-running card, its PF
+/// manager and one VF, a host storage service on the same image, a paravisor (worker threads)
+/// on the VF or on the fallback, and the server. keel-nbd and the tests use it.
+struct NbdDiskOptions {
+  std::string card = "model";  ///< Card spec ("model", "sim", ...).
+  /// Disk image (created if missing). Empty: a temporary image in /dev/shm (or the temp
+  /// directory), removed when the disk goes away.
+  std::string image;
+  std::uint64_t size_bytes = 64ull << 20;  ///< Disk size (a multiple of 1 MiB).
+  bool vf_path = true;  ///< false: the guest has no VF; everything takes the fallback.
+  NbdServerConfig server;
+};
+
+class NbdDisk {
+ public:
+  /// Stands everything up and starts serving. Errors: from every layer, with what failed.
+  static Result<std::unique_ptr<NbdDisk>> create(const NbdDiskOptions& options);
+  /// Stops the server, then the paravisor, then tears everything down in order.
+  ~NbdDisk();
+  NbdDisk(const NbdDisk&) = delete;
+  NbdDisk& operator=(const NbdDisk&) = delete;
+
+  NbdServer& server() noexcept { return *server_; }
+  Paravisor& paravisor() noexcept { return *pv_; }
+  HostStorageService& host() noexcept { return *host_; }
+  fpga::Card& card() noexcept { return *card_; }
+  const std::string& image() const noexcept { return image_; }
+  /// Host-side CPU of the data path: paravisor worker threads + host service thread + its
+  /// io_uring workers, in nanoseconds (keel_bench_paravisor's cpu_ns_per_io numerator).
+  std::uint64_t host_cpu_ns() const;
+  /// Stops serving (server, then paravisor); idempotent. Counters stay readable.
+  void stop();
+
+ private:
+  NbdDisk() = default;
+  std::string image_;
+  bool remove_image_ = false;
+  std::unique_ptr<fpga::Card> card_;
+  std::unique_ptr<GuestMemory> memory_;
+  std::unique_ptr<HostStorageService> host_;
+  std::unique_ptr<Paravisor> pv_;
+  std::unique_ptr<NbdServer> server_;
+  bool stopped_ = false;
+  std::uint64_t stopped_cpu_ns_ = 0;
+};
+
+}  // namespace keel::vmm

@@ -1,0 +1,1650 @@
+// The NBD server: one epoll thread serving every connection, one in-process virtio-blk guest
+// driver carrying the requests to the paravisor.
+//
+// Life of a request: the header is parsed and validated (an invalid one is answered at once, a
+// WRITE's payload being read and dropped first); its data buffer is taken from the pool in
+// guest memory (the connection stops reading while the pool is short); a WRITE's payload is
+// received straight into that buffer; the request is admitted (an unaligned write waits until
+// nothing else runs, and nothing starts while it runs); it becomes virtio-blk requests of at
+// most max_virtio_bytes, queued until the virtqueue has descriptors for them; completions move
+// it through its stages (edge reads of a read-modify-write, the data, the FUA flush); then its
+// reply is queued and sent with its data straight from the buffer.
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <list>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "keel/vmm/guest_driver.h"
+#include "keel/vmm/nbd_server.h"
+
+namespace keel::vmm {
+
+namespace blk = virtio::blk;
+
+namespace {
+
+constexpr std::uint32_t kSector = 512;
+/// Unit of the data-buffer pool: one NVMe MDTS, page aligned, so buffers stay PRP friendly.
+constexpr std::uint32_t kChunk = 128u << 10;
+/// Sectors one virtio-blk WRITE_ZEROES may carry (the device's max_write_zeroes_sectors).
+constexpr std::uint32_t kMaxZeroSectors = 1u << 16;
+/// Option data the server buffers; longer options are skipped and refused (ERR_TOO_BIG).
+constexpr std::uint32_t kMaxOptionBytes = 64u << 10;
+/// Option data past which the peer is dropped instead (nothing legitimate is that long).
+constexpr std::uint32_t kMaxSkipOptionBytes = 16u << 20;
+/// Option replies queued for a peer that does not read them, past which its options wait.
+constexpr std::size_t kMaxQueuedOptionReplies = 64;
+/// Receive buffer of a connection (headers and small payloads are copied out of it).
+constexpr std::size_t kInBufBytes = 256u << 10;
+/// Payload left at which the server receives straight into the request buffer.
+constexpr std::uint64_t kDirectRecvBytes = 16u << 10;
+/// Guest memory below the buffers: the rings, their header scratch, write-zeroes payloads.
+constexpr std::uint64_t kRingArea = 8ull << 20;
+
+std::uint64_t now_ns() noexcept {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull +
+         static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+std::uint64_t ns(std::chrono::milliseconds ms) noexcept {
+  return static_cast<std::uint64_t>(ms.count()) * 1'000'000ull;
+}
+
+std::uint32_t load_be32(const std::byte* p) noexcept {
+  std::uint32_t v;
+  std::memcpy(&v, p, 4);
+  return __builtin_bswap32(v);
+}
+std::uint16_t load_be16(const std::byte* p) noexcept {
+  std::uint16_t v;
+  std::memcpy(&v, p, 2);
+  return __builtin_bswap16(v);
+}
+
+template <typename M>
+void append(std::string& out, const M& m) {
+  const M w = nbd::to_wire(m);
+  out.append(reinterpret_cast<const char*>(&w), sizeof w);
+}
+void append_be32(std::string& out, std::uint32_t v) {
+  const std::uint32_t w = __builtin_bswap32(v);
+  out.append(reinterpret_cast<const char*>(&w), 4);
+}
+void append_be16(std::string& out, std::uint16_t v) {
+  const std::uint16_t w = __builtin_bswap16(v);
+  out.append(reinterpret_cast<const char*>(&w), 2);
+}
+
+std::uint64_t chunks_for(std::uint64_t bytes) noexcept { return (bytes + kChunk - 1) / kChunk; }
+
+}  // namespace
+
+struct NbdServer::Impl {
+  struct Conn;
+
+  enum class Stage : std::uint8_t { edges, main, flush, done };
+
+  /// One NBD request the server is working on.
+  struct Req {
+    Conn* conn = nullptr;
+    nbd::Request h{};                   // host order
+    std::uint64_t a0 = 0, a1 = 0;       // covering sector-aligned byte range of the buffer
+    std::uint32_t shift = 0;            // h.offset - a0
+    std::vector<std::uint32_t> chunks;  // the data buffer: pool chunks, in order
+    std::int64_t scratch = -1;          // chunk holding the edge sectors of an RMW
+    bool head_edge = false, tail_edge = false;
+    Stage stage = Stage::main;
+    unsigned ops_left = 0;
+    std::uint32_t error = 0;
+    bool exclusive = false;
+    bool fua = false;
+    bool admitted = false;
+    bool device_done = false;
+    bool replied = false;  // reply queued (possibly early, for a device timeout)
+    std::uint64_t deadline_ns = 0;
+    std::list<Req>::iterator self;
+  };
+
+  enum class VKind : std::uint8_t { read, write, flush, zeroes };
+  /// One virtio-blk request of an NBD request.
+  struct VOp {
+    Req* req = nullptr;
+    VKind kind = VKind::read;
+    bool scratch = false;     // data in the scratch chunk instead of the buffer
+    std::uint32_t pos = 0;    // byte position in the buffer (or scratch chunk)
+    std::uint32_t bytes = 0;  // data bytes (read/write) or zeroed bytes
+    std::uint64_t sector = 0;
+    int wz_slot = -1;
+  };
+
+  /// One reply (or handshake message) waiting to be sent.
+  struct Out {
+    std::array<std::byte, 16> hdr{};
+    std::uint8_t hdr_len = 0;
+    std::string blob;     // handshake messages
+    Req* data = nullptr;  // a READ whose data follows the header
+    std::uint64_t total = 0;
+    std::uint64_t sent = 0;
+    bool counts = false;  // a transmission reply (frees a queue-depth slot when sent)
+  };
+
+  enum class St : std::uint8_t {
+    client_flags,
+    opt_header,
+    opt_data,
+    opt_skip,
+    req_header,
+    payload,
+    skip,
+  };
+
+  struct Conn {
+    std::uint64_t id = 0;
+    int fd = -1;
+    St st = St::client_flags;
+    bool transmission = false;
+    bool no_zeroes = false;
+    bool disc = false;             // NBD_CMD_DISC seen: finish, then close
+    bool close_after_out = false;  // NBD_OPT_ABORT: close once the ACK is out
+    bool waiting_pool = false;
+    bool in_resume = false, in_dirty = false;
+    std::vector<std::byte> in;
+    std::size_t in_head = 0, in_tail = 0;
+    nbd::OptionHeader opt{};
+    std::string optbuf;
+    std::uint64_t left = 0;   // option data / payload / skip bytes still to come
+    std::uint64_t pos = 0;    // payload: next buffer position
+    nbd::Request skip_req{};  // the request whose payload is being skipped
+    std::uint32_t skip_error = 0;
+    Req* cur = nullptr;  // receiving its payload or waiting for buffers
+    std::deque<Out> out;
+    unsigned active = 0;  // requests accepted whose reply is not sent yet
+    unsigned refs = 0;    // Req objects pointing here
+    std::uint64_t handshake_deadline = 0;
+    std::uint64_t msg_start = 0;   // first byte of an incomplete message
+    std::uint64_t send_stall = 0;  // since when output waits for the peer
+    std::uint32_t mask = 0;        // epoll interest registered
+  };
+
+  // ---- configuration and the stack ----
+  NbdServerConfig cfg;
+  Paravisor& pv;
+  GuestMemory& mem;
+  std::unique_ptr<GuestDriver> guest;
+  std::uint64_t size = 0;  // export bytes
+  std::uint16_t tx_flags = 0;
+  int listen_fd = -1, call_fd = -1, wake_fd = -1, ep = -1;
+  std::string bound_path;
+
+  // ---- guest memory layout ----
+  std::uint64_t wz_gpa = 0;
+  std::uint64_t pool_gpa = 0;
+  std::byte* pool_host = nullptr;
+  std::vector<std::uint32_t> free_chunks;
+  std::vector<int> free_wz;
+
+  // ---- state of the server thread ----
+  std::map<std::uint64_t, std::unique_ptr<Conn>> conns;
+  std::uint64_t next_conn_id = 16;  // ids below are the listener, call fd and wake fd
+  std::list<Req> reqs, spare_reqs;
+  std::deque<VOp> pending;    // waiting for descriptors
+  std::vector<VOp> inflight;  // by virtio request id (descriptor head)
+  std::vector<bool> inflight_valid;
+  std::deque<Req*> admit_q;  // accepted, waiting for their turn
+  std::deque<Conn*> pool_waiters;
+  std::vector<Conn*> resume, dirty;
+  unsigned running = 0;  // admitted requests whose device work is not done
+  bool exclusive_running = false;
+  bool pumping = false;
+  std::uint64_t accept_paused_until = 0;  // out of fds: accepting rests a moment
+  std::uint64_t next_timer_ns = 0;
+
+  // ---- shared with other threads ----
+  std::thread thread;
+  std::atomic<bool> stopping{false};
+  std::atomic<bool> started{false};
+  std::atomic<std::uint64_t> final_cpu_ns{0};
+  std::atomic<bool> thread_done{false};
+  mutable std::mutex mu;         // last_err
+  mutable std::mutex thread_mu;  // the thread handle (joins, CPU sampling)
+  std::string last_err;
+  struct AtomicStats {
+    std::atomic<std::uint64_t> connections{0}, turned_away{0}, transmissions{0}, disconnects{0},
+        protocol_errors{0}, options{0}, requests{0}, reads{0}, writes{0}, flushes{0}, trims{0},
+        write_zeroes{0}, bytes_read{0}, bytes_written{0}, error_replies{0}, unaligned{0},
+        device_timeouts{0}, virtio_requests{0}, virtio_errors{0};
+  } st;
+
+  Impl(const NbdServerConfig& c, Paravisor& p, GuestMemory& m) : cfg(c), pv(p), mem(m) {}
+  ~Impl() {
+    if (listen_fd >= 0) close(listen_fd);
+    if (!bound_path.empty()) unlink(bound_path.c_str());
+    for (auto& [id, c] : conns) {
+      if (c->fd >= 0) close(c->fd);
+    }
+    // The guest driver detaches (and stops using call_fd) before the fd goes.
+    guest.reset();
+    if (call_fd >= 0) close(call_fd);
+    if (wake_fd >= 0) close(wake_fd);
+    if (ep >= 0) close(ep);
+  }
+
+  static void bump(std::atomic<std::uint64_t>& a, std::uint64_t n = 1) {
+    a.fetch_add(n, std::memory_order_relaxed);
+  }
+
+  void note(const std::string& what) {
+    {
+      std::lock_guard lock(mu);
+      last_err = what;
+    }
+    if (cfg.log) std::fprintf(stderr, "nbd: %s\n", what.c_str());
+  }
+
+  // ================================================================ setup
+
+  Status setup() {
+    size = pv.capacity_sectors() * kSector;
+    tx_flags = nbd::kFlagHasFlags | nbd::kFlagSendFlush | nbd::kFlagSendFua |
+               nbd::kFlagSendWriteZeroes | nbd::kFlagCanMultiConn;
+    if (cfg.trim != NbdTrim::off) tx_flags |= nbd::kFlagSendTrim;
+    if (cfg.read_only) tx_flags |= nbd::kFlagReadOnly;
+
+    auto g = GuestDriver::attach(pv, mem, 1, cfg.virtqueue_size, 0);
+    if (!g) return g.error();
+    guest = std::move(g).value();
+    wz_gpa = guest->alloc(std::uint64_t{cfg.virtqueue_size} * 16, 4096);
+    pool_gpa = guest->alloc(cfg.buffer_bytes, 2u << 20);
+    pool_host = mem.translate(pool_gpa, cfg.buffer_bytes);
+    if (pool_gpa + cfg.buffer_bytes > guest_memory_bytes(cfg) || pool_host == nullptr ||
+        mem.translate(wz_gpa, std::uint64_t{cfg.virtqueue_size} * 16) == nullptr) {
+      return make_error(Errc::invalid_argument,
+                        "guest memory too small for the NBD server's buffers (need " +
+                            std::to_string(guest_memory_bytes(cfg)) +
+                            " bytes at GPA 0; see NbdServer::guest_memory_bytes)");
+    }
+    const auto nchunks = static_cast<std::uint32_t>(cfg.buffer_bytes / kChunk);
+    for (std::uint32_t i = nchunks; i-- > 0;) free_chunks.push_back(i);
+    for (int i = cfg.virtqueue_size; i-- > 0;) free_wz.push_back(i);
+    inflight.assign(cfg.virtqueue_size, VOp{});
+    inflight_valid.assign(cfg.virtqueue_size, false);
+
+    // The paravisor signals completions on our eventfd (the server thread sleeps in epoll).
+    call_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    if (call_fd < 0 || wake_fd < 0 || ep < 0) {
+      return make_error(Errc::io_error, std::string("eventfd/epoll: ") + std::strerror(errno));
+    }
+    pv.set_call_fd(0, call_fd);
+    return listen_on(cfg.socket_path);
+  }
+
+  Status listen_on(const std::string& path) {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (path.empty() || path.size() >= sizeof addr.sun_path) {
+      return make_error(Errc::invalid_argument,
+                        "socket path '" + path + "' is empty or longer than " +
+                            std::to_string(sizeof addr.sun_path - 1) + " bytes");
+    }
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    struct stat sb {};
+    if (lstat(path.c_str(), &sb) == 0) {
+      if (!S_ISSOCK(sb.st_mode)) {
+        return make_error(Errc::invalid_argument,
+                          "'" + path + "' exists and is not a socket; not replacing it");
+      }
+      unlink(path.c_str());
+    }
+    listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (listen_fd < 0) {
+      return make_error(Errc::io_error, std::string("socket: ") + std::strerror(errno));
+    }
+    if (bind(listen_fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
+      return make_error(Errc::io_error, "bind " + path + ": " + std::strerror(errno));
+    }
+    bound_path = path;
+    if (listen(listen_fd, 64) != 0) {
+      return make_error(Errc::io_error, "listen " + path + ": " + std::strerror(errno));
+    }
+    epoll_event e{};
+    e.events = EPOLLIN;
+    e.data.u64 = 0;
+    epoll_ctl(ep, EPOLL_CTL_ADD, listen_fd, &e);
+    e.data.u64 = 1;
+    epoll_ctl(ep, EPOLL_CTL_ADD, call_fd, &e);
+    e.data.u64 = 2;
+    epoll_ctl(ep, EPOLL_CTL_ADD, wake_fd, &e);
+    return {};
+  }
+
+  // ================================================================ the loop
+
+  void run() {
+    const std::uint64_t stop_budget = ns(cfg.stop_timeout);
+    std::uint64_t stop_deadline = 0;
+    epoll_event ev[32];
+    for (;;) {
+      const std::uint64_t now = now_ns();
+      if (accept_paused_until != 0 && now >= accept_paused_until && listen_fd >= 0) {
+        accept_paused_until = 0;
+        epoll_event e{};
+        e.events = EPOLLIN;
+        e.data.u64 = 0;
+        epoll_ctl(ep, EPOLL_CTL_MOD, listen_fd, &e);
+      }
+      if (now >= next_timer_ns) {
+        check_timers(now);
+        next_timer_ns = now + 50'000'000ull;
+      }
+      if (stopping.load(std::memory_order_acquire)) {
+        if (stop_deadline == 0) {
+          stop_deadline = now + stop_budget;
+          begin_stop();
+        }
+        for (auto& [id, c] : conns) {
+          if (c->fd >= 0 && c->active == 0 && c->out.empty()) close_conn(*c, nullptr);
+        }
+        bool open = false;
+        for (auto& [id, c] : conns) open = open || c->fd >= 0;
+        if ((!open && running == 0 && pending.empty()) || now >= stop_deadline) break;
+      }
+      // Everything that needs no waiting, until nothing is left (bounded: others need turns).
+      // Parsing (resumes, pool grants) and completions queue virtio requests, so the
+      // submission comes after them in every round.
+      for (int round = 0; round < 8; ++round) {
+        run_resumes();
+        serve_pool_waiters();
+        reap();
+        submit_pending();
+        flush_dirty();
+        if (resume.empty() && dirty.empty()) break;
+      }
+      reap_dead();
+      update_masks();
+      // reap() published used_event; an entry the device used before seeing it raised no
+      // notification. Look once more after a full fence (the device fences between pushing an
+      // entry and reading used_event): either it notifies or this sees the entry.
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      const bool more = reap() > 0 || !resume.empty() || !dirty.empty() || can_submit();
+      const bool busy = !conns.empty() || running > 0 || !pending.empty();
+      const int timeout = more                                       ? 0
+                          : stopping.load(std::memory_order_relaxed) ? 10
+                          : busy                                     ? 100
+                                                                     : -1;
+      const int n = epoll_wait(ep, ev, 32, timeout);
+      for (int i = 0; i < n; ++i) {
+        const std::uint64_t id = ev[i].data.u64;
+        if (id == 0) {
+          accept_all();
+        } else if (id == 1 || id == 2) {
+          std::uint64_t v;
+          (void)!read(id == 1 ? call_fd : wake_fd, &v, sizeof v);
+        } else {
+          auto it = conns.find(id);
+          if (it == conns.end() || it->second->fd < 0) continue;
+          Conn& c = *it->second;
+          const std::uint32_t e = ev[i].events;
+          if ((e & EPOLLOUT) != 0) flush_out(c);
+          if (c.fd < 0) continue;
+          if ((e & EPOLLIN) != 0 || ((e & (EPOLLHUP | EPOLLERR)) != 0 && want_read(c))) {
+            process(c);
+          } else if ((e & (EPOLLHUP | EPOLLERR)) != 0) {
+            close_conn(c, nullptr);  // the peer is gone; nobody will read the replies
+          }
+        }
+      }
+    }
+    for (auto& [id, c] : conns) {
+      if (c->fd >= 0) close_conn(*c, nullptr);
+    }
+    if (running > 0 || !pending.empty()) {
+      note("stopping with " + std::to_string(running) +
+           " request(s) still on the device after the stop timeout");
+    }
+  }
+
+  void begin_stop() {
+    if (listen_fd >= 0) {
+      epoll_ctl(ep, EPOLL_CTL_DEL, listen_fd, nullptr);
+      close(listen_fd);
+      listen_fd = -1;
+    }
+    if (!bound_path.empty()) {
+      unlink(bound_path.c_str());
+      bound_path.clear();
+    }
+    for (auto& [id, c] : conns) {
+      if (c->fd >= 0 && !c->transmission) close_conn(*c, nullptr);
+    }
+  }
+
+  void check_timers(std::uint64_t now) {
+    for (auto& [id, cp] : conns) {
+      Conn& c = *cp;
+      if (c.fd < 0) continue;
+      if (!c.transmission && now > c.handshake_deadline) {
+        drop(c, "handshake not finished within " + std::to_string(cfg.handshake_timeout.count()) +
+                    " ms");
+      } else if (c.msg_start != 0 && want_read(c) && now - c.msg_start > ns(cfg.io_timeout)) {
+        drop(c, "request incomplete after " + std::to_string(cfg.io_timeout.count()) + " ms");
+      } else if (c.send_stall != 0 && now - c.send_stall > ns(cfg.io_timeout)) {
+        drop(c, "peer took no reply data for " + std::to_string(cfg.io_timeout.count()) + " ms");
+      }
+    }
+    for (Req& r : reqs) {
+      if (r.deadline_ns == 0 || r.device_done || r.replied || now <= r.deadline_ns) continue;
+      bump(st.device_timeouts);
+      note(std::string(nbd::command_name(r.h.type)) + " at " + std::to_string(r.h.offset) + " (+" +
+           std::to_string(r.h.length) + ") not done by the device after " +
+           std::to_string(cfg.io_timeout.count()) + " ms: replying EIO");
+      reply(r, nbd::kEio);
+    }
+  }
+
+  // ================================================================ connections
+
+  void accept_all() {
+    for (;;) {
+      const int fd = accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+        note(std::string("accept: ") + std::strerror(errno) + "; not accepting for 100 ms");
+        // Level-triggered: a listener that keeps failing (EMFILE) would spin. Rest it.
+        epoll_event e{};
+        e.data.u64 = 0;
+        epoll_ctl(ep, EPOLL_CTL_MOD, listen_fd, &e);
+        accept_paused_until = now_ns() + 100'000'000ull;
+        return;
+      }
+      unsigned open = 0;
+      for (auto& [id, c] : conns) open += c->fd >= 0 ? 1u : 0u;
+      if (open >= cfg.max_connections || stopping.load(std::memory_order_relaxed)) {
+        close(fd);
+        bump(st.turned_away);
+        continue;
+      }
+      auto c = std::make_unique<Conn>();
+      c->id = next_conn_id++;
+      c->fd = fd;
+      c->in.resize(kInBufBytes);
+      c->handshake_deadline = now_ns() + ns(cfg.handshake_timeout);
+      Conn& ref = *c;
+      conns.emplace(c->id, std::move(c));
+      epoll_event e{};
+      e.events = EPOLLIN;
+      e.data.u64 = ref.id;
+      epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e);
+      ref.mask = EPOLLIN;
+      bump(st.connections);
+      std::string g;
+      append(g, nbd::Greeting{
+                    nbd::kInitPasswd, nbd::kOptMagic,
+                    static_cast<std::uint16_t>(nbd::kFlagFixedNewstyle | nbd::kFlagNoZeroes)});
+      queue_blob(ref, std::move(g));
+    }
+  }
+
+  /// A protocol violation or a timeout: the peer is dropped.
+  void drop(Conn& c, const std::string& why) {
+    bump(st.protocol_errors);
+    note("connection " + std::to_string(c.id) + ": " + why + "; disconnecting");
+    close_conn(c, nullptr);
+  }
+
+  void close_conn(Conn& c, const char* why) {
+    if (c.fd < 0) return;
+    if (why != nullptr && cfg.log) {
+      std::fprintf(stderr, "nbd: connection %" PRIu64 ": %s\n", c.id, why);
+    }
+    epoll_ctl(ep, EPOLL_CTL_DEL, c.fd, nullptr);
+    close(c.fd);
+    c.fd = -1;
+    bump(st.disconnects);
+    // Replies nobody will read: release what they hold.
+    while (!c.out.empty()) {
+      Req* r = c.out.front().data;
+      c.out.pop_front();
+      if (r != nullptr) release(*r);
+    }
+    if (c.cur != nullptr) {  // receiving a payload or waiting for buffers: never admitted
+      Req* r = c.cur;
+      c.cur = nullptr;
+      release(*r);
+    }
+    if (c.waiting_pool) {
+      c.waiting_pool = false;
+      pool_waiters.erase(std::remove(pool_waiters.begin(), pool_waiters.end(), &c),
+                         pool_waiters.end());
+    }
+    c.active = 0;
+  }
+
+  void reap_dead() {
+    auto dead = [](const Conn* c) { return c->fd < 0 && c->refs == 0; };
+    resume.erase(std::remove_if(resume.begin(), resume.end(), dead), resume.end());
+    dirty.erase(std::remove_if(dirty.begin(), dirty.end(), dead), dirty.end());
+    for (auto it = conns.begin(); it != conns.end();) {
+      if (it->second->fd < 0 && it->second->refs == 0) {
+        it = conns.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  bool want_read(const Conn& c) const {
+    if (c.fd < 0 || c.close_after_out || c.waiting_pool) return false;
+    if (c.st == St::opt_header && c.out.size() > kMaxQueuedOptionReplies) return false;
+    if (stopping.load(std::memory_order_relaxed) && c.st == St::req_header) return false;
+    if (c.st == St::req_header) return !c.disc && c.active < cfg.queue_depth;
+    return true;
+  }
+
+  void update_masks() {
+    for (auto& [id, cp] : conns) {
+      Conn& c = *cp;
+      if (c.fd < 0) continue;
+      if (c.msg_start != 0 && !want_read(c)) c.msg_start = now_ns();  // not the peer's wait
+      const std::uint32_t want =
+          (want_read(c) ? EPOLLIN : 0u) | (c.send_stall != 0 ? EPOLLOUT : 0u);
+      if (want != c.mask) {
+        epoll_event e{};
+        e.events = want;
+        e.data.u64 = c.id;
+        epoll_ctl(ep, EPOLL_CTL_MOD, c.fd, &e);
+        c.mask = want;
+      }
+    }
+  }
+
+  void mark_resume(Conn& c) {
+    if (c.fd >= 0 && !c.in_resume) {
+      c.in_resume = true;
+      resume.push_back(&c);
+    }
+  }
+  void run_resumes() {
+    for (std::size_t i = 0; i < resume.size(); ++i) {
+      Conn* c = resume[i];
+      c->in_resume = false;
+      if (c->fd >= 0) process(*c);
+    }
+    resume.clear();
+  }
+
+  // ---- input ----
+
+  std::size_t avail(const Conn& c) const { return c.in_tail - c.in_head; }
+
+  /// Parses what is buffered and reads more from the socket while the connection may take
+  /// more (non-blocking: stops at EAGAIN).
+  void process(Conn& c) {
+    for (int rounds = 0; rounds < 64 && c.fd >= 0; ++rounds) {
+      if (!parse(c)) return;  // waiting for something other than input
+      if (c.fd < 0 || !want_read(c)) return;
+      // Need more input.
+      if (c.st == St::payload && avail(c) == 0 && c.left >= kDirectRecvBytes) {
+        if (!recv_direct(c)) return;
+        continue;
+      }
+      if (c.in_head == c.in_tail) {
+        c.in_head = c.in_tail = 0;
+      } else if (c.in_head > 0 && (c.in_tail == c.in.size() || c.in_head > c.in.size() / 2)) {
+        std::memmove(c.in.data(), c.in.data() + c.in_head, avail(c));
+        c.in_tail -= c.in_head;
+        c.in_head = 0;
+      }
+      const ssize_t n = recv(c.fd, c.in.data() + c.in_tail, c.in.size() - c.in_tail, 0);
+      if (n > 0) {
+        c.in_tail += static_cast<std::size_t>(n);
+        if (c.msg_start == 0 && (c.st != St::req_header || avail(c) > 0)) c.msg_start = now_ns();
+        continue;
+      }
+      if (n == 0) {
+        peer_closed(c);
+        return;
+      }
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        close_conn(c, ("receive failed: " + std::string(std::strerror(errno))).c_str());
+      }
+      return;
+    }
+    mark_resume(c);  // more to do; give the others a turn first
+  }
+
+  void peer_closed(Conn& c) {
+    const St idle = c.transmission ? St::req_header : St::opt_header;
+    const bool mid = c.st != idle || avail(c) > 0 || c.st == St::client_flags;
+    if (mid && !c.close_after_out) {
+      bump(st.protocol_errors);
+      note("connection " + std::to_string(c.id) + ": peer closed " +
+           (c.transmission ? "in the middle of a request" : "during the handshake"));
+    }
+    close_conn(c, nullptr);
+  }
+
+  bool recv_direct(Conn& c) {
+    Req& r = *c.cur;
+    iovec iov[64];
+    const int n = buffer_iov(r, c.pos, c.left, iov, 64);
+    const ssize_t got = readv(c.fd, iov, n);
+    if (got > 0) {
+      c.pos += static_cast<std::uint64_t>(got);
+      c.left -= static_cast<std::uint64_t>(got);
+      if (c.msg_start == 0) c.msg_start = now_ns();
+      return true;
+    }
+    if (got == 0) {
+      peer_closed(c);
+      return false;
+    }
+    if (errno == EINTR) return true;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      close_conn(c, ("receive failed: " + std::string(std::strerror(errno))).c_str());
+    }
+    return false;
+  }
+
+  /// iovecs covering buffer bytes [pos, pos + len) of r.
+  int buffer_iov(const Req& r, std::uint64_t pos, std::uint64_t len, iovec* iov, int max) const {
+    int n = 0;
+    while (len > 0 && n < max) {
+      const std::uint64_t ci = pos / kChunk, off = pos % kChunk;
+      const std::uint64_t take = std::min<std::uint64_t>(len, kChunk - off);
+      iov[n++] = {pool_host + std::uint64_t{r.chunks[ci]} * kChunk + off, take};
+      pos += take;
+      len -= take;
+    }
+    return n;
+  }
+
+  std::byte* chunk_host(std::uint32_t chunk) const {
+    return pool_host + std::uint64_t{chunk} * kChunk;
+  }
+
+  void copy_into_buffer(Req& r, std::uint64_t pos, const std::byte* src, std::uint64_t len) {
+    while (len > 0) {
+      const std::uint64_t ci = pos / kChunk, off = pos % kChunk;
+      const std::uint64_t take = std::min<std::uint64_t>(len, kChunk - off);
+      std::memcpy(chunk_host(r.chunks[ci]) + off, src, take);
+      pos += take;
+      src += take;
+      len -= take;
+    }
+  }
+
+  /// Runs the state machine over buffered input. Returns true when it needs more input,
+  /// false when it stopped for another reason (connection closed, waiting for buffers,
+  /// queue depth reached).
+  bool parse(Conn& c) {
+    for (;;) {
+      if (c.fd < 0 || c.close_after_out) return false;
+      switch (c.st) {
+        case St::client_flags: {
+          if (avail(c) < 4) return true;
+          const std::uint32_t flags = load_be32(c.in.data() + c.in_head);
+          c.in_head += 4;
+          if ((flags & ~(nbd::kFlagCFixedNewstyle | nbd::kFlagCNoZeroes)) != 0) {
+            drop(c, "unknown client flags 0x" + hex(flags));
+            return false;
+          }
+          c.no_zeroes = (flags & nbd::kFlagCNoZeroes) != 0;
+          c.st = St::opt_header;
+          break;
+        }
+        case St::opt_header: {
+          if (c.out.size() > kMaxQueuedOptionReplies) return false;  // peer must read first
+          if (avail(c) < sizeof(nbd::OptionHeader)) return true;
+          nbd::OptionHeader h;
+          std::memcpy(&h, c.in.data() + c.in_head, sizeof h);
+          c.in_head += sizeof h;
+          h = nbd::from_wire(h);
+          if (h.magic != nbd::kOptMagic) {
+            drop(c, "bad option magic 0x" + hex(h.magic));
+            return false;
+          }
+          c.opt = h;
+          c.optbuf.clear();
+          if (h.length > kMaxSkipOptionBytes) {
+            drop(c, std::string(nbd::option_name(h.option)) + " with " + std::to_string(h.length) +
+                        " bytes of data");
+            return false;
+          }
+          c.left = h.length;
+          c.st = h.length > kMaxOptionBytes ? St::opt_skip : St::opt_data;
+          if (c.left == 0) finish_option(c);
+          break;
+        }
+        case St::opt_data:
+        case St::opt_skip: {
+          const auto take = static_cast<std::size_t>(std::min<std::uint64_t>(avail(c), c.left));
+          if (c.st == St::opt_data) {
+            c.optbuf.append(reinterpret_cast<const char*>(c.in.data() + c.in_head), take);
+          }
+          c.in_head += take;
+          c.left -= take;
+          if (c.left > 0) return true;
+          finish_option(c);
+          break;
+        }
+        case St::req_header: {
+          if (c.disc || c.active >= cfg.queue_depth || stopping.load(std::memory_order_relaxed)) {
+            return false;
+          }
+          if (avail(c) < sizeof(nbd::Request)) {
+            if (avail(c) == 0) c.msg_start = 0;
+            return true;
+          }
+          nbd::Request h;
+          std::memcpy(&h, c.in.data() + c.in_head, sizeof h);
+          c.in_head += sizeof h;
+          if (!on_request(c, nbd::from_wire(h))) return false;
+          break;
+        }
+        case St::payload: {
+          const auto take = static_cast<std::size_t>(std::min<std::uint64_t>(avail(c), c.left));
+          if (take > 0) {
+            copy_into_buffer(*c.cur, c.pos, c.in.data() + c.in_head, take);
+            c.in_head += take;
+            c.pos += take;
+            c.left -= take;
+          }
+          if (c.left > 0) return true;
+          Req* r = c.cur;
+          c.cur = nullptr;
+          c.st = St::req_header;
+          c.msg_start = avail(c) > 0 ? now_ns() : 0;
+          admit(*r);
+          break;
+        }
+        case St::skip: {
+          const auto take = static_cast<std::size_t>(std::min<std::uint64_t>(avail(c), c.left));
+          c.in_head += take;
+          c.left -= take;
+          if (c.left > 0) return true;
+          c.st = St::req_header;
+          c.msg_start = avail(c) > 0 ? now_ns() : 0;
+          reply_now(c, c.skip_req, c.skip_error);
+          break;
+        }
+      }
+    }
+  }
+
+  static std::string hex(std::uint64_t v) {
+    char b[24];
+    std::snprintf(b, sizeof b, "%" PRIx64, v);
+    return b;
+  }
+
+  // ---- handshake ----
+
+  void opt_reply(Conn& c, std::uint32_t type, const std::string& data = {}) {
+    std::string m;
+    append(m, nbd::OptionReply{nbd::kOptReplyMagic, c.opt.option, type,
+                               static_cast<std::uint32_t>(data.size())});
+    m += data;
+    queue_blob(c, std::move(m));
+  }
+  void opt_error(Conn& c, std::uint32_t type, const std::string& message) {
+    opt_reply(c, type, message.substr(0, nbd::kMaxString));
+  }
+
+  bool export_matches(const std::string& name) const {
+    return name.empty() || name == cfg.export_name;
+  }
+
+  void finish_option(Conn& c) {
+    bump(st.options);
+    c.st = St::opt_header;
+    c.msg_start = 0;
+    const std::string& d = c.optbuf;
+    const std::uint32_t opt = c.opt.option;
+    if (c.opt.length > kMaxOptionBytes) {
+      opt_error(c, nbd::kRepErrTooBig,
+                std::string(nbd::option_name(opt)) + ": " + std::to_string(c.opt.length) +
+                    " bytes of option data is more than this server takes");
+      return;
+    }
+    switch (opt) {
+      case nbd::kOptExportName: {
+        if (!export_matches(d)) {
+          drop(c, "NBD_OPT_EXPORT_NAME for unknown export '" + d.substr(0, 256) + "'");
+          return;
+        }
+        std::string m;
+        append(m, nbd::ExportNameReply{size, tx_flags});
+        if (!c.no_zeroes) m.append(124, '\0');
+        queue_blob(c, std::move(m));
+        enter_transmission(c);
+        return;
+      }
+      case nbd::kOptAbort:
+        opt_reply(c, nbd::kRepAck);
+        c.close_after_out = true;
+        return;
+      case nbd::kOptList: {
+        if (!d.empty()) {
+          opt_error(c, nbd::kRepErrInvalid, "NBD_OPT_LIST takes no data");
+          return;
+        }
+        std::string s;
+        append_be32(s, static_cast<std::uint32_t>(cfg.export_name.size()));
+        s += cfg.export_name;
+        s += cfg.description;
+        opt_reply(c, nbd::kRepServer, s);
+        opt_reply(c, nbd::kRepAck);
+        return;
+      }
+      case nbd::kOptInfo:
+      case nbd::kOptGo: {
+        if (d.size() < 6) {
+          opt_error(c, nbd::kRepErrInvalid, std::string(nbd::option_name(opt)) + ": too short");
+          return;
+        }
+        const auto* p = reinterpret_cast<const std::byte*>(d.data());
+        const std::uint32_t nlen = load_be32(p);
+        if (nlen > d.size() - 6) {
+          opt_error(c, nbd::kRepErrInvalid,
+                    std::string(nbd::option_name(opt)) + ": name longer than the option");
+          return;
+        }
+        const std::string name = d.substr(4, nlen);
+        const std::uint16_t nreq = load_be16(p + 4 + nlen);
+        if (d.size() != 6 + std::uint64_t{nlen} + 2ull * nreq) {
+          opt_error(c, nbd::kRepErrInvalid,
+                    std::string(nbd::option_name(opt)) + ": information request count " +
+                        std::to_string(nreq) + " does not match the option's length");
+          return;
+        }
+        if (nlen > nbd::kMaxString) {
+          opt_error(c, nbd::kRepErrInvalid, "export name longer than 4096 bytes");
+          return;
+        }
+        if (!export_matches(name)) {
+          opt_error(c, nbd::kRepErrUnknown,
+                    "no export named '" + name.substr(0, 256) + "' (this server exports '" +
+                        cfg.export_name + "')");
+          return;
+        }
+        bool want_name = false, want_desc = false;
+        for (std::uint16_t i = 0; i < nreq; ++i) {
+          const std::uint16_t t = load_be16(p + 6 + nlen + 2u * i);
+          want_name = want_name || t == nbd::kInfoName;
+          want_desc = want_desc || t == nbd::kInfoDescription;
+        }
+        std::string s;
+        append(s, nbd::InfoExport{nbd::kInfoExport, size, tx_flags});
+        opt_reply(c, nbd::kRepInfo, s);
+        if (want_name) {
+          s.clear();
+          append_be16(s, nbd::kInfoName);
+          s += cfg.export_name;
+          opt_reply(c, nbd::kRepInfo, s);
+        }
+        if (want_desc) {
+          s.clear();
+          append_be16(s, nbd::kInfoDescription);
+          s += cfg.description;
+          opt_reply(c, nbd::kRepInfo, s);
+        }
+        // Always sent (the spec allows it unrequested): clients that honour it align.
+        s.clear();
+        append(s, nbd::InfoBlockSize{nbd::kInfoBlockSize, kSector, 4096, cfg.max_request_bytes});
+        opt_reply(c, nbd::kRepInfo, s);
+        opt_reply(c, nbd::kRepAck);
+        if (opt == nbd::kOptGo) enter_transmission(c);
+        return;
+      }
+      default:
+        opt_error(c, nbd::kRepErrUnsup,
+                  std::string("option ") + std::to_string(opt) + " (" + nbd::option_name(opt) +
+                      ") is not supported by this server");
+        return;
+    }
+  }
+
+  void enter_transmission(Conn& c) {
+    c.transmission = true;
+    c.st = St::req_header;
+    c.handshake_deadline = 0;
+    bump(st.transmissions);
+  }
+
+  // ---- transmission ----
+
+  /// Validates a request header. Returns the NBD error to answer with, or 0.
+  std::uint32_t validate(const nbd::Request& h) const {
+    std::uint16_t allowed = nbd::kCmdFlagFua;  // SEND_FUA: accepted on every command
+    switch (h.type) {
+      case nbd::kCmdRead:
+      case nbd::kCmdWrite:
+      case nbd::kCmdFlush: break;
+      case nbd::kCmdTrim:
+        if (cfg.trim == NbdTrim::off) return nbd::kEinval;
+        break;
+      case nbd::kCmdWriteZeroes: allowed |= nbd::kCmdFlagNoHole; break;
+      default: return nbd::kEinval;  // CACHE, BLOCK_STATUS and unknown commands
+    }
+    if ((h.flags & ~allowed) != 0) return nbd::kEinval;
+    const bool writes =
+        h.type == nbd::kCmdWrite || h.type == nbd::kCmdWriteZeroes || h.type == nbd::kCmdTrim;
+    if (writes && cfg.read_only) return nbd::kEperm;
+    if (h.type == nbd::kCmdFlush) return 0;
+    if (h.length == 0) return nbd::kEinval;
+    if ((h.type == nbd::kCmdRead || h.type == nbd::kCmdWrite) && h.length > cfg.max_request_bytes) {
+      return nbd::kEinval;
+    }
+    if (h.offset > size || h.length > size - h.offset) {
+      return h.type == nbd::kCmdWrite || h.type == nbd::kCmdWriteZeroes ? nbd::kEnospc
+                                                                        : nbd::kEinval;
+    }
+    return 0;
+  }
+
+  /// A complete request header. Returns false to stop parsing (connection dropped, waiting
+  /// for buffers).
+  bool on_request(Conn& c, const nbd::Request& h) {
+    if (h.magic != nbd::kRequestMagic) {
+      drop(c, "bad request magic 0x" + hex(h.magic));
+      return false;
+    }
+    if (h.type == nbd::kCmdDisc) {
+      c.disc = true;
+      c.msg_start = 0;
+      if (c.active == 0 && c.out.empty()) close_conn(c, nullptr);
+      return false;
+    }
+    if (const std::uint32_t err = validate(h); err != 0) {
+      if (h.type == nbd::kCmdWrite && h.length > 0) {
+        c.st = St::skip;
+        c.left = h.length;
+        c.skip_req = h;
+        c.skip_error = err;
+        return true;
+      }
+      c.msg_start = avail(c) > 0 ? now_ns() : 0;
+      reply_now(c, h, err);
+      return true;
+    }
+    Req& r = new_req(c, h);
+    plan(r);
+    if (needed_chunks(r) > 0) {
+      c.cur = &r;
+      if (!pool_waiters.empty() || !take_chunks(r)) {
+        c.waiting_pool = true;
+        c.msg_start = 0;
+        pool_waiters.push_back(&c);
+        return false;
+      }
+      c.cur = nullptr;
+    }
+    start_receiving(c, r);
+    return true;
+  }
+
+  /// After the request's buffers exist: a WRITE receives its payload, the rest is admitted.
+  void start_receiving(Conn& c, Req& r) {
+    if (r.h.type == nbd::kCmdWrite) {
+      c.cur = &r;
+      c.st = St::payload;
+      c.pos = r.shift;
+      c.left = r.h.length;
+      c.msg_start = now_ns();
+    } else {
+      c.msg_start = avail(c) > 0 ? now_ns() : 0;
+      admit(r);
+    }
+  }
+
+  Req& new_req(Conn& c, const nbd::Request& h) {
+    if (spare_reqs.empty()) spare_reqs.emplace_back();
+    reqs.splice(reqs.end(), spare_reqs, spare_reqs.begin());
+    Req& r = reqs.back();
+    r.self = std::prev(reqs.end());
+    r.conn = &c;
+    r.h = h;
+    r.a0 = r.a1 = 0;
+    r.shift = 0;
+    r.chunks.clear();
+    r.scratch = -1;
+    r.head_edge = r.tail_edge = false;
+    r.stage = Stage::main;
+    r.ops_left = 0;
+    r.error = 0;
+    r.exclusive = false;
+    r.fua = (h.flags & nbd::kCmdFlagFua) != 0;
+    r.admitted = r.device_done = r.replied = false;
+    r.deadline_ns = 0;
+    ++c.refs;
+    ++c.active;
+    return r;
+  }
+
+  /// Decides the covering range, edges and exclusivity of a request.
+  void plan(Req& r) {
+    const std::uint64_t off = r.h.offset, end = r.h.offset + r.h.length;
+    r.a0 = off / kSector * kSector;
+    r.a1 = (end + kSector - 1) / kSector * kSector;
+    r.shift = static_cast<std::uint32_t>(off - r.a0);
+    const bool unaligned = off % kSector != 0 || end % kSector != 0;
+    if (r.h.type == nbd::kCmdRead) {
+      if (unaligned) bump(st.unaligned);
+    } else if ((r.h.type == nbd::kCmdWrite || r.h.type == nbd::kCmdWriteZeroes) && unaligned) {
+      bump(st.unaligned);
+      r.exclusive = true;
+      r.head_edge = off % kSector != 0;
+      // The sector holding the end, unless it is the head's sector (already read).
+      r.tail_edge = end % kSector != 0 && !(r.head_edge && r.a1 - r.a0 == kSector);
+    }
+  }
+
+  std::uint64_t needed_chunks(const Req& r) const {
+    std::uint64_t n = 0;
+    if (r.h.type == nbd::kCmdRead || r.h.type == nbd::kCmdWrite) n = chunks_for(r.a1 - r.a0);
+    if (r.exclusive) ++n;  // scratch for the edge sectors
+    return n;
+  }
+
+  bool take_chunks(Req& r) {
+    const std::uint64_t n = needed_chunks(r);
+    if (free_chunks.size() < n) return false;
+    const std::uint64_t data = r.exclusive ? n - 1 : n;
+    for (std::uint64_t i = 0; i < data; ++i) {
+      r.chunks.push_back(free_chunks.back());
+      free_chunks.pop_back();
+    }
+    if (r.exclusive) {
+      r.scratch = free_chunks.back();
+      free_chunks.pop_back();
+    }
+    return true;
+  }
+
+  void serve_pool_waiters() {
+    while (!pool_waiters.empty()) {
+      Conn& c = *pool_waiters.front();
+      if (!take_chunks(*c.cur)) return;
+      pool_waiters.pop_front();
+      c.waiting_pool = false;
+      Req& r = *c.cur;
+      c.cur = nullptr;
+      start_receiving(c, r);
+      mark_resume(c);
+    }
+  }
+
+  // ---- admission and device work ----
+
+  void admit(Req& r) {
+    r.deadline_ns = now_ns() + ns(cfg.io_timeout);
+    if (!admit_q.empty() || exclusive_running || (r.exclusive && running > 0)) {
+      admit_q.push_back(&r);
+      return;
+    }
+    start(r);
+  }
+
+  void pump_admissions() {
+    if (pumping) return;  // finish() inside start() below: the outer loop carries on
+    pumping = true;
+    while (!admit_q.empty() && !exclusive_running) {
+      Req& r = *admit_q.front();
+      if (r.exclusive && running > 0) break;
+      admit_q.pop_front();
+      start(r);
+    }
+    pumping = false;
+  }
+
+  void start(Req& r) {
+    r.admitted = true;
+    ++running;
+    if (r.exclusive) exclusive_running = true;
+    switch (r.h.type) {
+      case nbd::kCmdRead: bump(st.reads); break;
+      case nbd::kCmdWrite: bump(st.writes); break;
+      case nbd::kCmdFlush: bump(st.flushes); break;
+      case nbd::kCmdTrim: bump(st.trims); break;
+      case nbd::kCmdWriteZeroes: bump(st.write_zeroes); break;
+      default: break;
+    }
+    if (r.replied) {  // timed out while waiting for its turn
+      r.error = nbd::kEio;
+      finish(r);
+      return;
+    }
+    if (r.exclusive && (r.head_edge || r.tail_edge)) {
+      r.stage = Stage::edges;
+      if (r.head_edge) push_op(r, VKind::read, true, 0, kSector, r.a0 / kSector);
+      if (r.tail_edge) push_op(r, VKind::read, true, kSector, kSector, r.a1 / kSector - 1);
+      return;
+    }
+    r.stage = Stage::main;
+    main_ops(r);
+    if (r.ops_left == 0) advance(r);
+  }
+
+  void push_op(Req& r, VKind kind, bool scratch, std::uint32_t pos, std::uint32_t bytes,
+               std::uint64_t sector) {
+    VOp op;
+    op.req = &r;
+    op.kind = kind;
+    op.scratch = scratch;
+    op.pos = pos;
+    op.bytes = bytes;
+    op.sector = sector;
+    pending.push_back(op);
+    ++r.ops_left;
+  }
+
+  void push_data_ops(Req& r, VKind kind, std::uint64_t from, std::uint64_t to) {
+    for (std::uint64_t p = from; p < to; p += cfg.max_virtio_bytes) {
+      const auto bytes =
+          static_cast<std::uint32_t>(std::min<std::uint64_t>(to - p, cfg.max_virtio_bytes));
+      push_op(r, kind, false, static_cast<std::uint32_t>(p), bytes, (r.a0 + p) / kSector);
+    }
+  }
+
+  void push_zero_ops(Req& r, std::uint64_t from, std::uint64_t to) {  // byte offsets, aligned
+    for (std::uint64_t p = from; p < to;) {
+      const std::uint64_t bytes =
+          std::min<std::uint64_t>(to - p, std::uint64_t{kMaxZeroSectors} * kSector);
+      push_op(r, VKind::zeroes, false, 0, static_cast<std::uint32_t>(bytes), p / kSector);
+      p += bytes;
+    }
+  }
+
+  void main_ops(Req& r) {
+    const std::uint64_t off = r.h.offset, end = r.h.offset + r.h.length;
+    switch (r.h.type) {
+      case nbd::kCmdRead: push_data_ops(r, VKind::read, 0, r.a1 - r.a0); break;
+      case nbd::kCmdWrite:
+        if (r.exclusive) patch_write(r);
+        push_data_ops(r, VKind::write, 0, r.a1 - r.a0);
+        break;
+      case nbd::kCmdFlush: push_op(r, VKind::flush, false, 0, 0, 0); break;
+      case nbd::kCmdTrim:
+        if (cfg.trim == NbdTrim::zero) {
+          // Trim is advisory: only whole sectors inside the range are zeroed.
+          const std::uint64_t from = (off + kSector - 1) / kSector * kSector;
+          const std::uint64_t to = end / kSector * kSector;
+          if (from < to) push_zero_ops(r, from, to);
+        }
+        break;
+      case nbd::kCmdWriteZeroes:
+        if (!r.exclusive) {
+          push_zero_ops(r, off, end);
+        } else {
+          patch_zeroes(r);
+          if (r.head_edge) push_op(r, VKind::write, true, 0, kSector, r.a0 / kSector);
+          if (r.tail_edge) push_op(r, VKind::write, true, kSector, kSector, r.a1 / kSector - 1);
+          const std::uint64_t from = (off + kSector - 1) / kSector * kSector;
+          const std::uint64_t to = end / kSector * kSector;
+          if (from < to) push_zero_ops(r, from, to);
+        }
+        break;
+      default: break;
+    }
+  }
+
+  /// Scratch position of the sector that starts at buffer position `sector_pos`.
+  std::uint32_t scratch_pos_of(const Req& r, std::uint64_t sector_pos) const {
+    return sector_pos == 0 && r.head_edge ? 0 : kSector;
+  }
+
+  /// RMW write: the bytes of the edge sectors around the payload come from what was read.
+  void patch_write(Req& r) {
+    const std::byte* s = chunk_host(static_cast<std::uint32_t>(r.scratch));
+    if (r.head_edge) copy_into_buffer(r, 0, s, r.shift);
+    const std::uint64_t end_pos = r.shift + std::uint64_t{r.h.length};
+    const std::uint64_t total = r.a1 - r.a0;
+    if (end_pos < total) {
+      const std::uint64_t sector_pos = total - kSector;
+      const std::byte* src = s + scratch_pos_of(r, sector_pos) + (end_pos - sector_pos);
+      copy_into_buffer(r, end_pos, src, total - end_pos);
+    }
+  }
+
+  /// RMW write-zeroes: zero the covered part of the edge sectors read into the scratch.
+  void patch_zeroes(Req& r) {
+    std::byte* s = chunk_host(static_cast<std::uint32_t>(r.scratch));
+    const std::uint64_t off = r.h.offset, end = r.h.offset + r.h.length;
+    if (r.head_edge) {
+      const std::uint64_t stop = std::min<std::uint64_t>(end, r.a0 + kSector);
+      std::memset(s + (off - r.a0), 0, stop - off);
+    }
+    if (r.tail_edge) {
+      const std::uint64_t sector = r.a1 - kSector;
+      const std::uint64_t from = std::max(off, sector);
+      std::memset(s + kSector + (from - sector), 0, end - from);
+    }
+  }
+
+  void advance(Req& r) {
+    for (;;) {
+      if (r.error != 0) {
+        finish(r);
+        return;
+      }
+      switch (r.stage) {
+        case Stage::edges:
+          r.stage = Stage::main;
+          main_ops(r);
+          break;
+        case Stage::main:
+          if (r.fua && r.h.type != nbd::kCmdRead && r.h.type != nbd::kCmdFlush &&
+              !(r.h.type == nbd::kCmdTrim && cfg.trim == NbdTrim::ignore)) {
+            r.stage = Stage::flush;
+            push_op(r, VKind::flush, false, 0, 0, 0);
+          } else {
+            r.stage = Stage::done;
+          }
+          break;
+        case Stage::flush: r.stage = Stage::done; break;
+        case Stage::done: finish(r); return;
+      }
+      if (r.ops_left > 0) return;
+    }
+  }
+
+  void finish(Req& r) {
+    r.device_done = true;
+    --running;
+    if (r.exclusive) exclusive_running = false;
+    if (r.replied || r.conn->fd < 0) {
+      release(r);
+    } else {
+      reply(r, r.error);
+    }
+    pump_admissions();
+  }
+
+  /// The first queued virtio request fits the virtqueue now.
+  bool can_submit() const {
+    if (pending.empty()) return false;
+    const VOp& op = pending.front();
+    const std::uint64_t segs = op.kind == VKind::flush ? 0
+                               : op.kind == VKind::zeroes || op.scratch
+                                   ? 1
+                                   : chunks_for(op.pos % kChunk + op.bytes);
+    return guest->free_descriptors(0) >= segs + 2;
+  }
+
+  void submit_pending() {
+    bool any = false;
+    while (!pending.empty()) {
+      VOp& op = pending.front();
+      Req& r = *op.req;
+      DataSeg segs[72];
+      std::size_t n = 0;
+      std::uint32_t type = blk::kIn;
+      switch (op.kind) {
+        case VKind::read:
+        case VKind::write:
+          type = op.kind == VKind::read ? blk::kIn : blk::kOut;
+          if (op.scratch) {
+            segs[n++] = {pool_gpa + std::uint64_t(r.scratch) * kChunk + op.pos, op.bytes};
+          } else {
+            for (std::uint64_t p = op.pos, left = op.bytes; left > 0;) {
+              const std::uint64_t ci = p / kChunk, off = p % kChunk;
+              const std::uint64_t take = std::min<std::uint64_t>(left, kChunk - off);
+              segs[n++] = {pool_gpa + std::uint64_t{r.chunks[ci]} * kChunk + off,
+                           static_cast<std::uint32_t>(take)};
+              p += take;
+              left -= take;
+            }
+          }
+          break;
+        case VKind::flush: type = blk::kFlush; break;
+        case VKind::zeroes: {
+          type = blk::kWriteZeroes;
+          if (free_wz.empty()) break;  // cannot happen: a slot per descriptor
+          op.wz_slot = free_wz.back();
+          const blk::DiscardWriteZeroes wz{op.sector, op.bytes / kSector, 0};
+          const std::uint64_t gpa = wz_gpa + std::uint64_t(op.wz_slot) * 16;
+          std::memcpy(mem.translate(gpa, 16), &wz, sizeof wz);
+          segs[n++] = {gpa, 16};
+          break;
+        }
+      }
+      if (op.kind == VKind::zeroes && op.wz_slot < 0) break;
+      if (guest->free_descriptors(0) < n + 2) break;
+      auto id = guest->submit(0, type, op.kind == VKind::zeroes ? 0 : op.sector, {segs, n});
+      if (!id.ok()) break;
+      if (op.wz_slot >= 0) free_wz.pop_back();
+      inflight[*id] = op;
+      inflight_valid[*id] = true;
+      pending.pop_front();
+      any = true;
+    }
+    if (any) guest->kick(0);
+  }
+
+  /// Takes every used entry; returns how many.
+  unsigned reap() {
+    GuestCompletion done[64];
+    unsigned total = 0;
+    for (;;) {
+      const unsigned n = guest->reap(0, done);
+      total += n;
+      for (unsigned i = 0; i < n; ++i) {
+        const std::uint16_t id = done[i].id;
+        if (id >= inflight.size() || !inflight_valid[id]) continue;
+        inflight_valid[id] = false;
+        const VOp op = inflight[id];
+        if (op.wz_slot >= 0) free_wz.push_back(op.wz_slot);
+        bump(st.virtio_requests);
+        Req& r = *op.req;
+        if (done[i].status != blk::kStatusOk) {
+          bump(st.virtio_errors);
+          if (r.error == 0) {
+            r.error = nbd::kEio;
+            note(std::string(nbd::command_name(r.h.type)) + " at " + std::to_string(r.h.offset) +
+                 " (+" + std::to_string(r.h.length) +
+                 "): the device completed a virtio-blk request with status " +
+                 std::to_string(done[i].status) + ": replying EIO");
+          }
+        }
+        if (--r.ops_left == 0) advance(r);
+      }
+      if (n < 64) return total;
+    }
+  }
+
+  // ---- replies ----
+
+  /// Replies to a request that never got a Req (invalid, or a skipped payload).
+  void reply_now(Conn& c, const nbd::Request& h, std::uint32_t error) {
+    Out o;
+    const nbd::SimpleReply m =
+        nbd::to_wire(nbd::SimpleReply{nbd::kSimpleReplyMagic, error, h.handle});
+    std::memcpy(o.hdr.data(), &m, sizeof m);
+    o.hdr_len = sizeof m;
+    o.total = sizeof m;
+    o.counts = true;  // unsent replies hold queue-depth slots: a peer that never reads stalls
+    ++c.active;
+    bump(st.requests);
+    if (error != 0) bump(st.error_replies);
+    queue_out(c, std::move(o));
+  }
+
+  void reply(Req& r, std::uint32_t error) {
+    Conn& c = *r.conn;
+    r.replied = true;
+    if (c.fd < 0) return;
+    Out o;
+    const nbd::SimpleReply m =
+        nbd::to_wire(nbd::SimpleReply{nbd::kSimpleReplyMagic, error, r.h.handle});
+    std::memcpy(o.hdr.data(), &m, sizeof m);
+    o.hdr_len = sizeof m;
+    o.total = sizeof m;
+    o.counts = true;
+    bump(st.requests);
+    if (error != 0) {
+      bump(st.error_replies);
+    } else if (r.h.type == nbd::kCmdRead) {
+      bump(st.bytes_read, r.h.length);
+    } else if (r.h.type == nbd::kCmdWrite) {
+      bump(st.bytes_written, r.h.length);
+    }
+    if (error == 0 && r.h.type == nbd::kCmdRead) {
+      o.data = &r;  // released once sent
+      o.total += r.h.length;
+    } else if (r.device_done) {
+      release(r);
+    }
+    queue_out(c, std::move(o));
+  }
+
+  void release(Req& r) {
+    for (std::uint32_t ch : r.chunks) free_chunks.push_back(ch);
+    r.chunks.clear();
+    if (r.scratch >= 0) free_chunks.push_back(static_cast<std::uint32_t>(r.scratch));
+    r.scratch = -1;
+    Conn* c = r.conn;
+    r.conn = nullptr;
+    spare_reqs.splice(spare_reqs.end(), reqs, r.self);
+    if (c != nullptr && c->refs > 0) --c->refs;
+  }
+
+  void queue_blob(Conn& c, std::string blob) {
+    Out o;
+    o.total = blob.size();
+    o.blob = std::move(blob);
+    queue_out(c, std::move(o));
+  }
+
+  void queue_out(Conn& c, Out o) {
+    c.out.push_back(std::move(o));
+    if (!c.in_dirty) {
+      c.in_dirty = true;
+      dirty.push_back(&c);
+    }
+  }
+
+  void flush_dirty() {
+    for (std::size_t i = 0; i < dirty.size(); ++i) {
+      Conn* c = dirty[i];
+      c->in_dirty = false;
+      if (c->fd >= 0) flush_out(*c);
+    }
+    dirty.clear();
+  }
+
+  void flush_out(Conn& c) {
+    while (c.fd >= 0 && !c.out.empty()) {
+      iovec iov[64];
+      int n = 0;
+      for (const Out& o : c.out) {
+        if (n >= 60) break;
+        std::uint64_t skip = o.sent;
+        const std::uint64_t head = o.blob.empty() ? o.hdr_len : o.blob.size();
+        const std::byte* hp =
+            o.blob.empty() ? o.hdr.data() : reinterpret_cast<const std::byte*>(o.blob.data());
+        if (skip < head) {
+          iov[n++] = {const_cast<std::byte*>(hp) + skip, head - skip};
+          skip = 0;
+        } else {
+          skip -= head;
+        }
+        if (o.data != nullptr) {
+          n += buffer_iov(*o.data, o.data->shift + skip, o.data->h.length - skip, iov + n, 64 - n);
+          if (n >= 64) break;  // this reply's data may not be all in: nothing may follow it
+        }
+      }
+      msghdr mh{};
+      mh.msg_iov = iov;
+      mh.msg_iovlen = static_cast<std::size_t>(n);
+      const ssize_t sent = sendmsg(c.fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (sent < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+          if (c.send_stall == 0) c.send_stall = now_ns();
+          return;
+        }
+        close_conn(c, ("send failed: " + std::string(std::strerror(errno))).c_str());
+        return;
+      }
+      c.send_stall = 0;
+      auto left = static_cast<std::uint64_t>(sent);
+      while (left > 0 || (!c.out.empty() && c.out.front().sent == c.out.front().total)) {
+        Out& o = c.out.front();
+        const std::uint64_t take = std::min(left, o.total - o.sent);
+        o.sent += take;
+        left -= take;
+        if (o.sent < o.total) break;
+        Req* r = o.data;
+        const bool counts = o.counts;
+        c.out.pop_front();
+        if (r != nullptr) release(*r);
+        if (counts && c.active > 0) --c.active;
+        mark_resume(c);
+      }
+    }
+    if (c.fd >= 0 && c.out.empty()) {
+      if (c.close_after_out) {
+        close_conn(c, nullptr);
+      } else if (c.disc && c.active == 0) {
+        close_conn(c, nullptr);
+      }
+    }
+  }
+
+  NbdServerStats snapshot() const {
+    NbdServerStats s;
+    auto ld = [](const std::atomic<std::uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+    s.connections = ld(st.connections);
+    s.turned_away = ld(st.turned_away);
+    s.transmissions = ld(st.transmissions);
+    s.disconnects = ld(st.disconnects);
+    s.protocol_errors = ld(st.protocol_errors);
+    s.options = ld(st.options);
+    s.requests = ld(st.requests);
+    s.reads = ld(st.reads);
+    s.writes = ld(st.writes);
+    s.flushes = ld(st.flushes);
+    s.trims = ld(st.trims);
+    s.write_zeroes = ld(st.write_zeroes);
+    s.bytes_read = ld(st.bytes_read);
+    s.bytes_written = ld(st.bytes_written);
+    s.error_replies = ld(st.error_replies);
+    s.unaligned = ld(st.unaligned);
+    s.device_timeouts = ld(st.device_timeouts);
+    s.virtio_requests = ld(st.virtio_requests);
+    s.virtio_errors = ld(st.virtio_errors);
+    return s;
+  }
+};
+
+// ================================================================ NbdServer
+
+std::uint64_t NbdServer::guest_memory_bytes(const NbdServerConfig& config) noexcept {
+  const std::uint64_t pool =
+      (config.buffer_bytes + (2u << 20) - 1) & ~std::uint64_t{(2u << 20) - 1};
+  return kRingArea + pool;
+}
+
+Result<std::unique_ptr<NbdServer>> NbdServer::create(const NbdServerConfig& config, Paravisor& pv,
+                                                     GuestMemory& memory) {
+  auto bad = [](const std::string& what) { return make_error(Errc::invalid_argument, what); };
+  const std::uint32_t mr = config.max_request_bytes;
+  if (mr < 4096 || mr > nbd::kMaxPayload || (mr & (mr - 1)) != 0) {
+    return bad("max_request_bytes " + std::to_string(mr) +
+               ": must be a power of two from 4096 to 32 MiB");
+  }
+  if (config.queue_depth == 0 || config.queue_depth > 4096) {
+    return bad("queue_depth " + std::to_string(config.queue_depth) + ": must be 1..4096");
+  }
+  const std::uint16_t vq = config.virtqueue_size;
+  if (vq < 8 || (vq & (vq - 1)) != 0) {
+    return bad("virtqueue_size " + std::to_string(vq) + ": must be a power of two >= 8");
+  }
+  const std::uint32_t mv = config.max_virtio_bytes;
+  if (mv == 0 || mv % kChunk != 0 || mv > (8u << 20) || mv / kChunk + 2 > vq) {
+    return bad("max_virtio_bytes " + std::to_string(mv) +
+               ": must be a multiple of 128 KiB, at most 8 MiB and fit the virtqueue");
+  }
+  if (config.buffer_bytes % kChunk != 0 ||
+      config.buffer_bytes / kChunk < chunks_for(std::uint64_t{mr} + 2 * kSector) + 1) {
+    return bad("buffer_bytes " + std::to_string(config.buffer_bytes) +
+               ": must be a multiple of 128 KiB holding max_request_bytes + 256 KiB");
+  }
+  if (config.max_connections == 0) return bad("max_connections must be at least 1");
+  if (config.export_name.size() > nbd::kMaxString || config.description.size() > nbd::kMaxString) {
+    return bad("export name and description are limited to 4096 bytes");
+  }
+  if (pv.capacity_sectors() == 0) return bad("the paravisor's disk has no capacity");
+  if (memory.regions().empty() || memory.regions()[0].gpa != 0 ||
+      memory.regions()[0].bytes < guest_memory_bytes(config)) {
+    return bad("guest memory must have " + std::to_string(guest_memory_bytes(config)) +
+               " bytes at GPA 0 for the NBD server");
+  }
+  auto impl = std::make_unique<Impl>(config, pv, memory);
+  if (Status s = impl->setup(); !s.ok()) return s.error();
+  return std::unique_ptr<NbdServer>(new NbdServer(std::move(impl)));
+}
+
+NbdServer::NbdServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+NbdServer::~NbdServer() { stop(); }
+
+Status NbdServer::start() {
+  if (impl_->started.exchange(true)) return {};
+  if (Status s = impl_->pv.start(); !s.ok()) return s;
+  try {
+    std::lock_guard lock(impl_->thread_mu);
+    impl_->thread = std::thread([impl = impl_.get()] {
+      pthread_setname_np(pthread_self(), "keel-nbd-srv");  // for top -H and /proc/*/task
+      impl->run();
+      timespec ts{};
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+      impl->final_cpu_ns.store(static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull +
+                               static_cast<std::uint64_t>(ts.tv_nsec));
+      impl->thread_done.store(true, std::memory_order_release);
+    });
+  } catch (const std::system_error& e) {
+    return make_error(Errc::io_error, std::string("server thread: ") + e.what());
+  }
+  return {};
+}
+
+void NbdServer::stop() {
+  impl_->stopping.store(true, std::memory_order_release);
+  const std::uint64_t one = 1;
+  (void)!write(impl_->wake_fd, &one, sizeof one);
+  std::lock_guard lock(impl_->thread_mu);
+  if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+NbdServerStats NbdServer::stats() const { return impl_->snapshot(); }
+
+std::uint64_t NbdServer::thread_cpu_ns() const {
+  std::lock_guard lock(impl_->thread_mu);
+  if (impl_->thread_done.load(std::memory_order_acquire) || !impl_->thread.joinable()) {
+    return impl_->final_cpu_ns.load();
+  }
+  clockid_t id;
+  if (pthread_getcpuclockid(impl_->thread.native_handle(), &id) != 0) return 0;
+  timespec ts{};
+  clock_gettime(id, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull +
+         static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+std::string NbdServer::last_error() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->last_err;
+}
+
+const std::string& NbdServer::socket_path() const noexcept { return impl_->cfg.socket_path; }
+
+std::uint64_t NbdServer::export_bytes() const noexcept { return impl_->size; }
+
+}  // namespace keel::vmm
