@@ -335,6 +335,7 @@ Result<PathResult> Stack::run(const Config& c, bool vf_path, const Progress& pro
     }
     vmm::ParavisorConfig pc;
     pc.threads = true;
+    pc.max_queue_size = 1024;
     pc.capacity_sectors = slice_bytes_ / 512;
     fpga::Function* vf = nullptr;
     if (vf_path) {
@@ -351,7 +352,9 @@ Result<PathResult> Stack::run(const Config& c, bool vf_path, const Progress& pro
     if (vf_path && j->pv->state() != vmm::PathState::active) {
       return make_error(Errc::device_error, "VF " + std::to_string(i) + " did not come up");
     }
-    auto drv = vmm::GuestDriver::attach(*j->pv, *j->mem, 1, 256, 1u << 20);
+    // Each request takes 3 descriptors (header, data, status): size the ring for iodepth.
+    const auto ring = static_cast<std::uint16_t>(std::bit_ceil(std::max(64u, 3 * c.iodepth)));
+    auto drv = vmm::GuestDriver::attach(*j->pv, *j->mem, 1, ring, 1u << 20);
     if (!drv) return drv.error();
     j->drv = std::move(drv).value();
     if (Status st = j->pv->start(); !st.ok()) return st.error();

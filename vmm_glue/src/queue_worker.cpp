@@ -423,10 +423,17 @@ void QueueWorker::run_thread() {
   if (kick_fd >= 0) watch(kick_fd);
   watch(host_->completion_fd());
   unsigned spins = 0;
+  const drivers::nvme::QueuePair* watched_qp = nullptr;
+  int watched_fd = -1;
   while (pv_.running_.load(std::memory_order_acquire)) {
     if (index_ == 0) pv_.maybe_probe();
     const unsigned n = run_once();
-    const int qfd = qp_ != nullptr ? qp_->interrupt_fd() : -1;
+    // The queue pair's MSI-X fd, looked up again only when the queue pair changes.
+    if (qp_.get() != watched_qp) {
+      watched_qp = qp_.get();
+      watched_fd = qp_ != nullptr ? qp_->interrupt_fd() : -1;
+    }
+    const int qfd = watched_fd;
     if (qfd != vf_fd) {
       if (vf_fd >= 0) (void)epoll_ctl(ep, EPOLL_CTL_DEL, vf_fd, nullptr);
       vf_fd = qfd;
