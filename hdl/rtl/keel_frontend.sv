@@ -1,0 +1,818 @@
+`resetall
+`timescale 1ns / 1ps
+`default_nettype none
+
+// Front end of the keel card: the command processor shared by every VF's NVMe controller.
+//
+// It owns the queue-context RAM (every SQ and CQ of every VF). Each cycle it looks at one VF
+// (scan pointer, round robin over present VFs) and picks a submission queue with commands and
+// completion-queue room: the admin SQ first, then the IO SQs round robin. It fetches up to
+// FETCH_MAX consecutive SQEs in one host read, then handles them one by one:
+//   - admin commands execute here (queue create/delete, features, abort, AER) or become an
+//     internal-data job (Identify, Get Log Page). An admin command runs only when the VF has no
+//     command in flight, so it sees the controller exactly as the reference model does.
+//   - IO commands are validated; Read/Write/Identify/Get Log Page walk PRP1/PRP2/PRP lists
+//     (reading lists from host memory) into the job's segment RAM, then every list and data
+//     region is checked on the address-translation port before any data moves.
+// Each command leaves as one record in its VF's job queue (keel_jobq).
+module keel_frontend #(
+  // VFs the hardware implements (1..64).
+  parameter int NUM_VFS = 4,
+  // IO queue pairs per VF the hardware implements (1..255).
+  parameter int NUM_IOQ = 8,
+  // CAP.MQES (0-based largest queue).
+  parameter int MQES = 1023,
+  // Identify MDTS: largest transfer is 2^MDTS pages of 4 KiB.
+  parameter int MDTS = 5,
+  // Job slots per VF.
+  parameter int JOBQ = 4,
+  // Largest number of SQEs fetched in one host read (power of two, <= 8).
+  parameter int FETCH_MAX = 4,
+  // Width of a generation tag.
+  parameter int GW = 4,
+  // Width of a VF index (derived).
+  parameter int VFW = (NUM_VFS > 1) ? $clog2(NUM_VFS) : 1,
+  // Queues per VF including the admin queue (derived).
+  parameter int QN = NUM_IOQ + 1,
+  // Width of a queue index within a VF (derived).
+  parameter int QW = $clog2(QN),
+  // Width of a global queue index (derived).
+  parameter int GQW = $clog2(NUM_VFS * QN),
+  // Width of a job slot index (derived).
+  parameter int JW = $clog2(JOBQ),
+  // Width of a segment index (derived).
+  parameter int SW = MDTS
+) (
+  input  wire                       clk,
+  input  wire                       rst,
+
+  input  wire  [7:0]                cfg_max_ioq,
+
+  // VF state.
+  input  wire  [NUM_VFS-1:0]        vf_present,
+  input  wire  [NUM_VFS-1:0]        vf_removed,
+  input  wire  [NUM_VFS-1:0]        vf_ready,
+  input  wire  [NUM_VFS-1:0]        vf_fatal,
+  input  wire  [NUM_VFS-1:0]        vf_blocked,
+  input  wire  [NUM_VFS*GW-1:0]     vf_gen,
+  input  wire  [NUM_VFS-1:0]        rate_allow,
+  input  wire  [NUM_VFS*32-1:0]     vf_cc,
+  input  wire  [NUM_VFS*8-1:0]      res_ioq,
+  input  wire  [NUM_VFS*64-1:0]     res_base,
+  input  wire  [NUM_VFS*64-1:0]     res_lbas,
+
+  // Doorbells and CQ state of the scanned VF (looked at only while scan_en).
+  output logic                      scan_en,
+  output logic [VFW-1:0]            scan_vf,
+  input  wire  [QN*17-1:0]          db_sq_tail,
+  input  wire  [QN*17-1:0]          db_cq_head,
+  input  wire  [QN*16-1:0]          cq_tail,
+  input  wire  [QN*17-1:0]          cq_reserved,
+  output logic                      db_clr_valid,
+  output logic [GQW-1:0]            db_clr_g,
+  output logic [1:0]                db_clr_mask,
+  output logic                      cq_init_valid,
+  output logic [GQW-1:0]            cq_init_g,
+
+  // CQ context read port (completion writer).
+  input  wire  [GQW-1:0]            cx_g,
+  output logic                      cx_live,
+  output logic [63:0]               cx_base,
+  output logic [16:0]               cx_size,
+  output logic                      cx_ien,
+  output logic [15:0]               cx_iv,
+  // A command of CQ retire_g left the pipeline.
+  input  wire                       retire_valid,
+  input  wire  [GQW-1:0]            retire_g,
+
+  // Job queues.
+  input  wire  [NUM_VFS*(JW+1)-1:0] jq_free_slots,
+  input  wire  [NUM_VFS*JW-1:0]     jq_next_slot,
+  input  wire  [NUM_VFS-1:0]        jq_idle,
+  output logic                      push_valid,
+  output logic [VFW-1:0]            push_vf,
+  output logic [keel_pkg::JR_W-1:0] push_rec,
+  output logic                      seg_wr_valid,
+  output logic [VFW-1:0]            seg_wr_vf,
+  output logic [JW-1:0]             seg_wr_slot,
+  output logic [SW-1:0]             seg_wr_idx,
+  output logic [63:0]               seg_wr_data,
+  output logic [VFW-1:0]            seg_rd_vf,
+  output logic [JW-1:0]             seg_rd_slot,
+  output logic [SW-1:0]             seg_rd_idx,
+  output logic                      seg_rd_en,
+  input  wire  [63:0]               seg_rd_data,
+  output logic [NUM_VFS-1:0]        jobs_idle,
+
+  // Operations from keel_ctrl.
+  input  wire                       op_valid,
+  input  wire                       op_enable,
+  input  wire  [VFW-1:0]            op_vf,
+  input  wire  [63:0]               op_asq,
+  input  wire  [63:0]               op_acq,
+  input  wire  [12:0]               op_asqs,
+  input  wire  [12:0]               op_acqs,
+  output logic                      op_done,
+  output logic                      fatal_valid,
+  output logic [VFW-1:0]            fatal_vf,
+
+  // Operations on the completion writer's stuck and delayed completions.
+  output logic                      cq_op_valid,
+  output logic [1:0]                cq_op_kind,   // 0 abort, 1 SQ deleted, 2 CQ deleted
+  output logic [VFW-1:0]            cq_op_vf,
+  output logic [15:0]               cq_op_qid,
+  output logic [15:0]               cq_op_cid,
+  input  wire                       cq_op_done,
+  input  wire  [31:0]               cq_op_dw0,
+
+  // Host reads (SQEs, PRP lists).
+  output logic                      m_ar_valid,
+  input  wire                       m_ar_ready,
+  output logic [63:0]               m_ar_addr,
+  output logic [7:0]                m_ar_len,
+  output logic [7:0]                m_ar_fn,
+  input  wire                       s_r_valid,
+  output logic                      s_r_ready,
+  input  wire  [511:0]              s_r_data,
+  input  wire  [1:0]                s_r_resp,
+  input  wire                       s_r_last,
+
+  // Address translation checks (ATS-style): is [addr, addr + len) mapped for the function?
+  output logic                      m_ats_valid,
+  input  wire                       m_ats_ready,
+  output logic [7:0]                m_ats_fn,
+  output logic [63:0]               m_ats_addr,
+  output logic [31:0]               m_ats_len,
+  input  wire                       s_ats_resp_valid,
+  input  wire                       s_ats_resp_ok,
+
+  // A host DMA request of this block was refused.
+  output logic                      fault_valid,
+  output logic [VFW-1:0]            fault_vf,
+
+  // Idle: a full scan of the VFs found nothing to fetch (kick restarts the count).
+  input  wire                       kick,
+  output logic                      idle
+);
+
+  if (NUM_VFS < 1 || NUM_VFS > 64) begin : g_bad_vfs
+    $fatal(1, "keel_frontend: NUM_VFS must be 1..64");
+  end
+  if (NUM_IOQ < 1 || NUM_IOQ > 255) begin : g_bad_ioq
+    $fatal(1, "keel_frontend: NUM_IOQ must be 1..255");
+  end
+  if (MDTS < 1 || MDTS > 8) begin : g_bad_mdts
+    $fatal(1, "keel_frontend: MDTS must be 1..8");
+  end
+  if (FETCH_MAX < 1 || FETCH_MAX > 8 || (FETCH_MAX & (FETCH_MAX - 1)) != 0) begin : g_bad_fetch
+    $fatal(1, "keel_frontend: FETCH_MAX must be 1, 2, 4 or 8");
+  end
+  if (JOBQ < FETCH_MAX) begin : g_bad_jobq
+    $fatal(1, "keel_frontend: JOBQ must be >= FETCH_MAX");
+  end
+
+  localparam int FW = $clog2(FETCH_MAX) + 1;   // holds 0..FETCH_MAX
+  localparam int FI = (FETCH_MAX > 1) ? $clog2(FETCH_MAX) : 1;
+
+  typedef enum logic [3:0] {
+    S_IDLE, S_OP, S_AR, S_R, S_DEC, S_CQOP, S_PRP0, S_LCHK, S_LCHK_W, S_LAR, S_LR,
+    S_CHK, S_CHK_W, S_PUSH
+  } state_t;
+  state_t st_q;
+
+  // ---------------------------------------------------------------- batch state
+  logic [VFW-1:0] sv_q;                 // scanned VF
+  logic [VFW-1:0] v_q;                  // VF of the batch
+  logic [QW-1:0]  q_q;                  // SQ of the batch
+  logic [QW-1:0]  c_q;                  // its CQ
+  logic [GW-1:0]  gen_q;
+  logic [15:0]    head0_q;              // SQ head before the batch
+  logic [16:0]    size_q;               // SQ size
+  logic [FW-1:0]  k_q, i_q;             // batch size, current SQE
+  logic [FW-1:0]  rcnt_q;               // SQE beats received
+  logic           rerr_q;
+  logic [511:0]   sqe_q [FETCH_MAX];
+  logic [JW-1:0]  slot_q;               // job slot of the current SQE
+  logic [8:0]     nsqa_q [NUM_VFS];
+  logic [8:0]     ncqa_q [NUM_VFS];
+  logic [3:0]     aers_q [NUM_VFS];
+  logic [QW-1:0]  rr_q   [NUM_VFS];
+  logic [7:0]     nopick_q;             // consecutive scans without work
+
+  // ---------------------------------------------------------------- record being built
+  logic [2:0]     r_kind_q, r_src_q, r_mps_q;
+  logic [14:0]    r_status_q;
+  logic [31:0]    r_dw0_q, r_bytes_q;
+  logic           r_nocqe_q, r_srcarg_q;
+  logic [63:0]    r_addr_q, r_prp1_q, r_prp2_q;
+  logic [1:0]     r_ctr_q;
+  logic [16:0]    r_nlb_q;
+  logic [15:0]    r_cid_q, r_sqhead_q, r_qid_q;
+  logic [1:0]     r_op_q;               // CQ-writer operation: 0 abort, 1 delete SQ, 2 delete CQ
+
+  // ---------------------------------------------------------------- PRP walk state
+  logic [31:0]    first_q, rem_q, crem_q;
+  logic [SW:0]    nseg_q;
+  logic [63:0]    list_q, laddr_q;
+  logic [13:0]    entries_q, ent_i_q, lleft_q, cleft_q, chunk_q;
+  logic           chained_q, perr_q, lerr_q;
+  logic [SW+1:0]  ci_q;                 // segment being checked (0: PRP1)
+
+  // ---------------------------------------------------------------- queue contexts
+  logic           x_sq_set, x_sq_kill, x_hd_we, x_cq_set, x_cq_kill, x_ref_we, x_infl_add;
+  logic           x_vf_clr;
+  logic [GQW-1:0] x_sq_g, x_hd_g, x_cq_g, x_ref_g, x_infl_g, x_b_g;
+  logic [63:0]    x_sq_base, x_cq_base, x_b_base;
+  logic [16:0]    x_sq_size, x_cq_size;
+  logic [QW-1:0]  x_sq_cqid;
+  logic [15:0]    x_hd, x_cq_iv;
+  logic           x_cq_ien;
+  logic [8:0]     x_ref;
+  logic [3:0]     x_infl_k;
+  logic [QN-1:0]  a_sq_live, a_cq_live, d_sq_live, d_cq_live;
+  logic [QN*17-1:0] a_sq_size, a_cq_size, a_cq_infl;
+  logic [QN*16-1:0] a_sq_head;
+  logic [QN*QW-1:0] a_sq_cqid, d_sq_cqid;
+  logic [QN*9-1:0]  d_cq_refs;
+
+  keel_qctx #(.NUM_VFS(NUM_VFS), .NUM_IOQ(NUM_IOQ)) u_qctx (
+    .clk, .rst,
+    .sq_set(x_sq_set), .sq_kill(x_sq_kill), .sq_g(x_sq_g), .sq_base_in(x_sq_base),
+    .sq_size_in(x_sq_size), .sq_cqid_in(x_sq_cqid),
+    .hd_we(x_hd_we), .hd_g(x_hd_g), .hd_in(x_hd),
+    .cq_set(x_cq_set), .cq_kill(x_cq_kill), .cq_g(x_cq_g), .cq_base_in(x_cq_base),
+    .cq_size_in(x_cq_size), .cq_ien_in(x_cq_ien), .cq_iv_in(x_cq_iv),
+    .ref_we(x_ref_we), .ref_g(x_ref_g), .ref_in(x_ref),
+    .infl_add(x_infl_add), .infl_add_g(x_infl_g), .infl_add_k(x_infl_k),
+    .infl_dec(retire_valid), .infl_dec_g(retire_g),
+    .vf_clr(x_vf_clr), .vf_clr_vf(op_vf),
+    .a_en(scan_en), .a_vf(sv_q), .a_sq_live, .a_sq_size, .a_sq_head, .a_sq_cqid, .a_cq_live, .a_cq_size,
+    .a_cq_infl,
+    .b_g(x_b_g), .b_sq_base(x_b_base),
+    .c_g(cx_g), .c_cq_live(cx_live), .c_cq_base(cx_base), .c_cq_size(cx_size),
+    .c_cq_ien(cx_ien), .c_cq_iv(cx_iv),
+    .d_en(st_q == S_DEC || st_q == S_CQOP), .d_vf(v_q), .d_sq_live, .d_cq_live, .d_cq_refs, .d_sq_cqid
+  );
+
+  // ---------------------------------------------------------------- scheduler (scan VF)
+  logic [QN-1:0]  s_has, s_room;
+  logic [16:0]    s_pend  [QN];
+  logic [17:0]    s_avail [QN];
+  logic           s_vf_ok;
+  logic           pick_valid;
+  logic [QW-1:0]  pick_q, s_rrq, pick_c;
+  logic [FW-1:0]  pick_k;
+  logic [JW:0]    s_free;
+  logic [16:0]    s_tail, s_head, s_csz, s_ch, s_used, s_ct, s_k, s_lim, s_hd, s_nh;
+  logic [QW-1:0]  s_c;
+
+  // A VF without a free job slot has commands in flight: it can take neither an IO command
+  // (no slot) nor an admin command (not idle), so the scan skips it without looking further.
+  assign s_free = jq_free_slots[32'(sv_q)*(JW+1) +: JW+1];
+  assign scan_en = st_q == S_IDLE && !op_valid && s_free != '0;
+  always_comb begin
+    scan_vf = sv_q;
+    s_vf_ok = scan_en && vf_present[sv_q] && !vf_removed[sv_q] && vf_ready[sv_q] &&
+              !vf_fatal[sv_q] && !vf_blocked[sv_q];
+    s_c = '0;
+    s_tail = '0;
+    s_head = '0;
+    s_csz = '0;
+    s_ch = '0;
+    s_ct = '0;
+    s_used = '0;
+    s_has = '0;
+    s_room = '0;
+    for (int q = 0; q < QN; q++) begin
+      s_pend[q] = '0;
+      s_avail[q] = '0;
+    end
+    if (s_vf_ok) for (int q = 0; q < QN; q++) begin
+      s_c = a_sq_cqid[q*QW +: QW];
+      s_tail = db_sq_tail[q*17 +: 17];
+      s_head = {1'b0, a_sq_head[q*16 +: 16]};
+      s_has[q] = a_sq_live[q] && s_tail < a_sq_size[q*17 +: 17] && s_tail != s_head;
+      s_pend[q] = s_tail >= s_head ? s_tail - s_head : s_tail + a_sq_size[q*17 +: 17] - s_head;
+      s_csz = a_cq_size[32'(s_c)*17 +: 17];
+      s_ch = db_cq_head[32'(s_c)*17 +: 17];
+      s_ct = {1'b0, cq_tail[32'(s_c)*16 +: 16]};
+      s_used = s_ct >= s_ch ? s_ct - s_ch : s_ct + s_csz - s_ch;
+      s_avail[q] = {1'b0, s_csz} - 18'd1 - {1'b0, s_used} -
+                   {1'b0, cq_reserved[32'(s_c)*17 +: 17]} - {1'b0, a_cq_infl[32'(s_c)*17 +: 17]};
+      s_room[q] = a_cq_live[s_c] && s_ch < s_csz && !s_avail[q][17] && s_avail[q] != 18'd0;
+    end
+    // The admin queue goes first; while it has a command that could run, IO of the VF waits
+    // (and the admin command itself waits until the VF has no command in flight).
+    pick_valid = 1'b0;
+    pick_q = '0;
+    s_rrq = '0;
+    if (s_vf_ok && s_has[0] && s_room[0]) begin
+      pick_valid = jq_idle[sv_q];
+    end else if (s_vf_ok && rate_allow[sv_q] && s_free != '0) begin
+      for (int n = QN - 1; n >= 1; n--) begin
+        // queues rr, rr + 1, ... (1..QN-1): the earliest eligible one wins
+        s_rrq = QW'((32'(rr_q[sv_q]) - 1 + n - 1) % (QN - 1) + 1);
+        if (s_has[s_rrq] && s_room[s_rrq]) begin
+          pick_valid = 1'b1;
+          pick_q = s_rrq;
+        end
+      end
+    end
+    // Batch: pending SQEs, CQ room, free job slots, no wrap, one FETCH_MAX-aligned group.
+    pick_c = a_sq_cqid[32'(pick_q)*QW +: QW];
+    s_hd = {1'b0, a_sq_head[32'(pick_q)*16 +: 16]};
+    s_k = 17'(FETCH_MAX) - (s_hd & 17'(FETCH_MAX - 1));
+    if (s_pend[pick_q] < s_k) s_k = s_pend[pick_q];
+    s_lim = a_sq_size[32'(pick_q)*17 +: 17] - s_hd;
+    if (s_lim < s_k) s_k = s_lim;
+    if (s_avail[pick_q][16:0] < s_k) s_k = s_avail[pick_q][16:0];
+    if (17'(s_free) < s_k) s_k = 17'(s_free);
+    pick_k = pick_q != '0 ? FW'(s_k) : FW'(1);
+    s_nh = s_hd + 17'(pick_k);
+    if (s_nh >= a_sq_size[32'(pick_q)*17 +: 17]) s_nh = s_nh - a_sq_size[32'(pick_q)*17 +: 17];
+  end
+
+  // Next present VF after sv_q.
+  logic [VFW-1:0] sv_next, sv_cand;
+  always_comb begin
+    sv_next = sv_q;
+    sv_cand = sv_q;
+    for (int n = NUM_VFS; n >= 1; n--) begin
+      sv_cand = VFW'((32'(sv_q) + n) % NUM_VFS);
+      if (vf_present[sv_cand]) sv_next = sv_cand;
+    end
+  end
+
+  // ---------------------------------------------------------------- decoder (SQE i_q)
+  logic [511:0] sqe;
+  logic         stale;
+  logic [2:0]   dk, dsrc, dmps;
+  logic [14:0]  dst;
+  logic [31:0]  ddw0, dbytes;
+  logic         dnocqe, dsrcarg, dxfer;
+  logic [63:0]  daddr;
+  logic [1:0]   dctr;
+  logic [16:0]  dnlb, dqsize;
+  logic         dcreate_cq, dcreate_sq, ddelete_sq, ddelete_cq, dabort, daer, dsetq;
+  logic [15:0]  dqid, dcqid, div, dab_sqid, dab_cid;
+  logic         dien;
+  logic [8:0]   dnsqa, dncqa;
+
+  always_comb begin
+    sqe = sqe_q[i_q[FI-1:0]];
+    stale = vf_gen[32'(v_q)*GW +: GW] != gen_q;
+  end
+
+  keel_cmd_decode #(.NUM_IOQ(NUM_IOQ), .MQES(MQES), .MDTS(MDTS)) u_decode (
+    .en(st_q == S_DEC), .sqe, .admin(q_q == '0), .cfg_max_ioq, .res_ioq(res_ioq[32'(v_q)*8 +: 8]),
+    .res_base(res_base[32'(v_q)*64 +: 64]), .res_lbas(res_lbas[32'(v_q)*64 +: 64]),
+    .nsqa(nsqa_q[v_q]), .ncqa(ncqa_q[v_q]), .aers(aers_q[v_q]), .cc(vf_cc[32'(v_q)*32 +: 32]),
+    .sq_live(d_sq_live), .cq_live(d_cq_live), .cq_refs(d_cq_refs),
+    .o_kind(dk), .o_status(dst), .o_dw0(ddw0), .o_nocqe(dnocqe), .o_src(dsrc),
+    .o_srcarg(dsrcarg), .o_addr(daddr), .o_bytes(dbytes), .o_ctr(dctr), .o_nlb(dnlb),
+    .o_mps(dmps), .o_xfer(dxfer),
+    .o_create_cq(dcreate_cq), .o_create_sq(dcreate_sq), .o_delete_sq(ddelete_sq),
+    .o_delete_cq(ddelete_cq), .o_abort(dabort), .o_aer(daer), .o_set_queues(dsetq),
+    .o_qid(dqid), .o_qsize(dqsize), .o_cqid(dcqid), .o_ien(dien), .o_iv(div),
+    .o_abort_sqid(dab_sqid), .o_abort_cid(dab_cid), .o_nsqa(dnsqa), .o_ncqa(dncqa)
+  );
+
+  // ---------------------------------------------------------------- PRP walk helpers
+  logic [31:0] p_size, p_mask, p_off, p_first, p_slots, p_pages, p_seg_len;
+  logic [13:0] p_chunk;
+  logic [63:0] p_entry;
+  logic [16:0] p_span;
+  logic        p_data_entry;
+  always_comb begin
+    p_size = 32'd4096 << r_mps_q;
+    p_mask = p_size - 32'd1;
+    p_off = r_prp1_q[31:0] & p_mask;
+    p_first = (r_bytes_q < p_size - p_off) ? r_bytes_q : p_size - p_off;
+    p_slots = (p_size - (list_q[31:0] & p_mask)) >> 3;
+    p_pages = (rem_q + p_mask) >> (5'd12 + {2'd0, r_mps_q});
+    p_chunk = lleft_q;
+    if ({2'd0, lleft_q} > ((16'd4096 - {4'd0, laddr_q[11:0]}) >> 3)) begin
+      p_chunk = 14'((16'd4096 - {4'd0, laddr_q[11:0]}) >> 3);
+    end
+    p_entry = s_r_data[{laddr_q[5:3], 6'd0} +: 64];
+    p_seg_len = crem_q < p_size ? crem_q : p_size;
+    p_span = {11'd0, laddr_q[5:0]} + {p_chunk, 3'd0} + 17'd63;
+    p_data_entry = {2'd0, ent_i_q} < {2'd0, entries_q} - (chained_q ? 16'd1 : 16'd0);
+  end
+
+  // ---------------------------------------------------------------- outputs
+  logic [QW-1:0]  op_cq;  // CQ of the SQ a delete-SQ removes
+  always_comb begin
+    push_vf = v_q;
+    push_rec = '0;
+    if (st_q == S_PUSH) begin
+      push_rec[keel_pkg::JR_KIND +: 3] = r_kind_q;
+      push_rec[keel_pkg::JR_GEN +: 8] = 8'(gen_q);
+      push_rec[keel_pkg::JR_SQID +: 16] = 16'(q_q);
+      push_rec[keel_pkg::JR_CQID +: 16] = 16'(c_q);
+      push_rec[keel_pkg::JR_CID +: 16] = r_cid_q;
+      push_rec[keel_pkg::JR_SQHEAD +: 16] = r_sqhead_q;
+      push_rec[keel_pkg::JR_STATUS +: 15] = r_status_q;
+      push_rec[keel_pkg::JR_DW0 +: 32] = r_dw0_q;
+      push_rec[keel_pkg::JR_NOCQE] = r_nocqe_q;
+      push_rec[keel_pkg::JR_SRC +: 3] = r_src_q;
+      push_rec[keel_pkg::JR_ADDR +: 64] = r_addr_q;
+      push_rec[keel_pkg::JR_BYTES +: 32] = r_bytes_q;
+      push_rec[keel_pkg::JR_PRP1 +: 64] = r_prp1_q;
+      push_rec[keel_pkg::JR_MPS +: 3] = r_mps_q;
+      push_rec[keel_pkg::JR_NSEG +: 16] = 16'(nseg_q);
+      push_rec[keel_pkg::JR_CTR +: 2] = r_ctr_q;
+      push_rec[keel_pkg::JR_NLB +: 17] = r_nlb_q;
+      push_rec[keel_pkg::JR_SRCARG] = r_srcarg_q;
+    end
+    push_valid = st_q == S_PUSH;
+
+    seg_wr_vf = v_q;
+    seg_wr_slot = slot_q;
+    seg_rd_vf = v_q;
+    seg_rd_slot = slot_q;
+    seg_rd_idx = SW'(ci_q - 1'b1);
+    seg_rd_en = st_q == S_CHK;
+    m_ar_fn = 8'(v_q) + 8'd1;
+    m_ats_fn = 8'(v_q) + 8'd1;
+    cq_op_vf = v_q;
+    cq_op_kind = r_op_q;
+    cq_op_qid = r_qid_q;
+    cq_op_cid = r_cid_q;
+    fault_vf = v_q;
+    fatal_vf = v_q;
+    // SQE beats are taken as they come; a PRP list beat once its last entry is processed.
+    s_r_ready = st_q == S_R ||
+                (st_q == S_LR && !m_ar_valid && (laddr_q[5:3] == 3'd7 || cleft_q == 14'd1));
+    for (int i = 0; i < NUM_VFS; i++) begin
+      jobs_idle[i] = jq_idle[i] && !(st_q != S_IDLE && st_q != S_OP && v_q == VFW'(i));
+    end
+
+    // Queue-context writes.
+    op_cq = d_sq_cqid[32'(r_qid_q[QW-1:0])*QW +: QW];
+    x_hd_we = st_q == S_IDLE && !op_valid && pick_valid;
+    x_hd_g = GQW'(32'(sv_q) * QN + 32'(pick_q));
+    x_hd = s_nh[15:0];
+    x_infl_add = x_hd_we;
+    x_infl_g = GQW'(32'(sv_q) * QN + 32'(pick_c));
+    x_infl_k = 4'(pick_k);
+    x_b_g = x_hd_g;
+    x_vf_clr = st_q == S_OP && !op_enable;
+    x_sq_set = (st_q == S_OP && op_enable) || (st_q == S_DEC && !stale && dcreate_sq);
+    x_cq_set = (st_q == S_OP && op_enable) || (st_q == S_DEC && !stale && dcreate_cq);
+    x_sq_kill = st_q == S_CQOP && cq_op_done && r_op_q == 2'd1;
+    x_cq_kill = st_q == S_CQOP && cq_op_done && r_op_q == 2'd2;
+    if (st_q == S_OP) begin
+      x_sq_g = GQW'(32'(op_vf) * QN);
+      x_sq_base = op_asq;
+      x_sq_size = {4'd0, op_asqs};
+      x_sq_cqid = '0;
+      x_cq_g = GQW'(32'(op_vf) * QN);
+      x_cq_base = op_acq;
+      x_cq_size = {4'd0, op_acqs};
+      x_cq_ien = 1'b1;
+      x_cq_iv = '0;
+    end else begin
+      x_sq_g = GQW'(32'(v_q) * QN + (st_q == S_DEC ? 32'(dqid[QW-1:0]) : 32'(r_qid_q[QW-1:0])));
+      x_sq_base = sqe[255:192];
+      x_sq_size = dqsize;
+      x_sq_cqid = QW'(dcqid);
+      x_cq_g = GQW'(32'(v_q) * QN + (st_q == S_DEC ? 32'(dqid[QW-1:0]) : 32'(r_qid_q[QW-1:0])));
+      x_cq_base = sqe[255:192];
+      x_cq_size = dqsize;
+      x_cq_ien = dien;
+      x_cq_iv = div;
+    end
+    // References of a CQ: 1 for the admin CQ at enable, +1 at SQ creation, -1 at SQ deletion.
+    x_ref_we = 1'b0;
+    x_ref_g = GQW'(32'(op_vf) * QN);
+    x_ref = 9'd1;
+    if (st_q == S_OP && op_enable) begin
+      x_ref_we = 1'b1;
+    end else if (st_q == S_DEC && !stale && dcreate_cq) begin
+      x_ref_we = 1'b1;
+      x_ref_g = GQW'(32'(v_q) * QN + 32'(dqid[QW-1:0]));
+      x_ref = 9'd0;
+    end else if (st_q == S_DEC && !stale && dcreate_sq) begin
+      x_ref_we = 1'b1;
+      x_ref_g = GQW'(32'(v_q) * QN + 32'(dcqid[QW-1:0]));
+      x_ref = d_cq_refs[32'(dcqid[QW-1:0])*9 +: 9] + 9'd1;
+    end else if (x_sq_kill) begin
+      x_ref_we = 1'b1;
+      x_ref_g = GQW'(32'(v_q) * QN + 32'(op_cq));
+      x_ref = d_cq_refs[32'(op_cq)*9 +: 9] - 9'd1;
+    end
+    // Doorbells and CQ tails of new queues.
+    db_clr_valid = x_sq_set || x_cq_set;
+    db_clr_g = st_q == S_OP ? GQW'(32'(op_vf) * QN) : GQW'(32'(v_q) * QN + 32'(dqid[QW-1:0]));
+    db_clr_mask = {x_cq_set, x_sq_set};
+    cq_init_valid = x_cq_set;
+    cq_init_g = x_cq_g;
+  end
+
+  logic unused_ok;
+  always_comb unused_ok = ^{p_span[16:14], p_span[5:0], sqe[511:256], sqe[191:0], dab_sqid,
+                            dab_cid, dcqid[15:QW], dqid[15:QW], r_prp2_q[63:32]};
+
+  // ---------------------------------------------------------------- the FSM
+  assign idle = st_q == S_IDLE && !op_valid && 32'(nopick_q) > NUM_VFS;
+
+  always_ff @(posedge clk) begin
+    if (rst || kick || st_q != S_IDLE || op_valid || pick_valid || retire_valid) begin
+      nopick_q <= '0;
+    end else if (32'(nopick_q) <= NUM_VFS) begin
+      nopick_q <= nopick_q + 8'd1;
+    end
+  end
+
+  always_ff @(posedge clk) begin
+    op_done <= 1'b0;
+    seg_wr_valid <= 1'b0;
+    fault_valid <= 1'b0;
+    fatal_valid <= 1'b0;
+    if (rst) begin
+      st_q <= S_IDLE;
+      sv_q <= '0;
+      m_ar_valid <= 1'b0;
+      m_ats_valid <= 1'b0;
+      cq_op_valid <= 1'b0;
+      for (int i = 0; i < NUM_VFS; i++) begin
+        nsqa_q[i] <= '0;
+        ncqa_q[i] <= '0;
+        aers_q[i] <= '0;
+        rr_q[i] <= QW'(1);
+      end
+    end else begin
+      case (st_q)
+        S_IDLE: begin
+          sv_q <= sv_next;
+          if (op_valid) begin
+            st_q <= S_OP;
+          end else if (pick_valid) begin
+            v_q <= sv_q;
+            q_q <= pick_q;
+            c_q <= pick_c;
+            gen_q <= vf_gen[32'(sv_q)*GW +: GW];
+            head0_q <= s_hd[15:0];
+            size_q <= a_sq_size[32'(pick_q)*17 +: 17];
+            k_q <= pick_k;
+            if (pick_q != '0) begin
+              rr_q[sv_q] <= 32'(pick_q) == QN - 1 ? QW'(1) : pick_q + QW'(1);
+            end
+            m_ar_valid <= 1'b1;
+            m_ar_addr <= x_b_base + {42'd0, s_hd[15:0], 6'd0};
+            m_ar_len <= 8'(pick_k) - 8'd1;
+            rcnt_q <= '0;
+            rerr_q <= 1'b0;
+            st_q <= S_AR;
+          end
+        end
+
+        S_OP: begin
+          if (!op_enable) begin
+            nsqa_q[op_vf] <= '0;
+            ncqa_q[op_vf] <= '0;
+            aers_q[op_vf] <= '0;
+            rr_q[op_vf] <= QW'(1);
+          end
+          op_done <= 1'b1;
+          st_q <= S_IDLE;
+        end
+
+        S_AR: if (m_ar_ready) begin
+          m_ar_valid <= 1'b0;
+          st_q <= S_R;
+        end
+
+        S_R: if (s_r_valid) begin
+          sqe_q[rcnt_q[FI-1:0]] <= s_r_data;
+          rcnt_q <= rcnt_q + 1'b1;
+          if (s_r_resp != keel_pkg::AXI_RESP_OKAY) rerr_q <= 1'b1;
+          if (s_r_last) begin
+            i_q <= '0;
+            if (rerr_q || s_r_resp != keel_pkg::AXI_RESP_OKAY) begin
+              // The controller cannot fetch its own queue: controller fatal status.
+              fault_valid <= 1'b1;
+              fatal_valid <= 1'b1;
+              st_q <= S_IDLE;
+            end else begin
+              st_q <= S_DEC;
+            end
+          end
+        end
+
+        S_DEC: begin
+          logic [16:0] sh;
+          sh = {1'b0, head0_q} + 17'(i_q) + 17'd1;
+          if (sh >= size_q) sh = sh - size_q;
+          r_sqhead_q <= sh[15:0];
+          r_cid_q <= sqe[31:16];
+          slot_q <= jq_next_slot[32'(v_q)*JW +: JW];
+          r_kind_q <= dk;
+          r_status_q <= dst;
+          r_dw0_q <= ddw0;
+          r_nocqe_q <= dnocqe;
+          r_src_q <= dsrc;
+          r_srcarg_q <= dsrcarg;
+          r_addr_q <= daddr;
+          r_bytes_q <= dbytes;
+          r_ctr_q <= dctr;
+          r_nlb_q <= dnlb;
+          r_mps_q <= dmps;
+          r_prp1_q <= sqe[255:192];
+          r_prp2_q <= sqe[319:256];
+          r_qid_q <= dqid;
+          nseg_q <= '0;
+          st_q <= S_PUSH;
+          if (stale) begin
+            // The VF was reset after the fetch: the record only retires its slot.
+            r_kind_q <= keel_pkg::JOB_NONE;
+            r_status_q <= keel_pkg::SC_SUCCESS;
+            r_nocqe_q <= 1'b0;
+          end else begin
+            if (dsetq) begin
+              nsqa_q[v_q] <= dnsqa;
+              ncqa_q[v_q] <= dncqa;
+            end
+            if (daer) aers_q[v_q] <= aers_q[v_q] + 4'd1;
+            if (dxfer) st_q <= S_PRP0;
+            if (ddelete_sq || ddelete_cq || dabort) begin
+              cq_op_valid <= 1'b1;
+              r_op_q <= dabort ? 2'd0 : (ddelete_sq ? 2'd1 : 2'd2);
+              if (dabort) begin
+                r_qid_q <= dab_sqid;
+                r_cid_q <= dab_cid;
+              end
+              st_q <= S_CQOP;
+            end
+          end
+        end
+
+        S_CQOP: if (cq_op_done) begin
+          cq_op_valid <= 1'b0;
+          if (r_op_q == 2'd0) r_dw0_q <= cq_op_dw0;
+          r_cid_q <= sqe[31:16];
+          st_q <= S_PUSH;
+        end
+
+        // ---------------- PRP walk (NVMe 1.4 section 4.3), in the reference model's order
+        S_PRP0: begin
+          logic [31:0] rem;
+          rem = r_bytes_q - p_first;
+          first_q <= p_first;
+          rem_q <= rem;
+          crem_q <= rem;
+          ci_q <= '0;
+          st_q <= S_CHK;
+          if (r_prp1_q[1:0] != 2'd0) begin
+            r_status_q <= keel_pkg::SC_PRP_OFFSET_INVALID | keel_pkg::SC_DNR;
+            r_kind_q <= keel_pkg::JOB_NONE;
+            st_q <= S_PUSH;
+          end else if (rem == 32'd0) begin
+            st_q <= S_CHK;
+          end else if (rem <= p_size) begin
+            if ((r_prp2_q[31:0] & p_mask) != 32'd0) begin
+              r_status_q <= keel_pkg::SC_PRP_OFFSET_INVALID | keel_pkg::SC_DNR;
+              r_kind_q <= keel_pkg::JOB_NONE;
+              st_q <= S_PUSH;
+            end else begin
+              seg_wr_valid <= 1'b1;
+              seg_wr_idx <= '0;
+              seg_wr_data <= r_prp2_q;
+              nseg_q <= (SW+1)'(1);
+              rem_q <= 32'd0;
+            end
+          end else if (r_prp2_q[2:0] != 3'd0) begin
+            r_status_q <= keel_pkg::SC_PRP_OFFSET_INVALID | keel_pkg::SC_DNR;
+            r_kind_q <= keel_pkg::JOB_NONE;
+            st_q <= S_PUSH;
+          end else begin
+            list_q <= r_prp2_q;
+            st_q <= S_LCHK;
+          end
+        end
+        S_LCHK: begin
+          logic [31:0] entries;
+          entries = p_pages > p_slots ? p_slots : p_pages;
+          chained_q <= p_pages > p_slots;
+          entries_q <= 14'(entries);
+          ent_i_q <= '0;
+          lleft_q <= 14'(entries);
+          laddr_q <= list_q;
+          perr_q <= 1'b0;
+          lerr_q <= 1'b0;
+          m_ats_valid <= 1'b1;
+          m_ats_addr <= list_q;
+          m_ats_len <= entries << 3;
+          st_q <= S_LCHK_W;
+        end
+        S_LCHK_W: begin
+          if (m_ats_ready) m_ats_valid <= 1'b0;
+          if (s_ats_resp_valid) begin
+            if (!s_ats_resp_ok) begin
+              fault_valid <= 1'b1;
+              r_status_q <= keel_pkg::SC_DATA_XFER_ERROR;
+              r_kind_q <= keel_pkg::JOB_NONE;
+              st_q <= S_PUSH;
+            end else begin
+              st_q <= S_LAR;
+            end
+          end
+        end
+        S_LAR: begin
+          chunk_q <= p_chunk;
+          cleft_q <= p_chunk;
+          m_ar_valid <= 1'b1;
+          m_ar_addr <= {laddr_q[63:6], 6'd0};
+          m_ar_len <= p_span[13:6] - 8'd1;
+          st_q <= S_LR;
+        end
+        S_LR: begin
+          if (m_ar_valid && m_ar_ready) m_ar_valid <= 1'b0;
+          if (s_r_valid && !m_ar_valid) begin
+            if (s_r_resp != keel_pkg::AXI_RESP_OKAY) lerr_q <= 1'b1;
+            if (p_data_entry) begin
+              if ((p_entry[31:0] & p_mask) != 32'd0) begin
+                perr_q <= 1'b1;
+              end else if (!perr_q) begin
+                seg_wr_valid <= 1'b1;
+                seg_wr_idx <= SW'(nseg_q);
+                seg_wr_data <= p_entry;
+                nseg_q <= nseg_q + 1'b1;
+                rem_q <= rem_q > p_size ? rem_q - p_size : 32'd0;
+              end
+            end
+            laddr_q <= laddr_q + 64'd8;
+            ent_i_q <= ent_i_q + 14'd1;
+            cleft_q <= cleft_q - 14'd1;
+            if (cleft_q == 14'd1) begin
+              // End of this read; more of the list page, or the page is done.
+              st_q <= S_LAR;
+              lleft_q <= lleft_q - chunk_q;
+              if (lleft_q == chunk_q) begin
+                st_q <= S_CHK;
+                if (lerr_q || s_r_resp != keel_pkg::AXI_RESP_OKAY) begin
+                  fault_valid <= 1'b1;
+                  r_status_q <= keel_pkg::SC_DATA_XFER_ERROR;
+                  r_kind_q <= keel_pkg::JOB_NONE;
+                  st_q <= S_PUSH;
+                end else if (perr_q || (p_data_entry && (p_entry[31:0] & p_mask) != 32'd0)) begin
+                  r_status_q <= keel_pkg::SC_PRP_OFFSET_INVALID | keel_pkg::SC_DNR;
+                  r_kind_q <= keel_pkg::JOB_NONE;
+                  st_q <= S_PUSH;
+                end else if (chained_q) begin
+                  list_q <= p_entry;
+                  if (p_entry[2:0] != 3'd0) begin
+                    r_status_q <= keel_pkg::SC_PRP_OFFSET_INVALID | keel_pkg::SC_DNR;
+                    r_kind_q <= keel_pkg::JOB_NONE;
+                    st_q <= S_PUSH;
+                  end else begin
+                    st_q <= S_LCHK;
+                  end
+                end
+              end
+            end
+          end
+        end
+        S_CHK: begin
+          // Segment ci_q: 0 is PRP1 (first_q bytes), n >= 1 is segment RAM entry n - 1.
+          if ({1'b0, ci_q} > {2'b0, nseg_q}) begin
+            st_q <= S_PUSH;
+          end else begin
+            m_ats_valid <= 1'b1;
+            if (ci_q == '0) begin
+              m_ats_addr <= r_prp1_q;
+              m_ats_len <= first_q;
+            end else begin
+              m_ats_addr <= seg_rd_data;
+              m_ats_len <= p_seg_len;
+              crem_q <= crem_q - p_seg_len;
+            end
+            st_q <= S_CHK_W;
+          end
+        end
+        S_CHK_W: begin
+          if (m_ats_ready) m_ats_valid <= 1'b0;
+          if (s_ats_resp_valid) begin
+            if (!s_ats_resp_ok) begin
+              fault_valid <= 1'b1;
+              r_status_q <= keel_pkg::SC_DATA_XFER_ERROR;
+              r_kind_q <= keel_pkg::JOB_NONE;
+              st_q <= S_PUSH;
+            end else begin
+              ci_q <= ci_q + 1'b1;
+              st_q <= S_CHK;
+            end
+          end
+        end
+
+        S_PUSH: begin
+          i_q <= i_q + 1'b1;
+          st_q <= (i_q + 1'b1 == k_q) ? S_IDLE : S_DEC;
+        end
+        default: st_q <= S_IDLE;
+      endcase
+    end
+  end
+
+endmodule
