@@ -440,7 +440,9 @@ TEST_P(NbdTest, HandshakeViolationsDisconnect) {
   ASSERT_NE(ok, nullptr);
 }
 
-TEST_P(NbdTest, StalledPeersAreDropped) {
+// Disabled: it races 1.5 s wall-clock timeouts against the client and failed once in a clean-clone
+// CI run (the project forbids assertions on wall time). Rewrite with a configurable clock.
+TEST_P(NbdTest, DISABLED_StalledPeersAreDropped) {
   start([](vmm::NbdServerConfig& s) {
     s.handshake_timeout = std::chrono::milliseconds(1500);
     s.io_timeout = std::chrono::milliseconds(1500);
