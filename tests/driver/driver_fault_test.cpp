@@ -146,6 +146,39 @@ TEST_P(DriverFaults, SurpriseRemovalMidIo) {
   recovered();
 }
 
+// With a command timeout far away, a device that disappears or is reset under the queue is
+// still noticed by the queue pair's health check (CSTS): the commands fail as gone at once.
+TEST_P(DriverFaults, LossIsNoticedLongBeforeTheCommandTimeout) {
+  for (const bool removal : {true, false}) {
+    SCOPED_TRACE(removal ? "surprise removal" : "FLR");
+    qp_.reset();
+    KEEL_ASSERT_OK(ctrl_->reset());
+    auto qp = ctrl_->create_queue_pair({.entries = 32, .command_timeout = std::chrono::hours(1)});
+    KEEL_ASSERT_OK(qp);
+    qp_ = std::move(qp).value();
+    KEEL_ASSERT_OK(faults().drop_completions(0, 4));  // nothing in flight completes by itself
+    for (unsigned i = 0; i < 4; ++i) ASSERT_TRUE(read(*qp_, i, i).ok());
+    qp_->commit();
+    if (removal) {
+      KEEL_ASSERT_OK(faults().surprise_remove(0));
+    } else {
+      KEEL_ASSERT_OK(vf_->flr());
+    }
+    std::vector<drv::Completion> out(4);
+    unsigned got = 0;
+    for (int tries = 0; got < 4 && tries < 20; ++tries) {
+      got += qp_->wait(std::span(out).subspan(got), milliseconds(50));
+    }
+    ASSERT_EQ(got, 4u) << "the loss was not noticed";
+    for (const auto& c : out) EXPECT_EQ(c.status.code, IoErrc::gone) << drv::to_string(c.status);
+    EXPECT_EQ(qp_->stats().timeouts, 0u);
+    if (removal) KEEL_ASSERT_OK(faults().restore(0));
+  }
+  qp_.reset();
+  KEEL_ASSERT_OK(ctrl_->reset());
+  recovered();
+}
+
 TEST_P(DriverFaults, ReadyNeverComesWithinCapTo) {
   qp_.reset();
   ctrl_.reset();

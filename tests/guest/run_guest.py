@@ -31,7 +31,7 @@ KEEL = "{keel} --socket {socket} --card {card} --image {image} --size-mib {size_
        "--queues {queues}"
 # What keel-vhost-blk prints when the VF goes away and comes back (see docs/guest.md).
 # Its exit report counts the switches; the paravisor's error counter must stay 0 across them.
-KEEL_FAILOVER_LOG = [r"\bto_fallback=[1-9]", r"\bto_vf=[1-9]", r"\berrors=0\b"]
+KEEL_FAILOVER_LOG = [r"\bto_fallback=[1-9]", r"\bto_vf=[1-9]", r"\bfallback_ios=[1-9]", r"\berrors=0\b"]
 
 
 def qsd_template():

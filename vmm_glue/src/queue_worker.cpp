@@ -458,7 +458,7 @@ void QueueWorker::run_thread() {
     if (vq_.ready() && kick_fd >= 0) ready = vq_.enable_kicks();
     if (host_->outstanding() > 0 && !host_->prepare_wait()) ready = true;
     if (qp_ != nullptr && qp_->outstanding() > 0) {
-      qp_->check_deadlines();  // a lost VF must not wait for thousands of polls to be noticed
+      qp_->check_deadlines();  // a lost VF is noticed before the sleep, not after it
       qp_->arm_interrupt(true);
       // A completion that landed before the vector was armed raised no interrupt: look.
       ready = ready || run_once() > 0;

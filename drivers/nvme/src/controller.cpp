@@ -52,6 +52,24 @@ Result<std::unique_ptr<Controller>> Controller::open(fpga::Card& card, fpga::Fun
 
 bool Controller::gone() noexcept { return fn_.read32(nv::CSTS) == 0xFFFFFFFFu; }
 
+bool Controller::check_alive(std::uint64_t seen) noexcept {
+  const std::uint32_t csts = fn_.read32(nv::CSTS);
+  if (csts == 0xFFFFFFFFu) {
+    // Removed: nothing to re-initialise. Only the first to notice moves the generation.
+    (void)generation_.compare_exchange_strong(seen, seen + 1, std::memory_order_acq_rel);
+    return false;
+  }
+  if ((csts & nv::CSTS_RDY_MASK) != 0 && (csts & nv::CSTS_CFS_MASK) == 0) return true;
+  // Reset (FLR) or failed under the driver: bring it up again, unless a reset has already
+  // moved the generation on (a reset in progress holds reset_mu_ until it is done; resetting
+  // again would invalidate the queue pairs it is about to hand out).
+  std::lock_guard lock(reset_mu_);
+  if (generation_.load(std::memory_order_acquire) != seen) return false;
+  generation_.fetch_add(1, std::memory_order_acq_rel);
+  (void)bring_up();  // on failure the caller's next look finds it still down
+  return false;
+}
+
 std::chrono::nanoseconds Controller::ready_timeout() const {
   const auto to = regs::field_get(cap_, nv::CAP_TO_MASK, nv::CAP_TO_SHIFT);
   return std::chrono::milliseconds(500 * std::max<std::uint64_t>(to, 1));

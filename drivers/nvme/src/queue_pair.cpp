@@ -1,6 +1,7 @@
 // The IO hot path: submit, commit, poll.
 #include "keel/drivers/nvme/queue_pair.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 
@@ -25,6 +26,11 @@ QueuePair::QueuePair(Controller& ctrl, std::uint16_t qid, std::uint16_t entries,
       slots_(entries - 1u),
       max_transfer_(ctrl.max_transfer_bytes()),
       block_count_(ctrl.block_count()) {
+  // Look at the device and the deadlines a few times per timeout, and within 10 ms of a loss.
+  check_interval_ns_ = static_cast<std::uint64_t>(
+      std::clamp<std::chrono::nanoseconds>(
+          config.command_timeout / 4, std::chrono::microseconds(100), std::chrono::milliseconds(10))
+          .count());
   free_.reserve(slots_.size());
   for (std::size_t i = slots_.size(); i-- > 0;) free_.push_back(static_cast<std::uint16_t>(i));
 }
@@ -217,18 +223,29 @@ unsigned QueuePair::poll(std::span<Completion> out) noexcept {
     ++stats_.idle_polls;
     if (unreported_ > 0) write_cq_head();
   }
-  // Every 4096 polls, look for commands past their deadline (whether or not others complete):
-  // rare enough to cost ~1% of an idle poll loop, frequent enough to notice within microseconds.
-  if (outstanding_ > 0 && ++polls_since_check_ >= 4096) {
+  // With commands outstanding, look at the clock on every idle poll and every 256th busy one
+  // (a stuck command among completing ones); every check_interval, check the device and the
+  // deadlines: one CSTS read, a walk over the slots.
+  if (outstanding_ > 0 && (n == 0 || ++polls_since_check_ >= 256)) {
     polls_since_check_ = 0;
-    check_timeouts();
-    if (ctrl_.generation() != generation_) return n + fail_all(out.subspan(n), IoErrc::gone);
+    const std::uint64_t now = ctrl_.card().now_ns();
+    if (now >= next_check_ns_) {
+      check_health(now);
+      if (ctrl_.generation() != generation_) return n + fail_all(out.subspan(n), IoErrc::gone);
+    }
   }
   return n;
 }
 
-void QueuePair::check_timeouts() noexcept {
-  const std::uint64_t now = ctrl_.card().now_ns();
+void QueuePair::check_health(std::uint64_t now) noexcept {
+  next_check_ns_ = now + check_interval_ns_;
+  if (outstanding_ == 0 || ctrl_.generation() != generation_) return;
+  // A removed, reset (FLR) or failed device completes nothing: fail now, not at the timeout.
+  if (!ctrl_.check_alive(generation_)) return;
+  check_timeouts(now);
+}
+
+void QueuePair::check_timeouts(std::uint64_t now) noexcept {
   const auto limit = static_cast<std::uint64_t>(config_.command_timeout.count());
   for (std::size_t i = 0; i < slots_.size(); ++i) {
     Slot& s = slots_[i];
@@ -265,7 +282,7 @@ unsigned QueuePair::wait(std::span<Completion> out, std::chrono::nanoseconds tim
     });
   }
   if (n == 0 && outstanding_ > 0) {
-    check_timeouts();
+    check_health(ctrl_.card().now_ns());
     if (ctrl_.generation() != generation_) return fail_all(out, IoErrc::gone);
   }
   return n;

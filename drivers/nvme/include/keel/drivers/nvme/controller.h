@@ -82,6 +82,12 @@ class Controller {
   Status reset();
   /// True once the function reads as all ones (surprise removal).
   bool gone() noexcept;
+  /// One CSTS read: false when the function reads as all ones (removed), is no longer ready
+  /// (reset or FLR under the driver) or reports a fatal status (CSTS.CFS). Then, unless a reset
+  /// has already moved the generation past `seen`, the queue pairs of that generation are
+  /// invalidated (they fail their commands with IoErrc::gone) and a controller that is still
+  /// there is reset and brought up again (bounded by CAP.TO and the admin timeout).
+  bool check_alive(std::uint64_t seen) noexcept;
   /// Changes on every reset; queue pairs compare it on each call.
   std::uint64_t generation() const noexcept { return generation_.load(std::memory_order_acquire); }
 

@@ -42,9 +42,12 @@ class QueuePair {
   /// Publishes queued commands: one doorbell write if anything was queued since the last one.
   void commit() noexcept;
 
-  /// Reaps up to out.size() completions without blocking; returns how many. Also notices
-  /// commands past their timeout (then recovers, which may block for a bounded time) and a
-  /// controller reset (then every outstanding command completes with IoErrc::gone).
+  /// Reaps up to out.size() completions without blocking; returns how many. While commands
+  /// are outstanding it also looks, at most every health_interval (time-based, so a lost device
+  /// is noticed within milliseconds however often it is called), for commands past their
+  /// timeout (then recovers, which may block for a bounded time) and for a device that reads
+  /// as removed, reset or fatal; on that, or a controller reset, every outstanding command
+  /// completes with IoErrc::gone.
   unsigned poll(std::span<Completion> out) noexcept;
 
   /// Commits, then blocks until at least one completion arrives (MSI-X wait in interrupt mode,
@@ -63,9 +66,10 @@ class QueuePair {
     if (config_.interrupts) fn_.set_interrupt_masked(qid_, !armed);
   }
 
-  /// Looks for commands past their deadline now (poll() does so only every 4096 calls): for
-  /// callers about to sleep with commands outstanding. May recover (abort, reset): bounded.
-  void check_deadlines() noexcept { check_timeouts(); }
+  /// Runs poll()'s health check now (device state and command deadlines), whenever it last
+  /// ran: for callers about to sleep with commands outstanding. May recover (abort, reset):
+  /// bounded.
+  void check_deadlines() noexcept { check_health(ctrl_.card().now_ns()); }
 
   struct Stats {
     std::uint64_t submitted = 0;
@@ -92,7 +96,8 @@ class QueuePair {
                      std::span<const Segment> data, std::uint64_t tag) noexcept;
   IoStatus push(keel::nvme::Sqe& sqe, std::uint64_t tag) noexcept;
   int take_slot() noexcept;
-  void check_timeouts() noexcept;
+  void check_health(std::uint64_t now) noexcept;
+  void check_timeouts(std::uint64_t now) noexcept;
   unsigned fail_all(std::span<Completion> out, IoErrc why) noexcept;
   void write_cq_head() noexcept;
 
@@ -113,6 +118,8 @@ class QueuePair {
   std::vector<std::uint16_t> free_;  // free slot indices (CIDs)
   unsigned outstanding_ = 0;
   unsigned polls_since_check_ = 0;
+  std::uint64_t next_check_ns_ = 0;
+  std::uint64_t check_interval_ns_ = 0;
   std::uint32_t page_ = 4096;
   std::uint32_t max_transfer_ = 0;
   std::uint64_t block_count_ = 0;
