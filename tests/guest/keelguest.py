@@ -827,6 +827,8 @@ def run_guest(cfg, backend_template, label="guest"):
     result["loadavg"] = round(os.getloadavg()[0], 1)
     if problems:
         result["ok"] = False
+        # CI keeps only this output: the backend's last words (its transitions and counters).
+        result["backend_tail"] = backend.log_tail(30)
     else:
         result["ok"] = True
         if not cfg.image:
@@ -1013,5 +1015,8 @@ def summarize(result):
         out.append(f"  host-side verify of the image: {result['host_verify_blocks']} blocks")
     for p in result["problems"]:
         out.append(f"  problem: {p}")
+    if result.get("backend_tail"):
+        out.append("  backend log (last lines):")
+        out.extend("    " + line for line in result["backend_tail"].rstrip().splitlines())
     out.append(f"  logs: {result['workdir']}")
     return out
