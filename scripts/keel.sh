@@ -59,9 +59,13 @@ case "${1:-}" in
   build) build ;;
   demo)
     build
-    # keel's main job: the accelerated path against the software fallback, on the simulated
-    # card (the RTL card when it is built, else the C++ model), short, verified.
-    "$BUILD_DIR/bench/keel-perf" --rw randrw --bs 4k --iodepth 16 --runtime 3s --verify
+    # keel's main job: the accelerated path against the software fallback on the C++ reference
+    # card running free, short, verified; then the Verilated RTL card (when built) on the VF
+    # path, for its cycles per command and the IOPS they project in silicon.
+    "$BUILD_DIR/bench/keel-perf" --card model --rw randrw --bs 4k --iodepth 16 --runtime 3s \
+      --verify
+    "$BUILD_DIR/bench/keel-perf" --card sim --path vf --rw randread --bs 4k --iodepth 32 \
+      --runtime 2s --verify
     ;;
   test)
     phase "build"
@@ -75,7 +79,8 @@ case "${1:-}" in
     # of bench/, which the main run above exercises).
     phase "ASan+UBSan build"
     cmake -S "$ROOT" -B "$BUILD_DIR-asan" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DKEEL_SANITIZE=ON \
-      -DKEEL_WITH_SIM=OFF -DKEEL_WITH_BENCH=OFF
+      -DKEEL_WITH_SIM=OFF -DKEEL_WITH_BENCH=OFF \
+      -DCMAKE_CXX_FLAGS_DEBUG=-g1 -DCMAKE_C_FLAGS_DEBUG=-g1
     cmake --build "$BUILD_DIR-asan" -j "$JOBS"
     phase "ASan+UBSan ctest"
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \

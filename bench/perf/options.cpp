@@ -96,7 +96,8 @@ Result<Invocation> parse_options(int argc, const char* const* argv) {
       "keel-perf: IOPS, latency and host CPU per IO of keel's accelerated path (paravisor -> VF) "
       "against the software fallback (paravisor -> host storage service), fio style."};
   std::string rw = "randread", path = "both", bs = "4k", runtime, size, sweep, card_size;
-  app.add_option("--card", c.card, "card: sim (default when built), model, vfio:<BDF>, xrt:<N>");
+  app.add_option("--card", c.card,
+                 "card: model (default), sim (the Verilated RTL card), vfio:<BDF>, xrt:<N>");
   app.add_option("--vfs", c.vfs, "VFs to enable (default: one per job)");
   app.add_option("--path", path, "vf, fallback or both")->capture_default_str();
   app.add_option("--rw", rw, "read, write, randread, randwrite, randrw")->capture_default_str();

@@ -72,6 +72,17 @@ json to_json(const Point& p) {
                     {"verify", {{"blocks", r.verified_blocks}, {"errors", r.verify_errors}}},
                     {"path_switches", r.path_switches},
                     {"peak_rss_mib", r.peak_rss_mib}});
+    if (r.rtl && r.card_commands > 0) {
+      jobs.back()["rtl_card"] = {
+          {"commands", r.card_commands},
+          {"cycles", r.card_cycles},
+          {"clock_mhz", r.clock_mhz},
+          {"busy_cycles", r.card_busy_cycles},
+          {"cycles_per_cmd", r.cycles_per_cmd()},
+          {"busy_cycles_per_cmd", r.busy_cycles_per_cmd()},
+          {"projected_iops", r.projected_iops()},
+          {"sim_cycles_per_s", static_cast<double>(r.card_cycles) / r.seconds}};
+    }
   }
   json out = {{"jobs", jobs},
               {"options",
@@ -113,7 +124,7 @@ json document(const std::vector<Point>& points, const std::string& sweep_param) 
 
 std::string text_report(const Point& p) {
   std::string out;
-  char line[256];
+  char line[320];
   const Config& c = p.config;
   std::snprintf(line, sizeof line, "%s bs=%u iodepth=%u numjobs=%u vfs=%u%s\n", to_string(c.rw),
                 c.bs, c.iodepth, c.numjobs, c.vfs, c.verify ? " verify" : "");
@@ -134,6 +145,15 @@ std::string text_report(const Point& p) {
                   us(static_cast<double>(lat.percentile(0.999))),
                   us(static_cast<double>(lat.max())), r.cpu_ns_per_io());
     out += line;
+    if (r.rtl && r.card_commands > 0) {
+      std::snprintf(line, sizeof line,
+                    "          RTL card: data mover %.1f cycles/cmd -> card limit %s IOPS at %u "
+                    "MHz; clock %.1f cycles/cmd here, simulated at %.2fM cycles/s (the IOPS "
+                    "above measure the simulator)\n",
+                    r.busy_cycles_per_cmd(), human(r.projected_iops()).c_str(), r.clock_mhz,
+                    r.cycles_per_cmd(), static_cast<double>(r.card_cycles) / r.seconds / 1e6);
+      out += line;
+    }
     if (c.verify) {
       std::snprintf(line, sizeof line, "          verify: %llu blocks checked, %llu errors\n",
                     static_cast<unsigned long long>(r.verified_blocks),

@@ -48,11 +48,33 @@ struct PathResult {
   std::uint64_t path_switches = 0;
   double peak_rss_mib = 0;
   std::string card;
+  /// The card's own clock over the timed phase (PF CMDS and CYCLES counters). Only for the
+  /// Verilated RTL card (`rtl`) do cycles mean card clock cycles: its throughput in silicon is
+  /// clock_mhz / cycles_per_cmd, whatever speed the host simulates it at.
+  bool rtl = false;
+  std::uint64_t card_commands = 0;
+  std::uint64_t card_cycles = 0;
+  std::uint64_t card_busy_cycles = 0;  ///< Data-mover cycles of the commands (VF counters).
+  unsigned clock_mhz = 0;
 
   std::uint64_t ios() const { return read.ios + write.ios; }
   double iops() const { return seconds > 0 ? static_cast<double>(ios()) / seconds : 0; }
   double cpu_ns_per_io() const {
     return ios() > 0 ? static_cast<double>(host_cpu_ns) / static_cast<double>(ios()) : 0;
+  }
+  double cycles_per_cmd() const {
+    return card_commands > 0 ? static_cast<double>(card_cycles) / static_cast<double>(card_commands)
+                             : 0;
+  }
+  /// Data-mover cycles per command: the card's own limit (the mover is shared and serial).
+  double busy_cycles_per_cmd() const {
+    return card_commands > 0
+               ? static_cast<double>(card_busy_cycles) / static_cast<double>(card_commands)
+               : 0;
+  }
+  /// IOPS the card's data mover allows at its clock: the silicon's limit for this workload.
+  double projected_iops() const {
+    return busy_cycles_per_cmd() > 0 ? clock_mhz * 1e6 / busy_cycles_per_cmd() : 0;
   }
 };
 

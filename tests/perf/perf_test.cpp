@@ -2,6 +2,7 @@
 // each path of the model card.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "options.h"
@@ -161,6 +162,48 @@ TEST(PerfRun, VerifiedRunOnBothPathsAndItsJson) {
     EXPECT_GT(doc["keel"]["ratios"][k].get<double>(), 0.0) << k;
   }
   EXPECT_NE(text_report(p).find("accelerated / fallback"), std::string::npos);
+}
+
+TEST(PerfRun, DefaultCardIsTheReferenceModel) {
+  auto inv = parse({"--size", "256k", "--path", "vf", "--no-progress"});
+  ASSERT_TRUE(inv.ok());
+  auto stack = Stack::open(inv->config);
+  ASSERT_TRUE(stack.ok()) << to_string(stack.error());
+  EXPECT_EQ((*stack)->card_spec(), "model");
+  auto r = (*stack)->run(inv->config, true, nullptr);
+  ASSERT_TRUE(r.ok()) << to_string(r.error());
+  EXPECT_FALSE(r->rtl);
+  EXPECT_FALSE(document({{inv->config, {*r}}}, "")["jobs"][0].contains("rtl_card"))
+      << "the model's cycle counter is wall time: no RTL projection from it";
+}
+
+// On the Verilated card the run also reports the card's own clock: commands, cycles, the data
+// mover's cycles per 4 KiB command (64 beats of 64 bytes at least) and what they project.
+TEST(PerfRun, RtlCardReportsCyclesPerCommand) {
+  const auto backends = fpga::test_backends();
+  if (std::find(backends.begin(), backends.end(), "sim") == backends.end()) {
+    GTEST_SKIP() << "this build has no Verilated card";
+  }
+  auto inv = parse({"--card", "sim", "--path", "vf", "--rw", "randread", "--bs", "4k", "--iodepth",
+                    "8", "--size", "128k", "--no-progress"});
+  ASSERT_TRUE(inv.ok());
+  auto stack = Stack::open(inv->config);
+  ASSERT_TRUE(stack.ok()) << to_string(stack.error());
+  auto r = (*stack)->run(inv->config, true, nullptr);
+  ASSERT_TRUE(r.ok()) << to_string(r.error());
+  EXPECT_TRUE(r->rtl);
+  EXPECT_GE(r->card_commands, (128u << 10) / 4096) << "every read, and the queues' setup";
+  EXPECT_EQ(r->clock_mhz, 250u);
+  EXPECT_GE(r->busy_cycles_per_cmd(), 64.0);
+  EXPECT_GE(r->cycles_per_cmd(), r->busy_cycles_per_cmd());
+  EXPECT_NEAR(r->projected_iops(), 250e6 / r->busy_cycles_per_cmd(), 1.0);
+  const auto doc = document({{inv->config, {*r}}}, "");
+  const auto& card = doc["jobs"][0]["rtl_card"];
+  for (const char* k : {"commands", "cycles", "busy_cycles", "clock_mhz", "cycles_per_cmd",
+                        "busy_cycles_per_cmd", "projected_iops", "sim_cycles_per_s"}) {
+    EXPECT_TRUE(card.contains(k)) << k;
+  }
+  EXPECT_NE(text_report({inv->config, {*r}}).find("RTL card: data mover"), std::string::npos);
 }
 
 TEST(PerfRun, FallbackIsRefusedOnARealBoard) {
