@@ -16,9 +16,9 @@
 #include <thread>
 #include <vector>
 
+#include "keel/unique_fd.h"
 #include "keel/vmm/host_service.h"
 #include "ring_layout.h"
-#include "unique_fd.h"
 
 namespace keel::vmm::detail {
 
@@ -118,7 +118,7 @@ struct HostStorageService::Impl {
   void cancel_in_flight() noexcept;
 
   HostServiceConfig config;
-  detail::UniqueFd image_fd;
+  UniqueFd image_fd;
   std::uint64_t base_offset = 0;
   std::uint64_t length = 0;
   std::vector<detail::MappedRegion> regions;
@@ -127,9 +127,9 @@ struct HostStorageService::Impl {
   io_uring ring{};
   bool ring_ready = false;
   unsigned prepared = 0;  // SQEs prepared since the last io_uring_submit
-  detail::UniqueFd uring_event_fd;
-  detail::UniqueFd control_fd;  // stop and new channels
-  detail::UniqueFd epoll_fd;
+  UniqueFd uring_event_fd;
+  UniqueFd control_fd;  // stop and new channels
+  UniqueFd epoll_fd;
   bool zero_range = true;
   bool stopping = false;
 

@@ -10,7 +10,7 @@
 #include "keel/fpga/dma.h"
 #include "keel/fpga/vfio/iova_space.h"
 #include "keel/result.h"
-#include "unique_fd.h"
+#include "keel/unique_fd.h"
 
 namespace keel::fpga::vfio {
 

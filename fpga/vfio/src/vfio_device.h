@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "keel/fpga/function.h"
+#include "keel/unique_fd.h"
 #include "mmio.h"
-#include "unique_fd.h"
 #include "vfio_container.h"
 
 namespace keel::fpga::vfio {

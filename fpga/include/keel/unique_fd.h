@@ -1,11 +1,11 @@
-// A file descriptor that closes itself.
+// A file descriptor that closes itself (VFIO backend, host storage service).
 #pragma once
 
 #include <unistd.h>
 
 #include <utility>
 
-namespace keel::fpga::vfio {
+namespace keel {
 
 class UniqueFd {
  public:
@@ -31,4 +31,4 @@ class UniqueFd {
   int fd_ = -1;
 };
 
-}  // namespace keel::fpga::vfio
+}  // namespace keel
