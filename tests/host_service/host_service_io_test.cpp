@@ -1,6 +1,7 @@
 // Host storage service: verified IO through guest memory, flush, write_zeroes, several
 // channels at once, guest memory in regions, and short IO.
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -169,6 +170,75 @@ TEST_F(HostServiceTest, GuestMemoryInRegions) {
   // Between the regions, and across a region's end: outside guest memory.
   EXPECT_EQ(run(*c, HostOp::read, 0, {{2ull << 30, 512}}), -EFAULT);
   EXPECT_EQ(run(*c, HostOp::read, 0, {{(1 << 20) - 256, 512}}), -EFAULT);
+}
+
+// A confidential guest's service: no guest RAM, only shared regions registered after start.
+TEST_F(HostServiceTest, SharedRegionsAreTheOnlyMemoryOfAServiceWithoutGuestRam) {
+  HostServiceConfig cfg = config();
+  cfg.guest_memory_fd = -1;
+  start(cfg);
+  EXPECT_TRUE(service->regions().empty());
+  auto early = client();  // opened before the region: may use it once add_shared_region returns
+  ASSERT_TRUE(early);
+  GuestRam pool(1 << 20);
+  auto at = service->add_shared_region(pool.fd(), 0, pool.bytes());
+  ASSERT_TRUE(at.ok()) << to_string(at.error());
+  EXPECT_GE(*at, kHostSharedBase);
+  const auto regions = service->regions();
+  ASSERT_EQ(regions.size(), 1u);
+  EXPECT_EQ(regions[0].gpa, *at);
+  EXPECT_EQ(regions[0].bytes, pool.bytes());
+  EXPECT_TRUE(regions[0].shared);
+  struct stat st {};
+  ASSERT_EQ(fstat(pool.fd(), &st), 0);
+  EXPECT_EQ(regions[0].ino, static_cast<std::uint64_t>(st.st_ino));
+  EXPECT_EQ(regions[0].dev, static_cast<std::uint64_t>(st.st_dev));
+
+  fill(pool.at(8192), 8192, 21);
+  ASSERT_EQ(run(*early, HostOp::write, 4096, {{*at + 8192, 4096}, {*at + 12288, 4096}}), 0);
+  EXPECT_EQ(std::memcmp(image.read(kBase + 4096, 8192).data(), pool.at(8192), 8192), 0);
+  auto late = client();
+  ASSERT_TRUE(late);
+  ASSERT_EQ(run(*late, HostOp::read, 4096, {{*at, 8192}}), 0);
+  EXPECT_EQ(std::memcmp(pool.at(0), pool.at(8192), 8192), 0);
+  // Guest addresses and anything past the region fault; nothing reaches guest RAM.
+  EXPECT_EQ(run(*late, HostOp::read, 0, {{0, 512}}), -EFAULT);
+  EXPECT_EQ(run(*late, HostOp::read, 0, {{*at + pool.bytes() - 256, 512}}), -EFAULT);
+  EXPECT_EQ(run(*late, HostOp::read, 0, {{*at - 512, 512}}), -EFAULT);
+
+  // A second region goes above the first; bad regions are refused.
+  GuestRam other(1 << 20);
+  auto at2 = service->add_shared_region(other.fd(), 4096, 8192);
+  ASSERT_TRUE(at2.ok()) << to_string(at2.error());
+  EXPECT_GE(*at2, *at + pool.bytes());
+  fill(other.at(4096), 4096, 22);
+  ASSERT_EQ(run(*late, HostOp::write, 0, {{*at2, 4096}}), 0);
+  EXPECT_EQ(std::memcmp(image.read(kBase, 4096).data(), other.at(4096), 4096), 0);
+  EXPECT_EQ(service->regions().size(), 2u);
+  EXPECT_EQ(service->add_shared_region(-1, 0, 4096).error().code, Errc::invalid_argument);
+  EXPECT_EQ(service->add_shared_region(other.fd(), 0, 0).error().code, Errc::invalid_argument);
+  EXPECT_EQ(service->add_shared_region(other.fd(), 0, 2 << 20).error().code,
+            Errc::invalid_argument);
+  EXPECT_EQ(service->regions().size(), 2u);
+}
+
+TEST_F(HostServiceTest, RegionsReportGuestRamGivenAtStart) {
+  start();
+  const auto regions = service->regions();
+  ASSERT_EQ(regions.size(), 1u);
+  EXPECT_EQ(regions[0].gpa, 0u);
+  EXPECT_EQ(regions[0].bytes, kRam);
+  EXPECT_FALSE(regions[0].shared);
+  GuestRam pool(1 << 20);
+  auto at = service->add_shared_region(pool.fd(), 0, pool.bytes());
+  ASSERT_TRUE(at.ok()) << to_string(at.error());
+  EXPECT_GE(*at, kHostSharedBase);
+  auto c = client();
+  ASSERT_TRUE(c);
+  fill(ram.at(0), 4096, 23);
+  ASSERT_EQ(run(*c, HostOp::write, 0, {{0, 4096}}), 0);
+  ASSERT_EQ(run(*c, HostOp::read, 0, {{*at, 4096}}), 0);
+  EXPECT_EQ(std::memcmp(pool.at(0), ram.at(0), 4096), 0);
 }
 
 TEST_F(HostServiceTest, ShortReadContinuesThenFailsWhereTheImageEnds) {

@@ -14,17 +14,20 @@ using vmm::PathState;
 
 enum class Fault { surprise_removal, silent_removal, flr, fatal, stuck };
 
-std::string fault_name(const ::testing::TestParamInfo<std::tuple<std::string, Fault>>& info) {
+// Backend, fault, and whether the guest is confidential.
+using FailoverParam = std::tuple<std::string, Fault, bool>;
+
+std::string fault_name(const ::testing::TestParamInfo<FailoverParam>& info) {
   static const char* names[] = {"surprise_removal", "silent_removal", "flr", "fatal", "stuck"};
   std::string b = std::get<0>(info.param);
   for (char& c : b) {
     if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
   }
-  return b + "_" + names[static_cast<int>(std::get<1>(info.param))];
+  return b + "_" + names[static_cast<int>(std::get<1>(info.param))] +
+         (std::get<2>(info.param) ? "_confidential" : "");
 }
 
-class Failover : public ::testing::TestWithParam<std::tuple<std::string, Fault>>,
-                 public ParavisorTest {
+class Failover : public ::testing::TestWithParam<FailoverParam>, public ParavisorTest {
  protected:
   void SetUp() override {
     if (!open_backend(std::get<0>(GetParam()))) GTEST_SKIP() << "needs a simulated card";
@@ -33,7 +36,9 @@ class Failover : public ::testing::TestWithParam<std::tuple<std::string, Fault>>
 
 TEST_P(Failover, UnderLoadNothingIsLostOrDuplicated) {
   const Fault fault = std::get<1>(GetParam());
+  const bool confidential = std::get<2>(GetParam());
   vmm::ParavisorConfig cfg;
+  cfg.confidential = confidential;
   cfg.command_timeout = std::chrono::milliseconds(20);
   cfg.admin_timeout = std::chrono::milliseconds(20);
   cfg.probe_interval = std::chrono::milliseconds(5);
@@ -123,6 +128,17 @@ TEST_P(Failover, UnderLoadNothingIsLostOrDuplicated) {
   EXPECT_EQ(k.to_fallback, 1u);
   EXPECT_EQ(k.to_vf, 1u);
   EXPECT_GT(k.fallback_ios, 0u) << "the host path carried IO";
+  if (confidential) {
+    // Every transfer bounced: through the DMA pool on the VF, the shared pool on the host path
+    // (re-issued writes included), and the host service never saw guest RAM.
+    EXPECT_GT(k.bounced, 0u);
+    EXPECT_GT(k.pool_bounced, 0u);
+    EXPECT_GT(k.reissued, 0u) << "VF commands in flight at the fault went to the host path";
+    EXPECT_FALSE(host_maps_guest_ram(g));
+    EXPECT_EQ(g.host->regions().size(), 1u);
+  } else {
+    EXPECT_EQ(k.pool_bounced, 0u);
+  }
   const auto log = g.pv->transitions();
   std::vector<PathState> seen;
   for (const auto& t : log) {
@@ -141,7 +157,16 @@ INSTANTIATE_TEST_SUITE_P(Backends, Failover,
                          ::testing::Combine(::testing::ValuesIn(fpga::test_backends()),
                                             ::testing::Values(Fault::surprise_removal,
                                                               Fault::silent_removal, Fault::flr,
-                                                              Fault::fatal, Fault::stuck)),
+                                                              Fault::fatal, Fault::stuck),
+                                            ::testing::Values(false)),
+                         fault_name);
+// Confidential guests: VF IO bounces through the DMA pool, host IO (re-issues included) through
+// the pool shared with the host service.
+INSTANTIATE_TEST_SUITE_P(Confidential, Failover,
+                         ::testing::Combine(::testing::ValuesIn(fpga::test_backends()),
+                                            ::testing::Values(Fault::surprise_removal, Fault::flr,
+                                                              Fault::stuck),
+                                            ::testing::Values(true)),
                          fault_name);
 
 }  // namespace

@@ -2,6 +2,7 @@
 // in-process virtio-blk driver. The card is lockstep; every wait steps it.
 #pragma once
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -57,8 +58,11 @@ class ParavisorTest {
     if (!image_.empty()) std::filesystem::remove(image_);
   }
 
-  /// `n` guests on VFs 0..n-1 (VFs enabled with `queues` queue pairs each).
-  void make_guests(unsigned n, vmm::ParavisorConfig cfg = {}, std::uint64_t mem_bytes = 32u << 20) {
+  /// `n` guests on VFs 0..n-1 (VFs enabled with `queues` queue pairs each); guests from
+  /// `vf_guests` on start without a VF (fallback only). A confidential guest's host service is
+  /// started without guest RAM: it sees only the pool its paravisor shares with it.
+  void make_guests(unsigned n, vmm::ParavisorConfig cfg = {}, std::uint64_t mem_bytes = 32u << 20,
+                   unsigned vf_guests = ~0u) {
     auto pm = sriov::PfManager::discover(*card_);
     KEEL_ASSERT_OK(pm);
     std::vector<sriov::VfResources> res(n);
@@ -79,15 +83,17 @@ class ParavisorTest {
       hc.image_path = image_;
       hc.base_offset = i * kSliceLbas * 512;
       hc.length = kSliceLbas * 512;
-      hc.guest_memory_fd = g.mem->regions()[0].fd;
-      hc.guest_memory_bytes = g.mem->regions()[0].bytes;
+      if (!cfg.confidential) {
+        hc.guest_memory_fd = g.mem->regions()[0].fd;
+        hc.guest_memory_bytes = g.mem->regions()[0].bytes;
+      }
       auto host = vmm::HostStorageService::start(hc);
       KEEL_ASSERT_OK(host);
       g.host = std::move(host).value();
       cfg.capacity_sectors = kSliceLbas;
       auto vf = card_->vf(i);
       KEEL_ASSERT_OK(vf);
-      auto pv = vmm::Paravisor::create(*card_, *vf, *g.mem, *g.host, cfg);
+      auto pv = vmm::Paravisor::create(*card_, i < vf_guests ? *vf : nullptr, *g.mem, *g.host, cfg);
       KEEL_ASSERT_OK(pv);
       g.pv = std::move(pv).value();
       auto drv = vmm::GuestDriver::attach(*g.pv, *g.mem, cfg.queues, 128, 1u << 20);
@@ -95,6 +101,21 @@ class ParavisorTest {
       g.drv = std::move(drv).value();
       guests_.push_back(std::move(g));
     }
+  }
+
+  /// Whether g's host service maps any of g's RAM (compares the backing files).
+  static bool host_maps_guest_ram(const Guest& g) {
+    for (const auto& h : g.host->regions()) {
+      for (const auto& r : g.mem->regions()) {
+        struct stat st {};
+        EXPECT_EQ(fstat(r.fd, &st), 0);
+        if (static_cast<std::uint64_t>(st.st_dev) == h.dev &&
+            static_cast<std::uint64_t>(st.st_ino) == h.ino) {
+          return true;
+        }
+      }
+    }
+    return false;
   }
 
   /// One round: every paravisor once, then one card step.

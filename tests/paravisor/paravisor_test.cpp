@@ -1,5 +1,7 @@
 // The paravisor on model and sim: several guests each on their own VF, verified IO through the
 // in-process virtio-blk driver, every request shape, bad input, isolation, confidential mode.
+#include <cerrno>
+#include <chrono>
 #include <random>
 
 #include "keel/fpga/model/model_card.h"
@@ -224,18 +226,115 @@ TEST_P(Paravisor, AGuestsVfCannotReachAnotherGuestsMemory) {
   EXPECT_FALSE(mmu.covered(1, 32u << 20, 4096)) << "nothing beyond the guest's RAM";
 }
 
+// A confidential guest's RAM is private: neither its VF nor the host storage service (the
+// untrusted host) can reach it. Guest 0 runs on its VF (bounced through the paravisor's DMA
+// pool), guest 1 has no VF and runs on the host path (bounced through the pool the paravisor
+// shares with the host service, the only memory that service was given).
 TEST_P(Paravisor, ConfidentialGuestMemoryIsNeverMappedForTheVf) {
   vmm::ParavisorConfig cfg;
   cfg.confidential = true;
-  make_guests(1, cfg);
+  make_guests(2, cfg, 32u << 20, /*vf_guests=*/1);
   auto* model = dynamic_cast<fpga::model::ModelCard*>(card_.get());
   if (model != nullptr) {
     EXPECT_FALSE(model->iommu().covered(1, 0, 4096)) << "guest RAM is private";
   }
+  for (const Guest& g : guests_) {
+    EXPECT_FALSE(host_maps_guest_ram(g)) << "the host service maps guest RAM";
+    const auto regions = g.host->regions();
+    ASSERT_EQ(regions.size(), 1u) << "the host service was given only the shared pool";
+    EXPECT_TRUE(regions[0].shared);
+    EXPECT_EQ(regions[0].gpa, g.pv->shared_pool_address());
+    EXPECT_EQ(regions[0].bytes, g.pv->shared_pool_bytes());
+    EXPECT_GE(regions[0].gpa, vmm::kHostSharedBase) << "no overlap with guest addresses";
+  }
+
+  // The accelerated path.
   verified_round_trip(*this, guests_[0], 64, 64, 6);
   const auto c = guests_[0].pv->counters();
   EXPECT_GE(c.bounced, 2u);
   EXPECT_EQ(c.fallback_ios, 0u) << "still the accelerated path";
+  EXPECT_EQ(c.pool_bounced, 0u);
+
+  // The host path: single and scattered buffers, several sub-requests, flush, write-zeroes.
+  Guest& h = guests_[1];
+  EXPECT_EQ(h.pv->state(), vmm::PathState::absent);
+  verified_round_trip(*this, h, 64, 64, 7);
+  verified_round_trip(*this, h, 200, 24, 8, {512, 1536, 4096, 2048, 4096});
+  verified_round_trip(*this, h, 1000, 700, 9);  // 350 KiB: three sub-requests
+  ASSERT_EQ(run(h, blk::kFlush, 0, {}), blk::kStatusOk);
+  auto wz = h.drv->write_zeroes(0, 1008, 8);
+  ASSERT_TRUE(wz.ok());
+  EXPECT_EQ(await(h, {*wz})[*wz], blk::kStatusOk);
+  const std::uint64_t zb = h.drv->alloc(16 * 512);
+  ASSERT_EQ(run(h, blk::kIn, 1000, {{zb, 16 * 512}}), blk::kStatusOk);
+  EXPECT_EQ(check_pattern(h.drv->host(zb, 4096), 4096, 1000, 9), -1);
+  for (int i = 4096; i < 8192; ++i) ASSERT_EQ(*h.drv->host(zb + i, 1), std::byte{0}) << i;
+
+  // More requests in flight than pool chunks (32 per queue): the rest wait for one.
+  constexpr unsigned kBurst = 40;  // 3 descriptors each: 42 fit a queue of 128
+  const std::uint64_t wb = h.drv->alloc(kBurst * 4096);
+  std::vector<std::uint16_t> ids;
+  for (unsigned i = 0; i < kBurst; ++i) {
+    fill_pattern(h.drv->host(wb + i * 4096, 4096), 4096, 4000 + i * 8, 10);
+    auto id =
+        h.drv->submit(0, blk::kOut, 4000 + i * 8, std::vector<vmm::DataSeg>{{wb + i * 4096, 4096}});
+    ASSERT_TRUE(id.ok());
+    ids.push_back(*id);
+  }
+  h.drv->kick(0);
+  for (const auto& [id, st] : await(h, ids)) EXPECT_EQ(st, blk::kStatusOk) << id;
+  for (unsigned i = 0; i < kBurst; ++i) {
+    const std::uint64_t rb = h.drv->alloc(4096);
+    ASSERT_EQ(run(h, blk::kIn, 4000 + i * 8, {{rb, 4096}}), blk::kStatusOk);
+    ASSERT_EQ(check_pattern(h.drv->host(rb, 4096), 4096, 4000 + i * 8, 10), -1) << i;
+  }
+  const auto k = h.pv->counters();
+  EXPECT_GT(k.fallback_ios, 0u);
+  EXPECT_EQ(k.vf_ios, 0u);
+  EXPECT_GE(k.pool_bounced, 2u * kBurst + 6);
+  EXPECT_EQ(k.bounced, 0u);
+  EXPECT_EQ(k.errors, 0u);
+
+  // The host cannot reach guest RAM: a request naming a guest address faults, and so does one
+  // past the pool.
+  auto ch = h.host->open_channel(8);
+  KEEL_ASSERT_OK(ch);
+  auto client = vmm::HostServiceClient::attach(*ch);
+  KEEL_ASSERT_OK(client);
+  const std::uint64_t gbuf = h.drv->alloc(4096);
+  std::memset(h.drv->host(gbuf, 4096), 0x5A, 4096);
+  auto host_io = [&](vmm::HostOp op, std::uint64_t addr) {
+    const vmm::HostSegment seg{addr, 4096};
+    EXPECT_TRUE((*client)->submit(77, op, 0, {&seg, 1}));
+    vmm::HostCompletion done[1];
+    EXPECT_EQ((*client)->wait(done, std::chrono::seconds(10)), 1u);
+    return done[0].result;
+  };
+  EXPECT_EQ(host_io(vmm::HostOp::read, gbuf), -EFAULT);
+  EXPECT_EQ(host_io(vmm::HostOp::write, gbuf), -EFAULT);
+  EXPECT_EQ(host_io(vmm::HostOp::read, 0), -EFAULT);
+  EXPECT_EQ(host_io(vmm::HostOp::read, h.pv->shared_pool_address() + h.pv->shared_pool_bytes()),
+            -EFAULT);
+  for (int i = 0; i < 4096; ++i) ASSERT_EQ(*h.drv->host(gbuf + i, 1), std::byte{0x5A}) << i;
+  EXPECT_EQ(host_io(vmm::HostOp::read, h.pv->shared_pool_address()), 0) << "the pool it may use";
+}
+
+TEST_P(Paravisor, ConfidentialGuestRefusesAHostServiceThatMapsItsRam) {
+  auto mem = vmm::GuestMemory::create(8u << 20);
+  KEEL_ASSERT_OK(mem);
+  vmm::HostServiceConfig hc;
+  hc.image_path = image_;
+  hc.length = kSliceLbas * 512;
+  hc.guest_memory_fd = (*mem)->regions()[0].fd;
+  hc.guest_memory_bytes = (*mem)->regions()[0].bytes;
+  auto host = vmm::HostStorageService::start(hc);
+  KEEL_ASSERT_OK(host);
+  vmm::ParavisorConfig cfg;
+  cfg.confidential = true;
+  cfg.capacity_sectors = kSliceLbas;
+  auto pv = vmm::Paravisor::create(*card_, nullptr, **mem, **host, cfg);
+  ASSERT_FALSE(pv.ok());
+  EXPECT_EQ(pv.error().code, Errc::invalid_argument);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, Paravisor, ::testing::ValuesIn(fpga::test_backends()),

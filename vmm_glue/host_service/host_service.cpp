@@ -81,6 +81,36 @@ Status HostStorageService::Impl::open_image(const HostServiceConfig& cfg) {
   return {};
 }
 
+Result<detail::MappedRegion> HostStorageService::Impl::map_region(const HostMemoryRegion& r,
+                                                                  const std::string& what) {
+  if (r.fd < 0 || r.bytes == 0 || r.gpa + r.bytes < r.gpa) {
+    return make_error(Errc::invalid_argument, what + ": needs an fd and a non-zero size");
+  }
+  struct stat st {};
+  if (fstat(r.fd, &st) != 0) return sys_error(Errc::invalid_argument, "fstat of " + what);
+  if (S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) < r.fd_offset + r.bytes) {
+    return make_error(Errc::invalid_argument, what + ": its fd holds " +
+                                                  std::to_string(st.st_size) +
+                                                  " bytes, less than fd_offset + bytes");
+  }
+  const auto page = static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+  const std::uint64_t aligned = r.fd_offset & ~(page - 1);
+  const std::uint64_t delta = r.fd_offset - aligned;
+  // Shared with the guest (or the paravisor's pool): the service reads and writes IO data here.
+  void* map = mmap(nullptr, r.bytes + delta, PROT_READ | PROT_WRITE, MAP_SHARED, r.fd,
+                   static_cast<off_t>(aligned));
+  if (map == MAP_FAILED) return sys_error(Errc::io_error, "mmap of " + what);
+  detail::MappedRegion m;
+  m.gpa = r.gpa;
+  m.bytes = r.bytes;
+  m.dev = static_cast<std::uint64_t>(st.st_dev);
+  m.ino = static_cast<std::uint64_t>(st.st_ino);
+  m.map = map;
+  m.map_bytes = r.bytes + delta;
+  m.host = static_cast<std::byte*>(map) + delta;
+  return m;
+}
+
 Status HostStorageService::Impl::map_guest_memory(const HostServiceConfig& cfg) {
   if (!cfg.regions.empty() && cfg.guest_memory_fd >= 0) {
     return make_error(Errc::invalid_argument,
@@ -89,36 +119,16 @@ Status HostStorageService::Impl::map_guest_memory(const HostServiceConfig& cfg) 
   std::vector<HostMemoryRegion> list = cfg.regions;
   if (cfg.guest_memory_fd >= 0) list.push_back({cfg.guest_memory_fd, 0, 0, cfg.guest_memory_bytes});
   std::sort(list.begin(), list.end(), [](const auto& a, const auto& b) { return a.gpa < b.gpa; });
-  const auto page = static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
   for (std::size_t i = 0; i < list.size(); ++i) {
     const HostMemoryRegion& r = list[i];
     const std::string what = "guest memory region at GPA " + std::to_string(r.gpa);
-    if (r.fd < 0 || r.bytes == 0 || r.gpa + r.bytes < r.gpa) {
-      return make_error(Errc::invalid_argument, what + ": needs an fd and a non-zero size");
-    }
     if (i > 0 && list[i - 1].gpa + list[i - 1].bytes > r.gpa) {
       return make_error(Errc::invalid_argument, what + " overlaps the region before it");
     }
-    struct stat st {};
-    if (fstat(r.fd, &st) != 0) return sys_error(Errc::invalid_argument, "fstat of " + what);
-    if (S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) < r.fd_offset + r.bytes) {
-      return make_error(Errc::invalid_argument, what + ": its fd holds " +
-                                                    std::to_string(st.st_size) +
-                                                    " bytes, less than fd_offset + bytes");
-    }
-    const std::uint64_t aligned = r.fd_offset & ~(page - 1);
-    const std::uint64_t delta = r.fd_offset - aligned;
-    // Guest RAM, shared with the guest and the VMM: the service reads and writes IO data here.
-    void* map = mmap(nullptr, r.bytes + delta, PROT_READ | PROT_WRITE, MAP_SHARED, r.fd,
-                     static_cast<off_t>(aligned));
-    if (map == MAP_FAILED) return sys_error(Errc::io_error, "mmap of " + what);
-    detail::MappedRegion m;
-    m.gpa = r.gpa;
-    m.bytes = r.bytes;
-    m.map = map;
-    m.map_bytes = r.bytes + delta;
-    m.host = static_cast<std::byte*>(map) + delta;
-    regions.push_back(m);
+    auto m = map_region(r, what);
+    if (!m) return m.error();
+    regions.push_back(*m);
+    region_info.push_back({m->gpa, m->bytes, m->dev, m->ino, false});
   }
   return {};
 }
@@ -161,6 +171,7 @@ HostStorageService::Impl::~Impl() {
   pending.clear();
   if (ring_ready) io_uring_queue_exit(&ring);
   for (const auto& r : regions) munmap(r.map, r.map_bytes);
+  for (const auto& r : pending_regions) munmap(r.map, r.map_bytes);
   // const_cast: only to hand the zero mapping back; it was never written.
   if (zeros != nullptr) munmap(const_cast<std::byte*>(zeros), detail::kZeroChunk);
 }
@@ -226,6 +237,35 @@ Result<HostChannel> HostStorageService::open_channel(unsigned entries) {
   const std::uint64_t one = 1;
   [[maybe_unused]] const ssize_t n = ::write(impl_->control_fd.get(), &one, sizeof one);
   return out;
+}
+
+Result<std::uint64_t> HostStorageService::add_shared_region(int fd, std::uint64_t fd_offset,
+                                                            std::uint64_t bytes) {
+  constexpr std::uint64_t kAlign = 2 << 20;
+  std::unique_lock lock(impl_->pending_mutex);
+  if (impl_->closed || impl_->stop.load(std::memory_order_acquire)) {
+    return make_error(Errc::gone, "the host storage service is stopping");
+  }
+  std::uint64_t at = kHostSharedBase;
+  for (const HostRegionInfo& r : impl_->region_info) at = std::max(at, r.gpa + r.bytes);
+  at = (at + kAlign - 1) & ~(kAlign - 1);
+  auto m = Impl::map_region({fd, fd_offset, at, bytes}, "shared region at " + std::to_string(at));
+  if (!m) return m.error();
+  impl_->pending_regions.push_back(*m);
+  impl_->region_info.push_back({m->gpa, m->bytes, m->dev, m->ino, true});
+  const std::uint64_t ticket = ++impl_->regions_added;
+  impl_->has_pending.store(true, std::memory_order_release);
+  const std::uint64_t one = 1;
+  [[maybe_unused]] const ssize_t n = ::write(impl_->control_fd.get(), &one, sizeof one);
+  // The service thread adopts it on its next pass (or in shut_down(), which adopts whatever
+  // is pending): after that, requests may name it.
+  impl_->regions_cv.wait(lock, [&] { return impl_->regions_adopted >= ticket; });
+  return at;
+}
+
+std::vector<HostRegionInfo> HostStorageService::regions() const {
+  std::lock_guard lock(impl_->pending_mutex);
+  return impl_->region_info;
 }
 
 HostStorageService::Stats HostStorageService::stats() const {

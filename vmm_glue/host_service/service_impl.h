@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -69,10 +70,12 @@ struct Slot {
   iovec iov[kMaxSegments];
 };
 
-/// A region of guest memory mapped into the service.
+/// A region of guest memory (or a shared region) mapped into the service.
 struct MappedRegion {
   std::uint64_t gpa = 0;
   std::uint64_t bytes = 0;
+  std::uint64_t dev = 0;  // st_dev, st_ino of the fd it maps
+  std::uint64_t ino = 0;
   std::byte* host = nullptr;  // host address of gpa
   void* map = nullptr;        // the mapping (starts at or before host: page-aligned offset)
   std::uint64_t map_bytes = 0;
@@ -91,11 +94,14 @@ struct HostStorageService::Impl {
   // Setup (host_service.cpp).
   Status open_image(const HostServiceConfig& config);
   Status map_guest_memory(const HostServiceConfig& config);
+  /// Checks and maps one region (any thread); `what` names it in errors.
+  static Result<detail::MappedRegion> map_region(const HostMemoryRegion& region,
+                                                 const std::string& what);
   Status init_io(const HostServiceConfig& config);
 
   // The thread (service_loop.cpp).
   void run() noexcept;
-  bool adopt_channels() noexcept;
+  bool adopt_channels() noexcept;  // and shared regions
   bool drain(detail::ServiceChannel& ch) noexcept;
   bool can_take(const detail::ServiceChannel& ch) const noexcept;
   void publish(detail::ServiceChannel& ch) noexcept;
@@ -121,7 +127,7 @@ struct HostStorageService::Impl {
   UniqueFd image_fd;
   std::uint64_t base_offset = 0;
   std::uint64_t length = 0;
-  std::vector<detail::MappedRegion> regions;
+  std::vector<detail::MappedRegion> regions;  // service thread only, after start
   const std::byte* zeros = nullptr;  // read-only anonymous mapping: reads as zeroes, no RSS
 
   io_uring ring{};
@@ -137,8 +143,15 @@ struct HostStorageService::Impl {
   std::vector<std::uint32_t> free_slots;
   std::vector<std::unique_ptr<detail::ServiceChannel>> channels;  // service thread only
 
-  std::mutex pending_mutex;  // guards pending, closed and last_error_text
+  // guards pending, pending_regions, region_info, regions_added/adopted, closed and
+  // last_error_text
+  std::mutex pending_mutex;
   std::vector<std::unique_ptr<detail::ServiceChannel>> pending;
+  std::vector<detail::MappedRegion> pending_regions;  // shared regions not yet adopted
+  std::vector<HostRegionInfo> region_info;            // everything mapped, for regions()
+  std::uint64_t regions_added = 0;                    // shared regions handed to the thread
+  std::uint64_t regions_adopted = 0;                  // of those, in `regions`
+  std::condition_variable regions_cv;                 // regions_adopted moved
   bool closed = false;  // shut_down() has taken the last pending channels
   std::string last_error_text;
   std::atomic<bool> has_pending{false};

@@ -1,12 +1,14 @@
 // The service thread: adopt channels, drain their SQs into io_uring, post completions, sleep
 // in epoll when there is nothing to do, and stop without losing or duplicating a completion.
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <new>
 #include <string>
 
 #include "service_impl.h"
@@ -49,11 +51,26 @@ void HostStorageService::Impl::run() noexcept {
 
 bool HostStorageService::Impl::adopt_channels() noexcept {
   std::vector<std::unique_ptr<detail::ServiceChannel>> fresh;
+  bool new_regions = false;
   {
     std::lock_guard lock(pending_mutex);
     fresh.swap(pending);
+    // Shared regions first: a channel adopted in this pass may already name them. `regions`
+    // grows only here, on the control path (a region is added once per paravisor).
+    for (const detail::MappedRegion& r : pending_regions) {
+      try {
+        regions.push_back(r);
+      } catch (const std::bad_alloc&) {
+        munmap(r.map, r.map_bytes);
+        last_error_text = "out of memory adopting a shared region; its requests get -EFAULT";
+      }
+    }
+    new_regions = !pending_regions.empty();
+    pending_regions.clear();
+    regions_adopted = regions_added;
     has_pending.store(false, std::memory_order_relaxed);
   }
+  if (new_regions) regions_cv.notify_all();
   for (auto& ch : fresh) {
     ch->id = static_cast<unsigned>(channels.size());
     epoll_event ev{};

@@ -1,7 +1,13 @@
 // The paravisor's control side: device setup, workers, and the failover state machine.
 #include "keel/vmm/paravisor.h"
 
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 #include <keel/regs/keel_regs.h>
 
@@ -49,14 +55,55 @@ Result<std::unique_ptr<Paravisor>> Paravisor::create(fpga::Card& card, fpga::Fun
     return make_error(Errc::invalid_argument,
                       "disk size unknown: no VF answered and capacity_sectors is 0");
   }
+  if (config.confidential) {
+    if (Status st = pv->make_shared_pool(); !st.ok()) return st.error();
+  }
+  const std::uint64_t slice = std::uint64_t{QueueWorker::kPoolChunks} * QueueWorker::kChunkBytes;
   for (unsigned q = 0; q < config.queues; ++q) {
     auto ch = host.open_channel();
     if (!ch) return ch.error();
     auto client = HostServiceClient::attach(*ch);
     if (!client) return client.error();
-    pv->workers_.push_back(std::make_unique<QueueWorker>(*pv, q, std::move(client).value()));
+    std::byte* pool = pv->pool_ != nullptr ? pv->pool_ + q * slice : nullptr;
+    pv->workers_.push_back(std::make_unique<QueueWorker>(*pv, q, std::move(client).value(), pool,
+                                                         pv->pool_addr_ + q * slice));
   }
   return pv;
+}
+
+Status Paravisor::make_shared_pool() {
+  // The host is untrusted: it must reach none of this guest's RAM, only the pool.
+  for (const HostRegionInfo& h : host_.regions()) {
+    for (const GuestMemory::Region& g : memory_.regions()) {
+      struct stat st {};
+      if (fstat(g.fd, &st) != 0) continue;
+      if (static_cast<std::uint64_t>(st.st_dev) == h.dev &&
+          static_cast<std::uint64_t>(st.st_ino) == h.ino) {
+        return make_error(Errc::invalid_argument,
+                          "confidential guest: the host storage service maps this guest's RAM "
+                          "(start it without guest memory; the paravisor shares a pool with it)");
+      }
+    }
+  }
+  pool_bytes_ = std::uint64_t{config_.queues} * QueueWorker::kPoolChunks * QueueWorker::kChunkBytes;
+  pool_fd_ = memfd_create("keel-pv-shared-pool", MFD_CLOEXEC);
+  if (pool_fd_ < 0) {
+    return make_error(Errc::io_error, std::string("memfd_create: ") + std::strerror(errno));
+  }
+  if (ftruncate(pool_fd_, static_cast<off_t>(pool_bytes_)) != 0) {
+    return make_error(Errc::io_error,
+                      std::string("sizing the shared pool: ") + std::strerror(errno));
+  }
+  void* p = mmap(nullptr, pool_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, pool_fd_, 0);
+  if (p == MAP_FAILED) {
+    return make_error(Errc::io_error,
+                      std::string("mapping the shared pool: ") + std::strerror(errno));
+  }
+  pool_ = static_cast<std::byte*>(p);
+  auto at = host_.add_shared_region(pool_fd_, 0, pool_bytes_);
+  if (!at) return at.error();
+  pool_addr_ = *at;
+  return {};
 }
 
 Paravisor::~Paravisor() {
@@ -64,6 +111,9 @@ Paravisor::~Paravisor() {
   workers_.clear();
   if (vf_ != nullptr && !config_.confidential) memory_.unmap_from_device(*vf_);
   ctrl_.reset();
+  // The host service keeps its own mapping of the pool until it is destroyed.
+  if (pool_ != nullptr) munmap(pool_, pool_bytes_);
+  if (pool_fd_ >= 0) close(pool_fd_);
 }
 
 Status Paravisor::bring_up_vf() {
@@ -242,6 +292,7 @@ ParavisorCounters Paravisor::counters() const {
     c.fallback_ios += k.fallback_ios.load();
     c.reissued += k.reissued.load();
     c.bounced += k.bounced.load();
+    c.pool_bounced += k.pool_bounced.load();
     c.errors += k.errors.load();
     c.bad_requests += k.bad_requests.load();
     c.notifications += k.notifications.load();

@@ -16,7 +16,7 @@ namespace blk = virtio::blk;
 
 namespace {
 
-constexpr unsigned kBounceChunks = 32;
+constexpr unsigned kBounceChunks = QueueWorker::kPoolChunks;
 constexpr unsigned kMaxSubSegs = 32;
 constexpr std::uint32_t kPage = 4096;
 
@@ -36,8 +36,14 @@ bool prp_compatible(const std::vector<DataSeg>& segs) {
 
 }  // namespace
 
-QueueWorker::QueueWorker(Paravisor& pv, unsigned index, std::unique_ptr<HostServiceClient> host)
-    : pv_(pv), index_(index), host_(std::move(host)) {}
+QueueWorker::QueueWorker(Paravisor& pv, unsigned index, std::unique_ptr<HostServiceClient> host,
+                         std::byte* pool, std::uint64_t pool_addr)
+    : pv_(pv), index_(index), host_(std::move(host)), pool_(pool), pool_addr_(pool_addr) {
+  if (pool_ != nullptr) {
+    free_pool_.reserve(kPoolChunks);
+    for (unsigned i = 0; i < kPoolChunks; ++i) free_pool_.push_back(static_cast<int>(i));
+  }
+}
 
 QueueWorker::~QueueWorker() { qp_.reset(); }
 
@@ -115,6 +121,7 @@ void QueueWorker::split(Slot& s) noexcept {
     b.segs.clear();
     b.done = b.ok = b.on_vf = b.reissued = false;
     b.bounce = -1;
+    b.pool = -1;
     return b;
   };
   const BlkRequest& r = s.req;
@@ -213,7 +220,25 @@ bool QueueWorker::submit_host(std::uint16_t slot, std::uint16_t sub) noexcept {
   Sub& b = slots_[slot].subs[sub];
   HostSegment segs[kMaxSubSegs + 2];
   std::size_t n = 0;
-  for (const DataSeg& d : b.segs) segs[n++] = {d.gpa, d.len};
+  int chunk_index = -1;
+  if (pool_ != nullptr && !b.segs.empty()) {
+    // Confidential: the host sees only the shared pool. Writes are copied in here, reads are
+    // copied out in reap_host().
+    if (free_pool_.empty() || host_->outstanding() >= host_->capacity()) return false;
+    chunk_index = free_pool_.back();
+    std::byte* chunk = pool_ + std::size_t(chunk_index) * max_sub_bytes_;
+    if (b.op == Op::write) {
+      std::size_t off = 0;
+      for (const DataSeg& d : b.segs) {
+        std::memcpy(chunk + off, pv_.memory_.translate(d.gpa, d.len), d.len);
+        off += d.len;
+      }
+    }
+    segs[n++] = {pool_addr_ + std::uint64_t(chunk_index) * max_sub_bytes_,
+                 b.blocks * blk::kSectorBytes};
+  } else {
+    for (const DataSeg& d : b.segs) segs[n++] = {d.gpa, d.len};
+  }
   HostOp op = HostOp::read;
   switch (b.op) {
     case Op::read: op = HostOp::read; break;
@@ -224,6 +249,11 @@ bool QueueWorker::submit_host(std::uint16_t slot, std::uint16_t sub) noexcept {
   const std::uint32_t zero_bytes = b.op == Op::write_zeroes ? b.blocks * blk::kSectorBytes : 0;
   if (!host_->submit(tag_of(slot, sub), op, b.lba * blk::kSectorBytes, {segs, n}, zero_bytes)) {
     return false;
+  }
+  if (chunk_index >= 0) {
+    free_pool_.pop_back();
+    b.pool = chunk_index;
+    counters_.pool_bounced.fetch_add(1, std::memory_order_relaxed);
   }
   b.on_vf = false;
   return true;
@@ -331,9 +361,24 @@ void QueueWorker::reap_host() noexcept {
   for (;;) {
     const unsigned n = host_->poll(c);
     for (unsigned i = 0; i < n; ++i) {
+      const auto slot = static_cast<std::uint16_t>(c[i].tag >> 16);
+      const auto sub = static_cast<std::uint16_t>(c[i].tag & 0xFFFF);
+      if (slot >= slots_.size() || sub >= slots_[slot].nsubs) continue;  // not a tag of ours
       counters_.fallback_ios.fetch_add(1, std::memory_order_relaxed);
-      finish(static_cast<std::uint16_t>(c[i].tag >> 16),
-             static_cast<std::uint16_t>(c[i].tag & 0xFFFF), c[i].result == 0);
+      Sub& b = slots_[slot].subs[sub];
+      if (b.pool >= 0) {
+        if (c[i].result == 0 && b.op == Op::read) {
+          const std::byte* chunk = pool_ + std::size_t(b.pool) * max_sub_bytes_;
+          std::size_t off = 0;
+          for (const DataSeg& d : b.segs) {
+            std::memcpy(pv_.memory_.translate(d.gpa, d.len), chunk + off, d.len);
+            off += d.len;
+          }
+        }
+        free_pool_.push_back(b.pool);
+        b.pool = -1;
+      }
+      finish(slot, sub, c[i].result == 0);
     }
     if (n < std::size(c)) break;
   }

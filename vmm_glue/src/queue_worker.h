@@ -17,7 +17,15 @@ namespace keel::vmm {
 
 class QueueWorker {
  public:
-  QueueWorker(Paravisor& pv, unsigned index, std::unique_ptr<HostServiceClient> host);
+  /// Chunks per worker of the VF bounce pool and of the shared pool (confidential), each the
+  /// size of the largest sub-request.
+  static constexpr unsigned kPoolChunks = 32;
+  static constexpr std::uint32_t kChunkBytes = 128 * 1024;
+
+  /// `pool`: confidential mode, this worker's kPoolChunks * kChunkBytes of the shared pool
+  /// (at `pool_addr` in the host service); nullptr otherwise.
+  QueueWorker(Paravisor& pv, unsigned index, std::unique_ptr<HostServiceClient> host,
+              std::byte* pool = nullptr, std::uint64_t pool_addr = 0);
   ~QueueWorker();
 
   Status setup(const Virtqueue::Layout& layout, bool event_idx, std::uint16_t last_avail);
@@ -37,7 +45,7 @@ class QueueWorker {
 
   struct Counters {
     std::atomic<std::uint64_t> requests{0}, vf_ios{0}, fallback_ios{0}, reissued{0}, bounced{0},
-        errors{0}, bad_requests{0}, notifications{0};
+        pool_bounced{0}, errors{0}, bad_requests{0}, notifications{0};
   };
   const Counters& counters() const noexcept { return counters_; }
 
@@ -53,6 +61,7 @@ class QueueWorker {
     bool on_vf = false;
     bool reissued = false;
     int bounce = -1;  // bounce chunk index while the VF uses one
+    int pool = -1;    // shared-pool chunk index while the host uses one (confidential)
   };
   struct Slot {
     bool busy = false;
@@ -86,7 +95,7 @@ class QueueWorker {
   BlkLimits limits_;
   std::vector<Slot> slots_;       // indexed by chain head
   std::vector<ChainSeg> chain_;   // scratch
-  std::vector<Pending> pending_;  // subs waiting for a path (ring full, no bounce chunk)
+  std::vector<Pending> pending_;  // subs waiting for a path (ring full, no bounce/pool chunk)
   std::vector<Pending> retry_;    // scratch for submit_pending
   std::unique_ptr<drivers::nvme::QueuePair> qp_;
   std::uint64_t qp_epoch_ = 0;
@@ -94,7 +103,10 @@ class QueueWorker {
   std::uint64_t drained_epoch_ = 0;  // the loss this worker reported drained
   fpga::DmaBuffer bounce_;
   std::vector<int> free_bounce_;
-  std::uint32_t max_sub_bytes_ = 128 * 1024;
+  std::byte* pool_ = nullptr;  // confidential: the shared pool, the host's only view of data
+  std::uint64_t pool_addr_ = 0;
+  std::vector<int> free_pool_;
+  std::uint32_t max_sub_bytes_ = kChunkBytes;
   unsigned inflight_ = 0;  // requests taken and not yet completed
   bool pushed_ = false;    // used entries pushed since the last notification decision
   std::atomic<pthread_t> thread_{};

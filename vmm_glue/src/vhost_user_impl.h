@@ -79,6 +79,7 @@ inline void add(ParavisorCounters& to, const ParavisorCounters& c) {
   to.fallback_ios += c.fallback_ios;
   to.reissued += c.reissued;
   to.bounced += c.bounced;
+  to.pool_bounced += c.pool_bounced;
   to.errors += c.errors;
   to.bad_requests += c.bad_requests;
   to.notifications += c.notifications;

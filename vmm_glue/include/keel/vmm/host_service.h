@@ -27,7 +27,13 @@ inline constexpr unsigned kHostMaxSegments = 64;
 
 enum class HostOp : std::uint8_t { read, write, flush, write_zeroes };
 
-/// A piece of guest memory: guest-physical address and length.
+/// Where add_shared_region() places memory in the service's address space: far above any
+/// guest-physical address, so a shared region never aliases guest RAM.
+inline constexpr std::uint64_t kHostSharedBase = std::uint64_t{1} << 56;
+
+/// A piece of memory the service maps: an address in its address space (the guest-physical
+/// address for guest RAM, the address add_shared_region() returned for a shared region) and a
+/// length.
 struct HostSegment {
   std::uint64_t gpa;
   std::uint32_t bytes;
@@ -36,8 +42,8 @@ struct HostSegment {
 /// The outcome of one request: its tag, and 0 or -errno. Errors the service produces itself:
 /// -EINVAL (unknown op, no or more than kHostMaxSegments segments, a zero-length segment, a
 /// flush/write_zeroes with segments, write_zeroes of 0 bytes, a range outside the slice),
-/// -EFAULT (a segment outside guest memory), -ECANCELED (the service stopped first), -EIO (the
-/// image ended early); anything else comes from the IO itself.
+/// -EFAULT (a segment outside every region the service maps), -ECANCELED (the service stopped
+/// first), -EIO (the image ended early); anything else comes from the IO itself.
 struct HostCompletion {
   std::uint64_t tag;
   std::int32_t result;
@@ -52,12 +58,24 @@ struct HostMemoryRegion {
   std::uint64_t bytes = 0;
 };
 
+/// A region the service maps, as regions() reports it.
+struct HostRegionInfo {
+  std::uint64_t gpa = 0;    ///< Address of its first byte in the service's address space.
+  std::uint64_t bytes = 0;  ///< Length.
+  std::uint64_t dev = 0;    ///< st_dev and st_ino of the fd it maps: which memory it is.
+  std::uint64_t ino = 0;
+  bool shared = false;  ///< Added with add_shared_region() (not guest RAM given at start).
+};
+
 struct HostServiceConfig {
   std::string image_path;         ///< The same disk image the card's storage maps.
   int image_fd = -1;              ///< If >= 0, used (duplicated) instead of image_path.
   std::uint64_t base_offset = 0;  ///< Byte offset of this guest's slice in the image.
   std::uint64_t length = 0;       ///< Slice length in bytes; 0: to the end of the image.
-  int guest_memory_fd = -1;       ///< memfd of guest RAM at GPA 0 (mapped MAP_SHARED).
+  /// memfd of guest RAM at GPA 0 (mapped MAP_SHARED). Leave -1 (and `regions` empty) for a
+  /// service that must not see guest RAM: a confidential guest's, which gets only the shared
+  /// pool its paravisor registers with add_shared_region().
+  int guest_memory_fd = -1;
   std::uint64_t guest_memory_bytes = 0;
   std::vector<HostMemoryRegion> regions;  ///< Instead of guest_memory_fd: several regions.
   unsigned io_uring_depth = 128;          ///< io_uring entries = requests in flight at once.
@@ -79,8 +97,13 @@ struct HostChannel {
 /// the image. Buffered IO (no O_DIRECT), so it is coherent with the card's MAP_SHARED mapping of
 /// the same file. Guest memory is mapped at start and must not change afterwards.
 ///
-/// Threading: open_channel(), stats(), thread_cpu_ns(), io_worker_cpu_ns() and last_error()
-/// may be called from any thread while the service lives.
+/// Confidential guests: their RAM is private, so the service is started without guest memory
+/// (or with other guests' only) and their paravisor registers a shared bounce pool it owns with
+/// add_shared_region(); requests of that guest name only pool addresses, and a segment naming
+/// guest RAM completes with -EFAULT. regions() tells what the service can reach.
+///
+/// Threading: open_channel(), add_shared_region(), regions(), stats(), thread_cpu_ns(),
+/// io_worker_cpu_ns() and last_error() may be called from any thread while the service lives.
 ///
 /// Memory: a channel of 256 entries is a 280 KiB memfd (1088-byte SQ entries, 16-byte CQ
 /// entries); the service adds 136 KiB per 128 of io_uring_depth.
@@ -102,6 +125,17 @@ class HostStorageService {
   /// A new channel with rings of `entries` (a power of two, 1..32768). One per virtqueue.
   /// Errors: invalid_argument (entries), io_error (memfd, mmap, eventfd), gone (stopped).
   Result<HostChannel> open_channel(unsigned entries = 256);
+
+  /// Maps `bytes` of `fd` from `fd_offset` (MAP_SHARED; the fd is not kept) at a free address
+  /// at or above kHostSharedBase, above every region already mapped, and returns that address.
+  /// Once it returns, requests on every channel may name the region. It stays mapped until the
+  /// service is destroyed (it cannot go away under IO in flight). Used by the paravisor of a
+  /// confidential guest for the pool it bounces data through.
+  /// Errors: invalid_argument (no fd, 0 bytes, fd smaller than fd_offset + bytes), io_error
+  /// (mmap), gone (stopping).
+  Result<std::uint64_t> add_shared_region(int fd, std::uint64_t fd_offset, std::uint64_t bytes);
+  /// Every region the service maps (guest RAM given at start, then shared regions), by address.
+  std::vector<HostRegionInfo> regions() const;
 
   /// CPU time the service thread has used (user + system), in nanoseconds.
   std::uint64_t thread_cpu_ns() const;
@@ -145,9 +179,10 @@ class HostServiceClient {
   HostServiceClient(const HostServiceClient&) = delete;
   HostServiceClient& operator=(const HostServiceClient&) = delete;
 
-  /// Queues a request (segments are guest-physical; at most kHostMaxSegments). Nothing is
-  /// validated here: the service completes a malformed request with -EINVAL/-EFAULT. Returns
-  /// false, queuing nothing, if `entries` requests are outstanding or the service has stopped.
+  /// Queues a request (segments are service addresses: guest-physical, or in a shared region;
+  /// at most kHostMaxSegments). Nothing is validated here: the service completes a malformed
+  /// request with -EINVAL/-EFAULT. Returns false, queuing nothing, if `entries` requests are
+  /// outstanding or the service has stopped.
   bool submit(std::uint64_t tag, HostOp op, std::uint64_t offset_bytes,
               std::span<const HostSegment> segs, std::uint32_t zero_bytes = 0) noexcept;
   /// Publishes queued requests; writes the submit eventfd only if the service may be asleep.

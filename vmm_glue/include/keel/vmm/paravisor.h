@@ -44,8 +44,12 @@ struct ParavisorConfig {
   unsigned queues = 1;
   /// Largest virtqueue the device accepts.
   std::uint16_t max_queue_size = 256;
-  /// Guest memory is private: never mapped for the VF; data bounces through a pool the
-  /// paravisor owns (as OpenHCL does for SNP/TDX guests).
+  /// Guest memory is private (as for SNP/TDX guests under OpenHCL): never mapped for the VF,
+  /// never given to the host storage service. VF transfers bounce through the paravisor's DMA
+  /// bounce pool; host-path transfers bounce through a shared pool the paravisor owns (a memfd
+  /// it creates and registers with HostStorageService::add_shared_region()), the only memory of
+  /// this guest the host sees. The host service must then be started without this guest's RAM
+  /// (create() refuses one that maps it).
   bool confidential = false;
   /// Bounds on the VF path; a command past its timeout triggers failover.
   std::chrono::nanoseconds command_timeout = std::chrono::seconds(1);
@@ -67,7 +71,8 @@ struct ParavisorCounters {
   std::uint64_t vf_ios = 0;         ///< NVMe commands completed on the VF.
   std::uint64_t fallback_ios = 0;   ///< Requests completed by the host service.
   std::uint64_t reissued = 0;       ///< VF commands re-issued on the fallback.
-  std::uint64_t bounced = 0;        ///< Transfers that went through the bounce pool.
+  std::uint64_t bounced = 0;        ///< VF transfers that went through the bounce pool.
+  std::uint64_t pool_bounced = 0;   ///< Host transfers through the shared pool (confidential).
   std::uint64_t errors = 0;         ///< Requests completed with a non-OK status.
   std::uint64_t bad_requests = 0;   ///< Malformed requests (completed with an error).
   std::uint64_t notifications = 0;  ///< Interrupts sent to the guest.
@@ -83,7 +88,8 @@ class Paravisor {
  public:
   /// `vf` may be null (the guest starts without one). The VF's resources must already be
   /// committed by the PF manager. Errors: from the VF bring-up (then the guest starts on the
-  /// fallback, and this returns ok), invalid_argument, and host-service errors.
+  /// fallback, and this returns ok), invalid_argument (also: confidential, and `host` maps
+  /// this guest's RAM), io_error (the shared pool), and host-service errors.
   static Result<std::unique_ptr<Paravisor>> create(fpga::Card& card, fpga::Function* vf,
                                                    GuestMemory& memory, HostStorageService& host,
                                                    const ParavisorConfig& config = {});
@@ -129,6 +135,10 @@ class Paravisor {
   ParavisorCounters counters() const;
   /// Guest-visible capacity in 512-byte sectors.
   std::uint64_t capacity_sectors() const noexcept { return capacity_; }
+  /// Confidential mode: where the shared pool lies in the host service's address space (0 and
+  /// 0 otherwise). Its memfd is the paravisor's; the host service maps it.
+  std::uint64_t shared_pool_address() const noexcept { return pool_addr_; }
+  std::uint64_t shared_pool_bytes() const noexcept { return pool_bytes_; }
   /// CPU time of the worker threads (threads == true), for benchmarks.
   std::uint64_t worker_cpu_ns() const;
 
@@ -142,6 +152,8 @@ class Paravisor {
   void worker_drained();
   void maybe_probe();
   Status bring_up_vf();
+  /// Confidential mode: creates the shared pool and registers it with the host service.
+  Status make_shared_pool();
 
   fpga::Card& card_;
   fpga::Function* vf_;
@@ -150,6 +162,10 @@ class Paravisor {
   ParavisorConfig config_;
   std::uint64_t capacity_ = 0;
   std::uint64_t features_ = 0;
+  int pool_fd_ = -1;           // confidential: memfd of the shared pool
+  std::byte* pool_ = nullptr;  // its mapping here
+  std::uint64_t pool_bytes_ = 0;
+  std::uint64_t pool_addr_ = 0;  // its address in the host service
   std::unique_ptr<drivers::nvme::Controller> ctrl_;
   std::atomic<PathState> state_{PathState::absent};
   std::atomic<std::uint64_t> vf_epoch_{0};  // bumps on every loss; workers drop old queue pairs
