@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -60,11 +61,13 @@ class NbdClient {
     fd_ = -1;
   }
 
+  // EINTR is a failure like any other: nothing in the tests sends this process signals, so an
+  // interrupted call means something interrupted the test's thread (see failure()).
   bool send_all(const void* p, std::size_t n) {
     const auto* b = static_cast<const char*>(p);
     while (n > 0) {
       const ssize_t k = send(fd_, b, n, MSG_NOSIGNAL);
-      if (k <= 0) return false;
+      if (k <= 0) return failed("send", k);
       b += k;
       n -= static_cast<std::size_t>(k);
     }
@@ -74,12 +77,15 @@ class NbdClient {
     auto* b = static_cast<char*>(p);
     while (n > 0) {
       const ssize_t k = recv(fd_, b, n, 0);
-      if (k <= 0) return false;
+      if (k <= 0) return failed("recv", k);
       b += k;
       n -= static_cast<std::size_t>(k);
     }
     return true;
   }
+  /// Why the last send or receive failed ("recv: Interrupted system call", "recv: closed by
+  /// the server"), for assertion messages; "" if none did.
+  const std::string& failure() const { return failure_; }
   /// True when the server closed the connection (EOF or reset) before the timeout; data that
   /// was still coming is skipped.
   bool closed_by_peer() {
@@ -219,7 +225,14 @@ class NbdClient {
     return r.error;
   }
 
+  bool failed(const char* what, ssize_t k) {
+    failure_ = std::string(what) + ": " +
+               (k == 0 ? std::string("closed by the server") : std::string(std::strerror(errno)));
+    return false;
+  }
+
   int fd_ = -1;
+  std::string failure_;
   std::uint16_t greeting_flags_ = 0;
   std::uint64_t next_handle_ = 1;
 };

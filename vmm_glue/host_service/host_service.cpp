@@ -12,8 +12,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <system_error>
+#include <thread>
 
 #include "service_impl.h"
 
@@ -191,7 +193,21 @@ Result<std::unique_ptr<HostStorageService>> HostStorageService::start(
   impl->config = config;
   if (auto s = impl->open_image(config); !s) return s.error();
   if (auto s = impl->map_guest_memory(config); !s) return s.error();
-  if (auto s = impl->init_io(config); !s) return s.error();
+  // The io_uring is set up on a thread that exits at once, never on the caller's: the kernel
+  // ties a ring to every thread that set it up or used it, and when the ring is torn down it
+  // queues task work on each of them, which makes whatever blocking call that thread is in at
+  // the time fail with EINTR (not restarted for a socket with SO_RCVTIMEO/SO_SNDTIMEO). Callers
+  // that then read a socket (an NBD or vhost-user server, a test's client) saw random failures.
+  // A thread that has exited is tied to nothing; the service thread is joined before the ring
+  // closes.
+  std::optional<decltype(impl->init_io(config))> io;
+  try {
+    std::thread([&] { io.emplace(impl->init_io(config)); }).join();
+  } catch (const std::system_error& e) {
+    return make_error(Errc::io_error,
+                      std::string("starting the io_uring setup thread failed: ") + e.what());
+  }
+  if (!*io) return io->error();
   try {
     impl->thread = std::thread([p = impl.get()] { p->run(); });
   } catch (const std::system_error& e) {

@@ -73,7 +73,7 @@ Result<std::unique_ptr<NbdDisk>> NbdDisk::create(const NbdDiskOptions& options) 
   hc.length = options.size_bytes;
   hc.guest_memory_fd = d->memory_->regions()[0].fd;
   hc.guest_memory_bytes = d->memory_->regions()[0].bytes;
-  auto host = HostStorageService::start(hc);
+  auto host = HostStorageService::start(hc);  // sets its io_uring up off this thread
   if (!host) return context("host storage service", host.error());
   d->host_ = std::move(host).value();
 

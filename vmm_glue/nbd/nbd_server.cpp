@@ -61,6 +61,7 @@ constexpr std::uint64_t kDirectRecvBytes = 16u << 10;
 /// Guest memory below the buffers: the rings, their header scratch, write-zeroes payloads.
 constexpr std::uint64_t kRingArea = 8ull << 20;
 
+/// Real time: the loop's pacing, the stop budget. Timeouts use Impl::clock_ns().
 std::uint64_t now_ns() noexcept {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -251,6 +252,14 @@ struct NbdServer::Impl {
     if (ep >= 0) close(ep);
   }
 
+  /// Now on the clock of the timeouts (cfg.clock, or CLOCK_MONOTONIC). Never 0, which marks a
+  /// time that is not set (msg_start, send_stall, deadline_ns).
+  std::uint64_t clock_ns() const {
+    if (!cfg.clock) return now_ns();
+    const std::int64_t t = cfg.clock().count();
+    return t > 0 ? static_cast<std::uint64_t>(t) : 1;
+  }
+
   static void bump(std::atomic<std::uint64_t>& a, std::uint64_t n = 1) {
     a.fetch_add(n, std::memory_order_relaxed);
   }
@@ -357,7 +366,7 @@ struct NbdServer::Impl {
         epoll_ctl(ep, EPOLL_CTL_MOD, listen_fd, &e);
       }
       if (now >= next_timer_ns) {
-        check_timers(now);
+        check_timers(clock_ns());
         next_timer_ns = now + 50'000'000ull;
       }
       if (stopping.load(std::memory_order_acquire)) {
@@ -492,7 +501,7 @@ struct NbdServer::Impl {
       c->id = next_conn_id++;
       c->fd = fd;
       c->in.resize(kInBufBytes);
-      c->handshake_deadline = now_ns() + ns(cfg.handshake_timeout);
+      c->handshake_deadline = clock_ns() + ns(cfg.handshake_timeout);
       Conn& ref = *c;
       conns.emplace(c->id, std::move(c));
       epoll_event e{};
@@ -569,7 +578,7 @@ struct NbdServer::Impl {
     for (auto& [id, cp] : conns) {
       Conn& c = *cp;
       if (c.fd < 0) continue;
-      if (c.msg_start != 0 && !want_read(c)) c.msg_start = now_ns();  // not the peer's wait
+      if (c.msg_start != 0 && !want_read(c)) c.msg_start = clock_ns();  // not the peer's wait
       const std::uint32_t want =
           (want_read(c) ? EPOLLIN : 0u) | (c.send_stall != 0 ? EPOLLOUT : 0u);
       if (want != c.mask) {
@@ -622,7 +631,7 @@ struct NbdServer::Impl {
       const ssize_t n = recv(c.fd, c.in.data() + c.in_tail, c.in.size() - c.in_tail, 0);
       if (n > 0) {
         c.in_tail += static_cast<std::size_t>(n);
-        if (c.msg_start == 0 && (c.st != St::req_header || avail(c) > 0)) c.msg_start = now_ns();
+        if (c.msg_start == 0 && (c.st != St::req_header || avail(c) > 0)) c.msg_start = clock_ns();
         continue;
       }
       if (n == 0) {
@@ -657,7 +666,7 @@ struct NbdServer::Impl {
     if (got > 0) {
       c.pos += static_cast<std::uint64_t>(got);
       c.left -= static_cast<std::uint64_t>(got);
-      if (c.msg_start == 0) c.msg_start = now_ns();
+      if (c.msg_start == 0) c.msg_start = clock_ns();
       return true;
     }
     if (got == 0) {
@@ -779,7 +788,7 @@ struct NbdServer::Impl {
           Req* r = c.cur;
           c.cur = nullptr;
           c.st = St::req_header;
-          c.msg_start = avail(c) > 0 ? now_ns() : 0;
+          c.msg_start = avail(c) > 0 ? clock_ns() : 0;
           admit(*r);
           break;
         }
@@ -789,7 +798,7 @@ struct NbdServer::Impl {
           c.left -= take;
           if (c.left > 0) return true;
           c.st = St::req_header;
-          c.msg_start = avail(c) > 0 ? now_ns() : 0;
+          c.msg_start = avail(c) > 0 ? clock_ns() : 0;
           reply_now(c, c.skip_req, c.skip_error);
           break;
         }
@@ -989,7 +998,7 @@ struct NbdServer::Impl {
         c.skip_error = err;
         return true;
       }
-      c.msg_start = avail(c) > 0 ? now_ns() : 0;
+      c.msg_start = avail(c) > 0 ? clock_ns() : 0;
       reply_now(c, h, err);
       return true;
     }
@@ -1016,9 +1025,9 @@ struct NbdServer::Impl {
       c.st = St::payload;
       c.pos = r.shift;
       c.left = r.h.length;
-      c.msg_start = now_ns();
+      c.msg_start = clock_ns();
     } else {
-      c.msg_start = avail(c) > 0 ? now_ns() : 0;
+      c.msg_start = avail(c) > 0 ? clock_ns() : 0;
       admit(r);
     }
   }
@@ -1103,7 +1112,7 @@ struct NbdServer::Impl {
   // ---- admission and device work ----
 
   void admit(Req& r) {
-    r.deadline_ns = now_ns() + ns(cfg.io_timeout);
+    r.deadline_ns = clock_ns() + ns(cfg.io_timeout);
     if (!admit_q.empty() || exclusive_running || (r.exclusive && running > 0)) {
       admit_q.push_back(&r);
       return;
@@ -1486,7 +1495,7 @@ struct NbdServer::Impl {
       if (sent < 0) {
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
-          if (c.send_stall == 0) c.send_stall = now_ns();
+          if (c.send_stall == 0) c.send_stall = clock_ns();
           return;
         }
         close_conn(c, ("send failed: " + std::string(std::strerror(errno))).c_str());

@@ -38,6 +38,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -257,8 +258,13 @@ struct NbdServerConfig {
   unsigned max_connections = 16;
   std::chrono::milliseconds handshake_timeout{10000};
   std::chrono::milliseconds io_timeout{30000};
-  /// How long stop() lets in-flight requests finish and their replies drain.
+  /// How long stop() lets in-flight requests finish and their replies drain (real time).
   std::chrono::milliseconds stop_timeout{5000};
+  /// The clock handshake_timeout and io_timeout are measured on (peers' and the device's), in
+  /// nanoseconds of any scale that never goes back. Empty: CLOCK_MONOTONIC. Called on the
+  /// server thread only; the server looks at its timers every 50 ms of real time while it has
+  /// connections. Tests move a clock of their own to make the timeouts happen on cue.
+  std::function<std::chrono::nanoseconds()> clock;
   /// Log dropped connections and failed device requests to stderr.
   bool log = true;
 };
@@ -340,6 +346,8 @@ struct NbdDiskOptions {
 class NbdDisk {
  public:
   /// Stands everything up and starts serving. Errors: from every layer, with what failed.
+  /// Nothing stays tied to the calling thread: tearing the disk down never interrupts a
+  /// blocking call of that thread (see HostStorageService::start).
   static Result<std::unique_ptr<NbdDisk>> create(const NbdDiskOptions& options);
   /// Stops the server, then the paravisor, then tears everything down in order.
   ~NbdDisk();
