@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -125,11 +126,16 @@ class ParavisorTest {
   }
 
   /// Runs until `ids` of guest g (queue q) completed; returns their statuses by id.
+  /// Bounded by turns of the lockstep card and, for the host path (io_uring on a real file:
+  /// a flush is an fsync, seconds on a busy disk), by at least 30 s of real time.
   std::map<std::uint16_t, std::uint8_t> await(Guest& g, std::vector<std::uint16_t> ids,
                                               unsigned q = 0, unsigned max_turns = 2'000'000) {
     std::map<std::uint16_t, std::uint8_t> got;
     vmm::GuestCompletion c[64];
-    for (unsigned t = 0; t < max_turns && got.size() < ids.size(); ++t) {
+    const auto real_floor = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    for (unsigned t = 0; got.size() < ids.size() &&
+                         (t < max_turns || std::chrono::steady_clock::now() < real_floor);
+         ++t) {
       turn();
       const unsigned n = g.drv->reap(q, c);
       for (unsigned i = 0; i < n; ++i) got[c[i].id] = c[i].status;
