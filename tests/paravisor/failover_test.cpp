@@ -2,6 +2,7 @@
 // by the driver, FLR, fatal status, stuck commands) while the guest writes; every request completes
 // OK, no write is lost or duplicated, traffic moves to the host path and back, and every transition
 // is logged with its reason.
+#include <chrono>
 #include <random>
 #include <set>
 
@@ -62,7 +63,11 @@ TEST_P(Failover, UnderLoadNothingIsLostOrDuplicated) {
   bool faulted = false, restored = false;
   fpga::FaultInjector& fi = *card_->faults();
   vmm::GuestCompletion c[64];
-  for (unsigned turns = 0; completed < kWrites && turns < 3'000'000; ++turns) {
+  // Bounded by turns of the lockstep card and at least 60 s of real time (the host path).
+  const auto real_floor = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  for (unsigned turns = 0;
+       completed < kWrites && (turns < 3'000'000 || std::chrono::steady_clock::now() < real_floor);
+       ++turns) {
     while (issued < kWrites && inflight.size() < kDepth) {
       unsigned block = rng() % kBlocks;
       if (busy_blocks.count(block) != 0) continue;  // one write per block at a time
