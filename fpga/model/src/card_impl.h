@@ -9,9 +9,9 @@
 #include <vector>
 
 #include "controller.h"
+#include "keel/fpga/card_storage.h"
 #include "keel/fpga/iommu_function.h"
 #include "keel/fpga/model/model_card.h"
-#include "storage.h"
 
 namespace keel::fpga::model {
 
@@ -54,7 +54,7 @@ class VfFunction final : public IommuFunction {
 
 struct ModelCard::Impl {
   ModelConfig config;
-  std::unique_ptr<Storage> storage;
+  std::unique_ptr<CardStorage> storage;
   std::unique_ptr<Iommu> iommu;
   Activity activity;
   std::vector<std::unique_ptr<Controller>> ctrls;  // one per possible VF

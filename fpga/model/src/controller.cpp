@@ -12,7 +12,7 @@ namespace nv = regs::nvme;
 using nvme::Cqe;
 using nvme::Sqe;
 
-Controller::Controller(const ControllerParams& params, Iommu& iommu, Storage& storage,
+Controller::Controller(const ControllerParams& params, Iommu& iommu, CardStorage& storage,
                        Activity& activity)
     : p_(params),
       iommu_(iommu),

@@ -10,9 +10,9 @@
 #include <vector>
 
 #include "interrupts.h"
+#include "keel/fpga/card_storage.h"
 #include "keel/fpga/iommu.h"
 #include "keel/nvme/wire.h"
-#include "storage.h"
 
 namespace keel::fpga::model {
 
@@ -73,7 +73,8 @@ struct VfFaults {
 
 class Controller {
  public:
-  Controller(const ControllerParams& params, Iommu& iommu, Storage& storage, Activity& activity);
+  Controller(const ControllerParams& params, Iommu& iommu, CardStorage& storage,
+             Activity& activity);
 
   // ---- host side (any thread) ----
   std::uint32_t read32(std::uint64_t offset) const noexcept;
@@ -181,7 +182,7 @@ class Controller {
 
   const ControllerParams p_;
   Iommu& iommu_;
-  Storage& storage_;
+  CardStorage& storage_;
   Activity& activity_;
   Interrupts irq_;
 

@@ -29,7 +29,7 @@ Result<std::unique_ptr<ModelCard>> ModelCard::create(const ModelConfig& config) 
                       "model config out of range (mqes 1..65535, mdts 1..8, non-zero step, "
                       "commands per weight and clock)");
   }
-  auto storage = Storage::open(o.image_path, o.storage_bytes);
+  auto storage = CardStorage::open(o.image_path, o.storage_bytes);
   if (!storage) return storage.error();
 
   auto impl = std::make_unique<Impl>();

@@ -47,7 +47,7 @@ struct Shell::Seen {
   bool flush_done = false;
 };
 
-Shell::Shell(const ShellConfig& config, Iommu& iommu, SimStorage& storage,
+Shell::Shell(const ShellConfig& config, Iommu& iommu, CardStorage& storage,
              std::vector<std::unique_ptr<SimIrq>>& irqs)
     : cfg_(config),
       iommu_(iommu),

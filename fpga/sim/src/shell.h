@@ -11,10 +11,10 @@
 #include <memory>
 #include <vector>
 
+#include "keel/fpga/card_storage.h"
 #include "keel/fpga/iommu.h"
 #include "keel/fpga/sim/sim_card.h"
 #include "sim_irq.h"
-#include "sim_storage.h"
 
 class Vkeel_card;
 class VerilatedContext;
@@ -59,7 +59,7 @@ struct ShellConfig {
 class Shell {
  public:
   /// `irqs[f]` are the MSI-X vectors of function f (0: the PF).
-  Shell(const ShellConfig& config, Iommu& iommu, SimStorage& storage,
+  Shell(const ShellConfig& config, Iommu& iommu, CardStorage& storage,
         std::vector<std::unique_ptr<SimIrq>>& irqs);
   ~Shell();
   Shell(const Shell&) = delete;
@@ -125,7 +125,7 @@ class Shell {
 
   ShellConfig cfg_;
   Iommu& iommu_;
-  SimStorage& storage_;
+  CardStorage& storage_;
   std::vector<std::unique_ptr<SimIrq>>& irqs_;
   std::unique_ptr<VerilatedContext> ctx_;
   std::unique_ptr<Vkeel_card> top_;

@@ -43,7 +43,7 @@ Result<std::unique_ptr<SimCard>> SimCard::create(const SimConfig& config) {
     return make_error(Errc::invalid_argument,
                       "sim config: cycles_per_step and cycles_per_batch must be non-zero");
   }
-  auto storage = SimStorage::open(o.image_path, o.storage_bytes);
+  auto storage = CardStorage::open(o.image_path, o.storage_bytes);
   if (!storage) return storage.error();
 
   auto impl = std::make_unique<Impl>();

@@ -14,11 +14,11 @@
 #include <thread>
 #include <vector>
 
+#include "keel/fpga/card_storage.h"
 #include "keel/fpga/iommu_function.h"
 #include "keel/fpga/sim/sim_card.h"
 #include "shell.h"
 #include "sim_irq.h"
-#include "sim_storage.h"
 
 namespace keel::fpga::sim {
 
@@ -59,7 +59,7 @@ class SimVf final : public IommuFunction {
 
 struct SimCard::Impl {
   SimConfig config;
-  std::unique_ptr<SimStorage> storage;
+  std::unique_ptr<CardStorage> storage;
   std::unique_ptr<Iommu> iommu;
   std::vector<std::unique_ptr<SimIrq>> irqs;  // per function; [0] is the PF's
   std::unique_ptr<Shell> shell;

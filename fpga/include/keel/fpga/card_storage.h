@@ -1,4 +1,4 @@
-// Card DDR of the reference model: the disk image, mmapped.
+// Card DDR of the simulated cards (model and sim): the disk image, mmapped.
 #pragma once
 
 #include <cstddef>
@@ -8,17 +8,17 @@
 
 #include "keel/result.h"
 
-namespace keel::fpga::model {
+namespace keel::fpga {
 
-class Storage {
+class CardStorage {
  public:
   /// Opens (creating if missing, sized to `bytes`) the image at `path`, or an anonymous
   /// in-memory image when `path` is empty. An existing image keeps its size, which must be a
   /// non-zero multiple of 512. Errors: io_error (open/stat/truncate/mmap), invalid_argument.
-  static Result<std::unique_ptr<Storage>> open(const std::string& path, std::uint64_t bytes);
-  ~Storage();
-  Storage(const Storage&) = delete;
-  Storage& operator=(const Storage&) = delete;
+  static Result<std::unique_ptr<CardStorage>> open(const std::string& path, std::uint64_t bytes);
+  ~CardStorage();
+  CardStorage(const CardStorage&) = delete;
+  CardStorage& operator=(const CardStorage&) = delete;
 
   std::byte* data() const noexcept { return base_; }
   std::uint64_t bytes() const noexcept { return bytes_; }
@@ -27,11 +27,11 @@ class Storage {
   Status flush(std::uint64_t offset, std::uint64_t length) noexcept;
 
  private:
-  Storage() = default;
+  CardStorage() = default;
   std::byte* base_ = nullptr;
   std::uint64_t bytes_ = 0;
   int fd_ = -1;
   bool file_backed_ = false;
 };
 
-}  // namespace keel::fpga::model
+}  // namespace keel::fpga
