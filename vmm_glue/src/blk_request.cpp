@@ -1,6 +1,8 @@
 #include "keel/vmm/blk_request.h"
 
 #include <algorithm>
+#include <climits>
+#include <cstdint>
 #include <cstring>
 
 namespace keel::vmm {
@@ -9,7 +11,8 @@ namespace blk = virtio::blk;
 
 namespace {
 
-// Copies `n` bytes starting `skip` bytes into the readable part of the chain.
+// Copies `n` bytes starting `skip` bytes into the readable part of the chain. A buffer may
+// cross from one memory region into an adjacent one: copied a region at a time.
 bool gather(const GuestMemory& mem, std::span<const ChainSeg> chain, std::uint64_t skip, void* dst,
             std::size_t n) {
   auto* out = static_cast<std::byte*>(dst);
@@ -19,12 +22,16 @@ bool gather(const GuestMemory& mem, std::span<const ChainSeg> chain, std::uint64
       skip -= s.len;
       continue;
     }
-    const std::size_t take = std::min<std::uint64_t>(n, s.len - skip);
-    const std::byte* src = mem.translate(s.gpa + skip, take);
-    if (src == nullptr) return false;
-    std::memcpy(out, src, take);
-    out += take;
-    n -= take;
+    while (n > 0 && skip < s.len) {
+      const std::uint64_t gpa = s.gpa + skip;
+      const std::size_t take = std::min<std::uint64_t>({n, s.len - skip, region_run(mem, gpa)});
+      const std::byte* src = take == 0 ? nullptr : mem.translate(gpa, take);
+      if (src == nullptr) return false;
+      std::memcpy(out, src, take);
+      out += take;
+      n -= take;
+      skip += take;
+    }
     skip = 0;
   }
   return n == 0;
@@ -89,16 +96,31 @@ ParseOutcome parse_blk_request(const GuestMemory& mem, const BlkLimits& limits, 
   out.type = h.type;
   out.sector = h.sector;
 
-  // Collects [from, to) of the readable (or writable) byte stream as data segments.
-  auto collect = [&](bool writes, std::uint64_t from, std::uint64_t to) {
+  // Collects [from, to) of the readable (or writable) byte stream as data segments, cut at
+  // memory-region boundaries. Checks seg_max and size_max per descriptor and never holds more
+  // than max_pieces segments (the capacity the caller reserved: no allocation).
+  auto collect = [&](bool writes, std::uint64_t from, std::uint64_t to) -> const char* {
     std::uint64_t pos = 0;
+    std::uint32_t descriptors = 0;
     for (const ChainSeg& s : chain) {
       if (s.device_writes != writes) continue;
       const std::uint64_t a = std::max(pos, from), b = std::min(pos + s.len, to);
-      if (a < b) out.data.push_back({s.gpa + (a - pos), static_cast<std::uint32_t>(b - a)});
       pos += s.len;
+      if (a >= b) continue;
+      if (++descriptors > limits.seg_max) return "more data descriptors than seg_max";
+      if (b - a > limits.size_max) return "a data descriptor larger than size_max";
+      for (std::uint64_t gpa = s.gpa + (a - (pos - s.len)), left = b - a; left > 0;) {
+        const std::uint64_t take = std::min(left, region_run(mem, gpa));
+        if (take == 0) return "buffer outside guest memory";
+        if (out.data.size() >= limits.max_pieces) return "data crosses too many memory regions";
+        out.data.push_back({gpa, static_cast<std::uint32_t>(take)});
+        gpa += take;
+        left -= take;
+      }
     }
+    return nullptr;
   };
+  const std::uint64_t block_sectors = std::max<std::uint32_t>(limits.block_bytes, 512) / 512;
   switch (h.type) {
     case blk::kIn:
     case blk::kOut: {
@@ -111,19 +133,20 @@ ParseOutcome parse_blk_request(const GuestMemory& mem, const BlkLimits& limits, 
       }
       if (bytes % blk::kSectorBytes != 0)
         return fail(blk::kStatusIoErr, "data length not a multiple of 512");
+      if (bytes > limits.max_request_bytes)
+        return fail(blk::kStatusIoErr, "request larger than the per-request byte limit");
       out.sectors = bytes / blk::kSectorBytes;
       if (out.sector > limits.capacity_sectors ||
           out.sectors > limits.capacity_sectors - out.sector) {
         return fail(blk::kStatusIoErr, "sectors beyond the disk");
       }
-      if (in) {
-        collect(true, 0, writable - 1);
-      } else {
-        collect(false, sizeof h, readable);
-      }
-      if (out.data.size() > limits.seg_max)
-        return fail(blk::kStatusIoErr, "more segments than seg_max");
-      if (in) out.written = static_cast<std::uint32_t>(bytes + 1);
+      if (out.sector % block_sectors != 0 || out.sectors % block_sectors != 0)
+        return fail(blk::kStatusIoErr, "request not aligned to the logical block size");
+      const char* bad = in ? collect(true, 0, writable - 1) : collect(false, sizeof h, readable);
+      if (bad != nullptr) return fail(blk::kStatusIoErr, bad);
+      // used.len: the data and the status byte; bytes <= max_request_bytes, so it fits.
+      if (in)
+        out.written = static_cast<std::uint32_t>(std::min<std::uint64_t>(bytes + 1, UINT32_MAX));
       if (out.sectors == 0) return fail(blk::kStatusOk, "empty transfer");
       return ParseOutcome::submit;
     }
@@ -141,6 +164,8 @@ ParseOutcome parse_blk_request(const GuestMemory& mem, const BlkLimits& limits, 
           wz.num_sectors > limits.capacity_sectors - wz.sector) {
         return fail(blk::kStatusIoErr, "sectors beyond the disk");
       }
+      if (wz.sector % block_sectors != 0 || wz.num_sectors % block_sectors != 0)
+        return fail(blk::kStatusIoErr, "write-zeroes not aligned to the logical block size");
       out.sector = wz.sector;
       out.sectors = wz.num_sectors;
       return ParseOutcome::submit;
@@ -154,12 +179,17 @@ ParseOutcome parse_blk_request(const GuestMemory& mem, const BlkLimits& limits, 
       std::uint64_t left = sizeof id, pos = 0;
       for (const ChainSeg& s : chain) {
         if (!s.device_writes || left == 0) continue;
-        const std::uint64_t n = std::min<std::uint64_t>(left, s.len);
-        std::byte* p = mem.translate(s.gpa, n);
-        if (p == nullptr) return fail(blk::kStatusIoErr, "GET_ID buffer outside guest memory");
-        std::memcpy(p, id + pos, n);
-        pos += n;
-        left -= n;
+        for (std::uint64_t off = 0; left > 0 && off < s.len;) {
+          // A region at a time: the buffer may cross into an adjacent region.
+          const std::uint64_t n =
+              std::min<std::uint64_t>({left, s.len - off, region_run(mem, s.gpa + off)});
+          std::byte* p = n == 0 ? nullptr : mem.translate(s.gpa + off, n);
+          if (p == nullptr) return fail(blk::kStatusIoErr, "GET_ID buffer outside guest memory");
+          std::memcpy(p, id + pos, n);
+          pos += n;
+          left -= n;
+          off += n;
+        }
       }
       out.written = blk::kIdBytes + 1;
       return fail(blk::kStatusOk, "");

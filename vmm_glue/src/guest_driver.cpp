@@ -4,6 +4,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 
@@ -89,6 +90,18 @@ Result<std::uint16_t> GuestDriver::publish(unsigned q, std::uint32_t type, std::
                                            std::span<const DataSeg> data, bool device_writes,
                                            std::span<const std::byte> payload) {
   Queue& Q = queues_[q];
+  // As Linux does with VIRTIO_BLK_F_SIZE_MAX: no descriptor longer than size_max.
+  const std::uint32_t size_max = std::max<std::uint32_t>(dev_.config_space().size_max, 512);
+  std::vector<DataSeg> pieces;
+  for (const DataSeg& d : data) {
+    for (std::uint32_t off = 0; off < d.len || (d.len == 0 && off == 0);) {
+      const std::uint32_t n = std::min(d.len - off, size_max);
+      pieces.push_back({d.gpa + off, n});
+      off += n;
+      if (n == 0) break;
+    }
+  }
+  data = pieces;
   const std::size_t need = data.size() + 2 + (payload.empty() ? 0 : 1);
   if (Q.free.size() < need) return make_error(Errc::busy, "virtqueue full");
   std::vector<std::uint16_t> idx(need);

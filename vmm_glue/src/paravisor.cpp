@@ -44,13 +44,26 @@ Result<std::unique_ptr<Paravisor>> Paravisor::create(fpga::Card& card, fpga::Fun
       (config.max_queue_size & (config.max_queue_size - 1)) != 0) {
     return make_error(Errc::invalid_argument, "max_queue_size must be a power of two up to 1024");
   }
+  if (config.seg_max == 0 || config.seg_max > 1024) {
+    return make_error(Errc::invalid_argument, "seg_max must be 1..1024");
+  }
+  if (config.size_max < 4096) {
+    return make_error(Errc::invalid_argument, "size_max must be at least 4096 bytes (a page)");
+  }
+  if (config.max_request_bytes < 512 || config.max_request_bytes > (64u << 20) ||
+      config.max_request_bytes % 512 != 0) {
+    return make_error(Errc::invalid_argument,
+                      "max_request_bytes must be a multiple of 512 from 512 to 64 MiB");
+  }
   std::unique_ptr<Paravisor> pv(new Paravisor(card, vf, memory, host, config));
   pv->capacity_ = config.capacity_sectors;
+  pv->block_bytes_ = 0;  // the first VF bring-up decides; 512 without one
   if (vf != nullptr) {
     if (Status st = pv->bring_up_vf(); !st.ok()) {
       pv->transition(PathState::fallback, "VF bring-up failed: " + to_string(st.error()));
     }
   }
+  if (pv->block_bytes_ == 0) pv->block_bytes_ = 512;
   if (pv->capacity_ == 0) {
     return make_error(Errc::invalid_argument,
                       "disk size unknown: no VF answered and capacity_sectors is 0");
@@ -126,13 +139,26 @@ Status Paravisor::bring_up_vf() {
     memory_.unmap_from_device(*vf_);
     if (Status st = memory_.map_for_device(*vf_); !st.ok()) return st;
   }
-  const std::uint64_t cap = (*c)->block_count() * (*c)->block_bytes() / 512;
+  // The guest addresses 512-byte sectors; the VF path converts them to the namespace's LBAs.
+  // The guest is told the LBA size (blk_size) once: a VF formatted differently later (after
+  // the guest started without one) cannot serve it.
+  const std::uint32_t lba = (*c)->block_bytes();
+  if (lba < 512 || lba > QueueWorker::kChunkBytes || (lba & (lba - 1)) != 0 ||
+      (block_bytes_ != 0 && lba != block_bytes_)) {
+    return make_error(Errc::device_error,
+                      "the VF's namespace has " + std::to_string(lba) +
+                          "-byte LBAs; this guest's disk has " + std::to_string(block_bytes_) +
+                          "-byte blocks (format the namespace with " +
+                          std::to_string(block_bytes_ != 0 ? block_bytes_ : 512) + "-byte LBAs)");
+  }
+  const std::uint64_t cap = (*c)->block_count() * lba / 512;
   if (capacity_ != 0 && cap != capacity_) {
     return make_error(Errc::device_error, "the VF's namespace has " + std::to_string(cap) +
                                               " sectors; the guest's disk has " +
                                               std::to_string(capacity_));
   }
   capacity_ = cap;
+  block_bytes_ = lba;
   ctrl_ = std::move(c).value();
   transition(PathState::active, "VF controller up");
   return {};
@@ -202,8 +228,8 @@ void Paravisor::maybe_probe() {
 }
 
 std::uint64_t Paravisor::device_features() const noexcept {
-  return bit(f::kVersion1) | bit(f::kBlkSegMax) | bit(f::kBlkBlkSize) | bit(f::kBlkFlush) |
-         bit(f::kBlkWriteZeroes) | bit(f::kBlkMq) | bit(f::kRingEventIdx);
+  return bit(f::kVersion1) | bit(f::kBlkSizeMax) | bit(f::kBlkSegMax) | bit(f::kBlkBlkSize) |
+         bit(f::kBlkFlush) | bit(f::kBlkWriteZeroes) | bit(f::kBlkMq) | bit(f::kRingEventIdx);
 }
 
 Status Paravisor::set_features(std::uint64_t features) {
@@ -221,8 +247,9 @@ Status Paravisor::set_features(std::uint64_t features) {
 virtio::blk::Config Paravisor::config_space() const noexcept {
   virtio::blk::Config c{};
   c.capacity = capacity_;
+  c.size_max = config_.size_max;
   c.seg_max = config_.seg_max;
-  c.blk_size = 512;
+  c.blk_size = block_bytes_;
   c.num_queues = static_cast<std::uint16_t>(config_.queues);
   c.max_write_zeroes_sectors = 1u << 16;
   c.max_write_zeroes_seg = 1;
@@ -296,6 +323,7 @@ ParavisorCounters Paravisor::counters() const {
     c.errors += k.errors.load();
     c.bad_requests += k.bad_requests.load();
     c.notifications += k.notifications.load();
+    c.given_back += k.given_back.load();
   }
   c.to_fallback = to_fallback_.load();
   c.to_vf = to_vf_.load();

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 
 namespace keel::vmm {
@@ -17,15 +18,23 @@ namespace blk = virtio::blk;
 namespace {
 
 constexpr unsigned kBounceChunks = QueueWorker::kPoolChunks;
-constexpr unsigned kMaxSubSegs = 32;
 constexpr std::uint32_t kPage = 4096;
+static_assert(kMaxSubSegs <= kHostMaxSegments, "a sub-request must fit one host request");
+static_assert(QueueWorker::kPoolChunks <= 64, "held_pool_ is a 64-bit mask");
 
-std::uint64_t tag_of(std::uint16_t slot, std::uint16_t sub) {
-  return (std::uint64_t{slot} << 16) | sub;
+// Tag layout: sub (16 bits), slot (16), pool chunk + 1 (8; 0 = none), epoch (24).
+constexpr unsigned kSlotShift = 16, kChunkShift = 32, kEpochShift = 40;
+constexpr std::uint32_t kEpochMask = (1u << 24) - 1;
+
+std::uint16_t sub_of(std::uint64_t tag) { return static_cast<std::uint16_t>(tag); }
+std::uint16_t slot_of(std::uint64_t tag) { return static_cast<std::uint16_t>(tag >> kSlotShift); }
+int chunk_of(std::uint64_t tag) { return static_cast<int>((tag >> kChunkShift) & 0xFF) - 1; }
+std::uint32_t epoch_of(std::uint64_t tag) {
+  return static_cast<std::uint32_t>(tag >> kEpochShift) & kEpochMask;
 }
 
 // NVMe PRPs need dword-aligned addresses, page-aligned joins between segments.
-bool prp_compatible(const std::vector<DataSeg>& segs) {
+bool prp_compatible(std::span<const DataSeg> segs) {
   for (std::size_t i = 0; i < segs.size(); ++i) {
     if ((segs[i].gpa & 3) != 0) return false;
     if (i > 0 && (segs[i].gpa % kPage) != 0) return false;
@@ -43,9 +52,16 @@ QueueWorker::QueueWorker(Paravisor& pv, unsigned index, std::unique_ptr<HostServ
     free_pool_.reserve(kPoolChunks);
     for (unsigned i = 0; i < kPoolChunks; ++i) free_pool_.push_back(static_cast<int>(i));
   }
+  seg_scratch_.resize(kMaxSubSegs);
 }
 
 QueueWorker::~QueueWorker() { qp_.reset(); }
+
+std::uint64_t QueueWorker::tag_of(std::uint16_t slot, std::uint16_t sub,
+                                  int pool_chunk) const noexcept {
+  return (std::uint64_t{epoch_ & kEpochMask} << kEpochShift) |
+         (std::uint64_t(pool_chunk + 1) << kChunkShift) | (std::uint64_t{slot} << kSlotShift) | sub;
+}
 
 Status QueueWorker::setup(const Virtqueue::Layout& layout, bool event_idx,
                           std::uint16_t last_avail) {
@@ -57,22 +73,48 @@ Status QueueWorker::setup(const Virtqueue::Layout& layout, bool event_idx,
   if (Status st = vq_.setup(pv_.memory_, layout, event_idx, last_avail); !st.ok()) return st;
   limits_.capacity_sectors = pv_.capacity_;
   limits_.seg_max = pv_.config_.seg_max;
+  limits_.size_max = pv_.config_.size_max;
+  limits_.max_request_bytes = pv_.config_.max_request_bytes;
+  limits_.max_pieces = pv_.config_.seg_max + 16;
+  limits_.block_bytes = pv_.block_bytes_;
   limits_.serial = pv_.config_.serial.c_str();
+  split_params_.max_sub_bytes = max_sub_bytes_;
+  split_params_.block_bytes = pv_.block_bytes_;
+  split_params_.max_zero_bytes = 65536u * 512;
+  sub_cap_ = max_subs_per_request(limits_, split_params_);
+  split_scratch_.assign(sub_cap_, SubRequest{});
+  // Every per-queue structure starts afresh: nothing of a previous setup may complete (its
+  // late completions carry an old epoch), and nothing grows on the data path.
+  ++epoch_;
   slots_.assign(layout.size, Slot{});
   for (Slot& s : slots_) {
-    s.req.data.reserve(pv_.config_.seg_max + 2);
-    s.subs.resize(4);
-    for (Sub& b : s.subs) b.segs.reserve(kMaxSubSegs + 2);
+    s.req.data.reserve(limits_.max_pieces);
+    s.subs.resize(sub_cap_);
   }
   chain_.reserve(layout.size);
-  pending_.reserve(layout.size * 4u);
-  retry_.reserve(layout.size * 4u);
+  pending_.clear();
+  retry_.clear();
+  pending_.reserve(std::size_t{layout.size} * sub_cap_);
+  retry_.reserve(std::size_t{layout.size} * sub_cap_);
+  inflight_ = 0;
+  pushed_ = false;
+  if (pool_ != nullptr) {
+    free_pool_.clear();
+    for (unsigned i = 0; i < kPoolChunks; ++i) {
+      if ((held_pool_ >> i & 1) == 0) free_pool_.push_back(static_cast<int>(i));
+    }
+  }
   if (!bounce_.valid() && pv_.vf_ != nullptr) {
     auto b = pv_.vf_->alloc_dma(std::size_t{kBounceChunks} * max_sub_bytes_);
     if (!b) return b.error();
     bounce_ = std::move(b).value();
+  }
+  if (qp_ == nullptr) {  // no VF command can still use a bounce chunk
     free_bounce_.clear();
-    for (unsigned i = 0; i < kBounceChunks; ++i) free_bounce_.push_back(static_cast<int>(i));
+    free_bounce_.reserve(kBounceChunks);
+    if (bounce_.valid()) {
+      for (unsigned i = 0; i < kBounceChunks; ++i) free_bounce_.push_back(static_cast<int>(i));
+    }
   }
   return {};
 }
@@ -110,100 +152,73 @@ void QueueWorker::sync_vf() noexcept {
   }
 }
 
-void QueueWorker::split(Slot& s) noexcept {
-  s.nsubs = 0;
-  auto next_sub = [&]() -> Sub& {
-    if (s.nsubs == s.subs.size()) {
-      s.subs.emplace_back();
-      s.subs.back().segs.reserve(kMaxSubSegs + 2);
-    }
-    Sub& b = s.subs[s.nsubs++];
-    b.segs.clear();
-    b.done = b.ok = b.on_vf = b.reissued = false;
-    b.bounce = -1;
-    b.pool = -1;
-    return b;
-  };
-  const BlkRequest& r = s.req;
-  if (r.type == blk::kFlush) {
-    next_sub().op = Op::flush;
-  } else if (r.type == blk::kWriteZeroes) {
-    for (std::uint64_t done = 0; done < r.sectors;) {
-      Sub& b = next_sub();
-      b.op = Op::write_zeroes;
-      b.lba = r.sector + done;
-      b.blocks = static_cast<std::uint32_t>(std::min<std::uint64_t>(r.sectors - done, 65536));
-      done += b.blocks;
-    }
-  } else {
-    const Op op = r.type == blk::kIn ? Op::read : Op::write;
-    Sub* b = nullptr;
-    std::uint64_t offset = 0;  // bytes of the request already assigned
-    std::uint32_t sub_bytes = 0;
-    for (const DataSeg& seg : r.data) {
-      std::uint32_t used = 0;
-      while (used < seg.len) {
-        if (b == nullptr) {
-          b = &next_sub();
-          b->op = op;
-          b->lba = r.sector + offset / blk::kSectorBytes;
-          sub_bytes = 0;
-        }
-        std::uint32_t take = std::min(seg.len - used, max_sub_bytes_ - sub_bytes);
-        // Near the segment limit, end the sub-request on a sector boundary.
-        if (b->segs.size() + 1 >= kMaxSubSegs) {
-          const std::uint32_t to_sector =
-              (blk::kSectorBytes - sub_bytes % blk::kSectorBytes) % blk::kSectorBytes;
-          if (to_sector != 0 && take > to_sector) take = to_sector;
-        }
-        b->segs.push_back({seg.gpa + used, take});
-        used += take;
-        sub_bytes += take;
-        offset += take;
-        if (sub_bytes == max_sub_bytes_ ||
-            (b->segs.size() >= kMaxSubSegs && sub_bytes % blk::kSectorBytes == 0)) {
-          b->blocks = sub_bytes / blk::kSectorBytes;
-          b = nullptr;
-        }
-      }
-    }
-    if (b != nullptr) b->blocks = sub_bytes / blk::kSectorBytes;
+bool QueueWorker::split(Slot& s) noexcept {
+  const SplitResult r = split_blk_request(s.req, split_params_, split_scratch_);
+  s.nsubs = r.count;
+  s.left = r.count;
+  if (r.count == 0) {
+    s.req.why = r.why;
+    return false;
   }
-  s.left = s.nsubs;
+  for (unsigned i = 0; i < r.count; ++i) {
+    Sub& b = s.subs[i];
+    b = Sub{};
+    b.r = split_scratch_[i];
+  }
+  return true;
+}
+
+void QueueWorker::release_pool(int chunk) noexcept {
+  if (chunk < 0 || chunk >= static_cast<int>(kPoolChunks)) return;
+  if ((held_pool_ >> chunk & 1) == 0) return;
+  held_pool_ &= ~(std::uint64_t{1} << chunk);
+  free_pool_.push_back(chunk);
 }
 
 bool QueueWorker::submit_vf(std::uint16_t slot, std::uint16_t sub) noexcept {
-  Sub& b = slots_[slot].subs[sub];
-  const std::uint64_t tag = tag_of(slot, sub);
+  Slot& s = slots_[slot];
+  Sub& b = s.subs[sub];
+  const std::uint64_t tag = tag_of(slot, sub, -1);
+  const std::uint32_t bb = pv_.block_bytes_;
+  const std::uint64_t lba = b.r.sector * blk::kSectorBytes / bb;  // aligned (parser)
+  const std::uint32_t blocks = b.r.bytes / bb;
   drv::IoStatus st;
-  if (b.op == Op::flush) {
+  if (b.r.op == SubOp::flush) {
     st = qp_->flush(tag);
-  } else if (b.op == Op::write_zeroes) {
-    st = qp_->write_zeroes(b.lba, b.blocks, tag);
+  } else if (b.r.op == SubOp::write_zeroes) {
+    st = qp_->write_zeroes(lba, blocks, tag);
   } else {
-    drv::Segment segs[kMaxSubSegs + 2];
+    const unsigned nd = sub_segments(s.req, b.r, seg_scratch_);
+    std::span<const DataSeg> data{seg_scratch_.data(), nd};
+    drv::Segment segs[kMaxSubSegs];
     std::size_t n = 0;
-    const bool bounce = pv_.config_.confidential || !prp_compatible(b.segs);
-    if (bounce) {
+    const bool bounce = pv_.config_.confidential || !prp_compatible(data);
+    if (nd == 0) {
+      st = drv::IoStatus{drv::IoErrc::invalid};
+    } else if (bounce) {
       if (free_bounce_.empty()) return false;
       b.bounce = free_bounce_.back();
       free_bounce_.pop_back();
       std::byte* chunk = bounce_.data() + std::size_t(b.bounce) * max_sub_bytes_;
-      if (b.op == Op::write) {
+      if (b.r.op == SubOp::write) {
         std::size_t off = 0;
-        for (const DataSeg& d : b.segs) {
+        for (const DataSeg& d : data) {
           std::memcpy(chunk + off, pv_.memory_.translate(d.gpa, d.len), d.len);
           off += d.len;
         }
       }
-      segs[n++] = {bounce_.iova() + std::uint64_t(b.bounce) * max_sub_bytes_,
-                   b.blocks * blk::kSectorBytes};
+      segs[n++] = {bounce_.iova() + std::uint64_t(b.bounce) * max_sub_bytes_, b.r.bytes};
       counters_.bounced.fetch_add(1, std::memory_order_relaxed);
     } else {
-      for (const DataSeg& d : b.segs) segs[n++] = {d.gpa, d.len};  // IOVA = GPA
+      for (const DataSeg& d : data) {
+        if (n >= std::size(segs)) return false;  // cannot happen: nd <= kMaxSubSegs
+        segs[n++] = {d.gpa, d.len};              // IOVA = GPA
+      }
     }
-    st = b.op == Op::read ? qp_->read(b.lba, b.blocks, {segs, n}, tag)
-                          : qp_->write(b.lba, b.blocks, {segs, n}, tag);
+    if (nd != 0) {
+      st = b.r.op == SubOp::read ? qp_->read(lba, blocks, {segs, n}, tag)
+                                 : qp_->write(lba, blocks, {segs, n}, tag);
+    }
   }
   if (!st.ok()) {
     if (b.bounce >= 0) free_bounce_.push_back(b.bounce);
@@ -217,41 +232,53 @@ bool QueueWorker::submit_vf(std::uint16_t slot, std::uint16_t sub) noexcept {
 }
 
 bool QueueWorker::submit_host(std::uint16_t slot, std::uint16_t sub) noexcept {
-  Sub& b = slots_[slot].subs[sub];
-  HostSegment segs[kMaxSubSegs + 2];
+  Slot& s = slots_[slot];
+  Sub& b = s.subs[sub];
+  HostSegment segs[kMaxSubSegs];
   std::size_t n = 0;
   int chunk_index = -1;
-  if (pool_ != nullptr && !b.segs.empty()) {
+  const bool rw = b.r.op == SubOp::read || b.r.op == SubOp::write;
+  const unsigned nd = rw ? sub_segments(s.req, b.r, seg_scratch_) : 0;
+  if (rw && nd == 0) {
+    finish(slot, sub, false);
+    return true;
+  }
+  std::span<const DataSeg> data{seg_scratch_.data(), nd};
+  if (pool_ != nullptr && rw) {
     // Confidential: the host sees only the shared pool. Writes are copied in here, reads are
     // copied out in reap_host().
     if (free_pool_.empty() || host_->outstanding() >= host_->capacity()) return false;
     chunk_index = free_pool_.back();
     std::byte* chunk = pool_ + std::size_t(chunk_index) * max_sub_bytes_;
-    if (b.op == Op::write) {
+    if (b.r.op == SubOp::write) {
       std::size_t off = 0;
-      for (const DataSeg& d : b.segs) {
+      for (const DataSeg& d : data) {
         std::memcpy(chunk + off, pv_.memory_.translate(d.gpa, d.len), d.len);
         off += d.len;
       }
     }
-    segs[n++] = {pool_addr_ + std::uint64_t(chunk_index) * max_sub_bytes_,
-                 b.blocks * blk::kSectorBytes};
+    segs[n++] = {pool_addr_ + std::uint64_t(chunk_index) * max_sub_bytes_, b.r.bytes};
   } else {
-    for (const DataSeg& d : b.segs) segs[n++] = {d.gpa, d.len};
+    for (const DataSeg& d : data) {
+      if (n >= std::size(segs)) return false;  // cannot happen: nd <= kMaxSubSegs
+      segs[n++] = {d.gpa, d.len};
+    }
   }
   HostOp op = HostOp::read;
-  switch (b.op) {
-    case Op::read: op = HostOp::read; break;
-    case Op::write: op = HostOp::write; break;
-    case Op::flush: op = HostOp::flush; break;
-    case Op::write_zeroes: op = HostOp::write_zeroes; break;
+  switch (b.r.op) {
+    case SubOp::read: op = HostOp::read; break;
+    case SubOp::write: op = HostOp::write; break;
+    case SubOp::flush: op = HostOp::flush; break;
+    case SubOp::write_zeroes: op = HostOp::write_zeroes; break;
   }
-  const std::uint32_t zero_bytes = b.op == Op::write_zeroes ? b.blocks * blk::kSectorBytes : 0;
-  if (!host_->submit(tag_of(slot, sub), op, b.lba * blk::kSectorBytes, {segs, n}, zero_bytes)) {
+  const std::uint32_t zero_bytes = b.r.op == SubOp::write_zeroes ? b.r.bytes : 0;
+  if (!host_->submit(tag_of(slot, sub, chunk_index), op, b.r.sector * blk::kSectorBytes, {segs, n},
+                     zero_bytes)) {
     return false;
   }
   if (chunk_index >= 0) {
     free_pool_.pop_back();
+    held_pool_ |= std::uint64_t{1} << chunk_index;
     b.pool = chunk_index;
     counters_.pool_bounced.fetch_add(1, std::memory_order_relaxed);
   }
@@ -271,7 +298,9 @@ void QueueWorker::submit_pending() noexcept {
 
 void QueueWorker::take_requests() noexcept {
   std::uint16_t head;
-  while (vq_.pop(&head)) {
+  for (;;) {
+    const std::uint16_t pos = vq_.last_avail();
+    if (!vq_.pop(&head)) break;
     const ChainError ce = vq_.read_chain(head, chain_);
     if (ce == ChainError::bad_index || head >= slots_.size()) {  // a head beyond the queue
       counters_.bad_requests.fetch_add(1, std::memory_order_relaxed);
@@ -284,7 +313,12 @@ void QueueWorker::take_requests() noexcept {
       vq_.mark_broken();
       return;
     }
-    switch (parse_blk_request(pv_.memory_, limits_, head, ce, chain_, s.req)) {
+    ParseOutcome outcome = parse_blk_request(pv_.memory_, limits_, head, ce, chain_, s.req);
+    if (outcome == ParseOutcome::submit && !split(s)) {
+      s.req.status = blk::kStatusIoErr;  // too fragmented to cut into sub-requests
+      outcome = ParseOutcome::complete;
+    }
+    switch (outcome) {
       case ParseOutcome::broken:
         counters_.bad_requests.fetch_add(1, std::memory_order_relaxed);
         vq_.mark_broken();
@@ -301,11 +335,12 @@ void QueueWorker::take_requests() noexcept {
         break;
       case ParseOutcome::submit:
         s.busy = true;
+        s.avail_pos = pos;
         ++inflight_;
-        split(s);
-        for (std::uint16_t i = 0; i < s.nsubs; ++i) {
-          const bool ok = use_vf() ? submit_vf(head, i) : submit_host(head, i);
-          if (!ok) pending_.push_back({head, i});
+        for (unsigned i = 0; i < s.nsubs; ++i) {
+          const auto sub = static_cast<std::uint16_t>(i);
+          const bool ok = use_vf() ? submit_vf(head, sub) : submit_host(head, sub);
+          if (!ok) pending_.push_back({head, sub});
         }
         break;
     }
@@ -317,15 +352,20 @@ void QueueWorker::reap_vf() noexcept {
   for (;;) {
     const unsigned n = qp_->poll(c);
     for (unsigned i = 0; i < n; ++i) {
-      const auto slot = static_cast<std::uint16_t>(c[i].tag >> 16);
-      const auto sub = static_cast<std::uint16_t>(c[i].tag & 0xFFFF);
+      const std::uint16_t slot = slot_of(c[i].tag), sub = sub_of(c[i].tag);
+      if (epoch_of(c[i].tag) != (epoch_ & kEpochMask) || slot >= slots_.size() ||
+          sub >= slots_[slot].nsubs) {
+        continue;  // not a tag of this setup
+      }
       Sub& b = slots_[slot].subs[sub];
       const drv::IoStatus st = c[i].status;
       if (b.bounce >= 0) {
-        if (st.ok() && b.op == Op::read) {
+        if (st.ok() && b.r.op == SubOp::read) {
           const std::byte* chunk = bounce_.data() + std::size_t(b.bounce) * max_sub_bytes_;
+          const unsigned nd = sub_segments(slots_[slot].req, b.r, seg_scratch_);
           std::size_t off = 0;
-          for (const DataSeg& d : b.segs) {
+          for (unsigned k = 0; k < nd; ++k) {
+            const DataSeg& d = seg_scratch_[k];
             std::memcpy(pv_.memory_.translate(d.gpa, d.len), chunk + off, d.len);
             off += d.len;
           }
@@ -361,21 +401,26 @@ void QueueWorker::reap_host() noexcept {
   for (;;) {
     const unsigned n = host_->poll(c);
     for (unsigned i = 0; i < n; ++i) {
-      const auto slot = static_cast<std::uint16_t>(c[i].tag >> 16);
-      const auto sub = static_cast<std::uint16_t>(c[i].tag & 0xFFFF);
-      if (slot >= slots_.size() || sub >= slots_[slot].nsubs) continue;  // not a tag of ours
+      const std::uint16_t slot = slot_of(c[i].tag), sub = sub_of(c[i].tag);
+      if (epoch_of(c[i].tag) != (epoch_ & kEpochMask) || slot >= slots_.size() ||
+          sub >= slots_[slot].nsubs || slots_[slot].subs[sub].pool != chunk_of(c[i].tag)) {
+        release_pool(chunk_of(c[i].tag));  // a request given back earlier: its chunk is free now
+        continue;
+      }
       counters_.fallback_ios.fetch_add(1, std::memory_order_relaxed);
       Sub& b = slots_[slot].subs[sub];
       if (b.pool >= 0) {
-        if (c[i].result == 0 && b.op == Op::read) {
+        if (c[i].result == 0 && b.r.op == SubOp::read) {
           const std::byte* chunk = pool_ + std::size_t(b.pool) * max_sub_bytes_;
+          const unsigned nd = sub_segments(slots_[slot].req, b.r, seg_scratch_);
           std::size_t off = 0;
-          for (const DataSeg& d : b.segs) {
+          for (unsigned k = 0; k < nd; ++k) {
+            const DataSeg& d = seg_scratch_[k];
             std::memcpy(pv_.memory_.translate(d.gpa, d.len), chunk + off, d.len);
             off += d.len;
           }
         }
-        free_pool_.push_back(b.pool);
+        release_pool(b.pool);
         b.pool = -1;
       }
       finish(slot, sub, c[i].result == 0);
@@ -418,14 +463,14 @@ void QueueWorker::notify_guest() noexcept {
   }
 }
 
-unsigned QueueWorker::run_once() noexcept {
+unsigned QueueWorker::pass(bool take) noexcept {
   sync_vf();
   if (!vq_.ready()) return 0;
   const std::uint64_t before = counters_.requests.load(std::memory_order_relaxed);
   if (qp_ != nullptr) reap_vf();
   reap_host();
   submit_pending();
-  if (!vq_.broken()) take_requests();
+  if (take && !vq_.broken()) take_requests();
   if (qp_ != nullptr) qp_->commit();
   host_->notify();
   notify_guest();
@@ -433,11 +478,64 @@ unsigned QueueWorker::run_once() noexcept {
 }
 
 void QueueWorker::quiesce() {
-  fpga::poll_until(pv_.card_, pv_.config_.command_timeout * 2 + pv_.config_.admin_timeout * 2, [&] {
-    run_once();
+  const std::chrono::nanoseconds bound =
+      pv_.config_.quiesce_timeout.count() > 0
+          ? pv_.config_.quiesce_timeout
+          : pv_.config_.command_timeout * 2 + pv_.config_.admin_timeout * 2;
+  // Only what was taken: a busy guest must not hold the pause (and the control plane) open.
+  fpga::poll_until(pv_.card_, bound, [&] {
+    pass(false);
     return inflight_ == 0 && pending_.empty();
   });
-  qp_.reset();
+  if (inflight_ != 0 || !pending_.empty()) give_back_unfinished();
+  qp_.reset();  // deletes its queues: no VF command still uses a bounce chunk
+  if (bounce_.valid() && free_bounce_.size() != kBounceChunks) {
+    free_bounce_.clear();
+    for (unsigned i = 0; i < kBounceChunks; ++i) free_bounce_.push_back(static_cast<int>(i));
+  }
+}
+
+void QueueWorker::give_back_unfinished() noexcept {
+  // Age 1 is the request taken last. The newest requests that are all unfinished go back to
+  // the ring: last_avail moves back over them, so GET_VRING_BASE does not report them consumed
+  // and the front end makes them available again. An older unfinished request (a completed one
+  // was taken after it) cannot be given back without replaying the completed one: it fails.
+  const std::uint16_t last = vq_.last_avail();
+  auto busy_at_age = [&](unsigned age) {
+    for (const Slot& s : slots_) {
+      if (s.busy && static_cast<std::uint16_t>(last - s.avail_pos) == age) return true;
+    }
+    return false;
+  };
+  unsigned back = 0;
+  while (back < slots_.size() && busy_at_age(back + 1)) ++back;
+  for (Slot& s : slots_) {
+    if (!s.busy) continue;
+    const unsigned age = static_cast<std::uint16_t>(last - s.avail_pos);
+    for (unsigned i = 0; i < s.nsubs; ++i) {
+      if (!s.subs[i].done) {
+        s.subs[i].done = true;
+        s.subs[i].ok = false;
+      }
+    }
+    if (age >= 1 && age <= back) {
+      s.busy = false;  // given back: no used entry
+      --inflight_;
+      counters_.given_back.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      s.left = 0;
+      complete(s);  // IOERR
+    }
+  }
+  vq_.unpop(static_cast<std::uint16_t>(back));
+  pending_.clear();
+  inflight_ = 0;
+  ++epoch_;  // their IO may still complete: those completions are ignored (chunks released)
+  notify_guest();
+  std::fprintf(stderr,
+               "keel paravisor: queue %u: stopping with requests unfinished after the bound; "
+               "%u given back to the ring\n",
+               index_, back);
 }
 
 std::uint64_t QueueWorker::thread_cpu_ns() const noexcept {

@@ -9,6 +9,7 @@
 
 #include "keel/drivers/nvme/queue_pair.h"
 #include "keel/vmm/blk_request.h"
+#include "keel/vmm/blk_split.h"
 #include "keel/vmm/host_service.h"
 #include "keel/vmm/paravisor.h"
 #include "keel/vmm/virtqueue.h"
@@ -31,10 +32,15 @@ class QueueWorker {
   Status setup(const Virtqueue::Layout& layout, bool event_idx, std::uint16_t last_avail);
   bool configured() const noexcept { return vq_.ready(); }
   /// One pass: reap completions, take new requests, submit, notify. Returns requests completed.
-  unsigned run_once() noexcept;
+  unsigned run_once() noexcept { return pass(true); }
   /// Thread body until the paravisor stops.
   void run_thread();
-  /// Waits (bounded) until nothing is in flight, then drops the VF queue pair.
+  /// Takes no new request; waits (bounded by ParavisorConfig::quiesce_timeout) until the
+  /// requests taken have completed, then drops the VF queue pair. Requests still not complete
+  /// then are given back: if they are the last ones taken, last_avail is moved back before
+  /// them (the front end makes them available again after GET_VRING_BASE); one followed by a
+  /// completed request cannot be given back that way and completes with IOERR. Late
+  /// completions of their IO are recognised (tag epoch) and ignored.
   void quiesce();
 
   unsigned index() const noexcept { return index_; }
@@ -45,17 +51,13 @@ class QueueWorker {
 
   struct Counters {
     std::atomic<std::uint64_t> requests{0}, vf_ios{0}, fallback_ios{0}, reissued{0}, bounced{0},
-        pool_bounced{0}, errors{0}, bad_requests{0}, notifications{0};
+        pool_bounced{0}, errors{0}, bad_requests{0}, notifications{0}, given_back{0};
   };
   const Counters& counters() const noexcept { return counters_; }
 
  private:
-  enum class Op : std::uint8_t { read, write, flush, write_zeroes };
   struct Sub {
-    Op op = Op::read;
-    std::uint64_t lba = 0;
-    std::uint32_t blocks = 0;
-    std::vector<DataSeg> segs;
+    SubRequest r;
     bool done = false;
     bool ok = false;
     bool on_vf = false;
@@ -65,8 +67,9 @@ class QueueWorker {
   };
   struct Slot {
     bool busy = false;
+    std::uint16_t avail_pos = 0;  // the avail index it was taken from
     BlkRequest req;
-    std::vector<Sub> subs;
+    std::vector<Sub> subs;  // sized at setup (max_subs_per_request), never grown
     unsigned nsubs = 0;
     unsigned left = 0;
   };
@@ -75,9 +78,13 @@ class QueueWorker {
     std::uint16_t sub;
   };
 
+  unsigned pass(bool take) noexcept;
   void sync_vf() noexcept;
   void take_requests() noexcept;
-  void split(Slot& s) noexcept;
+  bool split(Slot& s) noexcept;
+  std::uint64_t tag_of(std::uint16_t slot, std::uint16_t sub, int pool_chunk) const noexcept;
+  void release_pool(int chunk) noexcept;
+  void give_back_unfinished() noexcept;
   void submit_pending() noexcept;
   bool submit_vf(std::uint16_t slot, std::uint16_t sub) noexcept;
   bool submit_host(std::uint16_t slot, std::uint16_t sub) noexcept;
@@ -106,7 +113,14 @@ class QueueWorker {
   std::byte* pool_ = nullptr;  // confidential: the shared pool, the host's only view of data
   std::uint64_t pool_addr_ = 0;
   std::vector<int> free_pool_;
+  std::uint64_t held_pool_ = 0;  // pool chunks the host service may still use (bit per chunk)
   std::uint32_t max_sub_bytes_ = kChunkBytes;
+  SplitParams split_params_;
+  unsigned sub_cap_ = 0;              // subs per slot
+  std::uint32_t epoch_ = 0;           // in every tag; bumps when unfinished requests are given back
+  std::vector<DataSeg> seg_scratch_;  // kMaxSubSegs: one sub's segments
+  std::vector<SubRequest> split_scratch_;  // sub_cap_
+
   unsigned inflight_ = 0;  // requests taken and not yet completed
   bool pushed_ = false;    // used entries pushed since the last notification decision
   std::atomic<pthread_t> thread_{};

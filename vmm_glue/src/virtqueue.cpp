@@ -33,6 +33,25 @@ const char* to_string(ChainError e) noexcept {
   return "unknown";
 }
 
+std::uint64_t region_run(const GuestMemory& mem, std::uint64_t gpa) noexcept {
+  for (const GuestMemory::Region& r : mem.regions()) {
+    if (gpa >= r.gpa && gpa - r.gpa < r.bytes) return r.bytes - (gpa - r.gpa);
+  }
+  return 0;
+}
+
+bool in_guest_memory(const GuestMemory& mem, std::uint64_t gpa, std::uint64_t len) noexcept {
+  if (gpa + len < gpa) return false;
+  while (len > 0) {
+    const std::uint64_t run = region_run(mem, gpa);
+    if (run == 0) return false;
+    const std::uint64_t take = run < len ? run : len;
+    gpa += take;
+    len -= take;
+  }
+  return true;
+}
+
 Status Virtqueue::setup(const GuestMemory& mem, const Layout& l, bool event_idx,
                         std::uint16_t last_avail) {
   const unsigned n = l.size;
@@ -96,7 +115,7 @@ ChainError Virtqueue::read_chain(std::uint16_t head, std::vector<ChainSeg>& out)
     const bool w = (d.flags & virtio::kDescWrite) != 0;
     if (!w && seen_write && soft == ChainError::ok) soft = ChainError::write_before_read;
     seen_write = seen_write || w;
-    if (d.len > 0 && mem_->translate(d.addr, d.len) == nullptr && soft == ChainError::ok) {
+    if (d.len > 0 && !in_guest_memory(*mem_, d.addr, d.len) && soft == ChainError::ok) {
       soft = ChainError::outside_memory;
     }
     out.push_back({d.addr, d.len, w});  // callers reserve the queue size: no allocation

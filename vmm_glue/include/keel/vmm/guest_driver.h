@@ -33,7 +33,8 @@ class GuestDriver {
                                                      std::uint64_t ring_gpa);
   ~GuestDriver();
 
-  /// Builds a chain [header][data...][status] and publishes it (no kick). Data segments are
+  /// Builds a chain [header][data...][status] and publishes it (no kick). Data segments longer
+  /// than the device's size_max are cut into several descriptors, as Linux does. Data segments are
   /// device-writable for reads. Returns the request id (chain head), or an error if the ring
   /// is full.
   Result<std::uint16_t> submit(unsigned q, std::uint32_t type, std::uint64_t sector,

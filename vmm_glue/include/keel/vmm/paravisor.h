@@ -56,8 +56,20 @@ struct ParavisorConfig {
   std::chrono::nanoseconds admin_timeout = std::chrono::milliseconds(500);
   /// How often a paravisor on the fallback checks whether its VF is back.
   std::chrono::nanoseconds probe_interval = std::chrono::milliseconds(50);
-  /// Data segments per request (virtio-blk seg_max).
+  /// How long stop() (vhost-user GET_VRING_BASE, SET_MEM_TABLE...) waits for the requests a
+  /// worker has taken; 0: 2 x command_timeout + 2 x admin_timeout. Requests still unfinished
+  /// then are given back to the ring (see QueueWorker::quiesce).
+  std::chrono::nanoseconds quiesce_timeout{0};
+  /// Data descriptors per request (virtio-blk seg_max); more fail with IOERR.
   std::uint32_t seg_max = 126;
+  /// Bytes per data descriptor (virtio-blk size_max, advertised); larger fail with IOERR.
+  /// 4 KiB at least.
+  std::uint32_t size_max = 128 * 1024;
+  /// Data bytes per read or write request (virtio-blk has no field to advertise it); larger
+  /// fail with IOERR. 4 MiB is three times what a Linux guest sends by default
+  /// (max_sectors_kb 1280). Bounds the work and the sub-requests one request costs (a slot holds
+  /// max_request_bytes / 128 KiB of them, preallocated). A multiple of 512 up to 64 MiB.
+  std::uint32_t max_request_bytes = 4u << 20;
   /// Disk size when no VF answers at creation (otherwise the VF's namespace decides).
   std::uint64_t capacity_sectors = 0;
   /// virtio-blk GET_ID answer.
@@ -76,6 +88,7 @@ struct ParavisorCounters {
   std::uint64_t errors = 0;         ///< Requests completed with a non-OK status.
   std::uint64_t bad_requests = 0;   ///< Malformed requests (completed with an error).
   std::uint64_t notifications = 0;  ///< Interrupts sent to the guest.
+  std::uint64_t given_back = 0;     ///< Unfinished requests returned to the ring at a stop.
   std::uint64_t to_fallback = 0;    ///< Switches to the fallback.
   std::uint64_t to_vf = 0;          ///< Switches back to the VF.
 };
@@ -161,6 +174,7 @@ class Paravisor {
   HostStorageService& host_;
   ParavisorConfig config_;
   std::uint64_t capacity_ = 0;
+  std::uint32_t block_bytes_ = 512;  // logical block size the guest sees (the VF's LBA size)
   std::uint64_t features_ = 0;
   int pool_fd_ = -1;           // confidential: memfd of the shared pool
   std::byte* pool_ = nullptr;  // its mapping here

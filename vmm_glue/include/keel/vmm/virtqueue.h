@@ -30,6 +30,13 @@ enum class ChainError : std::uint8_t {
 
 const char* to_string(ChainError e) noexcept;
 
+/// Bytes from `gpa` to the end of the guest memory region holding it (0 if none does). Adjacent
+/// regions are separate mappings: a buffer that crosses from one into the next is walked in
+/// pieces of at most this length.
+std::uint64_t region_run(const GuestMemory& mem, std::uint64_t gpa) noexcept;
+/// Whether every byte of [gpa, gpa + len) is guest RAM, in one region or several adjacent ones.
+bool in_guest_memory(const GuestMemory& mem, std::uint64_t gpa, std::uint64_t len) noexcept;
+
 /// Split ring, device side. Owned by one thread. Ring indices are read and written with the
 /// orderings the spec requires (acquire on avail->idx, release on used->idx, a full fence
 /// before reading used_event/flags for the notification decision).
@@ -54,6 +61,11 @@ class Virtqueue {
   /// Next available chain head. False when the ring is empty, or when the driver published
   /// an impossible index (then broken() is true).
   bool pop(std::uint16_t* head) noexcept;
+  /// Gives the last `n` popped entries back (the device did not consume them after all): the
+  /// next pop returns them again and last_avail() no longer counts them.
+  void unpop(std::uint16_t n) noexcept {
+    last_avail_ = static_cast<std::uint16_t>(last_avail_ - n);
+  }
   /// Reads the chain starting at `head` into `out` (cleared first).
   ChainError read_chain(std::uint16_t head, std::vector<ChainSeg>& out) const noexcept;
   /// Returns the chain to the driver with `written` bytes written into it.
