@@ -120,7 +120,7 @@ TEST_F(BoardChecks, AllocatesZeroedPageAlignedDmaBuffers) {
 }
 
 TEST_F(BoardChecks, CallerChosenWindowsAreCheckedAndRemovable) {
-  constexpr fpga::Iova kIova = 1ull << 30;  // below the allocator's 64 GiB: the caller's space
+  constexpr fpga::Iova kIova = 1ull << 30;  // below the allocator's 2^52: the caller's space
   void* mem = std::aligned_alloc(kPage, 4 * kPage);
   ASSERT_NE(mem, nullptr);
   std::unique_ptr<void, decltype(&std::free)> owner(mem, &std::free);

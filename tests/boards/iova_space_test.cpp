@@ -16,7 +16,7 @@ Errc code(const R& r) {
   return r.ok() ? Errc::io_error : r.error().code;
 }
 
-TEST(IovaSpace, AllocationsStartAt64GiBAlignedWithAGuardPage) {
+TEST(IovaSpace, AllocationsStartAtTheAllocBaseAlignedWithAGuardPage) {
   IovaSpace space;
 
   const auto a = space.allocate(64 * 1024);
@@ -44,7 +44,7 @@ TEST(IovaSpace, ReleasedRangesAreReused) {
   EXPECT_EQ(space.windows(), 1u);
 }
 
-TEST(IovaSpace, CallerWindowsBelow64GiBDoNotDisturbAllocations) {
+TEST(IovaSpace, CallerWindowsBelowTheAllocBaseDoNotDisturbAllocations) {
   IovaSpace space;
 
   const Status guest = space.reserve(0, 4 * kGiB);  // IOVA = GPA for a 4 GiB guest
@@ -53,6 +53,38 @@ TEST(IovaSpace, CallerWindowsBelow64GiBDoNotDisturbAllocations) {
   ASSERT_TRUE(guest.ok()) << to_string(guest.error());
   ASSERT_TRUE(buffer.ok());
   EXPECT_EQ(*buffer, IovaSpace::kAllocBase);
+}
+
+// Issue 10: buffers at 64 GiB took the IOVAs of a guest with ~60 GiB of RAM (IOVA = GPA).
+TEST(IovaSpace, GuestRamUpTo2To52DoesNotMeetAllocations) {
+  IovaSpace space;
+
+  const auto buffer = space.allocate(kPage);
+  const Status guest = space.reserve(0, 1024 * kGiB);  // a 1 TiB guest at IOVA = GPA
+  const Status high = space.reserve(64 * kGiB, 64 * kGiB);
+
+  ASSERT_TRUE(buffer.ok());
+  EXPECT_GE(*buffer, Iova{1} << 52);
+  EXPECT_EQ(code(high), Errc::out_of_range) << "overlaps the 1 TiB guest";
+  EXPECT_TRUE(guest.ok()) << to_string(guest.error());
+}
+
+TEST(IovaSpace, AnIommuOf39BitsGetsBuffersFromTheTopDown) {
+  // x86 style: everything but the MSI window, and a 39-bit address width.
+  const Iova top = (1ull << 39) - 1;
+  IovaSpace space({{0, 0xFEDFFFFF}, {0xFEF00000, top}}, kPage);
+  ASSERT_TRUE(space.reserve(4 * kGiB, 60 * kGiB).ok());  // guest RAM above 4 GiB, IOVA = GPA
+
+  const auto a = space.allocate(kPage);
+  const auto b = space.allocate(64 * 1024);
+
+  ASSERT_TRUE(a.ok()) << to_string(a.error());
+  ASSERT_TRUE(b.ok()) << to_string(b.error());
+  EXPECT_EQ(*a, (top + 1) - IovaSpace::kAllocAlign);
+  EXPECT_EQ(*a % IovaSpace::kAllocAlign, 0u);
+  EXPECT_EQ(*b % IovaSpace::kAllocAlign, 0u);
+  EXPECT_LE(*b + 64 * 1024 + kPage, *a) << "overlaps the first buffer or its guard page";
+  EXPECT_GE(*b, 64 * kGiB);
 }
 
 TEST(IovaSpace, AllocationSkipsACallerWindow) {
@@ -112,8 +144,9 @@ TEST(IovaSpace, WindowsOutsideTheUsableRangesAreRefused) {
 }
 
 TEST(IovaSpace, AllocationMovesToTheNextUsableRangeAndRunsOut) {
-  const Iova second = 1ull << 40;
-  IovaSpace space({{0, IovaSpace::kAllocBase + 2 * kPage - 1}, {second, second + 128 * 1024 - 1}},
+  const Iova second = IovaSpace::kAllocBase << 1;
+  IovaSpace space({{IovaSpace::kAllocBase, IovaSpace::kAllocBase + 2 * kPage - 1},
+                   {second, second + 128 * 1024 - 1}},
                   kPage);
 
   const auto first = space.allocate(kPage);      // fits below the end of range one

@@ -133,6 +133,21 @@ Status Paravisor::bring_up_vf() {
   drv::ControllerConfig cc;
   cc.admin_timeout = config_.admin_timeout;
   cc.io_queues = static_cast<std::uint16_t>(config_.queues);
+  if (!config_.confidential) {
+    // IOVA = GPA: guest RAM must stay below where the driver's own buffers go.
+    for (const GuestMemory::Region& r : memory_.regions()) {
+      if (r.gpa + r.bytes > fpga::kDmaAllocBase) {
+        vf_refused_ = true;  // this memory table never fits: no probing until a hot-add
+        char b[160];
+        std::snprintf(b, sizeof b,
+                      "guest RAM at GPA 0x%llx-0x%llx reaches 2^52, where the VF driver's own "
+                      "DMA buffers live; the VF cannot map it at IOVA = GPA",
+                      static_cast<unsigned long long>(r.gpa),
+                      static_cast<unsigned long long>(r.gpa + r.bytes - 1));
+        return make_error(Errc::invalid_argument, b);
+      }
+    }
+  }
   auto c = drv::Controller::open(card_, *vf_, cc);
   if (!c) return c.error();
   if (!config_.confidential) {
@@ -145,6 +160,7 @@ Status Paravisor::bring_up_vf() {
   const std::uint32_t lba = (*c)->block_bytes();
   if (lba < 512 || lba > QueueWorker::kChunkBytes || (lba & (lba - 1)) != 0 ||
       (block_bytes_ != 0 && lba != block_bytes_)) {
+    vf_refused_ = true;  // a reformat comes with a hot-add (vf_arrived)
     return make_error(Errc::device_error,
                       "the VF's namespace has " + std::to_string(lba) +
                           "-byte LBAs; this guest's disk has " + std::to_string(block_bytes_) +
@@ -204,7 +220,10 @@ void Paravisor::worker_drained() {
 void Paravisor::maybe_probe() {
   if (vf_ == nullptr || state() != PathState::fallback) return;
   const std::uint64_t now = card_.now_ns();
-  if (!probe_now_.exchange(false) && now < next_probe_ns_) return;
+  const bool now_asked = probe_now_.exchange(false);
+  if (vf_refused_ && !now_asked) return;  // refused for good: wait for a hot-add
+  if (!now_asked && now < next_probe_ns_) return;
+  vf_refused_ = false;
   next_probe_ns_ = now + static_cast<std::uint64_t>(config_.probe_interval.count());
   if (vf_->read32(regs::nvme::CSTS) == 0xFFFFFFFFu) return;  // still gone
   std::lock_guard lock(mu_);

@@ -1,4 +1,5 @@
-// IOVA bookkeeping: first-fit allocation above 64 GiB with guard pages, overlap checks.
+// IOVA bookkeeping: first-fit allocation from 2^52 (or top-down below the IOMMU limit) with
+// guard pages, overlap checks.
 #include "keel/fpga/vfio/iova_space.h"
 
 #include <algorithm>
@@ -100,7 +101,7 @@ Result<Iova> IovaSpace::allocate(std::size_t bytes) {
         break;
       }
     }
-    if (range == nullptr) return exhausted();
+    if (range == nullptr) return allocate_below(bytes, need, align);
     if (cand < range->first) {
       cand = range->first;
       continue;  // realign
@@ -122,6 +123,34 @@ Result<Iova> IovaSpace::allocate(std::size_t bytes) {
     windows_.emplace(cand, bytes);
     return cand;
   }
+}
+
+Result<Iova> IovaSpace::allocate_below(std::size_t bytes, Iova need, Iova align) {
+  // Nothing from kAllocBase up: the highest free window below it, from the top of the highest
+  // usable range down (guest RAM mapped at IOVA = GPA sits at the bottom).
+  for (auto r = usable_.rbegin(); r != usable_.rend(); ++r) {
+    if (r->first >= kAllocBase) continue;
+    Iova hi = std::min(r->last, kAllocBase - 1);  // the highest IOVA the window may use
+    while (hi >= r->first && hi - r->first >= need - 1) {
+      const Iova cand = (hi - (need - 1)) & ~(align - 1);
+      if (cand < r->first) break;
+      // The window (with its guard) must not touch one that starts at or below its end.
+      auto next = windows_.upper_bound(cand + (need - 1));
+      if (next != windows_.begin()) {
+        const auto prev = std::prev(next);
+        const Iova prev_end = sat_add(sat_add(prev->first, prev->second), page_ - 1);
+        if (prev_end >= cand) {
+          if (prev->first == 0) break;
+          hi = prev->first - 1;
+          continue;
+        }
+      }
+      windows_.emplace(cand, bytes);
+      return cand;
+    }
+  }
+  return make_error(Errc::no_memory, "no free IOVA range of " + std::to_string(bytes) +
+                                         " bytes left in this IOMMU domain");
 }
 
 Result<std::size_t> IovaSpace::release(Iova iova) {

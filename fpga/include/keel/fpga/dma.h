@@ -10,6 +10,14 @@ namespace keel::fpga {
 /// An IO virtual address: what a function puts on the bus. The IOMMU translates it.
 using Iova = std::uint64_t;
 
+/// Where alloc_dma() places its buffers in a function's IOMMU domain: 2^52, above the largest
+/// physical address x86-64 and arm64 define, so no guest RAM mapped at IOVA = GPA (the
+/// paravisor) can collide with a driver's queues or bounce buffers however much RAM the guest
+/// has. (The host storage service's shared regions at 2^56 are a different address space.)
+/// Below it is left to callers that choose their IOVAs. An IOMMU that cannot translate that
+/// high (VT-d with 39- or 48-bit addresses) gets buffers from the top of what it translates.
+inline constexpr Iova kDmaAllocBase = Iova{1} << 52;
+
 /// Whom a DmaBuffer returns its memory to. Implemented by each backend.
 class DmaOwner {
  public:

@@ -10,8 +10,8 @@
 namespace keel::fpga {
 
 /// Implements the DMA part of Function on top of the Iommu model: alloc_dma takes anonymous
-/// page-aligned memory and maps it at IOVAs from a per-function range above 64 GiB (below it
-/// is left for callers that choose their own IOVAs, such as the paravisor's IOVA = GPA).
+/// page-aligned memory and maps it at IOVAs from kDmaAllocBase up (below it is left for callers
+/// that choose their own IOVAs, such as the paravisor's IOVA = GPA).
 class IommuFunction : public Function, private DmaOwner {
  public:
   IommuFunction(Iommu& iommu, unsigned function) noexcept : iommu_(iommu), function_(function) {}
@@ -22,7 +22,7 @@ class IommuFunction : public Function, private DmaOwner {
   Status unmap_dma(Iova iova) override;
 
   /// First IOVA alloc_dma hands out.
-  static constexpr Iova kAllocBase = 64ull << 30;
+  static constexpr Iova kAllocBase = kDmaAllocBase;
 
  protected:
   /// True when the function is not there (surprise-removed or not enabled).

@@ -185,6 +185,7 @@ class Paravisor {
   std::atomic<std::uint64_t> vf_epoch_{0};  // bumps on every loss; workers drop old queue pairs
   std::atomic<unsigned> drained_{0};
   std::atomic<bool> probe_now_{false};
+  bool vf_refused_ = false;  // the VF cannot serve this guest (LBA size, memory layout)
   std::uint64_t next_probe_ns_ = 0;
   mutable std::mutex mu_;  // transitions, controller lifecycle
   std::vector<Transition> log_;

@@ -15,9 +15,11 @@ namespace keel::fpga::vfio {
 /// alloc_dma() buffers go and refuses caller-chosen windows that overlap or that the IOMMU
 /// cannot translate, with a message instead of a bare errno.
 ///
-/// Allocated windows start at kAllocBase (64 GiB, as on the simulated cards), are 64 KiB
-/// aligned and keep an unmapped guard page after them; below 64 GiB is left to callers that
-/// choose their IOVAs (the paravisor's IOVA = GPA).
+/// Allocated windows start at kAllocBase (kDmaAllocBase, 2^52, as on the simulated cards), are
+/// 64 KiB aligned and keep an unmapped guard page after them; below it is left to callers that
+/// choose their IOVAs (the paravisor's IOVA = GPA). When no usable range reaches kAllocBase
+/// (an IOMMU of 39 or 48 address bits), windows are taken from the top of the highest usable
+/// range downwards, as far from guest RAM as the IOMMU allows.
 ///
 /// Threading: none; the owner serialises calls.
 class IovaSpace {
@@ -28,7 +30,7 @@ class IovaSpace {
     Iova last = ~Iova{0};
   };
 
-  static constexpr Iova kAllocBase = 64ull << 30;
+  static constexpr Iova kAllocBase = kDmaAllocBase;
   static constexpr Iova kAllocAlign = 64ull << 10;
 
   /// `usable`: the ranges the IOMMU translates (all of them when empty). `page`: the smallest
@@ -52,6 +54,7 @@ class IovaSpace {
 
  private:
   const Range* range_holding(Iova first, Iova last) const;
+  Result<Iova> allocate_below(std::size_t bytes, Iova need, Iova align);
 
   std::vector<Range> usable_;
   std::size_t page_;

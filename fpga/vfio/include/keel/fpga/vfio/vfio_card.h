@@ -32,10 +32,10 @@ struct VfioOptions {
 /// step() does nothing, now_ns() is the host's steady clock, and there is no fault injector.
 ///
 /// BAR access: the whole BAR0 is mapped (uncached) and read and written with single 32- or
-/// 64-bit accesses. DMA: alloc_dma() maps anonymous memory at IOVAs from 64 GiB up; map_dma()
-/// maps caller memory at the caller's IOVA. Both pin memory, so RLIMIT_MEMLOCK must allow it.
-/// Interrupts: each MSI-X vector is an eventfd; wait_interrupt() polls it. FLR: a VF's
-/// flr() is VFIO_DEVICE_RESET. A function the kernel wants back (hot removal) turns gone.
+/// 64-bit accesses. DMA: alloc_dma() maps anonymous memory at IOVAs from 2^52 up (kDmaAllocBase);
+/// map_dma() maps caller memory at the caller's IOVA. Both pin memory, so RLIMIT_MEMLOCK must allow
+/// it. Interrupts: each MSI-X vector is an eventfd; wait_interrupt() polls it. FLR: a VF's flr() is
+/// VFIO_DEVICE_RESET. A function the kernel wants back (hot removal) turns gone.
 ///
 /// Threading: as Function and Card document; set_num_vfs() and vf() are serialised inside.
 class VfioCard final : public Card {
