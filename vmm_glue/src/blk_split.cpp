@@ -8,22 +8,23 @@ namespace blk = virtio::blk;
 
 SplitResult split_blk_request(const BlkRequest& r, const SplitParams& p,
                               std::span<SubRequest> out) noexcept {
-  unsigned n = 0;
+  std::size_t n = 0;
+  auto result = [&] { return SplitResult{static_cast<unsigned>(n), ""}; };
   if (r.type == blk::kFlush) {
-    if (out.empty()) return {0, "no room for a sub-request"};
-    out[n++] = SubRequest{SubOp::flush, 0, 0, 0, 0};
-    return {n, ""};
+    if (!push_bounded(out, n, SubRequest{SubOp::flush, 0, 0, 0, 0})) return {0, "no room"};
+    return result();
   }
   if (r.type == blk::kWriteZeroes) {
     const std::uint64_t total = r.sectors * blk::kSectorBytes;
     for (std::uint64_t done = 0; done < total;) {
-      if (n == out.size()) return {0, "write-zeroes needs more sub-requests than a slot holds"};
       const auto bytes =
           static_cast<std::uint32_t>(std::min<std::uint64_t>(total - done, p.max_zero_bytes));
-      out[n++] = SubRequest{SubOp::write_zeroes, r.sector + done / blk::kSectorBytes, bytes, 0, 0};
+      const SubRequest sub{SubOp::write_zeroes, r.sector + done / blk::kSectorBytes, bytes, 0, 0};
+      if (!push_bounded(out, n, sub))
+        return {0, "write-zeroes needs more sub-requests than a slot holds"};
       done += bytes;
     }
-    return {n, ""};
+    return result();
   }
   const SubOp op = r.type == blk::kIn ? SubOp::read : SubOp::write;
   std::uint64_t total = 0;
@@ -48,10 +49,12 @@ SplitResult split_blk_request(const BlkRequest& r, const SplitParams& p,
     end = std::min<std::uint64_t>({end, off + p.max_sub_bytes, total});
     end -= end % p.block_bytes;  // data offset 0 is the first block's start
     if (end <= off) return {0, "a block spread over more descriptors than a sub-request takes"};
-    if (n == out.size()) return {0, "request too fragmented (more sub-requests than a slot holds)"};
-    out[n++] =
-        SubRequest{op, r.sector + off / blk::kSectorBytes, static_cast<std::uint32_t>(end - off),
-                   static_cast<std::uint16_t>(si), used};
+    const SubRequest sub{op, r.sector + off / blk::kSectorBytes,
+                         static_cast<std::uint32_t>(end - off), static_cast<std::uint16_t>(si),
+                         used};
+    if (!push_bounded(out, n, sub)) {
+      return {0, "request too fragmented (more sub-requests than a slot holds)"};
+    }
     // Advance the cursor by end - off bytes.
     for (std::uint64_t left = end - off; left > 0;) {
       const std::uint64_t take = std::min<std::uint64_t>(left, r.data[si].len - used);
@@ -65,11 +68,11 @@ SplitResult split_blk_request(const BlkRequest& r, const SplitParams& p,
     off = end;
   }
   if (off != total) return {0, "data shorter than its segments claim"};
-  return {n, ""};
+  return result();
 }
 
 unsigned sub_segments(const BlkRequest& r, const SubRequest& s, std::span<DataSeg> out) noexcept {
-  unsigned n = 0;
+  std::size_t n = 0;
   std::uint64_t left = s.bytes;
   std::uint32_t skip = s.seg_off;
   for (std::size_t i = s.seg; left > 0; ++i, skip = 0) {
@@ -77,11 +80,10 @@ unsigned sub_segments(const BlkRequest& r, const SubRequest& s, std::span<DataSe
     const std::uint32_t take =
         static_cast<std::uint32_t>(std::min<std::uint64_t>(left, r.data[i].len - skip));
     if (take == 0) continue;
-    if (n >= out.size()) return 0;  // bound checked where the array is filled
-    out[n++] = DataSeg{r.data[i].gpa + skip, take};
+    if (!push_bounded(out, n, DataSeg{r.data[i].gpa + skip, take})) return 0;
     left -= take;
   }
-  return n;
+  return static_cast<unsigned>(n);
 }
 
 unsigned max_subs_per_request(const BlkLimits& limits, const SplitParams& p) noexcept {

@@ -193,7 +193,8 @@ bool QueueWorker::submit_vf(std::uint16_t slot, std::uint16_t sub) noexcept {
     drv::Segment segs[kMaxSubSegs];
     std::size_t n = 0;
     const bool bounce = pv_.config_.confidential || !prp_compatible(data);
-    if (nd == 0) {
+    const bool valid = nd != 0 && b.r.bytes <= max_sub_bytes_;  // split() ensures both
+    if (!valid) {
       st = drv::IoStatus{drv::IoErrc::invalid};
     } else if (bounce) {
       if (free_bounce_.empty()) return false;
@@ -207,15 +208,15 @@ bool QueueWorker::submit_vf(std::uint16_t slot, std::uint16_t sub) noexcept {
           off += d.len;
         }
       }
-      segs[n++] = {bounce_.iova() + std::uint64_t(b.bounce) * max_sub_bytes_, b.r.bytes};
+      const drv::Segment whole{bounce_.iova() + std::uint64_t(b.bounce) * max_sub_bytes_,
+                               b.r.bytes};
+      (void)push_bounded<drv::Segment>(segs, n, whole);
       counters_.bounced.fetch_add(1, std::memory_order_relaxed);
     } else {
-      for (const DataSeg& d : data) {
-        if (n >= std::size(segs)) return false;  // cannot happen: nd <= kMaxSubSegs
-        segs[n++] = {d.gpa, d.len};              // IOVA = GPA
-      }
+      for (const DataSeg& d : data) (void)push_bounded<drv::Segment>(segs, n, {d.gpa, d.len});
+      if (n != nd) st = drv::IoStatus{drv::IoErrc::invalid};  // never: nd <= kMaxSubSegs
     }
-    if (nd != 0) {
+    if (valid && (bounce || n == nd)) {
       st = b.r.op == SubOp::read ? qp_->read(lba, blocks, {segs, n}, tag)
                                  : qp_->write(lba, blocks, {segs, n}, tag);
     }
@@ -239,7 +240,7 @@ bool QueueWorker::submit_host(std::uint16_t slot, std::uint16_t sub) noexcept {
   int chunk_index = -1;
   const bool rw = b.r.op == SubOp::read || b.r.op == SubOp::write;
   const unsigned nd = rw ? sub_segments(s.req, b.r, seg_scratch_) : 0;
-  if (rw && nd == 0) {
+  if (rw && (nd == 0 || b.r.bytes > max_sub_bytes_)) {  // never: split() bounds both
     finish(slot, sub, false);
     return true;
   }
@@ -257,11 +258,13 @@ bool QueueWorker::submit_host(std::uint16_t slot, std::uint16_t sub) noexcept {
         off += d.len;
       }
     }
-    segs[n++] = {pool_addr_ + std::uint64_t(chunk_index) * max_sub_bytes_, b.r.bytes};
+    const HostSegment whole{pool_addr_ + std::uint64_t(chunk_index) * max_sub_bytes_, b.r.bytes};
+    (void)push_bounded<HostSegment>(segs, n, whole);
   } else {
-    for (const DataSeg& d : data) {
-      if (n >= std::size(segs)) return false;  // cannot happen: nd <= kMaxSubSegs
-      segs[n++] = {d.gpa, d.len};
+    for (const DataSeg& d : data) (void)push_bounded<HostSegment>(segs, n, {d.gpa, d.len});
+    if (n != nd) {  // never: nd <= kMaxSubSegs
+      finish(slot, sub, false);
+      return true;
     }
   }
   HostOp op = HostOp::read;

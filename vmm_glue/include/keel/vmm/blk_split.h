@@ -8,6 +8,7 @@
 // sub-requests than the caller has room for is refused, never truncated.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <span>
 
@@ -17,6 +18,15 @@ namespace keel::vmm {
 
 /// Data segments one sub-request may span (the fixed arrays submissions are built in).
 inline constexpr unsigned kMaxSubSegs = 32;
+
+/// Appends `v` to the fixed array `out` of which `n` entries are used, if there is room: the
+/// bound and the write in one place. False, writing nothing, when `out` is full.
+template <typename T>
+bool push_bounded(std::span<T> out, std::size_t& n, const T& v) noexcept {
+  if (n >= out.size()) return false;
+  out[n++] = v;
+  return true;
+}
 
 enum class SubOp : std::uint8_t { read, write, flush, write_zeroes };
 
