@@ -512,6 +512,7 @@ void QueueWorker::give_back_unfinished() noexcept {
   };
   unsigned back = 0;
   while (back < slots_.size() && busy_at_age(back + 1)) ++back;
+  unsigned failed = 0;
   for (Slot& s : slots_) {
     if (!s.busy) continue;
     const unsigned age = static_cast<std::uint16_t>(last - s.avail_pos);
@@ -528,6 +529,7 @@ void QueueWorker::give_back_unfinished() noexcept {
     } else {
       s.left = 0;
       complete(s);  // IOERR
+      ++failed;
     }
   }
   vq_.unpop(static_cast<std::uint16_t>(back));
@@ -536,9 +538,9 @@ void QueueWorker::give_back_unfinished() noexcept {
   ++epoch_;  // their IO may still complete: those completions are ignored (chunks released)
   notify_guest();
   std::fprintf(stderr,
-               "keel paravisor: queue %u: stopping with requests unfinished after the bound; "
-               "%u given back to the ring\n",
-               index_, back);
+               "keel paravisor: queue %u: stopping with requests unfinished after the bound: "
+               "%u given back to the ring, %u failed (a completed request followed them)\n",
+               index_, back, failed);
 }
 
 std::uint64_t QueueWorker::thread_cpu_ns() const noexcept {
