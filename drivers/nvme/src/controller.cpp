@@ -46,7 +46,7 @@ Result<std::unique_ptr<Controller>> Controller::open(fpga::Card& card, fpga::Fun
   c->asq_ = std::move(asq).value();
   c->acq_ = std::move(acq).value();
   c->admin_buf_ = std::move(buf).value();
-  if (Status st = c->bring_up(); !st.ok()) return st.error();
+  if (Status st = c->bring_up(false); !st.ok()) return st.error();
   return c;
 }
 
@@ -65,8 +65,7 @@ bool Controller::check_alive(std::uint64_t seen) noexcept {
   // again would invalidate the queue pairs it is about to hand out).
   std::lock_guard lock(reset_mu_);
   if (generation_.load(std::memory_order_acquire) != seen) return false;
-  generation_.fetch_add(1, std::memory_order_acq_rel);
-  (void)bring_up();  // on failure the caller's next look finds it still down
+  (void)bring_up(true);  // on failure the caller's next look finds it still down
   return false;
 }
 
@@ -95,9 +94,12 @@ Status Controller::wait_csts(std::uint32_t mask, std::uint32_t want, const char*
   return {};
 }
 
-Status Controller::bring_up() {
+Status Controller::bring_up(bool new_generation) {
   // The admin queue is reset and used below: under admin_mu_ throughout, like every other use.
   std::lock_guard admin_lock(admin_mu_);
+  // Moved under admin_mu_: a queue pair being created meanwhile (admin_mu_ held) keeps the
+  // generation whose queues this reset destroys, so it notices; one created after gets the new.
+  if (new_generation) generation_.fetch_add(1, std::memory_order_acq_rel);
   cap_ = fn_.read64(nv::CAP);
   if (cap_ == ~std::uint64_t{0}) return make_error(Errc::gone, "the function reads all ones");
   if ((regs::field_get(cap_, nv::CAP_CSS_MASK, nv::CAP_CSS_SHIFT) & 1u) == 0) {
@@ -232,8 +234,8 @@ Result<wire::Cqe> Controller::admin_locked(wire::Sqe sqe) {
 
 Result<std::unique_ptr<QueuePair>> Controller::create_queue_pair(const QueuePairConfig& config) {
   std::lock_guard lock(admin_mu_);
-  // A reset moves the generation before it waits for admin_mu_: queues created for this
-  // generation are invalidated by it, and the queue pair notices.
+  // A reset moves the generation under admin_mu_ (bring_up): the queues created here belong to
+  // this generation, and a later reset invalidates them.
   const std::uint64_t generation = generation_.load(std::memory_order_acquire);
   std::uint16_t qid = 0;
   for (std::uint16_t q = 1; q < qid_used_.size(); ++q) {
@@ -292,22 +294,30 @@ Result<std::unique_ptr<QueuePair>> Controller::create_queue_pair(const QueuePair
                                                   std::move(prp).value()));
 }
 
-void Controller::release_queue(std::uint16_t qid) noexcept {
+void Controller::delete_queue(std::uint64_t generation, std::uint16_t qid) noexcept {
   std::lock_guard lock(admin_mu_);
+  // Under admin_mu_, which a reset holds while it moves the generation: a reset either freed
+  // the queues already (and the qid may belong to a newer queue pair) or waits until they are
+  // deleted here.
+  if (generation_.load(std::memory_order_acquire) != generation || gone()) return;
+  wire::Sqe d{};
+  d.opc = wire::admin::kDeleteSq;
+  d.cdw10 = qid;
+  (void)admin_locked(d);
+  d.opc = wire::admin::kDeleteCq;
+  (void)admin_locked(d);
   if (qid < qid_used_.size()) qid_used_[qid] = false;
 }
 
 Status Controller::reset() {
   std::lock_guard lock(reset_mu_);
-  generation_.fetch_add(1, std::memory_order_acq_rel);
-  return bring_up();
+  return bring_up(true);
 }
 
 void Controller::reset_generation(std::uint64_t seen) noexcept {
   std::lock_guard lock(reset_mu_);
   if (generation_.load(std::memory_order_acquire) != seen) return;  // someone reset already
-  generation_.fetch_add(1, std::memory_order_acq_rel);
-  (void)bring_up();  // on failure the queue pairs' next health check finds it still down
+  (void)bring_up(true);  // on failure the queue pairs' next health check finds it still down
 }
 
 void Controller::recover_timeout(std::uint64_t seen, std::uint16_t qid, std::uint16_t cid) {

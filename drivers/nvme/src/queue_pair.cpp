@@ -40,16 +40,7 @@ QueuePair::QueuePair(Controller& ctrl, std::uint64_t generation, std::uint16_t q
   free_count_ = slots_.size();
 }
 
-QueuePair::~QueuePair() {
-  if (ctrl_.generation() != generation_ || ctrl_.gone()) return;  // the reset freed the queues
-  wire::Sqe d{};
-  d.opc = wire::admin::kDeleteSq;
-  d.cdw10 = qid_;
-  (void)ctrl_.admin(d);
-  d.opc = wire::admin::kDeleteCq;
-  (void)ctrl_.admin(d);
-  ctrl_.release_queue(qid_);
-}
+QueuePair::~QueuePair() { ctrl_.delete_queue(generation_, qid_); }
 
 int QueuePair::take_slot() noexcept {
   if (free_count_ == 0) return -1;

@@ -113,8 +113,8 @@ class Controller {
   Controller(fpga::Card& card, fpga::Function& fn, const ControllerConfig& config);
 
   /// Caller holds reset_mu_ (or is open(), before anyone else can reach the controller); takes
-  /// admin_mu_ for the whole bring-up.
-  Status bring_up();
+  /// admin_mu_ for the whole bring-up, and first moves the generation if `new_generation`.
+  Status bring_up(bool new_generation);
   Status wait_csts(std::uint32_t mask, std::uint32_t want, const char* what);
   /// Caller holds admin_mu_.
   Result<keel::nvme::Cqe> admin_locked(keel::nvme::Sqe sqe);
@@ -124,7 +124,9 @@ class Controller {
   void recover_timeout(std::uint64_t seen, std::uint16_t qid, std::uint16_t cid);
   /// Resets the controller unless a reset has already moved the generation past `seen`.
   void reset_generation(std::uint64_t seen) noexcept;
-  void release_queue(std::uint16_t qid) noexcept;
+  /// Deletes IO queue pair `qid` of `generation` and frees its id; nothing if a reset (or a
+  /// removal) has moved the generation on.
+  void delete_queue(std::uint64_t generation, std::uint16_t qid) noexcept;
   std::chrono::nanoseconds ready_timeout() const;
 
   fpga::Card& card_;
