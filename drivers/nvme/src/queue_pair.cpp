@@ -287,10 +287,12 @@ void QueuePair::check_timeouts(std::uint64_t now) noexcept {
       return;
     }
     s.timed_out = true;
-    s.deadline_ns = now + limit;  // the abort must resolve it within another timeout
     ++stats_.timeouts;
     ctrl_.recover_timeout(generation_, qid_, s.cid);
     if (ctrl_.generation() != generation_) return;
+    // The device acknowledged the abort: the command must complete within another timeout,
+    // counted from now (the abort itself may have taken up to the admin timeout).
+    s.deadline_ns = ctrl_.card().now_ns() + limit;
   }
 }
 
