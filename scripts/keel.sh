@@ -17,7 +17,7 @@ JOBS="${JOBS:-$(nproc)}"
 PACKAGES=(
   build-essential cmake ninja-build pkg-config python3 clang-format clang libclang-rt-14-dev
   googletest libgtest-dev libgmock-dev libbenchmark-dev
-  libnvme-dev libjson-c-dev liburing-dev libxrt-dev uuid-dev libibverbs-dev
+  libnvme-dev libjson-c-dev libssl-dev liburing-dev libxrt-dev uuid-dev libibverbs-dev
   libcli11-dev nlohmann-json3-dev libfmt-dev libspdlog-dev
   verilator yosys iverilog python3-matplotlib
   qemu-system-x86 qemu-utils busybox-static fio kmod
@@ -48,9 +48,10 @@ deps() {
     "${missing[@]}"
 }
 
+# build [cmake options...]: a user's build (warnings stay warnings) unless options say more.
 build() {
   deps
-  cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+  cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@"
   cmake --build "$BUILD_DIR" -j "$JOBS"
 }
 
@@ -69,7 +70,10 @@ case "${1:-}" in
     ;;
   test)
     phase "build"
-    build
+    # Developers and CI: warnings are errors.
+    build -DKEEL_WERROR=ON
+    phase "hardening check"
+    "$ROOT/scripts/check-hardening.sh" "$BUILD_DIR"
     phase "ctest"
     # The full yosys synthesis (label synth_full, ~5.5 CPU minutes) is left out for CI time;
     # rtl_synth runs synth's coarse stage with the same latch and check assertions.
@@ -79,6 +83,7 @@ case "${1:-}" in
     # of bench/, which the main run above exercises).
     phase "ASan+UBSan build"
     cmake -S "$ROOT" -B "$BUILD_DIR-asan" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DKEEL_SANITIZE=ON \
+      -DKEEL_WERROR=ON \
       -DKEEL_WITH_SIM=OFF -DKEEL_WITH_BENCH=OFF \
       -DCMAKE_CXX_FLAGS_DEBUG=-g1 -DCMAKE_C_FLAGS_DEBUG=-g1
     cmake --build "$BUILD_DIR-asan" -j "$JOBS"
@@ -86,13 +91,26 @@ case "${1:-}" in
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
       ctest --test-dir "$BUILD_DIR-asan" --output-on-failure -j "$JOBS" \
       -L 'unit|model|driver|sriov|fault|paravisor' -E 'format_check|bench_'
-    # The virtqueue / virtio-blk request parser under libFuzzer, for a bounded time.
+    # Every fuzz target (the parsers of what guests, NBD clients and vhost-user front ends
+    # send) under libFuzzer, each for a bounded time, from its committed seed corpus. New
+    # inputs go to a scratch corpus in the build tree; the committed one is never written.
     phase "fuzz"
     cmake -S "$ROOT/tests/fuzz" -B "$BUILD_DIR-fuzz" -G Ninja -DCMAKE_CXX_COMPILER=clang++
     cmake --build "$BUILD_DIR-fuzz" -j "$JOBS"
-    mkdir -p "$BUILD_DIR-fuzz/corpus"
-    "$BUILD_DIR-fuzz/blk_request_fuzz" -max_total_time="${FUZZ_SECONDS:-30}" \
-      "$BUILD_DIR-fuzz/corpus"
+    for target in $(cat "$BUILD_DIR-fuzz/fuzz_targets.txt"); do
+      phase "fuzz $target"
+      mkdir -p "$BUILD_DIR-fuzz/corpus-$target"
+      seeds=()
+      [ -d "$ROOT/tests/fuzz/corpus/$target" ] && seeds=("$ROOT/tests/fuzz/corpus/$target")
+      "$BUILD_DIR-fuzz/$target" -max_total_time="${FUZZ_SECONDS:-30}" -timeout=10 \
+        -rss_limit_mb=2048 -print_final_stats=1 "$BUILD_DIR-fuzz/corpus-$target" "${seeds[@]}"
+    done
+    # A user's Release build with the distribution's GCC must build (warnings are not errors
+    # there): checked here so a compiler's false positive cannot break users again.
+    phase "Release build"
+    cmake -S "$ROOT" -B "$BUILD_DIR-release" -G Ninja -DCMAKE_BUILD_TYPE=Release
+    cmake --build "$BUILD_DIR-release" -j "$JOBS"
+    "$ROOT/scripts/check-hardening.sh" "$BUILD_DIR-release"
     phase "done"
     ;;
   *)

@@ -12,7 +12,9 @@ namespace vc = regs::vfcfg;
 namespace {
 
 std::string range(std::uint64_t base, std::uint64_t lbas) {
-  return "[" + std::to_string(base) + ", " + std::to_string(base + lbas) + ")";
+  std::string out = "[";  // appended: see pci_address.cpp on GCC 12's -Wrestrict
+  out.append(std::to_string(base)).append(", ").append(std::to_string(base + lbas)).append(")");
+  return out;
 }
 
 }  // namespace

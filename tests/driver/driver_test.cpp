@@ -1,5 +1,6 @@
 // The user-mode NVMe driver on every backend: bring-up, identify, verified IO through PRP lists
 // with random sizes and alignments, queue pairs per thread, interrupts, request errors.
+#include <atomic>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -173,6 +174,44 @@ TEST_P(Driver, InterruptMode) {
 }
 
 // One queue pair per thread on a free-running card: three threads, disjoint LBA ranges.
+// reset() re-creates the admin queue; another thread's admin commands meanwhile must neither be
+// lost (the controller disabled under them) nor land in a queue being reset: the reset takes
+// the admin queue's lock for its whole bring-up.
+TEST_P(Driver, ResetsRacingAdminCommandsLoseNone) {
+  FixtureOptions o;
+  o.lockstep = false;
+  ctrl_.reset();
+  bring_up(2, 3, o);
+  if (IsSkipped()) return;
+  ASSERT_NE(ctrl_, nullptr);
+  std::atomic<bool> resetting{true};
+  std::string admin_error;
+  unsigned admin_done = 0;
+  std::thread admin([&] {
+    keel::nvme::Sqe get{};
+    get.opc = keel::nvme::admin::kGetFeatures;
+    get.cdw10 = keel::nvme::feature::kNumberOfQueues;
+    // Bounded: ends with the resets, or at the first failure.
+    for (unsigned i = 0; i < 100000 && resetting.load(); ++i) {
+      auto r = ctrl_->admin(get);
+      if (!r.ok() || keel::nvme::cqe_status(*r) != 0) {
+        admin_error = r.ok() ? "NVMe status " + std::to_string(keel::nvme::cqe_status(*r))
+                             : to_string(r.error());
+        return;
+      }
+      ++admin_done;
+    }
+  });
+  for (int i = 0; i < 20 && admin_error.empty(); ++i) {
+    const Status st = ctrl_->reset();
+    EXPECT_TRUE(st.ok()) << "reset " << i << ": " << (st.ok() ? "" : to_string(st.error()));
+  }
+  resetting.store(false);
+  admin.join();
+  EXPECT_EQ(admin_error, "") << "after " << admin_done << " admin commands";
+  EXPECT_GT(admin_done, 0u);
+}
+
 TEST_P(Driver, QueuePairPerThread) {
   FixtureOptions o;
   o.lockstep = false;

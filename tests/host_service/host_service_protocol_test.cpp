@@ -1,19 +1,84 @@
 // Host storage service: bad requests, a full ring, stop with requests outstanding, wake-ups
 // under a tight loop, a corrupt channel, and configuration errors.
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
 #include <map>
+#include <sstream>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "host_service_fixture.h"
 #include "ring_layout.h"
+#include "service_impl.h"
+
+namespace keel::vmm {
+
+/// Test seam: stands in for a device that hangs. The image is swapped (before any request) for
+/// a FIFO nobody writes, so a read of it stays in the kernel; and with cancel_at_stop off, stop
+/// sends no IORING_OP_ASYNC_CANCEL, as if the kernel could not interrupt the IO.
+struct HostServiceForTests {
+  static void back_with(HostStorageService& s, int fd) { s.impl_->image_fd.reset(fd); }
+  static void cancel_at_stop(HostStorageService& s, bool on) { s.impl_->cancel_at_stop = on; }
+};
+
+}  // namespace keel::vmm
 
 namespace keel::vmm::test {
 namespace {
+
+/// A FIFO opened read-write (so the open does not wait for a writer) that nobody writes.
+int silent_fifo() {
+  const char* dir = std::getenv("TMPDIR");
+  std::string path = std::string(dir != nullptr ? dir : "/tmp") + "/keel-fifo-XXXXXX";
+  const int tmp = mkstemp(path.data());
+  EXPECT_GE(tmp, 0);
+  close(tmp);
+  unlink(path.c_str());
+  EXPECT_EQ(mkfifo(path.c_str(), 0600), 0) << path;
+  const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  EXPECT_GE(fd, 0) << path;
+  unlink(path.c_str());
+  return fd;
+}
+
+/// Start addresses of this process's mappings of the file behind `fd` (/proc/self/maps).
+std::vector<std::uintptr_t> mappings_of(int fd) {
+  struct stat st {};
+  EXPECT_EQ(fstat(fd, &st), 0);
+  std::vector<std::uintptr_t> out;
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    std::istringstream in(line);
+    std::string range, perms, offset, dev;
+    std::uint64_t inode = 0;
+    in >> range >> perms >> offset >> dev >> inode;
+    if (inode != static_cast<std::uint64_t>(st.st_ino) || line.find("memfd:") == std::string::npos)
+      continue;
+    out.push_back(static_cast<std::uintptr_t>(std::stoull(range, nullptr, 16)));
+  }
+  return out;
+}
+
+/// Waits (bounded) until the service has handed `n` submissions to io_uring.
+bool in_the_kernel(const HostStorageService& s, std::uint64_t n) {
+  const auto deadline = std::chrono::steady_clock::now() + kWait;
+  while (s.stats().io_uring_submits < n) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
 
 TEST_F(HostServiceTest, BadRequestsFailAloneWithTheirErrno) {
   start();
@@ -280,6 +345,73 @@ TEST_F(HostServiceTest, ConfigurationErrorsSayWhatIsWrong) {
   a = HostServiceClient::attach(wrong);
   ASSERT_FALSE(a.ok());
   EXPECT_NE(a.error().message.find("magic"), std::string::npos) << a.error().message;
+}
+
+// A read the kernel holds (a FIFO nobody writes) when the service stops: it is cancelled, its
+// completion comes back -ECANCELED, and only then is guest memory unmapped.
+TEST_F(HostServiceTest, StopCancelsIoInTheKernelAndReportsWhatTheKernelSaid) {
+  start();
+  auto c = client();
+  ASSERT_TRUE(c);
+  HostServiceForTests::back_with(*service, silent_fifo());
+  const HostSegment seg{0x1000, 4096};
+  ASSERT_TRUE(c->submit(7, HostOp::read, 0, {&seg, 1}));
+  c->notify();
+  ASSERT_TRUE(in_the_kernel(*service, 1));
+
+  const Status st = service->stop();
+
+  EXPECT_TRUE(st.ok()) << to_string(st.error());
+  HostCompletion done[2];
+  ASSERT_EQ(c->wait(done, kWait), 1u);
+  EXPECT_EQ(done[0].tag, 7u);
+  EXPECT_EQ(done[0].result, -ECANCELED);
+  EXPECT_EQ(service->stats().cancelled_at_stop, 1u);
+  EXPECT_EQ(service->stats().stuck_at_stop, 0u);
+  service.reset();
+  EXPECT_EQ(mappings_of(ram.fd()).size(), 1u) << "the service's view of guest RAM was not unmapped";
+}
+
+// The same read on a device that hangs (the kernel cannot cancel it): stop reports it -ETIMEDOUT
+// (not cancelled: it may still complete), says so, and never unmaps the guest memory the
+// kernel may still write (an unmapped address could be reused for something else).
+TEST_F(HostServiceTest, StopWithIoStuckInTheKernelSaysSoAndKeepsItsMemoryMapped) {
+  HostServiceConfig cfg = config();
+  cfg.stop_timeout_ms = 50;
+  start(cfg);
+  auto c = client();
+  ASSERT_TRUE(c);
+  HostServiceForTests::back_with(*service, silent_fifo());
+  HostServiceForTests::cancel_at_stop(*service, false);
+  const HostSegment seg{0x1000, 4096};
+  ASSERT_TRUE(c->submit(7, HostOp::read, 0, {&seg, 1}));
+  c->notify();
+  ASSERT_TRUE(in_the_kernel(*service, 1));
+
+  const Status st = service->stop();
+
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code, Errc::timeout);
+  EXPECT_NE(st.error().message.find("still in the kernel"), std::string::npos)
+      << st.error().message;
+  HostCompletion done[2];
+  ASSERT_EQ(c->wait(done, kWait), 1u);
+  EXPECT_EQ(done[0].tag, 7u);
+  EXPECT_EQ(done[0].result, -ETIMEDOUT) << "reported as if it were out of the kernel";
+  EXPECT_EQ(service->stats().stuck_at_stop, 1u);
+  EXPECT_EQ(service->stats().cancelled_at_stop, 0u);
+  EXPECT_NE(service->last_error().find("left mapped"), std::string::npos) << service->last_error();
+  EXPECT_EQ(service->stop().error().code, Errc::timeout) << "a second stop says the same";
+  service.reset();
+  const auto maps = mappings_of(ram.fd());
+  EXPECT_EQ(maps.size(), 2u) << "guest RAM the kernel may still write was unmapped";
+  // The test's own tidy-up: with the ring closed the kernel has dropped the FIFO read (which,
+  // unlike IO on a hung device, it can), and the FIFO never had data to write.
+  for (const std::uintptr_t at : maps) {
+    if (at != reinterpret_cast<std::uintptr_t>(ram.at(0))) {
+      munmap(reinterpret_cast<void*>(at), kRam);
+    }
+  }
 }
 
 }  // namespace

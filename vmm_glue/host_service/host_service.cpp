@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -171,11 +172,18 @@ Status HostStorageService::Impl::init_io(const HostServiceConfig& cfg) {
 HostStorageService::Impl::~Impl() {
   channels.clear();
   pending.clear();
+  // Closing the ring does not wait for IO in the kernel (the kernel cancels what it can in the
+  // background and keeps the rest running), which is why stop() waits for every completion
+  // first. Only if some never came back (leak_mappings) is memory they name left mapped: the
+  // kernel may still write it, and an address unmapped here could be mapped again for
+  // something else.
   if (ring_ready) io_uring_queue_exit(&ring);
-  for (const auto& r : regions) munmap(r.map, r.map_bytes);
-  for (const auto& r : pending_regions) munmap(r.map, r.map_bytes);
-  // const_cast: only to hand the zero mapping back; it was never written.
-  if (zeros != nullptr) munmap(const_cast<std::byte*>(zeros), detail::kZeroChunk);
+  if (!leak_mappings) {
+    for (const auto& r : regions) munmap(r.map, r.map_bytes);
+    // const_cast: only to hand the zero mapping back; it was never written.
+    if (zeros != nullptr) munmap(const_cast<std::byte*>(zeros), detail::kZeroChunk);
+  }
+  for (const auto& r : pending_regions) munmap(r.map, r.map_bytes);  // never named by IO
 }
 
 void HostStorageService::Impl::note_error(const std::string& message) noexcept {
@@ -209,7 +217,13 @@ Result<std::unique_ptr<HostStorageService>> HostStorageService::start(
   }
   if (!*io) return io->error();
   try {
-    impl->thread = std::thread([p = impl.get()] { p->run(); });
+    impl->thread = std::thread([p = impl.get(), finished = impl->finished] {
+      p->run();
+      // The last act, on state the thread co-owns: after `done`, stop() may free *p.
+      std::lock_guard lock(finished->mutex);
+      finished->done = true;
+      finished->cv.notify_all();
+    });
   } catch (const std::system_error& e) {
     return make_error(Errc::io_error,
                       std::string("starting the service thread failed: ") + e.what());
@@ -225,11 +239,52 @@ Result<std::unique_ptr<HostStorageService>> HostStorageService::start(
 HostStorageService::HostStorageService(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 HostStorageService::~HostStorageService() {
-  if (!impl_ || !impl_->thread.joinable()) return;
-  impl_->stop.store(true, std::memory_order_release);
+  if (!impl_) return;
+  (void)stop();
+  // A thread that never finished still uses everything: leave it all (stop() said so).
+  if (impl_->thread.joinable()) (void)impl_.release();
+}
+
+Status HostStorageService::stop() {
+  Impl& im = *impl_;
+  std::lock_guard stop_lock(im.stop_mutex);
+  if (im.stopped) return im.stop_status;
+  im.stopped = true;
+  if (!im.thread.joinable()) return im.stop_status;
+  im.stop.store(true, std::memory_order_release);
   const std::uint64_t one = 1;
-  [[maybe_unused]] const ssize_t n = ::write(impl_->control_fd.get(), &one, sizeof one);
-  impl_->thread.join();
+  [[maybe_unused]] const ssize_t n = ::write(im.control_fd.get(), &one, sizeof one);
+  // The thread notices within idle_timeout_ms and then waits at most stop_timeout_ms for the
+  // kernel; the slack covers a loaded machine.
+  const auto bound = std::chrono::milliseconds(std::uint64_t{im.config.stop_timeout_ms} +
+                                               im.config.idle_timeout_ms + 2000);
+  bool done = false;
+  {
+    std::unique_lock lock(im.finished->mutex);
+    done = im.finished->cv.wait_for(lock, bound, [&] { return im.finished->done; });
+  }
+  if (!done) {
+    // Stuck in a system call (a page of shared memory that never arrives, a hung device): it
+    // still uses the rings and the mappings, so nothing is released; the destructor leaks it.
+    im.stop_status = make_error(Errc::timeout,
+                                "the host storage service thread did not finish within " +
+                                    std::to_string(bound.count()) +
+                                    " ms of the stop; it and everything it uses are left in place");
+    im.note_error(im.stop_status.error().message);
+    return im.stop_status;
+  }
+  if (im.stuck_at_stop == 0) {
+    im.thread.join();  // nothing of ours left in the kernel: its exit is prompt
+    return im.stop_status;
+  }
+  // The thread's exit waits in the kernel for its stuck IO workers, possibly for ever: let it.
+  im.thread.detach();
+  im.stop_status = make_error(
+      Errc::timeout, std::to_string(im.stuck_at_stop) + " request(s) were still in the kernel " +
+                         std::to_string(im.config.stop_timeout_ms) +
+                         " ms after they were cancelled; they were completed -ETIMEDOUT and the "
+                         "memory they name stays mapped (the kernel may still write it)");
+  return im.stop_status;
 }
 
 Result<HostChannel> HostStorageService::open_channel(unsigned entries) {
@@ -275,7 +330,14 @@ Result<std::uint64_t> HostStorageService::add_shared_region(int fd, std::uint64_
   [[maybe_unused]] const ssize_t n = ::write(impl_->control_fd.get(), &one, sizeof one);
   // The service thread adopts it on its next pass (or in shut_down(), which adopts whatever
   // is pending): after that, requests may name it.
-  impl_->regions_cv.wait(lock, [&] { return impl_->regions_adopted >= ticket; });
+  const auto bound = std::chrono::milliseconds(std::uint64_t{impl_->config.idle_timeout_ms} + 2000);
+  if (!impl_->regions_cv.wait_for(lock, bound, [&] { return impl_->regions_adopted >= ticket; })) {
+    // It stays mapped (the thread may adopt it yet) until the service is destroyed.
+    return make_error(Errc::timeout,
+                      "the host storage service thread did not take the shared "
+                      "region within " +
+                          std::to_string(bound.count()) + " ms");
+  }
   return at;
 }
 
@@ -287,9 +349,10 @@ std::vector<HostRegionInfo> HostStorageService::regions() const {
 HostStorageService::Stats HostStorageService::stats() const {
   const auto& c = impl_->counters;
   constexpr auto r = std::memory_order_relaxed;
-  return Stats{c.requests.load(r),         c.bytes.load(r),          c.errors.load(r),
-               c.io_uring_submits.load(r), c.retries.load(r),        c.sleeps.load(r),
-               c.client_kicks.load(r),     c.broken_channels.load(r)};
+  return Stats{c.requests.load(r),         c.bytes.load(r),           c.errors.load(r),
+               c.io_uring_submits.load(r), c.retries.load(r),         c.sleeps.load(r),
+               c.client_kicks.load(r),     c.broken_channels.load(r), c.cancelled_at_stop.load(r),
+               c.stuck_at_stop.load(r)};
 }
 
 std::string HostStorageService::last_error() const {

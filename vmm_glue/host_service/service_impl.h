@@ -63,7 +63,8 @@ struct Slot {
   std::uint64_t done = 0;      // bytes moved so far (short IO continues from here)
   HostOp op = HostOp::read;
   bool busy = false;
-  bool zero_fill = false;  // write_zeroes carried out by writing zeroes
+  bool cancel_sent = false;  // stopping: an IORING_OP_ASYNC_CANCEL for it is in the ring
+  bool zero_fill = false;    // write_zeroes carried out by writing zeroes
   unsigned retries = 0;
   unsigned iov_first = 0;
   unsigned iov_count = 0;
@@ -121,7 +122,9 @@ struct HostStorageService::Impl {
   void post(detail::ServiceChannel& ch, std::uint64_t tag, int result) noexcept;
   std::byte* translate(std::uint64_t gpa, std::uint64_t bytes) const noexcept;
   void submit_prepared() noexcept;
-  void cancel_in_flight() noexcept;
+  /// Queues a cancel for every request in the kernel that has none yet; false if the ring had
+  /// no room for all of them (the rest are tried again).
+  bool cancel_in_flight() noexcept;
 
   HostServiceConfig config;
   UniqueFd image_fd;
@@ -138,6 +141,12 @@ struct HostStorageService::Impl {
   UniqueFd epoll_fd;
   bool zero_range = true;
   bool stopping = false;
+  /// Tests only (HostServiceForTests): false stands in for IO the kernel cannot cancel.
+  bool cancel_at_stop = true;
+  /// Set by shut_down() when requests were still in the kernel: the regions and the zero
+  /// mapping they may use are never unmapped.
+  bool leak_mappings = false;
+  unsigned stuck_at_stop = 0;  // read by stop() after the thread has finished
 
   std::vector<detail::Slot> slots;
   std::vector<std::uint32_t> free_slots;
@@ -157,6 +166,17 @@ struct HostStorageService::Impl {
   std::atomic<bool> has_pending{false};
   std::atomic<bool> stop{false};
   std::atomic<bool> thread_done{false};
+  /// The thread's last act is to set `done` here: shared, so that a stop() that gives up
+  /// waiting (and detaches) never frees what the thread still touches.
+  struct Finished {
+    std::mutex mutex;
+    std::condition_variable cv;
+    bool done = false;
+  };
+  std::shared_ptr<Finished> finished = std::make_shared<Finished>();
+  std::mutex stop_mutex;  // serialises stop()
+  bool stopped = false;   // stop() has run (guarded by stop_mutex)
+  Status stop_status;     // its outcome (guarded by stop_mutex)
   std::atomic<std::uint64_t> final_cpu_ns{0};
 
   std::thread thread;
@@ -170,6 +190,7 @@ struct HostStorageService::Impl {
   struct Counters {
     std::atomic<std::uint64_t> requests{0}, bytes{0}, errors{0}, io_uring_submits{0};
     std::atomic<std::uint64_t> retries{0}, sleeps{0}, client_kicks{0}, broken_channels{0};
+    std::atomic<std::uint64_t> cancelled_at_stop{0}, stuck_at_stop{0};
   } counters;
 };
 

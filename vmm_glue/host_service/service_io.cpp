@@ -50,6 +50,7 @@ void HostStorageService::Impl::take(detail::ServiceChannel& ch,
   s.channel = &ch;
   s.tag = entry.tag;
   s.busy = true;
+  s.cancel_sent = false;
   s.zero_fill = false;
   s.retries = 0;
   s.done = 0;
@@ -221,6 +222,7 @@ void HostStorageService::Impl::on_complete(std::uint64_t user_data, int res) noe
 void HostStorageService::Impl::finish(std::uint32_t index, int result) noexcept {
   detail::Slot& s = slots[index];
   bump(counters.requests);
+  if (stopping && result == -ECANCELED) bump(counters.cancelled_at_stop);
   if (result == 0) {
     bump(counters.bytes, s.total);
   } else {
@@ -243,20 +245,26 @@ void HostStorageService::Impl::post(detail::ServiceChannel& ch, std::uint64_t ta
   ch.dirty = true;
 }
 
-void HostStorageService::Impl::cancel_in_flight() noexcept {
+bool HostStorageService::Impl::cancel_in_flight() noexcept {
+  bool all = true;
   for (std::uint32_t i = 0; i < slots.size(); ++i) {
-    if (!slots[i].busy) continue;
+    if (!slots[i].busy || slots[i].cancel_sent) continue;
     io_uring_sqe* sqe = io_uring_get_sqe(&ring);
     if (sqe == nullptr) {
       submit_prepared();
       sqe = io_uring_get_sqe(&ring);
     }
-    if (sqe == nullptr) break;  // the rest finish on their own or at the deadline
+    if (sqe == nullptr) {  // the rest on the next call
+      all = false;
+      break;
+    }
     io_uring_prep_cancel64(sqe, i, 0);
     io_uring_sqe_set_data64(sqe, kCancelTag);
+    slots[i].cancel_sent = true;
     ++prepared;
   }
   submit_prepared();
+  return all;
 }
 
 }  // namespace keel::vmm

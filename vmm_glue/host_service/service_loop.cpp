@@ -183,10 +183,12 @@ void HostStorageService::Impl::shut_down() noexcept {
   }
   adopt_channels();  // channels opened while stopping get their stop too
   reap();
-  cancel_in_flight();
+  // Every request in the kernel is asked to stop, and its completion awaited: it reports what
+  // the kernel says (-ECANCELED only if the kernel cancelled it or it came back interrupted).
   using Clock = std::chrono::steady_clock;
   const auto deadline = Clock::now() + std::chrono::milliseconds(config.stop_timeout_ms);
   while (free_slots.size() < slots.size()) {
+    if (cancel_at_stop) (void)cancel_in_flight();  // again for those the ring had no room for
     const auto left = deadline - Clock::now();
     if (left <= Clock::duration::zero()) break;
     const auto ns = std::min<std::int64_t>(
@@ -196,15 +198,20 @@ void HostStorageService::Impl::shut_down() noexcept {
     io_uring_wait_cqe_timeout(&ring, &cqe, &ts);
     reap();
   }
-  unsigned stuck = 0;
+  // Whatever has not come back is still in the kernel (a hung device, IO the kernel cannot
+  // interrupt): it is not reported cancelled, and the memory it names is never unmapped.
   for (std::uint32_t i = 0; i < slots.size(); ++i) {
     if (!slots[i].busy) continue;
-    finish(i, -ECANCELED);
-    ++stuck;
+    finish(i, -ETIMEDOUT);
+    bump(counters.stuck_at_stop);
+    ++stuck_at_stop;
   }
-  if (stuck > 0) {
-    note_error(std::to_string(stuck) + " request(s) still in the kernel after stop_timeout_ms (" +
-               std::to_string(config.stop_timeout_ms) + ") were completed with -ECANCELED");
+  if (stuck_at_stop > 0) {
+    leak_mappings = true;
+    note_error(std::to_string(stuck_at_stop) + " request(s) were still in the kernel " +
+               std::to_string(config.stop_timeout_ms) +
+               " ms (stop_timeout_ms) after they were cancelled: completed -ETIMEDOUT; the "
+               "memory they name is left mapped for the life of the process");
   }
   publish_all();
   for (auto& ch : channels) {

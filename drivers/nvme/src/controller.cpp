@@ -46,7 +46,7 @@ Result<std::unique_ptr<Controller>> Controller::open(fpga::Card& card, fpga::Fun
   c->asq_ = std::move(asq).value();
   c->acq_ = std::move(acq).value();
   c->admin_buf_ = std::move(buf).value();
-  if (Status st = c->bring_up(); !st.ok()) return st.error();
+  if (Status st = c->bring_up(false); !st.ok()) return st.error();
   return c;
 }
 
@@ -65,8 +65,7 @@ bool Controller::check_alive(std::uint64_t seen) noexcept {
   // again would invalidate the queue pairs it is about to hand out).
   std::lock_guard lock(reset_mu_);
   if (generation_.load(std::memory_order_acquire) != seen) return false;
-  generation_.fetch_add(1, std::memory_order_acq_rel);
-  (void)bring_up();  // on failure the caller's next look finds it still down
+  (void)bring_up(true);  // on failure the caller's next look finds it still down
   return false;
 }
 
@@ -95,7 +94,12 @@ Status Controller::wait_csts(std::uint32_t mask, std::uint32_t want, const char*
   return {};
 }
 
-Status Controller::bring_up() {
+Status Controller::bring_up(bool new_generation) {
+  // The admin queue is reset and used below: under admin_mu_ throughout, like every other use.
+  std::lock_guard admin_lock(admin_mu_);
+  // Moved under admin_mu_: a queue pair being created meanwhile (admin_mu_ held) keeps the
+  // generation whose queues this reset destroys, so it notices; one created after gets the new.
+  if (new_generation) generation_.fetch_add(1, std::memory_order_acq_rel);
   cap_ = fn_.read64(nv::CAP);
   if (cap_ == ~std::uint64_t{0}) return make_error(Errc::gone, "the function reads all ones");
   if ((regs::field_get(cap_, nv::CAP_CSS_MASK, nv::CAP_CSS_SHIFT) & 1u) == 0) {
@@ -132,7 +136,7 @@ Status Controller::bring_up() {
   wire::Sqe id{};
   id.opc = wire::admin::kIdentify;
   id.cdw10 = wire::cns::kController;
-  auto c = admin_read(id, &id_ctrl_, sizeof id_ctrl_);
+  auto c = admin_read_locked(id, &id_ctrl_, sizeof id_ctrl_);
   if (!c) return c.error();
   if (wire::cqe_status(*c) != 0) {
     return make_error(Errc::device_error, "Identify Controller failed: " + status_text(*c));
@@ -141,7 +145,7 @@ Status Controller::bring_up() {
   id.opc = wire::admin::kIdentify;
   id.nsid = 1;
   id.cdw10 = wire::cns::kNamespace;
-  c = admin_read(id, &id_ns_, sizeof id_ns_);
+  c = admin_read_locked(id, &id_ns_, sizeof id_ns_);
   if (!c) return c.error();
   if (wire::cqe_status(*c) != 0) {
     return make_error(Errc::device_error, "Identify Namespace 1 failed: " + status_text(*c));
@@ -159,7 +163,7 @@ Status Controller::bring_up() {
   nq.cdw10 = wire::feature::kNumberOfQueues;
   const std::uint32_t want = config_.io_queues == 0 ? 0xFFFEu : config_.io_queues - 1u;
   nq.cdw11 = (want << 16) | want;
-  c = admin(nq);
+  c = admin_locked(nq);
   if (!c) return c.error();
   if (wire::cqe_status(*c) != 0) {
     return make_error(Errc::device_error,
@@ -167,7 +171,6 @@ Status Controller::bring_up() {
   }
   io_queues_ = std::min((c->dw0 & 0xFFFF) + 1, (c->dw0 >> 16) + 1);
   if (config_.io_queues != 0) io_queues_ = std::min<unsigned>(io_queues_, config_.io_queues);
-  std::lock_guard lock(admin_mu_);
   qid_used_.assign(io_queues_ + 1u, false);
   return {};
 }
@@ -178,10 +181,14 @@ Result<wire::Cqe> Controller::admin(wire::Sqe sqe) {
 }
 
 Result<wire::Cqe> Controller::admin_read(wire::Sqe sqe, void* out, std::size_t bytes) {
+  std::lock_guard lock(admin_mu_);
+  return admin_read_locked(sqe, out, bytes);
+}
+
+Result<wire::Cqe> Controller::admin_read_locked(wire::Sqe sqe, void* out, std::size_t bytes) {
   if (bytes > admin_buf_.size()) {
     return make_error(Errc::invalid_argument, "admin data larger than one page");
   }
-  std::lock_guard lock(admin_mu_);
   std::memset(admin_buf_.data(), 0, admin_buf_.size());
   sqe.prp1 = admin_buf_.iova();
   sqe.prp2 = 0;
@@ -211,7 +218,10 @@ Result<wire::Cqe> Controller::admin_locked(wire::Sqe sqe) {
       acq_phase_ = !acq_phase_;
     }
     fn_.write32(regs::NVME_DOORBELL_BASE + 4, acq_head_);
-    found = cqe.cid == sqe.cid;  // skip stale completions of commands given up on
+    // One command at a time: anything but its completion (a late one of a command given up
+    // on, a duplicate, another queue's, a corrupt SQ head) is dropped and counted.
+    found = cqe.cid == sqe.cid && cqe.sq_id == 0 && cqe.sq_head < config_.admin_entries;
+    if (!found) admin_device_errors_.fetch_add(1, std::memory_order_relaxed);
     return found;
   });
   if (ok && found) return cqe;
@@ -224,6 +234,9 @@ Result<wire::Cqe> Controller::admin_locked(wire::Sqe sqe) {
 
 Result<std::unique_ptr<QueuePair>> Controller::create_queue_pair(const QueuePairConfig& config) {
   std::lock_guard lock(admin_mu_);
+  // A reset moves the generation under admin_mu_ (bring_up): the queues created here belong to
+  // this generation, and a later reset invalidates them.
+  const std::uint64_t generation = generation_.load(std::memory_order_acquire);
   std::uint16_t qid = 0;
   for (std::uint16_t q = 1; q < qid_used_.size(); ++q) {
     if (!qid_used_[q]) {
@@ -276,33 +289,50 @@ Result<std::unique_ptr<QueuePair>> Controller::create_queue_pair(const QueuePair
                       "Create IO SQ " + std::to_string(qid) + " failed: " + status_text(*r));
   }
   qid_used_[qid] = true;
-  return std::unique_ptr<QueuePair>(new QueuePair(*this, qid, entries, config,
+  return std::unique_ptr<QueuePair>(new QueuePair(*this, generation, qid, entries, config,
                                                   std::move(sq).value(), std::move(cq).value(),
                                                   std::move(prp).value()));
 }
 
-void Controller::release_queue(std::uint16_t qid) noexcept {
+void Controller::delete_queue(std::uint64_t generation, std::uint16_t qid) noexcept {
   std::lock_guard lock(admin_mu_);
+  // Under admin_mu_, which a reset holds while it moves the generation: a reset either freed
+  // the queues already (and the qid may belong to a newer queue pair) or waits until they are
+  // deleted here.
+  if (generation_.load(std::memory_order_acquire) != generation || gone()) return;
+  wire::Sqe d{};
+  d.opc = wire::admin::kDeleteSq;
+  d.cdw10 = qid;
+  (void)admin_locked(d);
+  d.opc = wire::admin::kDeleteCq;
+  (void)admin_locked(d);
   if (qid < qid_used_.size()) qid_used_[qid] = false;
 }
 
 Status Controller::reset() {
   std::lock_guard lock(reset_mu_);
-  generation_.fetch_add(1, std::memory_order_acq_rel);
-  return bring_up();
+  return bring_up(true);
 }
 
-void Controller::recover_timeout(std::uint16_t qid, std::uint16_t cid) {
+void Controller::reset_generation(std::uint64_t seen) noexcept {
+  std::lock_guard lock(reset_mu_);
+  if (generation_.load(std::memory_order_acquire) != seen) return;  // someone reset already
+  (void)bring_up(true);  // on failure the queue pairs' next health check finds it still down
+}
+
+void Controller::recover_timeout(std::uint64_t seen, std::uint16_t qid, std::uint16_t cid) {
   if (gone()) {
-    generation_.fetch_add(1, std::memory_order_acq_rel);
+    (void)generation_.compare_exchange_strong(seen, seen + 1, std::memory_order_acq_rel);
     return;
   }
   wire::Sqe abort{};
   abort.opc = wire::admin::kAbort;
   abort.cdw10 = (static_cast<std::uint32_t>(cid) << 16) | qid;
   auto r = admin(abort);
-  if (r.ok() && wire::cqe_status(*r) == 0 && (r->dw0 & 1u) == 0) return;  // it will complete
-  (void)reset();  // the abort did not resolve it: reset; every queue pair fails its commands
+  // Acknowledged: the command completes (aborted) soon; if it does not, the queue pair resets
+  // through reset_generation() after another command timeout.
+  if (r.ok() && wire::cqe_status(*r) == 0 && (r->dw0 & 1u) == 0) return;
+  reset_generation(seen);  // not resolved: reset; every queue pair fails its commands
 }
 
 }  // namespace keel::drivers::nvme

@@ -11,15 +11,15 @@ namespace keel::drivers::nvme {
 
 namespace wire = keel::nvme;
 
-QueuePair::QueuePair(Controller& ctrl, std::uint16_t qid, std::uint16_t entries,
-                     const QueuePairConfig& config, fpga::DmaBuffer sq, fpga::DmaBuffer cq,
-                     fpga::DmaBuffer prp_lists)
+QueuePair::QueuePair(Controller& ctrl, std::uint64_t generation, std::uint16_t qid,
+                     std::uint16_t entries, const QueuePairConfig& config, fpga::DmaBuffer sq,
+                     fpga::DmaBuffer cq, fpga::DmaBuffer prp_lists)
     : ctrl_(ctrl),
       fn_(ctrl.function()),
       qid_(qid),
       entries_(entries),
       config_(config),
-      generation_(ctrl.generation()),
+      generation_(generation),
       sq_(std::move(sq)),
       cq_(std::move(cq)),
       prp_lists_(std::move(prp_lists)),
@@ -31,31 +31,47 @@ QueuePair::QueuePair(Controller& ctrl, std::uint16_t qid, std::uint16_t entries,
       std::clamp<std::chrono::nanoseconds>(
           config.command_timeout / 4, std::chrono::microseconds(100), std::chrono::milliseconds(10))
           .count());
-  free_.reserve(slots_.size());
-  for (std::size_t i = slots_.size(); i-- > 0;) free_.push_back(static_cast<std::uint16_t>(i));
+  while ((std::size_t{1} << slot_bits_) < slots_.size()) ++slot_bits_;
+  free_.resize(slots_.size());
+  for (std::size_t i = 0; i < slots_.size(); ++i) {
+    free_[i] = static_cast<std::uint16_t>(i);
+    slots_[i].cid = static_cast<std::uint16_t>(i);  // generation 0, never issued
+  }
+  free_count_ = slots_.size();
 }
 
-QueuePair::~QueuePair() {
-  if (ctrl_.generation() != generation_ || ctrl_.gone()) return;  // the reset freed the queues
-  wire::Sqe d{};
-  d.opc = wire::admin::kDeleteSq;
-  d.cdw10 = qid_;
-  (void)ctrl_.admin(d);
-  d.opc = wire::admin::kDeleteCq;
-  (void)ctrl_.admin(d);
-  ctrl_.release_queue(qid_);
-}
+QueuePair::~QueuePair() { ctrl_.delete_queue(generation_, qid_); }
 
 int QueuePair::take_slot() noexcept {
-  if (free_.empty()) return -1;
-  const std::uint16_t s = free_.back();
-  free_.pop_back();
+  if (free_count_ == 0) return -1;
+  const std::uint16_t s = free_[free_head_];
+  free_head_ = free_head_ + 1 == free_.size() ? 0 : free_head_ + 1;
+  --free_count_;
+  // The next generation of this slot: a late or repeated completion of the slot's previous
+  // command carries the old CID and no longer matches.
+  Slot& slot = slots_[s];
+  const unsigned generation = (slot.cid >> slot_bits_) + 1u;
+  slot.cid = static_cast<std::uint16_t>(s | (generation << slot_bits_));
   return s;
+}
+
+void QueuePair::free_slot(std::uint16_t s) noexcept {
+  std::size_t at = free_head_ + free_count_;
+  if (at >= free_.size()) at -= free_.size();
+  free_[at] = s;
+  ++free_count_;
+}
+
+bool QueuePair::trusted(std::uint16_t cid, std::uint16_t sq_id,
+                        std::uint16_t sq_head) const noexcept {
+  if (sq_id != qid_ || sq_head >= entries_) return false;
+  const std::size_t s = cid & ((std::size_t{1} << slot_bits_) - 1);
+  return s < slots_.size() && slots_[s].busy && slots_[s].cid == cid;
 }
 
 IoStatus QueuePair::push(wire::Sqe& sqe, std::uint64_t tag) noexcept {
   // take_slot() was done by the caller for rw (the PRP list page belongs to the slot).
-  Slot& slot = slots_[sqe.cid];
+  Slot& slot = slots_[sqe.cid & ((std::size_t{1} << slot_bits_) - 1)];
   slot.tag = tag;
   slot.busy = true;
   slot.timed_out = false;
@@ -91,7 +107,7 @@ IoStatus QueuePair::submit_rw(std::uint8_t opc, std::uint64_t lba, std::uint32_t
 
   wire::Sqe sqe{};
   sqe.opc = opc;
-  sqe.cid = static_cast<std::uint16_t>(slot);
+  sqe.cid = slots_[static_cast<std::size_t>(slot)].cid;
   sqe.nsid = 1;
   sqe.cdw10 = static_cast<std::uint32_t>(lba);
   sqe.cdw11 = static_cast<std::uint32_t>(lba >> 32);
@@ -131,7 +147,7 @@ IoStatus QueuePair::flush(std::uint64_t tag) noexcept {
   if (slot < 0) return IoStatus::error(IoErrc::queue_full);
   wire::Sqe sqe{};
   sqe.opc = wire::io::kFlush;
-  sqe.cid = static_cast<std::uint16_t>(slot);
+  sqe.cid = slots_[static_cast<std::size_t>(slot)].cid;
   sqe.nsid = 1;
   return push(sqe, tag);
 }
@@ -145,7 +161,7 @@ IoStatus QueuePair::write_zeroes(std::uint64_t lba, std::uint32_t blocks,
   if (slot < 0) return IoStatus::error(IoErrc::queue_full);
   wire::Sqe sqe{};
   sqe.opc = wire::io::kWriteZeroes;
-  sqe.cid = static_cast<std::uint16_t>(slot);
+  sqe.cid = slots_[static_cast<std::size_t>(slot)].cid;
   sqe.nsid = 1;
   sqe.cdw10 = static_cast<std::uint32_t>(lba);
   sqe.cdw11 = static_cast<std::uint32_t>(lba >> 32);
@@ -170,7 +186,7 @@ unsigned QueuePair::fail_all(std::span<Completion> out, IoErrc why) noexcept {
     if (!s.busy) continue;
     s.busy = false;
     out[n++] = Completion{s.tag, IoStatus::error(s.timed_out ? IoErrc::timeout : why)};
-    free_.push_back(static_cast<std::uint16_t>(i));
+    free_slot(static_cast<std::uint16_t>(i));
     --outstanding_;
     ++stats_.completed;
   }
@@ -194,14 +210,20 @@ unsigned QueuePair::poll(std::span<Completion> out) noexcept {
         std::atomic_ref<std::uint32_t>(*reinterpret_cast<std::uint32_t*>(slot + 12))
             .load(std::memory_order_acquire);
     if (((dw3 >> 16) & 1u) != (phase_ ? 1u : 0u)) break;
+    // Ordered after the phase tag by the acquire load above.
+    const std::uint32_t dw2 = *reinterpret_cast<const std::uint32_t*>(slot + 8);
     const std::uint16_t cid = static_cast<std::uint16_t>(dw3 & 0xFFFF);
     const wire::StatusCode status = static_cast<wire::StatusCode>(dw3 >> 17);
     if (++cq_head_ == entries_) {
       cq_head_ = 0;
       phase_ = !phase_;
     }
-    if (cid >= slots_.size() || !slots_[cid].busy) continue;  // stale or bogus: ignore
-    Slot& s = slots_[cid];
+    if (!trusted(cid, static_cast<std::uint16_t>(dw2 >> 16), static_cast<std::uint16_t>(dw2))) {
+      ++stats_.device_errors;  // duplicate, stale, foreign or corrupt: completes nothing
+      continue;
+    }
+    const std::uint16_t index = static_cast<std::uint16_t>(cid & ((1u << slot_bits_) - 1));
+    Slot& s = slots_[index];
     s.busy = false;
     IoStatus st = IoStatus::success();
     if (wire::status_base(status) != 0) {
@@ -210,7 +232,7 @@ unsigned QueuePair::poll(std::span<Completion> out) noexcept {
                : IoStatus::device(status);
     }
     out[n++] = Completion{s.tag, st};
-    free_.push_back(cid);
+    free_slot(index);
     --outstanding_;
     ++stats_.completed;
   }
@@ -249,16 +271,28 @@ void QueuePair::check_timeouts(std::uint64_t now) noexcept {
   const auto limit = static_cast<std::uint64_t>(config_.command_timeout.count());
   for (std::size_t i = 0; i < slots_.size(); ++i) {
     Slot& s = slots_[i];
-    if (!s.busy || s.timed_out) continue;
+    if (!s.busy) continue;
     if (s.deadline_ns == 0) {
       s.deadline_ns = now + limit;  // first seen outstanding at this check
       continue;
     }
     if (now < s.deadline_ns) continue;
+    if (s.timed_out) {
+      // Aborted, the abort acknowledged, and still no completion a whole timeout later. The
+      // device may yet complete it or move its data, so neither the slot nor the buffer can be
+      // given back: only a controller reset ends the command (every queue pair of this
+      // generation then fails its commands, this one with IoErrc::timeout).
+      ++stats_.abort_escalations;
+      ctrl_.reset_generation(generation_);
+      return;
+    }
     s.timed_out = true;
     ++stats_.timeouts;
-    ctrl_.recover_timeout(qid_, static_cast<std::uint16_t>(i));
+    ctrl_.recover_timeout(generation_, qid_, s.cid);
     if (ctrl_.generation() != generation_) return;
+    // The device acknowledged the abort: the command must complete within another timeout,
+    // counted from now (the abort itself may have taken up to the admin timeout).
+    s.deadline_ns = ctrl_.card().now_ns() + limit;
   }
 }
 

@@ -178,7 +178,7 @@ void Controller::enable(std::uint64_t now_ns) noexcept {
     return;
   }
   sqs_[0] = Sq{true, asq, static_cast<std::uint16_t>(asqs), 0, 0};
-  cqs_[0] = Cq{true, acq, static_cast<std::uint16_t>(acqs), 0, true, true, 0, 1, 0};
+  cqs_[0] = Cq{true, acq, static_cast<std::uint16_t>(acqs), 0, true, true, 0, 1, 0, {}, false};
   doorbells_[0].store(0, std::memory_order_relaxed);
   doorbells_[1].store(0, std::memory_order_relaxed);
   ready_at_ns_ = now_ns + faults_.ready_delay_ns;
@@ -269,12 +269,12 @@ unsigned Controller::service(std::uint64_t now_ns, unsigned budget) noexcept {
   return done;
 }
 
-bool Controller::cq_has_room(const Cq& cq) const noexcept {
+bool Controller::cq_has_room(const Cq& cq, unsigned entries) const noexcept {
   const std::size_t qid = static_cast<std::size_t>(&cq - cqs_.data());
   const std::uint32_t head = doorbells_[2 * qid + 1].load(std::memory_order_acquire);
   if (head >= cq.size) return false;  // invalid head doorbell: post nothing until fixed
   const unsigned used = (cq.tail + cq.size - head) % cq.size;
-  return used + cq.reserved + 1 < cq.size;
+  return used + cq.reserved + entries < cq.size;
 }
 
 bool Controller::rate_allows(std::uint64_t now_ns) noexcept {
@@ -337,7 +337,27 @@ void Controller::complete(std::uint16_t sqid, std::uint16_t cqid, const Sqe& sqe
     ++cqs_[cqid].reserved;
     return;
   }
+  post_faulty(cqid, cqe);
+}
+
+void Controller::post_faulty(std::uint16_t cqid, Cqe cqe) noexcept {
+  Cq& cq = cqs_[cqid];
+  if (faults_.wrong_sq_id > 0) {
+    --faults_.wrong_sq_id;
+    cqe.sq_id = static_cast<std::uint16_t>((cqe.sq_id + 1u) % (p_.max_ioq + 1u));
+  } else if (faults_.bad_sq_head > 0) {
+    --faults_.bad_sq_head;
+    cqe.sq_head = sqs_[cqe.sq_id].size;  // one past the last entry
+  } else if (faults_.stale > 0 && cq.has_last && cq_has_room(cq, 2)) {
+    --faults_.stale;
+    post(cqid, cq.last);  // an old command's entry again, ahead of this one
+  }
+  const bool twice = faults_.duplicate > 0 && cq_has_room(cq, 2);
   post(cqid, cqe);
+  if (twice) {
+    --faults_.duplicate;
+    post(cqid, cqe);
+  }
 }
 
 bool Controller::post(std::uint16_t cqid, Cqe cqe) noexcept {
@@ -349,6 +369,8 @@ bool Controller::post(std::uint16_t cqid, Cqe cqe) noexcept {
     fatal();  // the controller cannot reach its own completion queue
     return false;
   }
+  cq.last = cqe;
+  cq.has_last = true;
   cq.tail = static_cast<std::uint16_t>(cq.tail + 1);
   if (cq.tail == cq.size) {
     cq.tail = 0;

@@ -69,6 +69,11 @@ struct VfFaults {
   std::uint64_t delay_ns = 0;
   std::uint64_t ready_delay_ns = 0;
   bool refuse_dma = false;
+  unsigned duplicate = 0;       // completions posted twice
+  unsigned stale = 0;           // completions preceded by a replay of the CQ's previous entry
+  unsigned wrong_sq_id = 0;     // completions naming another SQ
+  unsigned bad_sq_head = 0;     // completions with an SQ head beyond the SQ
+  unsigned swallow_aborts = 0;  // Aborts acknowledged without completing their command
 };
 
 class Controller {
@@ -121,6 +126,8 @@ class Controller {
     std::uint16_t iv = 0;
     unsigned sq_refs = 0;
     unsigned reserved = 0;  // completions delayed towards this CQ
+    nvme::Cqe last{};       // the entry posted last (replayed by the stale-CQE fault)
+    bool has_last = false;
   };
   struct Pending {
     std::uint64_t due_ns;
@@ -150,7 +157,9 @@ class Controller {
   void handle_cc(std::uint64_t now_ns) noexcept;
   void enable(std::uint64_t now_ns) noexcept;
   unsigned drain_sq(std::uint16_t qid, unsigned budget, std::uint64_t now_ns) noexcept;
-  bool cq_has_room(const Cq& cq) const noexcept;
+  bool cq_has_room(const Cq& cq, unsigned entries = 1) const noexcept;
+  /// Posts a completion, wrong if a CqeFault is armed.
+  void post_faulty(std::uint16_t cqid, nvme::Cqe cqe) noexcept;
   void complete(std::uint16_t sqid, std::uint16_t cqid, const nvme::Sqe& sqe, Outcome r,
                 std::uint64_t now_ns) noexcept;
   bool post(std::uint16_t cqid, nvme::Cqe cqe) noexcept;

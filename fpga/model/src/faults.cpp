@@ -36,6 +36,20 @@ class ModelFaults final : public FaultInjector {
   Status restore(unsigned vf) override {
     return with_vf(vf, [&](Controller& c) { c.set_removed(false); });
   }
+  Status corrupt_completions(unsigned vf, CqeFault fault, unsigned count) override {
+    return with_vf(vf, [&](Controller& c) {
+      VfFaults& f = c.faults();
+      switch (fault) {
+        case CqeFault::duplicate: f.duplicate += count; break;
+        case CqeFault::stale: f.stale += count; break;
+        case CqeFault::wrong_sq_id: f.wrong_sq_id += count; break;
+        case CqeFault::bad_sq_head: f.bad_sq_head += count; break;
+      }
+    });
+  }
+  Status swallow_aborts(unsigned vf, unsigned count) override {
+    return with_vf(vf, [&](Controller& c) { c.faults().swallow_aborts += count; });
+  }
 
  private:
   template <typename F>

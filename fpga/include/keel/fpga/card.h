@@ -59,6 +59,14 @@ class Card {
   Card& operator=(const Card&) = delete;
 };
 
+/// Ways a faulty device gets a completion queue entry wrong (FaultInjector::corrupt_completions).
+enum class CqeFault : std::uint8_t {
+  duplicate,    ///< Posted twice in a row.
+  stale,        ///< Preceded by a replay of the previous entry posted to the same CQ (old CID).
+  wrong_sq_id,  ///< Names an SQ other than the one the command came from.
+  bad_sq_head,  ///< Carries an SQ head pointer beyond the end of the SQ.
+};
+
 /// Faults a simulated card can inject, per VF (0-based index). Every call fails with not_found
 /// for a VF that is not present.
 class FaultInjector {
@@ -80,6 +88,19 @@ class FaultInjector {
   virtual Status surprise_remove(unsigned vf) = 0;
   /// Brings a removed VF back as after an FLR.
   virtual Status restore(unsigned vf) = 0;
+  /// The next `count` completions the VF posts (admin or IO, in order) are wrong as `fault`
+  /// says. Errors: also unavailable where the backend cannot inject that fault.
+  virtual Status corrupt_completions(unsigned vf, CqeFault fault, unsigned count) {
+    (void)vf, (void)fault, (void)count;
+    return make_error(Errc::unavailable, "this card cannot inject corrupt completions");
+  }
+  /// The next `count` Aborts that find their command acknowledge it as aborted (dw0 bit 0
+  /// clear) but never complete it: it stays outstanding until the controller is reset.
+  /// Errors: also unavailable where the backend cannot inject it.
+  virtual Status swallow_aborts(unsigned vf, unsigned count) {
+    (void)vf, (void)count;
+    return make_error(Errc::unavailable, "this card cannot inject swallowed aborts");
+  }
 };
 
 /// How to stand up a card that is not real hardware. Every member has a default.

@@ -43,7 +43,10 @@ struct HostSegment {
 /// -EINVAL (unknown op, no or more than kHostMaxSegments segments, a zero-length segment, a
 /// flush/write_zeroes with segments, write_zeroes of 0 bytes, a range outside the slice),
 /// -EFAULT (a segment outside every region the service maps), -ECANCELED (the service stopped
-/// first), -EIO (the image ended early); anything else comes from the IO itself.
+/// first and the request is out of the kernel, not done), -ETIMEDOUT (the service stopped and
+/// the request was still in the kernel after stop_timeout_ms: it may yet read or write its
+/// memory and its range of the image), -EIO (the image ended early); anything else comes from
+/// the IO itself.
 struct HostCompletion {
   std::uint64_t tag;
   std::int32_t result;
@@ -79,9 +82,10 @@ struct HostServiceConfig {
   std::uint64_t guest_memory_bytes = 0;
   std::vector<HostMemoryRegion> regions;  ///< Instead of guest_memory_fd: several regions.
   unsigned io_uring_depth = 128;          ///< io_uring entries = requests in flight at once.
-  bool zero_range = true;           ///< write_zeroes via fallocate(ZERO_RANGE) where supported.
-  unsigned idle_timeout_ms = 100;   ///< Longest sleep of the service thread between checks.
-  unsigned stop_timeout_ms = 5000;  ///< How long stopping waits for IO already in the kernel.
+  bool zero_range = true;          ///< write_zeroes via fallocate(ZERO_RANGE) where supported.
+  unsigned idle_timeout_ms = 100;  ///< Longest sleep of the service thread between checks.
+  /// How long stopping waits for IO already in the kernel to be cancelled or to finish.
+  unsigned stop_timeout_ms = 5000;
 };
 
 /// What a client attaches to. The fds belong to the service and stay open until it is
@@ -113,11 +117,18 @@ class HostStorageService {
   /// Errors: invalid_argument (no image, bad depth, empty/overlapping regions, slice past the
   /// end of the image), not_found (image missing), io_error (open, mmap, io_uring, thread).
   static Result<std::unique_ptr<HostStorageService>> start(const HostServiceConfig& config);
-  /// Stops and joins the thread. Requests in its hands complete: IO in the kernel is cancelled
-  /// or finishes (its real result) within stop_timeout_ms, after which it is reported
-  /// -ECANCELED anyway (last_error() says so). Requests not yet taken are completed by their
-  /// client with -ECANCELED. Nothing is completed twice. -ECANCELED means "not done": a write
-  /// may have reached part of its range, so the caller re-issues it elsewhere in full.
+  /// Stops the service (at most once; later calls return the first call's outcome). Every
+  /// request in its hands completes exactly once: IO in the kernel is cancelled
+  /// (IORING_OP_ASYNC_CANCEL) and its completion awaited for up to stop_timeout_ms; a request
+  /// whose completion came back reports its real result (-ECANCELED when the kernel cancelled
+  /// it: "not done", a write may have reached part of its range, so the caller re-issues it in
+  /// full). A request still in the kernel after that is completed -ETIMEDOUT, and the memory
+  /// it names stays mapped for the life of the process (leaked on purpose: the kernel may still
+  /// write to it). Requests not yet taken are completed by their client with -ECANCELED.
+  /// Errors: timeout (requests were still in the kernel, or the service thread did not finish;
+  /// the message says which and how many).
+  Status stop();
+  /// stop(), then releases everything that no IO in the kernel can still use.
   ~HostStorageService();
   HostStorageService(const HostStorageService&) = delete;
   HostStorageService& operator=(const HostStorageService&) = delete;
@@ -147,14 +158,16 @@ class HostStorageService {
   std::uint64_t io_worker_cpu_ns() const;
 
   struct Stats {
-    std::uint64_t requests = 0;          ///< Requests completed by the service.
-    std::uint64_t bytes = 0;             ///< Bytes read, written or zeroed successfully.
-    std::uint64_t errors = 0;            ///< Requests completed with an error.
-    std::uint64_t io_uring_submits = 0;  ///< io_uring_submit() calls that submitted work.
-    std::uint64_t retries = 0;           ///< Short or interrupted IO resubmitted.
-    std::uint64_t sleeps = 0;            ///< Times the thread slept in epoll_wait.
-    std::uint64_t client_kicks = 0;      ///< Completion eventfd writes.
-    std::uint64_t broken_channels = 0;   ///< Channels dropped for corrupt ring indices.
+    std::uint64_t requests = 0;           ///< Requests completed by the service.
+    std::uint64_t bytes = 0;              ///< Bytes read, written or zeroed successfully.
+    std::uint64_t errors = 0;             ///< Requests completed with an error.
+    std::uint64_t io_uring_submits = 0;   ///< io_uring_submit() calls that submitted work.
+    std::uint64_t retries = 0;            ///< Short or interrupted IO resubmitted.
+    std::uint64_t sleeps = 0;             ///< Times the thread slept in epoll_wait.
+    std::uint64_t client_kicks = 0;       ///< Completion eventfd writes.
+    std::uint64_t broken_channels = 0;    ///< Channels dropped for corrupt ring indices.
+    std::uint64_t cancelled_at_stop = 0;  ///< Requests the kernel cancelled when stopping.
+    std::uint64_t stuck_at_stop = 0;      ///< Requests still in the kernel after stop_timeout_ms.
   };
   Stats stats() const;
   /// The last problem the service noticed on its own (corrupt channel, stuck IO at stop), or "".
@@ -162,6 +175,7 @@ class HostStorageService {
 
  private:
   struct Impl;
+  friend struct HostServiceForTests;  // test seam (tests/host_service): stands in for a hung device
   explicit HostStorageService(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

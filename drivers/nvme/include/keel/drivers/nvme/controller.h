@@ -45,6 +45,15 @@ struct QueuePairConfig {
 /// called from any thread. Each QueuePair is owned by one thread at a time. reset() may run
 /// while queue pairs are in use: they notice the new generation on their next call and fail
 /// their outstanding commands with IoErrc::gone.
+///
+/// Locks: admin_mu_ guards the admin queue (its rings, tail, head, phase and CIDs) and the queue
+/// ids; reset_mu_ serialises resets. A reset holds reset_mu_ and takes admin_mu_ for the whole
+/// bring-up; nothing takes reset_mu_ while holding admin_mu_ (order: reset_mu_, then admin_mu_).
+///
+/// The admin queue runs one command at a time; its CID is a 16-bit sequence number (a
+/// generation with no slot bits), so a late completion of a command given up on never matches.
+/// An admin completion with another CID, another SQ id than 0 or an SQ head beyond the admin SQ
+/// is dropped and counted in device_errors().
 class Controller {
  public:
   /// Brings the controller up: CC.EN = 0 and wait (bounded by CAP.TO), admin queue, CC.EN = 1
@@ -90,6 +99,11 @@ class Controller {
   bool check_alive(std::uint64_t seen) noexcept;
   /// Changes on every reset; queue pairs compare it on each call.
   std::uint64_t generation() const noexcept { return generation_.load(std::memory_order_acquire); }
+  /// Admin completion entries dropped as untrustworthy (see the class comment). Queue pairs count
+  /// their own in QueuePair::Stats::device_errors.
+  std::uint64_t device_errors() const noexcept {
+    return admin_device_errors_.load(std::memory_order_relaxed);
+  }
 
   fpga::Card& card() noexcept { return card_; }
   fpga::Function& function() noexcept { return fn_; }
@@ -98,12 +112,21 @@ class Controller {
   friend class QueuePair;
   Controller(fpga::Card& card, fpga::Function& fn, const ControllerConfig& config);
 
-  Status bring_up();
+  /// Caller holds reset_mu_ (or is open(), before anyone else can reach the controller); takes
+  /// admin_mu_ for the whole bring-up, and first moves the generation if `new_generation`.
+  Status bring_up(bool new_generation);
   Status wait_csts(std::uint32_t mask, std::uint32_t want, const char* what);
+  /// Caller holds admin_mu_.
   Result<keel::nvme::Cqe> admin_locked(keel::nvme::Sqe sqe);
-  /// Called by a queue pair whose command timed out: Abort, then reset if that fails.
-  void recover_timeout(std::uint16_t qid, std::uint16_t cid);
-  void release_queue(std::uint16_t qid) noexcept;
+  Result<keel::nvme::Cqe> admin_read_locked(keel::nvme::Sqe sqe, void* out, std::size_t bytes);
+  /// Called by a queue pair of generation `seen` whose command timed out: Abort, then reset if
+  /// that fails.
+  void recover_timeout(std::uint64_t seen, std::uint16_t qid, std::uint16_t cid);
+  /// Resets the controller unless a reset has already moved the generation past `seen`.
+  void reset_generation(std::uint64_t seen) noexcept;
+  /// Deletes IO queue pair `qid` of `generation` and frees its id; nothing if a reset (or a
+  /// removal) has moved the generation on.
+  void delete_queue(std::uint64_t generation, std::uint16_t qid) noexcept;
   std::chrono::nanoseconds ready_timeout() const;
 
   fpga::Card& card_;
@@ -115,6 +138,7 @@ class Controller {
   std::uint16_t asq_tail_ = 0, acq_head_ = 0;
   bool acq_phase_ = true;
   std::uint16_t next_cid_ = 0;
+  std::atomic<std::uint64_t> admin_device_errors_{0};
   std::atomic<std::uint64_t> generation_{1};
   std::vector<bool> qid_used_;  // by qid; guarded by admin_mu_
   nvme_id_ctrl id_ctrl_{};

@@ -16,6 +16,16 @@ namespace keel::drivers::nvme {
 /// loads on x86). Submissions are written into the SQ and published by commit(), which fences
 /// and rings the doorbell only if the tail moved.
 ///
+/// Command ids: CID = slot | generation << slot_bits, the generation incremented on every reuse
+/// of the slot, and free slots reused oldest first. A completion is trusted only if its SQ id is
+/// this queue's, its SQ head lies inside the SQ and its CID is the current command of a slot in
+/// flight; anything else (a duplicate, a stale or foreign entry) is dropped and counted in
+/// Stats::device_errors, and the command it may have meant completes through its timeout.
+///
+/// A command past its timeout is aborted; if the device acknowledges the abort but the command
+/// still does not complete within another command_timeout, the controller is reset (its slot
+/// could otherwise never be reused, nor its buffer freed, while the device may still use it).
+///
 /// Must be destroyed before its Controller.
 class QueuePair {
  public:
@@ -77,6 +87,11 @@ class QueuePair {
     std::uint64_t doorbells = 0;   ///< SQ tail doorbell writes.
     std::uint64_t idle_polls = 0;  ///< poll() calls that found nothing.
     std::uint64_t timeouts = 0;    ///< Commands that timed out.
+    /// Completion entries dropped as untrustworthy: unknown, stale or duplicate CID, another
+    /// SQ's id, an SQ head beyond the SQ.
+    std::uint64_t device_errors = 0;
+    /// Aborted commands that still did not complete: each one reset the controller.
+    std::uint64_t abort_escalations = 0;
   };
   const Stats& stats() const noexcept { return stats_; }
 
@@ -84,18 +99,24 @@ class QueuePair {
   friend class Controller;
   struct Slot {
     std::uint64_t tag = 0;
+    /// Busy: when the command times out; timed out: when the abort must have resolved it.
     std::uint64_t deadline_ns = 0;
+    std::uint16_t cid = 0;  ///< CID of the slot's current (or last) command.
     bool busy = false;
-    bool timed_out = false;
+    bool timed_out = false;  ///< Aborted.
   };
-  QueuePair(Controller& ctrl, std::uint16_t qid, std::uint16_t entries,
+  QueuePair(Controller& ctrl, std::uint64_t generation, std::uint16_t qid, std::uint16_t entries,
             const QueuePairConfig& config, fpga::DmaBuffer sq, fpga::DmaBuffer cq,
             fpga::DmaBuffer prp_lists);
 
   IoStatus submit_rw(std::uint8_t opc, std::uint64_t lba, std::uint32_t blocks,
                      std::span<const Segment> data, std::uint64_t tag) noexcept;
   IoStatus push(keel::nvme::Sqe& sqe, std::uint64_t tag) noexcept;
+  /// A free slot (the one freed longest ago) with a fresh CID, or -1.
   int take_slot() noexcept;
+  void free_slot(std::uint16_t slot) noexcept;
+  /// True if the completion entry names a command of this queue in flight.
+  bool trusted(std::uint16_t cid, std::uint16_t sq_id, std::uint16_t sq_head) const noexcept;
   void check_health(std::uint64_t now) noexcept;
   void check_timeouts(std::uint64_t now) noexcept;
   unsigned fail_all(std::span<Completion> out, IoErrc why) noexcept;
@@ -115,7 +136,10 @@ class QueuePair {
   bool phase_ = true;
   bool dead_ = false;
   std::vector<Slot> slots_;
-  std::vector<std::uint16_t> free_;  // free slot indices (CIDs)
+  std::vector<std::uint16_t> free_;  // free slot indices, a FIFO ring of slots_.size()
+  std::size_t free_head_ = 0;        // oldest free slot in free_
+  std::size_t free_count_ = 0;
+  unsigned slot_bits_ = 0;  // CID bits that hold the slot index; the rest is its generation
   unsigned outstanding_ = 0;
   unsigned polls_since_check_ = 0;
   std::uint64_t next_check_ns_ = 0;
