@@ -1,12 +1,14 @@
 // The worker's data path against hostile request shapes (issue 10): sub-requests bounded by
 // construction, per-request limits, pausing under a busy guest, guest RAM at 64 GiB and
 // descriptors that cross memory regions. On model and sim, VF path and host path.
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <map>
 
+#include "keel/fpga/model/model_card.h"
 #include "keel/vmm/blk_split.h"
 #include "paravisor_fixture.h"
 
@@ -353,10 +355,99 @@ INSTANTIATE_TEST_SUITE_P(Backends, DataPath, ::testing::ValuesIn(fpga::test_back
 INSTANTIATE_TEST_SUITE_P(Backends, HighMemory, ::testing::ValuesIn(fpga::test_backends()),
                          backend_test_name);
 
-// Issue 10 item 10: the VF path assumed 512-byte LBAs. With a namespace of 4 KiB LBAs the guest
-// is told blk_size 4096; requests must be aligned to it, and sub-requests start and end on it
-// (the worker converts sectors to the namespace's LBAs). The model card formats 512-byte LBAs
-// only, so these check the parser and the split for a 4 KiB block directly.
+// Issue 10 item 10: the VF path assumed 512-byte LBAs, so a namespace of 4 KiB LBAs got writes
+// and write-zeroes at 8 times their offset. The guest is now told blk_size 4096, requests must
+// be aligned to it, and the worker converts sectors to the namespace's LBAs.
+TEST(BlockSize, AVfWith4KiBLbasGetsEveryByteAtItsOffset) {
+  const std::string image =
+      (std::filesystem::temp_directory_path() / ("keel-pv-4k-" + std::to_string(getpid()) + ".img"))
+          .string();
+  std::filesystem::remove(image);
+  struct Cleanup {  // destroyed last: after the card that maps the image
+    std::string path;
+    ~Cleanup() { std::filesystem::remove(path); }
+  } cleanup{image};
+  fpga::model::ModelConfig mc;
+  mc.card.image_path = image;
+  mc.card.storage_bytes = 16u << 20;
+  mc.card.lockstep = true;
+  mc.lba_shift = 12;
+  auto card = fpga::model::ModelCard::create(mc);
+  KEEL_ASSERT_OK(card);
+  auto pm = sriov::PfManager::discover(**card);
+  KEEL_ASSERT_OK(pm);
+  sriov::VfResources res;
+  res.slice_base = 256;   // 1 MiB into the card
+  res.slice_lbas = 2048;  // 8 MiB
+  KEEL_ASSERT_OK(pm->enable_vfs({&res, 1}));
+  auto mem = vmm::GuestMemory::create(32u << 20);
+  KEEL_ASSERT_OK(mem);
+  vmm::HostServiceConfig hc;
+  hc.image_path = image;
+  hc.base_offset = 256 * 4096;
+  hc.length = 2048 * 4096;
+  hc.guest_memory_fd = (*mem)->regions()[0].fd;
+  hc.guest_memory_bytes = (*mem)->regions()[0].bytes;
+  auto host = vmm::HostStorageService::start(hc);
+  KEEL_ASSERT_OK(host);
+  auto vf = (*card)->vf(0);
+  KEEL_ASSERT_OK(vf);
+  auto pv = vmm::Paravisor::create(**card, *vf, **mem, **host);
+  KEEL_ASSERT_OK(pv);
+  vmm::Paravisor& p = **pv;
+  ASSERT_EQ(p.state(), vmm::PathState::active);
+  EXPECT_EQ(p.config_space().blk_size, 4096u);
+  EXPECT_EQ(p.capacity_sectors(), 2048u * 8);
+  auto drv = vmm::GuestDriver::attach(p, **mem, 1, 128, 1u << 20);
+  KEEL_ASSERT_OK(drv);
+  vmm::GuestDriver& d = **drv;
+  auto run = [&](std::uint32_t type, std::uint64_t sector, std::vector<vmm::DataSeg> data) {
+    auto id =
+        type == blk::kWriteZeroes ? d.write_zeroes(0, sector, 16) : d.submit(0, type, sector, data);
+    EXPECT_TRUE(id.ok());
+    d.kick(0);
+    vmm::GuestCompletion c[4];
+    for (unsigned t = 0; t < 200'000; ++t) {
+      p.run_once();
+      (*card)->step(1);
+      if (d.reap(0, c) == 1) return c[0].status;
+    }
+    return std::uint8_t{0xFF};
+  };
+  auto image_at = [&](std::uint64_t sector, std::size_t bytes) {
+    std::vector<std::byte> b(bytes);
+    const int fd = ::open(image.c_str(), O_RDONLY | O_CLOEXEC);
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(::pread(fd, b.data(), bytes, static_cast<off_t>(256 * 4096 + sector * 512)),
+              static_cast<ssize_t>(bytes));
+    ::close(fd);
+    return b;
+  };
+  const std::uint64_t w = d.alloc(8192), r = d.alloc(8192);
+  fill_pattern(d.host(w, 8192), 8192, 64, 7);
+  ASSERT_EQ(run(blk::kOut, 64, {{w, 8192}}), blk::kStatusOk);
+  EXPECT_EQ(check_pattern(image_at(64, 8192).data(), 8192, 64, 7), -1)
+      << "the write landed at sector 64 of the slice";
+  std::memset(d.host(r, 8192), 0, 8192);
+  ASSERT_EQ(run(blk::kIn, 64, {{r, 8192}}), blk::kStatusOk);
+  EXPECT_EQ(check_pattern(d.host(r, 8192), 8192, 64, 7), -1);
+  // Write-zeroes of 16 sectors (two LBAs) at sector 64: the first 8 KiB, nothing else.
+  fill_pattern(d.host(w, 8192), 8192, 80, 8);
+  ASSERT_EQ(run(blk::kOut, 80, {{w, 8192}}), blk::kStatusOk);
+  ASSERT_EQ(run(blk::kWriteZeroes, 64, {}), blk::kStatusOk);
+  const auto zeroed = image_at(64, 8192);
+  for (std::size_t i = 0; i < zeroed.size(); ++i) ASSERT_EQ(zeroed[i], std::byte{0}) << i;
+  EXPECT_EQ(check_pattern(image_at(80, 8192).data(), 8192, 80, 8), -1) << "past the zeroes";
+  // Not aligned to 4 KiB: refused.
+  EXPECT_EQ(run(blk::kOut, 65, {{w, 4096}}), blk::kStatusIoErr);
+  EXPECT_EQ(run(blk::kOut, 64, {{w, 512}}), blk::kStatusIoErr);
+  const auto c = p.counters();
+  EXPECT_GT(c.vf_ios, 0u);
+  EXPECT_EQ(c.fallback_ios, 0u);
+}
+
+// The parser and the split for a 4 KiB block directly: alignment, and sub-requests that end
+// on a block even when the pieces do not.
 TEST(BlockSize, RequestsNotAlignedTo4KiBFailAndSubsEndOn4KiB) {
   auto mem = vmm::GuestMemory::create(1u << 20);
   KEEL_ASSERT_OK(mem);

@@ -90,7 +90,7 @@ Controller::Outcome Controller::identify(const Sqe& sqe) noexcept {
       }
       ns->nlbaf = 0;
       ns->flbas = 0;
-      ns->lbaf[0].ds = regs::LBA_SHIFT;
+      ns->lbaf[0].ds = static_cast<std::uint8_t>(p_.lba_shift);
       break;
     }
     case nvme::cns::kActiveNamespaces: {

@@ -144,8 +144,7 @@ void Controller::handle_cc(std::uint64_t now_ns) noexcept {
       enable(now_ns);
     }
     if (shn != 0 && old_shn == 0) {
-      (void)storage_.flush((res_.slice_base << regs::LBA_SHIFT),
-                           res_.slice_lbas << regs::LBA_SHIFT);
+      (void)storage_.flush((res_.slice_base << p_.lba_shift), res_.slice_lbas << p_.lba_shift);
       std::uint32_t cs = csts_.load(std::memory_order_relaxed);
       cs = static_cast<std::uint32_t>(
           regs::field_set(cs, nv::CSTS_SHST_MASK, nv::CSTS_SHST_SHIFT, 2));

@@ -35,10 +35,11 @@ struct Activity {
 
 struct ControllerParams {
   unsigned vf_index = 0;
-  unsigned function = 1;  ///< PCIe function number (vf_index + 1).
-  unsigned max_ioq = 8;   ///< IO queue pairs the card can give one VF.
-  unsigned mqes = 1023;   ///< CAP.MQES (0-based queue entries).
-  unsigned mdts = 5;      ///< Identify MDTS: 2^mdts minimum pages per command.
+  unsigned function = 1;   ///< PCIe function number (vf_index + 1).
+  unsigned max_ioq = 8;    ///< IO queue pairs the card can give one VF.
+  unsigned mqes = 1023;    ///< CAP.MQES (0-based queue entries).
+  unsigned mdts = 5;       ///< Identify MDTS: 2^mdts minimum pages per command.
+  unsigned lba_shift = 9;  ///< LBA size 2^lba_shift bytes (ModelConfig::lba_shift).
   unsigned clock_mhz = 250;
 };
 

@@ -36,10 +36,10 @@ Controller::Outcome Controller::rw(const Sqe& sqe, bool write) noexcept {
   if (sqe.nsid != 1) return fail(sc::kInvalidNamespace);
   const std::uint64_t slba = sqe.cdw10 | (std::uint64_t{sqe.cdw11} << 32);
   const std::uint64_t nlb = (sqe.cdw12 & 0xFFFF) + 1ull;
-  const std::uint64_t bytes = nlb << regs::LBA_SHIFT;
+  const std::uint64_t bytes = nlb << p_.lba_shift;
   if (bytes > (1ull << p_.mdts) * 4096) return fail(sc::kInvalidField);
   if (slba >= res_.slice_lbas || nlb > res_.slice_lbas - slba) return fail(sc::kLbaOutOfRange);
-  std::byte* card = storage_.data() + ((res_.slice_base + slba) << regs::LBA_SHIFT);
+  std::byte* card = storage_.data() + ((res_.slice_base + slba) << p_.lba_shift);
   const nvme::StatusCode st = transfer(sqe, card, static_cast<std::size_t>(bytes), !write);
   if (st != sc::kSuccess) return {st};
   counters_.bytes.fetch_add(bytes, std::memory_order_relaxed);
@@ -60,16 +60,16 @@ Controller::Outcome Controller::write_zeroes(const Sqe& sqe) noexcept {
   const std::uint64_t slba = sqe.cdw10 | (std::uint64_t{sqe.cdw11} << 32);
   const std::uint64_t nlb = (sqe.cdw12 & 0xFFFF) + 1ull;
   if (slba >= res_.slice_lbas || nlb > res_.slice_lbas - slba) return fail(sc::kLbaOutOfRange);
-  std::memset(storage_.data() + ((res_.slice_base + slba) << regs::LBA_SHIFT), 0,
-              static_cast<std::size_t>(nlb << regs::LBA_SHIFT));
-  counters_.busy_cycles.fetch_add(data_cycles(nlb << regs::LBA_SHIFT), std::memory_order_relaxed);
+  std::memset(storage_.data() + ((res_.slice_base + slba) << p_.lba_shift), 0,
+              static_cast<std::size_t>(nlb << p_.lba_shift));
+  counters_.busy_cycles.fetch_add(data_cycles(nlb << p_.lba_shift), std::memory_order_relaxed);
   return {};
 }
 
 Controller::Outcome Controller::flush_cmd(const Sqe& sqe) noexcept {
   if (sqe.nsid != 1 && sqe.nsid != kFlushAllNamespaces) return fail(sc::kInvalidNamespace);
   const Status st =
-      storage_.flush(res_.slice_base << regs::LBA_SHIFT, res_.slice_lbas << regs::LBA_SHIFT);
+      storage_.flush(res_.slice_base << p_.lba_shift, res_.slice_lbas << p_.lba_shift);
   if (!st.ok()) return {sc::kInternalError};
   return {};
 }

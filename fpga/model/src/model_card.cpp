@@ -23,6 +23,9 @@ Result<std::unique_ptr<ModelCard>> ModelCard::create(const ModelConfig& config) 
     return make_error(Errc::invalid_argument,
                       "max_ioq_per_vf must be 1..255, got " + std::to_string(o.max_ioq_per_vf));
   }
+  if (config.lba_shift != 9 && config.lba_shift != 12) {
+    return make_error(Errc::invalid_argument, "lba_shift must be 9 (512-byte LBAs) or 12 (4 KiB)");
+  }
   if (config.mqes < 1 || config.mqes > 0xFFFF || config.mdts < 1 || config.mdts > 8 ||
       config.ns_per_step == 0 || config.commands_per_weight == 0 || config.clock_mhz == 0) {
     return make_error(Errc::invalid_argument,
@@ -45,6 +48,7 @@ Result<std::unique_ptr<ModelCard>> ModelCard::create(const ModelConfig& config) 
     p.max_ioq = o.max_ioq_per_vf;
     p.mqes = config.mqes;
     p.mdts = config.mdts;
+    p.lba_shift = config.lba_shift;
     p.clock_mhz = config.clock_mhz;
     impl->ctrls.push_back(
         std::make_unique<Controller>(p, *impl->iommu, *impl->storage, impl->activity));
@@ -123,7 +127,7 @@ std::uint64_t ModelCard::Impl::now_ns() const noexcept {
 }
 
 std::uint64_t ModelCard::Impl::storage_lbas() const noexcept {
-  return storage->bytes() >> regs::LBA_SHIFT;
+  return storage->bytes() >> config.lba_shift;
 }
 
 unsigned ModelCard::Impl::round() noexcept {

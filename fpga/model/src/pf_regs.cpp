@@ -106,8 +106,8 @@ std::uint64_t PfFunction::read64(std::uint64_t offset) noexcept {
         regs::field_set(caps, pf::CAPS_MAX_VFS_MASK, pf::CAPS_MAX_VFS_SHIFT, max_vfs));
     caps = static_cast<std::uint32_t>(regs::field_set(
         caps, pf::CAPS_MAX_IOQ_MASK, pf::CAPS_MAX_IOQ_SHIFT, c.config.card.max_ioq_per_vf));
-    caps = static_cast<std::uint32_t>(
-        regs::field_set(caps, pf::CAPS_LBA_SHIFT_MASK, pf::CAPS_LBA_SHIFT_SHIFT, regs::LBA_SHIFT));
+    caps = static_cast<std::uint32_t>(regs::field_set(
+        caps, pf::CAPS_LBA_SHIFT_MASK, pf::CAPS_LBA_SHIFT_SHIFT, c.config.lba_shift));
     caps |= static_cast<std::uint32_t>(pf::CAPS_QOS_MASK | pf::CAPS_RATE_LIMIT_MASK);
     const std::uint32_t status = static_cast<std::uint32_t>(
         pf::STATUS_READY_MASK | (c.num_vfs_err ? pf::STATUS_NUM_VFS_ERR_MASK : 0));

@@ -19,6 +19,9 @@ struct ModelConfig {
   unsigned mqes = 1023;
   /// Identify MDTS: largest transfer is 2^mdts pages of 4 KiB.
   unsigned mdts = 5;
+  /// Namespace format: LBAs of 2^lba_shift bytes, 9 (512) or 12 (4 KiB). Slices (VFCFG) and
+  /// STORAGE_LBAS count these LBAs.
+  unsigned lba_shift = 9;
   /// Card clock for the cycle counters.
   unsigned clock_mhz = 250;
   /// Card time one lockstep step advances.
