@@ -85,7 +85,7 @@ void SimVf::write64(std::uint64_t offset, std::uint64_t value) noexcept {
 unsigned SimVf::num_vectors() const noexcept { return card_.irqs[index_ + 1]->vectors(); }
 
 Result<std::uint32_t> SimVf::wait_interrupt(unsigned vector, std::chrono::nanoseconds timeout) {
-  SimIrq& irq = *card_.irqs[index_ + 1];
+  MsixInterrupts& irq = *card_.irqs[index_ + 1];
   if (vector >= irq.vectors()) {
     return make_error(Errc::invalid_argument, "VF " + std::to_string(index_) +
                                                   " has no MSI-X vector " + std::to_string(vector) +
@@ -114,6 +114,12 @@ Result<std::uint32_t> SimVf::wait_interrupt(unsigned vector, std::chrono::nanose
   return make_error(Errc::timeout, "no interrupt on VF " + std::to_string(index_) + " vector " +
                                        std::to_string(vector) + " within " +
                                        std::to_string(timeout.count() / 1000000) + " ms");
+}
+
+int SimVf::interrupt_fd(unsigned vector) { return card_.irqs[index_ + 1]->fd(vector); }
+
+void SimVf::set_interrupt_masked(unsigned vector, bool masked) {
+  card_.irqs[index_ + 1]->set_masked(vector, masked);
 }
 
 Status SimVf::flr() {
