@@ -3,6 +3,8 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <string>
+
 namespace keel::fpga {
 
 MsixInterrupts::MsixInterrupts(unsigned vectors)
@@ -67,6 +69,26 @@ void MsixInterrupts::deliver(unsigned vector) noexcept {
     const std::uint64_t one = 1;
     (void)!write(efd, &one, sizeof one);  // the MSI-X message, as an eventfd signal
   }
+}
+
+Error MsixInterrupts::no_vector_error(unsigned vf, unsigned vector) const {
+  return make_error(Errc::invalid_argument, "VF " + std::to_string(vf) + " has no MSI-X vector " +
+                                                std::to_string(vector) + " (it has " +
+                                                std::to_string(vectors_) + ")");
+}
+
+Error MsixInterrupts::gone_error(unsigned vf) {
+  return make_error(Errc::gone, "VF " + std::to_string(vf) + " was removed");
+}
+
+Error MsixInterrupts::timeout_error(unsigned vf, unsigned vector,
+                                    std::chrono::nanoseconds timeout) {
+  return make_error(
+      Errc::timeout,
+      "no interrupt on VF " + std::to_string(vf) + " vector " + std::to_string(vector) +
+          " within " +
+          std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count()) +
+          " ms");
 }
 
 }  // namespace keel::fpga

@@ -9,6 +9,8 @@
 #include <memory>
 #include <mutex>
 
+#include "keel/result.h"
+
 namespace keel::fpga {
 
 /// One function's MSI-X table as the host sees it: a message count per vector (for
@@ -47,6 +49,31 @@ class MsixInterrupts {
   /// MSI-X table is not part of the reset here.
   void clear() noexcept;
 
+  /// Function::wait_interrupt() of VF `vf` of a simulated card. `lockstep`: the caller's thread
+  /// moves the card one `step()` at a time and `now_ns()` is card time; otherwise the card runs
+  /// on its own thread and the wait is on the host clock. `gone()`: the VF was removed.
+  /// Errors: invalid_argument (no such vector), gone, timeout.
+  template <typename Now, typename Step, typename Gone>
+  Result<std::uint32_t> wait(unsigned vf, unsigned vector, std::chrono::nanoseconds timeout,
+                             bool lockstep, Now&& now_ns, Step&& step, Gone&& gone) {
+    if (vector >= vectors_) return no_vector_error(vf, vector);
+    if (gone()) return gone_error(vf);
+    if (lockstep) {
+      const std::uint64_t deadline = now_ns() + static_cast<std::uint64_t>(timeout.count());
+      for (;;) {
+        if (const std::uint32_t n = take(vector); n != 0) return n;
+        if (gone()) return gone_error(vf);
+        if (now_ns() >= deadline) break;
+        step();
+      }
+    } else {
+      const std::uint32_t n = wait_until(vector, std::chrono::steady_clock::now() + timeout, gone);
+      if (n != 0) return n;
+      if (gone()) return gone_error(vf);
+    }
+    return timeout_error(vf, vector, timeout);
+  }
+
   /// Host side, free-running card: blocks until the vector fired, `stop()` is true, or the
   /// deadline passes. Returns the count taken (0 on timeout or stop).
   template <typename Stop>
@@ -66,6 +93,9 @@ class MsixInterrupts {
  private:
   /// Signals the eventfd if a message is pending.
   void deliver(unsigned vector) noexcept;
+  Error no_vector_error(unsigned vf, unsigned vector) const;
+  static Error gone_error(unsigned vf);
+  static Error timeout_error(unsigned vf, unsigned vector, std::chrono::nanoseconds timeout);
 
   std::unique_ptr<std::atomic<std::uint32_t>[]> count_;
   std::unique_ptr<std::atomic<int>[]> fds_;
