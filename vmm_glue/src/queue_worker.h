@@ -76,6 +76,8 @@ class QueueWorker {
   };
 
   void sync_vf() noexcept;
+  /// The VF bounce pool, allocated on first use; false while the VF cannot map it (absent).
+  bool alloc_bounce() noexcept;
   void take_requests() noexcept;
   void split(Slot& s) noexcept;
   void submit_pending() noexcept;
