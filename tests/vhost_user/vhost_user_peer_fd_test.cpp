@@ -127,6 +127,27 @@ TEST_F(PeerFds, OnlyEventfdsAreTakenForNotifications) {
   EXPECT_EQ(open_fds(), fds_before) << "every refused fd was closed";
 }
 
+// Fds a request does not take are closed as soon as it has been handled, not when the front end
+// disconnects: a front end cannot pile up descriptors in keel (limit kMaxFds per message).
+TEST_F(PeerFds, FdsARequestDoesNotTakeAreClosedAtOnce) {
+  start(1);
+  auto fe = connect();
+  ASSERT_TRUE(fe->get_u64(Request::get_features).has_value());
+  const int fds_before = open_fds();
+  int e[3];
+  for (int& fd : e) fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  for (int i = 0; i < 4; ++i) {
+    // A request that takes none; a no-fd kick with one attached; a call with two (fails).
+    fe->send(static_cast<std::uint32_t>(Request::get_features), nullptr, 0, {e, 3});
+    EXPECT_TRUE(fe->recv().has_value());
+    EXPECT_EQ(fe->ack_u64(Request::set_vring_kick, vu::kVringNoFd, {e, 1}), 0u);
+    EXPECT_EQ(fe->ack_u64(Request::set_vring_call, 0, {e, 2}), 1u);
+  }
+  for (int fd : e) ::close(fd);
+  EXPECT_EQ(open_fds(), fds_before) << "the server kept fds it did not take";
+  EXPECT_TRUE(server_->connected());
+}
+
 // One eventfd as the kick fd of two rings: their workers would steal each other's kicks (and,
 // blocking, wait for good on a counter the other emptied). Refused, as is a kick eventfd that is
 // also a call or err fd.
