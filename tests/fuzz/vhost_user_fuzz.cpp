@@ -154,6 +154,13 @@ World& world() {
     }
     w->server = std::move(s).value();
     w->host.reset();
+    // At exit (libFuzzer ends with exit()): the server removes its socket, then the image goes.
+    std::atexit([] {
+      World& me = world();
+      me.server.reset();
+      me.host.reset();
+      unlink(me.image.c_str());
+    });
     return w;
   }();
   return *w;
