@@ -687,6 +687,8 @@ TEST_P(NbdTest, TimedOutReadModifyWriteNeverLandsOverANewerOne) {
 
 // The handshake parser's limits (nbd::kMax*), each at its bound and one past it.
 TEST_P(NbdTest, HandshakeLimits) {
+  ManualClock clock;  // standing still: no handshake timeout ends a connection here
+  start([&](vmm::NbdServerConfig& s) { s.clock = clock.source(); });
   auto c = client();
   ASSERT_TRUE(c->handshake());
   NbdClient::OptReply r;

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "keel/vmm/nbd_server.h"
 #include "nbd_device.h"
@@ -30,6 +31,8 @@ struct NbdServerTestSeam {
   static std::size_t open_connections(const NbdServer& server);
   /// Ranges held by requests (nbd_overlap.h).
   static std::size_t held_ranges(const NbdServer& server);
+  /// One line per live request (type, stage, flags), for failure messages.
+  static std::string describe(const NbdServer& server);
 };
 
 }  // namespace keel::vmm

@@ -1830,4 +1830,20 @@ std::size_t NbdServerTestSeam::held_ranges(const NbdServer& server) {
   return server.impl_->order.size();
 }
 
+std::string NbdServerTestSeam::describe(const NbdServer& server) {
+  std::string s;
+  for (const NbdServer::Impl::Req& r : server.impl_->reqs) {
+    s += std::string(nbd::command_name(r.h.type)) + " at " + std::to_string(r.h.offset) + " +" +
+         std::to_string(r.h.length) + " stage " + std::to_string(static_cast<int>(r.stage)) +
+         " ops " + std::to_string(r.ops_left) + (r.admitted ? " admitted" : "") +
+         (r.queued ? " queued" : "") + (r.device_done ? " done" : "") +
+         (r.replied ? " replied" : "") + (r.range.linked ? " holds-range" : "") +
+         (r.conn == nullptr ? " no-conn"
+          : r.conn->fd < 0  ? " conn-closed"
+                            : "") +
+         "\n";
+  }
+  return s;
+}
+
 }  // namespace keel::vmm

@@ -297,9 +297,9 @@ struct NbdServerConfig {
   std::chrono::milliseconds idle_timeout{600000};
   /// How long stop() lets in-flight requests finish and their replies drain (real time).
   std::chrono::milliseconds stop_timeout{5000};
-  /// The clock handshake_timeout and io_timeout are measured on (peers' and the device's), in
-  /// nanoseconds of any scale that never goes back. Empty: CLOCK_MONOTONIC. Called on the
-  /// server thread only; the server looks at its timers every 50 ms of real time while it has
+  /// The clock handshake_timeout, io_timeout and idle_timeout are measured on (peers' and the
+  /// device's), in nanoseconds of any scale that never goes back. Empty: CLOCK_MONOTONIC. Called on
+  /// the server thread only; the server looks at its timers every 50 ms of real time while it has
   /// connections. Tests move a clock of their own to make the timeouts happen on cue.
   std::function<std::chrono::nanoseconds()> clock;
   /// Log dropped connections and failed device requests to stderr.
