@@ -725,6 +725,35 @@ TEST_P(NbdTest, HandshakeLimits) {
   EXPECT_EQ(disk_->server().stats().protocol_errors, 2u);
 }
 
+// Requests in flight per connection (queue_depth): past it the server reads no further
+// request from that connection until a reply has gone out.
+TEST_P(NbdTest, QueueDepthBoundsRequestsInFlight) {
+  start([](vmm::NbdServerConfig& s) { s.queue_depth = 2; });
+  auto c = open();
+  ASSERT_NE(c, nullptr);
+  // Replies of a MiB each: the first one fills the socket, so none can drain while this
+  // client reads nothing.
+  for (unsigned i = 0; i < 4; ++i) {
+    ASSERT_TRUE(c->send_request(nbd::kCmdRead, 0, i, i * kMiB, static_cast<std::uint32_t>(kMiB)));
+  }
+  ASSERT_TRUE(eventually([&] { return disk_->server().stats().reads >= 2; }));
+  // Another client's round trips: the server has had every chance to read the other two.
+  auto other = open();
+  ASSERT_NE(other, nullptr);
+  std::vector<std::uint8_t> d;
+  ASSERT_EQ(other->read(0, 4096, d), 0u);
+  EXPECT_EQ(disk_->server().stats().reads, 3u);  // two of the four, and the other's one
+  // Taking the replies lets the rest in.
+  for (unsigned i = 0; i < 4; ++i) {
+    nbd::SimpleReply r{};
+    ASSERT_TRUE(c->read_reply(r));
+    EXPECT_EQ(r.error, 0u);
+    std::vector<std::uint8_t> data(kMiB);
+    ASSERT_TRUE(c->recv_all(data.data(), data.size()));
+  }
+  EXPECT_EQ(disk_->server().stats().reads, 5u);
+}
+
 // Settings past the parsers' bounds are refused when the server is made.
 TEST_P(NbdTest, ConfigurationBeyondTheLimitsIsRefused) {
   auto refused = [&](const std::function<void(vmm::NbdServerConfig&)>& tweak) {
