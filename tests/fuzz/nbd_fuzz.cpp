@@ -17,6 +17,9 @@
 //   - once the clients are gone and the device has completed everything, the server winds down
 //     within a bounded number of loop turns: no connection, no request, no held range left,
 //     every buffer chunk back in the pool.
+//
+// NBD_FUZZ_DEBUG=1 prints the requests, the replies and the server's counters of a run (to see
+// what an input reaches: build-fuzz/nbd_fuzz tests/fuzz/corpus/nbd_fuzz/<file>).
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
