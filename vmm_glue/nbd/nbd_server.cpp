@@ -37,6 +37,8 @@
 
 #include "keel/vmm/nbd_server.h"
 #include "nbd_device.h"
+#include "nbd_handshake.h"
+#include "nbd_layout.h"
 #include "nbd_overlap.h"
 #include "nbd_pool.h"
 #include "nbd_seam.h"
@@ -44,12 +46,13 @@
 namespace keel::vmm {
 
 namespace blk = virtio::blk;
+using nbd_internal::chunks_for;
+using nbd_internal::kChunk;
+using nbd_internal::kSector;
+using nbd_internal::max_request_chunks;
 
 namespace {
 
-constexpr std::uint32_t kSector = 512;
-/// Unit of the data-buffer pool: one NVMe MDTS, page aligned, so buffers stay PRP friendly.
-constexpr std::uint32_t kChunk = 128u << 10;
 /// Sectors one virtio-blk WRITE_ZEROES may carry (the device's max_write_zeroes_sectors).
 constexpr std::uint32_t kMaxZeroSectors = 1u << 16;
 // The parsers' limits are the nbd::kMax* constants in nbd_server.h (documented there, with
@@ -62,8 +65,6 @@ using nbd::kMaxSkipOptionBytes;
 constexpr std::size_t kInBufBytes = 256u << 10;
 /// Payload left at which the server receives straight into the request buffer.
 constexpr std::uint64_t kDirectRecvBytes = 16u << 10;
-/// Guest memory below the buffers: the rings, their header scratch, write-zeroes payloads.
-constexpr std::uint64_t kRingArea = 8ull << 20;
 
 /// Real time: the loop's pacing, the stop budget. Timeouts use Impl::clock_ns().
 std::uint64_t now_ns() noexcept {
@@ -82,31 +83,11 @@ std::uint32_t load_be32(const std::byte* p) noexcept {
   std::memcpy(&v, p, 4);
   return __builtin_bswap32(v);
 }
-std::uint16_t load_be16(const std::byte* p) noexcept {
-  std::uint16_t v;
-  std::memcpy(&v, p, 2);
-  return __builtin_bswap16(v);
-}
 
 template <typename M>
 void append(std::string& out, const M& m) {
   const M w = nbd::to_wire(m);
   out.append(reinterpret_cast<const char*>(&w), sizeof w);
-}
-void append_be32(std::string& out, std::uint32_t v) {
-  const std::uint32_t w = __builtin_bswap32(v);
-  out.append(reinterpret_cast<const char*>(&w), 4);
-}
-void append_be16(std::string& out, std::uint16_t v) {
-  const std::uint16_t w = __builtin_bswap16(v);
-  out.append(reinterpret_cast<const char*>(&w), 2);
-}
-
-std::uint64_t chunks_for(std::uint64_t bytes) noexcept { return (bytes + kChunk - 1) / kChunk; }
-
-/// Chunks the largest request can need: its unaligned covering range plus an RMW's scratch.
-std::uint64_t max_request_chunks(const NbdServerConfig& c) noexcept {
-  return chunks_for(std::uint64_t{c.max_request_bytes} + 2 * kSector) + 1;
 }
 
 }  // namespace
@@ -384,72 +365,70 @@ struct NbdServer::Impl {
   /// server has stopped.
   bool round(int max_wait_ms) {
     epoll_event ev[32];
-    {
-      const std::uint64_t now = now_ns();
-      if (accept_paused_until != 0 && now >= accept_paused_until && listen_fd >= 0) {
-        accept_paused_until = 0;
-        epoll_event e{};
-        e.events = EPOLLIN;
-        e.data.u64 = 0;
-        epoll_ctl(ep, EPOLL_CTL_MOD, listen_fd, &e);
+    const std::uint64_t now = now_ns();
+    if (accept_paused_until != 0 && now >= accept_paused_until && listen_fd >= 0) {
+      accept_paused_until = 0;
+      epoll_event e{};
+      e.events = EPOLLIN;
+      e.data.u64 = 0;
+      epoll_ctl(ep, EPOLL_CTL_MOD, listen_fd, &e);
+    }
+    if (now >= next_timer_ns) {
+      check_timers(clock_ns());
+      next_timer_ns = now + 50'000'000ull;
+    }
+    if (stopping.load(std::memory_order_acquire)) {
+      if (stop_deadline == 0) {
+        stop_deadline = now + ns(cfg.stop_timeout);
+        begin_stop();
       }
-      if (now >= next_timer_ns) {
-        check_timers(clock_ns());
-        next_timer_ns = now + 50'000'000ull;
+      for (auto& [id, c] : conns) {
+        if (c->fd >= 0 && c->active == 0 && c->out.empty()) close_conn(*c, nullptr);
       }
-      if (stopping.load(std::memory_order_acquire)) {
-        if (stop_deadline == 0) {
-          stop_deadline = now + ns(cfg.stop_timeout);
-          begin_stop();
-        }
-        for (auto& [id, c] : conns) {
-          if (c->fd >= 0 && c->active == 0 && c->out.empty()) close_conn(*c, nullptr);
-        }
-        bool open = false;
-        for (auto& [id, c] : conns) open = open || c->fd >= 0;
-        if ((!open && running == 0 && pending.empty()) || now >= stop_deadline) return false;
-      }
-      // Everything that needs no waiting, until nothing is left (bounded: others need turns).
-      // Parsing (resumes, pool grants) and completions queue virtio requests, so the
-      // submission comes after them in every round.
-      for (int round = 0; round < 8; ++round) {
-        run_resumes();
-        serve_pool_waiters();
-        reap();
-        submit_pending();
-        flush_dirty();
-        if (resume.empty() && dirty.empty()) break;
-      }
-      reap_dead();
-      update_masks();
-      // reap() published used_event; an entry the device used before seeing it raised no
-      // notification. Look once more after a full fence (the device fences between pushing an
-      // entry and reading used_event): either it notifies or this sees the entry.
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-      const bool more = reap() > 0 || !resume.empty() || !dirty.empty() || can_submit();
-      const bool busy = !conns.empty() || running > 0 || !pending.empty();
-      int timeout = more ? 0 : stopping.load(std::memory_order_relaxed) ? 10 : busy ? 100 : -1;
-      if (max_wait_ms >= 0 && (timeout < 0 || timeout > max_wait_ms)) timeout = max_wait_ms;
-      const int n = epoll_wait(ep, ev, 32, timeout);
-      for (int i = 0; i < n; ++i) {
-        const std::uint64_t id = ev[i].data.u64;
-        if (id == 0) {
-          accept_all();
-        } else if (id == 1 || id == 2) {
-          std::uint64_t v;
-          (void)!read(id == 1 ? call_fd : wake_fd, &v, sizeof v);
-        } else {
-          auto it = conns.find(id);
-          if (it == conns.end() || it->second->fd < 0) continue;
-          Conn& c = *it->second;
-          const std::uint32_t e = ev[i].events;
-          if ((e & EPOLLOUT) != 0) flush_out(c);
-          if (c.fd < 0) continue;
-          if ((e & EPOLLIN) != 0 || ((e & (EPOLLHUP | EPOLLERR)) != 0 && want_read(c))) {
-            process(c);
-          } else if ((e & (EPOLLHUP | EPOLLERR)) != 0) {
-            close_conn(c, nullptr);  // the peer is gone; nobody will read the replies
-          }
+      bool open = false;
+      for (auto& [id, c] : conns) open = open || c->fd >= 0;
+      if ((!open && running == 0 && pending.empty()) || now >= stop_deadline) return false;
+    }
+    // Everything that needs no waiting, until nothing is left (bounded: others need turns).
+    // Parsing (resumes, pool grants) and completions queue virtio requests, so the
+    // submission comes after them in every round.
+    for (int round = 0; round < 8; ++round) {
+      run_resumes();
+      serve_pool_waiters();
+      reap();
+      submit_pending();
+      flush_dirty();
+      if (resume.empty() && dirty.empty()) break;
+    }
+    reap_dead();
+    update_masks();
+    // reap() published used_event; an entry the device used before seeing it raised no
+    // notification. Look once more after a full fence (the device fences between pushing an
+    // entry and reading used_event): either it notifies or this sees the entry.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    const bool more = reap() > 0 || !resume.empty() || !dirty.empty() || can_submit();
+    const bool busy = !conns.empty() || running > 0 || !pending.empty();
+    int timeout = more ? 0 : stopping.load(std::memory_order_relaxed) ? 10 : busy ? 100 : -1;
+    if (max_wait_ms >= 0 && (timeout < 0 || timeout > max_wait_ms)) timeout = max_wait_ms;
+    const int n = epoll_wait(ep, ev, 32, timeout);
+    for (int i = 0; i < n; ++i) {
+      const std::uint64_t id = ev[i].data.u64;
+      if (id == 0) {
+        accept_all();
+      } else if (id == 1 || id == 2) {
+        std::uint64_t v;
+        (void)!read(id == 1 ? call_fd : wake_fd, &v, sizeof v);
+      } else {
+        auto it = conns.find(id);
+        if (it == conns.end() || it->second->fd < 0) continue;
+        Conn& c = *it->second;
+        const std::uint32_t e = ev[i].events;
+        if ((e & EPOLLOUT) != 0) flush_out(c);
+        if (c.fd < 0) continue;
+        if ((e & EPOLLIN) != 0 || ((e & (EPOLLHUP | EPOLLERR)) != 0 && want_read(c))) {
+          process(c);
+        } else if ((e & (EPOLLHUP | EPOLLERR)) != 0) {
+          close_conn(c, nullptr);  // the peer is gone; nobody will read the replies
         }
       }
     }
@@ -881,130 +860,22 @@ struct NbdServer::Impl {
 
   // ---- handshake ----
 
-  void opt_reply(Conn& c, std::uint32_t type, const std::string& data = {}) {
-    std::string m;
-    append(m, nbd::OptionReply{nbd::kOptReplyMagic, c.opt.option, type,
-                               static_cast<std::uint32_t>(data.size())});
-    m += data;
-    queue_blob(c, std::move(m));
-  }
-  void opt_error(Conn& c, std::uint32_t type, const std::string& message) {
-    opt_reply(c, type, message.substr(0, nbd::kMaxString));
-  }
-
-  bool export_matches(const std::string& name) const {
-    return name.empty() || name == cfg.export_name;
-  }
-
+  /// An option's data is in (or skipped): answer it (nbd_handshake.cpp) and act on it.
   void finish_option(Conn& c) {
     bump(st.options);
     c.st = St::opt_header;
     c.msg_start = 0;
-    const std::string& d = c.optbuf;
-    const std::uint32_t opt = c.opt.option;
-    if (c.opt.length > kMaxOptionBytes) {
-      opt_error(c, nbd::kRepErrTooBig,
-                std::string(nbd::option_name(opt)) + ": " + std::to_string(c.opt.length) +
-                    " bytes of option data is more than this server takes");
-      return;
+    const nbd_internal::HandshakeExport e{cfg.export_name, cfg.description,       size,
+                                          tx_flags,        cfg.max_request_bytes, c.no_zeroes};
+    nbd_internal::OptionAnswer a =
+        nbd_internal::answer_option(e, c.opt.option, c.opt.length, c.optbuf);
+    switch (a.next) {
+      case nbd_internal::OptionNext::drop: drop(c, a.why); return;
+      case nbd_internal::OptionNext::negotiate: break;
+      case nbd_internal::OptionNext::transmission: enter_transmission(c); break;
+      case nbd_internal::OptionNext::close_after_replies: c.close_after_out = true; break;
     }
-    switch (opt) {
-      case nbd::kOptExportName: {
-        if (d.size() > nbd::kMaxString || !export_matches(d)) {
-          drop(c, "NBD_OPT_EXPORT_NAME for unknown export '" + d.substr(0, 256) + "'");
-          return;
-        }
-        std::string m;
-        append(m, nbd::ExportNameReply{size, tx_flags});
-        if (!c.no_zeroes) m.append(124, '\0');
-        queue_blob(c, std::move(m));
-        enter_transmission(c);
-        return;
-      }
-      case nbd::kOptAbort:
-        opt_reply(c, nbd::kRepAck);
-        c.close_after_out = true;
-        return;
-      case nbd::kOptList: {
-        if (!d.empty()) {
-          opt_error(c, nbd::kRepErrInvalid, "NBD_OPT_LIST takes no data");
-          return;
-        }
-        std::string s;
-        append_be32(s, static_cast<std::uint32_t>(cfg.export_name.size()));
-        s += cfg.export_name;
-        s += cfg.description;
-        opt_reply(c, nbd::kRepServer, s);
-        opt_reply(c, nbd::kRepAck);
-        return;
-      }
-      case nbd::kOptInfo:
-      case nbd::kOptGo: {
-        if (d.size() < 6) {
-          opt_error(c, nbd::kRepErrInvalid, std::string(nbd::option_name(opt)) + ": too short");
-          return;
-        }
-        const auto* p = reinterpret_cast<const std::byte*>(d.data());
-        const std::uint32_t nlen = load_be32(p);
-        if (nlen > d.size() - 6) {
-          opt_error(c, nbd::kRepErrInvalid,
-                    std::string(nbd::option_name(opt)) + ": name longer than the option");
-          return;
-        }
-        const std::string name = d.substr(4, nlen);
-        const std::uint16_t nreq = load_be16(p + 4 + nlen);
-        if (d.size() != 6 + std::uint64_t{nlen} + 2ull * nreq) {
-          opt_error(c, nbd::kRepErrInvalid,
-                    std::string(nbd::option_name(opt)) + ": information request count " +
-                        std::to_string(nreq) + " does not match the option's length");
-          return;
-        }
-        if (nlen > nbd::kMaxString) {
-          opt_error(c, nbd::kRepErrInvalid,
-                    "export name longer than " + std::to_string(nbd::kMaxString) + " bytes");
-          return;
-        }
-        if (!export_matches(name)) {
-          opt_error(c, nbd::kRepErrUnknown,
-                    "no export named '" + name.substr(0, 256) + "' (this server exports '" +
-                        cfg.export_name + "')");
-          return;
-        }
-        bool want_name = false, want_desc = false;
-        for (std::uint16_t i = 0; i < nreq; ++i) {
-          const std::uint16_t t = load_be16(p + 6 + nlen + 2u * i);
-          want_name = want_name || t == nbd::kInfoName;
-          want_desc = want_desc || t == nbd::kInfoDescription;
-        }
-        std::string s;
-        append(s, nbd::InfoExport{nbd::kInfoExport, size, tx_flags});
-        opt_reply(c, nbd::kRepInfo, s);
-        if (want_name) {
-          s.clear();
-          append_be16(s, nbd::kInfoName);
-          s += cfg.export_name;
-          opt_reply(c, nbd::kRepInfo, s);
-        }
-        if (want_desc) {
-          s.clear();
-          append_be16(s, nbd::kInfoDescription);
-          s += cfg.description;
-          opt_reply(c, nbd::kRepInfo, s);
-        }
-        // Always sent (the spec allows it unrequested): clients that honour it align.
-        s.clear();
-        append(s, nbd::InfoBlockSize{nbd::kInfoBlockSize, kSector, 4096, cfg.max_request_bytes});
-        opt_reply(c, nbd::kRepInfo, s);
-        opt_reply(c, nbd::kRepAck);
-        if (opt == nbd::kOptGo) enter_transmission(c);
-        return;
-      }
-      default:
-        opt_error(c, nbd::kRepErrUnsup,
-                  std::string("option ") + std::to_string(opt) + " (" + nbd::option_name(opt) +
-                      ") is not supported by this server");
-        return;
-    }
+    if (!a.out.empty()) queue_blob(c, std::move(a.out));
   }
 
   void enter_transmission(Conn& c) {
@@ -1678,52 +1549,6 @@ struct NbdServer::Impl {
 };
 
 // ================================================================ NbdServer
-
-std::uint64_t NbdServer::guest_memory_bytes(const NbdServerConfig& config) noexcept {
-  const std::uint64_t pool =
-      (config.buffer_bytes + (2u << 20) - 1) & ~std::uint64_t{(2u << 20) - 1};
-  return kRingArea + pool;
-}
-
-Status check_nbd_config(const NbdServerConfig& config, const GuestMemory& memory) {
-  auto bad = [](const std::string& what) { return make_error(Errc::invalid_argument, what); };
-  const std::uint32_t mr = config.max_request_bytes;
-  if (mr < 4096 || mr > nbd::kMaxPayload || (mr & (mr - 1)) != 0) {
-    return bad("max_request_bytes " + std::to_string(mr) +
-               ": must be a power of two from 4096 to 32 MiB");
-  }
-  if (config.queue_depth == 0 || config.queue_depth > nbd::kMaxQueueDepth) {
-    return bad("queue_depth " + std::to_string(config.queue_depth) + ": must be 1.." +
-               std::to_string(nbd::kMaxQueueDepth));
-  }
-  const std::uint16_t vq = config.virtqueue_size;
-  if (vq < 8 || (vq & (vq - 1)) != 0) {
-    return bad("virtqueue_size " + std::to_string(vq) + ": must be a power of two >= 8");
-  }
-  const std::uint32_t mv = config.max_virtio_bytes;
-  if (mv == 0 || mv % kChunk != 0 || mv > (8u << 20) || mv / kChunk + 2 > vq) {
-    return bad("max_virtio_bytes " + std::to_string(mv) +
-               ": must be a multiple of 128 KiB, at most 8 MiB and fit the virtqueue");
-  }
-  if (config.buffer_bytes % kChunk != 0 ||
-      config.buffer_bytes / kChunk < chunks_for(std::uint64_t{mr} + 2 * kSector) + 1) {
-    return bad("buffer_bytes " + std::to_string(config.buffer_bytes) +
-               ": must be a multiple of 128 KiB holding max_request_bytes + 256 KiB");
-  }
-  if (config.max_connections == 0 || config.max_connections > nbd::kMaxConnections) {
-    return bad("max_connections " + std::to_string(config.max_connections) + ": must be 1.." +
-               std::to_string(nbd::kMaxConnections));
-  }
-  if (config.export_name.size() > nbd::kMaxString || config.description.size() > nbd::kMaxString) {
-    return bad("export name and description are limited to 4096 bytes");
-  }
-  if (memory.regions().empty() || memory.regions()[0].gpa != 0 ||
-      memory.regions()[0].bytes < NbdServer::guest_memory_bytes(config)) {
-    return bad("guest memory must have " + std::to_string(NbdServer::guest_memory_bytes(config)) +
-               " bytes at GPA 0 for the NBD server");
-  }
-  return {};
-}
 
 Result<std::unique_ptr<NbdServer>> NbdServer::create(const NbdServerConfig& config,
                                                      std::unique_ptr<NbdDevice> device,
