@@ -161,8 +161,8 @@ inline constexpr std::uint32_t kMaxOptionBytes = 64u << 10;
 inline constexpr std::uint32_t kMaxSkipOptionBytes = 16u << 20;
 /// Options one handshake may send; the next one drops the connection.
 inline constexpr unsigned kMaxOptions = 1024;
-/// Option replies queued for a peer that does not read them; past it the server reads no
-/// further option until the peer takes some.
+/// Options whose replies a peer has not taken yet; past it the server reads no further option
+/// until the peer takes some (a peer that never does is dropped at its send deadline).
 inline constexpr unsigned kMaxQueuedOptionReplies = 64;
 /// Upper bound of NbdServerConfig::queue_depth (requests in flight per connection; the server
 /// reads no further request from a connection at its depth).
