@@ -583,6 +583,30 @@ TEST_P(NbdTest, SlowReaderCannotHoardTheBufferPool) {
   expect_path_used();
 }
 
+// A connection waiting for buffers (here: past its quota) reads nothing more until it has
+// them, even when one of its replies goes out meanwhile. Found by nbd_fuzz: the server parsed
+// the next request header then, lost the waiting request and queued the connection twice.
+TEST_P(NbdTest, AConnectionWaitingForBuffersParsesNothingMore) {
+  auto c = open();
+  ASSERT_NE(c, nullptr);
+  constexpr std::uint32_t kBig = 32u << 20;
+  ASSERT_TRUE(c->send_request(nbd::kCmdRead, 0, 1, 0, kBig));
+  ASSERT_TRUE(c->send_request(nbd::kCmdRead, 0, 2, 0, kBig));  // past the quota: waits
+  ASSERT_TRUE(c->send_request(nbd::kCmdRead, 0, 3, 0, 4096));  // behind it, already sent
+  std::set<std::uint64_t> seen;
+  for (unsigned i = 0; i < 3; ++i) {
+    nbd::SimpleReply r{};
+    ASSERT_TRUE(c->read_reply(r)) << "reply " << i << ": " << c->failure();
+    ASSERT_EQ(r.error, 0u);
+    ASSERT_TRUE(seen.insert(r.handle).second);
+    std::vector<std::uint8_t> data(r.handle == 3 ? 4096 : kBig);
+    ASSERT_TRUE(c->recv_all(data.data(), data.size()));
+  }
+  EXPECT_EQ(seen, (std::set<std::uint64_t>{1, 2, 3}));
+  EXPECT_EQ(disk_->server().stats().quota_waits, 1u);
+  expect_path_used();
+}
+
 // Issue 10 item 5: idle connections in transmission time out, so they cannot keep every
 // connection slot (here 2) from new clients for ever.
 TEST_P(NbdTest, IdleConnectionsTimeOut) {

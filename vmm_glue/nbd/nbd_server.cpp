@@ -755,7 +755,9 @@ struct NbdServer::Impl {
   /// queue depth reached).
   bool parse(Conn& c) {
     for (;;) {
-      if (c.fd < 0 || c.close_after_out) return false;
+      // A connection waiting for buffers holds its request in c.cur: nothing more is parsed
+      // until it has them (process() runs for other reasons too, e.g. a reply went out).
+      if (c.fd < 0 || c.close_after_out || c.waiting_pool) return false;
       switch (c.st) {
         case St::client_flags: {
           if (avail(c) < 4) return true;
