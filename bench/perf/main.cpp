@@ -78,6 +78,15 @@ int main(int argc, char** argv) {
   }
   for (const Point& p : points) {
     for (const PathResult& r : p.paths) {
+      if (inv->sweep && p.config.verify) {  // (a single run's report has its own verify line)
+        std::printf("verify %s=%llu path %s: %llu blocks checked, %llu errors\n",
+                    sweep_param.c_str(),
+                    static_cast<unsigned long long>(sweep_param == "iodepth" ? p.config.iodepth
+                                                    : sweep_param == "bs"    ? p.config.bs
+                                                                             : p.config.vfs),
+                    r.path.c_str(), static_cast<unsigned long long>(r.verified_blocks),
+                    static_cast<unsigned long long>(r.verify_errors));
+      }
       if (r.verify_errors != 0) {
         std::fprintf(stderr, "keel-perf: %llu verify errors on path %s\n",
                      static_cast<unsigned long long>(r.verify_errors), r.path.c_str());

@@ -108,7 +108,9 @@ Result<Invocation> parse_options(int argc, const char* const* argv) {
       ->capture_default_str();
   app.add_option("--runtime", runtime, "run for this long per path (e.g. 10s)");
   app.add_option("--size", size, "bytes per job: IO region, and the amount without --runtime");
-  app.add_flag("--verify", c.verify, "check every block read and, at the end, every block written");
+  app.add_flag("--verify", c.verify,
+               "check every block read and, at the end, every block written; a job that "
+               "reads first fills its region with a known pattern (not timed)");
   app.add_option("--json", c.json_path, "write fio-like JSON results to FILE");
   app.add_option("--image", c.image, "disk image for a simulated card (default: a temp file)");
   app.add_option("--card-size", card_size, "storage of a simulated card (default: fits the jobs)");

@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <chrono>
@@ -176,8 +177,7 @@ void run_job(Job& j, const Config& c, unsigned index, Clock::time_point deadline
   const std::uint32_t bs = c.bs;
   const std::uint64_t blocks = c.size / bs;
   const std::uint64_t buf = j.buf = g.alloc(std::uint64_t{c.iodepth} * bs);
-  j.version.assign(c.verify ? blocks : 0, 0);
-  std::vector<std::uint32_t>& version = j.version;
+  std::vector<std::uint32_t>& version = j.version;  // sized (and prefilled) by prefill_job()
   std::vector<bool> busy(blocks, false);
   struct Slot {
     std::uint64_t block = 0;
@@ -275,7 +275,74 @@ void run_job(Job& j, const Config& c, unsigned index, Clock::time_point deadline
   }
 }
 
-// --verify, after the timed phase: read back every block the job wrote.
+bool reads(Rw rw) { return rw == Rw::read || rw == Rw::randread || rw == Rw::randrw; }
+
+// --verify, before the timed phase: a job that reads first writes its whole region with a known
+// pattern (version 1 of every block), so every read of the timed phase is checked against it.
+// Without it a read-only job would check nothing. Writes of up to kPrefillBytes, a few in flight.
+void prefill_job(Job& j, const Config& c, unsigned index) {
+  const std::uint64_t blocks = c.size / c.bs;
+  j.version.assign(c.verify ? blocks : 0, 0);
+  if (!c.verify || !reads(c.rw)) return;
+  constexpr std::uint64_t kPrefillBytes = 64 * 1024;
+  constexpr unsigned kDepth = 8;
+  constexpr int kMaxIdleWaits = 2000;  // 5 ms each: 10 s without a completion is a failure
+  vmm::GuestDriver& g = *j.drv;
+  const std::uint64_t per = std::max<std::uint64_t>(1, kPrefillBytes / c.bs);  // blocks per write
+  const std::uint64_t chunk = per * c.bs;
+  const std::uint64_t buf = g.alloc(chunk * kDepth);
+  std::vector<unsigned> free_slots;
+  for (unsigned s = kDepth; s-- > 0;) free_slots.push_back(s);
+  std::vector<int> slot_of(65536, -1);
+  std::uint64_t next = 0;
+  unsigned inflight = 0;
+  int idle = 0;
+  vmm::GuestCompletion done[kDepth];
+  while (next < blocks || inflight > 0) {
+    while (next < blocks && !free_slots.empty()) {
+      const unsigned s = free_slots.back();
+      free_slots.pop_back();
+      const std::uint64_t n = std::min(per, blocks - next);
+      const std::uint64_t sector = next * (c.bs / 512);
+      const auto bytes = static_cast<std::uint32_t>(n * c.bs);
+      fill_block(g.host(buf + s * chunk, bytes), bytes, sector, 1, index);
+      const vmm::DataSeg seg{buf + s * chunk, bytes};
+      auto id = g.submit(0, blk::kOut, sector, {&seg, 1});
+      if (!id) {
+        j.error = "verify prefill submit: " + to_string(id.error());
+        return;
+      }
+      slot_of[*id] = static_cast<int>(s);
+      next += n;
+      ++inflight;
+    }
+    g.kick(0);
+    const unsigned n = g.reap(0, done);
+    for (unsigned i = 0; i < n; ++i) {
+      const int s = slot_of[done[i].id];
+      if (s < 0 || done[i].status != blk::kStatusOk) {
+        j.error = "verify prefill write failed (virtio-blk status " +
+                  std::to_string(done[i].status) + ")";
+        return;
+      }
+      slot_of[done[i].id] = -1;
+      free_slots.push_back(static_cast<unsigned>(s));
+      --inflight;
+    }
+    if (n > 0) {
+      idle = 0;
+      continue;
+    }
+    if (++idle > kMaxIdleWaits) {
+      j.error = "verify prefill: no completion for 10 s";
+      return;
+    }
+    g.wait(0, 5);
+  }
+  std::fill(j.version.begin(), j.version.end(), 1u);
+}
+
+// --verify, after the timed phase: read back every block the job wrote (the prefill included).
 void verify_job(Job& j, const Config& c, unsigned index) {
   if (!c.verify || !j.error.empty()) return;
   vmm::GuestDriver& g = *j.drv;
@@ -359,6 +426,16 @@ Result<PathResult> Stack::run(const Config& c, bool vf_path, const Progress& pro
     if (Status st = j->pv->start(); !st.ok()) return st.error();
     jobs.push_back(std::move(j));
   }
+  {  // --verify: the prefill, outside the measured phase
+    std::vector<std::thread> fill;
+    for (unsigned i = 0; i < jobs.size(); ++i) {
+      fill.emplace_back([&, i] { prefill_job(*jobs[i], c, i); });
+    }
+    for (auto& t : fill) t.join();
+    for (auto& j : jobs) {
+      if (!j->error.empty()) return make_error(Errc::io_error, "path " + r.path + ": " + j->error);
+    }
+  }
   auto cpu_now = [&] {
     std::uint64_t n = 0;
     for (const auto& j : jobs) {
@@ -435,6 +512,10 @@ Result<PathResult> Stack::run(const Config& c, bool vf_path, const Progress& pro
     j->pv->stop();
   }
   r.path_switches -= switches0;
+  if (c.verify && r.verified_blocks == 0) {
+    return make_error(Errc::io_error, "--verify on path " + r.path +
+                                          " checked no block: nothing was written or read");
+  }
   r.peak_rss_mib = static_cast<double>(rss_peak_kib()) / 1024.0;
   for (auto& j : jobs) {
     j->drv.reset();

@@ -1,5 +1,7 @@
 // NVM command set on one VF: verified Read/Write through every PRP shape, Flush, Write Zeroes,
 // and every IO error status.
+#include <unistd.h>
+
 #include <cstring>
 #include <random>
 
@@ -222,6 +224,54 @@ TEST_P(Io, InterruptOnCompletion) {
   EXPECT_EQ(none.error().code, Errc::timeout);
   EXPECT_EQ((*f)->wait_interrupt(99, std::chrono::milliseconds(1)).error().code,
             Errc::invalid_argument);
+}
+
+// Signals on an MSI-X eventfd (8-byte read; 0 when nothing is signalled).
+std::uint64_t signals(int efd) {
+  std::uint64_t v = 0;
+  return read(efd, &v, sizeof v) == sizeof v ? v : 0;
+}
+
+// The MSI-X eventfd of a vector (what a paravisor worker sleeps on with epoll): signalled by a
+// completion's interrupt; while the vector is masked the message stays pending and is signalled
+// when the vector is unmasked. Both simulated cards have it.
+TEST_P(Io, InterruptFdSignalsAndHonoursTheMask) {
+  auto f = card_->vf(1);
+  ASSERT_TRUE(f.ok());
+  fpga::Function& vf = **f;
+  NvmeHost h(*card_, vf);
+  ASSERT_TRUE(h.enable().ok());
+  KEEL_ASSERT_OK(h.create_io_pair(1, 16, true, 1));
+  const int efd = vf.interrupt_fd(1);
+  const bool simulated = card_->backend() == "model" || card_->backend() == "sim";
+  if (efd < 0 && !simulated) GTEST_SKIP() << card_->backend() << " offers no MSI-X eventfd";
+  ASSERT_GE(efd, 0) << "a simulated card gives every vector an eventfd";
+  EXPECT_EQ(vf.interrupt_fd(1), efd) << "one fd per vector, kept";
+  EXPECT_EQ(vf.interrupt_fd(99), -1) << "no such vector";
+  EXPECT_EQ(signals(efd), 0u) << "nothing completed yet";
+  auto b = vf.alloc_dma(4096);
+  ASSERT_TRUE(b.ok());
+  auto complete_one = [&] {
+    h.submit(1, h.rw_cmd(false, 0, 8, b->iova(), 4096));
+    auto n = vf.wait_interrupt(1, std::chrono::milliseconds(100));
+    ASSERT_TRUE(n.ok()) << to_string(n.error());
+    nvme::Cqe c{};
+    ASSERT_TRUE(h.try_reap(1, &c));
+    EXPECT_EQ(sc_of(c), sc::kSuccess);
+  };
+
+  complete_one();
+  EXPECT_GE(signals(efd), 1u) << "the completion's interrupt signals the eventfd";
+  EXPECT_EQ(signals(efd), 0u) << "reading consumes the signal";
+
+  vf.set_interrupt_masked(1, true);
+  complete_one();
+  EXPECT_EQ(signals(efd), 0u) << "masked: the message is pending, not signalled";
+  vf.set_interrupt_masked(1, false);
+  EXPECT_EQ(signals(efd), 1u) << "unmasking delivers the pending message";
+  vf.set_interrupt_masked(1, true);
+  vf.set_interrupt_masked(1, false);
+  EXPECT_EQ(signals(efd), 0u) << "nothing pending: unmasking signals nothing";
 }
 
 KEEL_INSTANTIATE_CARD_SUITE(Io);

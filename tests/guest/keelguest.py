@@ -672,6 +672,9 @@ class RunConfig:
         self.timeout = None        # whole run; default depends on accel
         self.boot_timeout = 120
         self.failover = None       # (remove_after_s, restore_after_s) after verify-write starts
+        # The VF is removed before QEMU connects (remove_signal once the socket is up): the guest
+        # boots on the host path; with failover=(0, T) the VF is restored T s into verify-write.
+        self.vf_absent_at_boot = False
         self.remove_signal = signal.SIGUSR1
         self.restore_signal = signal.SIGUSR2
         self.host_verify = True
@@ -773,6 +776,8 @@ def run_guest(cfg, backend_template, label="guest"):
         try:
             backend.start()
             backend.wait_socket(sock, 30)
+            if cfg.vf_absent_at_boot:
+                _remove_vf_before_boot(cfg, backend, result)
             cmdline = " ".join([
                 "console=ttyS0", "panic=-1", "loglevel=4", "mitigations=off",
                 f"keel.size={cfg.fio_size}", f"keel.bs={cfg.bs}", f"keel.iodepth={cfg.iodepth}",
@@ -847,6 +852,19 @@ def _prune_runs(runs, keep):
         shutil.rmtree(d, ignore_errors=True)
 
 
+def _remove_vf_before_boot(cfg, backend, result):
+    """Removes the VF before QEMU connects and waits (bounded) until the backend says so."""
+    backend.signal(cfg.remove_signal)
+    deadline = time.monotonic() + 10
+    while "surprise-removed" not in backend.log_tail(200):
+        if not backend.alive() or time.monotonic() > deadline:
+            raise Failure(f"the backend did not report the VF removed within 10 s of "
+                          f"{signal.Signals(cfg.remove_signal).name}:\n{backend.log_tail()}")
+        time.sleep(0.05)
+    result["vf_absent_at_boot"] = True
+    say(f"VF removed before boot: sent {signal.Signals(cfg.remove_signal).name}")
+
+
 def _watch(cfg, result, console, backend, qemu_proc, console_path, t_boot, timeout):
     problems = result["problems"]
     deadline = t_boot + timeout
@@ -880,6 +898,8 @@ def _watch(cfg, result, console, backend, qemu_proc, console_path, t_boot, timeo
                 say(f"fio {job} started")
                 if job == "verify-write" and cfg.failover:
                     failover["start"] = now
+                    if cfg.vf_absent_at_boot:
+                        failover["removed"] = now  # (since before boot) restore counts from here
             elif kind == "FIO-DONE":
                 if job in samples:
                     result["jobs"].setdefault(job, {})["backend_cpu"] = cpu_delta(

@@ -8,7 +8,9 @@
       one guest run against any vhost-user-blk server; placeholders are filled in
 
   run_guest.py test SCENARIO [--keel-bin PATH]
-      a named run, as ctest calls it: qsd, keel-model, keel-sim, keel-model-failover
+      a named run, as ctest calls it: qsd, keel-model, keel-sim, keel-model-failover,
+      keel-sim-failover, keel-model-absent-vf (the VF is removed before the guest boots and
+      restored during verify-write)
 
 Exit status: 0 pass, 1 fail, 77 skipped (this machine cannot run it; the reason is printed).
 See docs/guest.md.
@@ -32,6 +34,11 @@ KEEL = "{keel} --socket {socket} --card {card} --image {image} --size-mib {size_
 # What keel-vhost-blk prints when the VF goes away and comes back (see docs/guest.md).
 # Its exit report counts the switches; the paravisor's error counter must stay 0 across them.
 KEEL_FAILOVER_LOG = [r"\bto_fallback=[1-9]", r"\bto_vf=[1-9]", r"\bfallback_ios=[1-9]", r"\berrors=0\b"]
+# A guest that boots while its VF is absent: served by the host path, then moved to the VF.
+# The VF returns 6 s into verify-write (fio takes a few seconds to start under TCG): by then the
+# host path has served the guest's boot and hundreds of fio's requests.
+KEEL_ABSENT_VF_LOG = [r"absent\s+->\s+fallback", r"fallback\s+->\s+active", r"\bto_vf=[1-9]",
+                      r"\bvf_ios=[1-9]", r"\bfallback_ios=[1-9]\d\d", r"\berrors=0\b"]
 
 
 def qsd_template():
@@ -74,6 +81,9 @@ def add_run_options(p):
     p.add_argument("--failover", default=None, metavar="REMOVE,RESTORE",
                    help="seconds into verify-write to send SIGUSR1 (remove the VF), then "
                         "seconds later to send SIGUSR2 (restore it)")
+    p.add_argument("--vf-absent-at-boot", action="store_true",
+                   help="send SIGUSR1 (remove the VF) before QEMU connects; with --failover "
+                        "0,T the VF is restored T seconds into verify-write")
     p.add_argument("--expect-backend-log", action="append", default=[], metavar="REGEX")
     p.add_argument("--no-host-verify", action="store_true",
                    help="skip re-reading the image on the host after the run")
@@ -101,7 +111,8 @@ def config_from(args):
         build_dir=args.build_dir, accel=args.accel, smp=args.smp, mem_mib=args.mem_mib,
         queues=args.queues, size_mib=args.size_mib, fio_size=args.fio_size, bs=args.bs,
         iodepth=args.iodepth, runtime=args.runtime, jobs=args.jobs, numjobs=args.numjobs,
-        timeout=args.timeout, failover=failover, expect_backend_log=args.expect_backend_log,
+        timeout=args.timeout, failover=failover, vf_absent_at_boot=args.vf_absent_at_boot,
+        expect_backend_log=args.expect_backend_log,
         host_verify=not args.no_host_verify, image_offset=args.image_offset,
         workdir=args.workdir, seed=args.seed, kernel=args.kernel, initrd=args.initrd,
         append=args.append, image=args.image, boot_timeout=args.boot_timeout)
@@ -129,7 +140,7 @@ def main():
     add_run_options(r)
     t = sub.add_parser("test", help="a named scenario (ctest)")
     t.add_argument("scenario", choices=["qsd", "keel-model", "keel-sim", "keel-model-failover",
-                                        "keel-sim-failover"])
+                                        "keel-sim-failover", "keel-model-absent-vf"])
     t.add_argument("--keel-bin", default=None)
     t.add_argument("--keel-target", default="1",
                    help="0 when the build has no keel-vhost-blk target (skip, not fail)")
@@ -170,15 +181,18 @@ def main():
                     raise keelguest.Failure(f"keel-vhost-blk is a target of this build but "
                                             f"{keel_bin!r} is not there: build it first")
             template = keel_template(keel_bin, card)
-            if sc.endswith("-failover"):
+            if sc.endswith("-failover") or sc.endswith("-absent-vf"):
                 if "SIGUSR1" not in keel_help(keel_bin):
                     raise keelguest.Skip(f"{keel_bin} --help says nothing of SIGUSR1 (remove the "
                                          f"VF) / SIGUSR2 (restore it): it cannot be failed "
                                          f"over under a guest yet")
+                absent = sc.endswith("-absent-vf")
+                cfg.vf_absent_at_boot = cfg.vf_absent_at_boot or absent
                 if cfg.failover is None:
-                    cfg.failover = (3.0, 4.0)
+                    cfg.failover = (0.0, 6.0) if absent else (3.0, 4.0)
                 if not cfg.expect_backend_log:
-                    cfg.expect_backend_log = list(KEEL_FAILOVER_LOG)
+                    cfg.expect_backend_log = list(KEEL_ABSENT_VF_LOG if absent
+                                                  else KEEL_FAILOVER_LOG)
                 # Long enough that the VF leaves and returns while fio writes and verifies.
                 if args.fio_size == "64M":
                     cfg.fio_size = "96M"

@@ -477,6 +477,7 @@ TEST_P(NbdTest, StalledPeersAreDropped) {
   start([&](vmm::NbdServerConfig& s) {
     s.handshake_timeout = std::chrono::milliseconds(1);
     s.io_timeout = std::chrono::milliseconds(1);
+    s.idle_timeout = std::chrono::hours(24 * 365);  // IdleConnectionsTimeOut tests that one
     s.clock = clock.source();
   });
   auto idle = client();  // never finishes the handshake
@@ -487,7 +488,7 @@ TEST_P(NbdTest, StalledPeersAreDropped) {
   auto half_write = open();
   ASSERT_NE(half_write, nullptr);
   ASSERT_TRUE(half_write->send_request(nbd::kCmdWrite, 0, 1, 0, 65536));  // no payload
-  // An idle connection in transmission is fine, however long it waits.
+  // An idle connection in transmission is fine until its idle timeout.
   auto quiet = open();
   ASSERT_NE(quiet, nullptr);
   const auto keep = pattern(4096, 50);
@@ -517,8 +518,283 @@ TEST_P(NbdTest, StalledPeersAreDropped) {
   expect_data(*quiet, 0, keep);
   const auto s = disk_->server().stats();
   EXPECT_EQ(s.protocol_errors, 4u);
+  EXPECT_EQ(s.send_timeouts, 1u);
+  EXPECT_EQ(s.idle_timeouts, 0u);
   EXPECT_EQ(s.device_timeouts, 0u);
   EXPECT_EQ(s.error_replies, 0u);
+}
+
+/// Polls `done` every millisecond for at most a minute of real time (a bound that a loaded
+/// machine does not need and a broken server runs out).
+bool eventually(const std::function<bool()>& done) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
+}
+
+// Issue 10 item 5. A client sends two of the largest READs (32 MiB each: with the default
+// 64 MiB of buffers, the whole pool) and takes its replies a little at a time. Its quota holds
+// it to one of them; another client's small READ is answered at once; and the slow reader is
+// dropped when its reply's send deadline passes, however much progress it makes meanwhile.
+TEST_P(NbdTest, SlowReaderCannotHoardTheBufferPool) {
+  ManualClock clock;
+  start([&](vmm::NbdServerConfig& s) {
+    s.io_timeout = std::chrono::seconds(10);
+    s.clock = clock.source();
+  });
+  auto other = open();
+  ASSERT_NE(other, nullptr);
+  const auto keep = pattern(4096, 80);
+  ASSERT_EQ(other->write(40 * kMiB, keep), 0u);
+  auto hog = open();
+  ASSERT_NE(hog, nullptr);
+  constexpr std::uint32_t kBig = 32u << 20;
+  ASSERT_TRUE(hog->send_request(nbd::kCmdRead, 0, 1, 0, kBig));
+  ASSERT_TRUE(hog->send_request(nbd::kCmdRead, 0, 2, 8 * kMiB, kBig));
+  // The server has taken both: the first runs, the second waits (on the hog's quota; before
+  // the fix it took the rest of the pool).
+  ASSERT_TRUE(eventually([&] {
+    const auto s = disk_->server().stats();
+    return s.reads >= 2 || s.quota_waits >= 1;
+  }));
+  expect_data(*other, 40 * kMiB, keep);  // not held up by the hog's replies
+  EXPECT_EQ(disk_->server().stats().quota_waits, 1u);
+  // The hog's first reply is queued (its send deadline runs from here)...
+  ASSERT_TRUE(eventually([&] { return disk_->server().stats().bytes_read >= kBig; }));
+  // ...and the hog keeps taking some of it: 6 s, a MiB, 6 s. Progress does not move the
+  // deadline: 12 s after the reply headed the queue the hog is gone.
+  clock.advance(std::chrono::seconds(6));
+  std::vector<std::uint8_t> some(kMiB);
+  ASSERT_TRUE(hog->recv_all(some.data(), some.size()));  // more than the socket buffers
+  clock.advance(std::chrono::seconds(6));
+  ASSERT_TRUE(eventually([&] { return disk_->server().stats().protocol_errors >= 1; }))
+      << "the slow reader was not dropped at its send deadline";
+  EXPECT_TRUE(hog->closed_by_peer());
+  const auto s = disk_->server().stats();
+  EXPECT_EQ(s.send_timeouts, 1u);
+  EXPECT_EQ(s.protocol_errors, 1u);
+  // Its buffers are back: the largest READ fits again.
+  std::vector<std::uint8_t> big;
+  ASSERT_EQ(other->read(16 * kMiB, kBig, big), 0u);
+  EXPECT_TRUE(std::equal(keep.begin(), keep.end(), big.begin() + 24 * kMiB));
+  expect_path_used();
+}
+
+// A connection waiting for buffers (here: past its quota) reads nothing more until it has
+// them, even when one of its replies goes out meanwhile. Found by nbd_fuzz: the server parsed
+// the next request header then, lost the waiting request and queued the connection twice.
+TEST_P(NbdTest, AConnectionWaitingForBuffersParsesNothingMore) {
+  auto c = open();
+  ASSERT_NE(c, nullptr);
+  constexpr std::uint32_t kBig = 32u << 20;
+  ASSERT_TRUE(c->send_request(nbd::kCmdRead, 0, 1, 0, kBig));
+  ASSERT_TRUE(c->send_request(nbd::kCmdRead, 0, 2, 0, kBig));  // past the quota: waits
+  ASSERT_TRUE(c->send_request(nbd::kCmdRead, 0, 3, 0, 4096));  // behind it, already sent
+  std::set<std::uint64_t> seen;
+  for (unsigned i = 0; i < 3; ++i) {
+    nbd::SimpleReply r{};
+    ASSERT_TRUE(c->read_reply(r)) << "reply " << i << ": " << c->failure();
+    ASSERT_EQ(r.error, 0u);
+    ASSERT_TRUE(seen.insert(r.handle).second);
+    std::vector<std::uint8_t> data(r.handle == 3 ? 4096 : kBig);
+    ASSERT_TRUE(c->recv_all(data.data(), data.size()));
+  }
+  EXPECT_EQ(seen, (std::set<std::uint64_t>{1, 2, 3}));
+  EXPECT_EQ(disk_->server().stats().quota_waits, 1u);
+  expect_path_used();
+}
+
+// Issue 10 item 5: idle connections in transmission time out, so they cannot keep every
+// connection slot (here 2) from new clients for ever.
+TEST_P(NbdTest, IdleConnectionsTimeOut) {
+  ManualClock clock;
+  start([&](vmm::NbdServerConfig& s) {
+    s.max_connections = 2;
+    s.idle_timeout = std::chrono::seconds(60);
+    s.clock = clock.source();
+  });
+  auto a = open();
+  ASSERT_NE(a, nullptr);
+  auto b = open();
+  ASSERT_NE(b, nullptr);
+  const auto keep = pattern(4096, 81);
+  ASSERT_EQ(a->write(0, keep), 0u);
+  auto turned_away = client();
+  ASSERT_NE(turned_away, nullptr);
+  EXPECT_TRUE(turned_away->closed_by_peer());  // both slots taken
+  // A minute and a bit at a time: a connection is idle from the first timer check that sees it
+  // so, and closed at a check past idle_timeout from there.
+  ASSERT_TRUE(eventually([&] {
+    clock.advance(std::chrono::seconds(61));
+    return disk_->server().stats().disconnects >= 2;
+  })) << "idle connections were never closed";
+  EXPECT_TRUE(a->closed_by_peer());
+  EXPECT_TRUE(b->closed_by_peer());
+  auto late = open();
+  ASSERT_NE(late, nullptr);
+  expect_data(*late, 0, keep);
+  const auto s = disk_->server().stats();
+  EXPECT_EQ(s.idle_timeouts, 2u);
+  EXPECT_EQ(s.protocol_errors, 0u);
+}
+
+// Issue 10 item 6. Write A times out on the device (its completion is lost: the paravisor
+// re-issues it on the fallback once its own command timeout passes) and the client gets EIO;
+// then write B to the same range. B must land after A: A holds its range until the device has
+// really finished with it, and B waits for that. Before the fix B was acknowledged at once and
+// A's late write then overwrote it. `unaligned`: A is a read-modify-write (the lost completion
+// is its edge read; its main write comes later still).
+void late_write_test(NbdTest& t, vmm::NbdDisk& disk, NbdClient& c, ManualClock& clock,
+                     bool unaligned) {
+  const std::uint64_t base = 3 * kMiB;
+  const auto old_data = pattern(8192, 90);
+  ASSERT_EQ(c.write(base, old_data), 0u);
+  const std::uint64_t virtio_before = disk.server().stats().virtio_requests;
+  const std::uint64_t writes_before = disk.server().stats().writes;
+  fpga::FaultInjector* fi = disk.card().faults();
+  ASSERT_NE(fi, nullptr);
+  ASSERT_TRUE(fi->drop_completions(0, 1).ok());
+  const std::uint64_t a_off = unaligned ? base + 100 : base;
+  const auto a = pattern(unaligned ? 5000 : 8192, 91);
+  ASSERT_TRUE(
+      c.send_request(nbd::kCmdWrite, 0, 1, a_off, static_cast<std::uint32_t>(a.size()), a.data()));
+  ASSERT_TRUE(eventually([&] { return disk.server().stats().writes > writes_before; }));
+  clock.advance(std::chrono::seconds(2));  // past io_timeout: A is answered EIO
+  nbd::SimpleReply r{};
+  ASSERT_TRUE(c.read_reply(r)) << c.failure();
+  EXPECT_EQ(r.handle, 1u);
+  EXPECT_EQ(r.error, nbd::kEio);
+  const auto b = pattern(8192, 92);
+  ASSERT_TRUE(c.send_request(nbd::kCmdWrite, 0, 2, base, 8192, b.data()));
+  ASSERT_TRUE(c.read_reply(r)) << c.failure();
+  EXPECT_EQ(r.handle, 2u);
+  EXPECT_EQ(r.error, 0u);
+  // Both have really finished on the device (A: its edge reads, if any, and its write; B).
+  const std::uint64_t a_ops = unaligned ? 3 : 1;
+  ASSERT_TRUE(eventually(
+      [&] { return disk.server().stats().virtio_requests >= virtio_before + a_ops + 1; }));
+  std::vector<std::uint8_t> got;
+  ASSERT_EQ(c.read(base, 8192, got), 0u);
+  EXPECT_TRUE(got == b) << "the timed-out write landed over the newer one";
+  const auto s = disk.server().stats();
+  EXPECT_EQ(s.device_timeouts, 1u);
+  EXPECT_GE(s.overlap_waits, 1u);
+  (void)t;
+}
+
+TEST_P(NbdTest, TimedOutWriteNeverLandsOverANewerOne) {
+  if (std::string(GetParam()) != "vf") GTEST_SKIP() << "needs the card's fault injection";
+  ManualClock clock;
+  start([&](vmm::NbdServerConfig& s) {
+    s.io_timeout = std::chrono::seconds(1);
+    s.clock = clock.source();
+  });
+  auto c = open();
+  ASSERT_NE(c, nullptr);
+  late_write_test(*this, *disk_, *c, clock, false);
+}
+
+TEST_P(NbdTest, TimedOutReadModifyWriteNeverLandsOverANewerOne) {
+  if (std::string(GetParam()) != "vf") GTEST_SKIP() << "needs the card's fault injection";
+  ManualClock clock;
+  start([&](vmm::NbdServerConfig& s) {
+    s.io_timeout = std::chrono::seconds(1);
+    s.clock = clock.source();
+  });
+  auto c = open();
+  ASSERT_NE(c, nullptr);
+  late_write_test(*this, *disk_, *c, clock, true);
+}
+
+// The handshake parser's limits (nbd::kMax*), each at its bound and one past it.
+TEST_P(NbdTest, HandshakeLimits) {
+  ManualClock clock;  // standing still: no handshake timeout ends a connection here
+  start([&](vmm::NbdServerConfig& s) { s.clock = clock.source(); });
+  auto c = client();
+  ASSERT_TRUE(c->handshake());
+  NbdClient::OptReply r;
+  // kMaxOptions options are answered; the next one drops the peer.
+  for (unsigned i = 0; i < nbd::kMaxOptions; ++i) {
+    ASSERT_TRUE(c->send_option(42, "")) << i;
+    ASSERT_TRUE(c->read_opt_reply(r)) << i;
+    ASSERT_EQ(r.type, nbd::kRepErrUnsup);
+  }
+  ASSERT_TRUE(c->send_option(42, ""));
+  EXPECT_TRUE(c->closed_by_peer());
+  EXPECT_EQ(disk_->server().stats().protocol_errors, 1u);
+  // Option data: kMaxOptionBytes is taken; one more is refused (ERR_TOO_BIG, data skipped).
+  c = client();
+  ASSERT_TRUE(c->handshake());
+  ASSERT_TRUE(c->send_option(42, std::string(nbd::kMaxOptionBytes, 'x')));
+  ASSERT_TRUE(c->read_opt_reply(r));
+  EXPECT_EQ(r.type, nbd::kRepErrUnsup);
+  ASSERT_TRUE(c->send_option(42, std::string(nbd::kMaxOptionBytes + 1, 'x')));
+  ASSERT_TRUE(c->read_opt_reply(r));
+  EXPECT_EQ(r.type, nbd::kRepErrTooBig);
+  // An export name of kMaxString bytes is looked up; a longer one is invalid.
+  NbdClient::Export e;
+  EXPECT_EQ(c->go(std::string(nbd::kMaxString, 'n'), e, true), nbd::kRepErrUnknown);
+  EXPECT_EQ(c->go(std::string(nbd::kMaxString + 1, 'n'), e, true), nbd::kRepErrInvalid);
+  EXPECT_EQ(c->go("keel", e), nbd::kRepAck);
+  std::vector<std::uint8_t> d;
+  EXPECT_EQ(c->read(0, 512, d), 0u);
+  // Past kMaxSkipOptionBytes the peer is dropped without the data being read.
+  c = client();
+  ASSERT_TRUE(c->handshake());
+  ASSERT_TRUE(c->send_msg(nbd::OptionHeader{nbd::kOptMagic, 42, nbd::kMaxSkipOptionBytes + 1}));
+  EXPECT_TRUE(c->closed_by_peer());
+  EXPECT_EQ(disk_->server().stats().protocol_errors, 2u);
+}
+
+// Requests in flight per connection (queue_depth): past it the server reads no further
+// request from that connection until a reply has gone out.
+TEST_P(NbdTest, QueueDepthBoundsRequestsInFlight) {
+  start([](vmm::NbdServerConfig& s) { s.queue_depth = 2; });
+  auto c = open();
+  ASSERT_NE(c, nullptr);
+  // Replies of a MiB each: the first one fills the socket, so none can drain while this
+  // client reads nothing.
+  for (unsigned i = 0; i < 4; ++i) {
+    ASSERT_TRUE(c->send_request(nbd::kCmdRead, 0, i, i * kMiB, static_cast<std::uint32_t>(kMiB)));
+  }
+  ASSERT_TRUE(eventually([&] { return disk_->server().stats().reads >= 2; }));
+  // Another client's round trips: the server has had every chance to read the other two.
+  auto other = open();
+  ASSERT_NE(other, nullptr);
+  std::vector<std::uint8_t> d;
+  ASSERT_EQ(other->read(0, 4096, d), 0u);
+  EXPECT_EQ(disk_->server().stats().reads, 3u);  // two of the four, and the other's one
+  // Taking the replies lets the rest in.
+  for (unsigned i = 0; i < 4; ++i) {
+    nbd::SimpleReply r{};
+    ASSERT_TRUE(c->read_reply(r));
+    EXPECT_EQ(r.error, 0u);
+    std::vector<std::uint8_t> data(kMiB);
+    ASSERT_TRUE(c->recv_all(data.data(), data.size()));
+  }
+  EXPECT_EQ(disk_->server().stats().reads, 5u);
+}
+
+// Settings past the parsers' bounds are refused when the server is made.
+TEST_P(NbdTest, ConfigurationBeyondTheLimitsIsRefused) {
+  auto refused = [&](const std::function<void(vmm::NbdServerConfig&)>& tweak) {
+    vmm::NbdDiskOptions o;
+    o.size_bytes = kDiskBytes;
+    o.vf_path = std::string(GetParam()) == "vf";
+    o.server.socket_path = socket_path();
+    o.server.log = false;
+    tweak(o.server);
+    auto d = vmm::NbdDisk::create(o);
+    return !d.ok() && d.error().code == Errc::invalid_argument;
+  };
+  disk_.reset();
+  EXPECT_TRUE(refused([](auto& s) { s.queue_depth = nbd::kMaxQueueDepth + 1; }));
+  EXPECT_TRUE(refused([](auto& s) { s.max_connections = nbd::kMaxConnections + 1; }));
+  EXPECT_TRUE(refused([](auto& s) { s.max_request_bytes = nbd::kMaxPayload * 2; }));
+  EXPECT_TRUE(refused([](auto& s) { s.export_name = std::string(nbd::kMaxString + 1, 'n'); }));
 }
 
 TEST_P(NbdTest, ReadOnlyExportRefusesWrites) {

@@ -1,5 +1,6 @@
 #include "front_end.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -34,9 +35,11 @@ void store16(std::byte* p, std::uint16_t v) {
 // ---- GuestRam ----
 
 GuestRam::GuestRam(std::uint64_t bytes_per_region) : half_(bytes_per_region) {
-  fd_ = memfd_create("vhost-user-test-ram", MFD_CLOEXEC);
+  // As QEMU's memory-backend-memfd (seal=on): sealed against resizing, which keel requires.
+  fd_ = memfd_create("vhost-user-test-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   EXPECT_GE(fd_, 0);
   EXPECT_EQ(ftruncate(fd_, static_cast<off_t>(2 * half_)), 0);
+  EXPECT_EQ(fcntl(fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
   void* p = mmap(nullptr, 2 * half_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
   EXPECT_NE(p, MAP_FAILED);
   base_ = static_cast<std::byte*>(p);

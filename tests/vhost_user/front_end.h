@@ -20,7 +20,8 @@ namespace keel::testing {
 
 namespace vu = keel::vmm::vhost_user;
 
-/// Guest RAM: one memfd, mapped here, shown to the back end as two regions. Region 0: GPA 0,
+/// Guest RAM: one memfd sealed against shrinking and growing (as QEMU's memory-backend-memfd),
+/// mapped here, shown to the back end as two regions. Region 0: GPA 0,
 /// the first half of the file; region 1: GPA kHighGpa, the second half (mmap_offset = half).
 class GuestRam {
  public:

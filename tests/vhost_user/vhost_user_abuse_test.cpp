@@ -101,6 +101,7 @@ TEST_F(VhostUserAbuse, OutOfRangeQueueIndexFails) {
   EXPECT_EQ(fe->ack_u64(Request::set_vring_kick, 0, {}), 1u) << "no fd and no no-fd flag";
   ::close(efd);
   EXPECT_EQ(fe->ack_state(Request::set_vring_num, 0, 100), 1u) << "not a power of two";
+  EXPECT_EQ(fe->ack_state(Request::set_vring_num, 0, 2 * vu::kMaxRingSize), 1u) << "too big";
   EXPECT_EQ(fe->ack_state(Request::set_vring_base, 0, 70000), 1u);
   EXPECT_TRUE(fe->get_vring_base(0).has_value()) << "queue 0 exists";
   const vu::VringState three{3, 0};

@@ -259,6 +259,43 @@ TEST_F(VhostUserTest, NewMemoryTableRecreatesTheParavisorAndIoCarriesOn) {
   EXPECT_EQ(server_->counters().requests, 5u) << "counters survive the old paravisor";
 }
 
+// A front end that connects while its VF is absent (surprise-removed, being serviced, not yet
+// assigned) gets its disk on the host path: the rings enable, IO is served by the fallback, and
+// when the VF returns IO moves to it, with what was written on the fallback intact.
+TEST_F(VhostUserTest, FrontEndConnectingWhileTheVfIsAbsentIsServedThenMovesToTheVf) {
+  start(1);
+  KEEL_ASSERT_OK(card_->faults()->surprise_remove(0));
+  auto fe = connect();
+  GuestRam ram;
+  DriverRing ring(ram, kRingSize, 0);
+  DriverRing* rings[] = {&ring};
+  ASSERT_TRUE(fe->handshake(ram, rings)) << "the rings enable without a VF";
+  EXPECT_EQ(server_->stats().failed_requests, 0u) << server_->last_error();
+  ASSERT_NE(server_->paravisor(), nullptr);
+  EXPECT_EQ(server_->paravisor()->state(), vmm::PathState::fallback);
+  round_trip(ram, ring, 0, 8, kWbuf, kRbuf, 1);
+  round_trip(ram, ring, 1000, 256, kWbuf, kRbuf, 2, 3);
+  auto c = server_->counters();
+  EXPECT_EQ(c.requests, 4u);
+  EXPECT_EQ(c.vf_ios, 0u);
+  EXPECT_GT(c.fallback_ios, 0u);
+
+  KEEL_ASSERT_OK(card_->faults()->restore(0));
+  server_->paravisor()->vf_arrived();
+  ASSERT_TRUE(drive([&] { return server_->paravisor()->state() == vmm::PathState::active; }))
+      << "the returning VF is brought up";
+  round_trip(ram, ring, 2000, 16, kWbuf, kRbuf, 3);
+  std::memset(ram.at(kRbuf, 4096), 0, 4096);
+  ASSERT_EQ(io(ring, blk::kIn, 0, {{kRbuf, 4096}}), blk::kStatusOk);
+  EXPECT_EQ(check_pattern(ram.at(kRbuf, 4096), 4096, 0, 1), -1)
+      << "the fallback's write, via the VF";
+  c = server_->counters();
+  EXPECT_EQ(c.requests, 7u);
+  EXPECT_GE(c.vf_ios, 3u) << "IO moved to the VF";
+  EXPECT_EQ(c.to_vf, 1u);
+  EXPECT_EQ(server_->stats().failed_requests, 0u);
+}
+
 TEST_F(VhostUserTest, FactoryFailureFailsTheMemoryTableAndIsRetried) {
   start(1);
   auto fe = connect();

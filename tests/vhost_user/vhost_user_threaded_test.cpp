@@ -51,5 +51,38 @@ TEST_F(VhostUserTest, ServesOnItsOwnThreadWithWorkerThreads) {
   EXPECT_EQ(server_->stats().connections, 2u);
 }
 
+// keel-vhost-blk's case: the VF is surprise-removed before the front end connects. The rings
+// enable, the worker threads serve them on the host path, and when the VF is restored the probe
+// (worker 0, on its own) brings it up and IO moves to it.
+TEST_F(VhostUserTest, WorkerThreadsServeAFrontEndThatConnectsWhileTheVfIsAbsent) {
+  start(1, /*threaded=*/true);
+  KEEL_ASSERT_OK(card_->faults()->surprise_remove(0));
+  GuestRam ram;
+  auto fe = connect();
+  DriverRing ring(ram, kRingSize, 0);
+  DriverRing* rings[] = {&ring};
+  ASSERT_TRUE(fe->handshake(ram, rings)) << "the rings enable without a VF";
+  for (std::uint32_t i = 0; i < 4; ++i) {
+    round_trip(ram, ring, 64 * i, 8, 1 << 20, 2 << 20, 60 + i);
+  }
+  EXPECT_EQ(server_->counters().vf_ios, 0u);
+  EXPECT_GT(server_->counters().fallback_ios, 0u);
+
+  KEEL_ASSERT_OK(card_->faults()->restore(0));
+  ASSERT_TRUE(drive([&] { return server_->counters().to_vf == 1; }, &ring))
+      << "the probe brings the returning VF up";
+  for (std::uint32_t i = 0; i < 4; ++i) {
+    std::memset(ram.at(2 << 20, 4096), 0, 4096);
+    ASSERT_EQ(io(ring, blk::kIn, 64 * i, {{2 << 20, 4096}}), blk::kStatusOk);
+    EXPECT_EQ(check_pattern(ram.at(2 << 20, 4096), 4096, 64 * i, 60 + i), -1)
+        << "written on the host path, read through the VF";
+  }
+  const auto c = server_->counters();
+  EXPECT_EQ(c.requests, 12u);
+  EXPECT_GE(c.vf_ios, 4u) << "IO moved to the VF";
+  EXPECT_EQ(c.errors, 0u);
+  EXPECT_EQ(server_->stats().failed_requests, 0u) << server_->last_error();
+}
+
 }  // namespace
 }  // namespace keel::testing

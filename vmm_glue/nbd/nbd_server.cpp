@@ -3,12 +3,13 @@
 //
 // Life of a request: the header is parsed and validated (an invalid one is answered at once, a
 // WRITE's payload being read and dropped first); its data buffer is taken from the pool in
-// guest memory (the connection stops reading while the pool is short); a WRITE's payload is
-// received straight into that buffer; the request is admitted (an unaligned write waits until
-// nothing else runs, and nothing starts while it runs); it becomes virtio-blk requests of at
-// most max_virtio_bytes, queued until the virtqueue has descriptors for them; completions move
-// it through its stages (edge reads of a read-modify-write, the data, the FUA flush); then its
-// reply is queued and sent with its data straight from the buffer.
+// guest memory within the connection's quota (the connection stops reading while its quota or
+// the pool is short: nbd_pool.h); a WRITE's payload is received straight into that buffer; the
+// request is admitted (it waits while an overlapping request admitted earlier is on the device:
+// nbd_overlap.h); it becomes virtio-blk requests of at most max_virtio_bytes, queued until the
+// virtqueue has descriptors for them; completions move it through its stages (edge reads of a
+// read-modify-write, the data, the FUA flush); then its reply is queued and sent with its data
+// straight from the buffer, within a send deadline.
 #include <fcntl.h>
 #include <pthread.h>
 #include <sys/epoll.h>
@@ -34,32 +35,36 @@
 #include <thread>
 #include <vector>
 
-#include "keel/vmm/guest_driver.h"
 #include "keel/vmm/nbd_server.h"
+#include "nbd_device.h"
+#include "nbd_handshake.h"
+#include "nbd_layout.h"
+#include "nbd_overlap.h"
+#include "nbd_pool.h"
+#include "nbd_seam.h"
 
 namespace keel::vmm {
 
 namespace blk = virtio::blk;
+using nbd_internal::chunks_for;
+using nbd_internal::kChunk;
+using nbd_internal::kSector;
+using nbd_internal::max_request_chunks;
 
 namespace {
 
-constexpr std::uint32_t kSector = 512;
-/// Unit of the data-buffer pool: one NVMe MDTS, page aligned, so buffers stay PRP friendly.
-constexpr std::uint32_t kChunk = 128u << 10;
 /// Sectors one virtio-blk WRITE_ZEROES may carry (the device's max_write_zeroes_sectors).
 constexpr std::uint32_t kMaxZeroSectors = 1u << 16;
-/// Option data the server buffers; longer options are skipped and refused (ERR_TOO_BIG).
-constexpr std::uint32_t kMaxOptionBytes = 64u << 10;
-/// Option data past which the peer is dropped instead (nothing legitimate is that long).
-constexpr std::uint32_t kMaxSkipOptionBytes = 16u << 20;
-/// Option replies queued for a peer that does not read them, past which its options wait.
-constexpr std::size_t kMaxQueuedOptionReplies = 64;
+// The parsers' limits are the nbd::kMax* constants in nbd_server.h (documented there, with
+// what a peer gets past each); every check below names its constant.
+using nbd::kMaxOptionBytes;
+using nbd::kMaxOptions;
+using nbd::kMaxQueuedOptionReplies;
+using nbd::kMaxSkipOptionBytes;
 /// Receive buffer of a connection (headers and small payloads are copied out of it).
 constexpr std::size_t kInBufBytes = 256u << 10;
 /// Payload left at which the server receives straight into the request buffer.
 constexpr std::uint64_t kDirectRecvBytes = 16u << 10;
-/// Guest memory below the buffers: the rings, their header scratch, write-zeroes payloads.
-constexpr std::uint64_t kRingArea = 8ull << 20;
 
 /// Real time: the loop's pacing, the stop budget. Timeouts use Impl::clock_ns().
 std::uint64_t now_ns() noexcept {
@@ -78,27 +83,12 @@ std::uint32_t load_be32(const std::byte* p) noexcept {
   std::memcpy(&v, p, 4);
   return __builtin_bswap32(v);
 }
-std::uint16_t load_be16(const std::byte* p) noexcept {
-  std::uint16_t v;
-  std::memcpy(&v, p, 2);
-  return __builtin_bswap16(v);
-}
 
 template <typename M>
 void append(std::string& out, const M& m) {
   const M w = nbd::to_wire(m);
   out.append(reinterpret_cast<const char*>(&w), sizeof w);
 }
-void append_be32(std::string& out, std::uint32_t v) {
-  const std::uint32_t w = __builtin_bswap32(v);
-  out.append(reinterpret_cast<const char*>(&w), 4);
-}
-void append_be16(std::string& out, std::uint16_t v) {
-  const std::uint16_t w = __builtin_bswap16(v);
-  out.append(reinterpret_cast<const char*>(&w), 2);
-}
-
-std::uint64_t chunks_for(std::uint64_t bytes) noexcept { return (bytes + kChunk - 1) / kChunk; }
 
 }  // namespace
 
@@ -119,12 +109,14 @@ struct NbdServer::Impl {
     Stage stage = Stage::main;
     unsigned ops_left = 0;
     std::uint32_t error = 0;
-    bool exclusive = false;
+    bool rmw = false;  // unaligned write / write-zeroes: read-modify-write of edge sectors
     bool fua = false;
-    bool admitted = false;
+    bool admitted = false;  // started on the device (admit() may have queued it first)
+    bool queued = false;    // in admit_q
     bool device_done = false;
     bool replied = false;  // reply queued (possibly early, for a device timeout)
     std::uint64_t deadline_ns = 0;
+    nbd_internal::HeldRange range;  // held from admit() to finish()
     std::list<Req>::iterator self;
   };
 
@@ -183,17 +175,20 @@ struct NbdServer::Impl {
     std::deque<Out> out;
     unsigned active = 0;  // requests accepted whose reply is not sent yet
     unsigned refs = 0;    // Req objects pointing here
+    unsigned options_seen = 0;
+    nbd_internal::PoolAccount pool;  // chunks this connection holds (quota)
     std::uint64_t handshake_deadline = 0;
-    std::uint64_t msg_start = 0;   // first byte of an incomplete message
-    std::uint64_t send_stall = 0;  // since when output waits for the peer
-    std::uint32_t mask = 0;        // epoll interest registered
+    std::uint64_t msg_start = 0;      // first byte of an incomplete message
+    std::uint64_t send_stall = 0;     // since when output waits for the peer (EPOLLOUT)
+    std::uint64_t send_deadline = 0;  // the reply at the head of `out` must be sent by then
+    std::uint64_t idle_since = 0;     // first timer check that saw it idle (0: busy)
+    std::uint32_t mask = 0;           // epoll interest registered
   };
 
   // ---- configuration and the stack ----
   NbdServerConfig cfg;
-  Paravisor& pv;
+  std::unique_ptr<NbdDevice> dev;
   GuestMemory& mem;
-  std::unique_ptr<GuestDriver> guest;
   std::uint64_t size = 0;  // export bytes
   std::uint16_t tx_flags = 0;
   int listen_fd = -1, call_fd = -1, wake_fd = -1, ep = -1;
@@ -203,7 +198,7 @@ struct NbdServer::Impl {
   std::uint64_t wz_gpa = 0;
   std::uint64_t pool_gpa = 0;
   std::byte* pool_host = nullptr;
-  std::vector<std::uint32_t> free_chunks;
+  nbd_internal::ChunkPool pool;
   std::vector<int> free_wz;
 
   // ---- state of the server thread ----
@@ -213,12 +208,13 @@ struct NbdServer::Impl {
   std::deque<VOp> pending;    // waiting for descriptors
   std::vector<VOp> inflight;  // by virtio request id (descriptor head)
   std::vector<bool> inflight_valid;
-  std::deque<Req*> admit_q;  // accepted, waiting for their turn
+  std::deque<Req*> admit_q;  // admitted, waiting for an overlapping request to finish
+  nbd_internal::RangeOrder order;
   std::deque<Conn*> pool_waiters;
   std::vector<Conn*> resume, dirty;
   unsigned running = 0;  // admitted requests whose device work is not done
-  bool exclusive_running = false;
-  bool pumping = false;
+  bool pumping = false, pump_again = false;
+  std::uint64_t stop_deadline = 0;        // real time; set when stopping begins
   std::uint64_t accept_paused_until = 0;  // out of fds: accepting rests a moment
   std::uint64_t next_timer_ns = 0;
 
@@ -235,18 +231,20 @@ struct NbdServer::Impl {
     std::atomic<std::uint64_t> connections{0}, turned_away{0}, transmissions{0}, disconnects{0},
         protocol_errors{0}, options{0}, requests{0}, reads{0}, writes{0}, flushes{0}, trims{0},
         write_zeroes{0}, bytes_read{0}, bytes_written{0}, error_replies{0}, unaligned{0},
-        device_timeouts{0}, virtio_requests{0}, virtio_errors{0};
+        device_timeouts{0}, send_timeouts{0}, idle_timeouts{0}, quota_waits{0}, overlap_waits{0},
+        virtio_requests{0}, virtio_errors{0};
   } st;
 
-  Impl(const NbdServerConfig& c, Paravisor& p, GuestMemory& m) : cfg(c), pv(p), mem(m) {}
+  Impl(const NbdServerConfig& c, std::unique_ptr<NbdDevice> d, GuestMemory& m)
+      : cfg(c), dev(std::move(d)), mem(m) {}
   ~Impl() {
     if (listen_fd >= 0) close(listen_fd);
     if (!bound_path.empty()) unlink(bound_path.c_str());
     for (auto& [id, c] : conns) {
       if (c->fd >= 0) close(c->fd);
     }
-    // The guest driver detaches (and stops using call_fd) before the fd goes.
-    guest.reset();
+    // The device (guest driver) detaches (and stops using call_fd) before the fd goes.
+    dev.reset();
     if (call_fd >= 0) close(call_fd);
     if (wake_fd >= 0) close(wake_fd);
     if (ep >= 0) close(ep);
@@ -275,17 +273,14 @@ struct NbdServer::Impl {
   // ================================================================ setup
 
   Status setup() {
-    size = pv.capacity_sectors() * kSector;
+    size = dev->capacity_sectors() * kSector;
     tx_flags = nbd::kFlagHasFlags | nbd::kFlagSendFlush | nbd::kFlagSendFua |
                nbd::kFlagSendWriteZeroes | nbd::kFlagCanMultiConn;
     if (cfg.trim != NbdTrim::off) tx_flags |= nbd::kFlagSendTrim;
     if (cfg.read_only) tx_flags |= nbd::kFlagReadOnly;
 
-    auto g = GuestDriver::attach(pv, mem, 1, cfg.virtqueue_size, 0);
-    if (!g) return g.error();
-    guest = std::move(g).value();
-    wz_gpa = guest->alloc(std::uint64_t{cfg.virtqueue_size} * 16, 4096);
-    pool_gpa = guest->alloc(cfg.buffer_bytes, 2u << 20);
+    wz_gpa = dev->alloc(std::uint64_t{cfg.virtqueue_size} * 16, 4096);
+    pool_gpa = dev->alloc(cfg.buffer_bytes, 2u << 20);
     pool_host = mem.translate(pool_gpa, cfg.buffer_bytes);
     if (pool_gpa + cfg.buffer_bytes > guest_memory_bytes(cfg) || pool_host == nullptr ||
         mem.translate(wz_gpa, std::uint64_t{cfg.virtqueue_size} * 16) == nullptr) {
@@ -295,7 +290,8 @@ struct NbdServer::Impl {
                             " bytes at GPA 0; see NbdServer::guest_memory_bytes)");
     }
     const auto nchunks = static_cast<std::uint32_t>(cfg.buffer_bytes / kChunk);
-    for (std::uint32_t i = nchunks; i-- > 0;) free_chunks.push_back(i);
+    pool.init(nchunks, nbd_internal::ChunkPool::quota_for(nchunks, cfg.max_connections,
+                                                          max_request_chunks(cfg)));
     for (int i = cfg.virtqueue_size; i-- > 0;) free_wz.push_back(i);
     inflight.assign(cfg.virtqueue_size, VOp{});
     inflight_valid.assign(cfg.virtqueue_size, false);
@@ -307,7 +303,7 @@ struct NbdServer::Impl {
     if (call_fd < 0 || wake_fd < 0 || ep < 0) {
       return make_error(Errc::io_error, std::string("eventfd/epoll: ") + std::strerror(errno));
     }
-    pv.set_call_fd(0, call_fd);
+    dev->set_call_fd(call_fd);
     return listen_on(cfg.socket_path);
   }
 
@@ -353,79 +349,7 @@ struct NbdServer::Impl {
   // ================================================================ the loop
 
   void run() {
-    const std::uint64_t stop_budget = ns(cfg.stop_timeout);
-    std::uint64_t stop_deadline = 0;
-    epoll_event ev[32];
-    for (;;) {
-      const std::uint64_t now = now_ns();
-      if (accept_paused_until != 0 && now >= accept_paused_until && listen_fd >= 0) {
-        accept_paused_until = 0;
-        epoll_event e{};
-        e.events = EPOLLIN;
-        e.data.u64 = 0;
-        epoll_ctl(ep, EPOLL_CTL_MOD, listen_fd, &e);
-      }
-      if (now >= next_timer_ns) {
-        check_timers(clock_ns());
-        next_timer_ns = now + 50'000'000ull;
-      }
-      if (stopping.load(std::memory_order_acquire)) {
-        if (stop_deadline == 0) {
-          stop_deadline = now + stop_budget;
-          begin_stop();
-        }
-        for (auto& [id, c] : conns) {
-          if (c->fd >= 0 && c->active == 0 && c->out.empty()) close_conn(*c, nullptr);
-        }
-        bool open = false;
-        for (auto& [id, c] : conns) open = open || c->fd >= 0;
-        if ((!open && running == 0 && pending.empty()) || now >= stop_deadline) break;
-      }
-      // Everything that needs no waiting, until nothing is left (bounded: others need turns).
-      // Parsing (resumes, pool grants) and completions queue virtio requests, so the
-      // submission comes after them in every round.
-      for (int round = 0; round < 8; ++round) {
-        run_resumes();
-        serve_pool_waiters();
-        reap();
-        submit_pending();
-        flush_dirty();
-        if (resume.empty() && dirty.empty()) break;
-      }
-      reap_dead();
-      update_masks();
-      // reap() published used_event; an entry the device used before seeing it raised no
-      // notification. Look once more after a full fence (the device fences between pushing an
-      // entry and reading used_event): either it notifies or this sees the entry.
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-      const bool more = reap() > 0 || !resume.empty() || !dirty.empty() || can_submit();
-      const bool busy = !conns.empty() || running > 0 || !pending.empty();
-      const int timeout = more                                       ? 0
-                          : stopping.load(std::memory_order_relaxed) ? 10
-                          : busy                                     ? 100
-                                                                     : -1;
-      const int n = epoll_wait(ep, ev, 32, timeout);
-      for (int i = 0; i < n; ++i) {
-        const std::uint64_t id = ev[i].data.u64;
-        if (id == 0) {
-          accept_all();
-        } else if (id == 1 || id == 2) {
-          std::uint64_t v;
-          (void)!read(id == 1 ? call_fd : wake_fd, &v, sizeof v);
-        } else {
-          auto it = conns.find(id);
-          if (it == conns.end() || it->second->fd < 0) continue;
-          Conn& c = *it->second;
-          const std::uint32_t e = ev[i].events;
-          if ((e & EPOLLOUT) != 0) flush_out(c);
-          if (c.fd < 0) continue;
-          if ((e & EPOLLIN) != 0 || ((e & (EPOLLHUP | EPOLLERR)) != 0 && want_read(c))) {
-            process(c);
-          } else if ((e & (EPOLLHUP | EPOLLERR)) != 0) {
-            close_conn(c, nullptr);  // the peer is gone; nobody will read the replies
-          }
-        }
-      }
+    while (round(-1)) {
     }
     for (auto& [id, c] : conns) {
       if (c->fd >= 0) close_conn(*c, nullptr);
@@ -434,6 +358,81 @@ struct NbdServer::Impl {
       note("stopping with " + std::to_string(running) +
            " request(s) still on the device after the stop timeout");
     }
+  }
+
+  /// One turn of the loop: everything that needs no waiting, then events, waiting at most
+  /// `max_wait_ms` (-1: until something happens or a timer is due). Returns false once the
+  /// server has stopped.
+  bool round(int max_wait_ms) {
+    epoll_event ev[32];
+    const std::uint64_t now = now_ns();
+    if (accept_paused_until != 0 && now >= accept_paused_until && listen_fd >= 0) {
+      accept_paused_until = 0;
+      epoll_event e{};
+      e.events = EPOLLIN;
+      e.data.u64 = 0;
+      epoll_ctl(ep, EPOLL_CTL_MOD, listen_fd, &e);
+    }
+    if (now >= next_timer_ns) {
+      check_timers(clock_ns());
+      next_timer_ns = now + 50'000'000ull;
+    }
+    if (stopping.load(std::memory_order_acquire)) {
+      if (stop_deadline == 0) {
+        stop_deadline = now + ns(cfg.stop_timeout);
+        begin_stop();
+      }
+      for (auto& [id, c] : conns) {
+        if (c->fd >= 0 && c->active == 0 && c->out.empty()) close_conn(*c, nullptr);
+      }
+      bool open = false;
+      for (auto& [id, c] : conns) open = open || c->fd >= 0;
+      if ((!open && running == 0 && pending.empty()) || now >= stop_deadline) return false;
+    }
+    // Everything that needs no waiting, until nothing is left (bounded: others need turns).
+    // Parsing (resumes, pool grants) and completions queue virtio requests, so the
+    // submission comes after them in every round.
+    for (int round = 0; round < 8; ++round) {
+      run_resumes();
+      serve_pool_waiters();
+      reap();
+      submit_pending();
+      flush_dirty();
+      if (resume.empty() && dirty.empty()) break;
+    }
+    reap_dead();
+    update_masks();
+    // reap() published used_event; an entry the device used before seeing it raised no
+    // notification. Look once more after a full fence (the device fences between pushing an
+    // entry and reading used_event): either it notifies or this sees the entry.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    const bool more = reap() > 0 || !resume.empty() || !dirty.empty() || can_submit();
+    const bool busy = !conns.empty() || running > 0 || !pending.empty();
+    int timeout = more ? 0 : stopping.load(std::memory_order_relaxed) ? 10 : busy ? 100 : -1;
+    if (max_wait_ms >= 0 && (timeout < 0 || timeout > max_wait_ms)) timeout = max_wait_ms;
+    const int n = epoll_wait(ep, ev, 32, timeout);
+    for (int i = 0; i < n; ++i) {
+      const std::uint64_t id = ev[i].data.u64;
+      if (id == 0) {
+        accept_all();
+      } else if (id == 1 || id == 2) {
+        std::uint64_t v;
+        (void)!read(id == 1 ? call_fd : wake_fd, &v, sizeof v);
+      } else {
+        auto it = conns.find(id);
+        if (it == conns.end() || it->second->fd < 0) continue;
+        Conn& c = *it->second;
+        const std::uint32_t e = ev[i].events;
+        if ((e & EPOLLOUT) != 0) flush_out(c);
+        if (c.fd < 0) continue;
+        if ((e & EPOLLIN) != 0 || ((e & (EPOLLHUP | EPOLLERR)) != 0 && want_read(c))) {
+          process(c);
+        } else if ((e & (EPOLLHUP | EPOLLERR)) != 0) {
+          close_conn(c, nullptr);  // the peer is gone; nobody will read the replies
+        }
+      }
+    }
+    return true;
   }
 
   void begin_stop() {
@@ -460,18 +459,56 @@ struct NbdServer::Impl {
                     " ms");
       } else if (c.msg_start != 0 && want_read(c) && now - c.msg_start > ns(cfg.io_timeout)) {
         drop(c, "request incomplete after " + std::to_string(cfg.io_timeout.count()) + " ms");
-      } else if (c.send_stall != 0 && now - c.send_stall > ns(cfg.io_timeout)) {
-        drop(c, "peer took no reply data for " + std::to_string(cfg.io_timeout.count()) + " ms");
+      } else if (!c.out.empty() && c.send_deadline != 0 && now > c.send_deadline) {
+        // Total time for the reply at the head, however much of it the peer took: a slow
+        // reader cannot hold its buffers (or the pool) for longer than this.
+        bump(st.send_timeouts);
+        drop(c, "peer did not take a reply in full within " +
+                    std::to_string(cfg.io_timeout.count()) + " ms");
+      } else if (is_idle(c) && cfg.idle_timeout.count() > 0) {
+        if (c.idle_since == 0) {
+          c.idle_since = now;
+        } else if (now - c.idle_since > ns(cfg.idle_timeout)) {
+          bump(st.idle_timeouts);
+          note("connection " + std::to_string(c.id) + ": idle for " +
+               std::to_string(cfg.idle_timeout.count()) + " ms; closing");
+          close_conn(c, nullptr);
+        }
+      } else {
+        c.idle_since = 0;
       }
     }
-    for (Req& r : reqs) {
+    // Device timeouts. Replying (or releasing) changes `reqs`: step past each entry first, and
+    // start nothing inside the loop (a start can finish and release other entries at once).
+    bool cancelled = false;
+    for (auto it = reqs.begin(); it != reqs.end();) {
+      Req& r = *it++;
       if (r.deadline_ns == 0 || r.device_done || r.replied || now <= r.deadline_ns) continue;
       bump(st.device_timeouts);
+      if (!r.admitted) {
+        // Still waiting for an overlapping request: it never reaches the device.
+        note(std::string(nbd::command_name(r.h.type)) + " at " + std::to_string(r.h.offset) +
+             " (+" + std::to_string(r.h.length) + ") waited " +
+             std::to_string(cfg.io_timeout.count()) +
+             " ms for an overlapping request: replying EIO, not started");
+        cancel_queued(r);
+        cancelled = true;
+        continue;
+      }
+      // On the device: answered now, but its buffers and its range stay held until the device
+      // completes it (finish()), so nothing overlapping can start before its write has landed.
       note(std::string(nbd::command_name(r.h.type)) + " at " + std::to_string(r.h.offset) + " (+" +
            std::to_string(r.h.length) + ") not done by the device after " +
            std::to_string(cfg.io_timeout.count()) + " ms: replying EIO");
       reply(r, nbd::kEio);
     }
+    if (cancelled) pump_admissions();
+  }
+
+  /// In transmission with nothing in flight, queued or half received.
+  bool is_idle(const Conn& c) const {
+    return c.transmission && c.active == 0 && c.out.empty() && c.cur == nullptr &&
+           c.msg_start == 0 && avail(c) == 0 && c.st == St::req_header;
   }
 
   // ================================================================ connections
@@ -497,25 +534,30 @@ struct NbdServer::Impl {
         bump(st.turned_away);
         continue;
       }
-      auto c = std::make_unique<Conn>();
-      c->id = next_conn_id++;
-      c->fd = fd;
-      c->in.resize(kInBufBytes);
-      c->handshake_deadline = clock_ns() + ns(cfg.handshake_timeout);
-      Conn& ref = *c;
-      conns.emplace(c->id, std::move(c));
-      epoll_event e{};
-      e.events = EPOLLIN;
-      e.data.u64 = ref.id;
-      epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e);
-      ref.mask = EPOLLIN;
-      bump(st.connections);
-      std::string g;
-      append(g, nbd::Greeting{
-                    nbd::kInitPasswd, nbd::kOptMagic,
-                    static_cast<std::uint16_t>(nbd::kFlagFixedNewstyle | nbd::kFlagNoZeroes)});
-      queue_blob(ref, std::move(g));
+      add_conn(fd);
     }
+  }
+
+  /// Serves a connected socket (non-blocking): sends the greeting.
+  void add_conn(int fd) {
+    auto c = std::make_unique<Conn>();
+    c->id = next_conn_id++;
+    c->fd = fd;
+    c->in.resize(kInBufBytes);
+    c->handshake_deadline = clock_ns() + ns(cfg.handshake_timeout);
+    Conn& ref = *c;
+    conns.emplace(c->id, std::move(c));
+    epoll_event e{};
+    e.events = EPOLLIN;
+    e.data.u64 = ref.id;
+    epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e);
+    ref.mask = EPOLLIN;
+    bump(st.connections);
+    std::string g;
+    append(g,
+           nbd::Greeting{nbd::kInitPasswd, nbd::kOptMagic,
+                         static_cast<std::uint16_t>(nbd::kFlagFixedNewstyle | nbd::kFlagNoZeroes)});
+    queue_blob(ref, std::move(g));
   }
 
   /// A protocol violation or a timeout: the peer is dropped.
@@ -713,7 +755,9 @@ struct NbdServer::Impl {
   /// queue depth reached).
   bool parse(Conn& c) {
     for (;;) {
-      if (c.fd < 0 || c.close_after_out) return false;
+      // A connection waiting for buffers holds its request in c.cur: nothing more is parsed
+      // until it has them (process() runs for other reasons too, e.g. a reply went out).
+      if (c.fd < 0 || c.close_after_out || c.waiting_pool) return false;
       switch (c.st) {
         case St::client_flags: {
           if (avail(c) < 4) return true;
@@ -736,6 +780,10 @@ struct NbdServer::Impl {
           h = nbd::from_wire(h);
           if (h.magic != nbd::kOptMagic) {
             drop(c, "bad option magic 0x" + hex(h.magic));
+            return false;
+          }
+          if (++c.options_seen > kMaxOptions) {
+            drop(c, "more than " + std::to_string(kMaxOptions) + " options in one handshake");
             return false;
           }
           c.opt = h;
@@ -814,129 +862,22 @@ struct NbdServer::Impl {
 
   // ---- handshake ----
 
-  void opt_reply(Conn& c, std::uint32_t type, const std::string& data = {}) {
-    std::string m;
-    append(m, nbd::OptionReply{nbd::kOptReplyMagic, c.opt.option, type,
-                               static_cast<std::uint32_t>(data.size())});
-    m += data;
-    queue_blob(c, std::move(m));
-  }
-  void opt_error(Conn& c, std::uint32_t type, const std::string& message) {
-    opt_reply(c, type, message.substr(0, nbd::kMaxString));
-  }
-
-  bool export_matches(const std::string& name) const {
-    return name.empty() || name == cfg.export_name;
-  }
-
+  /// An option's data is in (or skipped): answer it (nbd_handshake.cpp) and act on it.
   void finish_option(Conn& c) {
     bump(st.options);
     c.st = St::opt_header;
     c.msg_start = 0;
-    const std::string& d = c.optbuf;
-    const std::uint32_t opt = c.opt.option;
-    if (c.opt.length > kMaxOptionBytes) {
-      opt_error(c, nbd::kRepErrTooBig,
-                std::string(nbd::option_name(opt)) + ": " + std::to_string(c.opt.length) +
-                    " bytes of option data is more than this server takes");
-      return;
+    const nbd_internal::HandshakeExport e{cfg.export_name, cfg.description,       size,
+                                          tx_flags,        cfg.max_request_bytes, c.no_zeroes};
+    nbd_internal::OptionAnswer a =
+        nbd_internal::answer_option(e, c.opt.option, c.opt.length, c.optbuf);
+    switch (a.next) {
+      case nbd_internal::OptionNext::drop: drop(c, a.why); return;
+      case nbd_internal::OptionNext::negotiate: break;
+      case nbd_internal::OptionNext::transmission: enter_transmission(c); break;
+      case nbd_internal::OptionNext::close_after_replies: c.close_after_out = true; break;
     }
-    switch (opt) {
-      case nbd::kOptExportName: {
-        if (!export_matches(d)) {
-          drop(c, "NBD_OPT_EXPORT_NAME for unknown export '" + d.substr(0, 256) + "'");
-          return;
-        }
-        std::string m;
-        append(m, nbd::ExportNameReply{size, tx_flags});
-        if (!c.no_zeroes) m.append(124, '\0');
-        queue_blob(c, std::move(m));
-        enter_transmission(c);
-        return;
-      }
-      case nbd::kOptAbort:
-        opt_reply(c, nbd::kRepAck);
-        c.close_after_out = true;
-        return;
-      case nbd::kOptList: {
-        if (!d.empty()) {
-          opt_error(c, nbd::kRepErrInvalid, "NBD_OPT_LIST takes no data");
-          return;
-        }
-        std::string s;
-        append_be32(s, static_cast<std::uint32_t>(cfg.export_name.size()));
-        s += cfg.export_name;
-        s += cfg.description;
-        opt_reply(c, nbd::kRepServer, s);
-        opt_reply(c, nbd::kRepAck);
-        return;
-      }
-      case nbd::kOptInfo:
-      case nbd::kOptGo: {
-        if (d.size() < 6) {
-          opt_error(c, nbd::kRepErrInvalid, std::string(nbd::option_name(opt)) + ": too short");
-          return;
-        }
-        const auto* p = reinterpret_cast<const std::byte*>(d.data());
-        const std::uint32_t nlen = load_be32(p);
-        if (nlen > d.size() - 6) {
-          opt_error(c, nbd::kRepErrInvalid,
-                    std::string(nbd::option_name(opt)) + ": name longer than the option");
-          return;
-        }
-        const std::string name = d.substr(4, nlen);
-        const std::uint16_t nreq = load_be16(p + 4 + nlen);
-        if (d.size() != 6 + std::uint64_t{nlen} + 2ull * nreq) {
-          opt_error(c, nbd::kRepErrInvalid,
-                    std::string(nbd::option_name(opt)) + ": information request count " +
-                        std::to_string(nreq) + " does not match the option's length");
-          return;
-        }
-        if (nlen > nbd::kMaxString) {
-          opt_error(c, nbd::kRepErrInvalid, "export name longer than 4096 bytes");
-          return;
-        }
-        if (!export_matches(name)) {
-          opt_error(c, nbd::kRepErrUnknown,
-                    "no export named '" + name.substr(0, 256) + "' (this server exports '" +
-                        cfg.export_name + "')");
-          return;
-        }
-        bool want_name = false, want_desc = false;
-        for (std::uint16_t i = 0; i < nreq; ++i) {
-          const std::uint16_t t = load_be16(p + 6 + nlen + 2u * i);
-          want_name = want_name || t == nbd::kInfoName;
-          want_desc = want_desc || t == nbd::kInfoDescription;
-        }
-        std::string s;
-        append(s, nbd::InfoExport{nbd::kInfoExport, size, tx_flags});
-        opt_reply(c, nbd::kRepInfo, s);
-        if (want_name) {
-          s.clear();
-          append_be16(s, nbd::kInfoName);
-          s += cfg.export_name;
-          opt_reply(c, nbd::kRepInfo, s);
-        }
-        if (want_desc) {
-          s.clear();
-          append_be16(s, nbd::kInfoDescription);
-          s += cfg.description;
-          opt_reply(c, nbd::kRepInfo, s);
-        }
-        // Always sent (the spec allows it unrequested): clients that honour it align.
-        s.clear();
-        append(s, nbd::InfoBlockSize{nbd::kInfoBlockSize, kSector, 4096, cfg.max_request_bytes});
-        opt_reply(c, nbd::kRepInfo, s);
-        opt_reply(c, nbd::kRepAck);
-        if (opt == nbd::kOptGo) enter_transmission(c);
-        return;
-      }
-      default:
-        opt_error(c, nbd::kRepErrUnsup,
-                  std::string("option ") + std::to_string(opt) + " (" + nbd::option_name(opt) +
-                      ") is not supported by this server");
-        return;
-    }
+    if (!a.out.empty()) queue_blob(c, std::move(a.out));
   }
 
   void enter_transmission(Conn& c) {
@@ -984,6 +925,7 @@ struct NbdServer::Impl {
       drop(c, "bad request magic 0x" + hex(h.magic));
       return false;
     }
+    c.idle_since = 0;
     if (h.type == nbd::kCmdDisc) {
       c.disc = true;
       c.msg_start = 0;
@@ -1005,14 +947,18 @@ struct NbdServer::Impl {
     Req& r = new_req(c, h);
     plan(r);
     if (needed_chunks(r) > 0) {
+      // In line for buffers; granted at once when the quota and the pool allow (then
+      // start_receiving() has run and parsing goes on).
       c.cur = &r;
-      if (!pool_waiters.empty() || !take_chunks(r)) {
-        c.waiting_pool = true;
+      c.waiting_pool = true;
+      pool_waiters.push_back(&c);
+      serve_pool_waiters();
+      if (c.waiting_pool) {
         c.msg_start = 0;
-        pool_waiters.push_back(&c);
+        if (!pool.within_quota(c.pool, needed_chunks(r))) bump(st.quota_waits);
         return false;
       }
-      c.cur = nullptr;
+      return true;
     }
     start_receiving(c, r);
     return true;
@@ -1047,16 +993,17 @@ struct NbdServer::Impl {
     r.stage = Stage::main;
     r.ops_left = 0;
     r.error = 0;
-    r.exclusive = false;
+    r.rmw = false;
     r.fua = (h.flags & nbd::kCmdFlagFua) != 0;
-    r.admitted = r.device_done = r.replied = false;
+    r.admitted = r.queued = r.device_done = r.replied = false;
     r.deadline_ns = 0;
+    r.range = {};
     ++c.refs;
     ++c.active;
     return r;
   }
 
-  /// Decides the covering range, edges and exclusivity of a request.
+  /// Decides the covering range, edges and RMW of a request, and the range it holds.
   void plan(Req& r) {
     const std::uint64_t off = r.h.offset, end = r.h.offset + r.h.length;
     r.a0 = off / kSector * kSector;
@@ -1067,75 +1014,117 @@ struct NbdServer::Impl {
       if (unaligned) bump(st.unaligned);
     } else if ((r.h.type == nbd::kCmdWrite || r.h.type == nbd::kCmdWriteZeroes) && unaligned) {
       bump(st.unaligned);
-      r.exclusive = true;
+      r.rmw = true;
       r.head_edge = off % kSector != 0;
       // The sector holding the end, unless it is the head's sector (already read).
       r.tail_edge = end % kSector != 0 && !(r.head_edge && r.a1 - r.a0 == kSector);
+    }
+    // Trim in `ignore` mode and flush touch no sectors: they hold no range.
+    const bool touches = r.h.type == nbd::kCmdRead || r.h.type == nbd::kCmdWrite ||
+                         r.h.type == nbd::kCmdWriteZeroes ||
+                         (r.h.type == nbd::kCmdTrim && cfg.trim == NbdTrim::zero);
+    if (touches) {
+      r.range.begin = r.a0;
+      r.range.end = r.a1;
+      r.range.writes = r.h.type != nbd::kCmdRead;
     }
   }
 
   std::uint64_t needed_chunks(const Req& r) const {
     std::uint64_t n = 0;
     if (r.h.type == nbd::kCmdRead || r.h.type == nbd::kCmdWrite) n = chunks_for(r.a1 - r.a0);
-    if (r.exclusive) ++n;  // scratch for the edge sectors
+    if (r.rmw) ++n;  // scratch for the edge sectors
     return n;
   }
 
-  bool take_chunks(Req& r) {
+  /// Takes the request's chunks for its connection (the caller checked quota and pool).
+  void take_chunks(Req& r) {
     const std::uint64_t n = needed_chunks(r);
-    if (free_chunks.size() < n) return false;
-    const std::uint64_t data = r.exclusive ? n - 1 : n;
-    for (std::uint64_t i = 0; i < data; ++i) {
-      r.chunks.push_back(free_chunks.back());
-      free_chunks.pop_back();
-    }
-    if (r.exclusive) {
-      r.scratch = free_chunks.back();
-      free_chunks.pop_back();
-    }
-    return true;
+    const std::uint64_t data = r.rmw ? n - 1 : n;
+    for (std::uint64_t i = 0; i < data; ++i) r.chunks.push_back(pool.take(r.conn->pool));
+    if (r.rmw) r.scratch = pool.take(r.conn->pool);
   }
 
+  /// Grants buffers to waiting connections, in order. A connection past its quota waits for
+  /// its own requests to give chunks back and holds nobody else up; the first one within its
+  /// quota that the pool cannot serve yet stops the round (first come, first served).
   void serve_pool_waiters() {
-    while (!pool_waiters.empty()) {
-      Conn& c = *pool_waiters.front();
-      if (!take_chunks(*c.cur)) return;
-      pool_waiters.pop_front();
-      c.waiting_pool = false;
+    for (std::size_t i = 0; i < pool_waiters.size();) {
+      Conn& c = *pool_waiters[i];
       Req& r = *c.cur;
+      const std::uint64_t n = needed_chunks(r);
+      if (!pool.within_quota(c.pool, n)) {
+        ++i;
+        continue;
+      }
+      if (pool.free_count() < n) return;
+      pool_waiters.erase(pool_waiters.begin() + static_cast<std::ptrdiff_t>(i));
+      c.waiting_pool = false;
       c.cur = nullptr;
-      start_receiving(c, r);
+      take_chunks(r);
+      start_receiving(c, r);  // may start device work; never closes a connection
       mark_resume(c);
     }
   }
 
   // ---- admission and device work ----
 
+  /// The request is complete (payload received): it holds its range from now on, and starts
+  /// once nothing admitted before it overlaps it (nbd_overlap.h).
   void admit(Req& r) {
     r.deadline_ns = clock_ns() + ns(cfg.io_timeout);
-    if (!admit_q.empty() || exclusive_running || (r.exclusive && running > 0)) {
+    order.hold(r.range);
+    if (!order.may_start(r.range)) {
+      bump(st.overlap_waits);
+      r.queued = true;
       admit_q.push_back(&r);
       return;
     }
     start(r);
   }
 
+  /// Starts every waiting request that no longer overlaps an earlier one.
   void pump_admissions() {
-    if (pumping) return;  // finish() inside start() below: the outer loop carries on
-    pumping = true;
-    while (!admit_q.empty() && !exclusive_running) {
-      Req& r = *admit_q.front();
-      if (r.exclusive && running > 0) break;
-      admit_q.pop_front();
-      start(r);
+    if (pumping) {  // finish() inside start() below: the outer loop goes round again
+      pump_again = true;
+      return;
     }
+    pumping = true;
+    do {
+      pump_again = false;
+      for (std::size_t i = 0; i < admit_q.size();) {
+        Req& r = *admit_q[i];
+        if (!order.may_start(r.range)) {
+          ++i;
+          continue;
+        }
+        admit_q.erase(admit_q.begin() + static_cast<std::ptrdiff_t>(i));
+        r.queued = false;
+        start(r);
+      }
+    } while (pump_again);
     pumping = false;
+  }
+
+  /// A request that timed out before it could start: answered EIO, never run.
+  void cancel_queued(Req& r) {
+    if (r.queued) {
+      admit_q.erase(std::find(admit_q.begin(), admit_q.end(), &r));
+      r.queued = false;
+    }
+    order.release(r.range);
+    r.device_done = true;
+    if (r.conn != nullptr && r.conn->fd >= 0) {
+      reply(r, nbd::kEio);  // releases it (device_done, no data)
+    } else {
+      r.replied = true;
+      release(r);
+    }
   }
 
   void start(Req& r) {
     r.admitted = true;
     ++running;
-    if (r.exclusive) exclusive_running = true;
     switch (r.h.type) {
       case nbd::kCmdRead: bump(st.reads); break;
       case nbd::kCmdWrite: bump(st.writes); break;
@@ -1149,7 +1138,7 @@ struct NbdServer::Impl {
       finish(r);
       return;
     }
-    if (r.exclusive && (r.head_edge || r.tail_edge)) {
+    if (r.rmw && (r.head_edge || r.tail_edge)) {
       r.stage = Stage::edges;
       if (r.head_edge) push_op(r, VKind::read, true, 0, kSector, r.a0 / kSector);
       if (r.tail_edge) push_op(r, VKind::read, true, kSector, kSector, r.a1 / kSector - 1);
@@ -1195,7 +1184,7 @@ struct NbdServer::Impl {
     switch (r.h.type) {
       case nbd::kCmdRead: push_data_ops(r, VKind::read, 0, r.a1 - r.a0); break;
       case nbd::kCmdWrite:
-        if (r.exclusive) patch_write(r);
+        if (r.rmw) patch_write(r);
         push_data_ops(r, VKind::write, 0, r.a1 - r.a0);
         break;
       case nbd::kCmdFlush: push_op(r, VKind::flush, false, 0, 0, 0); break;
@@ -1208,7 +1197,7 @@ struct NbdServer::Impl {
         }
         break;
       case nbd::kCmdWriteZeroes:
-        if (!r.exclusive) {
+        if (!r.rmw) {
           push_zero_ops(r, off, end);
         } else {
           patch_zeroes(r);
@@ -1283,10 +1272,12 @@ struct NbdServer::Impl {
     }
   }
 
+  /// The device is done with the request (or it never needed the device): its range goes, and
+  /// so do its buffers once its reply is out.
   void finish(Req& r) {
     r.device_done = true;
     --running;
-    if (r.exclusive) exclusive_running = false;
+    order.release(r.range);
     if (r.replied || r.conn->fd < 0) {
       release(r);
     } else {
@@ -1303,7 +1294,7 @@ struct NbdServer::Impl {
                                : op.kind == VKind::zeroes || op.scratch
                                    ? 1
                                    : chunks_for(op.pos % kChunk + op.bytes);
-    return guest->free_descriptors(0) >= segs + 2;
+    return dev->free_descriptors() >= segs + 2;
   }
 
   void submit_pending() {
@@ -1344,8 +1335,8 @@ struct NbdServer::Impl {
         }
       }
       if (op.kind == VKind::zeroes && op.wz_slot < 0) break;
-      if (guest->free_descriptors(0) < n + 2) break;
-      auto id = guest->submit(0, type, op.kind == VKind::zeroes ? 0 : op.sector, {segs, n});
+      if (dev->free_descriptors() < n + 2) break;
+      auto id = dev->submit(type, op.kind == VKind::zeroes ? 0 : op.sector, {segs, n});
       if (!id.ok()) break;
       if (op.wz_slot >= 0) free_wz.pop_back();
       inflight[*id] = op;
@@ -1353,7 +1344,7 @@ struct NbdServer::Impl {
       pending.pop_front();
       any = true;
     }
-    if (any) guest->kick(0);
+    if (any) dev->kick();
   }
 
   /// Takes every used entry; returns how many.
@@ -1361,7 +1352,7 @@ struct NbdServer::Impl {
     GuestCompletion done[64];
     unsigned total = 0;
     for (;;) {
-      const unsigned n = guest->reap(0, done);
+      const unsigned n = dev->reap(done);
       total += n;
       for (unsigned i = 0; i < n; ++i) {
         const std::uint16_t id = done[i].id;
@@ -1433,11 +1424,11 @@ struct NbdServer::Impl {
   }
 
   void release(Req& r) {
-    for (std::uint32_t ch : r.chunks) free_chunks.push_back(ch);
-    r.chunks.clear();
-    if (r.scratch >= 0) free_chunks.push_back(static_cast<std::uint32_t>(r.scratch));
-    r.scratch = -1;
     Conn* c = r.conn;
+    for (std::uint32_t ch : r.chunks) pool.give(c->pool, ch);
+    r.chunks.clear();
+    if (r.scratch >= 0) pool.give(c->pool, static_cast<std::uint32_t>(r.scratch));
+    r.scratch = -1;
     r.conn = nullptr;
     spare_reqs.splice(spare_reqs.end(), reqs, r.self);
     if (c != nullptr && c->refs > 0) --c->refs;
@@ -1451,6 +1442,7 @@ struct NbdServer::Impl {
   }
 
   void queue_out(Conn& c, Out o) {
+    if (c.out.empty()) c.send_deadline = clock_ns() + ns(cfg.io_timeout);
     c.out.push_back(std::move(o));
     if (!c.in_dirty) {
       c.in_dirty = true;
@@ -1512,6 +1504,8 @@ struct NbdServer::Impl {
         Req* r = o.data;
         const bool counts = o.counts;
         c.out.pop_front();
+        // The next reply's send deadline starts now (progress on this one did not move it).
+        c.send_deadline = c.out.empty() ? 0 : clock_ns() + ns(cfg.io_timeout);
         if (r != nullptr) release(*r);
         if (counts && c.active > 0) --c.active;
         mark_resume(c);
@@ -1546,6 +1540,10 @@ struct NbdServer::Impl {
     s.error_replies = ld(st.error_replies);
     s.unaligned = ld(st.unaligned);
     s.device_timeouts = ld(st.device_timeouts);
+    s.send_timeouts = ld(st.send_timeouts);
+    s.idle_timeouts = ld(st.idle_timeouts);
+    s.quota_waits = ld(st.quota_waits);
+    s.overlap_waits = ld(st.overlap_waits);
     s.virtio_requests = ld(st.virtio_requests);
     s.virtio_errors = ld(st.virtio_errors);
     return s;
@@ -1554,48 +1552,14 @@ struct NbdServer::Impl {
 
 // ================================================================ NbdServer
 
-std::uint64_t NbdServer::guest_memory_bytes(const NbdServerConfig& config) noexcept {
-  const std::uint64_t pool =
-      (config.buffer_bytes + (2u << 20) - 1) & ~std::uint64_t{(2u << 20) - 1};
-  return kRingArea + pool;
-}
-
-Result<std::unique_ptr<NbdServer>> NbdServer::create(const NbdServerConfig& config, Paravisor& pv,
+Result<std::unique_ptr<NbdServer>> NbdServer::create(const NbdServerConfig& config,
+                                                     std::unique_ptr<NbdDevice> device,
                                                      GuestMemory& memory) {
-  auto bad = [](const std::string& what) { return make_error(Errc::invalid_argument, what); };
-  const std::uint32_t mr = config.max_request_bytes;
-  if (mr < 4096 || mr > nbd::kMaxPayload || (mr & (mr - 1)) != 0) {
-    return bad("max_request_bytes " + std::to_string(mr) +
-               ": must be a power of two from 4096 to 32 MiB");
+  if (Status s = check_nbd_config(config, memory); !s.ok()) return s.error();
+  if (device->capacity_sectors() == 0) {
+    return make_error(Errc::invalid_argument, "the exported disk has no capacity");
   }
-  if (config.queue_depth == 0 || config.queue_depth > 4096) {
-    return bad("queue_depth " + std::to_string(config.queue_depth) + ": must be 1..4096");
-  }
-  const std::uint16_t vq = config.virtqueue_size;
-  if (vq < 8 || (vq & (vq - 1)) != 0) {
-    return bad("virtqueue_size " + std::to_string(vq) + ": must be a power of two >= 8");
-  }
-  const std::uint32_t mv = config.max_virtio_bytes;
-  if (mv == 0 || mv % kChunk != 0 || mv > (8u << 20) || mv / kChunk + 2 > vq) {
-    return bad("max_virtio_bytes " + std::to_string(mv) +
-               ": must be a multiple of 128 KiB, at most 8 MiB and fit the virtqueue");
-  }
-  if (config.buffer_bytes % kChunk != 0 ||
-      config.buffer_bytes / kChunk < chunks_for(std::uint64_t{mr} + 2 * kSector) + 1) {
-    return bad("buffer_bytes " + std::to_string(config.buffer_bytes) +
-               ": must be a multiple of 128 KiB holding max_request_bytes + 256 KiB");
-  }
-  if (config.max_connections == 0) return bad("max_connections must be at least 1");
-  if (config.export_name.size() > nbd::kMaxString || config.description.size() > nbd::kMaxString) {
-    return bad("export name and description are limited to 4096 bytes");
-  }
-  if (pv.capacity_sectors() == 0) return bad("the paravisor's disk has no capacity");
-  if (memory.regions().empty() || memory.regions()[0].gpa != 0 ||
-      memory.regions()[0].bytes < guest_memory_bytes(config)) {
-    return bad("guest memory must have " + std::to_string(guest_memory_bytes(config)) +
-               " bytes at GPA 0 for the NBD server");
-  }
-  auto impl = std::make_unique<Impl>(config, pv, memory);
+  auto impl = std::make_unique<Impl>(config, std::move(device), memory);
   if (Status s = impl->setup(); !s.ok()) return s.error();
   return std::unique_ptr<NbdServer>(new NbdServer(std::move(impl)));
 }
@@ -1606,7 +1570,7 @@ NbdServer::~NbdServer() { stop(); }
 
 Status NbdServer::start() {
   if (impl_->started.exchange(true)) return {};
-  if (Status s = impl_->pv.start(); !s.ok()) return s;
+  if (Status s = impl_->dev->start(); !s.ok()) return s;
   try {
     std::lock_guard lock(impl_->thread_mu);
     impl_->thread = std::thread([impl = impl_.get()] {
@@ -1655,5 +1619,58 @@ std::string NbdServer::last_error() const {
 const std::string& NbdServer::socket_path() const noexcept { return impl_->cfg.socket_path; }
 
 std::uint64_t NbdServer::export_bytes() const noexcept { return impl_->size; }
+
+// ================================================================ test seam
+
+Result<std::unique_ptr<NbdServer>> NbdServerTestSeam::create(const NbdServerConfig& config,
+                                                             std::unique_ptr<NbdDevice> device,
+                                                             GuestMemory& memory) {
+  return NbdServer::create(config, std::move(device), memory);
+}
+
+void NbdServerTestSeam::adopt(NbdServer& server, int fd) { server.impl_->add_conn(fd); }
+
+void NbdServerTestSeam::step(NbdServer& server) {
+  server.impl_->next_timer_ns = 0;
+  (void)server.impl_->round(0);
+}
+
+std::uint64_t NbdServerTestSeam::free_chunks(const NbdServer& server) {
+  return server.impl_->pool.free_count();
+}
+
+std::uint64_t NbdServerTestSeam::total_chunks(const NbdServer& server) {
+  return server.impl_->pool.total();
+}
+
+std::size_t NbdServerTestSeam::live_requests(const NbdServer& server) {
+  return server.impl_->reqs.size();
+}
+
+std::size_t NbdServerTestSeam::open_connections(const NbdServer& server) {
+  std::size_t n = 0;
+  for (const auto& [id, c] : server.impl_->conns) n += c->fd >= 0 ? 1 : 0;
+  return n;
+}
+
+std::size_t NbdServerTestSeam::held_ranges(const NbdServer& server) {
+  return server.impl_->order.size();
+}
+
+std::string NbdServerTestSeam::describe(const NbdServer& server) {
+  std::string s;
+  for (const NbdServer::Impl::Req& r : server.impl_->reqs) {
+    s += std::string(nbd::command_name(r.h.type)) + " at " + std::to_string(r.h.offset) + " +" +
+         std::to_string(r.h.length) + " stage " + std::to_string(static_cast<int>(r.stage)) +
+         " ops " + std::to_string(r.ops_left) + (r.admitted ? " admitted" : "") +
+         (r.queued ? " queued" : "") + (r.device_done ? " done" : "") +
+         (r.replied ? " replied" : "") + (r.range.linked ? " holds-range" : "") +
+         (r.conn == nullptr ? " no-conn"
+          : r.conn->fd < 0  ? " conn-closed"
+                            : "") +
+         "\n";
+  }
+  return s;
+}
 
 }  // namespace keel::vmm

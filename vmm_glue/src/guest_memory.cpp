@@ -1,6 +1,8 @@
 #include "keel/vmm/guest_memory.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -9,16 +11,64 @@
 
 namespace keel::vmm {
 
+namespace {
+
+/// The seal every guest-memory fd must carry: with it the file can never become shorter than
+/// the mappings of it, which would fault (SIGBUS) on the next access.
+constexpr int kRequiredSeals = F_SEAL_SHRINK;
+
+// Checks that `bytes` of `fd` from `fd_offset` can be mapped and stay mapped: a regular file,
+// sealed against shrinking, long enough, at a page-aligned offset.
+Status check_memory_fd(int fd, std::uint64_t fd_offset, std::uint64_t bytes) {
+  const auto page = static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+  if (fd_offset % page != 0) {
+    return make_error(Errc::invalid_argument, "file offset " + std::to_string(fd_offset) +
+                                                  " is not a multiple of the page size");
+  }
+  if (fd_offset + bytes < fd_offset) {
+    return make_error(Errc::invalid_argument, "file offset + size wraps");
+  }
+  struct stat st {};
+  if (fstat(fd, &st) != 0) {
+    return make_error(Errc::io_error, std::string("fstat of its fd: ") + std::strerror(errno));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return make_error(Errc::invalid_argument,
+                      "its fd is not a memory file (a memfd, or a tmpfs or hugetlbfs file)");
+  }
+  const int seals = fcntl(fd, F_GET_SEALS);
+  if (seals < 0 || (seals & kRequiredSeals) != kRequiredSeals) {
+    return make_error(
+        Errc::invalid_argument,
+        std::string("its file is not sealed against shrinking (F_SEAL_SHRINK") +
+            (seals < 0 ? ": the file does not support seals" : "") +
+            "); the peer could truncate it under keel's mapping. Back guest RAM with a sealed "
+            "memfd (QEMU: -object memory-backend-memfd,...,share=on, whose seal=on default "
+            "adds F_SEAL_SHRINK)");
+  }
+  // The seal keeps the size from shrinking below what is checked here, for good.
+  if (static_cast<std::uint64_t>(st.st_size) < fd_offset + bytes) {
+    return make_error(Errc::out_of_range,
+                      "its file holds " + std::to_string(st.st_size) + " bytes, less than offset " +
+                          std::to_string(fd_offset) + " + size " + std::to_string(bytes));
+  }
+  return {};
+}
+
+}  // namespace
+
 Result<std::unique_ptr<GuestMemory>> GuestMemory::create(std::uint64_t bytes) {
   if (bytes == 0) return make_error(Errc::invalid_argument, "guest memory of 0 bytes");
   const std::uint64_t size = (bytes + (2u << 20) - 1) & ~std::uint64_t{(2u << 20) - 1};
-  const int fd = memfd_create("keel-guest-ram", MFD_CLOEXEC);
+  const int fd = memfd_create("keel-guest-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0)
     return make_error(Errc::io_error, std::string("memfd_create: ") + std::strerror(errno));
-  if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
+  if (ftruncate(fd, static_cast<off_t>(size)) != 0 ||
+      fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0) {
     const int e = errno;
     close(fd);
-    return make_error(Errc::io_error, std::string("sizing guest memory: ") + std::strerror(e));
+    return make_error(Errc::io_error,
+                      std::string("sizing and sealing guest memory: ") + std::strerror(e));
   }
   std::unique_ptr<GuestMemory> m(new GuestMemory());
   if (Status st = m->add_region(fd, 0, 0, size, 0); !st.ok()) return st.error();
@@ -48,6 +98,10 @@ Status GuestMemory::add_region(int fd, std::uint64_t fd_offset, std::uint64_t gp
       return make_error(Errc::invalid_argument,
                         "guest memory region at GPA " + std::to_string(gpa) + " overlaps another");
     }
+  }
+  if (Status st = check_memory_fd(fd, fd_offset, bytes); !st.ok()) {
+    close(fd);
+    return st;
   }
   // Guest RAM is shared with the front end (and the host service): MAP_SHARED of its fd.
   void* p =

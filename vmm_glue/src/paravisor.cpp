@@ -235,11 +235,10 @@ void Paravisor::maybe_probe() {
       st = memory_.map_for_device(*vf_);
     }
   } else {
-    st = bring_up_vf();  // transitions to active itself
-    if (st.ok()) {
-      to_vf_.fetch_add(1);
-      return;
-    }
+    // The VF was absent when the guest connected: bring it up now. (The transition to active
+    // counts the switch.)
+    st = bring_up_vf();
+    if (st.ok()) return;
   }
   if (!st.ok()) return;  // not yet; the next probe tries again
   transition(PathState::ready, "VF answers again");

@@ -104,19 +104,25 @@ Status QueueWorker::setup(const Virtqueue::Layout& layout, bool event_idx,
       if ((held_pool_ >> i & 1) == 0) free_pool_.push_back(static_cast<int>(i));
     }
   }
-  if (!bounce_.valid() && pv_.vf_ != nullptr) {
-    auto b = pv_.vf_->alloc_dma(std::size_t{kBounceChunks} * max_sub_bytes_);
-    if (!b) return b.error();
-    bounce_ = std::move(b).value();
-  }
-  if (qp_ == nullptr) {  // no VF command can still use a bounce chunk
+  if (qp_ == nullptr && bounce_.valid()) {  // no VF command can still use a bounce chunk
     free_bounce_.clear();
-    free_bounce_.reserve(kBounceChunks);
-    if (bounce_.valid()) {
-      for (unsigned i = 0; i < kBounceChunks; ++i) free_bounce_.push_back(static_cast<int>(i));
-    }
+    for (unsigned i = 0; i < kBounceChunks; ++i) free_bounce_.push_back(static_cast<int>(i));
   }
+  // A VF that is absent now (removed, being serviced) gets its bounce pool when it answers:
+  // until then the host path serves the ring.
+  (void)alloc_bounce();
   return {};
+}
+
+bool QueueWorker::alloc_bounce() noexcept {
+  if (bounce_.valid()) return true;
+  if (pv_.vf_ == nullptr) return false;
+  auto b = pv_.vf_->alloc_dma(std::size_t{kBounceChunks} * max_sub_bytes_);
+  if (!b) return false;
+  bounce_ = std::move(b).value();
+  free_bounce_.clear();
+  for (unsigned i = 0; i < kBounceChunks; ++i) free_bounce_.push_back(static_cast<int>(i));
+  return true;
 }
 
 bool QueueWorker::use_vf() const noexcept {
@@ -139,6 +145,7 @@ void QueueWorker::sync_vf() noexcept {
   if (qp_ == nullptr && st == PathState::active && vq_.ready()) {
     std::lock_guard lock(pv_.mu_);
     if (pv_.ctrl_ == nullptr || pv_.state() != PathState::active) return;
+    if (!alloc_bounce()) return;  // the VF is not taking DMA mappings: stay on the host path
     drv::QueuePairConfig c;
     c.entries = static_cast<std::uint16_t>(
         std::min<unsigned>(vq_.size() * 2u + 1u, pv_.ctrl_->max_queue_entries()));

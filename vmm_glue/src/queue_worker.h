@@ -80,6 +80,8 @@ class QueueWorker {
 
   unsigned pass(bool take) noexcept;
   void sync_vf() noexcept;
+  /// The VF bounce pool, allocated on first use; false while the VF cannot map it (absent).
+  bool alloc_bounce() noexcept;
   void take_requests() noexcept;
   bool split(Slot& s) noexcept;
   std::uint64_t tag_of(std::uint16_t slot, std::uint16_t sub, int pool_chunk) const noexcept;

@@ -1,8 +1,15 @@
 // The vhost-user server's requests: validation, dispatch, and how a failed request is reported
 // (non-zero ack with need_reply, empty GET_CONFIG reply, otherwise closing the connection).
+#include <fcntl.h>
+#include <linux/kcmp.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 
 #include "vhost_user_impl.h"
 
@@ -79,6 +86,69 @@ Result<vu::ConfigHeader> config_header(const detail::Message& m) {
   return h;
 }
 
+// /proc/self/fd/N of an eventfd.
+constexpr std::string_view kEventfdLink = "anon_inode:[eventfd]";
+
+// What /proc says an fd is ("anon_inode:[eventfd]", "pipe:[1234]", "/dev/null"), or "".
+std::string fd_kind(int fd) {
+  const std::string link = "/proc/self/fd/" + std::to_string(fd);
+  char buf[256];
+  const ssize_t n = ::readlink(link.c_str(), buf, sizeof buf - 1);
+  if (n <= 0) return {};
+  return std::string(buf, static_cast<std::size_t>(n));
+}
+
+// A kick, call or err fd must be an eventfd: only an eventfd's read and write are bounded (8
+// bytes, and never block once O_NONBLOCK is set). A pipe, a socket or a file could block the
+// worker or the server for good (a full pipe after 8,192 notifications). The fd is set
+// O_NONBLOCK here. That flag lives on the open file description, which the front end shares:
+// its own descriptor of the eventfd becomes non-blocking too (QEMU creates its eventfds
+// non-blocking already, so nothing changes for it). Errors: invalid_argument (not an eventfd),
+// io_error (fcntl).
+Status accept_eventfd(int fd) {
+  const std::string kind = fd_kind(fd);
+  if (kind != kEventfdLink) {
+    return make_error(
+        Errc::invalid_argument,
+        "its file descriptor is not an eventfd (it is " +
+            (kind.empty() ? std::string("unknown: /proc/self/fd unreadable") : "'" + kind + "'") +
+            "); kick, call and err fds must be eventfds");
+  }
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+    return make_error(Errc::io_error,
+                      std::string("making its eventfd non-blocking: ") + std::strerror(errno));
+  }
+  return {};
+}
+
+// The eventfd counter id /proc shows for `fd` (Linux 5.13+), or -1.
+long long eventfd_id(int fd) {
+  std::ifstream in("/proc/self/fdinfo/" + std::to_string(fd));
+  std::string key;
+  while (in >> key) {
+    if (key == "eventfd-id:") {
+      long long id = -1;
+      in >> id;
+      return id;
+    }
+    in.ignore(1 << 12, '\n');
+  }
+  return -1;
+}
+
+// True if `a` and `b` are the same open file (one eventfd sent twice). kcmp(2) answers exactly;
+// where it is not available (a seccomp filter, a kernel without CONFIG_KCMP) the eventfd ids
+// /proc reports are compared. Neither available: false (a shared kick eventfd then only costs
+// the two rings' workers stolen wake-ups: being non-blocking, neither can wait on it for good).
+bool same_file(int a, int b) {
+  const pid_t self = ::getpid();
+  const long r = ::syscall(SYS_kcmp, self, self, KCMP_FILE, a, b);
+  if (r >= 0) return r == 0;
+  const long long ia = eventfd_id(a);
+  return ia >= 0 && ia == eventfd_id(b);
+}
+
 }  // namespace
 
 void VhostUserBlkServer::Impl::handle(detail::Message& m) {
@@ -146,10 +216,10 @@ Status VhostUserBlkServer::Impl::dispatch(detail::Message& m) {
       if (Status st = expect_size(m, sizeof(vu::VringState)); !st.ok()) return st;
       const auto s = payload_as<vu::VringState>(m);
       if (Status st = check_ring(s.index, queues); !st.ok()) return st;
-      if (s.num == 0 || s.num > virtio::kMaxQueueSize || (s.num & (s.num - 1)) != 0) {
-        return make_error(Errc::invalid_argument, "ring " + std::to_string(s.index) + " size " +
-                                                      std::to_string(s.num) +
-                                                      " is not a power of two up to 32768");
+      if (s.num == 0 || s.num > vu::kMaxRingSize || (s.num & (s.num - 1)) != 0) {
+        return make_error(Errc::invalid_argument,
+                          "ring " + std::to_string(s.index) + " size " + std::to_string(s.num) +
+                              " is not a power of two up to " + std::to_string(vu::kMaxRingSize));
       }
       pause_ring(s.index);
       rings[s.index].num = s.num;
@@ -301,6 +371,28 @@ Status VhostUserBlkServer::Impl::ring_fd(detail::Message& m, Request which) {
                           std::to_string(m.fds.size()) + " descriptors");
   }
   detail::Fd fd = no_fd ? detail::Fd() : std::move(m.fds[0]);
+  if (fd.valid()) {
+    if (Status st = accept_eventfd(fd.get()); !st.ok()) return st;
+    // One kick eventfd per ring, used for nothing else: two rings' workers waiting on one
+    // counter steal each other's kicks, and a ring whose call fd is a kick fd wakes itself.
+    for (unsigned o = 0; o < rings.size(); ++o) {
+      const detail::Ring& other = rings[o];
+      const bool kick = which == Request::set_vring_kick;
+      const std::pair<const detail::Fd*, const char*> used[] = {
+          {&other.kick, "kick"}, {&other.call, "call"}, {&other.err, "err"}};
+      for (const auto& [u, name] : used) {
+        // A kick fd may not be any other fd of any ring; a call or err fd no ring's kick fd.
+        if (!u->valid() || (!kick && u != &other.kick) || (kick && o == q && u == &other.kick)) {
+          continue;
+        }
+        if (same_file(fd.get(), u->get())) {
+          return make_error(Errc::invalid_argument,
+                            "its eventfd is already ring " + std::to_string(o) + "'s " + name +
+                                " fd; every ring needs a kick eventfd of its own");
+        }
+      }
+    }
+  }
   detail::Ring& r = rings[q];
   if (which == Request::set_vring_err) {  // only the server uses it: nothing to stop
     r.err = std::move(fd);

@@ -2,9 +2,6 @@
 // rings run. A ring runs while it is started, enabled and fully described; any change to a
 // running ring stops the paravisor's workers (in-flight requests complete), applies the change
 // and starts them again.
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -27,31 +24,15 @@ std::string hex(std::uint64_t v) {
 
 bool wraps(std::uint64_t base, std::uint64_t bytes) { return base + bytes < base; }
 
-// Checks one region of a memory table against its fd before anything maps it: a mapping past
-// the end of the file would fault (SIGBUS) on first touch.
-Status check_region(const vu::MemoryRegion& g, int fd, unsigned i) {
+// Checks one region's addresses. Its fd (a regular file sealed with F_SEAL_SHRINK and holding
+// mmap_offset + memory_size bytes, so that no mapping of it can ever fault) is checked by
+// GuestMemory::add_region before it maps anything.
+Status check_region(const vu::MemoryRegion& g, unsigned i) {
   const std::string what = "region " + std::to_string(i) + " (GPA " + hex(g.guest_phys_addr) +
                            ", " + std::to_string(g.memory_size) + " bytes)";
   if (g.memory_size == 0 || wraps(g.guest_phys_addr, g.memory_size) ||
       wraps(g.userspace_addr, g.memory_size) || wraps(g.mmap_offset, g.memory_size)) {
     return make_error(Errc::invalid_argument, what + ": empty, or an address range wraps");
-  }
-  const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
-  if (g.mmap_offset % page != 0) {
-    return make_error(Errc::invalid_argument,
-                      what + ": mmap_offset " + hex(g.mmap_offset) + " is not page aligned");
-  }
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    return make_error(Errc::invalid_argument, what + ": fstat of its fd failed");
-  }
-  if (!S_ISREG(st.st_mode)) {
-    return make_error(Errc::invalid_argument,
-                      what + ": its fd is not a memory file (memfd, shm or hugetlbfs file)");
-  }
-  if (static_cast<std::uint64_t>(st.st_size) < g.mmap_offset + g.memory_size) {
-    return make_error(Errc::out_of_range, what + ": its file holds " + std::to_string(st.st_size) +
-                                              " bytes, less than mmap_offset + size");
   }
   return {};
 }
@@ -85,7 +66,7 @@ Status VhostUserBlkServer::Impl::set_mem_table(detail::Message& m) {
   auto mem = GuestMemory::empty();
   for (unsigned i = 0; i < n; ++i) {
     const vu::MemoryRegion& g = t.regions[i];
-    if (Status st = check_region(g, m.fds[i].get(), i); !st.ok()) return st;
+    if (Status st = check_region(g, i); !st.ok()) return st;
     for (unsigned j = 0; j < i; ++j) {
       const vu::MemoryRegion& o = t.regions[j];
       if (g.userspace_addr < o.userspace_addr + o.memory_size &&
@@ -99,7 +80,8 @@ Status VhostUserBlkServer::Impl::set_mem_table(detail::Message& m) {
     if (Status st = mem->add_region(m.fds[i].release(), g.mmap_offset, g.guest_phys_addr,
                                     g.memory_size, g.userspace_addr);
         !st.ok()) {
-      return make_error(st.error().code, "region " + std::to_string(i) + ": " + st.error().message);
+      return make_error(st.error().code, "region " + std::to_string(i) + " (GPA " +
+                                             hex(g.guest_phys_addr) + "): " + st.error().message);
     }
   }
   // The old paravisor refers to the old table: it goes first.

@@ -257,8 +257,17 @@ void VhostUserBlkServer::Impl::check_broken_rings() {
   unsigned signalled = 0;
   for (detail::Ring& r : rings) {
     if (!r.running || !r.err.valid()) continue;
+    // Non-blocking (SET_VRING_ERR made it so; the poll also covers a front end that cleared
+    // O_NONBLOCK on its side since): a counter too full to take one more already tells the
+    // front end that something broke.
+    pollfd p{r.err.get(), POLLOUT, 0};
+    if (::poll(&p, 1, 0) != 1 || (p.revents & POLLOUT) == 0) {
+      ++signalled;
+      continue;
+    }
     const std::uint64_t one = 1;
-    if (::write(r.err.get(), &one, sizeof one) == sizeof one) ++signalled;
+    const ssize_t k = ::write(r.err.get(), &one, sizeof one);
+    if (k == sizeof one || (k < 0 && errno == EAGAIN)) ++signalled;
   }
   log_failure("the driver broke a virtqueue (DEVICE_NEEDS_RESET); signalled " +
               std::to_string(signalled) + " error eventfd(s)");

@@ -9,9 +9,9 @@
 #include <memory>
 #include <vector>
 
-#include "interrupts.h"
 #include "keel/fpga/card_storage.h"
 #include "keel/fpga/iommu.h"
+#include "keel/fpga/msix_interrupts.h"
 #include "keel/nvme/wire.h"
 
 namespace keel::fpga::model {
@@ -87,7 +87,7 @@ class Controller {
   std::uint64_t read64(std::uint64_t offset) const noexcept;
   void write32(std::uint64_t offset, std::uint32_t value) noexcept;
   void write64(std::uint64_t offset, std::uint64_t value) noexcept;
-  Interrupts& interrupts() noexcept { return irq_; }
+  MsixInterrupts& interrupts() noexcept { return irq_; }
   bool removed() const noexcept { return removed_.load(std::memory_order_acquire); }
   const VfCounters& counters() const noexcept { return counters_; }
 
@@ -194,7 +194,7 @@ class Controller {
   Iommu& iommu_;
   CardStorage& storage_;
   Activity& activity_;
-  Interrupts irq_;
+  MsixInterrupts irq_;
 
   // Register file (host-written, card-read).
   std::atomic<std::uint32_t> cc_{0};

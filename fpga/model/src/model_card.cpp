@@ -232,36 +232,14 @@ unsigned VfFunction::num_vectors() const noexcept {
 
 Result<std::uint32_t> VfFunction::wait_interrupt(unsigned vector,
                                                  std::chrono::nanoseconds timeout) {
-  Controller& c = *card_.ctrls[index_];
-  if (vector >= c.interrupts().vectors()) {
-    return make_error(Errc::invalid_argument, "VF " + std::to_string(index_) +
-                                                  " has no MSI-X vector " + std::to_string(vector) +
-                                                  " (it has " +
-                                                  std::to_string(c.interrupts().vectors()) + ")");
-  }
-  auto gone_error = [&] {
-    return make_error(Errc::gone, "VF " + std::to_string(index_) + " was removed");
-  };
-  if (gone()) return gone_error();
-  if (card_.config.card.lockstep) {
-    const std::uint64_t deadline = card_.now_ns() + static_cast<std::uint64_t>(timeout.count());
-    for (;;) {
-      if (const std::uint32_t n = c.interrupts().take(vector); n != 0) return n;
-      if (gone()) return gone_error();
-      if (card_.now_ns() >= deadline) break;
-      std::lock_guard lock(card_.mu);
-      card_.round();
-      card_.virtual_ns.fetch_add(card_.config.ns_per_step, std::memory_order_release);
-    }
-  } else {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    const std::uint32_t n = c.interrupts().wait_until(vector, deadline, [&] { return gone(); });
-    if (n != 0) return n;
-    if (gone()) return gone_error();
-  }
-  return make_error(Errc::timeout, "no interrupt on VF " + std::to_string(index_) + " vector " +
-                                       std::to_string(vector) + " within " +
-                                       std::to_string(timeout.count() / 1000000) + " ms");
+  return card_.ctrls[index_]->interrupts().wait(
+      index_, vector, timeout, card_.config.card.lockstep, [&] { return card_.now_ns(); },
+      [&] {
+        std::lock_guard lock(card_.mu);
+        card_.round();
+        card_.virtual_ns.fetch_add(card_.config.ns_per_step, std::memory_order_release);
+      },
+      [&] { return gone(); });
 }
 
 int VfFunction::interrupt_fd(unsigned vector) {

@@ -48,7 +48,7 @@ struct Shell::Seen {
 };
 
 Shell::Shell(const ShellConfig& config, Iommu& iommu, CardStorage& storage,
-             std::vector<std::unique_ptr<SimIrq>>& irqs)
+             std::vector<std::unique_ptr<MsixInterrupts>>& irqs)
     : cfg_(config),
       iommu_(iommu),
       storage_(storage),

@@ -13,8 +13,8 @@
 
 #include "keel/fpga/card_storage.h"
 #include "keel/fpga/iommu.h"
+#include "keel/fpga/msix_interrupts.h"
 #include "keel/fpga/sim/sim_card.h"
-#include "sim_irq.h"
 
 class Vkeel_card;
 class VerilatedContext;
@@ -60,7 +60,7 @@ class Shell {
  public:
   /// `irqs[f]` are the MSI-X vectors of function f (0: the PF).
   Shell(const ShellConfig& config, Iommu& iommu, CardStorage& storage,
-        std::vector<std::unique_ptr<SimIrq>>& irqs);
+        std::vector<std::unique_ptr<MsixInterrupts>>& irqs);
   ~Shell();
   Shell(const Shell&) = delete;
   Shell& operator=(const Shell&) = delete;
@@ -126,7 +126,7 @@ class Shell {
   ShellConfig cfg_;
   Iommu& iommu_;
   CardStorage& storage_;
-  std::vector<std::unique_ptr<SimIrq>>& irqs_;
+  std::vector<std::unique_ptr<MsixInterrupts>>& irqs_;
   std::unique_ptr<VerilatedContext> ctx_;
   std::unique_ptr<Vkeel_card> top_;
   std::uint64_t cycle_ = 0;

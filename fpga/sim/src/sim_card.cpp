@@ -50,9 +50,9 @@ Result<std::unique_ptr<SimCard>> SimCard::create(const SimConfig& config) {
   impl->config = config;
   impl->storage = std::move(storage).value();
   impl->iommu = std::make_unique<Iommu>(o.max_vfs + 1);
-  impl->irqs.push_back(std::make_unique<SimIrq>(1));
+  impl->irqs.push_back(std::make_unique<MsixInterrupts>(1));
   for (unsigned i = 0; i < o.max_vfs; ++i) {
-    impl->irqs.push_back(std::make_unique<SimIrq>(o.max_ioq_per_vf + 1));
+    impl->irqs.push_back(std::make_unique<MsixInterrupts>(o.max_ioq_per_vf + 1));
   }
   ShellConfig sc;
   sc.max_vfs = o.max_vfs;

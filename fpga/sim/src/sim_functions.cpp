@@ -85,35 +85,19 @@ void SimVf::write64(std::uint64_t offset, std::uint64_t value) noexcept {
 unsigned SimVf::num_vectors() const noexcept { return card_.irqs[index_ + 1]->vectors(); }
 
 Result<std::uint32_t> SimVf::wait_interrupt(unsigned vector, std::chrono::nanoseconds timeout) {
-  SimIrq& irq = *card_.irqs[index_ + 1];
-  if (vector >= irq.vectors()) {
-    return make_error(Errc::invalid_argument, "VF " + std::to_string(index_) +
-                                                  " has no MSI-X vector " + std::to_string(vector) +
-                                                  " (it has " + std::to_string(irq.vectors()) +
-                                                  ")");
-  }
-  auto gone_error = [&] {
-    return make_error(Errc::gone, "VF " + std::to_string(index_) + " was removed");
-  };
-  if (gone()) return gone_error();
-  if (card_.lockstep()) {
-    const std::uint64_t deadline = card_.now_ns() + static_cast<std::uint64_t>(timeout.count());
-    for (;;) {
-      if (const std::uint32_t n = irq.take(vector); n != 0) return n;
-      if (gone()) return gone_error();
-      if (card_.now_ns() >= deadline) break;
-      std::lock_guard lock(card_.mu);
-      card_.run_locked(card_.config.cycles_per_step);
-    }
-  } else {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    const std::uint32_t n = irq.wait_until(vector, deadline, [&] { return gone(); });
-    if (n != 0) return n;
-    if (gone()) return gone_error();
-  }
-  return make_error(Errc::timeout, "no interrupt on VF " + std::to_string(index_) + " vector " +
-                                       std::to_string(vector) + " within " +
-                                       std::to_string(timeout.count() / 1000000) + " ms");
+  return card_.irqs[index_ + 1]->wait(
+      index_, vector, timeout, card_.lockstep(), [&] { return card_.now_ns(); },
+      [&] {
+        std::lock_guard lock(card_.mu);
+        card_.run_locked(card_.config.cycles_per_step);
+      },
+      [&] { return gone(); });
+}
+
+int SimVf::interrupt_fd(unsigned vector) { return card_.irqs[index_ + 1]->fd(vector); }
+
+void SimVf::set_interrupt_masked(unsigned vector, bool masked) {
+  card_.irqs[index_ + 1]->set_masked(vector, masked);
 }
 
 Status SimVf::flr() {

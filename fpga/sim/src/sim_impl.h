@@ -16,9 +16,9 @@
 
 #include "keel/fpga/card_storage.h"
 #include "keel/fpga/iommu_function.h"
+#include "keel/fpga/msix_interrupts.h"
 #include "keel/fpga/sim/sim_card.h"
 #include "shell.h"
-#include "sim_irq.h"
 
 namespace keel::fpga::sim {
 
@@ -49,6 +49,8 @@ class SimVf final : public IommuFunction {
   void write64(std::uint64_t offset, std::uint64_t value) noexcept override;
   unsigned num_vectors() const noexcept override;
   Result<std::uint32_t> wait_interrupt(unsigned vector, std::chrono::nanoseconds timeout) override;
+  int interrupt_fd(unsigned vector) override;
+  void set_interrupt_masked(unsigned vector, bool masked) override;
   Status flr() override;
   bool gone() const noexcept override;
 
@@ -61,7 +63,7 @@ struct SimCard::Impl {
   SimConfig config;
   std::unique_ptr<CardStorage> storage;
   std::unique_ptr<Iommu> iommu;
-  std::vector<std::unique_ptr<SimIrq>> irqs;  // per function; [0] is the PF's
+  std::vector<std::unique_ptr<MsixInterrupts>> irqs;  // per function; [0] is the PF's
   std::unique_ptr<Shell> shell;
   std::unique_ptr<SimPf> pf;
   std::vector<std::unique_ptr<SimVf>> vfs;

@@ -18,8 +18,14 @@
 //
 // Requests need not be sector aligned (the spec's default minimum block size is 1): an unaligned
 // read reads the covering sectors; an unaligned write or write-zeroes is a read-modify-write of
-// its edge sectors that runs alone (nothing else is in flight meanwhile), so concurrent
-// requests never lose each other's bytes.
+// its edge sectors. Overlapping requests are ordered: a request that overlaps one admitted
+// before it, where one of the two writes, starts only when that one is done on the device
+// (reads pass reads), so concurrent requests never lose each other's bytes and an RMW's edge
+// sectors cannot change between its read and its write.
+//
+// Buffers: the data buffers (buffer_bytes) are shared, but one connection holds at most
+// max(buffer_bytes / max_connections, one largest request) at once; a request past that waits
+// on its own connection only (see vmm_glue/nbd/nbd_pool.h).
 //
 // Bad peers, per the spec's SHOULDs:
 //   bad request magic, unknown client flags, bad option magic    -> the connection is dropped
@@ -29,9 +35,15 @@
 //                                                                   payload is read and dropped)
 //   any write on a read-only export                              -> EPERM reply
 //   a request or option not fully received within io_timeout, a handshake not finished within
-//   handshake_timeout, replies not accepted by the peer for io_timeout -> the connection drops
-//   a device request not completed within io_timeout -> EIO reply (its buffer is reclaimed when
-//   the device does complete)
+//   handshake_timeout, a reply not taken in full by the peer within io_timeout of reaching the
+//   head of its connection's queue (partial progress does not restart it)
+//                                                                -> the connection drops
+//   nothing in flight and nothing received for idle_timeout in transmission -> closed (idle)
+//   a device request not completed within io_timeout -> EIO reply; its buffer and its range stay
+//   held until the device does complete, so overlapping requests wait for it and a late write
+//   can never land over a newer one
+//   more options than kMaxOptions in one handshake                -> the connection drops
+//   (every limit: the nbd::kMax* constants below, next to the wire format they bound)
 // Other connections and the requests already in flight are unaffected.
 #pragma once
 
@@ -134,10 +146,29 @@ inline constexpr std::uint32_t kEoverflow = 75;
 inline constexpr std::uint32_t kEnotsup = 95;
 inline constexpr std::uint32_t kEshutdown = 108;
 
-/// Largest payload the spec lets a client assume (32 MiB).
+/// Largest payload the spec lets a client assume (32 MiB). Upper bound of max_request_bytes:
+/// a longer READ/WRITE gets EINVAL (a WRITE's payload is read and dropped).
 inline constexpr std::uint32_t kMaxPayload = 32u << 20;
-/// Longest string (export name, description, error message) the spec allows.
+/// Longest string (export name, description, error message) the spec allows. A longer export
+/// name in INFO/GO gets NBD_REP_ERR_INVALID; in EXPORT_NAME it matches nothing (dropped).
 inline constexpr std::uint32_t kMaxString = 4096;
+
+// ---- Limits of keel's NBD server: what a peer can make it hold (docs/security.md) ----
+/// Option data the server buffers; a longer option is read, dropped and refused with
+/// NBD_REP_ERR_TOO_BIG.
+inline constexpr std::uint32_t kMaxOptionBytes = 64u << 10;
+/// Option data past which the peer is dropped at once (nothing legitimate is that long).
+inline constexpr std::uint32_t kMaxSkipOptionBytes = 16u << 20;
+/// Options one handshake may send; the next one drops the connection.
+inline constexpr unsigned kMaxOptions = 1024;
+/// Options whose replies a peer has not taken yet; past it the server reads no further option
+/// until the peer takes some (a peer that never does is dropped at its send deadline).
+inline constexpr unsigned kMaxQueuedOptionReplies = 64;
+/// Upper bound of NbdServerConfig::queue_depth (requests in flight per connection; the server
+/// reads no further request from a connection at its depth).
+inline constexpr unsigned kMaxQueueDepth = 4096;
+/// Upper bound of NbdServerConfig::max_connections (further peers are accepted and closed).
+inline constexpr unsigned kMaxConnections = 1024;
 
 /// S: the first 18 bytes of the newstyle handshake.
 struct [[gnu::packed]] Greeting {
@@ -256,13 +287,19 @@ struct NbdServerConfig {
   bool read_only = false;
   /// Connections at once; further ones are accepted and closed at once.
   unsigned max_connections = 16;
+  /// Whole handshake, from accept to the end of GO / EXPORT_NAME.
   std::chrono::milliseconds handshake_timeout{10000};
+  /// Receiving one request or option in full; sending one reply in full once it heads the
+  /// connection's queue; the device finishing one request (then EIO).
   std::chrono::milliseconds io_timeout{30000};
+  /// A connection in transmission with nothing in flight, nothing queued and nothing received
+  /// for this long is closed (so idle peers cannot hold every connection slot). 0: never.
+  std::chrono::milliseconds idle_timeout{600000};
   /// How long stop() lets in-flight requests finish and their replies drain (real time).
   std::chrono::milliseconds stop_timeout{5000};
-  /// The clock handshake_timeout and io_timeout are measured on (peers' and the device's), in
-  /// nanoseconds of any scale that never goes back. Empty: CLOCK_MONOTONIC. Called on the
-  /// server thread only; the server looks at its timers every 50 ms of real time while it has
+  /// The clock handshake_timeout, io_timeout and idle_timeout are measured on (peers' and the
+  /// device's), in nanoseconds of any scale that never goes back. Empty: CLOCK_MONOTONIC. Called on
+  /// the server thread only; the server looks at its timers every 50 ms of real time while it has
   /// connections. Tests move a clock of their own to make the timeouts happen on cue.
   std::function<std::chrono::nanoseconds()> clock;
   /// Log dropped connections and failed device requests to stderr.
@@ -282,9 +319,15 @@ struct NbdServerStats {
   std::uint64_t error_replies = 0;    ///< Replies with a non-zero error.
   std::uint64_t unaligned = 0;        ///< Requests that needed a covering read or RMW.
   std::uint64_t device_timeouts = 0;  ///< Device requests past io_timeout (replied EIO).
+  std::uint64_t send_timeouts = 0;    ///< Connections dropped: a reply not sent in io_timeout.
+  std::uint64_t idle_timeouts = 0;    ///< Connections closed after idle_timeout.
+  std::uint64_t quota_waits = 0;      ///< Requests that waited for their connection's quota.
+  std::uint64_t overlap_waits = 0;    ///< Requests that waited for an overlapping one.
   std::uint64_t virtio_requests = 0;  ///< virtio-blk requests completed.
   std::uint64_t virtio_errors = 0;    ///< ... with a non-OK status.
 };
+
+class NbdDevice;  // vmm_glue/nbd/nbd_device.h: the virtio-blk device the server drives
 
 /// An NBD server on a unix socket, exporting the virtio-blk disk of one paravisor. One thread
 /// serves every connection (epoll); all connections share one virtqueue.
@@ -326,6 +369,11 @@ class NbdServer {
   struct Impl;
 
  private:
+  friend struct NbdServerTestSeam;  // vmm_glue/nbd/nbd_seam.h (the fuzz target's way in)
+  /// The server over any device (production: the paravisor's guest driver).
+  static Result<std::unique_ptr<NbdServer>> create(const NbdServerConfig& config,
+                                                   std::unique_ptr<NbdDevice> device,
+                                                   GuestMemory& memory);
   explicit NbdServer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

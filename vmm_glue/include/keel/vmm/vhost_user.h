@@ -14,6 +14,7 @@
 #include "keel/result.h"
 #include "keel/vmm/guest_memory.h"
 #include "keel/vmm/paravisor.h"
+#include "keel/vmm/virtio.h"
 
 namespace keel::vmm {
 
@@ -117,10 +118,24 @@ inline constexpr std::uint32_t kMaxConfigBytes = 256;
 inline constexpr std::uint64_t kVringIndexMask = 0xff;
 inline constexpr std::uint64_t kVringNoFd = 1u << 8;
 
-/// Largest payload keel reads (bigger messages end the connection).
+// ---- Limits on what a front end may send (enforced by the parser in vhost_user_socket.cpp and
+// the request handlers in vhost_user_messages.cpp / vhost_user_rings.cpp; covered by
+// tests/vhost_user/vhost_user_{abuse,peer_fd}_test.cpp and the vhost_user_fuzz target). ----
+
+/// Largest payload keel reads. The biggest request keel knows is SET_CONFIG (12 + 256 bytes);
+/// the bound leaves room for requests it does not know (failed, not fatal). A bigger header
+/// size is a framing error: the connection ends before any of the payload is read.
 inline constexpr std::uint32_t kMaxPayload = 4096;
-/// At most this many fds travel with one message.
-inline constexpr unsigned kMaxFds = 8;
+/// At most this many fds (SCM_RIGHTS) travel with one message (SET_MEM_TABLE: one per region).
+/// More, or a control message the kernel had to truncate (MSG_CTRUNC: it discards the fds that
+/// did not fit), is a framing error: the connection ends and every fd received is closed. Fds
+/// a request does not take are closed when it has been handled.
+inline constexpr unsigned kMaxFds = kMaxRegions;
+/// Largest ring (SET_VRING_NUM; the split ring's limit). Sizes must be powers of two.
+inline constexpr std::uint32_t kMaxRingSize = virtio::kMaxQueueSize;
+// Fd types: kick, call and err fds must be eventfds (made O_NONBLOCK; one kick eventfd per
+// ring, shared with no other ring fd); memory fds regular files sealed with F_SEAL_SHRINK that
+// hold the whole region (GuestMemory::add_region). Anything else fails the request.
 
 /// Feature bit (GET_FEATURES / SET_FEATURES) announcing protocol-feature negotiation.
 inline constexpr unsigned kFeatureProtocolFeatures = 30;
@@ -178,10 +193,11 @@ struct VhostUserBlkConfig {
 /// error (wrong version bits, a payload over kMaxPayload, a message cut short or not finished
 /// within message_timeout, more fds than kMaxFds) ends the connection. A well-framed request
 /// that cannot be honoured (unknown request, wrong payload size, ring index out of range, a ring
-/// outside the memory table, too many regions, ...) is logged and failed: with a non-zero ack
-/// when the front end set need_reply (REPLY_ACK); with an empty reply for GET_CONFIG (as the
-/// spec says); otherwise by closing the connection, since the front end has no other way to
-/// learn that the request failed.
+/// outside the memory table, too many regions, a memory fd not sealed with F_SEAL_SHRINK, a
+/// kick/call/err fd that is not an eventfd or a kick eventfd another ring uses, ...) is logged
+/// and failed: with a non-zero ack when the front end set need_reply (REPLY_ACK); with an
+/// empty reply for GET_CONFIG (as the spec says); otherwise by closing the connection, since
+/// the front end has no other way to learn that the request failed.
 ///
 /// Rings follow the spec's states: a ring runs once it is started (SET_VRING_KICK, with an fd
 /// or the no-fd flag, which makes the paravisor poll the ring) and enabled (SET_VRING_ENABLE 1;
@@ -192,6 +208,17 @@ struct VhostUserBlkConfig {
 /// factory on SET_MEM_TABLE and re-created on every new table, and when a ring stops while
 /// others keep running (Paravisor has no per-queue stop). A ring the driver breaks
 /// (DEVICE_NEEDS_RESET) is signalled once on its SET_VRING_ERR eventfd.
+///
+/// Front-end fds never block keel: kick, call and err fds must be eventfds and are set
+/// O_NONBLOCK when received (a full counter then fails a notification with EAGAIN, which
+/// means one is already pending). O_NONBLOCK is a flag of the open file description, which the
+/// front end shares, so its own descriptor turns non-blocking as well; QEMU's eventfds are
+/// non-blocking anyway. A front end that clears the flag again afterwards defeats this for its
+/// own rings' call fds (the worker's write could then wait for the front end to read the
+/// counter): only a hostile front end does that, and its own rings stall. Guest memory must be
+/// sealed against shrinking (see GuestMemory): QEMU's -object memory-backend-memfd,...,share=on
+/// (seal=on by default) qualifies; memory-backend-file (a /dev/shm or hugetlbfs path) cannot
+/// be sealed and is refused.
 ///
 /// Threading, pick one per server:
 ///  - start(): the server runs on its own thread until stop(). Use paravisors with
