@@ -13,6 +13,7 @@
 // - a request whose data pieces are whole blocks is never refused as too fragmented;
 // - the parser allocates nothing, honours seg_max, size_max, the per-request byte limit and the
 //   block size, and used.len is the data length + 1 for reads.
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -44,8 +45,9 @@ GuestMemory& memory() {
   static GuestMemory* m = [] {
     auto mem = GuestMemory::empty();
     for (int i = 0; i < 2; ++i) {
-      const int fd = memfd_create("worker-fuzz", MFD_CLOEXEC);
+      const int fd = memfd_create("worker-fuzz", MFD_CLOEXEC | MFD_ALLOW_SEALING);
       if (fd < 0 || ftruncate(fd, kRegion) != 0) __builtin_trap();
+      if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0) __builtin_trap();
       if (!mem->add_region(fd, 0, i * kRegion, kRegion, 0x100000 + i * kRegion).ok()) {
         __builtin_trap();
       }

@@ -292,9 +292,10 @@ class HighMemory : public DataPath {
     hc.image_path = image_;
     hc.length = kSliceLbas * 512;
     for (std::uint64_t gpa : {std::uint64_t{0}, kHigh, kHigh + kRegion}) {
-      const int fd = memfd_create("keel-test-ram", MFD_CLOEXEC);
+      const int fd = memfd_create("keel-test-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
       ASSERT_GE(fd, 0);
       ASSERT_EQ(ftruncate(fd, kRegion), 0);
+      ASSERT_EQ(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
       KEEL_ASSERT_OK(g.mem->add_region(fd, 0, gpa, kRegion, 0x7f0000000000 + gpa));
       hc.regions.push_back({fd, 0, gpa, kRegion});
     }
