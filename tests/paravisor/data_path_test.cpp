@@ -189,6 +189,21 @@ TEST_P(DataPath, RequestsPastSizeMaxOrTheByteLimitFailWithoutIo) {
   EXPECT_FALSE(g.pv->needs_reset());
 }
 
+TEST_P(DataPath, MoreDataDescriptorsThanSegMaxFail) {
+  vmm::ParavisorConfig cfg;
+  cfg.seg_max = 8;
+  make_guests(1, cfg);
+  Guest& g = guests_[0];
+  const std::uint64_t buf = g.drv->alloc(9 * 4096);
+  std::vector<vmm::DataSeg> nine, eight;
+  for (std::uint64_t i = 0; i < 9; ++i) nine.push_back({buf + 4096 * i, 4096});
+  eight.assign(nine.begin(), nine.end() - 1);
+  EXPECT_EQ(g.pv->config_space().seg_max, 8u);
+  EXPECT_EQ(run(g, blk::kOut, 0, nine), blk::kStatusIoErr);
+  EXPECT_EQ(run(g, blk::kOut, 0, eight), blk::kStatusOk);
+  EXPECT_EQ(g.pv->counters().bad_requests, 1u);
+}
+
 // Issue 10 item 7: stop() (GET_VRING_BASE) took new requests while it waited, so a busy guest
 // held every pause for seconds. It now takes none: what was available but not taken stays in
 // the ring (last_avail does not move) and runs once the queue runs again.
@@ -279,7 +294,7 @@ TEST_P(DataPath, AnUnfinishedRequestBeforeACompletedOneFailsAtTheBound) {
 class HighMemory : public DataPath {
  protected:
   /// Guest memory: 16 MiB at GPA 0 (rings), and two adjacent 16 MiB regions at 64 GiB.
-  void make_high_guest(bool with_vf) {
+  void make_high_guest(bool with_vf, std::uint64_t high = kHigh) {
     auto pm = sriov::PfManager::discover(*card_);
     KEEL_ASSERT_OK(pm);
     sriov::VfResources res;
@@ -291,12 +306,14 @@ class HighMemory : public DataPath {
     vmm::HostServiceConfig hc;
     hc.image_path = image_;
     hc.length = kSliceLbas * 512;
-    for (std::uint64_t gpa : {std::uint64_t{0}, kHigh, kHigh + kRegion}) {
+    std::uint64_t user = std::uint64_t{1} << 44;  // the front end's addresses: anywhere apart
+    for (std::uint64_t gpa : {std::uint64_t{0}, high, high + kRegion}) {
       const int fd = memfd_create("keel-test-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
       ASSERT_GE(fd, 0);
       ASSERT_EQ(ftruncate(fd, kRegion), 0);
       ASSERT_EQ(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
-      KEEL_ASSERT_OK(g.mem->add_region(fd, 0, gpa, kRegion, 0x7f0000000000 + gpa));
+      KEEL_ASSERT_OK(g.mem->add_region(fd, 0, gpa, kRegion, user));
+      user += kRegion;
       hc.regions.push_back({fd, 0, gpa, kRegion});
     }
     auto host = vmm::HostStorageService::start(hc);
@@ -328,6 +345,21 @@ TEST_P(HighMemory, AGuestWithRamAt64GiBGetsItsVf) {
   EXPECT_GT(c.vf_ios, 0u);
   EXPECT_EQ(c.fallback_ios, 0u);
   EXPECT_EQ(c.errors, 0u);
+}
+
+// Guest RAM at 2^52 would meet the driver's own buffers: the VF is refused with a clear reason;
+// the guest is served on the host path.
+TEST_P(HighMemory, GuestRamAt2To52IsRefusedForTheVfAndServedOnTheHostPath) {
+  const std::uint64_t top = std::uint64_t{1} << 52;
+  make_high_guest(true, top - kRegion);  // the second high region ends past 2^52
+  Guest& g = guests_[0];
+  EXPECT_EQ(g.pv->state(), vmm::PathState::fallback);
+  const auto log = g.pv->transitions();
+  ASSERT_FALSE(log.empty());
+  EXPECT_NE(log.back().reason.find("2^52"), std::string::npos) << log.back().reason;
+  verify(g, 16, top - kRegion + 8192, top + 4096, 8192, 6);
+  EXPECT_GT(g.pv->counters().fallback_ios, 0u);
+  EXPECT_EQ(g.pv->counters().vf_ios, 0u);
 }
 
 TEST_P(HighMemory, ADescriptorAcrossTwoRegionsWorksOnTheVf) {
