@@ -118,9 +118,9 @@ class QueueWorker {
   std::uint64_t held_pool_ = 0;  // pool chunks the host service may still use (bit per chunk)
   std::uint32_t max_sub_bytes_ = kChunkBytes;
   SplitParams split_params_;
-  unsigned sub_cap_ = 0;              // subs per slot
-  std::uint32_t epoch_ = 0;           // in every tag; bumps when unfinished requests are given back
-  std::vector<DataSeg> seg_scratch_;  // kMaxSubSegs: one sub's segments
+  unsigned sub_cap_ = 0;     // subs per slot
+  std::uint32_t epoch_ = 0;  // in every tag; bumps at setup() and when requests are given back
+  std::vector<DataSeg> seg_scratch_;       // kMaxSubSegs: one sub's segments
   std::vector<SubRequest> split_scratch_;  // sub_cap_
 
   unsigned inflight_ = 0;  // requests taken and not yet completed
