@@ -299,5 +299,46 @@ TEST_F(VhostUserAbuse, PeerDisconnectMidIoLosesNothing) {
   EXPECT_EQ(server_->counters().requests, 2u) << "completed once";
 }
 
+// Issue 10 item 7: GET_VRING_BASE while a request is stuck on a VF that does not answer. The
+// pause is bounded (quiesce_timeout) and takes nothing new; the stuck request is not reported
+// consumed (the base stops before it), so the front end makes it available again and it
+// completes exactly once when the ring restarts.
+TEST_F(VhostUserTest, GetVringBaseDoesNotCountAnUnfinishedRequest) {
+  pv_config_.command_timeout = std::chrono::seconds(30);
+  pv_config_.quiesce_timeout = std::chrono::milliseconds(5);
+  start(1);
+  auto fe = connect();
+  GuestRam ram;
+  DriverRing ring(ram, kRingSize, 0);
+  DriverRing* rings[] = {&ring};
+  ASSERT_TRUE(fe->handshake(ram, rings));
+  round_trip(ram, ring, 0, 8, 1 << 20, 2 << 20, 1);  // requests 1 and 2; the queue pair is up
+  ASSERT_TRUE(card_->faults()->drop_completions(0, 1).ok());
+  fill_pattern(ram.at(1 << 20, 4096), 4096, 64, 2);
+  const std::uint16_t head =
+      ring.submit(blk::kOut, 64, std::vector<DriverRing::Seg>{{1 << 20, 4096}});
+  ring.kick();
+  for (int i = 0; i < 100; ++i) {
+    server_->run_paravisor_once();
+    card_->step(1);
+  }
+  ASSERT_EQ(ring.used_idx(), 2) << "the write is on the VF, its completion dropped";
+
+  const auto base = fe->get_vring_base(0);
+
+  ASSERT_TRUE(base.has_value());
+  EXPECT_EQ(base->num, 2u) << "the unfinished write is not reported consumed";
+  EXPECT_EQ(ring.used_idx(), 2);
+  ASSERT_TRUE(fe->start_ring(ram, 0, ring, static_cast<std::uint16_t>(base->num)));
+  std::optional<std::pair<std::uint16_t, std::uint8_t>> done;
+  ASSERT_TRUE(drive([&] { return (done = ring.reap()).has_value(); }, &ring));
+  EXPECT_EQ(done->first, head);
+  EXPECT_EQ(done->second, blk::kStatusOk);
+  std::memset(ram.at(2 << 20, 4096), 0, 4096);
+  ASSERT_EQ(io(ring, blk::kIn, 64, {{2 << 20, 4096}}), blk::kStatusOk);
+  EXPECT_EQ(check_pattern(ram.at(2 << 20, 4096), 4096, 64, 2), -1);
+  EXPECT_EQ(server_->counters().requests, 4u) << "the write completed exactly once";
+}
+
 }  // namespace
 }  // namespace keel::testing

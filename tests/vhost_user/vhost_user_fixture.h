@@ -88,7 +88,7 @@ class VhostUserTest : public ::testing::Test {
       host_ = std::move(h).value();
       auto vf = card_->vf(0);
       if (!vf) return vf.error();
-      vmm::ParavisorConfig pc;
+      vmm::ParavisorConfig pc = pv_config_;
       pc.queues = queues_;
       pc.threads = threaded_;
       pc.capacity_sectors = kSliceLbas;
@@ -182,6 +182,7 @@ class VhostUserTest : public ::testing::Test {
   bool threaded_ = false;
   unsigned factory_calls_ = 0;
   bool fail_factory_ = false;
+  vmm::ParavisorConfig pv_config_;  ///< What the factory starts from (set before start()).
 };
 
 }  // namespace keel::testing
