@@ -5,6 +5,13 @@
 // sub-requests and the building of each sub-request's segments into the same fixed arrays the
 // worker submits from (a fake VF: NVMe segments; a fake host service: host segments).
 //
+// Then the same virtqueue goes through the real worker (QueueWorker, via a Paravisor run by the
+// caller) on one of two paths the input picks: a VF of the reference model card (lockstep, the
+// NVMe driver, the card's IOMMU) or the host storage service (io_uring on the card's image).
+// The worker's fixed arrays are under ASan there; after the worker stops, every chain it took
+// has exactly one used entry (or was given back to the ring), and no head is completed more often
+// than it was made available.
+//
 // Invariants checked (a violation traps):
 // - no sub-request spans more segments than its array holds (kMaxSubSegs), and none is empty;
 // - every sub-request starts and ends on a logical block and stays within max_sub_bytes;
@@ -18,13 +25,20 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <vector>
 
+#include "keel/fpga/model/model_card.h"
+#include "keel/sriov/pf_manager.h"
 #include "keel/vmm/blk_request.h"
 #include "keel/vmm/blk_split.h"
 #include "keel/vmm/guest_memory.h"
+#include "keel/vmm/host_service.h"
+#include "keel/vmm/paravisor.h"
 #include "keel/vmm/virtqueue.h"
 
 namespace {
@@ -55,6 +69,109 @@ GuestMemory& memory() {
     return mem.release();
   }();
   return *m;
+}
+
+constexpr std::uint64_t kDiskBytes = 1 << 20;
+
+// The card, its image, the host service and two paravisors over memory(): one on VF 0, one on
+// the host path only. Built once.
+struct Stack {
+  std::string image;
+  std::unique_ptr<keel::fpga::model::ModelCard> card;
+  std::unique_ptr<HostStorageService> host;
+  std::unique_ptr<Paravisor> on_vf, on_host;
+};
+
+template <typename R>
+auto must(R r, const char* what) {
+  if (!r.ok()) {
+    std::fprintf(stderr, "worker_fuzz: %s: %s\n", what, r.error().message.c_str());
+    std::abort();
+  }
+  return std::move(r).value();
+}
+
+Stack& stack() {
+  static Stack* s = [] {
+    auto* st = new Stack();
+    st->image = "/tmp/keel-worker-fuzz-" + std::to_string(getpid()) + ".img";
+    keel::fpga::model::ModelConfig mc;
+    mc.card.image_path = st->image;
+    mc.card.storage_bytes = kDiskBytes;
+    mc.card.lockstep = true;
+    mc.card.max_vfs = 1;
+    st->card = must(keel::fpga::model::ModelCard::create(mc), "model card");
+    auto pm = must(keel::sriov::PfManager::discover(*st->card), "PF");
+    keel::sriov::VfResources res;
+    res.slice_lbas = kDiskBytes / 512;
+    if (!pm.enable_vfs({&res, 1}).ok()) std::abort();
+    HostServiceConfig hc;
+    hc.image_path = st->image;
+    hc.length = kDiskBytes;
+    for (const auto& r : memory().regions())
+      hc.regions.push_back({r.fd, r.fd_offset, r.gpa, r.bytes});
+    hc.io_uring_depth = 8;
+    st->host = must(HostStorageService::start(hc), "host service");
+    ParavisorConfig pc;
+    pc.capacity_sectors = kDiskBytes / 512;
+    pc.command_timeout = std::chrono::milliseconds(20);
+    pc.admin_timeout = std::chrono::milliseconds(20);
+    pc.quiesce_timeout = std::chrono::milliseconds(20);
+    auto vf = must(st->card->vf(0), "VF 0");
+    st->on_vf = must(Paravisor::create(*st->card, vf, memory(), *st->host, pc), "paravisor (VF)");
+    st->on_host =
+        must(Paravisor::create(*st->card, nullptr, memory(), *st->host, pc), "paravisor (host)");
+    for (Paravisor* p : {st->on_vf.get(), st->on_host.get()}) {
+      if (!p->set_features(p->device_features()).ok()) std::abort();
+    }
+    std::atexit([] {
+      Stack& me = stack();
+      me.on_vf.reset();
+      me.on_host.reset();
+      me.host.reset();
+      me.card.reset();
+      unlink(me.image.c_str());
+    });
+    return st;
+  }();
+  return *s;
+}
+
+std::uint16_t ring16(const GuestMemory& mem, std::uint64_t gpa) {
+  std::uint16_t v;
+  std::memcpy(&v, mem.translate(gpa, 2), 2);
+  return v;
+}
+
+// Stage 2: the virtqueue (already in memory) through the real worker on `pv`.
+void run_worker(Paravisor& pv, keel::fpga::Card& card) {
+  GuestMemory& mem = memory();
+  if (!pv.set_queue(0, {kQueue, kDesc, kAvail, kUsed}).ok()) return;
+  for (unsigned i = 0; i < 4000; ++i) {
+    pv.run_once();
+    card.step(1);
+    if (pv.needs_reset()) break;
+    if (ring16(mem, kUsed + 2) == pv.last_avail(0) && ring16(mem, kAvail + 2) == pv.last_avail(0)) {
+      break;
+    }
+  }
+  pv.stop();  // bounded; what is unfinished is given back (last_avail moves back)
+  const std::uint16_t used = ring16(mem, kUsed + 2), taken = pv.last_avail(0);
+  CHECK(used <= taken);
+  if (!pv.needs_reset()) CHECK(used == taken);  // every chain taken completed, exactly once
+  // No head completed more often than the driver made it available.
+  unsigned avail_count[kQueue] = {}, used_count[kQueue] = {};
+  for (std::uint16_t i = 0; i < taken; ++i) {
+    const std::uint16_t h = ring16(mem, kAvail + 4 + 2u * (i % kQueue));
+    if (h < kQueue) ++avail_count[h];
+  }
+  for (std::uint16_t i = 0; i < used; ++i) {
+    virtio::UsedElem e;
+    std::memcpy(&e, mem.translate(kUsed + 4 + 8u * (i % kQueue), sizeof e), sizeof e);
+    CHECK(e.id < kQueue);
+    ++used_count[e.id];
+    CHECK(used_count[e.id] <= avail_count[e.id]);
+  }
 }
 
 bool in_one_region(const GuestMemory& mem, std::uint64_t gpa, std::uint32_t len) {
@@ -89,10 +206,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   SplitParams sp;
   sp.max_sub_bytes = (data[2] & 2) ? 8192 : 128 * 1024;
   sp.block_bytes = limits.block_bytes;
+  const bool host_path = (data[2] & 4) != 0;  // stage 2 on the host path, else on the VF
   data += 4;
   size -= 4;
 
-  for (const GuestMemory::Region& r : mem.regions()) std::memset(r.host, 0, r.bytes);
+  const std::uint8_t* const input = data;
+  const std::size_t input_size = size;
   auto put = [&](std::uint64_t gpa, std::size_t max) {
     const std::size_t n = std::min(size, max);
     // The data area spans both regions: copy a region at a time.
@@ -105,9 +224,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     data += n;
     size -= n;
   };
-  put(kDesc, virtio::desc_bytes(kQueue));
-  put(kAvail, virtio::avail_bytes(kQueue));
-  put(kData, 2 * kRegion - kData);
+  auto load = [&] {
+    data = input;
+    size = input_size;
+    for (const GuestMemory::Region& r : mem.regions()) std::memset(r.host, 0, r.bytes);
+    put(kDesc, virtio::desc_bytes(kQueue));
+    put(kAvail, virtio::avail_bytes(kQueue));
+    put(kData, 2 * kRegion - kData);
+  };
+  load();
 
   Virtqueue vq;
   if (!vq.setup(mem, {kQueue, kDesc, kAvail, kUsed}, true).ok()) return 0;
@@ -196,5 +321,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     vq.push_used(head, req.written);
     (void)vq.should_notify();
   }
+  // Stage 2: the same chains through the real worker, on the path the input picked.
+  Stack& st = stack();
+  load();
+  run_worker(host_path ? *st.on_host : *st.on_vf, *st.card);
   return 0;
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Writes the seed corpus of worker_fuzz (tests/fuzz/corpus/worker_fuzz/): a few well-formed
-virtqueues the fuzzer mutates. Layout (see worker_fuzz.cpp): 4 bytes of limits, the descriptor
+virtqueues the fuzzer mutates, each for the VF path and (suffix _host) the host path. Layout
+(see worker_fuzz.cpp): 4 bytes of limits (byte 2 bit 2: the host path), the descriptor
 table (256 x 16 bytes at GPA 0x1000), the available ring (at 0x2000), then data from 0x4000;
 guest memory is two adjacent 32 KiB regions (0x0-0x8000, 0x8000-0x10000)."""
 import os
@@ -57,6 +58,11 @@ def main(out):
     for name, blob in seeds.items():
         with open(os.path.join(out, name), "wb") as f:
             f.write(blob)
+        # The same chains through the worker on the host path (limits byte 2, bit 2).
+        host = bytearray(blob)
+        host[2] |= 4
+        with open(os.path.join(out, name + "_host"), "wb") as f:
+            f.write(bytes(host))
 
 
 if __name__ == "__main__":
