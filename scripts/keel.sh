@@ -102,8 +102,16 @@ case "${1:-}" in
       mkdir -p "$BUILD_DIR-fuzz/corpus-$target"
       seeds=()
       [ -d "$ROOT/tests/fuzz/corpus/$target" ] && seeds=("$ROOT/tests/fuzz/corpus/$target")
-      "$BUILD_DIR-fuzz/$target" -max_total_time="${FUZZ_SECONDS:-30}" -timeout=10 \
-        -rss_limit_mb=2048 -print_final_stats=1 "$BUILD_DIR-fuzz/corpus-$target" "${seeds[@]}"
+      # The servers under fuzz log every refused message: keep that in a file, show its end on
+      # a failure (libFuzzer prints the crashing input's path and the sanitizer report last).
+      log="$BUILD_DIR-fuzz/$target.log"
+      if ! "$BUILD_DIR-fuzz/$target" -max_total_time="${FUZZ_SECONDS:-30}" -timeout=10 \
+        -rss_limit_mb=2048 -print_final_stats=1 "$BUILD_DIR-fuzz/corpus-$target" "${seeds[@]}" \
+        >"$log" 2>&1; then
+        tail -n 80 "$log"
+        die "fuzz target $target failed (whole log: $log)"
+      fi
+      grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)' "$log" || true
     done
     # A user's Release build with the distribution's GCC must build (warnings are not errors
     # there): checked here so a compiler's false positive cannot break users again.
