@@ -208,6 +208,37 @@ TEST_F(PeerFds, FullCallEventfdNeverBlocksTheWorker) {
   EXPECT_TRUE(fe->get_u64(Request::get_features).has_value());
 }
 
+// keel makes the call eventfd non-blocking, but O_NONBLOCK lives on the open file description
+// the front end shares: a hostile front end clears it again and fills the counter, so the
+// worker's next notification blocks. Stopping the ring (GET_VRING_BASE) must still get the
+// worker out of that write and answer.
+TEST_F(PeerFds, CallEventfdMadeBlockingAgainDoesNotHangGetVringBase) {
+  start(1, /*threaded=*/true);
+  GuestRam ram;
+  auto fe = connect();
+  DriverRing ring(ram, kRingSize, 0);
+  DriverRing* rings[] = {&ring};
+  ASSERT_TRUE(fe->handshake(ram, rings));
+  const int call = full_blocking_eventfd();
+  ASSERT_EQ(fe->ack_u64(Request::set_vring_call, 0, {&call, 1}), 0u);
+  const int flags = ::fcntl(call, F_GETFL);
+  ASSERT_GE(flags, 0);
+  ASSERT_EQ(::fcntl(call, F_SETFL, flags & ~O_NONBLOCK), 0) << "the front end's own copy";
+  ring.submit(blk::kIn, 0, std::vector<DriverRing::Seg>{{1 << 20, 4096}});
+  ring.kick();
+  const bool completed = drive([&] { return ring.reap().has_value(); }, &ring);
+  EXPECT_TRUE(completed) << "the used entry is pushed before the notification";
+  // The worker now blocks in write() on the call fd (the counter is full, the fd blocking).
+  const auto base = fe->get_vring_base(0);
+  EXPECT_TRUE(base.has_value()) << "GET_VRING_BASE unanswered: the worker is stuck";
+  drain(call);  // (before the fix: lets the stuck worker go, so the test can end)
+  if (base) {
+    EXPECT_EQ(base->num, 1u);
+  }
+  ::close(call);
+  EXPECT_TRUE(fe->get_u64(Request::get_features).has_value());
+}
+
 // An err eventfd whose counter is full: signalling a broken ring must not block the server.
 TEST_F(PeerFds, FullErrEventfdNeverBlocksTheServer) {
   start(1, /*threaded=*/true);

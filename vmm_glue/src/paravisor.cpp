@@ -1,11 +1,14 @@
 // The paravisor's control side: device setup, workers, and the failover state machine.
 #include "keel/vmm/paravisor.h"
 
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 
@@ -297,8 +300,41 @@ Status Paravisor::start() {
   return {};
 }
 
+namespace {
+
+// The signal that interrupts a worker blocked in a system call. Its handler does nothing and is
+// installed without SA_RESTART, so the call returns EINTR.
+int worker_interrupt_signal() {
+  static const int sig = [] {
+    const int s = SIGRTMIN + 5;
+    struct sigaction sa {};
+    sa.sa_handler = [](int) {};
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;  // no SA_RESTART
+    (void)sigaction(s, &sa, nullptr);
+    return s;
+  }();
+  return sig;
+}
+
+// Waits for a worker thread told to stop. A worker may be blocked in write() on its call
+// eventfd: keel makes that fd non-blocking, but O_NONBLOCK lives on the open file description
+// the front end shares, so a hostile front end can clear it again and fill the counter. After
+// a grace period in which a worker normally sees `running_` false (its sleeps are bounded at
+// 100 ms), the thread is signalled until it leaves the blocked call and returns. Bounded.
+void await_worker(const QueueWorker& w, std::thread& t) {
+  const timespec one_ms{0, 1'000'000};
+  for (unsigned ms = 0; !w.thread_exited() && ms < 10'000; ++ms) {
+    if (ms >= 250) (void)pthread_kill(t.native_handle(), worker_interrupt_signal());
+    nanosleep(&one_ms, nullptr);
+  }
+}
+
+}  // namespace
+
 void Paravisor::stop() {
   if (running_.exchange(false)) {
+    for (std::size_t i = 0; i < threads_.size(); ++i) await_worker(*workers_[i], threads_[i]);
     for (auto& t : threads_) t.join();
     threads_.clear();
   }

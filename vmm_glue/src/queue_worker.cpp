@@ -565,6 +565,7 @@ void QueueWorker::run_thread() {
   pthread_setname_np(pthread_self(), name.c_str());
   thread_.store(pthread_self());
   has_thread_.store(true);
+  exited_.store(false, std::memory_order_release);
   // Spin briefly after the last piece of work, then sleep on every event source at once:
   // the guest's kick, the VF queue's MSI-X, the host service's completions.
   const int ep = epoll_create1(EPOLL_CLOEXEC);
@@ -636,6 +637,7 @@ void QueueWorker::run_thread() {
     if (qp_ != nullptr) qp_->arm_interrupt(false);
   }
   close(ep);
+  exited_.store(true, std::memory_order_release);
 }
 
 }  // namespace keel::vmm

@@ -48,6 +48,8 @@ class QueueWorker {
   int kick_fd = -1;
   Virtqueue& vq() noexcept { return vq_; }
   std::uint64_t thread_cpu_ns() const noexcept;
+  /// True once run_thread() has returned (stop() waits for it, interrupting a blocked write).
+  bool thread_exited() const noexcept { return exited_.load(std::memory_order_acquire); }
 
   struct Counters {
     std::atomic<std::uint64_t> requests{0}, vf_ios{0}, fallback_ios{0}, reissued{0}, bounced{0},
@@ -127,6 +129,7 @@ class QueueWorker {
   bool pushed_ = false;    // used entries pushed since the last notification decision
   std::atomic<pthread_t> thread_{};
   std::atomic<bool> has_thread_{false};
+  std::atomic<bool> exited_{false};
   Counters counters_;
 };
 
