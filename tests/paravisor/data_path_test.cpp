@@ -152,6 +152,7 @@ TEST_P(DataPath, ManySmallSectorPiecesAreCutIntoSubRequests) {
 // byte limit refuse it before any IO; the guest's other requests carry on.
 TEST_P(DataPath, RequestsPastSizeMaxOrTheByteLimitFailWithoutIo) {
   vmm::ParavisorConfig cfg;
+  cfg.max_request_bytes = 4u << 20;  // below seg_max x size_max: the byte limit must hold
   make_guests(1, cfg, 96u << 20);
   Guest& g = guests_[0];
   const auto feats = g.pv->device_features();
@@ -187,6 +188,24 @@ TEST_P(DataPath, RequestsPastSizeMaxOrTheByteLimitFailWithoutIo) {
   EXPECT_EQ(d.status, blk::kStatusOk);
   EXPECT_EQ(d.len, cfg.max_request_bytes + 1);
   EXPECT_FALSE(g.pv->needs_reset());
+}
+
+// The defaults are consistent: the largest request a guest can build from what the device
+// advertises (seg_max descriptors of size_max bytes) is within max_request_bytes, so an ordinary
+// guest never gets IOERR from the byte limit (a Linux guest with max_sectors_kb raised would).
+TEST_P(DataPath, TheLargestAdvertisedRequestIsServed) {
+  vmm::ParavisorConfig cfg;
+  make_guests(1, cfg, 96u << 20);
+  Guest& g = guests_[0];
+  const auto& cs = g.pv->config_space();
+  ASSERT_LE(std::uint64_t{cs.seg_max} * cs.size_max, cfg.max_request_bytes);
+  const std::uint64_t buf = g.drv->alloc(std::uint64_t{cs.seg_max} * cs.size_max);
+  std::vector<vmm::DataSeg> segs;
+  for (std::uint64_t i = 0; i < cs.seg_max; ++i)
+    segs.push_back({buf + i * cs.size_max, cs.size_max});
+  const Done d = raw(g, blk::kIn, 0, segs, true, 0);
+  EXPECT_EQ(d.status, blk::kStatusOk);
+  EXPECT_EQ(d.len, std::uint64_t{cs.seg_max} * cs.size_max + 1);
 }
 
 TEST_P(DataPath, MoreDataDescriptorsThanSegMaxFail) {

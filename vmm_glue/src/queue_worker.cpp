@@ -1,5 +1,6 @@
 #include "queue_worker.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -466,6 +467,13 @@ void QueueWorker::notify_guest() noexcept {
   if (!vq_.should_notify()) return;
   counters_.notifications.fetch_add(1, std::memory_order_relaxed);
   if (call_fd >= 0) {
+    // The front end shares the fd's O_NONBLOCK flag and can clear it. On the worker thread a
+    // blocked write is interrupted by stop(); the control thread (quiesce) must never block:
+    // there, a full counter (no POLLOUT) means the guest has a notification pending anyway.
+    if (quiescing_) {
+      pollfd p{call_fd, POLLOUT, 0};
+      if (::poll(&p, 1, 0) != 1 || (p.revents & POLLOUT) == 0) return;
+    }
     const std::uint64_t one = 1;
     (void)!write(call_fd, &one, sizeof one);
   } else if (pv_.notify_) {
@@ -492,12 +500,22 @@ void QueueWorker::quiesce() {
       pv_.config_.quiesce_timeout.count() > 0
           ? pv_.config_.quiesce_timeout
           : pv_.config_.command_timeout * 2 + pv_.config_.admin_timeout * 2;
+  quiescing_ = true;  // the data path runs on the control thread until the end of quiesce()
   // Only what was taken: a busy guest must not hold the pause (and the control plane) open.
   fpga::poll_until(pv_.card_, bound, [&] {
     pass(false);
     return inflight_ == 0 && pending_.empty();
   });
+  if (qp_ != nullptr && qp_->outstanding() > 0) {
+    // The device has not finished commands within the bound: it may still DMA into bounce
+    // chunks or guest pages. Disable the controller (CC.EN=0 stops its DMA) before those
+    // chunks are reused and before the requests are given back or failed. The other workers'
+    // queue pairs fail their commands and re-issue them on the host path (failover).
+    std::lock_guard lock(pv_.mu_);
+    if (pv_.ctrl_ != nullptr) (void)pv_.ctrl_->reset();
+  }
   if (inflight_ != 0 || !pending_.empty()) give_back_unfinished();
+  quiescing_ = false;
   qp_.reset();  // deletes its queues: no VF command still uses a bounce chunk
   if (bounce_.valid() && free_bounce_.size() != kBounceChunks) {
     free_bounce_.clear();

@@ -130,6 +130,7 @@ class QueueWorker {
   std::atomic<pthread_t> thread_{};
   std::atomic<bool> has_thread_{false};
   std::atomic<bool> exited_{false};
+  bool quiescing_ = false;  // quiesce() runs the data path on the control thread
   Counters counters_;
 };
 

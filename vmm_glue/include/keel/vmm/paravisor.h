@@ -66,10 +66,13 @@ struct ParavisorConfig {
   /// 4 KiB at least.
   std::uint32_t size_max = 128 * 1024;
   /// Data bytes per read or write request (virtio-blk has no field to advertise it); larger
-  /// fail with IOERR. 4 MiB is three times what a Linux guest sends by default
-  /// (max_sectors_kb 1280). Bounds the work and the sub-requests one request costs (a slot holds
-  /// max_request_bytes / 128 KiB of them, preallocated). A multiple of 512 up to 64 MiB.
-  std::uint32_t max_request_bytes = 4u << 20;
+  /// fail with IOERR. Bounds the work and the sub-requests one request costs (a slot holds
+  /// about max_request_bytes / 128 KiB of them, preallocated: ~1.7 MiB per 256-entry queue at
+  /// the default). The default is seg_max x size_max (126 x 128 KiB = 15.75 MiB) rounded up, so
+  /// a guest that honours what is advertised (Linux caps a request at max_segments x
+  /// max_segment_size, whatever max_sectors_kb says) never meets it. A multiple of 512 up to
+  /// 64 MiB.
+  std::uint32_t max_request_bytes = 16u << 20;
   /// Disk size when no VF answers at creation (otherwise the VF's namespace decides).
   std::uint64_t capacity_sectors = 0;
   /// virtio-blk GET_ID answer.
