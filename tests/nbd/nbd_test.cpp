@@ -583,6 +583,36 @@ TEST_P(NbdTest, SlowReaderCannotHoardTheBufferPool) {
   expect_path_used();
 }
 
+// A slow reader that takes one reply per send deadline must not hold the buffers of the
+// replies queued behind it for queue_depth x io_timeout: each reply's deadline runs from when it
+// was queued, so the second reply, queued with the first, is late when the first is taken.
+TEST_P(NbdTest, EachQueuedReplyHasItsOwnSendDeadline) {
+  ManualClock clock;
+  start([&](vmm::NbdServerConfig& s) {
+    s.io_timeout = std::chrono::seconds(10);
+    s.clock = clock.source();
+  });
+  auto hog = open();
+  ASSERT_NE(hog, nullptr);
+  for (std::uint64_t i = 0; i < 4; ++i) {
+    ASSERT_TRUE(hog->send_request(nbd::kCmdRead, 0, i + 1, i * kMiB, kMiB));
+  }
+  // All four replies are queued (the reads are done)...
+  ASSERT_TRUE(eventually([&] { return disk_->server().stats().bytes_read >= 4 * kMiB; }));
+  // ...the hog takes the first one 6 s later, within its deadline...
+  clock.advance(std::chrono::seconds(6));
+  nbd::SimpleReply r{};
+  ASSERT_TRUE(hog->read_reply(r)) << hog->failure();
+  std::vector<std::uint8_t> data(kMiB);
+  ASSERT_TRUE(hog->recv_all(data.data(), data.size()));
+  // ...and 6 s after that the second reply, queued 12 s ago, is past its own deadline.
+  clock.advance(std::chrono::seconds(6));
+  ASSERT_TRUE(eventually([&] { return disk_->server().stats().send_timeouts >= 1; }))
+      << "the second reply's deadline restarted when it reached the head of the queue";
+  EXPECT_TRUE(hog->closed_by_peer());
+  EXPECT_EQ(disk_->server().stats().send_timeouts, 1u);
+}
+
 // A connection waiting for buffers (here: past its quota) reads nothing more until it has
 // them, even when one of its replies goes out meanwhile. Found by nbd_fuzz: the server parsed
 // the next request header then, lost the waiting request and queued the connection twice.

@@ -140,7 +140,8 @@ struct NbdServer::Impl {
     Req* data = nullptr;  // a READ whose data follows the header
     std::uint64_t total = 0;
     std::uint64_t sent = 0;
-    bool counts = false;  // a transmission reply (frees a queue-depth slot when sent)
+    bool counts = false;         // a transmission reply (frees a queue-depth slot when sent)
+    std::uint64_t deadline = 0;  // queued + io_timeout: it must be sent in full by then
   };
 
   enum class St : std::uint8_t {
@@ -1442,7 +1443,11 @@ struct NbdServer::Impl {
   }
 
   void queue_out(Conn& c, Out o) {
-    if (c.out.empty()) c.send_deadline = clock_ns() + ns(cfg.io_timeout);
+    // Each reply's deadline runs from when it is queued, not from when it reaches the head:
+    // a peer reading one reply per io_timeout would otherwise hold its buffers for
+    // queue_depth x io_timeout.
+    o.deadline = clock_ns() + ns(cfg.io_timeout);
+    if (c.out.empty()) c.send_deadline = o.deadline;
     c.out.push_back(std::move(o));
     if (!c.in_dirty) {
       c.in_dirty = true;
@@ -1504,8 +1509,8 @@ struct NbdServer::Impl {
         Req* r = o.data;
         const bool counts = o.counts;
         c.out.pop_front();
-        // The next reply's send deadline starts now (progress on this one did not move it).
-        c.send_deadline = c.out.empty() ? 0 : clock_ns() + ns(cfg.io_timeout);
+        // The next reply's own deadline (from when it was queued) applies now.
+        c.send_deadline = c.out.empty() ? 0 : c.out.front().deadline;
         if (r != nullptr) release(*r);
         if (counts && c.active > 0) --c.active;
         mark_resume(c);
