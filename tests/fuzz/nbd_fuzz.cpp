@@ -35,6 +35,7 @@
 #include <string>
 #include <vector>
 
+#include "fuzz_input.h"
 #include "keel/vmm/guest_memory.h"
 #include "keel/vmm/nbd_server.h"
 #include "keel/vmm/virtio.h"
@@ -78,31 +79,7 @@ GuestMemory& memory() {
   return *m;
 }
 
-/// The input, read front to back; zeroes once it runs out.
-class Input {
- public:
-  Input(const std::uint8_t* d, std::size_t n) : d_(d), n_(n) {}
-  bool empty() const { return n_ == 0; }
-  std::uint8_t u8() {
-    if (n_ == 0) return 0;
-    --n_;
-    return *d_++;
-  }
-  std::uint16_t u16() { return static_cast<std::uint16_t>(u8() | (u8() << 8)); }
-  std::uint32_t u32() { return u16() | (std::uint32_t{u16()} << 16); }
-  std::uint64_t u64() { return u32() | (std::uint64_t{u32()} << 32); }
-  std::string bytes(std::size_t n) {
-    n = std::min(n, n_);
-    std::string s(reinterpret_cast<const char*>(d_), n);
-    d_ += n;
-    n_ -= n;
-    return s;
-  }
-
- private:
-  const std::uint8_t* d_;
-  std::size_t n_;
-};
+using Input = keel::fuzz::FuzzInput;
 
 // ---------------------------------------------------------------- the device
 

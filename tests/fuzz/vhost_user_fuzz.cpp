@@ -36,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "fuzz_input.h"
 #include "keel/fpga/card.h"
 #include "keel/fpga/function.h"
 #include "keel/vmm/guest_memory.h"
@@ -166,29 +167,7 @@ World& world() {
   return *w;
 }
 
-class Reader {
- public:
-  Reader(const std::uint8_t* d, std::size_t n) : d_(d), n_(n) {}
-  bool empty() const { return n_ == 0; }
-  std::uint8_t u8() {
-    if (n_ == 0) return 0;
-    --n_;
-    return *d_++;
-  }
-  std::uint16_t u16() { return static_cast<std::uint16_t>(u8() | (u8() << 8)); }
-  void bytes(std::uint8_t* out, std::size_t k) {
-    if (k == 0) return;
-    const std::size_t take = k < n_ ? k : n_;
-    std::memcpy(out, d_, take);
-    std::memset(out + take, 0, k - take);
-    d_ += take;
-    n_ -= take;
-  }
-
- private:
-  const std::uint8_t* d_;
-  std::size_t n_;
-};
+using Reader = keel::fuzz::FuzzInput;
 
 // Opens the fds a message carries (closed by the caller once sent: the server holds its own).
 // `previous`: the first fd of the last message that carried one (kind 10 sends it again: one
