@@ -69,9 +69,9 @@ def depends_closure(roots: list[str]) -> set[str]:
             if p:
                 provides.setdefault(p, set()).add(name)
     seen: set[str] = set()
-    todo = list(roots)
-    while todo:
-        pkg = todo.pop()
+    pending = list(roots)
+    while pending:
+        pkg = pending.pop()
         if pkg in seen:
             continue
         seen.add(pkg)
@@ -81,8 +81,8 @@ def depends_closure(roots: list[str]) -> set[str]:
                 name = choice.strip().split(" ")[0].split(":")[0]
                 if not name:
                     continue
-                todo.append(name)
-                todo.extend(provides.get(name, ()))
+                pending.append(name)
+                pending.extend(provides.get(name, ()))
     return seen
 
 
@@ -90,11 +90,11 @@ def main() -> int:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else ".").resolve()
     listed = packages_from_script(root)
     closure = depends_closure(listed)
-    todo = sorted(modules_from_cmake(root))
+    pending = sorted(modules_from_cmake(root))
     seen: set[str] = set()
     missing = []
-    while todo:
-        mod = todo.pop()
+    while pending:
+        mod = pending.pop()
         if mod in seen:
             continue
         seen.add(mod)
@@ -105,7 +105,7 @@ def main() -> int:
         if owner not in closure:
             missing.append(f"{mod}.pc comes from {owner}, which scripts/keel.sh neither lists "
                            f"nor gets through a listed package's Depends: add {owner}")
-        todo.extend(requires(mod) - seen)
+        pending.extend(requires(mod) - seen)
     print(f"check_pkgconfig_deps: {len(seen)} pkg-config modules ({', '.join(sorted(seen))}), "
           f"{len(listed)} listed packages, {len(closure)} in their Depends closure")
     for m in missing:
