@@ -94,6 +94,8 @@ case "${1:-}" in
     # Every fuzz target (the parsers of what guests, NBD clients and vhost-user front ends
     # send) under libFuzzer, each for a bounded time, from its committed seed corpus. New
     # inputs go to a scratch corpus in the build tree; the committed one is never written.
+    # The seed is fixed (FUZZ_SEED, default 1) so that a red run can be run again the same
+    # way; longer exploration: FUZZ_SECONDS=600 FUZZ_SEED=0 (0: libFuzzer picks one).
     phase "fuzz"
     cmake -S "$ROOT/tests/fuzz" -B "$BUILD_DIR-fuzz" -G Ninja -DCMAKE_CXX_COMPILER=clang++
     cmake --build "$BUILD_DIR-fuzz" -j "$JOBS"
@@ -106,6 +108,7 @@ case "${1:-}" in
       # a failure (libFuzzer prints the crashing input's path and the sanitizer report last).
       log="$BUILD_DIR-fuzz/$target.log"
       if ! "$BUILD_DIR-fuzz/$target" -max_total_time="${FUZZ_SECONDS:-30}" -timeout=10 \
+        -seed="${FUZZ_SEED:-1}" -artifact_prefix="$BUILD_DIR-fuzz/$target-" \
         -rss_limit_mb=2048 -print_final_stats=1 "$BUILD_DIR-fuzz/corpus-$target" "${seeds[@]}" \
         >"$log" 2>&1; then
         tail -n 80 "$log"
