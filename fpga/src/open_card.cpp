@@ -9,7 +9,7 @@
 #ifdef KEEL_HAVE_SIM
 #include "keel/fpga/sim/sim_card.h"
 #endif
-#include "keel/sriov/pci_address.h"
+#include "keel/pci/pci_address.h"
 #ifdef KEEL_HAVE_VFIO
 #include "keel/fpga/vfio/vfio_card.h"
 #endif
@@ -23,7 +23,7 @@ namespace {
 
 // "vfio:<PCI address of the PF>". Real boards ignore CardOptions (they are what they are).
 Result<std::unique_ptr<Card>> open_vfio(std::string_view spec, std::string_view arg) {
-  auto address = sriov::parse_pci_address(arg);
+  auto address = pci::parse_pci_address(arg);
   if (!address.ok()) {
     return make_error(Errc::invalid_argument,
                       "card spec '" + std::string(spec) + "': " + address.error().message);

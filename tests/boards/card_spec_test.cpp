@@ -5,21 +5,21 @@
 #include <string>
 
 #include "keel/fpga/card.h"
-#include "keel/sriov/pci_address.h"
+#include "keel/pci/pci_address.h"
 
 namespace keel {
 namespace {
 
 TEST(PciAddress, CanonicalFormPassesThrough) {
-  const auto a = sriov::parse_pci_address("0000:3b:00.1");
+  const auto a = pci::parse_pci_address("0000:3b:00.1");
 
   ASSERT_TRUE(a.ok()) << to_string(a.error());
   EXPECT_EQ(*a, "0000:3b:00.1");
 }
 
 TEST(PciAddress, ShortFormAndUpperCaseAreNormalised) {
-  const auto short_form = sriov::parse_pci_address("3B:1f.7");
-  const auto long_domain = sriov::parse_pci_address("10000:E3:00.0");
+  const auto short_form = pci::parse_pci_address("3B:1f.7");
+  const auto long_domain = pci::parse_pci_address("10000:E3:00.0");
 
   ASSERT_TRUE(short_form.ok()) << to_string(short_form.error());
   ASSERT_TRUE(long_domain.ok()) << to_string(long_domain.error());
@@ -50,7 +50,7 @@ TEST(PciAddress, MalformedAddressesNameTheBadPart) {
       {"0000:0000:3b:00.0", "domain"},
   };
   for (const Case& c : cases) {
-    const auto a = sriov::parse_pci_address(c.text);
+    const auto a = pci::parse_pci_address(c.text);
     ASSERT_FALSE(a.ok()) << "'" << c.text << "' was accepted as " << *a;
     EXPECT_EQ(a.error().code, Errc::invalid_argument);
     EXPECT_NE(a.error().message.find(c.why), std::string::npos)

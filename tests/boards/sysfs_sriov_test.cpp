@@ -1,5 +1,5 @@
 // SysfsSriov against a fake sysfs tree: every operation and every error it names.
-#include "keel/sriov/sysfs.h"
+#include "keel/pci/sysfs.h"
 
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -13,7 +13,7 @@
 
 #include "fake_sysfs.h"
 
-namespace keel::sriov {
+namespace keel::pci {
 namespace {
 
 using keel::testing::FakeSysfs;
@@ -487,4 +487,4 @@ TEST_F(SysfsSriovTest, EveryOperationNamesAMissingDevice) {
 }
 
 }  // namespace
-}  // namespace keel::sriov
+}  // namespace keel::pci

@@ -173,7 +173,7 @@ void run_worker(Paravisor& pv, keel::fpga::Card& card) {
       break;
     }
   }
-  pv.stop();  // bounded; what is unfinished is given back (last_avail moves back)
+  pv.stop();                    // bounded; what is unfinished is given back (last_avail moves back)
   if (rings_clobbered) return;  // the worker ran under ASan; the rings prove nothing
   const std::uint16_t used = ring16(mem, kUsed + 2), taken = pv.last_avail(0);
   CHECK(used <= taken);

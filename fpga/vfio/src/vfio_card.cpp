@@ -16,8 +16,8 @@
 
 #include <keel/regs/keel_regs.h>
 
-#include "keel/sriov/pci_address.h"
-#include "keel/sriov/sysfs.h"
+#include "keel/pci/pci_address.h"
+#include "keel/pci/sysfs.h"
 #include "vfio_device.h"
 
 namespace keel::fpga::vfio {
@@ -61,7 +61,7 @@ std::string uuid_text(const std::array<std::uint8_t, 16>& u) {
 }  // namespace
 
 struct VfioCard::Impl {
-  explicit Impl(const VfioOptions& o) : options(o), sysfs(sriov::SysfsConfig{o.sysfs_root, {}}) {}
+  explicit Impl(const VfioOptions& o) : options(o), sysfs(pci::SysfsConfig{o.sysfs_root, {}}) {}
 
   Result<std::shared_ptr<Group>> group_for(unsigned number);
   Result<std::unique_ptr<VfioFunction>> open_function(const std::string& addr, unsigned number);
@@ -71,7 +71,7 @@ struct VfioCard::Impl {
   std::string container_path() const { return options.dev_root + "/vfio/vfio"; }
 
   VfioOptions options;
-  sriov::SysfsSriov sysfs;
+  pci::SysfsSriov sysfs;
   std::string address;
   // Declared first, destroyed last: DmaBuffers of every function point at these.
   std::vector<std::shared_ptr<Container>> containers;
@@ -184,11 +184,11 @@ VfioCard::~VfioCard() {
 
 Result<std::unique_ptr<VfioCard>> VfioCard::open(std::string_view address,
                                                  const VfioOptions& options) {
-  auto addr = sriov::parse_pci_address(address);
+  auto addr = pci::parse_pci_address(address);
   if (!addr.ok()) return addr.error();
   auto impl = std::make_unique<Impl>(options);
   impl->address = *addr;
-  sriov::SysfsSriov& sysfs = impl->sysfs;
+  pci::SysfsSriov& sysfs = impl->sysfs;
   const fs::path devices = fs::path(options.sysfs_root) / "bus" / "pci" / "devices";
   if (!sysfs.exists(*addr)) {
     return make_error(Errc::unavailable, "no PCI device " + *addr + " in " + devices.string());

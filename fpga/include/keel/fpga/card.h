@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "keel/clock.h"
 #include "keel/fpga/function.h"
 #include "keel/result.h"
 
@@ -21,9 +22,9 @@ class FaultInjector;
 /// Time: a lockstep card only moves when its caller calls step(); its clock (now_ns) is card
 /// time, so every bounded wait on it is deterministic. A free-running card works on its own
 /// thread like silicon and now_ns() is the host's monotonic clock.
-class Card {
+class Card : public Clock {
  public:
-  virtual ~Card() = default;
+  ~Card() override = default;
 
   /// "model", "sim", "vfio", "xrt".
   virtual std::string_view backend() const noexcept = 0;
@@ -47,8 +48,8 @@ class Card {
   /// Advances a lockstep card by `n` steps (each one arbitration round and a fixed slice of
   /// card time). Returns the number of commands the card completed. No-op on a free card.
   virtual unsigned step(unsigned n = 1) = 0;
-  /// Card time in nanoseconds (see the class comment).
-  virtual std::uint64_t now_ns() const noexcept = 0;
+  // now_ns() (Clock): card time in nanoseconds (see the class comment). A card is the clock
+  // of everything that waits on it.
 
   /// The card's fault injector, or nullptr on real hardware.
   virtual FaultInjector* faults() noexcept { return nullptr; }

@@ -1,11 +1,11 @@
 // PCI address parsing: the one check every sysfs path built from user input goes through.
-#include "keel/sriov/pci_address.h"
+#include "keel/pci/pci_address.h"
 
 #include <cctype>
 #include <cstddef>
 #include <utility>
 
-namespace keel::sriov {
+namespace keel::pci {
 
 namespace {
 
@@ -71,4 +71,4 @@ Result<std::string> parse_pci_address(std::string_view text) {
   return lower(domain) + ":" + lower(bus) + ":" + lower(device) + "." + std::string(function);
 }
 
-}  // namespace keel::sriov
+}  // namespace keel::pci

@@ -1,6 +1,6 @@
 // SR-IOV through sysfs: sriov_totalvfs/sriov_numvfs, virtfn links, driver binding, IOMMU
 // groups. Reads and writes use plain POSIX calls so every failure keeps its errno.
-#include "keel/sriov/sysfs.h"
+#include "keel/pci/sysfs.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -11,9 +11,9 @@
 #include <map>
 #include <system_error>
 
-#include "keel/sriov/pci_address.h"
+#include "keel/pci/pci_address.h"
 
-namespace keel::sriov {
+namespace keel::pci {
 
 namespace fs = std::filesystem;
 
@@ -317,4 +317,4 @@ Result<unsigned> SysfsSriov::iommu_group(std::string_view address) const {
   return parse_unsigned(link, *group);
 }
 
-}  // namespace keel::sriov
+}  // namespace keel::pci

@@ -1,4 +1,4 @@
-// keel/sriov/sysfs.h - the Linux side of SR-IOV: sysfs attributes of a PF and its VFs.
+// keel/pci/sysfs.h - the Linux side of SR-IOV: sysfs attributes of a PF and its VFs.
 //
 // On a real host the kernel owns the VFs: writing sriov_numvfs creates or removes them,
 // driver_override and bind/unbind decide which driver gets each one. SysfsSriov is that
@@ -14,7 +14,7 @@
 
 #include "keel/result.h"
 
-namespace keel::sriov {
+namespace keel::pci {
 
 /// Where sysfs is and who hears about writes. Every member has a default.
 struct SysfsConfig {
@@ -90,4 +90,4 @@ class SysfsSriov {
   SysfsConfig config_;
 };
 
-}  // namespace keel::sriov
+}  // namespace keel::pci
