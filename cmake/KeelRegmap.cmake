@@ -33,6 +33,12 @@ endif()
 
 set(_keel_regmap_json "${KEEL_REGMAP_SOURCE_ROOT}/hdl/regmap/keel_regs.json")
 set(_keel_regmap_script "${KEEL_REGMAP_SOURCE_ROOT}/tools/regmap/gen_regmap.py")
+# The modules gen_regmap.py imports: editing any of them must regenerate the outputs.
+set(_keel_regmap_modules)
+foreach(_m IN ITEMS regmap_model.py regmap_load.py regmap_text.py regmap_cpp.py regmap_sv.py
+                    regmap_md.py)
+  list(APPEND _keel_regmap_modules "${KEEL_REGMAP_SOURCE_ROOT}/tools/regmap/${_m}")
+endforeach()
 set(_keel_regmap_selftest "${KEEL_REGMAP_SOURCE_ROOT}/tools/regmap/test_gen_regmap.py")
 set(_keel_regmap_doc "${KEEL_REGMAP_SOURCE_ROOT}/docs/regmap.md")
 
@@ -48,7 +54,7 @@ add_custom_command(
           --cpp "${KEEL_REGS_HEADER}"
           --sv "${KEEL_REGS_SV}"
           --md "${KEEL_REGS_MD}"
-  DEPENDS "${_keel_regmap_json}" "${_keel_regmap_script}"
+  DEPENDS "${_keel_regmap_json}" "${_keel_regmap_script}" ${_keel_regmap_modules}
   COMMENT "Generating register map (keel_regs.h, keel_regs_pkg.sv, regmap.md)"
   VERBATIM)
 
@@ -97,5 +103,7 @@ endif()
 
 unset(_keel_regmap_json)
 unset(_keel_regmap_script)
+unset(_keel_regmap_modules)
+unset(_m)
 unset(_keel_regmap_selftest)
 unset(_keel_regmap_doc)

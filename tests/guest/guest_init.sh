@@ -1,5 +1,5 @@
 #!/bin/busybox sh
-# keel's guest check: PID 1 of the minimal test guest (tests/guest/keelguest.py packs it as
+# keel's guest check: PID 1 of the minimal test guest (tests/guest/guest_initramfs.py packs it as
 # /init), or a boot-time service in a real distribution's image (tests/guest/make_distro_image.sh
 # installs it as /usr/local/sbin/keel-guest-check, run by /bin/sh).
 #
