@@ -7,7 +7,7 @@
 
 #include <keel/regs/keel_regs.h>
 
-#include "controller.h"
+#include "vf_controller.h"
 
 namespace keel::fpga::model {
 
@@ -28,7 +28,7 @@ void put_padded(char* dst, std::size_t n, const char* src) {
 
 }  // namespace
 
-Controller::Outcome Controller::admin(const Sqe& sqe, std::uint64_t now_ns) noexcept {
+VfController::Outcome VfController::admin(const Sqe& sqe, std::uint64_t now_ns) noexcept {
   if (sqe.flags != 0) return fail(sc::kInvalidField);  // no fused ops, no SGLs
   switch (sqe.opc) {
     case nvme::admin::kIdentify: return identify(sqe);
@@ -48,7 +48,7 @@ Controller::Outcome Controller::admin(const Sqe& sqe, std::uint64_t now_ns) noex
   }
 }
 
-Controller::Outcome Controller::identify(const Sqe& sqe) noexcept {
+VfController::Outcome VfController::identify(const Sqe& sqe) noexcept {
   const unsigned cns = sqe.cdw10 & 0xFF;
   std::memset(scratch_.data(), 0, 4096);
   switch (cns) {
@@ -106,7 +106,7 @@ Controller::Outcome Controller::identify(const Sqe& sqe) noexcept {
   return {transfer(sqe, scratch_.data(), 4096, true)};
 }
 
-Controller::Outcome Controller::create_cq(const Sqe& sqe) noexcept {
+VfController::Outcome VfController::create_cq(const Sqe& sqe) noexcept {
   const unsigned qid = sqe.cdw10 & 0xFFFF;
   const unsigned qsize = (sqe.cdw10 >> 16) + 1;
   const bool pc = (sqe.cdw11 & 1) != 0;
@@ -138,7 +138,7 @@ Controller::Outcome Controller::create_cq(const Sqe& sqe) noexcept {
   return {};
 }
 
-Controller::Outcome Controller::create_sq(const Sqe& sqe) noexcept {
+VfController::Outcome VfController::create_sq(const Sqe& sqe) noexcept {
   const unsigned qid = sqe.cdw10 & 0xFFFF;
   const unsigned qsize = (sqe.cdw10 >> 16) + 1;
   const bool pc = (sqe.cdw11 & 1) != 0;
@@ -161,7 +161,7 @@ Controller::Outcome Controller::create_sq(const Sqe& sqe) noexcept {
   return {};
 }
 
-Controller::Outcome Controller::delete_sq(const Sqe& sqe) noexcept {
+VfController::Outcome VfController::delete_sq(const Sqe& sqe) noexcept {
   const unsigned qid = sqe.cdw10 & 0xFFFF;
   if (qid == 0 || qid > p_.max_ioq || !sqs_[qid].live) return fail(sc::kInvalidQueueId);
   // Commands of this SQ that never completed are aborted by the deletion.
@@ -184,7 +184,7 @@ Controller::Outcome Controller::delete_sq(const Sqe& sqe) noexcept {
   return {};
 }
 
-Controller::Outcome Controller::delete_cq(const Sqe& sqe) noexcept {
+VfController::Outcome VfController::delete_cq(const Sqe& sqe) noexcept {
   const unsigned qid = sqe.cdw10 & 0xFFFF;
   if (qid == 0 || qid > p_.max_ioq || !cqs_[qid].live) return fail(sc::kInvalidQueueId);
   if (cqs_[qid].sq_refs != 0) return fail(sc::kInvalidQueueDeletion);
@@ -193,7 +193,7 @@ Controller::Outcome Controller::delete_cq(const Sqe& sqe) noexcept {
   return {};
 }
 
-Controller::Outcome Controller::features(const Sqe& sqe, bool set) noexcept {
+VfController::Outcome VfController::features(const Sqe& sqe, bool set) noexcept {
   const unsigned fid = sqe.cdw10 & 0xFF;
   if (fid != nvme::feature::kNumberOfQueues) return fail(sc::kInvalidField);
   if (set) {
@@ -212,7 +212,7 @@ Controller::Outcome Controller::features(const Sqe& sqe, bool set) noexcept {
   return {sc::kSuccess, ((cqa - 1) << 16) | (sqa - 1)};
 }
 
-Controller::Outcome Controller::get_log_page(const Sqe& sqe) noexcept {
+VfController::Outcome VfController::get_log_page(const Sqe& sqe) noexcept {
   const unsigned lid = sqe.cdw10 & 0xFF;
   const std::uint64_t numd = ((std::uint64_t{sqe.cdw11} & 0xFFFF) << 16 | (sqe.cdw10 >> 16)) + 1;
   const std::uint64_t bytes = numd * 4;
@@ -254,7 +254,7 @@ Controller::Outcome Controller::get_log_page(const Sqe& sqe) noexcept {
   return {transfer(sqe, scratch_.data() + offset, static_cast<std::size_t>(bytes), true)};
 }
 
-Controller::Outcome Controller::abort_cmd(const Sqe& sqe, std::uint64_t now_ns) noexcept {
+VfController::Outcome VfController::abort_cmd(const Sqe& sqe, std::uint64_t now_ns) noexcept {
   const std::uint16_t sqid = static_cast<std::uint16_t>(sqe.cdw10 & 0xFFFF);
   const std::uint16_t cid = static_cast<std::uint16_t>(sqe.cdw10 >> 16);
   for (std::size_t i = 0; i < stuck_.size(); ++i) {

@@ -8,14 +8,15 @@
 #include <thread>
 #include <vector>
 
-#include "controller.h"
 #include "keel/fpga/card_storage.h"
 #include "keel/fpga/iommu_function.h"
 #include "keel/fpga/model/model_card.h"
+#include "keel/fpga/pf_function.h"
+#include "vf_controller.h"
 
 namespace keel::fpga::model {
 
-class PfFunction final : public IommuFunction {
+class PfFunction final : public PfFunctionBase<IommuFunction> {
  public:
   explicit PfFunction(ModelCard::Impl& card);
   std::uint64_t bar_size() const noexcept override { return 0x4000; }
@@ -24,8 +25,6 @@ class PfFunction final : public IommuFunction {
   void write32(std::uint64_t offset, std::uint32_t value) noexcept override;
   void write64(std::uint64_t offset, std::uint64_t value) noexcept override;
   unsigned num_vectors() const noexcept override { return 1; }
-  Result<std::uint32_t> wait_interrupt(unsigned vector, std::chrono::nanoseconds timeout) override;
-  Status flr() override;
 
  private:
   bool gone() const noexcept override { return false; }
@@ -57,8 +56,8 @@ struct ModelCard::Impl {
   std::unique_ptr<CardStorage> storage;
   std::unique_ptr<Iommu> iommu;
   Activity activity;
-  std::vector<std::unique_ptr<Controller>> ctrls;  // one per possible VF
-  std::unique_ptr<std::atomic<bool>[]> present;    // VF n is on the bus
+  std::vector<std::unique_ptr<VfController>> ctrls;  // one per possible VF
+  std::unique_ptr<std::atomic<bool>[]> present;      // VF n is on the bus
   std::unique_ptr<PfFunction> pf;
   std::vector<std::unique_ptr<VfFunction>> vfs;
   std::unique_ptr<FaultInjector> faults;

@@ -11,33 +11,33 @@ class ModelFaults final : public FaultInjector {
   explicit ModelFaults(ModelCard::Impl& card) : card_(card) {}
 
   Status drop_completions(unsigned vf, unsigned count) override {
-    return with_vf(vf, [&](Controller& c) { c.faults().drop += count; });
+    return with_vf(vf, [&](VfController& c) { c.faults().drop += count; });
   }
   Status delay_completions(unsigned vf, unsigned count, std::chrono::nanoseconds delay) override {
-    return with_vf(vf, [&](Controller& c) {
+    return with_vf(vf, [&](VfController& c) {
       c.faults().delay_count = count;
       c.faults().delay_ns = static_cast<std::uint64_t>(delay.count());
     });
   }
   Status delay_ready(unsigned vf, std::chrono::nanoseconds delay) override {
-    return with_vf(vf, [&](Controller& c) {
+    return with_vf(vf, [&](VfController& c) {
       c.faults().ready_delay_ns = static_cast<std::uint64_t>(delay.count());
     });
   }
   Status raise_fatal(unsigned vf) override {
-    return with_vf(vf, [&](Controller& c) { c.raise_fatal(); });
+    return with_vf(vf, [&](VfController& c) { c.raise_fatal(); });
   }
   Status refuse_dma(unsigned vf, bool on) override {
-    return with_vf(vf, [&](Controller& c) { c.faults().refuse_dma = on; });
+    return with_vf(vf, [&](VfController& c) { c.faults().refuse_dma = on; });
   }
   Status surprise_remove(unsigned vf) override {
-    return with_vf(vf, [&](Controller& c) { c.set_removed(true); });
+    return with_vf(vf, [&](VfController& c) { c.set_removed(true); });
   }
   Status restore(unsigned vf) override {
-    return with_vf(vf, [&](Controller& c) { c.set_removed(false); });
+    return with_vf(vf, [&](VfController& c) { c.set_removed(false); });
   }
   Status corrupt_completions(unsigned vf, CqeFault fault, unsigned count) override {
-    return with_vf(vf, [&](Controller& c) {
+    return with_vf(vf, [&](VfController& c) {
       VfFaults& f = c.faults();
       switch (fault) {
         case CqeFault::duplicate: f.duplicate += count; break;
@@ -48,7 +48,7 @@ class ModelFaults final : public FaultInjector {
     });
   }
   Status swallow_aborts(unsigned vf, unsigned count) override {
-    return with_vf(vf, [&](Controller& c) { c.faults().swallow_aborts += count; });
+    return with_vf(vf, [&](VfController& c) { c.faults().swallow_aborts += count; });
   }
 
  private:

@@ -5,7 +5,7 @@
 
 #include <keel/regs/keel_regs.h>
 
-#include "controller.h"
+#include "vf_controller.h"
 
 namespace keel::fpga::model {
 
@@ -20,7 +20,7 @@ std::uint64_t data_cycles(std::uint64_t bytes) { return (bytes + 63) / 64; }  //
 
 }  // namespace
 
-Controller::Outcome Controller::io(const Sqe& sqe, std::uint64_t now_ns) noexcept {
+VfController::Outcome VfController::io(const Sqe& sqe, std::uint64_t now_ns) noexcept {
   (void)now_ns;
   if (sqe.flags != 0) return fail(sc::kInvalidField);  // no fused ops, no SGLs
   switch (sqe.opc) {
@@ -32,7 +32,7 @@ Controller::Outcome Controller::io(const Sqe& sqe, std::uint64_t now_ns) noexcep
   }
 }
 
-Controller::Outcome Controller::rw(const Sqe& sqe, bool write) noexcept {
+VfController::Outcome VfController::rw(const Sqe& sqe, bool write) noexcept {
   if (sqe.nsid != 1) return fail(sc::kInvalidNamespace);
   const std::uint64_t slba = sqe.cdw10 | (std::uint64_t{sqe.cdw11} << 32);
   const std::uint64_t nlb = (sqe.cdw12 & 0xFFFF) + 1ull;
@@ -55,7 +55,7 @@ Controller::Outcome Controller::rw(const Sqe& sqe, bool write) noexcept {
   return {};
 }
 
-Controller::Outcome Controller::write_zeroes(const Sqe& sqe) noexcept {
+VfController::Outcome VfController::write_zeroes(const Sqe& sqe) noexcept {
   if (sqe.nsid != 1) return fail(sc::kInvalidNamespace);
   const std::uint64_t slba = sqe.cdw10 | (std::uint64_t{sqe.cdw11} << 32);
   const std::uint64_t nlb = (sqe.cdw12 & 0xFFFF) + 1ull;
@@ -66,7 +66,7 @@ Controller::Outcome Controller::write_zeroes(const Sqe& sqe) noexcept {
   return {};
 }
 
-Controller::Outcome Controller::flush_cmd(const Sqe& sqe) noexcept {
+VfController::Outcome VfController::flush_cmd(const Sqe& sqe) noexcept {
   if (sqe.nsid != 1 && sqe.nsid != kFlushAllNamespaces) return fail(sc::kInvalidNamespace);
   const Status st =
       storage_.flush(res_.slice_base << p_.lba_shift, res_.slice_lbas << p_.lba_shift);
@@ -74,8 +74,8 @@ Controller::Outcome Controller::flush_cmd(const Sqe& sqe) noexcept {
   return {};
 }
 
-nvme::StatusCode Controller::transfer(const Sqe& sqe, std::byte* card, std::size_t bytes,
-                                      bool to_host) noexcept {
+nvme::StatusCode VfController::transfer(const Sqe& sqe, std::byte* card, std::size_t bytes,
+                                        bool to_host) noexcept {
   // 1. Walk PRP1/PRP2/PRP lists into segments (NVMe 1.4 section 4.3).
   const std::uint64_t ps = page_bytes();
   segs_.clear();

@@ -51,7 +51,7 @@ Result<std::unique_ptr<ModelCard>> ModelCard::create(const ModelConfig& config) 
     p.lba_shift = config.lba_shift;
     p.clock_mhz = config.clock_mhz;
     impl->ctrls.push_back(
-        std::make_unique<Controller>(p, *impl->iommu, *impl->storage, impl->activity));
+        std::make_unique<VfController>(p, *impl->iommu, *impl->storage, impl->activity));
     impl->vfs.push_back(std::make_unique<VfFunction>(*impl, i));
   }
   impl->faults = make_fault_injector(*impl);
@@ -136,7 +136,7 @@ unsigned ModelCard::Impl::round() noexcept {
   const std::uint64_t now = now_ns();
   unsigned done = 0;
   for (unsigned k = 0; k < n; ++k) {
-    Controller& c = *ctrls[(rr + k) % n];
+    VfController& c = *ctrls[(rr + k) % n];
     const unsigned weight = c.resources().weight == 0 ? 1 : c.resources().weight;
     done += c.service(now, weight * config.commands_per_weight);
   }

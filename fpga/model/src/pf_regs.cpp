@@ -27,7 +27,7 @@ void set_hi(std::uint64_t& r, std::uint32_t v) {
 
 }  // namespace
 
-PfFunction::PfFunction(ModelCard::Impl& card) : IommuFunction(*card.iommu, 0), card_(card) {}
+PfFunction::PfFunction(ModelCard::Impl& card) : PfFunctionBase(*card.iommu, 0), card_(card) {}
 
 Status ModelCard::Impl::set_num_vfs_locked(unsigned n) {
   const unsigned cur = num_vfs.load();
@@ -129,7 +129,7 @@ std::uint64_t PfFunction::read64(std::uint64_t offset) noexcept {
   const unsigned vf = static_cast<unsigned>(rel / vc::STRIDE);
   const std::uint64_t reg = rel % vc::STRIDE;
   if (vf >= max_vfs) return 0;
-  const Controller& ctrl = *c.ctrls[vf];
+  const VfController& ctrl = *c.ctrls[vf];
   const VfCounters& k = ctrl.counters();
   switch (reg) {
     case vc::CMDS: return k.cmds.load(std::memory_order_relaxed);
@@ -173,7 +173,7 @@ void PfFunction::write32(std::uint64_t offset, std::uint32_t value) noexcept {
   const std::uint64_t reg = rel % vc::STRIDE;
   if (vf >= c.config.card.max_vfs) return;
   std::lock_guard lock(c.mu);
-  Controller& ctrl = *c.ctrls[vf];
+  VfController& ctrl = *c.ctrls[vf];
   VfResources& r = ctrl.resources();
   if (vf >= c.num_vfs.load()) {
     r.err_code = kErrNotPresent;
@@ -220,16 +220,6 @@ void PfFunction::write64(std::uint64_t offset, std::uint64_t value) noexcept {
   if (offset >= vc::BASE && (reg == vc::SLICE_BASE || reg == vc::SLICE_LBAS)) {
     write32(offset + 4, static_cast<std::uint32_t>(value >> 32));
   }
-}
-
-Result<std::uint32_t> PfFunction::wait_interrupt(unsigned vector, std::chrono::nanoseconds) {
-  return make_error(Errc::invalid_argument,
-                    "the PF raises no interrupts (vector " + std::to_string(vector) + ")");
-}
-
-Status PfFunction::flr() {
-  return make_error(Errc::invalid_argument,
-                    "the PF cannot be reset with FLR here; reset VFs individually");
 }
 
 }  // namespace keel::fpga::model

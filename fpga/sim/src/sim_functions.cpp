@@ -21,7 +21,7 @@ std::uint64_t place32(std::uint32_t value, std::uint64_t offset) {
 
 // ---------------------------------------------------------------- PF
 
-SimPf::SimPf(SimCard::Impl& card) : IommuFunction(*card.iommu, 0), card_(card) {}
+SimPf::SimPf(SimCard::Impl& card) : PfFunctionBase(*card.iommu, 0), card_(card) {}
 
 std::uint32_t SimPf::read32(std::uint64_t offset) noexcept {
   if (offset >= bar_size()) return 0xFFFFFFFFu;
@@ -41,16 +41,6 @@ void SimPf::write32(std::uint64_t offset, std::uint32_t value) noexcept {
 void SimPf::write64(std::uint64_t offset, std::uint64_t value) noexcept {
   if (offset >= bar_size()) return;
   card_.mmio_write(0, offset, value, 0xFF);
-}
-
-Result<std::uint32_t> SimPf::wait_interrupt(unsigned vector, std::chrono::nanoseconds) {
-  return make_error(Errc::invalid_argument,
-                    "the PF raises no interrupts (vector " + std::to_string(vector) + ")");
-}
-
-Status SimPf::flr() {
-  return make_error(Errc::invalid_argument,
-                    "the PF cannot be reset with FLR here; reset VFs individually");
 }
 
 // ---------------------------------------------------------------- VFs

@@ -17,12 +17,13 @@
 #include "keel/fpga/card_storage.h"
 #include "keel/fpga/iommu_function.h"
 #include "keel/fpga/msix_interrupts.h"
+#include "keel/fpga/pf_function.h"
 #include "keel/fpga/sim/sim_card.h"
 #include "shell.h"
 
 namespace keel::fpga::sim {
 
-class SimPf final : public IommuFunction {
+class SimPf final : public PfFunctionBase<IommuFunction> {
  public:
   explicit SimPf(SimCard::Impl& card);
   std::uint64_t bar_size() const noexcept override { return 0x4000; }
@@ -31,8 +32,6 @@ class SimPf final : public IommuFunction {
   void write32(std::uint64_t offset, std::uint32_t value) noexcept override;
   void write64(std::uint64_t offset, std::uint64_t value) noexcept override;
   unsigned num_vectors() const noexcept override { return 1; }
-  Result<std::uint32_t> wait_interrupt(unsigned vector, std::chrono::nanoseconds timeout) override;
-  Status flr() override;
 
  private:
   bool gone() const noexcept override { return false; }

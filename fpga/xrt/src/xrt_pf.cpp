@@ -90,14 +90,4 @@ Status XrtPf::unmap_dma(Iova iova) {
                     "no map_dma window at IOVA " + std::to_string(iova) + " (XRT maps none)");
 }
 
-Result<std::uint32_t> XrtPf::wait_interrupt(unsigned vector, std::chrono::nanoseconds) {
-  return make_error(Errc::invalid_argument,
-                    "the PF raises no interrupts (vector " + std::to_string(vector) + ")");
-}
-
-Status XrtPf::flr() {
-  return make_error(Errc::invalid_argument,
-                    "the PF cannot be reset with FLR here; reset VFs individually");
-}
-
 }  // namespace keel::fpga::xrt

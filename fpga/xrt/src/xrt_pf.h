@@ -10,10 +10,11 @@
 #include <xrt/xrt_device.h>
 
 #include "keel/fpga/function.h"
+#include "keel/fpga/pf_function.h"
 
 namespace keel::fpga::xrt {
 
-class XrtPf final : public Function, private DmaOwner {
+class XrtPf final : public PfFunctionBase<Function>, private DmaOwner {
  public:
   /// `host_group`: the xclbin's host memory bank for host-only BOs, or -1 when it has none.
   XrtPf(::xrt::device device, ::xrt::ip ip, std::uint64_t bar_size, int host_group)
@@ -33,8 +34,6 @@ class XrtPf final : public Function, private DmaOwner {
   Status map_dma(void* host, std::size_t bytes, Iova iova) override;
   Status unmap_dma(Iova iova) override;
   unsigned num_vectors() const noexcept override { return 0; }
-  Result<std::uint32_t> wait_interrupt(unsigned vector, std::chrono::nanoseconds timeout) override;
-  Status flr() override;
 
  private:
   void release_dma(void* host, std::size_t bytes, Iova iova) noexcept override;

@@ -1,5 +1,5 @@
 // Register file, arbitration turn, queues and completions of one VF's NVMe controller.
-#include "controller.h"
+#include "vf_controller.h"
 
 #include <algorithm>
 #include <cstring>
@@ -12,8 +12,8 @@ namespace nv = regs::nvme;
 using nvme::Cqe;
 using nvme::Sqe;
 
-Controller::Controller(const ControllerParams& params, Iommu& iommu, CardStorage& storage,
-                       Activity& activity)
+VfController::VfController(const ControllerParams& params, Iommu& iommu, CardStorage& storage,
+                           Activity& activity)
     : p_(params),
       iommu_(iommu),
       storage_(storage),
@@ -29,7 +29,7 @@ Controller::Controller(const ControllerParams& params, Iommu& iommu, CardStorage
   stuck_.reserve(64);
 }
 
-std::uint64_t Controller::cap() const noexcept {
+std::uint64_t VfController::cap() const noexcept {
   std::uint64_t v = 0;
   v = regs::field_set(v, nv::CAP_MQES_MASK, nv::CAP_MQES_SHIFT, p_.mqes);
   v = regs::field_set(v, nv::CAP_CQR_MASK, nv::CAP_CQR_SHIFT, 1);
@@ -40,14 +40,14 @@ std::uint64_t Controller::cap() const noexcept {
   return v;
 }
 
-std::uint32_t Controller::page_bytes() const noexcept {
+std::uint32_t VfController::page_bytes() const noexcept {
   const auto mps = regs::field_get(last_cc_, nv::CC_MPS_MASK, nv::CC_MPS_SHIFT);
   return 4096u << mps;
 }
 
 // ---------------------------------------------------------------- host side
 
-std::uint32_t Controller::read32(std::uint64_t offset) const noexcept {
+std::uint32_t VfController::read32(std::uint64_t offset) const noexcept {
   if (removed()) return 0xFFFFFFFFu;
   switch (offset) {
     case nv::CAP: return static_cast<std::uint32_t>(cap());
@@ -66,7 +66,7 @@ std::uint32_t Controller::read32(std::uint64_t offset) const noexcept {
   }
 }
 
-std::uint64_t Controller::read64(std::uint64_t offset) const noexcept {
+std::uint64_t VfController::read64(std::uint64_t offset) const noexcept {
   if (removed()) return ~std::uint64_t{0};
   switch (offset) {
     case nv::CAP: return cap();
@@ -76,7 +76,7 @@ std::uint64_t Controller::read64(std::uint64_t offset) const noexcept {
   }
 }
 
-void Controller::write32(std::uint64_t offset, std::uint32_t value) noexcept {
+void VfController::write32(std::uint64_t offset, std::uint32_t value) noexcept {
   if (removed()) return;
   if (offset >= regs::NVME_DOORBELL_BASE) {
     const std::uint64_t idx = (offset - regs::NVME_DOORBELL_BASE) / 4;
@@ -110,7 +110,7 @@ void Controller::write32(std::uint64_t offset, std::uint32_t value) noexcept {
   activity_.kick();
 }
 
-void Controller::write64(std::uint64_t offset, std::uint64_t value) noexcept {
+void VfController::write64(std::uint64_t offset, std::uint64_t value) noexcept {
   if (removed()) return;
   switch (offset) {
     case nv::ASQ: asq_.store(value, std::memory_order_relaxed); break;
@@ -125,7 +125,7 @@ void Controller::write64(std::uint64_t offset, std::uint64_t value) noexcept {
 
 // ---------------------------------------------------------------- card side
 
-void Controller::handle_cc(std::uint64_t now_ns) noexcept {
+void VfController::handle_cc(std::uint64_t now_ns) noexcept {
   if (en_cleared_.exchange(false, std::memory_order_acquire) && (last_cc_ & nv::CC_EN_MASK) != 0) {
     reset();  // EN went to 0 since the last step, even if it is 1 again now
     last_cc_ &= ~static_cast<std::uint32_t>(nv::CC_EN_MASK);
@@ -160,7 +160,7 @@ void Controller::handle_cc(std::uint64_t now_ns) noexcept {
   }
 }
 
-void Controller::enable(std::uint64_t now_ns) noexcept {
+void VfController::enable(std::uint64_t now_ns) noexcept {
   const std::uint32_t cc = last_cc_;
   const std::uint32_t aqa = aqa_.load(std::memory_order_relaxed);
   const auto asqs = regs::field_get(aqa, nv::AQA_ASQS_MASK, nv::AQA_ASQS_SHIFT) + 1;
@@ -187,14 +187,14 @@ void Controller::enable(std::uint64_t now_ns) noexcept {
   tokens_at_ns_ = now_ns;
 }
 
-void Controller::fatal() noexcept {
+void VfController::fatal() noexcept {
   fatal_ = true;
   csts_.fetch_or(static_cast<std::uint32_t>(nv::CSTS_CFS_MASK), std::memory_order_release);
 }
 
-void Controller::raise_fatal() noexcept { fatal(); }
+void VfController::raise_fatal() noexcept { fatal(); }
 
-void Controller::reset() noexcept {
+void VfController::reset() noexcept {
   for (auto& q : sqs_) q = Sq{};
   for (auto& q : cqs_) q = Cq{};
   for (unsigned i = 0; i < 2 * (p_.max_ioq + 1); ++i) {
@@ -212,7 +212,7 @@ void Controller::reset() noexcept {
   csts_.store(0, std::memory_order_release);
 }
 
-void Controller::flr() noexcept {
+void VfController::flr() noexcept {
   reset();
   cc_.store(0, std::memory_order_relaxed);
   aqa_.store(0, std::memory_order_relaxed);
@@ -225,15 +225,15 @@ void Controller::flr() noexcept {
   irq_.wake_all();
 }
 
-void Controller::set_removed(bool removed) noexcept {
+void VfController::set_removed(bool removed) noexcept {
   flr();
   removed_.store(removed, std::memory_order_release);
   irq_.wake_all();
 }
 
-bool Controller::timers_pending() const noexcept { return ready_pending_ || !pending_.empty(); }
+bool VfController::timers_pending() const noexcept { return ready_pending_ || !pending_.empty(); }
 
-bool Controller::busy(std::uint64_t now_ns) const noexcept {
+bool VfController::busy(std::uint64_t now_ns) const noexcept {
   (void)now_ns;
   if (removed()) return false;
   if (cc_.load(std::memory_order_relaxed) != last_cc_ || timers_pending()) return true;
@@ -246,7 +246,7 @@ bool Controller::busy(std::uint64_t now_ns) const noexcept {
   return false;
 }
 
-unsigned Controller::service(std::uint64_t now_ns, unsigned budget) noexcept {
+unsigned VfController::service(std::uint64_t now_ns, unsigned budget) noexcept {
   if (removed()) return 0;
   handle_cc(now_ns);
   if (!ready_ || fatal_) return 0;
@@ -268,7 +268,7 @@ unsigned Controller::service(std::uint64_t now_ns, unsigned budget) noexcept {
   return done;
 }
 
-bool Controller::cq_has_room(const Cq& cq, unsigned entries) const noexcept {
+bool VfController::cq_has_room(const Cq& cq, unsigned entries) const noexcept {
   const std::size_t qid = static_cast<std::size_t>(&cq - cqs_.data());
   const std::uint32_t head = doorbells_[2 * qid + 1].load(std::memory_order_acquire);
   if (head >= cq.size) return false;  // invalid head doorbell: post nothing until fixed
@@ -276,7 +276,7 @@ bool Controller::cq_has_room(const Cq& cq, unsigned entries) const noexcept {
   return used + cq.reserved + entries < cq.size;
 }
 
-bool Controller::rate_allows(std::uint64_t now_ns) noexcept {
+bool VfController::rate_allows(std::uint64_t now_ns) noexcept {
   if (res_.rate_mbps == 0) return true;
   const std::int64_t burst =
       std::max<std::int64_t>(128 * 1024, std::int64_t{res_.rate_mbps} * 1000);
@@ -287,7 +287,7 @@ bool Controller::rate_allows(std::uint64_t now_ns) noexcept {
   return tokens_ > 0;
 }
 
-unsigned Controller::drain_sq(std::uint16_t qid, unsigned budget, std::uint64_t now_ns) noexcept {
+unsigned VfController::drain_sq(std::uint16_t qid, unsigned budget, std::uint64_t now_ns) noexcept {
   Sq& sq = sqs_[qid];
   unsigned n = 0;
   while (n < budget && sq.live && !fatal_) {
@@ -315,8 +315,8 @@ unsigned Controller::drain_sq(std::uint16_t qid, unsigned budget, std::uint64_t 
   return n;
 }
 
-void Controller::complete(std::uint16_t sqid, std::uint16_t cqid, const Sqe& sqe, Outcome r,
-                          std::uint64_t now_ns) noexcept {
+void VfController::complete(std::uint16_t sqid, std::uint16_t cqid, const Sqe& sqe, Outcome r,
+                            std::uint64_t now_ns) noexcept {
   counters_.busy_cycles.fetch_add(16, std::memory_order_relaxed);  // fetch, decode, post
   if (r.no_completion) return;
   Cqe cqe{};
@@ -339,7 +339,7 @@ void Controller::complete(std::uint16_t sqid, std::uint16_t cqid, const Sqe& sqe
   post_faulty(cqid, cqe);
 }
 
-void Controller::post_faulty(std::uint16_t cqid, Cqe cqe) noexcept {
+void VfController::post_faulty(std::uint16_t cqid, Cqe cqe) noexcept {
   Cq& cq = cqs_[cqid];
   if (faults_.wrong_sq_id > 0) {
     --faults_.wrong_sq_id;
@@ -359,7 +359,7 @@ void Controller::post_faulty(std::uint16_t cqid, Cqe cqe) noexcept {
   }
 }
 
-bool Controller::post(std::uint16_t cqid, Cqe cqe) noexcept {
+bool VfController::post(std::uint16_t cqid, Cqe cqe) noexcept {
   Cq& cq = cqs_[cqid];
   if (!cq.live) return false;
   cqe.status = static_cast<std::uint16_t>((cqe.status & ~1u) | (cq.phase ? 1u : 0u));
@@ -383,7 +383,7 @@ bool Controller::post(std::uint16_t cqid, Cqe cqe) noexcept {
   return true;
 }
 
-void Controller::post_due(std::uint64_t now_ns) noexcept {
+void VfController::post_due(std::uint64_t now_ns) noexcept {
   if (pending_.empty()) return;
   std::size_t keep = 0;
   for (std::size_t i = 0; i < pending_.size(); ++i) {

@@ -77,10 +77,10 @@ struct VfFaults {
   unsigned swallow_aborts = 0;  // Aborts acknowledged without completing their command
 };
 
-class Controller {
+class VfController {
  public:
-  Controller(const ControllerParams& params, Iommu& iommu, CardStorage& storage,
-             Activity& activity);
+  VfController(const ControllerParams& params, Iommu& iommu, CardStorage& storage,
+               Activity& activity);
 
   // ---- host side (any thread) ----
   std::uint32_t read32(std::uint64_t offset) const noexcept;
