@@ -90,7 +90,7 @@ TEST(Clock, ManualClockMovesOnlyWhenAdvanced) {
   EXPECT_EQ(c.now_ns(), 150u);
   const ManualClock late(UINT64_MAX - 10);
   EXPECT_EQ(late.deadline_after(std::chrono::microseconds(1)), UINT64_MAX);  // saturates
-  EXPECT_EQ(c.deadline_after(std::chrono::nanoseconds(-5)), 150u);  // the past is now
+  EXPECT_EQ(c.deadline_after(std::chrono::nanoseconds(-5)), 150u);           // the past is now
 }
 
 TEST(Clock, SteadyClockIsMonotonic) {
