@@ -17,8 +17,6 @@
 
 #include <sys/resource.h>
 
-#include <time.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -30,6 +28,7 @@
 
 #include "keel/fpga/sim/sim_card.h"
 #include "keel/nvme/wire.h"
+#include "keel/thread_cpu.h"
 
 namespace {
 
@@ -189,11 +188,7 @@ double wall_seconds(std::chrono::steady_clock::time_point t0) {
 }
 
 // CPU time of this thread (the one clocking the lockstep card), in seconds.
-double thread_cpu_seconds() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-}
+double thread_cpu_seconds() { return static_cast<double>(keel::this_thread_cpu_ns()) * 1e-9; }
 
 long peak_rss_kib() {
   rusage u{};
