@@ -18,20 +18,6 @@ namespace keel::testing {
 namespace virtio = keel::vmm::virtio;
 using vu::Request;
 
-namespace {
-
-std::uint16_t load16(const std::byte* p) {
-  return std::atomic_ref<std::uint16_t>(
-             *const_cast<std::uint16_t*>(reinterpret_cast<const std::uint16_t*>(p)))
-      .load(std::memory_order_acquire);
-}
-void store16(std::byte* p, std::uint16_t v) {
-  std::atomic_ref<std::uint16_t>(*reinterpret_cast<std::uint16_t*>(p))
-      .store(v, std::memory_order_release);
-}
-
-}  // namespace
-
 // ---- GuestRam ----
 
 GuestRam::GuestRam(std::uint64_t bytes_per_region) : half_(bytes_per_region) {
@@ -70,15 +56,27 @@ vu::MemoryTable GuestRam::table(bool both_regions) const {
 
 // ---- DriverRing ----
 
+namespace {
+
+// The ring's layout at `gpa`: the table, the available ring right after it, the used ring on
+// the next page.
+vmm::SplitRingDriver::Layout ring_layout(std::uint16_t size, std::uint64_t gpa) {
+  vmm::SplitRingDriver::Layout l;
+  l.size = size;
+  l.desc = gpa;
+  l.avail = l.desc + virtio::desc_bytes(size);
+  l.used = (l.avail + virtio::avail_bytes(size) + 4095) & ~std::uint64_t{4095};
+  return l;
+}
+
+}  // namespace
+
 DriverRing::DriverRing(GuestRam& ram, std::uint16_t size, std::uint64_t gpa)
-    : ram_(ram), size_(size) {
-  desc_ = gpa;
-  avail_ = desc_ + virtio::desc_bytes(size);
-  used_ = (avail_ + virtio::avail_bytes(size) + 4095) & ~std::uint64_t{4095};
-  scratch_ = (used_ + virtio::used_bytes(size) + 4095) & ~std::uint64_t{4095};
-  std::memset(ram.at(desc_, scratch_ + 32u * size - desc_), 0, scratch_ + 32u * size - desc_);
-  for (unsigned i = size; i-- > 0;) free_.push_back(static_cast<std::uint16_t>(i));
-  chain_len_.assign(size, 0);
+    : ram_(ram),
+      ring_([&ram](std::uint64_t g, std::uint64_t len) { return ram.at(g, len); },
+            ring_layout(size, gpa)) {
+  scratch_ = (ring_.layout().used + virtio::used_bytes(size) + 4095) & ~std::uint64_t{4095};
+  std::memset(ram.at(scratch_, 32u * size), 0, 32u * size);
   kick_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   call_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 }
@@ -91,69 +89,41 @@ DriverRing::~DriverRing() {
 std::uint16_t DriverRing::submit(std::uint32_t type, std::uint64_t sector,
                                  std::span<const Seg> data) {
   const std::size_t n = data.size() + 2;
-  EXPECT_GE(free_.size(), n) << "test ring full";
-  std::vector<std::uint16_t> idx(n);
-  for (auto& i : idx) {
-    i = free_.back();
-    free_.pop_back();
-  }
-  const std::uint16_t head = idx[0];
+  EXPECT_GE(ring_.free_descriptors(), n) << "test ring full";
+  if (ring_.free_descriptors() < n) return size();  // no such head: the test has failed
+  const std::uint16_t head = ring_.next_free();
   const std::uint64_t hdr = scratch_ + 32u * head;
   const virtio::blk::OutHeader h{type, 0, sector};
   std::memcpy(ram_.at(hdr, sizeof h), &h, sizeof h);
   *ram_.at(hdr + 16) = std::byte{0xFF};  // status: not written yet
-  const std::uint16_t data_flags = type == virtio::blk::kIn ? virtio::kDescWrite : 0;
-  for (std::size_t k = 0; k < n; ++k) {
-    virtio::Desc d{};
-    if (k == 0) {
-      d = {hdr, 16, 0, 0};
-    } else if (k + 1 == n) {
-      d = {hdr + 16, 1, virtio::kDescWrite, 0};
-    } else {
-      d = {data[k - 1].gpa, data[k - 1].len, data_flags, 0};
-    }
-    if (k + 1 < n) {
-      d.flags |= virtio::kDescNext;
-      d.next = idx[k + 1];
-    }
-    std::memcpy(ram_.at(desc_ + 16u * idx[k], 16), &d, sizeof d);
-  }
-  chain_len_[head] = static_cast<std::uint16_t>(n);
-  std::memcpy(ram_.at(avail_ + 4 + 2u * (avail_idx_ % size_), 2), &head, 2);
-  store16(ram_.at(avail_ + 2, 2), ++avail_idx_);
-  return head;
+  const bool data_written = type == virtio::blk::kIn;
+  std::vector<vmm::SplitRingDriver::Piece> chain;
+  chain.push_back({hdr, 16, false});
+  for (const Seg& s : data) chain.push_back({s.gpa, s.len, data_written});
+  chain.push_back({hdr + 16, 1, true});
+  auto published = ring_.publish(chain);
+  EXPECT_TRUE(published.ok());
+  return published.ok() ? published.value() : size();
 }
 
-void DriverRing::publish_head(std::uint16_t head) {
-  std::memcpy(ram_.at(avail_ + 4 + 2u * (avail_idx_ % size_), 2), &head, 2);
-  store16(ram_.at(avail_ + 2, 2), ++avail_idx_);
-}
+void DriverRing::publish_head(std::uint16_t head) { ring_.publish_head(head); }
 
 void DriverRing::publish_loop() {
-  const auto last = static_cast<std::uint16_t>(size_ - 1);
+  const auto last = static_cast<std::uint16_t>(size() - 1);
   const virtio::Desc d{scratch_ + 32u * last, 16, virtio::kDescNext, last};
-  std::memcpy(ram_.at(desc_ + 16u * last, 16), &d, sizeof d);
+  ring_.write_raw({&d, 1}, last);
   publish_head(last);
 }
 
 std::optional<std::pair<std::uint16_t, std::uint8_t>> DriverRing::reap() {
-  if (load16(ram_.at(used_ + 2, 2)) == last_used_) return std::nullopt;
-  virtio::UsedElem e;
-  std::memcpy(&e, ram_.at(used_ + 4 + 8u * (last_used_ % size_), 8), sizeof e);
-  ++last_used_;
+  const std::optional<virtio::UsedElem> e = ring_.pop_used();
+  if (!e) return std::nullopt;
   // EVENT_IDX: interrupt me at the next used entry.
-  store16(ram_.at(avail_ + 4 + 2u * size_, 2), last_used_);
-  EXPECT_LT(e.id, size_);
-  if (e.id >= size_) return std::nullopt;
-  const auto head = static_cast<std::uint16_t>(e.id);
+  ring_.arm_used_event();
+  EXPECT_LT(e->id, size());
+  if (e->id >= size()) return std::nullopt;
+  const auto head = static_cast<std::uint16_t>(e->id);
   const auto status = static_cast<std::uint8_t>(*ram_.at(scratch_ + 32u * head + 16));
-  std::uint16_t i = head;
-  for (unsigned k = 0; k < chain_len_[head]; ++k) {
-    virtio::Desc d;
-    std::memcpy(&d, ram_.at(desc_ + 16u * i, 16), sizeof d);
-    free_.push_back(i);
-    i = d.next;
-  }
   return std::make_pair(head, status);
 }
 
@@ -173,7 +143,7 @@ bool DriverRing::wait_call(int ms) const {
   return ::poll(&p, 1, ms) == 1;
 }
 
-std::uint16_t DriverRing::used_idx() const { return load16(ram_.at(used_ + 2, 2)); }
+std::uint16_t DriverRing::used_idx() const { return ring_.used_idx(); }
 
 int open_fds() {
   int n = 0;

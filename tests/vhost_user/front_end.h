@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "keel/vmm/split_ring_driver.h"
 #include "keel/vmm/vhost_user.h"
 #include "keel/vmm/virtio.h"
 
@@ -72,22 +73,19 @@ class DriverRing {
   bool wait_call(int ms) const;
   std::uint16_t used_idx() const;
 
-  std::uint16_t size() const { return size_; }
-  std::uint64_t desc_gpa() const { return desc_; }
-  std::uint64_t avail_gpa() const { return avail_; }
-  std::uint64_t used_gpa() const { return used_; }
+  std::uint16_t size() const { return ring_.layout().size; }
+  std::uint64_t desc_gpa() const { return ring_.layout().desc; }
+  std::uint64_t avail_gpa() const { return ring_.layout().avail; }
+  std::uint64_t used_gpa() const { return ring_.layout().used; }
   int kick_fd() const { return kick_fd_; }
   int call_fd() const { return call_fd_; }
-  std::uint16_t avail_idx() const { return avail_idx_; }
-  std::size_t free_descriptors() const { return free_.size(); }
+  std::uint16_t avail_idx() const { return ring_.avail_idx(); }
+  std::size_t free_descriptors() const { return ring_.free_descriptors(); }
 
  private:
   GuestRam& ram_;
-  std::uint16_t size_;
-  std::uint64_t desc_, avail_, used_, scratch_;
-  std::uint16_t avail_idx_ = 0, last_used_ = 0;
-  std::vector<std::uint16_t> free_;
-  std::vector<std::uint16_t> chain_len_;
+  vmm::SplitRingDriver ring_;  ///< The ring itself, as the in-process guest driver runs it.
+  std::uint64_t scratch_;      ///< Per head: request header, status byte at +16.
   int kick_fd_ = -1, call_fd_ = -1;
 };
 

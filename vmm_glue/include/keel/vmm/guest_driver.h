@@ -1,7 +1,7 @@
 // keel/vmm/guest_driver.h - an in-process virtio-blk guest driver, for tests and benchmarks.
 //
 // Plays the unmodified guest: lays out split virtqueues in guest memory, negotiates features,
-// builds descriptor chains for requests, publishes them, kicks, and reaps used entries,
+// builds virtio-blk descriptor chains for requests and runs each ring with SplitRingDriver,
 // exactly as a guest kernel's inbox driver does (minus the kernel).
 #pragma once
 
@@ -14,6 +14,7 @@
 #include "keel/vmm/blk_request.h"
 #include "keel/vmm/guest_memory.h"
 #include "keel/vmm/paravisor.h"
+#include "keel/vmm/split_ring_driver.h"
 #include "keel/vmm/virtio.h"
 
 namespace keel::vmm {
@@ -61,12 +62,8 @@ class GuestDriver {
 
  private:
   struct Queue {
-    std::uint16_t size = 0;
-    std::uint64_t desc = 0, avail = 0, used = 0;
-    std::uint64_t hdr = 0;  ///< Per-descriptor header/status scratch (16 + 1 bytes per head).
-    std::vector<std::uint16_t> free;
-    std::uint16_t avail_idx = 0, last_used = 0, kicked_at = 0;
-    std::vector<std::uint16_t> chain_len;  ///< Descriptors per head, to free them on reap.
+    std::unique_ptr<SplitRingDriver> ring;
+    std::uint64_t hdr = 0;  ///< Per-head scratch: header, status at +16, payload at +32.
     int kick_fd = -1;
     int call_fd = -1;
   };
