@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "fuzz_input.h"
+#include "keel/clock.h"
 #include "keel/vmm/guest_memory.h"
 #include "keel/vmm/nbd_server.h"
 #include "keel/vmm/virtio.h"
@@ -449,9 +450,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   GuestMemory& mem = memory();
   auto disk_owned = std::make_unique<FuzzDisk>(mem);
   FuzzDisk& disk = *disk_owned;
-  auto clock_ns = std::make_shared<std::int64_t>(1'000'000'000);
+  auto clock = std::make_shared<keel::ManualClock>(1'000'000'000);
   NbdServerConfig cfg = config();
-  cfg.clock = [clock_ns] { return std::chrono::nanoseconds(*clock_ns); };
+  cfg.clock = clock;
   auto made = NbdServerTestSeam::create(cfg, std::move(disk_owned), mem);
   CHECK(made.ok());
   NbdServer& server = **made;
@@ -547,7 +548,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       case 8: {  // time passes (the server's clock)
         static constexpr std::int64_t kSteps[] = {1'000'000, 600'000'000, 1'500'000'000,
                                                   10'000'000'000};
-        *clock_ns += kSteps[in.u8() % 4];
+        clock->advance(std::chrono::nanoseconds(kSteps[in.u8() % 4]));
         step();
         break;
       }

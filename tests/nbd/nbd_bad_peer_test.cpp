@@ -77,7 +77,7 @@ TEST_P(NbdTest, DisconnectMidRequestChangesNothing) {
 // Every timeout runs on a clock the test moves: with it standing still, 1 ms timeouts drop
 // nobody however slow the machine is; moved on, they drop exactly the stalled peers.
 TEST_P(NbdTest, StalledPeersAreDropped) {
-  ManualClock clock;
+  TestClock clock;
   start([&](vmm::NbdServerConfig& s) {
     s.handshake_timeout = std::chrono::milliseconds(1);
     s.io_timeout = std::chrono::milliseconds(1);
@@ -133,7 +133,7 @@ TEST_P(NbdTest, StalledPeersAreDropped) {
 // it to one of them; another client's small READ is answered at once; and the slow reader is
 // dropped when its reply's send deadline passes, however much progress it makes meanwhile.
 TEST_P(NbdTest, SlowReaderCannotHoardTheBufferPool) {
-  ManualClock clock;
+  TestClock clock;
   start([&](vmm::NbdServerConfig& s) {
     s.io_timeout = std::chrono::seconds(10);
     s.clock = clock.source();
@@ -180,7 +180,7 @@ TEST_P(NbdTest, SlowReaderCannotHoardTheBufferPool) {
 // replies queued behind it for queue_depth x io_timeout: each reply's deadline runs from when it
 // was queued, so the second reply, queued with the first, is late when the first is taken.
 TEST_P(NbdTest, EachQueuedReplyHasItsOwnSendDeadline) {
-  ManualClock clock;
+  TestClock clock;
   start([&](vmm::NbdServerConfig& s) {
     s.io_timeout = std::chrono::seconds(10);
     s.clock = clock.source();
@@ -233,7 +233,7 @@ TEST_P(NbdTest, AConnectionWaitingForBuffersParsesNothingMore) {
 // Issue 10 item 5: idle connections in transmission time out, so they cannot keep every
 // connection slot (here 2) from new clients for ever.
 TEST_P(NbdTest, IdleConnectionsTimeOut) {
-  ManualClock clock;
+  TestClock clock;
   start([&](vmm::NbdServerConfig& s) {
     s.max_connections = 2;
     s.idle_timeout = std::chrono::seconds(60);

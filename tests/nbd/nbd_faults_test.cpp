@@ -16,7 +16,7 @@ namespace {
 // really finished with it, and B waits for that. Before the fix B was acknowledged at once and
 // A's late write then overwrote it. `unaligned`: A is a read-modify-write (the lost completion
 // is its edge read; its main write comes later still).
-void late_write_test(NbdTest& t, vmm::NbdDisk& disk, NbdClient& c, ManualClock& clock,
+void late_write_test(NbdTest& t, vmm::NbdDisk& disk, NbdClient& c, TestClock& clock,
                      bool unaligned) {
   const std::uint64_t base = 3 * kMiB;
   const auto old_data = pattern(8192, 90);
@@ -56,7 +56,7 @@ void late_write_test(NbdTest& t, vmm::NbdDisk& disk, NbdClient& c, ManualClock& 
 
 TEST_P(NbdTest, TimedOutWriteNeverLandsOverANewerOne) {
   if (std::string(GetParam()) != "vf") GTEST_SKIP() << "needs the card's fault injection";
-  ManualClock clock;
+  TestClock clock;
   start([&](vmm::NbdServerConfig& s) {
     s.io_timeout = std::chrono::seconds(1);
     s.clock = clock.source();
@@ -68,7 +68,7 @@ TEST_P(NbdTest, TimedOutWriteNeverLandsOverANewerOne) {
 
 TEST_P(NbdTest, TimedOutReadModifyWriteNeverLandsOverANewerOne) {
   if (std::string(GetParam()) != "vf") GTEST_SKIP() << "needs the card's fault injection";
-  ManualClock clock;
+  TestClock clock;
   start([&](vmm::NbdServerConfig& s) {
     s.io_timeout = std::chrono::seconds(1);
     s.clock = clock.source();

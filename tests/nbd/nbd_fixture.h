@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "keel/clock.h"
 #include "nbd_client.h"
 
 namespace keel::test {
@@ -51,17 +52,15 @@ struct Joiner {
   }
 };
 
-/// A clock for the server's timeouts that moves only when the test says so.
-class ManualClock {
+/// A clock for the server's timeouts that moves only when the test says so, shared with the
+/// server (which lives in the fixture, past the test body's scope).
+class TestClock {
  public:
-  std::function<std::chrono::nanoseconds()> source() const {
-    return [t = t_] { return std::chrono::nanoseconds(t->load()); };
-  }
-  void advance(std::chrono::nanoseconds d) { t_->fetch_add(d.count()); }
+  std::shared_ptr<const Clock> source() const { return clock_; }
+  void advance(std::chrono::nanoseconds d) { clock_->advance(d); }
 
  private:
-  std::shared_ptr<std::atomic<std::int64_t>> t_ =
-      std::make_shared<std::atomic<std::int64_t>>(1'000'000'000);
+  std::shared_ptr<ManualClock> clock_ = std::make_shared<ManualClock>(1'000'000'000);
 };
 
 class NbdTest : public ::testing::TestWithParam<const char*> {
@@ -101,7 +100,7 @@ class NbdTest : public ::testing::TestWithParam<const char*> {
   /// all: a message or a stall the server had not seen yet when the clock moved starts its wait
   /// then, and the next move ends it. Bounded by a minute of real time, which a loaded machine
   /// does not need and a server that drops nobody runs out.
-  bool advance_until_dropped(ManualClock& clock, std::uint64_t peers) {
+  bool advance_until_dropped(TestClock& clock, std::uint64_t peers) {
     const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
     while (disk_->server().stats().protocol_errors < peers) {
       if (std::chrono::steady_clock::now() > until) return false;

@@ -138,7 +138,7 @@ TEST_P(NbdTest, HandshakeViolationsDisconnect) {
 
 // The handshake parser's limits (nbd::kMax*), each at its bound and one past it.
 TEST_P(NbdTest, HandshakeLimits) {
-  ManualClock clock;  // standing still: no handshake timeout ends a connection here
+  TestClock clock;  // standing still: no handshake timeout ends a connection here
   start([&](vmm::NbdServerConfig& s) { s.clock = clock.source(); });
   auto c = client();
   ASSERT_TRUE(c->handshake());

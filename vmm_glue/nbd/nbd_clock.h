@@ -2,22 +2,17 @@
 // the clock of the peers' and the device's timeouts (NbdServerConfig::clock, which tests move).
 #pragma once
 
-#include <time.h>
-
 #include <chrono>
 #include <cstdint>
-#include <functional>
+#include <memory>
 #include <utility>
+
+#include "keel/clock.h"
 
 namespace keel::vmm::nbd_internal {
 
 /// Real time (CLOCK_MONOTONIC), in nanoseconds.
-inline std::uint64_t real_ns() noexcept {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull +
-         static_cast<std::uint64_t>(ts.tv_nsec);
-}
+inline std::uint64_t real_ns() noexcept { return steady_clock().now_ns(); }
 
 inline std::uint64_t ns(std::chrono::milliseconds ms) noexcept {
   return static_cast<std::uint64_t>(ms.count()) * 1'000'000ull;
@@ -26,20 +21,18 @@ inline std::uint64_t ns(std::chrono::milliseconds ms) noexcept {
 /// The clock the timeouts are measured on.
 class TimeoutClock {
  public:
-  /// `source` empty: CLOCK_MONOTONIC.
-  explicit TimeoutClock(std::function<std::chrono::nanoseconds()> source)
-      : source_(std::move(source)) {}
+  /// `source` null: the host's monotonic clock.
+  explicit TimeoutClock(std::shared_ptr<const Clock> source) : source_(std::move(source)) {}
 
   /// Now, in nanoseconds. Never 0, which marks a time that is not set (a message's start, a
   /// send stall, a deadline).
   std::uint64_t now() const {
-    if (!source_) return real_ns();
-    const std::int64_t t = source_().count();
-    return t > 0 ? static_cast<std::uint64_t>(t) : 1;
+    const std::uint64_t t = source_ ? source_->now_ns() : real_ns();
+    return t > 0 ? t : 1;
   }
 
  private:
-  std::function<std::chrono::nanoseconds()> source_;
+  std::shared_ptr<const Clock> source_;
 };
 
 }  // namespace keel::vmm::nbd_internal

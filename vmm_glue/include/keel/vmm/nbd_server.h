@@ -54,6 +54,7 @@
 #include <memory>
 #include <string>
 
+#include "keel/clock.h"
 #include "keel/fpga/card.h"
 #include "keel/result.h"
 #include "keel/vmm/guest_memory.h"
@@ -298,10 +299,11 @@ struct NbdServerConfig {
   /// How long stop() lets in-flight requests finish and their replies drain (real time).
   std::chrono::milliseconds stop_timeout{5000};
   /// The clock handshake_timeout, io_timeout and idle_timeout are measured on (peers' and the
-  /// device's), in nanoseconds of any scale that never goes back. Empty: CLOCK_MONOTONIC. Called on
-  /// the server thread only; the server looks at its timers every 50 ms of real time while it has
-  /// connections. Tests move a clock of their own to make the timeouts happen on cue.
-  std::function<std::chrono::nanoseconds()> clock;
+  /// device's). Null: the host's monotonic clock. Read on the server thread only; the server
+  /// looks at its timers every 50 ms of real time while it has connections. Tests move a
+  /// ManualClock to make the timeouts happen on cue (shared: the server may outlive the test's
+  /// scope until it is stopped).
+  std::shared_ptr<const Clock> clock;
   /// Log dropped connections and failed device requests to stderr.
   bool log = true;
 };
