@@ -13,11 +13,14 @@
 #include <cstdio>
 #include <cstring>
 
+#include "keel/log.h"
 #include "nbd_handshake.h"
 
 namespace keel::vmm::nbd_internal {
 
 namespace {
+
+constexpr log::Logger kLog{"nbd"};
 
 // The parsers' limits are the nbd::kMax* constants in nbd_server.h (documented there, with
 // what a peer gets past each); every check below names its constant.
@@ -168,7 +171,7 @@ void Connection::drop(const std::string& why) {
 void Connection::close(const char* why) {
   if (fd_ < 0) return;
   if (why != nullptr && ctx_.notes.log()) {
-    std::fprintf(stderr, "nbd: connection %" PRIu64 ": %s\n", id_, why);
+    kLog.info("connection %" PRIu64 ": %s", id_, why);
   }
   epoll_ctl(ctx_.ep, EPOLL_CTL_DEL, fd_, nullptr);
   ::close(fd_);

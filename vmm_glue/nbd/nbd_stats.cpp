@@ -1,9 +1,14 @@
 // Counters and the last error of the NBD server (nbd_stats.h).
 #include "nbd_stats.h"
+#include "keel/log.h"
 
 #include <cstdio>
 
 namespace keel::vmm::nbd_internal {
+
+namespace {
+constexpr log::Logger kLog{"nbd"};
+}  // namespace
 
 NbdServerStats Counters::snapshot() const noexcept {
   NbdServerStats s;
@@ -39,7 +44,7 @@ void Notes::note(const std::string& what) {
     std::lock_guard lock(mu_);
     last_ = what;
   }
-  if (log_) std::fprintf(stderr, "nbd: %s\n", what.c_str());
+  if (log_) kLog.warn("%s", what.c_str());
 }
 
 std::string Notes::last() const {

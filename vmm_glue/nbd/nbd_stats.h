@@ -27,8 +27,8 @@ inline void bump(std::atomic<std::uint64_t>& a, std::uint64_t n = 1) noexcept {
   a.fetch_add(n, std::memory_order_relaxed);
 }
 
-/// The last problem the server noticed (a dropped peer, a failed device request), also written
-/// to stderr when the configuration asks for logging.
+/// The last problem the server noticed (a dropped peer, a failed device request), also logged
+/// (component "nbd", warn) when the configuration asks for logging.
 class Notes {
  public:
   explicit Notes(bool log) : log_(log) {}
