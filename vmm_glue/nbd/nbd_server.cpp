@@ -21,9 +21,6 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -34,6 +31,8 @@
 #include <mutex>
 #include <thread>
 
+#include "keel/thread_cpu.h"
+#include "keel/unix_listener.h"
 #include "keel/vmm/nbd_server.h"
 #include "nbd_buffers.h"
 #include "nbd_clock.h"
@@ -61,8 +60,8 @@ struct NbdServer::Impl {
   GuestMemory& mem;
   std::uint64_t size = 0;  // export bytes
   std::uint16_t tx_flags = 0;
-  int listen_fd = -1, call_fd = -1, wake_fd = -1, ep = -1;
-  std::string bound_path;
+  UnixListener listener;
+  int call_fd = -1, wake_fd = -1, ep = -1;
 
   // ---- the pieces (server thread) ----
   nbd_internal::TimeoutClock clock;
@@ -85,8 +84,7 @@ struct NbdServer::Impl {
   std::thread thread;
   std::atomic<bool> stopping{false};
   std::atomic<bool> started{false};
-  std::atomic<std::uint64_t> final_cpu_ns{0};
-  std::atomic<bool> thread_done{false};
+  ThreadCpuMeter cpu;            // the server thread's
   mutable std::mutex thread_mu;  // the thread handle (joins, CPU sampling)
 
   Impl(const NbdServerConfig& c, std::unique_ptr<NbdDevice> d, GuestMemory& m)
@@ -99,8 +97,7 @@ struct NbdServer::Impl {
         devq(*dev, mem, buffers, counters),
         requests(cfg, size, buffers, devq, clock, counters, notes) {}
   ~Impl() {
-    if (listen_fd >= 0) close(listen_fd);
-    if (!bound_path.empty()) unlink(bound_path.c_str());
+    listener.close();
     conns.clear();  // closes their sockets
     // The device (guest driver) detaches (and stops using call_fd) before the fd goes.
     dev.reset();
@@ -147,37 +144,15 @@ struct NbdServer::Impl {
   }
 
   Status listen_on(const std::string& path) {
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    if (path.empty() || path.size() >= sizeof addr.sun_path) {
-      return make_error(Errc::invalid_argument,
-                        "socket path '" + path + "' is empty or longer than " +
-                            std::to_string(sizeof addr.sun_path - 1) + " bytes");
-    }
-    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-    struct stat sb {};
-    if (lstat(path.c_str(), &sb) == 0) {
-      if (!S_ISSOCK(sb.st_mode)) {
-        return make_error(Errc::invalid_argument,
-                          "'" + path + "' exists and is not a socket; not replacing it");
-      }
-      unlink(path.c_str());
-    }
-    listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (listen_fd < 0) {
-      return make_error(Errc::io_error, std::string("socket: ") + std::strerror(errno));
-    }
-    if (bind(listen_fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
-      return make_error(Errc::io_error, "bind " + path + ": " + std::strerror(errno));
-    }
-    bound_path = path;
-    if (listen(listen_fd, 64) != 0) {
-      return make_error(Errc::io_error, "listen " + path + ": " + std::strerror(errno));
-    }
+    UnixListenerConfig lc;
+    lc.backlog = 64;
+    auto l = UnixListener::listen(path, lc);
+    if (!l.ok()) return l.error();
+    listener = std::move(l.value());
     epoll_event e{};
     e.events = EPOLLIN;
     e.data.u64 = 0;
-    epoll_ctl(ep, EPOLL_CTL_ADD, listen_fd, &e);
+    epoll_ctl(ep, EPOLL_CTL_ADD, listener.fd(), &e);
     e.data.u64 = 1;
     epoll_ctl(ep, EPOLL_CTL_ADD, call_fd, &e);
     e.data.u64 = 2;
@@ -203,12 +178,12 @@ struct NbdServer::Impl {
   bool round(int max_wait_ms) {
     epoll_event ev[32];
     const std::uint64_t now = real_ns();
-    if (accept_paused_until != 0 && now >= accept_paused_until && listen_fd >= 0) {
+    if (accept_paused_until != 0 && now >= accept_paused_until && listener.valid()) {
       accept_paused_until = 0;
       epoll_event e{};
       e.events = EPOLLIN;
       e.data.u64 = 0;
-      epoll_ctl(ep, EPOLL_CTL_MOD, listen_fd, &e);
+      epoll_ctl(ep, EPOLL_CTL_MOD, listener.fd(), &e);
     }
     if (now >= next_timer_ns) {
       check_timers(clock.now());
@@ -267,14 +242,9 @@ struct NbdServer::Impl {
   }
 
   void begin_stop() {
-    if (listen_fd >= 0) {
-      epoll_ctl(ep, EPOLL_CTL_DEL, listen_fd, nullptr);
-      close(listen_fd);
-      listen_fd = -1;
-    }
-    if (!bound_path.empty()) {
-      unlink(bound_path.c_str());
-      bound_path.clear();
+    if (listener.valid()) {
+      epoll_ctl(ep, EPOLL_CTL_DEL, listener.fd(), nullptr);
+      listener.close();  // and its socket file: new peers are refused at once
     }
     for (auto& [id, c] : conns) {
       if (c->open() && !c->in_transmission()) c->close();
@@ -291,7 +261,7 @@ struct NbdServer::Impl {
 
   void accept_all() {
     for (;;) {
-      const int fd = accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      const int fd = accept4(listener.fd(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd < 0) {
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) return;
@@ -299,7 +269,7 @@ struct NbdServer::Impl {
         // Level-triggered: a listener that keeps failing (EMFILE) would spin. Rest it.
         epoll_event e{};
         e.data.u64 = 0;
-        epoll_ctl(ep, EPOLL_CTL_MOD, listen_fd, &e);
+        epoll_ctl(ep, EPOLL_CTL_MOD, listener.fd(), &e);
         accept_paused_until = real_ns() + 100'000'000ull;
         return;
       }
@@ -374,12 +344,9 @@ Status NbdServer::start() {
     std::lock_guard lock(impl_->thread_mu);
     impl_->thread = std::thread([impl = impl_.get()] {
       pthread_setname_np(pthread_self(), "keel-nbd-srv");  // for top -H and /proc/*/task
+      impl->cpu.start();
       impl->run();
-      timespec ts{};
-      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-      impl->final_cpu_ns.store(static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull +
-                               static_cast<std::uint64_t>(ts.tv_nsec));
-      impl->thread_done.store(true, std::memory_order_release);
+      impl->cpu.finish();
     });
   } catch (const std::system_error& e) {
     return make_error(Errc::io_error, std::string("server thread: ") + e.what());
@@ -397,18 +364,7 @@ void NbdServer::stop() {
 
 NbdServerStats NbdServer::stats() const { return impl_->counters.snapshot(); }
 
-std::uint64_t NbdServer::thread_cpu_ns() const {
-  std::lock_guard lock(impl_->thread_mu);
-  if (impl_->thread_done.load(std::memory_order_acquire) || !impl_->thread.joinable()) {
-    return impl_->final_cpu_ns.load();
-  }
-  clockid_t id;
-  if (pthread_getcpuclockid(impl_->thread.native_handle(), &id) != 0) return 0;
-  timespec ts{};
-  clock_gettime(id, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull +
-         static_cast<std::uint64_t>(ts.tv_nsec);
-}
+std::uint64_t NbdServer::thread_cpu_ns() const { return impl_->cpu.ns(); }
 
 std::string NbdServer::last_error() const { return impl_->notes.last(); }
 
