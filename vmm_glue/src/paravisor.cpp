@@ -33,12 +33,13 @@ const char* to_string(PathState s) noexcept {
   return "unknown";
 }
 
-Paravisor::Paravisor(fpga::Card& card, fpga::Function* vf, GuestMemory& memory,
-                     HostStorageService& host, const ParavisorConfig& config)
-    : card_(card), vf_(vf), memory_(memory), host_(host), config_(config) {}
+Paravisor::Paravisor(fpga::Function* vf, const Clock& clock, fpga::Stepper& stepper,
+                     GuestMemory& memory, HostStorageService& host, const ParavisorConfig& config)
+    : vf_(vf), clock_(clock), stepper_(stepper), memory_(memory), host_(host), config_(config) {}
 
-Result<std::unique_ptr<Paravisor>> Paravisor::create(fpga::Card& card, fpga::Function* vf,
-                                                     GuestMemory& memory, HostStorageService& host,
+Result<std::unique_ptr<Paravisor>> Paravisor::create(fpga::Function* vf, const Clock& clock,
+                                                     fpga::Stepper& stepper, GuestMemory& memory,
+                                                     HostStorageService& host,
                                                      const ParavisorConfig& config) {
   if (config.queues == 0 || config.queues > 64) {
     return make_error(Errc::invalid_argument, "queues must be 1..64");
@@ -58,7 +59,7 @@ Result<std::unique_ptr<Paravisor>> Paravisor::create(fpga::Card& card, fpga::Fun
     return make_error(Errc::invalid_argument,
                       "max_request_bytes must be a multiple of 512 from 512 to 64 MiB");
   }
-  std::unique_ptr<Paravisor> pv(new Paravisor(card, vf, memory, host, config));
+  std::unique_ptr<Paravisor> pv(new Paravisor(vf, clock, stepper, memory, host, config));
   pv->capacity_ = config.capacity_sectors;
   pv->block_bytes_ = 0;  // the first VF bring-up decides; 512 without one
   if (vf != nullptr) {
@@ -151,7 +152,7 @@ Status Paravisor::bring_up_vf() {
       }
     }
   }
-  auto c = drv::Controller::open(card_, *vf_, cc);
+  auto c = drv::Controller::open(*vf_, clock_, stepper_, cc);
   if (!c) return c.error();
   if (!config_.confidential) {
     memory_.unmap_from_device(*vf_);
@@ -185,7 +186,7 @@ Status Paravisor::bring_up_vf() {
 
 void Paravisor::transition(PathState to, const std::string& reason) {
   const PathState from = state_.exchange(to, std::memory_order_acq_rel);
-  log_.push_back(Transition{from, to, reason, card_.now_ns()});
+  log_.push_back(Transition{from, to, reason, clock_.now_ns()});
   if (to == PathState::draining || (to == PathState::fallback && from == PathState::absent)) {
     to_fallback_.fetch_add(1);
   }
@@ -205,7 +206,7 @@ void Paravisor::vf_failed(const std::string& reason) {
   // reset deletes every queue (and, with the reset generation, fails them in the driver). A
   // device that is gone fails fast here.
   if (ctrl_ != nullptr) (void)ctrl_->reset();
-  next_probe_ns_ = card_.now_ns() + static_cast<std::uint64_t>(config_.probe_interval.count());
+  next_probe_ns_ = clock_.now_ns() + static_cast<std::uint64_t>(config_.probe_interval.count());
 }
 
 void Paravisor::vf_removed(const std::string& reason) { vf_failed("VF removed: " + reason); }
@@ -222,7 +223,7 @@ void Paravisor::worker_drained() {
 
 void Paravisor::maybe_probe() {
   if (vf_ == nullptr || state() != PathState::fallback) return;
-  const std::uint64_t now = card_.now_ns();
+  const std::uint64_t now = clock_.now_ns();
   const bool now_asked = probe_now_.exchange(false);
   if (vf_refused_ && !now_asked) return;  // refused for good: wait for a hot-add
   if (!now_asked && now < next_probe_ns_) return;

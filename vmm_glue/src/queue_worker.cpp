@@ -502,7 +502,7 @@ void QueueWorker::quiesce() {
           : pv_.config_.command_timeout * 2 + pv_.config_.admin_timeout * 2;
   quiescing_ = true;  // the data path runs on the control thread until the end of quiesce()
   // Only what was taken: a busy guest must not hold the pause (and the control plane) open.
-  fpga::poll_until(pv_.card_, bound, [&] {
+  fpga::poll_until(pv_.clock_, pv_.stepper_, bound, [&] {
     pass(false);
     return inflight_ == 0 && pending_.empty();
   });

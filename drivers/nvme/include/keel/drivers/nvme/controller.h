@@ -10,8 +10,10 @@
 #include <mutex>
 #include <vector>
 
+#include "keel/clock.h"
 #include "keel/drivers/nvme/io_status.h"
-#include "keel/fpga/card.h"
+#include "keel/fpga/function.h"
+#include "keel/fpga/stepper.h"
 #include "keel/nvme/wire.h"
 #include "keel/result.h"
 
@@ -60,7 +62,13 @@ class Controller {
   /// and wait, Identify controller and namespace 1, Set Features Number of Queues.
   /// Errors: timeout (CSTS.RDY), device_error (CSTS.CFS or a failed admin command, with the
   /// NVMe status text), gone (the function reads all ones), no_memory, invalid_argument.
-  static Result<std::unique_ptr<Controller>> open(fpga::Card& card, fpga::Function& fn,
+  ///
+  /// The driver is given the one function it drives, the clock its timeouts run on and the
+  /// stepper its waits advance (a lockstep card moves only when stepped; see fpga/stepper.h),
+  /// not the card: it has no business with the VF count or the fault injector. On a card, pass
+  /// the card for both (`open(vf, card, card)`). All three outlive the controller.
+  static Result<std::unique_ptr<Controller>> open(fpga::Function& fn, const Clock& clock,
+                                                  fpga::Stepper& stepper,
                                                   const ControllerConfig& config = {});
   ~Controller();
   Controller(const Controller&) = delete;
@@ -105,12 +113,15 @@ class Controller {
     return admin_device_errors_.load(std::memory_order_relaxed);
   }
 
-  fpga::Card& card() noexcept { return card_; }
   fpga::Function& function() noexcept { return fn_; }
+  /// The clock every timeout of this controller and its queue pairs runs on.
+  const Clock& clock() const noexcept { return clock_; }
+  fpga::Stepper& stepper() noexcept { return stepper_; }
 
  private:
   friend class QueuePair;
-  Controller(fpga::Card& card, fpga::Function& fn, const ControllerConfig& config);
+  Controller(fpga::Function& fn, const Clock& clock, fpga::Stepper& stepper,
+             const ControllerConfig& config);
 
   /// Caller holds reset_mu_ (or is open(), before anyone else can reach the controller); takes
   /// admin_mu_ for the whole bring-up, and first moves the generation if `new_generation`.
@@ -129,8 +140,9 @@ class Controller {
   void delete_queue(std::uint64_t generation, std::uint16_t qid) noexcept;
   std::chrono::nanoseconds ready_timeout() const;
 
-  fpga::Card& card_;
   fpga::Function& fn_;
+  const Clock& clock_;
+  fpga::Stepper& stepper_;
   ControllerConfig config_;
   std::mutex admin_mu_;
   std::mutex reset_mu_;
