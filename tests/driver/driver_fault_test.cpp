@@ -334,6 +334,15 @@ TEST_P(DriverFaults, RemovedBeforeBringUp) {
   EXPECT_EQ(c.error().code, Errc::gone);
 }
 
+TEST_P(DriverFaults, StatusSaysWhatTheDeviceIs) {
+  EXPECT_EQ(ctrl_->status(), drv::DeviceState::ready);
+  KEEL_ASSERT_OK(faults().raise_fatal(0));
+  EXPECT_EQ(ctrl_->status(), drv::DeviceState::fatal);
+  KEEL_ASSERT_OK(faults().surprise_remove(0));
+  EXPECT_EQ(ctrl_->status(), drv::DeviceState::gone);
+  EXPECT_EQ(drv::Controller::status_of(*vf_), drv::DeviceState::gone);
+}
+
 KEEL_INSTANTIATE_CARD_SUITE(DriverFaults);
 
 }  // namespace

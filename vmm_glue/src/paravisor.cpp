@@ -12,8 +12,6 @@
 #include <cstdio>
 #include <cstring>
 
-#include <keel/regs/keel_regs.h>
-
 #include "queue_worker.h"
 
 namespace keel::vmm {
@@ -229,7 +227,11 @@ void Paravisor::maybe_probe() {
   if (!now_asked && now < next_probe_ns_) return;
   vf_refused_ = false;
   next_probe_ns_ = now + static_cast<std::uint64_t>(config_.probe_interval.count());
-  if (vf_->read32(regs::nvme::CSTS) == 0xFFFFFFFFu) return;  // still gone
+  // Asked of the driver, which knows how its device says so (no controller yet: the VF was
+  // absent when the guest connected).
+  const drv::DeviceState dev =
+      ctrl_ != nullptr ? ctrl_->status() : drv::Controller::status_of(*vf_);
+  if (dev == drv::DeviceState::gone) return;  // still gone
   std::lock_guard lock(mu_);
   Status st;
   if (ctrl_ != nullptr) {

@@ -52,16 +52,32 @@ Result<std::unique_ptr<Controller>> Controller::open(fpga::Function& fn, const C
   return c;
 }
 
-bool Controller::gone() noexcept { return fn_.read32(nv::CSTS) == 0xFFFFFFFFu; }
+const char* to_string(DeviceState s) noexcept {
+  switch (s) {
+    case DeviceState::ready: return "ready";
+    case DeviceState::not_ready: return "not ready";
+    case DeviceState::fatal: return "fatal (CSTS.CFS)";
+    case DeviceState::gone: return "gone";
+  }
+  return "unknown";
+}
+
+DeviceState Controller::status_of(fpga::Function& fn) noexcept {
+  const std::uint32_t csts = fn.read32(nv::CSTS);
+  if (csts == 0xFFFFFFFFu) return DeviceState::gone;
+  if ((csts & nv::CSTS_CFS_MASK) != 0) return DeviceState::fatal;
+  if ((csts & nv::CSTS_RDY_MASK) != 0) return DeviceState::ready;
+  return DeviceState::not_ready;
+}
 
 bool Controller::check_alive(std::uint64_t seen) noexcept {
-  const std::uint32_t csts = fn_.read32(nv::CSTS);
-  if (csts == 0xFFFFFFFFu) {
+  const DeviceState state = status();
+  if (state == DeviceState::gone) {
     // Removed: nothing to re-initialise. Only the first to notice moves the generation.
     (void)generation_.compare_exchange_strong(seen, seen + 1, std::memory_order_acq_rel);
     return false;
   }
-  if ((csts & nv::CSTS_RDY_MASK) != 0 && (csts & nv::CSTS_CFS_MASK) == 0) return true;
+  if (state == DeviceState::ready) return true;
   // Reset (FLR) or failed under the driver: bring it up again, unless a reset has already
   // moved the generation on (a reset in progress holds reset_mu_ until it is done; resetting
   // again would invalidate the queue pairs it is about to hand out).

@@ -21,6 +21,16 @@ namespace keel::drivers::nvme {
 
 class QueuePair;
 
+/// What a controller's status register (CSTS) says about the device, typed so that callers
+/// (the paravisor's failover) ask the driver instead of decoding registers themselves.
+enum class DeviceState : std::uint8_t {
+  ready,      ///< Enabled and ready (CSTS.RDY, no CSTS.CFS).
+  not_ready,  ///< Present but disabled, resetting or after an FLR (CSTS.RDY clear).
+  fatal,      ///< Controller fatal status (CSTS.CFS): only a reset brings it back.
+  gone,       ///< The function reads as all ones: removed.
+};
+const char* to_string(DeviceState s) noexcept;
+
 /// Every member has a default; the device decides the rest.
 struct ControllerConfig {
   /// Admin queue entries.
@@ -97,8 +107,14 @@ class Controller {
   /// Controller reset and re-initialisation (admin queue, Set Features). Every queue pair is
   /// invalidated. Errors: as open().
   Status reset();
+  /// One CSTS read, no side effects (no reset, no generation change): for callers deciding
+  /// whether the device is worth a reset or a bring-up.
+  DeviceState status() noexcept { return status_of(fn_); }
+  /// The same for a function no controller has been opened on yet (a VF that was absent when
+  /// its user started): whether Controller::open() has a device to talk to.
+  static DeviceState status_of(fpga::Function& fn) noexcept;
   /// True once the function reads as all ones (surprise removal).
-  bool gone() noexcept;
+  bool gone() noexcept { return status() == DeviceState::gone; }
   /// One CSTS read: false when the function reads as all ones (removed), is no longer ready
   /// (reset or FLR under the driver) or reports a fatal status (CSTS.CFS). Then, unless a reset
   /// has already moved the generation past `seen`, the queue pairs of that generation are
