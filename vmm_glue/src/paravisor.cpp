@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "keel/log.h"
 #include "queue_worker.h"
 
 namespace keel::vmm {
@@ -19,6 +20,8 @@ namespace keel::vmm {
 namespace drv = drivers::nvme;
 using virtio::bit;
 namespace f = virtio::feature;
+
+constexpr log::Logger kLog{"paravisor"};
 
 const char* to_string(PathState s) noexcept {
   switch (s) {
@@ -189,8 +192,9 @@ void Paravisor::transition(PathState to, const std::string& reason) {
     to_fallback_.fetch_add(1);
   }
   if (to == PathState::active && from != PathState::absent) to_vf_.fetch_add(1);
-  std::fprintf(stderr, "keel paravisor: %s -> %s: %s\n", vmm::to_string(from), vmm::to_string(to),
-               reason.c_str());
+  // Losing the VF is worth a warning; every other move is the state machine doing its job.
+  kLog.logf(to == PathState::draining ? log::Level::warn : log::Level::info, "%s -> %s: %s",
+            vmm::to_string(from), vmm::to_string(to), reason.c_str());
 }
 
 void Paravisor::vf_failed(const std::string& reason) {

@@ -4,12 +4,12 @@
 #include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <cstring>
+
+#include "keel/log.h"
 
 namespace keel::vmm {
 
@@ -18,6 +18,7 @@ namespace blk = virtio::blk;
 
 namespace {
 
+constexpr log::Logger kLog{"paravisor"};
 constexpr unsigned kBounceChunks = QueueWorker::kPoolChunks;
 constexpr std::uint32_t kPage = 4096;
 static_assert(kMaxSubSegs <= kHostMaxSegments, "a sub-request must fit one host request");
@@ -562,27 +563,16 @@ void QueueWorker::give_back_unfinished() noexcept {
   inflight_ = 0;
   ++epoch_;  // their IO may still complete: those completions are ignored (chunks released)
   notify_guest();
-  std::fprintf(stderr,
-               "keel paravisor: queue %u: stopping with requests unfinished after the bound: "
-               "%u given back to the ring, %u failed (a completed request followed them)\n",
-               index_, back, failed);
-}
-
-std::uint64_t QueueWorker::thread_cpu_ns() const noexcept {
-  if (!has_thread_.load()) return 0;
-  clockid_t id;
-  if (pthread_getcpuclockid(thread_.load(), &id) != 0) return 0;
-  timespec ts{};
-  clock_gettime(id, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull +
-         static_cast<std::uint64_t>(ts.tv_nsec);
+  kLog.warn(
+      "queue %u: stopping with requests unfinished after the bound: %u given back to the "
+      "ring, %u failed (a completed request followed them)",
+      index_, back, failed);
 }
 
 void QueueWorker::run_thread() {
   const std::string name = "keel-pv-q" + std::to_string(index_);
   pthread_setname_np(pthread_self(), name.c_str());
-  thread_.store(pthread_self());
-  has_thread_.store(true);
+  cpu_.start();
   exited_.store(false, std::memory_order_release);
   // Spin briefly after the last piece of work, then sleep on every event source at once:
   // the guest's kick, the VF queue's MSI-X, the host service's completions.
@@ -655,6 +645,7 @@ void QueueWorker::run_thread() {
     if (qp_ != nullptr) qp_->arm_interrupt(false);
   }
   close(ep);
+  cpu_.finish();
   exited_.store(true, std::memory_order_release);
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "keel/drivers/nvme/queue_pair.h"
+#include "keel/thread_cpu.h"
 #include "keel/vmm/blk_request.h"
 #include "keel/vmm/blk_split.h"
 #include "keel/vmm/host_service.h"
@@ -47,7 +48,8 @@ class QueueWorker {
   int call_fd = -1;
   int kick_fd = -1;
   Virtqueue& vq() noexcept { return vq_; }
-  std::uint64_t thread_cpu_ns() const noexcept;
+  /// CPU time of the worker thread so far (its final figure once it has ended).
+  std::uint64_t thread_cpu_ns() const noexcept { return cpu_.ns(); }
   /// True once run_thread() has returned (stop() waits for it, interrupting a blocked write).
   bool thread_exited() const noexcept { return exited_.load(std::memory_order_acquire); }
 
@@ -127,8 +129,7 @@ class QueueWorker {
 
   unsigned inflight_ = 0;  // requests taken and not yet completed
   bool pushed_ = false;    // used entries pushed since the last notification decision
-  std::atomic<pthread_t> thread_{};
-  std::atomic<bool> has_thread_{false};
+  ThreadCpuMeter cpu_;
   std::atomic<bool> exited_{false};
   bool quiescing_ = false;  // quiesce() runs the data path on the control thread
   Counters counters_;
