@@ -23,6 +23,33 @@ namespace f = virtio::feature;
 
 constexpr log::Logger kLog{"paravisor"};
 
+/// The paravisor as its queue workers reach it: the failover state machine, the VF controller
+/// under the paravisor's lock, the guest notifier, the worker threads' run flag and probe tick.
+class Paravisor::Link final : public worker::WorkerLink {
+ public:
+  explicit Link(Paravisor& pv) : pv_(pv) {}
+  PathState state() const noexcept override { return pv_.state(); }
+  std::uint64_t vf_epoch() const noexcept override {
+    return pv_.vf_epoch_.load(std::memory_order_acquire);
+  }
+  void vf_failed(const std::string& reason) override { pv_.vf_failed(reason); }
+  void worker_drained() override { pv_.worker_drained(); }
+  bool with_controller(bool only_active, const std::function<void(drv::Controller&)>& fn) override {
+    std::lock_guard lock(pv_.mu_);
+    if (pv_.ctrl_ == nullptr || (only_active && pv_.state() != PathState::active)) return false;
+    fn(*pv_.ctrl_);
+    return true;
+  }
+  void notify(unsigned queue) override {
+    if (pv_.notify_) pv_.notify_(queue);
+  }
+  bool running() const noexcept override { return pv_.running_.load(std::memory_order_acquire); }
+  void tick() override { pv_.maybe_probe(); }
+
+ private:
+  Paravisor& pv_;
+};
+
 const char* to_string(PathState s) noexcept {
   switch (s) {
     case PathState::absent: return "absent";
@@ -77,14 +104,35 @@ Result<std::unique_ptr<Paravisor>> Paravisor::create(fpga::Function* vf, const C
     if (Status st = pv->make_shared_pool(); !st.ok()) return st.error();
   }
   const std::uint64_t slice = std::uint64_t{QueueWorker::kPoolChunks} * QueueWorker::kChunkBytes;
+  pv->link_ = std::make_unique<Link>(*pv);
+  const worker::WorkerPorts ports{*pv->link_, memory, vf, clock, stepper};
   for (unsigned q = 0; q < config.queues; ++q) {
     auto ch = host.open_channel();
     if (!ch) return ch.error();
     auto client = HostServiceClient::attach(*ch);
     if (!client) return client.error();
-    std::byte* pool = pv->pool_ != nullptr ? pv->pool_ + q * slice : nullptr;
-    pv->workers_.push_back(std::make_unique<QueueWorker>(*pv, q, std::move(client).value(), pool,
-                                                         pv->pool_addr_ + q * slice));
+    worker::WorkerConfig wc;
+    wc.index = q;
+    wc.max_queue_size = config.max_queue_size;
+    wc.seg_max = config.seg_max;
+    wc.size_max = config.size_max;
+    wc.max_request_bytes = config.max_request_bytes;
+    wc.capacity_sectors = pv->capacity_;
+    wc.block_bytes = pv->block_bytes_;
+    wc.serial = config.serial;
+    wc.confidential = config.confidential;
+    wc.interrupts = config.threads;
+    wc.command_timeout = config.command_timeout;
+    wc.quiesce_timeout = config.quiesce_timeout.count() > 0
+                             ? config.quiesce_timeout
+                             : config.command_timeout * 2 + config.admin_timeout * 2;
+    wc.max_sleep =
+        std::min<std::chrono::nanoseconds>(config.probe_interval, std::chrono::milliseconds(100));
+    if (pv->pool_ != nullptr) {
+      wc.pool = pv->pool_ + q * slice;
+      wc.pool_addr = pv->pool_addr_ + q * slice;
+    }
+    pv->workers_.push_back(std::make_unique<QueueWorker>(wc, ports, std::move(client).value()));
   }
   return pv;
 }

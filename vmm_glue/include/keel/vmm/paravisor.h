@@ -166,7 +166,8 @@ class Paravisor {
   std::uint64_t worker_cpu_ns() const;
 
  private:
-  friend class QueueWorker;
+  /// What the queue workers see of the paravisor (worker::WorkerLink; paravisor.cpp).
+  class Link;
   Paravisor(fpga::Function* vf, const Clock& clock, fpga::Stepper& stepper, GuestMemory& memory,
             HostStorageService& host, const ParavisorConfig& config);
   void transition(PathState to, const std::string& reason);
@@ -201,6 +202,7 @@ class Paravisor {
   mutable std::mutex mu_;  // transitions, controller lifecycle
   std::vector<Transition> log_;
   std::atomic<std::uint64_t> to_fallback_{0}, to_vf_{0};
+  std::unique_ptr<Link> link_;
   std::vector<std::unique_ptr<QueueWorker>> workers_;
   std::function<void(unsigned)> notify_;
   std::vector<std::thread> threads_;
