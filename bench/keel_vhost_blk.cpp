@@ -132,7 +132,7 @@ int main(int argc, char** argv) {
     // A guest under TCG on a loaded host can leave commands waiting a long time: a longer
     // bound than the default keeps a slow host from looking like a lost VF.
     pc.command_timeout = std::chrono::seconds(5);
-    return vmm::Paravisor::create(*card, no_vf ? nullptr : *vf, mem, *host, pc);
+    return vmm::Paravisor::create(no_vf ? nullptr : *vf, *card, *card, mem, *host, pc);
   };
   vmm::VhostUserBlkConfig vc;
   vc.socket_path = socket_path;

@@ -59,7 +59,7 @@ struct Rig {
     auto pm = keel::sriov::PfManager::discover(*card);
     if (!pm) die(keel::to_string(pm.error()));
     if (auto st = pm->enable_vfs_even(1, nqp); !st.ok()) die(keel::to_string(st.error()));
-    auto ctl = drv::Controller::open(*card, **card->vf(0));
+    auto ctl = drv::Controller::open(**card->vf(0), *card, *card);
     if (!ctl) die(keel::to_string(ctl.error()));
     ctrl = std::move(ctl).value();
     for (unsigned q = 0; q < nqp; ++q) {

@@ -79,7 +79,7 @@ struct Rig {
     cfg.threads = true;
     cfg.capacity_sectors = kDiskBytes / 512;
     keel::fpga::Function* vf = vf_path ? must(card->vf(0), "VF") : nullptr;
-    pv = must(vmm::Paravisor::create(*card, vf, *mem, *host, cfg), "paravisor");
+    pv = must(vmm::Paravisor::create(vf, *card, *card, *mem, *host, cfg), "paravisor");
     guest = must(vmm::GuestDriver::attach(*pv, *mem, 1, 256, 1u << 20), "guest driver");
     if (auto st = pv->start(); !st.ok()) die(keel::to_string(st.error()));
   }

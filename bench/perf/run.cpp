@@ -412,7 +412,7 @@ Result<PathResult> Stack::run(const Config& c, bool vf_path, const Progress& pro
     if (j->host == nullptr) {
       return make_error(Errc::invalid_argument, "a real board has no host path here");
     }
-    auto pv = vmm::Paravisor::create(*card_, vf, *j->mem, *j->host, pc);
+    auto pv = vmm::Paravisor::create(vf, *card_, *card_, *j->mem, *j->host, pc);
     if (!pv) return pv.error();
     j->pv = std::move(pv).value();
     if (vf_path && j->pv->state() != vmm::PathState::active) {

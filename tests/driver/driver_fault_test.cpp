@@ -319,7 +319,7 @@ TEST_P(DriverFaults, ReadyNeverComesWithinCapTo) {
   qp_.reset();
   ctrl_.reset();
   KEEL_ASSERT_OK(faults().delay_ready(0, std::chrono::seconds(30)));
-  auto c = drv::Controller::open(*card_, *vf_);
+  auto c = drv::Controller::open(*vf_, *card_, *card_);
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.error().code, Errc::timeout);
   EXPECT_NE(c.error().message.find("CSTS.RDY"), std::string::npos) << c.error().message;
@@ -329,9 +329,18 @@ TEST_P(DriverFaults, RemovedBeforeBringUp) {
   qp_.reset();
   ctrl_.reset();
   KEEL_ASSERT_OK(faults().surprise_remove(0));
-  auto c = drv::Controller::open(*card_, *vf_);
+  auto c = drv::Controller::open(*vf_, *card_, *card_);
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.error().code, Errc::gone);
+}
+
+TEST_P(DriverFaults, StatusSaysWhatTheDeviceIs) {
+  EXPECT_EQ(ctrl_->status(), drv::DeviceState::ready);
+  KEEL_ASSERT_OK(faults().raise_fatal(0));
+  EXPECT_EQ(ctrl_->status(), drv::DeviceState::fatal);
+  KEEL_ASSERT_OK(faults().surprise_remove(0));
+  EXPECT_EQ(ctrl_->status(), drv::DeviceState::gone);
+  EXPECT_EQ(drv::Controller::status_of(*vf_), drv::DeviceState::gone);
 }
 
 KEEL_INSTANTIATE_CARD_SUITE(DriverFaults);

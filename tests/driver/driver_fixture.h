@@ -23,7 +23,7 @@ class DriverTest : public CardTest {
     auto fn = card_->vf(0);
     KEEL_ASSERT_OK(fn);
     vf_ = *fn;
-    auto c = drv::Controller::open(*card_, *vf_);
+    auto c = drv::Controller::open(*vf_, *card_, *card_);
     KEEL_ASSERT_OK(c);
     ctrl_ = std::move(c).value();
   }

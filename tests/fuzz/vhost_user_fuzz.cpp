@@ -146,7 +146,7 @@ World& world() {
       vmm::ParavisorConfig pc;
       pc.queues = 2;
       pc.capacity_sectors = kDiskBytes / 512;
-      return vmm::Paravisor::create(w->card, nullptr, mem, *w->host, pc);
+      return vmm::Paravisor::create(nullptr, w->card, w->card, mem, *w->host, pc);
     };
     auto s = vmm::VhostUserBlkServer::create(vc, factory);
     if (!s) {

@@ -118,9 +118,10 @@ Stack& stack() {
     pc.admin_timeout = std::chrono::milliseconds(20);
     pc.quiesce_timeout = std::chrono::milliseconds(20);
     auto vf = must(st->card->vf(0), "VF 0");
-    st->on_vf = must(Paravisor::create(*st->card, vf, memory(), *st->host, pc), "paravisor (VF)");
-    st->on_host =
-        must(Paravisor::create(*st->card, nullptr, memory(), *st->host, pc), "paravisor (host)");
+    st->on_vf = must(Paravisor::create(vf, *st->card, *st->card, memory(), *st->host, pc),
+                     "paravisor (VF)");
+    st->on_host = must(Paravisor::create(nullptr, *st->card, *st->card, memory(), *st->host, pc),
+                       "paravisor (host)");
     for (Paravisor* p : {st->on_vf.get(), st->on_host.get()}) {
       if (!p->set_features(p->device_features()).ok()) std::abort();
     }

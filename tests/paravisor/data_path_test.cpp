@@ -342,7 +342,7 @@ class HighMemory : public DataPath {
     cfg.capacity_sectors = kSliceLbas;
     auto vf = card_->vf(0);
     KEEL_ASSERT_OK(vf);
-    auto pv = vmm::Paravisor::create(*card_, with_vf ? *vf : nullptr, *g.mem, *g.host, cfg);
+    auto pv = vmm::Paravisor::create(with_vf ? *vf : nullptr, *card_, *card_, *g.mem, *g.host, cfg);
     KEEL_ASSERT_OK(pv);
     g.pv = std::move(pv).value();
     auto drv = vmm::GuestDriver::attach(*g.pv, *g.mem, 1, 128, 1u << 20);
@@ -444,7 +444,7 @@ TEST(BlockSize, AVfWith4KiBLbasGetsEveryByteAtItsOffset) {
   KEEL_ASSERT_OK(host);
   auto vf = (*card)->vf(0);
   KEEL_ASSERT_OK(vf);
-  auto pv = vmm::Paravisor::create(**card, *vf, **mem, **host);
+  auto pv = vmm::Paravisor::create(*vf, **card, **card, **mem, **host);
   KEEL_ASSERT_OK(pv);
   vmm::Paravisor& p = **pv;
   ASSERT_EQ(p.state(), vmm::PathState::active);

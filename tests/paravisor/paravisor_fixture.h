@@ -94,7 +94,8 @@ class ParavisorTest {
       cfg.capacity_sectors = kSliceLbas;
       auto vf = card_->vf(i);
       KEEL_ASSERT_OK(vf);
-      auto pv = vmm::Paravisor::create(*card_, i < vf_guests ? *vf : nullptr, *g.mem, *g.host, cfg);
+      auto pv = vmm::Paravisor::create(i < vf_guests ? *vf : nullptr, *card_, *card_, *g.mem,
+                                       *g.host, cfg);
       KEEL_ASSERT_OK(pv);
       g.pv = std::move(pv).value();
       auto drv = vmm::GuestDriver::attach(*g.pv, *g.mem, cfg.queues, 128, 1u << 20);

@@ -332,7 +332,7 @@ TEST_P(Paravisor, ConfidentialGuestRefusesAHostServiceThatMapsItsRam) {
   vmm::ParavisorConfig cfg;
   cfg.confidential = true;
   cfg.capacity_sectors = kSliceLbas;
-  auto pv = vmm::Paravisor::create(*card_, nullptr, **mem, **host, cfg);
+  auto pv = vmm::Paravisor::create(nullptr, *card_, *card_, **mem, **host, cfg);
   ASSERT_FALSE(pv.ok());
   EXPECT_EQ(pv.error().code, Errc::invalid_argument);
 }

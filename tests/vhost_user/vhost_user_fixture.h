@@ -93,7 +93,7 @@ class VhostUserTest : public ::testing::Test {
       pc.threads = threaded_;
       pc.capacity_sectors = kSliceLbas;
       ++factory_calls_;
-      return vmm::Paravisor::create(*card_, *vf, mem, *host_, pc);
+      return vmm::Paravisor::create(*vf, *card_, *card_, mem, *host_, pc);
     };
   }
 

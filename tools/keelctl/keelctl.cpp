@@ -318,7 +318,7 @@ int main(int argc, char** argv) {
   }
 
   keel::fpga::Function& fn = vf_function(*card, o, vf_index);
-  auto ctrl = drv::Controller::open(*card, fn);
+  auto ctrl = drv::Controller::open(fn, *card, *card);
   if (!ctrl) fail("VF " + std::to_string(vf_index) + " bring-up: " + keel::to_string(ctrl.error()));
   drv::Controller& c = **ctrl;
 

@@ -1,7 +1,6 @@
 // CPU time of the service: its own thread, and the kernel's io_uring workers serving its ring.
 #include <dirent.h>
 #include <fcntl.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -12,19 +11,6 @@
 
 namespace keel::vmm {
 namespace {
-
-std::uint64_t clock_ns(clockid_t clock) noexcept {
-  timespec ts{};
-  if (clock_gettime(clock, &ts) != 0) return 0;
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u +
-         static_cast<std::uint64_t>(ts.tv_nsec);
-}
-
-/// The CPU-time clock of thread `tid` of this process, as glibc's pthread_getcpuclockid builds
-/// it (Linux ABI: ~tid << 3 | CPUCLOCK_PERTHREAD_MASK | CPUCLOCK_SCHED).
-clockid_t thread_clock(int tid) noexcept {
-  return static_cast<clockid_t>((~static_cast<unsigned>(tid) << 3) | 4u | 2u);
-}
 
 /// The first line of /proc/self/task/<tid>/comm, or "".
 std::string comm_of(const char* tid) {
@@ -42,11 +28,7 @@ std::string comm_of(const char* tid) {
 
 }  // namespace
 
-std::uint64_t HostStorageService::thread_cpu_ns() const {
-  if (impl_->thread_done.load(std::memory_order_acquire)) return impl_->final_cpu_ns.load();
-  const std::uint64_t ns = clock_ns(impl_->cpu_clock);
-  return ns != 0 ? ns : impl_->final_cpu_ns.load();
-}
+std::uint64_t HostStorageService::thread_cpu_ns() const { return impl_->cpu.ns(); }
 
 std::uint64_t HostStorageService::io_worker_cpu_ns() const {
   const int owner = impl_->thread_tid.load(std::memory_order_acquire);
@@ -58,7 +40,7 @@ std::uint64_t HostStorageService::io_worker_cpu_ns() const {
         if (e->d_name[0] == '.' || comm_of(e->d_name) != name) continue;
         const int tid = std::atoi(e->d_name);
         // A worker that exits between readdir and here reads as 0: keep its last sample.
-        if (const std::uint64_t ns = clock_ns(thread_clock(tid)); ns != 0) {
+        if (const std::uint64_t ns = clock_ns(thread_cpu_clock_of_tid(tid)); ns != 0) {
           auto& last = impl_->worker_ns[tid];
           if (ns > last) last = ns;
         }

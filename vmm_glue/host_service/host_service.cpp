@@ -229,10 +229,6 @@ Result<std::unique_ptr<HostStorageService>> HostStorageService::start(
                       std::string("starting the service thread failed: ") + e.what());
   }
   pthread_setname_np(impl->thread.native_handle(), "keel-hostsvc");
-  if (const int err = pthread_getcpuclockid(impl->thread.native_handle(), &impl->cpu_clock)) {
-    impl->cpu_clock = CLOCK_THREAD_CPUTIME_ID;  // unreachable on Linux; keeps the value defined
-    impl->note_error(std::string("pthread_getcpuclockid failed: ") + std::strerror(err));
-  }
   return std::unique_ptr<HostStorageService>(new HostStorageService(std::move(impl)));
 }
 

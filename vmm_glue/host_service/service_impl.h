@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "keel/thread_cpu.h"
 #include "keel/unique_fd.h"
 #include "keel/vmm/host_service.h"
 #include "ring_layout.h"
@@ -165,7 +166,6 @@ struct HostStorageService::Impl {
   std::string last_error_text;
   std::atomic<bool> has_pending{false};
   std::atomic<bool> stop{false};
-  std::atomic<bool> thread_done{false};
   /// The thread's last act is to set `done` here: shared, so that a stop() that gives up
   /// waiting (and detaches) never frees what the thread still touches.
   struct Finished {
@@ -177,10 +177,9 @@ struct HostStorageService::Impl {
   std::mutex stop_mutex;  // serialises stop()
   bool stopped = false;   // stop() has run (guarded by stop_mutex)
   Status stop_status;     // its outcome (guarded by stop_mutex)
-  std::atomic<std::uint64_t> final_cpu_ns{0};
 
   std::thread thread;
-  clockid_t cpu_clock{};
+  ThreadCpuMeter cpu;              // the service thread's CPU time (started and finished by run())
   std::atomic<int> thread_tid{0};  // kernel tid of the service thread, once it runs
 
   std::mutex worker_mutex;                 // guards worker_ns

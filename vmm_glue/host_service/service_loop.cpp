@@ -31,6 +31,7 @@ void clear_eventfd(int fd) noexcept {
 }  // namespace
 
 void HostStorageService::Impl::run() noexcept {
+  cpu.start();
   thread_tid.store(static_cast<int>(gettid()), std::memory_order_release);
   while (!stop.load(std::memory_order_acquire)) {
     bool progress = false;
@@ -42,11 +43,7 @@ void HostStorageService::Impl::run() noexcept {
     if (!progress) sleep_until_work();
   }
   shut_down();
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  final_cpu_ns.store(static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u +
-                     static_cast<std::uint64_t>(ts.tv_nsec));
-  thread_done.store(true, std::memory_order_release);
+  cpu.finish();
 }
 
 bool HostStorageService::Impl::adopt_channels() noexcept {

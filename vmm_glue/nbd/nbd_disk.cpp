@@ -87,7 +87,7 @@ Result<std::unique_ptr<NbdDisk>> NbdDisk::create(const NbdDiskOptions& options) 
   pc.threads = true;
   pc.capacity_sectors = options.size_bytes / 512;
   pc.max_queue_size = std::max<std::uint16_t>(pc.max_queue_size, options.server.virtqueue_size);
-  auto pv = Paravisor::create(*d->card_, vf, *d->memory_, *d->host_, pc);
+  auto pv = Paravisor::create(vf, *d->card_, *d->card_, *d->memory_, *d->host_, pc);
   if (!pv) return context("paravisor", pv.error());
   d->pv_ = std::move(pv).value();
   if (options.vf_path && d->pv_->state() != PathState::active) {

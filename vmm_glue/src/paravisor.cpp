@@ -12,8 +12,7 @@
 #include <cstdio>
 #include <cstring>
 
-#include <keel/regs/keel_regs.h>
-
+#include "keel/log.h"
 #include "queue_worker.h"
 
 namespace keel::vmm {
@@ -21,6 +20,35 @@ namespace keel::vmm {
 namespace drv = drivers::nvme;
 using virtio::bit;
 namespace f = virtio::feature;
+
+constexpr log::Logger kLog{"paravisor"};
+
+/// The paravisor as its queue workers reach it: the failover state machine, the VF controller
+/// under the paravisor's lock, the guest notifier, the worker threads' run flag and probe tick.
+class Paravisor::Link final : public worker::WorkerLink {
+ public:
+  explicit Link(Paravisor& pv) : pv_(pv) {}
+  PathState state() const noexcept override { return pv_.state(); }
+  std::uint64_t vf_epoch() const noexcept override {
+    return pv_.vf_epoch_.load(std::memory_order_acquire);
+  }
+  void vf_failed(const std::string& reason) override { pv_.vf_failed(reason); }
+  void worker_drained() override { pv_.worker_drained(); }
+  bool with_controller(bool only_active, const std::function<void(drv::Controller&)>& fn) override {
+    std::lock_guard lock(pv_.mu_);
+    if (pv_.ctrl_ == nullptr || (only_active && pv_.state() != PathState::active)) return false;
+    fn(*pv_.ctrl_);
+    return true;
+  }
+  void notify(unsigned queue) override {
+    if (pv_.notify_) pv_.notify_(queue);
+  }
+  bool running() const noexcept override { return pv_.running_.load(std::memory_order_acquire); }
+  void tick() override { pv_.maybe_probe(); }
+
+ private:
+  Paravisor& pv_;
+};
 
 const char* to_string(PathState s) noexcept {
   switch (s) {
@@ -33,12 +61,13 @@ const char* to_string(PathState s) noexcept {
   return "unknown";
 }
 
-Paravisor::Paravisor(fpga::Card& card, fpga::Function* vf, GuestMemory& memory,
-                     HostStorageService& host, const ParavisorConfig& config)
-    : card_(card), vf_(vf), memory_(memory), host_(host), config_(config) {}
+Paravisor::Paravisor(fpga::Function* vf, const Clock& clock, fpga::Stepper& stepper,
+                     GuestMemory& memory, HostStorageService& host, const ParavisorConfig& config)
+    : vf_(vf), clock_(clock), stepper_(stepper), memory_(memory), host_(host), config_(config) {}
 
-Result<std::unique_ptr<Paravisor>> Paravisor::create(fpga::Card& card, fpga::Function* vf,
-                                                     GuestMemory& memory, HostStorageService& host,
+Result<std::unique_ptr<Paravisor>> Paravisor::create(fpga::Function* vf, const Clock& clock,
+                                                     fpga::Stepper& stepper, GuestMemory& memory,
+                                                     HostStorageService& host,
                                                      const ParavisorConfig& config) {
   if (config.queues == 0 || config.queues > 64) {
     return make_error(Errc::invalid_argument, "queues must be 1..64");
@@ -58,7 +87,7 @@ Result<std::unique_ptr<Paravisor>> Paravisor::create(fpga::Card& card, fpga::Fun
     return make_error(Errc::invalid_argument,
                       "max_request_bytes must be a multiple of 512 from 512 to 64 MiB");
   }
-  std::unique_ptr<Paravisor> pv(new Paravisor(card, vf, memory, host, config));
+  std::unique_ptr<Paravisor> pv(new Paravisor(vf, clock, stepper, memory, host, config));
   pv->capacity_ = config.capacity_sectors;
   pv->block_bytes_ = 0;  // the first VF bring-up decides; 512 without one
   if (vf != nullptr) {
@@ -75,14 +104,35 @@ Result<std::unique_ptr<Paravisor>> Paravisor::create(fpga::Card& card, fpga::Fun
     if (Status st = pv->make_shared_pool(); !st.ok()) return st.error();
   }
   const std::uint64_t slice = std::uint64_t{QueueWorker::kPoolChunks} * QueueWorker::kChunkBytes;
+  pv->link_ = std::make_unique<Link>(*pv);
+  const worker::WorkerPorts ports{*pv->link_, memory, vf, clock, stepper};
   for (unsigned q = 0; q < config.queues; ++q) {
     auto ch = host.open_channel();
     if (!ch) return ch.error();
     auto client = HostServiceClient::attach(*ch);
     if (!client) return client.error();
-    std::byte* pool = pv->pool_ != nullptr ? pv->pool_ + q * slice : nullptr;
-    pv->workers_.push_back(std::make_unique<QueueWorker>(*pv, q, std::move(client).value(), pool,
-                                                         pv->pool_addr_ + q * slice));
+    worker::WorkerConfig wc;
+    wc.index = q;
+    wc.max_queue_size = config.max_queue_size;
+    wc.seg_max = config.seg_max;
+    wc.size_max = config.size_max;
+    wc.max_request_bytes = config.max_request_bytes;
+    wc.capacity_sectors = pv->capacity_;
+    wc.block_bytes = pv->block_bytes_;
+    wc.serial = config.serial;
+    wc.confidential = config.confidential;
+    wc.interrupts = config.threads;
+    wc.command_timeout = config.command_timeout;
+    wc.quiesce_timeout = config.quiesce_timeout.count() > 0
+                             ? config.quiesce_timeout
+                             : config.command_timeout * 2 + config.admin_timeout * 2;
+    wc.max_sleep =
+        std::min<std::chrono::nanoseconds>(config.probe_interval, std::chrono::milliseconds(100));
+    if (pv->pool_ != nullptr) {
+      wc.pool = pv->pool_ + q * slice;
+      wc.pool_addr = pv->pool_addr_ + q * slice;
+    }
+    pv->workers_.push_back(std::make_unique<QueueWorker>(wc, ports, std::move(client).value()));
   }
   return pv;
 }
@@ -151,7 +201,7 @@ Status Paravisor::bring_up_vf() {
       }
     }
   }
-  auto c = drv::Controller::open(card_, *vf_, cc);
+  auto c = drv::Controller::open(*vf_, clock_, stepper_, cc);
   if (!c) return c.error();
   if (!config_.confidential) {
     memory_.unmap_from_device(*vf_);
@@ -185,13 +235,14 @@ Status Paravisor::bring_up_vf() {
 
 void Paravisor::transition(PathState to, const std::string& reason) {
   const PathState from = state_.exchange(to, std::memory_order_acq_rel);
-  log_.push_back(Transition{from, to, reason, card_.now_ns()});
+  log_.push_back(Transition{from, to, reason, clock_.now_ns()});
   if (to == PathState::draining || (to == PathState::fallback && from == PathState::absent)) {
     to_fallback_.fetch_add(1);
   }
   if (to == PathState::active && from != PathState::absent) to_vf_.fetch_add(1);
-  std::fprintf(stderr, "keel paravisor: %s -> %s: %s\n", vmm::to_string(from), vmm::to_string(to),
-               reason.c_str());
+  // Losing the VF is worth a warning; every other move is the state machine doing its job.
+  kLog.logf(to == PathState::draining ? log::Level::warn : log::Level::info, "%s -> %s: %s",
+            vmm::to_string(from), vmm::to_string(to), reason.c_str());
 }
 
 void Paravisor::vf_failed(const std::string& reason) {
@@ -205,7 +256,7 @@ void Paravisor::vf_failed(const std::string& reason) {
   // reset deletes every queue (and, with the reset generation, fails them in the driver). A
   // device that is gone fails fast here.
   if (ctrl_ != nullptr) (void)ctrl_->reset();
-  next_probe_ns_ = card_.now_ns() + static_cast<std::uint64_t>(config_.probe_interval.count());
+  next_probe_ns_ = clock_.now_ns() + static_cast<std::uint64_t>(config_.probe_interval.count());
 }
 
 void Paravisor::vf_removed(const std::string& reason) { vf_failed("VF removed: " + reason); }
@@ -222,13 +273,17 @@ void Paravisor::worker_drained() {
 
 void Paravisor::maybe_probe() {
   if (vf_ == nullptr || state() != PathState::fallback) return;
-  const std::uint64_t now = card_.now_ns();
+  const std::uint64_t now = clock_.now_ns();
   const bool now_asked = probe_now_.exchange(false);
   if (vf_refused_ && !now_asked) return;  // refused for good: wait for a hot-add
   if (!now_asked && now < next_probe_ns_) return;
   vf_refused_ = false;
   next_probe_ns_ = now + static_cast<std::uint64_t>(config_.probe_interval.count());
-  if (vf_->read32(regs::nvme::CSTS) == 0xFFFFFFFFu) return;  // still gone
+  // Asked of the driver, which knows how its device says so (no controller yet: the VF was
+  // absent when the guest connected).
+  const drv::DeviceState dev =
+      ctrl_ != nullptr ? ctrl_->status() : drv::Controller::status_of(*vf_);
+  if (dev == drv::DeviceState::gone) return;  // still gone
   std::lock_guard lock(mu_);
   Status st;
   if (ctrl_ != nullptr) {

@@ -19,9 +19,13 @@
 #include <utility>
 #include <vector>
 
+#include "keel/log.h"
 #include "keel/vmm/vhost_user.h"
 
 namespace keel::vmm {
+
+/// The vhost-user server's log: connections, and requests it refused.
+inline constexpr log::Logger kVhostLog{"vhost-user"};
 
 namespace detail {
 

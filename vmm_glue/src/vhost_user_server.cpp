@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdio>
 #include <cstring>
 #include <system_error>
 
@@ -81,8 +80,7 @@ Result<std::unique_ptr<VhostUserBlkServer>> VhostUserBlkServer::create(
     return st.error();
   }
   impl->reset_connection_state();
-  std::fprintf(stderr, "keel vhost-user: listening on %s (%u queues)\n",
-               impl->config.socket_path.c_str(), impl->queues);
+  kVhostLog.info("listening on %s (%u queues)", impl->config.socket_path.c_str(), impl->queues);
   return std::unique_ptr<VhostUserBlkServer>(new VhostUserBlkServer(std::move(impl)));
 }
 
@@ -223,8 +221,7 @@ void VhostUserBlkServer::Impl::handle_input() {
 
 void VhostUserBlkServer::Impl::drop_connection(const std::string& why) {
   if (!conn_fd.valid()) return;
-  std::fprintf(stderr, "keel vhost-user: %s: front end disconnected: %s\n",
-               config.socket_path.c_str(), why.c_str());
+  kVhostLog.info("%s: front end disconnected: %s", config.socket_path.c_str(), why.c_str());
   reset_connection_state();  // rings stop first: in-flight requests complete
   conn_fd.reset();
   connected.store(false);
@@ -246,7 +243,7 @@ void VhostUserBlkServer::Impl::reset_connection_state() {
 }
 
 void VhostUserBlkServer::Impl::log_failure(const std::string& what) {
-  std::fprintf(stderr, "keel vhost-user: %s: %s\n", config.socket_path.c_str(), what.c_str());
+  kVhostLog.warn("%s: %s", config.socket_path.c_str(), what.c_str());
   std::lock_guard lock(mu);
   last_error = what;
 }

@@ -135,8 +135,8 @@ void VhostUserBlkServer::Impl::accept_one() {
   Fd fd(::accept4(listen_fd.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
   if (!fd.valid()) return;  // the peer went away again (or EAGAIN): nothing to do
   if (conn_fd.valid()) {
-    std::fprintf(stderr, "keel vhost-user: %s: turned a second front end away (one is connected)\n",
-                 config.socket_path.c_str());
+    kVhostLog.warn("%s: turned a second front end away (one is connected)",
+                   config.socket_path.c_str());
     std::lock_guard lock(mu);
     ++stats.turned_away;
     return;  // closing it tells the peer at once, instead of leaving it waiting for replies
@@ -144,7 +144,7 @@ void VhostUserBlkServer::Impl::accept_one() {
   conn_fd = std::move(fd);
   connected.store(true);
   reset_connection_state();
-  std::fprintf(stderr, "keel vhost-user: %s: front end connected\n", config.socket_path.c_str());
+  kVhostLog.info("%s: front end connected", config.socket_path.c_str());
   std::lock_guard lock(mu);
   ++stats.connections;
 }

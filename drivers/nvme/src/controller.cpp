@@ -23,20 +23,22 @@ std::string status_text(const wire::Cqe& c) {
 
 }  // namespace
 
-Controller::Controller(fpga::Card& card, fpga::Function& fn, const ControllerConfig& config)
-    : card_(card), fn_(fn), config_(config) {}
+Controller::Controller(fpga::Function& fn, const Clock& clock, fpga::Stepper& stepper,
+                       const ControllerConfig& config)
+    : fn_(fn), clock_(clock), stepper_(stepper), config_(config) {}
 
 Controller::~Controller() {
   // Leave the controller disabled; do not wait long for a dead one.
   if (!gone()) fn_.write32(nv::CC, 0);
 }
 
-Result<std::unique_ptr<Controller>> Controller::open(fpga::Card& card, fpga::Function& fn,
+Result<std::unique_ptr<Controller>> Controller::open(fpga::Function& fn, const Clock& clock,
+                                                     fpga::Stepper& stepper,
                                                      const ControllerConfig& config) {
   if (config.admin_entries < 2) {
     return make_error(Errc::invalid_argument, "admin queue needs at least 2 entries");
   }
-  std::unique_ptr<Controller> c(new Controller(card, fn, config));
+  std::unique_ptr<Controller> c(new Controller(fn, clock, stepper, config));
   auto asq = fn.alloc_dma(std::max<std::size_t>(4096, config.admin_entries * wire::kSqeBytes));
   if (!asq) return asq.error();
   auto acq = fn.alloc_dma(std::max<std::size_t>(4096, config.admin_entries * wire::kCqeBytes));
@@ -50,16 +52,32 @@ Result<std::unique_ptr<Controller>> Controller::open(fpga::Card& card, fpga::Fun
   return c;
 }
 
-bool Controller::gone() noexcept { return fn_.read32(nv::CSTS) == 0xFFFFFFFFu; }
+const char* to_string(DeviceState s) noexcept {
+  switch (s) {
+    case DeviceState::ready: return "ready";
+    case DeviceState::not_ready: return "not ready";
+    case DeviceState::fatal: return "fatal (CSTS.CFS)";
+    case DeviceState::gone: return "gone";
+  }
+  return "unknown";
+}
+
+DeviceState Controller::status_of(fpga::Function& fn) noexcept {
+  const std::uint32_t csts = fn.read32(nv::CSTS);
+  if (csts == 0xFFFFFFFFu) return DeviceState::gone;
+  if ((csts & nv::CSTS_CFS_MASK) != 0) return DeviceState::fatal;
+  if ((csts & nv::CSTS_RDY_MASK) != 0) return DeviceState::ready;
+  return DeviceState::not_ready;
+}
 
 bool Controller::check_alive(std::uint64_t seen) noexcept {
-  const std::uint32_t csts = fn_.read32(nv::CSTS);
-  if (csts == 0xFFFFFFFFu) {
+  const DeviceState state = status();
+  if (state == DeviceState::gone) {
     // Removed: nothing to re-initialise. Only the first to notice moves the generation.
     (void)generation_.compare_exchange_strong(seen, seen + 1, std::memory_order_acq_rel);
     return false;
   }
-  if ((csts & nv::CSTS_RDY_MASK) != 0 && (csts & nv::CSTS_CFS_MASK) == 0) return true;
+  if (state == DeviceState::ready) return true;
   // Reset (FLR) or failed under the driver: bring it up again, unless a reset has already
   // moved the generation on (a reset in progress holds reset_mu_ until it is done; resetting
   // again would invalidate the queue pairs it is about to hand out).
@@ -76,7 +94,7 @@ std::chrono::nanoseconds Controller::ready_timeout() const {
 
 Status Controller::wait_csts(std::uint32_t mask, std::uint32_t want, const char* what) {
   std::uint32_t csts = 0;
-  const bool ok = fpga::poll_until(card_, ready_timeout(), [&] {
+  const bool ok = fpga::poll_until(clock_, stepper_, ready_timeout(), [&] {
     csts = fn_.read32(nv::CSTS);
     return csts == 0xFFFFFFFFu || (csts & mask) == want ||
            (want != 0 && (csts & nv::CSTS_CFS_MASK) != 0);
@@ -205,7 +223,7 @@ Result<wire::Cqe> Controller::admin_locked(wire::Sqe sqe) {
   fn_.write32(regs::NVME_DOORBELL_BASE, asq_tail_);
   wire::Cqe cqe{};
   bool found = false;
-  const bool ok = fpga::poll_until(card_, config_.admin_timeout, [&] {
+  const bool ok = fpga::poll_until(clock_, stepper_, config_.admin_timeout, [&] {
     auto* slot = acq_.data() + std::size_t{acq_head_} * wire::kCqeBytes;
     // The device stores the entry's last dword (phase tag) last, with release ordering.
     const std::uint32_t dw3 =

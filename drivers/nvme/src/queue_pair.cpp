@@ -250,7 +250,7 @@ unsigned QueuePair::poll(std::span<Completion> out) noexcept {
   // deadlines: one CSTS read, a walk over the slots.
   if (outstanding_ > 0 && (n == 0 || ++polls_since_check_ >= 256)) {
     polls_since_check_ = 0;
-    const std::uint64_t now = ctrl_.card().now_ns();
+    const std::uint64_t now = ctrl_.clock().now_ns();
     if (now >= next_check_ns_) {
       check_health(now);
       if (ctrl_.generation() != generation_) return n + fail_all(out.subspan(n), IoErrc::gone);
@@ -292,7 +292,7 @@ void QueuePair::check_timeouts(std::uint64_t now) noexcept {
     if (ctrl_.generation() != generation_) return;
     // The device acknowledged the abort: the command must complete within another timeout,
     // counted from now (the abort itself may have taken up to the admin timeout).
-    s.deadline_ns = ctrl_.card().now_ns() + limit;
+    s.deadline_ns = ctrl_.clock().now_ns() + limit;
   }
 }
 
@@ -301,22 +301,22 @@ unsigned QueuePair::wait(std::span<Completion> out, std::chrono::nanoseconds tim
   unsigned n = poll(out);
   if (n > 0) return n;
   if (config_.interrupts) {
-    const auto deadline = ctrl_.card().now_ns() + static_cast<std::uint64_t>(timeout.count());
+    const auto deadline = ctrl_.clock().now_ns() + static_cast<std::uint64_t>(timeout.count());
     for (;;) {
-      const std::uint64_t now = ctrl_.card().now_ns();
+      const std::uint64_t now = ctrl_.clock().now_ns();
       if (now >= deadline) break;
       auto r = fn_.wait_interrupt(qid_, std::chrono::nanoseconds(deadline - now));
       n = poll(out);
       if (n > 0 || !r.ok()) break;  // completions, or timeout / device gone
     }
   } else {
-    fpga::poll_until(ctrl_.card(), timeout, [&] {
+    fpga::poll_until(ctrl_.clock(), ctrl_.stepper(), timeout, [&] {
       n = poll(out);
       return n > 0;
     });
   }
   if (n == 0 && outstanding_ > 0) {
-    check_health(ctrl_.card().now_ns());
+    check_health(ctrl_.clock().now_ns());
     if (ctrl_.generation() != generation_) return fail_all(out, IoErrc::gone);
   }
   return n;

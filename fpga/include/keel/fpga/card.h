@@ -6,10 +6,12 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "keel/clock.h"
 #include "keel/fpga/function.h"
+#include "keel/fpga/stepper.h"
 #include "keel/result.h"
 
 namespace keel::fpga {
@@ -21,8 +23,9 @@ class FaultInjector;
 ///
 /// Time: a lockstep card only moves when its caller calls step(); its clock (now_ns) is card
 /// time, so every bounded wait on it is deterministic. A free-running card works on its own
-/// thread like silicon and now_ns() is the host's monotonic clock.
-class Card : public Clock {
+/// thread like silicon and now_ns() is the host's monotonic clock. A component that only waits
+/// on the card is given it as a Clock and a Stepper, not as a Card.
+class Card : public Clock, public Stepper {
  public:
   ~Card() override = default;
 
@@ -50,6 +53,15 @@ class Card : public Clock {
   virtual unsigned step(unsigned n = 1) = 0;
   // now_ns() (Clock): card time in nanoseconds (see the class comment). A card is the clock
   // of everything that waits on it.
+
+  /// Stepper: one step(1) on a lockstep card, a CPU pause on a free-running one.
+  void advance() noexcept final {
+    if (lockstep()) {
+      step(1);
+    } else {
+      __builtin_ia32_pause();
+    }
+  }
 
   /// The card's fault injector, or nullptr on real hardware.
   virtual FaultInjector* faults() noexcept { return nullptr; }
@@ -128,20 +140,12 @@ Result<std::unique_ptr<Card>> open_card(std::string_view spec, const CardOptions
 /// by KEEL_CARD if set. KEEL_TEST_BACKENDS (comma-separated specs) overrides the list.
 std::vector<std::string> test_backends();
 
-/// Polls `done()` until it returns true or `timeout` of card time passes, stepping a lockstep
-/// card between polls. Returns false on timeout.
+/// poll_until (stepper.h) on a card, which is both the clock and the stepper: polls `done()`
+/// until it returns true or `timeout` of card time passes, stepping a lockstep card between
+/// polls. Returns false on timeout.
 template <typename Pred>
 bool poll_until(Card& card, std::chrono::nanoseconds timeout, Pred&& done) {
-  const auto deadline = card.now_ns() + static_cast<std::uint64_t>(timeout.count());
-  for (;;) {
-    if (done()) return true;
-    if (card.now_ns() >= deadline) return done();
-    if (card.lockstep()) {
-      card.step(1);
-    } else {
-      __builtin_ia32_pause();
-    }
-  }
+  return poll_until(card, card, timeout, std::forward<Pred>(done));
 }
 
 }  // namespace keel::fpga

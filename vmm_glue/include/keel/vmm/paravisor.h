@@ -12,8 +12,10 @@
 #include <thread>
 #include <vector>
 
+#include "keel/clock.h"
 #include "keel/drivers/nvme/controller.h"
-#include "keel/fpga/card.h"
+#include "keel/fpga/function.h"
+#include "keel/fpga/stepper.h"
 #include "keel/result.h"
 #include "keel/vmm/guest_memory.h"
 #include "keel/vmm/host_service.h"
@@ -106,8 +108,13 @@ class Paravisor {
   /// committed by the PF manager. Errors: from the VF bring-up (then the guest starts on the
   /// fallback, and this returns ok), invalid_argument (also: confidential, and `host` maps
   /// this guest's RAM), io_error (the shared pool), and host-service errors.
-  static Result<std::unique_ptr<Paravisor>> create(fpga::Card& card, fpga::Function* vf,
-                                                   GuestMemory& memory, HostStorageService& host,
+  ///
+  /// Like the driver it runs, the paravisor gets its VF, the clock its timeouts and transition
+  /// times run on, and the stepper its waits advance (fpga/stepper.h) - on a card, the card
+  /// for both - not the card itself. All of them outlive the paravisor.
+  static Result<std::unique_ptr<Paravisor>> create(fpga::Function* vf, const Clock& clock,
+                                                   fpga::Stepper& stepper, GuestMemory& memory,
+                                                   HostStorageService& host,
                                                    const ParavisorConfig& config = {});
   ~Paravisor();
   Paravisor(const Paravisor&) = delete;
@@ -159,9 +166,10 @@ class Paravisor {
   std::uint64_t worker_cpu_ns() const;
 
  private:
-  friend class QueueWorker;
-  Paravisor(fpga::Card& card, fpga::Function* vf, GuestMemory& memory, HostStorageService& host,
-            const ParavisorConfig& config);
+  /// What the queue workers see of the paravisor (worker::WorkerLink; paravisor.cpp).
+  class Link;
+  Paravisor(fpga::Function* vf, const Clock& clock, fpga::Stepper& stepper, GuestMemory& memory,
+            HostStorageService& host, const ParavisorConfig& config);
   void transition(PathState to, const std::string& reason);
   /// A worker saw its VF fail (gone or timeout).
   void vf_failed(const std::string& reason);
@@ -171,8 +179,9 @@ class Paravisor {
   /// Confidential mode: creates the shared pool and registers it with the host service.
   Status make_shared_pool();
 
-  fpga::Card& card_;
   fpga::Function* vf_;
+  const Clock& clock_;
+  fpga::Stepper& stepper_;
   GuestMemory& memory_;
   HostStorageService& host_;
   ParavisorConfig config_;
@@ -193,6 +202,7 @@ class Paravisor {
   mutable std::mutex mu_;  // transitions, controller lifecycle
   std::vector<Transition> log_;
   std::atomic<std::uint64_t> to_fallback_{0}, to_vf_{0};
+  std::unique_ptr<Link> link_;
   std::vector<std::unique_ptr<QueueWorker>> workers_;
   std::function<void(unsigned)> notify_;
   std::vector<std::thread> threads_;

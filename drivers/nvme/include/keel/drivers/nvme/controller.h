@@ -10,14 +10,26 @@
 #include <mutex>
 #include <vector>
 
+#include "keel/clock.h"
 #include "keel/drivers/nvme/io_status.h"
-#include "keel/fpga/card.h"
+#include "keel/fpga/function.h"
+#include "keel/fpga/stepper.h"
 #include "keel/nvme/wire.h"
 #include "keel/result.h"
 
 namespace keel::drivers::nvme {
 
 class QueuePair;
+
+/// What a controller's status register (CSTS) says about the device, typed so that callers
+/// (the paravisor's failover) ask the driver instead of decoding registers themselves.
+enum class DeviceState : std::uint8_t {
+  ready,      ///< Enabled and ready (CSTS.RDY, no CSTS.CFS).
+  not_ready,  ///< Present but disabled, resetting or after an FLR (CSTS.RDY clear).
+  fatal,      ///< Controller fatal status (CSTS.CFS): only a reset brings it back.
+  gone,       ///< The function reads as all ones: removed.
+};
+const char* to_string(DeviceState s) noexcept;
 
 /// Every member has a default; the device decides the rest.
 struct ControllerConfig {
@@ -60,7 +72,13 @@ class Controller {
   /// and wait, Identify controller and namespace 1, Set Features Number of Queues.
   /// Errors: timeout (CSTS.RDY), device_error (CSTS.CFS or a failed admin command, with the
   /// NVMe status text), gone (the function reads all ones), no_memory, invalid_argument.
-  static Result<std::unique_ptr<Controller>> open(fpga::Card& card, fpga::Function& fn,
+  ///
+  /// The driver is given the one function it drives, the clock its timeouts run on and the
+  /// stepper its waits advance (a lockstep card moves only when stepped; see fpga/stepper.h),
+  /// not the card: it has no business with the VF count or the fault injector. On a card, pass
+  /// the card for both (`open(vf, card, card)`). All three outlive the controller.
+  static Result<std::unique_ptr<Controller>> open(fpga::Function& fn, const Clock& clock,
+                                                  fpga::Stepper& stepper,
                                                   const ControllerConfig& config = {});
   ~Controller();
   Controller(const Controller&) = delete;
@@ -89,8 +107,14 @@ class Controller {
   /// Controller reset and re-initialisation (admin queue, Set Features). Every queue pair is
   /// invalidated. Errors: as open().
   Status reset();
+  /// One CSTS read, no side effects (no reset, no generation change): for callers deciding
+  /// whether the device is worth a reset or a bring-up.
+  DeviceState status() noexcept { return status_of(fn_); }
+  /// The same for a function no controller has been opened on yet (a VF that was absent when
+  /// its user started): whether Controller::open() has a device to talk to.
+  static DeviceState status_of(fpga::Function& fn) noexcept;
   /// True once the function reads as all ones (surprise removal).
-  bool gone() noexcept;
+  bool gone() noexcept { return status() == DeviceState::gone; }
   /// One CSTS read: false when the function reads as all ones (removed), is no longer ready
   /// (reset or FLR under the driver) or reports a fatal status (CSTS.CFS). Then, unless a reset
   /// has already moved the generation past `seen`, the queue pairs of that generation are
@@ -105,12 +129,15 @@ class Controller {
     return admin_device_errors_.load(std::memory_order_relaxed);
   }
 
-  fpga::Card& card() noexcept { return card_; }
   fpga::Function& function() noexcept { return fn_; }
+  /// The clock every timeout of this controller and its queue pairs runs on.
+  const Clock& clock() const noexcept { return clock_; }
+  fpga::Stepper& stepper() noexcept { return stepper_; }
 
  private:
   friend class QueuePair;
-  Controller(fpga::Card& card, fpga::Function& fn, const ControllerConfig& config);
+  Controller(fpga::Function& fn, const Clock& clock, fpga::Stepper& stepper,
+             const ControllerConfig& config);
 
   /// Caller holds reset_mu_ (or is open(), before anyone else can reach the controller); takes
   /// admin_mu_ for the whole bring-up, and first moves the generation if `new_generation`.
@@ -129,8 +156,9 @@ class Controller {
   void delete_queue(std::uint64_t generation, std::uint16_t qid) noexcept;
   std::chrono::nanoseconds ready_timeout() const;
 
-  fpga::Card& card_;
   fpga::Function& fn_;
+  const Clock& clock_;
+  fpga::Stepper& stepper_;
   ControllerConfig config_;
   std::mutex admin_mu_;
   std::mutex reset_mu_;

@@ -79,7 +79,7 @@ class QueuePair {
   /// Runs poll()'s health check now (device state and command deadlines), whenever it last
   /// ran: for callers about to sleep with commands outstanding. May recover (abort, reset):
   /// bounded.
-  void check_deadlines() noexcept { check_health(ctrl_.card().now_ns()); }
+  void check_deadlines() noexcept { check_health(ctrl_.clock().now_ns()); }
 
   struct Stats {
     std::uint64_t submitted = 0;
