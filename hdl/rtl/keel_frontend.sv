@@ -15,6 +15,10 @@
 //     (reading lists from host memory) into the job's segment RAM, then every list and data
 //     region is checked on the address-translation port before any data moves.
 // Each command leaves as one record in its VF's job queue (keel_jobq).
+//
+// This module is the sequencer (fetch, decode, push) and the admin executor; its parts:
+// keel_sq_sched picks the SQ and the batch, keel_cmd_decode decodes and validates one SQE,
+// keel_prp_walker walks a transfer's PRPs and checks them, keel_qctx holds the queue contexts.
 module keel_frontend #(
   // VFs the hardware implements (1..64).
   parameter int NUM_VFS = 4,
@@ -174,14 +178,13 @@ module keel_frontend #(
   localparam int FW = $clog2(FETCH_MAX) + 1;   // holds 0..FETCH_MAX
   localparam int FI = (FETCH_MAX > 1) ? $clog2(FETCH_MAX) : 1;
 
-  typedef enum logic [3:0] {
-    S_IDLE, S_OP, S_AR, S_R, S_DEC, S_CQOP, S_PRP0, S_LCHK, S_LCHK_W, S_LAR, S_LR,
-    S_CHK, S_CHK_W, S_PUSH
+  // S_WALK: keel_prp_walker walks the command's PRPs; its last cycle is the push.
+  typedef enum logic [2:0] {
+    S_IDLE, S_OP, S_AR, S_R, S_DEC, S_CQOP, S_WALK, S_PUSH
   } state_t;
   state_t st_q;
 
   // ---------------------------------------------------------------- batch state
-  logic [VFW-1:0] sv_q;                 // scanned VF
   logic [VFW-1:0] v_q;                  // VF of the batch
   logic [QW-1:0]  q_q;                  // SQ of the batch
   logic [QW-1:0]  c_q;                  // its CQ
@@ -196,8 +199,10 @@ module keel_frontend #(
   logic [8:0]     nsqa_q [NUM_VFS];
   logic [8:0]     ncqa_q [NUM_VFS];
   logic [3:0]     aers_q [NUM_VFS];
-  logic [QW-1:0]  rr_q   [NUM_VFS];
   logic [7:0]     nopick_q;             // consecutive scans without work
+  logic           f_ar_valid, f_fault;  // SQE fetch: host read, refused read
+  logic [63:0]    f_ar_addr;
+  logic [7:0]     f_ar_len;
 
   // ---------------------------------------------------------------- record being built
   logic [2:0]     r_kind_q, r_src_q, r_mps_q;
@@ -209,14 +214,6 @@ module keel_frontend #(
   logic [16:0]    r_nlb_q;
   logic [15:0]    r_cid_q, r_sqhead_q, r_qid_q;
   logic [1:0]     r_op_q;               // CQ-writer operation: 0 abort, 1 delete SQ, 2 delete CQ
-
-  // ---------------------------------------------------------------- PRP walk state
-  logic [31:0]    first_q, rem_q, crem_q;
-  logic [SW:0]    nseg_q;
-  logic [63:0]    list_q, laddr_q;
-  logic [13:0]    entries_q, ent_i_q, lleft_q, cleft_q, chunk_q;
-  logic           chained_q, perr_q, lerr_q;
-  logic [SW+1:0]  ci_q;                 // segment being checked (0: PRP1)
 
   // ---------------------------------------------------------------- queue contexts
   logic           x_sq_set, x_sq_kill, x_hd_we, x_cq_set, x_cq_kill, x_ref_we, x_infl_add;
@@ -246,7 +243,7 @@ module keel_frontend #(
     .infl_add(x_infl_add), .infl_add_g(x_infl_g), .infl_add_k(x_infl_k),
     .infl_dec(retire_valid), .infl_dec_g(retire_g),
     .vf_clr(x_vf_clr), .vf_clr_vf(op_vf),
-    .a_en(scan_en), .a_vf(sv_q), .a_sq_live, .a_sq_size, .a_sq_head, .a_sq_cqid, .a_cq_live, .a_cq_size,
+    .a_en(scan_en), .a_vf(scan_vf), .a_sq_live, .a_sq_size, .a_sq_head, .a_sq_cqid, .a_cq_live, .a_cq_size,
     .a_cq_infl,
     .b_g(x_b_g), .b_sq_base(x_b_base),
     .c_g(cx_g), .c_cq_live(cx_live), .c_cq_base(cx_base), .c_cq_size(cx_size),
@@ -255,93 +252,26 @@ module keel_frontend #(
   );
 
   // ---------------------------------------------------------------- scheduler (scan VF)
-  logic [QN-1:0]  s_has, s_room;
-  logic [16:0]    s_pend  [QN];
-  logic [17:0]    s_avail [QN];
-  logic           s_vf_ok;
   logic           pick_valid;
-  logic [QW-1:0]  pick_q, s_rrq, pick_c;
+  logic [QW-1:0]  pick_q, pick_c;
   logic [FW-1:0]  pick_k;
+  logic [15:0]    pick_head, pick_next_head;
+  logic [16:0]    pick_size;
   logic [JW:0]    s_free;
-  logic [16:0]    s_tail, s_head, s_csz, s_ch, s_used, s_ct, s_k, s_lim, s_hd, s_nh;
-  logic [QW-1:0]  s_c;
 
   // A VF without a free job slot has commands in flight: it can take neither an IO command
   // (no slot) nor an admin command (not idle), so the scan skips it without looking further.
-  assign s_free = jq_free_slots[32'(sv_q)*(JW+1) +: JW+1];
+  assign s_free = jq_free_slots[32'(scan_vf)*(JW+1) +: JW+1];
   assign scan_en = st_q == S_IDLE && !op_valid && s_free != '0;
-  always_comb begin
-    scan_vf = sv_q;
-    s_vf_ok = scan_en && vf_present[sv_q] && !vf_removed[sv_q] && vf_ready[sv_q] &&
-              !vf_fatal[sv_q] && !vf_blocked[sv_q];
-    s_c = '0;
-    s_tail = '0;
-    s_head = '0;
-    s_csz = '0;
-    s_ch = '0;
-    s_ct = '0;
-    s_used = '0;
-    s_has = '0;
-    s_room = '0;
-    for (int q = 0; q < QN; q++) begin
-      s_pend[q] = '0;
-      s_avail[q] = '0;
-    end
-    if (s_vf_ok) for (int q = 0; q < QN; q++) begin
-      s_c = a_sq_cqid[q*QW +: QW];
-      s_tail = db_sq_tail[q*17 +: 17];
-      s_head = {1'b0, a_sq_head[q*16 +: 16]};
-      s_has[q] = a_sq_live[q] && s_tail < a_sq_size[q*17 +: 17] && s_tail != s_head;
-      s_pend[q] = s_tail >= s_head ? s_tail - s_head : s_tail + a_sq_size[q*17 +: 17] - s_head;
-      s_csz = a_cq_size[32'(s_c)*17 +: 17];
-      s_ch = db_cq_head[32'(s_c)*17 +: 17];
-      s_ct = {1'b0, cq_tail[32'(s_c)*16 +: 16]};
-      s_used = s_ct >= s_ch ? s_ct - s_ch : s_ct + s_csz - s_ch;
-      s_avail[q] = {1'b0, s_csz} - 18'd1 - {1'b0, s_used} -
-                   {1'b0, cq_reserved[32'(s_c)*17 +: 17]} - {1'b0, a_cq_infl[32'(s_c)*17 +: 17]};
-      s_room[q] = a_cq_live[s_c] && s_ch < s_csz && !s_avail[q][17] && s_avail[q] != 18'd0;
-    end
-    // The admin queue goes first; while it has a command that could run, IO of the VF waits
-    // (and the admin command itself waits until the VF has no command in flight).
-    pick_valid = 1'b0;
-    pick_q = '0;
-    s_rrq = '0;
-    if (s_vf_ok && s_has[0] && s_room[0]) begin
-      pick_valid = jq_idle[sv_q];
-    end else if (s_vf_ok && rate_allow[sv_q] && s_free != '0) begin
-      for (int n = QN - 1; n >= 1; n--) begin
-        // queues rr, rr + 1, ... (1..QN-1): the earliest eligible one wins
-        s_rrq = QW'((32'(rr_q[sv_q]) - 1 + n - 1) % (QN - 1) + 1);
-        if (s_has[s_rrq] && s_room[s_rrq]) begin
-          pick_valid = 1'b1;
-          pick_q = s_rrq;
-        end
-      end
-    end
-    // Batch: pending SQEs, CQ room, free job slots, no wrap, one FETCH_MAX-aligned group.
-    pick_c = a_sq_cqid[32'(pick_q)*QW +: QW];
-    s_hd = {1'b0, a_sq_head[32'(pick_q)*16 +: 16]};
-    s_k = 17'(FETCH_MAX) - (s_hd & 17'(FETCH_MAX - 1));
-    if (s_pend[pick_q] < s_k) s_k = s_pend[pick_q];
-    s_lim = a_sq_size[32'(pick_q)*17 +: 17] - s_hd;
-    if (s_lim < s_k) s_k = s_lim;
-    if (s_avail[pick_q][16:0] < s_k) s_k = s_avail[pick_q][16:0];
-    if (17'(s_free) < s_k) s_k = 17'(s_free);
-    pick_k = pick_q != '0 ? FW'(s_k) : FW'(1);
-    s_nh = s_hd + 17'(pick_k);
-    if (s_nh >= a_sq_size[32'(pick_q)*17 +: 17]) s_nh = s_nh - a_sq_size[32'(pick_q)*17 +: 17];
-  end
 
-  // Next present VF after sv_q.
-  logic [VFW-1:0] sv_next, sv_cand;
-  always_comb begin
-    sv_next = sv_q;
-    sv_cand = sv_q;
-    for (int n = NUM_VFS; n >= 1; n--) begin
-      sv_cand = VFW'((32'(sv_q) + n) % NUM_VFS);
-      if (vf_present[sv_cand]) sv_next = sv_cand;
-    end
-  end
+  keel_sq_sched #(.NUM_VFS(NUM_VFS), .NUM_IOQ(NUM_IOQ), .JOBQ(JOBQ), .FETCH_MAX(FETCH_MAX)) u_sched (
+    .clk, .rst, .en(scan_en), .advance(st_q == S_IDLE), .take(x_hd_we),
+    .rst_vf_valid(x_vf_clr), .rst_vf(op_vf),
+    .vf_present, .vf_removed, .vf_ready, .vf_fatal, .vf_blocked, .rate_allow, .jq_idle,
+    .scan_vf, .free_slots(s_free), .db_sq_tail, .db_cq_head, .cq_tail, .cq_reserved,
+    .a_sq_live, .a_sq_size, .a_sq_head, .a_sq_cqid, .a_cq_live, .a_cq_size, .a_cq_infl,
+    .pick_valid, .pick_q, .pick_c, .pick_k, .pick_head, .pick_next_head, .pick_size
+  );
 
   // ---------------------------------------------------------------- decoder (SQE i_q)
   logic [511:0] sqe;
@@ -377,42 +307,46 @@ module keel_frontend #(
     .o_abort_sqid(dab_sqid), .o_abort_cid(dab_cid), .o_nsqa(dnsqa), .o_ncqa(dncqa)
   );
 
-  // ---------------------------------------------------------------- PRP walk helpers
-  logic [31:0] p_size, p_mask, p_off, p_first, p_slots, p_pages, p_seg_len;
-  logic [13:0] p_chunk;
-  logic [63:0] p_entry;
-  logic [16:0] p_span;
-  logic        p_data_entry;
-  always_comb begin
-    p_size = 32'd4096 << r_mps_q;
-    p_mask = p_size - 32'd1;
-    p_off = r_prp1_q[31:0] & p_mask;
-    p_first = (r_bytes_q < p_size - p_off) ? r_bytes_q : p_size - p_off;
-    p_slots = (p_size - (list_q[31:0] & p_mask)) >> 3;
-    p_pages = (rem_q + p_mask) >> (5'd12 + {2'd0, r_mps_q});
-    p_chunk = lleft_q;
-    if ({2'd0, lleft_q} > ((16'd4096 - {4'd0, laddr_q[11:0]}) >> 3)) begin
-      p_chunk = 14'((16'd4096 - {4'd0, laddr_q[11:0]}) >> 3);
-    end
-    p_entry = s_r_data[{laddr_q[5:3], 6'd0} +: 64];
-    p_seg_len = crem_q < p_size ? crem_q : p_size;
-    p_span = {11'd0, laddr_q[5:0]} + {p_chunk, 3'd0} + 17'd63;
-    p_data_entry = {2'd0, ent_i_q} < {2'd0, entries_q} - (chained_q ? 16'd1 : 16'd0);
-  end
+  // ---------------------------------------------------------------- PRP walk
+  logic        walk_start, walk_busy, walk_done, walk_err;
+  logic [14:0] walk_status;
+  logic [SW:0] nseg;
+  logic        w_ar_valid, w_r_ready, w_fault;
+  logic [63:0] w_ar_addr;
+  logic [7:0]  w_ar_len;
+
+  // A transfer command that stays in the front end (not a queue deletion or an abort).
+  assign walk_start = st_q == S_DEC && !stale && dxfer && !(ddelete_sq || ddelete_cq || dabort);
+
+  keel_prp_walker #(.SW(SW)) u_walker (
+    .clk, .rst, .clr(st_q == S_DEC), .start(walk_start), .prp1(r_prp1_q), .prp2(r_prp2_q),
+    .bytes(r_bytes_q), .mps(r_mps_q),
+    .busy(walk_busy), .done(walk_done), .err(walk_err), .err_status(walk_status), .nseg,
+    .seg_wr_valid, .seg_wr_idx, .seg_wr_data, .seg_rd_idx, .seg_rd_en, .seg_rd_data,
+    .m_ar_valid(w_ar_valid), .m_ar_ready, .m_ar_addr(w_ar_addr), .m_ar_len(w_ar_len),
+    .s_r_valid, .s_r_ready(w_r_ready), .s_r_data, .s_r_resp,
+    .m_ats_valid, .m_ats_ready, .m_ats_addr, .m_ats_len, .s_ats_resp_valid, .s_ats_resp_ok,
+    .fault_valid(w_fault)
+  );
+
+  // The walker's last cycle is the push; a failed walk replaces the decoder's verdict.
+  logic        pushing, push_fail;
+  assign pushing = st_q == S_PUSH || (st_q == S_WALK && walk_done);
+  assign push_fail = st_q == S_WALK && walk_err;
 
   // ---------------------------------------------------------------- outputs
   logic [QW-1:0]  op_cq;  // CQ of the SQ a delete-SQ removes
   always_comb begin
     push_vf = v_q;
     push_rec = '0;
-    if (st_q == S_PUSH) begin
-      push_rec[keel_pkg::JR_KIND +: 3] = r_kind_q;
+    if (pushing) begin
+      push_rec[keel_pkg::JR_KIND +: 3] = push_fail ? keel_pkg::JOB_NONE : r_kind_q;
       push_rec[keel_pkg::JR_GEN +: 8] = 8'(gen_q);
       push_rec[keel_pkg::JR_SQID +: 16] = 16'(q_q);
       push_rec[keel_pkg::JR_CQID +: 16] = 16'(c_q);
       push_rec[keel_pkg::JR_CID +: 16] = r_cid_q;
       push_rec[keel_pkg::JR_SQHEAD +: 16] = r_sqhead_q;
-      push_rec[keel_pkg::JR_STATUS +: 15] = r_status_q;
+      push_rec[keel_pkg::JR_STATUS +: 15] = push_fail ? walk_status : r_status_q;
       push_rec[keel_pkg::JR_DW0 +: 32] = r_dw0_q;
       push_rec[keel_pkg::JR_NOCQE] = r_nocqe_q;
       push_rec[keel_pkg::JR_SRC +: 3] = r_src_q;
@@ -420,30 +354,32 @@ module keel_frontend #(
       push_rec[keel_pkg::JR_BYTES +: 32] = r_bytes_q;
       push_rec[keel_pkg::JR_PRP1 +: 64] = r_prp1_q;
       push_rec[keel_pkg::JR_MPS +: 3] = r_mps_q;
-      push_rec[keel_pkg::JR_NSEG +: 16] = 16'(nseg_q);
+      push_rec[keel_pkg::JR_NSEG +: 16] = 16'(nseg);
       push_rec[keel_pkg::JR_CTR +: 2] = r_ctr_q;
       push_rec[keel_pkg::JR_NLB +: 17] = r_nlb_q;
       push_rec[keel_pkg::JR_SRCARG] = r_srcarg_q;
     end
-    push_valid = st_q == S_PUSH;
+    push_valid = pushing;
 
     seg_wr_vf = v_q;
     seg_wr_slot = slot_q;
     seg_rd_vf = v_q;
     seg_rd_slot = slot_q;
-    seg_rd_idx = SW'(ci_q - 1'b1);
-    seg_rd_en = st_q == S_CHK;
+    // Host reads: the SQE fetch, or the walker's PRP-list reads while it runs.
+    m_ar_valid = f_ar_valid || w_ar_valid;
+    m_ar_addr = walk_busy ? w_ar_addr : f_ar_addr;
+    m_ar_len = walk_busy ? w_ar_len : f_ar_len;
     m_ar_fn = 8'(v_q) + 8'd1;
     m_ats_fn = 8'(v_q) + 8'd1;
     cq_op_vf = v_q;
     cq_op_kind = r_op_q;
     cq_op_qid = r_qid_q;
     cq_op_cid = r_cid_q;
+    fault_valid = f_fault || w_fault;
     fault_vf = v_q;
     fatal_vf = v_q;
-    // SQE beats are taken as they come; a PRP list beat once its last entry is processed.
-    s_r_ready = st_q == S_R ||
-                (st_q == S_LR && !m_ar_valid && (laddr_q[5:3] == 3'd7 || cleft_q == 14'd1));
+    // SQE beats are taken as they come; PRP list beats as the walker wants them.
+    s_r_ready = st_q == S_R || w_r_ready;
     for (int i = 0; i < NUM_VFS; i++) begin
       jobs_idle[i] = jq_idle[i] && !(st_q != S_IDLE && st_q != S_OP && v_q == VFW'(i));
     end
@@ -451,10 +387,10 @@ module keel_frontend #(
     // Queue-context writes.
     op_cq = d_sq_cqid[32'(r_qid_q[QW-1:0])*QW +: QW];
     x_hd_we = st_q == S_IDLE && !op_valid && pick_valid;
-    x_hd_g = GQW'(32'(sv_q) * QN + 32'(pick_q));
-    x_hd = s_nh[15:0];
+    x_hd_g = GQW'(32'(scan_vf) * QN + 32'(pick_q));
+    x_hd = pick_next_head;
     x_infl_add = x_hd_we;
-    x_infl_g = GQW'(32'(sv_q) * QN + 32'(pick_c));
+    x_infl_g = GQW'(32'(scan_vf) * QN + 32'(pick_c));
     x_infl_k = 4'(pick_k);
     x_b_g = x_hd_g;
     x_vf_clr = st_q == S_OP && !op_enable;
@@ -511,8 +447,8 @@ module keel_frontend #(
   end
 
   logic unused_ok;
-  always_comb unused_ok = ^{p_span[16:14], p_span[5:0], sqe[511:256], sqe[191:0], dab_sqid,
-                            dab_cid, dcqid[15:QW], dqid[15:QW], r_prp2_q[63:32]};
+  always_comb unused_ok = ^{sqe[511:256], sqe[191:0], dab_sqid, dab_cid, dcqid[15:QW],
+                            dqid[15:QW], walk_busy};
 
   // ---------------------------------------------------------------- the FSM
   assign idle = st_q == S_IDLE && !op_valid && 32'(nopick_q) > NUM_VFS;
@@ -527,41 +463,33 @@ module keel_frontend #(
 
   always_ff @(posedge clk) begin
     op_done <= 1'b0;
-    seg_wr_valid <= 1'b0;
-    fault_valid <= 1'b0;
+    f_fault <= 1'b0;
     fatal_valid <= 1'b0;
     if (rst) begin
       st_q <= S_IDLE;
-      sv_q <= '0;
-      m_ar_valid <= 1'b0;
-      m_ats_valid <= 1'b0;
+      f_ar_valid <= 1'b0;
       cq_op_valid <= 1'b0;
       for (int i = 0; i < NUM_VFS; i++) begin
         nsqa_q[i] <= '0;
         ncqa_q[i] <= '0;
         aers_q[i] <= '0;
-        rr_q[i] <= QW'(1);
       end
     end else begin
       case (st_q)
         S_IDLE: begin
-          sv_q <= sv_next;
           if (op_valid) begin
             st_q <= S_OP;
           end else if (pick_valid) begin
-            v_q <= sv_q;
+            v_q <= scan_vf;
             q_q <= pick_q;
             c_q <= pick_c;
-            gen_q <= vf_gen[32'(sv_q)*GW +: GW];
-            head0_q <= s_hd[15:0];
-            size_q <= a_sq_size[32'(pick_q)*17 +: 17];
+            gen_q <= vf_gen[32'(scan_vf)*GW +: GW];
+            head0_q <= pick_head;
+            size_q <= pick_size;
             k_q <= pick_k;
-            if (pick_q != '0) begin
-              rr_q[sv_q] <= 32'(pick_q) == QN - 1 ? QW'(1) : pick_q + QW'(1);
-            end
-            m_ar_valid <= 1'b1;
-            m_ar_addr <= x_b_base + {42'd0, s_hd[15:0], 6'd0};
-            m_ar_len <= 8'(pick_k) - 8'd1;
+            f_ar_valid <= 1'b1;
+            f_ar_addr <= x_b_base + {42'd0, pick_head, 6'd0};
+            f_ar_len <= 8'(pick_k) - 8'd1;
             rcnt_q <= '0;
             rerr_q <= 1'b0;
             st_q <= S_AR;
@@ -573,14 +501,13 @@ module keel_frontend #(
             nsqa_q[op_vf] <= '0;
             ncqa_q[op_vf] <= '0;
             aers_q[op_vf] <= '0;
-            rr_q[op_vf] <= QW'(1);
           end
           op_done <= 1'b1;
           st_q <= S_IDLE;
         end
 
         S_AR: if (m_ar_ready) begin
-          m_ar_valid <= 1'b0;
+          f_ar_valid <= 1'b0;
           st_q <= S_R;
         end
 
@@ -592,7 +519,7 @@ module keel_frontend #(
             i_q <= '0;
             if (rerr_q || s_r_resp != keel_pkg::AXI_RESP_OKAY) begin
               // The controller cannot fetch its own queue: controller fatal status.
-              fault_valid <= 1'b1;
+              f_fault <= 1'b1;
               fatal_valid <= 1'b1;
               st_q <= S_IDLE;
             end else begin
@@ -622,7 +549,6 @@ module keel_frontend #(
           r_prp1_q <= sqe[255:192];
           r_prp2_q <= sqe[319:256];
           r_qid_q <= dqid;
-          nseg_q <= '0;
           st_q <= S_PUSH;
           if (stale) begin
             // The VF was reset after the fetch: the record only retires its slot.
@@ -635,7 +561,7 @@ module keel_frontend #(
               ncqa_q[v_q] <= dncqa;
             end
             if (daer) aers_q[v_q] <= aers_q[v_q] + 4'd1;
-            if (dxfer) st_q <= S_PRP0;
+            if (dxfer) st_q <= S_WALK;
             if (ddelete_sq || ddelete_cq || dabort) begin
               cq_op_valid <= 1'b1;
               r_op_q <= dabort ? 2'd0 : (ddelete_sq ? 2'd1 : 2'd2);
@@ -655,155 +581,9 @@ module keel_frontend #(
           st_q <= S_PUSH;
         end
 
-        // ---------------- PRP walk (NVMe 1.4 section 4.3), in the reference model's order
-        S_PRP0: begin
-          logic [31:0] rem;
-          rem = r_bytes_q - p_first;
-          first_q <= p_first;
-          rem_q <= rem;
-          crem_q <= rem;
-          ci_q <= '0;
-          st_q <= S_CHK;
-          if (r_prp1_q[1:0] != 2'd0) begin
-            r_status_q <= keel_pkg::SC_PRP_OFFSET_INVALID | keel_pkg::SC_DNR;
-            r_kind_q <= keel_pkg::JOB_NONE;
-            st_q <= S_PUSH;
-          end else if (rem == 32'd0) begin
-            st_q <= S_CHK;
-          end else if (rem <= p_size) begin
-            if ((r_prp2_q[31:0] & p_mask) != 32'd0) begin
-              r_status_q <= keel_pkg::SC_PRP_OFFSET_INVALID | keel_pkg::SC_DNR;
-              r_kind_q <= keel_pkg::JOB_NONE;
-              st_q <= S_PUSH;
-            end else begin
-              seg_wr_valid <= 1'b1;
-              seg_wr_idx <= '0;
-              seg_wr_data <= r_prp2_q;
-              nseg_q <= (SW+1)'(1);
-              rem_q <= 32'd0;
-            end
-          end else if (r_prp2_q[2:0] != 3'd0) begin
-            r_status_q <= keel_pkg::SC_PRP_OFFSET_INVALID | keel_pkg::SC_DNR;
-            r_kind_q <= keel_pkg::JOB_NONE;
-            st_q <= S_PUSH;
-          end else begin
-            list_q <= r_prp2_q;
-            st_q <= S_LCHK;
-          end
-        end
-        S_LCHK: begin
-          logic [31:0] entries;
-          entries = p_pages > p_slots ? p_slots : p_pages;
-          chained_q <= p_pages > p_slots;
-          entries_q <= 14'(entries);
-          ent_i_q <= '0;
-          lleft_q <= 14'(entries);
-          laddr_q <= list_q;
-          perr_q <= 1'b0;
-          lerr_q <= 1'b0;
-          m_ats_valid <= 1'b1;
-          m_ats_addr <= list_q;
-          m_ats_len <= entries << 3;
-          st_q <= S_LCHK_W;
-        end
-        S_LCHK_W: begin
-          if (m_ats_ready) m_ats_valid <= 1'b0;
-          if (s_ats_resp_valid) begin
-            if (!s_ats_resp_ok) begin
-              fault_valid <= 1'b1;
-              r_status_q <= keel_pkg::SC_DATA_XFER_ERROR;
-              r_kind_q <= keel_pkg::JOB_NONE;
-              st_q <= S_PUSH;
-            end else begin
-              st_q <= S_LAR;
-            end
-          end
-        end
-        S_LAR: begin
-          chunk_q <= p_chunk;
-          cleft_q <= p_chunk;
-          m_ar_valid <= 1'b1;
-          m_ar_addr <= {laddr_q[63:6], 6'd0};
-          m_ar_len <= p_span[13:6] - 8'd1;
-          st_q <= S_LR;
-        end
-        S_LR: begin
-          if (m_ar_valid && m_ar_ready) m_ar_valid <= 1'b0;
-          if (s_r_valid && !m_ar_valid) begin
-            if (s_r_resp != keel_pkg::AXI_RESP_OKAY) lerr_q <= 1'b1;
-            if (p_data_entry) begin
-              if ((p_entry[31:0] & p_mask) != 32'd0) begin
-                perr_q <= 1'b1;
-              end else if (!perr_q) begin
-                seg_wr_valid <= 1'b1;
-                seg_wr_idx <= SW'(nseg_q);
-                seg_wr_data <= p_entry;
-                nseg_q <= nseg_q + 1'b1;
-                rem_q <= rem_q > p_size ? rem_q - p_size : 32'd0;
-              end
-            end
-            laddr_q <= laddr_q + 64'd8;
-            ent_i_q <= ent_i_q + 14'd1;
-            cleft_q <= cleft_q - 14'd1;
-            if (cleft_q == 14'd1) begin
-              // End of this read; more of the list page, or the page is done.
-              st_q <= S_LAR;
-              lleft_q <= lleft_q - chunk_q;
-              if (lleft_q == chunk_q) begin
-                st_q <= S_CHK;
-                if (lerr_q || s_r_resp != keel_pkg::AXI_RESP_OKAY) begin
-                  fault_valid <= 1'b1;
-                  r_status_q <= keel_pkg::SC_DATA_XFER_ERROR;
-                  r_kind_q <= keel_pkg::JOB_NONE;
-                  st_q <= S_PUSH;
-                end else if (perr_q || (p_data_entry && (p_entry[31:0] & p_mask) != 32'd0)) begin
-                  r_status_q <= keel_pkg::SC_PRP_OFFSET_INVALID | keel_pkg::SC_DNR;
-                  r_kind_q <= keel_pkg::JOB_NONE;
-                  st_q <= S_PUSH;
-                end else if (chained_q) begin
-                  list_q <= p_entry;
-                  if (p_entry[2:0] != 3'd0) begin
-                    r_status_q <= keel_pkg::SC_PRP_OFFSET_INVALID | keel_pkg::SC_DNR;
-                    r_kind_q <= keel_pkg::JOB_NONE;
-                    st_q <= S_PUSH;
-                  end else begin
-                    st_q <= S_LCHK;
-                  end
-                end
-              end
-            end
-          end
-        end
-        S_CHK: begin
-          // Segment ci_q: 0 is PRP1 (first_q bytes), n >= 1 is segment RAM entry n - 1.
-          if ({1'b0, ci_q} > {2'b0, nseg_q}) begin
-            st_q <= S_PUSH;
-          end else begin
-            m_ats_valid <= 1'b1;
-            if (ci_q == '0) begin
-              m_ats_addr <= r_prp1_q;
-              m_ats_len <= first_q;
-            end else begin
-              m_ats_addr <= seg_rd_data;
-              m_ats_len <= p_seg_len;
-              crem_q <= crem_q - p_seg_len;
-            end
-            st_q <= S_CHK_W;
-          end
-        end
-        S_CHK_W: begin
-          if (m_ats_ready) m_ats_valid <= 1'b0;
-          if (s_ats_resp_valid) begin
-            if (!s_ats_resp_ok) begin
-              fault_valid <= 1'b1;
-              r_status_q <= keel_pkg::SC_DATA_XFER_ERROR;
-              r_kind_q <= keel_pkg::JOB_NONE;
-              st_q <= S_PUSH;
-            end else begin
-              ci_q <= ci_q + 1'b1;
-              st_q <= S_CHK;
-            end
-          end
+        S_WALK: if (walk_done) begin
+          i_q <= i_q + 1'b1;
+          st_q <= (i_q + 1'b1 == k_q) ? S_IDLE : S_DEC;
         end
 
         S_PUSH: begin
