@@ -8,7 +8,7 @@
 // (scan pointer, round robin over present VFs) and picks a submission queue with commands and
 // completion-queue room: the admin SQ first, then the IO SQs round robin. It fetches up to
 // FETCH_MAX consecutive SQEs in one host read, then handles them one by one:
-//   - admin commands execute here (queue create/delete, features, abort, AER) or become an
+//   - admin commands execute (queue create/delete, features, abort, AER) or become an
 //     internal-data job (Identify, Get Log Page). An admin command runs only when the VF has no
 //     command in flight, so it sees the controller exactly as the reference model does.
 //   - IO commands are validated; Read/Write/Identify/Get Log Page walk PRP1/PRP2/PRP lists
@@ -16,9 +16,11 @@
 //     region is checked on the address-translation port before any data moves.
 // Each command leaves as one record in its VF's job queue (keel_jobq).
 //
-// This module is the sequencer (fetch, decode, push) and the admin executor; its parts:
-// keel_sq_sched picks the SQ and the batch, keel_cmd_decode decodes and validates one SQE,
-// keel_prp_walker walks a transfer's PRPs and checks them, keel_qctx holds the queue contexts.
+// This module is the sequencer (pick, fetch, decode, execute, push) and builds the job record;
+// its parts do the work: keel_sq_sched picks the SQ and the batch, keel_sqe_fetch reads the
+// SQEs, keel_cmd_decode decodes and validates one, keel_admin_exec carries out admin commands
+// and keel_ctrl's operations, keel_prp_walker walks a transfer's PRPs and checks them,
+// keel_qctx holds the queue contexts.
 module keel_frontend #(
   // VFs the hardware implements (1..64).
   parameter int NUM_VFS = 4,
@@ -178,9 +180,10 @@ module keel_frontend #(
   localparam int FW = $clog2(FETCH_MAX) + 1;   // holds 0..FETCH_MAX
   localparam int FI = (FETCH_MAX > 1) ? $clog2(FETCH_MAX) : 1;
 
-  // S_WALK: keel_prp_walker walks the command's PRPs; its last cycle is the push.
+  // S_FETCH: keel_sqe_fetch reads the batch; S_CQOP: keel_admin_exec waits for the completion
+  // writer; S_WALK: keel_prp_walker walks the command's PRPs, its last cycle is the push.
   typedef enum logic [2:0] {
-    S_IDLE, S_OP, S_AR, S_R, S_DEC, S_CQOP, S_WALK, S_PUSH
+    S_IDLE, S_OP, S_FETCH, S_DEC, S_CQOP, S_WALK, S_PUSH
   } state_t;
   state_t st_q;
 
@@ -192,17 +195,8 @@ module keel_frontend #(
   logic [15:0]    head0_q;              // SQ head before the batch
   logic [16:0]    size_q;               // SQ size
   logic [FW-1:0]  k_q, i_q;             // batch size, current SQE
-  logic [FW-1:0]  rcnt_q;               // SQE beats received
-  logic           rerr_q;
-  logic [511:0]   sqe_q [FETCH_MAX];
   logic [JW-1:0]  slot_q;               // job slot of the current SQE
-  logic [8:0]     nsqa_q [NUM_VFS];
-  logic [8:0]     ncqa_q [NUM_VFS];
-  logic [3:0]     aers_q [NUM_VFS];
   logic [7:0]     nopick_q;             // consecutive scans without work
-  logic           f_ar_valid, f_fault;  // SQE fetch: host read, refused read
-  logic [63:0]    f_ar_addr;
-  logic [7:0]     f_ar_len;
 
   // ---------------------------------------------------------------- record being built
   logic [2:0]     r_kind_q, r_src_q, r_mps_q;
@@ -212,8 +206,7 @@ module keel_frontend #(
   logic [63:0]    r_addr_q, r_prp1_q, r_prp2_q;
   logic [1:0]     r_ctr_q;
   logic [16:0]    r_nlb_q;
-  logic [15:0]    r_cid_q, r_sqhead_q, r_qid_q;
-  logic [1:0]     r_op_q;               // CQ-writer operation: 0 abort, 1 delete SQ, 2 delete CQ
+  logic [15:0]    r_cid_q, r_sqhead_q;
 
   // ---------------------------------------------------------------- queue contexts
   logic           x_sq_set, x_sq_kill, x_hd_we, x_cq_set, x_cq_kill, x_ref_we, x_infl_add;
@@ -288,15 +281,25 @@ module keel_frontend #(
   logic         dien;
   logic [8:0]   dnsqa, dncqa;
 
-  always_comb begin
-    sqe = sqe_q[i_q[FI-1:0]];
-    stale = vf_gen[32'(v_q)*GW +: GW] != gen_q;
-  end
+  assign stale = vf_gen[32'(v_q)*GW +: GW] != gen_q;
+
+  // ---------------------------------------------------------------- SQE fetch
+  logic        f_done, f_err, f_ar_valid, f_r_ready, f_fault;
+  logic [63:0] f_ar_addr;
+  logic [7:0]  f_ar_len;
+
+  keel_sqe_fetch #(.FETCH_MAX(FETCH_MAX)) u_fetch (
+    .clk, .rst, .start(x_hd_we), .addr(x_b_base + {42'd0, pick_head, 6'd0}),
+    .len(8'(pick_k) - 8'd1), .done(f_done), .err(f_err), .idx(i_q[FI-1:0]), .sqe,
+    .m_ar_valid(f_ar_valid), .m_ar_ready, .m_ar_addr(f_ar_addr), .m_ar_len(f_ar_len),
+    .s_r_valid, .s_r_ready(f_r_ready), .s_r_data, .s_r_resp, .s_r_last,
+    .fault_valid(f_fault)
+  );
 
   keel_cmd_decode #(.NUM_IOQ(NUM_IOQ), .MQES(MQES), .MDTS(MDTS)) u_decode (
     .en(st_q == S_DEC), .sqe, .admin(q_q == '0), .cfg_max_ioq, .res_ioq(res_ioq[32'(v_q)*8 +: 8]),
     .res_base(res_base[32'(v_q)*64 +: 64]), .res_lbas(res_lbas[32'(v_q)*64 +: 64]),
-    .nsqa(nsqa_q[v_q]), .ncqa(ncqa_q[v_q]), .aers(aers_q[v_q]), .cc(vf_cc[32'(v_q)*32 +: 32]),
+    .nsqa, .ncqa, .aers, .cc(vf_cc[32'(v_q)*32 +: 32]),
     .sq_live(d_sq_live), .cq_live(d_cq_live), .cq_refs(d_cq_refs),
     .o_kind(dk), .o_status(dst), .o_dw0(ddw0), .o_nocqe(dnocqe), .o_src(dsrc),
     .o_srcarg(dsrcarg), .o_addr(daddr), .o_bytes(dbytes), .o_ctr(dctr), .o_nlb(dnlb),
@@ -305,6 +308,27 @@ module keel_frontend #(
     .o_delete_cq(ddelete_cq), .o_abort(dabort), .o_aer(daer), .o_set_queues(dsetq),
     .o_qid(dqid), .o_qsize(dqsize), .o_cqid(dcqid), .o_ien(dien), .o_iv(div),
     .o_abort_sqid(dab_sqid), .o_abort_cid(dab_cid), .o_nsqa(dnsqa), .o_ncqa(dncqa)
+  );
+
+  // ---------------------------------------------------------------- admin execution
+  logic [8:0] nsqa, ncqa;
+  logic [3:0] aers;
+  logic       cq_op_start;
+
+  keel_admin_exec #(.NUM_VFS(NUM_VFS), .NUM_IOQ(NUM_IOQ)) u_admin (
+    .clk, .rst, .in_op(st_q == S_OP), .in_dec(st_q == S_DEC), .stale, .in_cqop(st_q == S_CQOP),
+    .v(v_q), .op_enable, .op_vf, .op_asq, .op_acq, .op_asqs, .op_acqs, .op_done,
+    .sqe_prp1(sqe[255:192]), .sqe_cid(sqe[31:16]),
+    .d_create_cq(dcreate_cq), .d_create_sq(dcreate_sq), .d_delete_sq(ddelete_sq),
+    .d_delete_cq(ddelete_cq), .d_abort(dabort), .d_aer(daer), .d_set_queues(dsetq),
+    .d_qid(dqid), .d_qsize(dqsize), .d_cqid(dcqid), .d_ien(dien), .d_iv(div),
+    .d_abort_sqid(dab_sqid), .d_abort_cid(dab_cid), .d_nsqa(dnsqa), .d_ncqa(dncqa),
+    .nsqa, .ncqa, .aers, .d_cq_refs, .d_sq_cqid,
+    .x_vf_clr, .x_sq_set, .x_sq_kill, .x_sq_g, .x_sq_base, .x_sq_size, .x_sq_cqid,
+    .x_cq_set, .x_cq_kill, .x_cq_g, .x_cq_base, .x_cq_size, .x_cq_ien, .x_cq_iv,
+    .x_ref_we, .x_ref_g, .x_ref,
+    .db_clr_valid, .db_clr_g, .db_clr_mask, .cq_init_valid, .cq_init_g,
+    .cq_op_start, .cq_op_valid, .cq_op_kind, .cq_op_qid, .cq_op_cid, .cq_op_done
   );
 
   // ---------------------------------------------------------------- PRP walk
@@ -316,7 +340,7 @@ module keel_frontend #(
   logic [7:0]  w_ar_len;
 
   // A transfer command that stays in the front end (not a queue deletion or an abort).
-  assign walk_start = st_q == S_DEC && !stale && dxfer && !(ddelete_sq || ddelete_cq || dabort);
+  assign walk_start = st_q == S_DEC && !stale && dxfer && !cq_op_start;
 
   keel_prp_walker #(.SW(SW)) u_walker (
     .clk, .rst, .clr(st_q == S_DEC), .start(walk_start), .prp1(r_prp1_q), .prp2(r_prp2_q),
@@ -335,7 +359,6 @@ module keel_frontend #(
   assign push_fail = st_q == S_WALK && walk_err;
 
   // ---------------------------------------------------------------- outputs
-  logic [QW-1:0]  op_cq;  // CQ of the SQ a delete-SQ removes
   always_comb begin
     push_vf = v_q;
     push_rec = '0;
@@ -372,20 +395,16 @@ module keel_frontend #(
     m_ar_fn = 8'(v_q) + 8'd1;
     m_ats_fn = 8'(v_q) + 8'd1;
     cq_op_vf = v_q;
-    cq_op_kind = r_op_q;
-    cq_op_qid = r_qid_q;
-    cq_op_cid = r_cid_q;
     fault_valid = f_fault || w_fault;
     fault_vf = v_q;
     fatal_vf = v_q;
     // SQE beats are taken as they come; PRP list beats as the walker wants them.
-    s_r_ready = st_q == S_R || w_r_ready;
+    s_r_ready = f_r_ready || w_r_ready;
     for (int i = 0; i < NUM_VFS; i++) begin
       jobs_idle[i] = jq_idle[i] && !(st_q != S_IDLE && st_q != S_OP && v_q == VFW'(i));
     end
 
-    // Queue-context writes.
-    op_cq = d_sq_cqid[32'(r_qid_q[QW-1:0])*QW +: QW];
+    // Queue-context writes of the scheduler's pick (keel_admin_exec makes the others).
     x_hd_we = st_q == S_IDLE && !op_valid && pick_valid;
     x_hd_g = GQW'(32'(scan_vf) * QN + 32'(pick_q));
     x_hd = pick_next_head;
@@ -393,62 +412,10 @@ module keel_frontend #(
     x_infl_g = GQW'(32'(scan_vf) * QN + 32'(pick_c));
     x_infl_k = 4'(pick_k);
     x_b_g = x_hd_g;
-    x_vf_clr = st_q == S_OP && !op_enable;
-    x_sq_set = (st_q == S_OP && op_enable) || (st_q == S_DEC && !stale && dcreate_sq);
-    x_cq_set = (st_q == S_OP && op_enable) || (st_q == S_DEC && !stale && dcreate_cq);
-    x_sq_kill = st_q == S_CQOP && cq_op_done && r_op_q == 2'd1;
-    x_cq_kill = st_q == S_CQOP && cq_op_done && r_op_q == 2'd2;
-    if (st_q == S_OP) begin
-      x_sq_g = GQW'(32'(op_vf) * QN);
-      x_sq_base = op_asq;
-      x_sq_size = {4'd0, op_asqs};
-      x_sq_cqid = '0;
-      x_cq_g = GQW'(32'(op_vf) * QN);
-      x_cq_base = op_acq;
-      x_cq_size = {4'd0, op_acqs};
-      x_cq_ien = 1'b1;
-      x_cq_iv = '0;
-    end else begin
-      x_sq_g = GQW'(32'(v_q) * QN + (st_q == S_DEC ? 32'(dqid[QW-1:0]) : 32'(r_qid_q[QW-1:0])));
-      x_sq_base = sqe[255:192];
-      x_sq_size = dqsize;
-      x_sq_cqid = QW'(dcqid);
-      x_cq_g = GQW'(32'(v_q) * QN + (st_q == S_DEC ? 32'(dqid[QW-1:0]) : 32'(r_qid_q[QW-1:0])));
-      x_cq_base = sqe[255:192];
-      x_cq_size = dqsize;
-      x_cq_ien = dien;
-      x_cq_iv = div;
-    end
-    // References of a CQ: 1 for the admin CQ at enable, +1 at SQ creation, -1 at SQ deletion.
-    x_ref_we = 1'b0;
-    x_ref_g = GQW'(32'(op_vf) * QN);
-    x_ref = 9'd1;
-    if (st_q == S_OP && op_enable) begin
-      x_ref_we = 1'b1;
-    end else if (st_q == S_DEC && !stale && dcreate_cq) begin
-      x_ref_we = 1'b1;
-      x_ref_g = GQW'(32'(v_q) * QN + 32'(dqid[QW-1:0]));
-      x_ref = 9'd0;
-    end else if (st_q == S_DEC && !stale && dcreate_sq) begin
-      x_ref_we = 1'b1;
-      x_ref_g = GQW'(32'(v_q) * QN + 32'(dcqid[QW-1:0]));
-      x_ref = d_cq_refs[32'(dcqid[QW-1:0])*9 +: 9] + 9'd1;
-    end else if (x_sq_kill) begin
-      x_ref_we = 1'b1;
-      x_ref_g = GQW'(32'(v_q) * QN + 32'(op_cq));
-      x_ref = d_cq_refs[32'(op_cq)*9 +: 9] - 9'd1;
-    end
-    // Doorbells and CQ tails of new queues.
-    db_clr_valid = x_sq_set || x_cq_set;
-    db_clr_g = st_q == S_OP ? GQW'(32'(op_vf) * QN) : GQW'(32'(v_q) * QN + 32'(dqid[QW-1:0]));
-    db_clr_mask = {x_cq_set, x_sq_set};
-    cq_init_valid = x_cq_set;
-    cq_init_g = x_cq_g;
   end
 
   logic unused_ok;
-  always_comb unused_ok = ^{sqe[511:256], sqe[191:0], dab_sqid, dab_cid, dcqid[15:QW],
-                            dqid[15:QW], walk_busy};
+  always_comb unused_ok = ^{sqe[511:320], sqe[191:32], sqe[15:0]};
 
   // ---------------------------------------------------------------- the FSM
   assign idle = st_q == S_IDLE && !op_valid && 32'(nopick_q) > NUM_VFS;
@@ -462,18 +429,9 @@ module keel_frontend #(
   end
 
   always_ff @(posedge clk) begin
-    op_done <= 1'b0;
-    f_fault <= 1'b0;
     fatal_valid <= 1'b0;
     if (rst) begin
       st_q <= S_IDLE;
-      f_ar_valid <= 1'b0;
-      cq_op_valid <= 1'b0;
-      for (int i = 0; i < NUM_VFS; i++) begin
-        nsqa_q[i] <= '0;
-        ncqa_q[i] <= '0;
-        aers_q[i] <= '0;
-      end
     end else begin
       case (st_q)
         S_IDLE: begin
@@ -487,44 +445,21 @@ module keel_frontend #(
             head0_q <= pick_head;
             size_q <= pick_size;
             k_q <= pick_k;
-            f_ar_valid <= 1'b1;
-            f_ar_addr <= x_b_base + {42'd0, pick_head, 6'd0};
-            f_ar_len <= 8'(pick_k) - 8'd1;
-            rcnt_q <= '0;
-            rerr_q <= 1'b0;
-            st_q <= S_AR;
+            st_q <= S_FETCH;
           end
         end
 
-        S_OP: begin
-          if (!op_enable) begin
-            nsqa_q[op_vf] <= '0;
-            ncqa_q[op_vf] <= '0;
-            aers_q[op_vf] <= '0;
-          end
-          op_done <= 1'b1;
-          st_q <= S_IDLE;
-        end
+        // keel_admin_exec carries out the operation.
+        S_OP: st_q <= S_IDLE;
 
-        S_AR: if (m_ar_ready) begin
-          f_ar_valid <= 1'b0;
-          st_q <= S_R;
-        end
-
-        S_R: if (s_r_valid) begin
-          sqe_q[rcnt_q[FI-1:0]] <= s_r_data;
-          rcnt_q <= rcnt_q + 1'b1;
-          if (s_r_resp != keel_pkg::AXI_RESP_OKAY) rerr_q <= 1'b1;
-          if (s_r_last) begin
-            i_q <= '0;
-            if (rerr_q || s_r_resp != keel_pkg::AXI_RESP_OKAY) begin
-              // The controller cannot fetch its own queue: controller fatal status.
-              f_fault <= 1'b1;
-              fatal_valid <= 1'b1;
-              st_q <= S_IDLE;
-            end else begin
-              st_q <= S_DEC;
-            end
+        S_FETCH: if (f_done) begin
+          i_q <= '0;
+          if (f_err) begin
+            // The controller cannot fetch its own queue: controller fatal status.
+            fatal_valid <= 1'b1;
+            st_q <= S_IDLE;
+          end else begin
+            st_q <= S_DEC;
           end
         end
 
@@ -548,36 +483,22 @@ module keel_frontend #(
           r_mps_q <= dmps;
           r_prp1_q <= sqe[255:192];
           r_prp2_q <= sqe[319:256];
-          r_qid_q <= dqid;
           st_q <= S_PUSH;
           if (stale) begin
             // The VF was reset after the fetch: the record only retires its slot.
             r_kind_q <= keel_pkg::JOB_NONE;
             r_status_q <= keel_pkg::SC_SUCCESS;
             r_nocqe_q <= 1'b0;
-          end else begin
-            if (dsetq) begin
-              nsqa_q[v_q] <= dnsqa;
-              ncqa_q[v_q] <= dncqa;
-            end
-            if (daer) aers_q[v_q] <= aers_q[v_q] + 4'd1;
-            if (dxfer) st_q <= S_WALK;
-            if (ddelete_sq || ddelete_cq || dabort) begin
-              cq_op_valid <= 1'b1;
-              r_op_q <= dabort ? 2'd0 : (ddelete_sq ? 2'd1 : 2'd2);
-              if (dabort) begin
-                r_qid_q <= dab_sqid;
-                r_cid_q <= dab_cid;
-              end
-              st_q <= S_CQOP;
-            end
+          end else if (cq_op_start) begin
+            st_q <= S_CQOP;
+          end else if (dxfer) begin
+            st_q <= S_WALK;
           end
         end
 
+        // Abort's result is the operation's DW0.
         S_CQOP: if (cq_op_done) begin
-          cq_op_valid <= 1'b0;
-          if (r_op_q == 2'd0) r_dw0_q <= cq_op_dw0;
-          r_cid_q <= sqe[31:16];
+          if (cq_op_kind == 2'd0) r_dw0_q <= cq_op_dw0;
           st_q <= S_PUSH;
         end
 
