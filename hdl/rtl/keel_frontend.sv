@@ -8,13 +8,19 @@
 // (scan pointer, round robin over present VFs) and picks a submission queue with commands and
 // completion-queue room: the admin SQ first, then the IO SQs round robin. It fetches up to
 // FETCH_MAX consecutive SQEs in one host read, then handles them one by one:
-//   - admin commands execute here (queue create/delete, features, abort, AER) or become an
+//   - admin commands execute (queue create/delete, features, abort, AER) or become an
 //     internal-data job (Identify, Get Log Page). An admin command runs only when the VF has no
 //     command in flight, so it sees the controller exactly as the reference model does.
 //   - IO commands are validated; Read/Write/Identify/Get Log Page walk PRP1/PRP2/PRP lists
 //     (reading lists from host memory) into the job's segment RAM, then every list and data
 //     region is checked on the address-translation port before any data moves.
 // Each command leaves as one record in its VF's job queue (keel_jobq).
+//
+// This module is the sequencer (pick, fetch, decode, execute, push) and builds the job record;
+// its parts do the work: keel_sq_sched picks the SQ and the batch, keel_sqe_fetch reads the
+// SQEs, keel_cmd_decode decodes and validates one, keel_admin_exec carries out admin commands
+// and keel_ctrl's operations, keel_prp_walker walks a transfer's PRPs and checks them,
+// keel_qctx holds the queue contexts.
 module keel_frontend #(
   // VFs the hardware implements (1..64).
   parameter int NUM_VFS = 4,
@@ -174,14 +180,14 @@ module keel_frontend #(
   localparam int FW = $clog2(FETCH_MAX) + 1;   // holds 0..FETCH_MAX
   localparam int FI = (FETCH_MAX > 1) ? $clog2(FETCH_MAX) : 1;
 
-  typedef enum logic [3:0] {
-    S_IDLE, S_OP, S_AR, S_R, S_DEC, S_CQOP, S_PRP0, S_LCHK, S_LCHK_W, S_LAR, S_LR,
-    S_CHK, S_CHK_W, S_PUSH
+  // S_FETCH: keel_sqe_fetch reads the batch; S_CQOP: keel_admin_exec waits for the completion
+  // writer; S_WALK: keel_prp_walker walks the command's PRPs, its last cycle is the push.
+  typedef enum logic [2:0] {
+    S_IDLE, S_OP, S_FETCH, S_DEC, S_CQOP, S_WALK, S_PUSH
   } state_t;
   state_t st_q;
 
   // ---------------------------------------------------------------- batch state
-  logic [VFW-1:0] sv_q;                 // scanned VF
   logic [VFW-1:0] v_q;                  // VF of the batch
   logic [QW-1:0]  q_q;                  // SQ of the batch
   logic [QW-1:0]  c_q;                  // its CQ
@@ -189,14 +195,7 @@ module keel_frontend #(
   logic [15:0]    head0_q;              // SQ head before the batch
   logic [16:0]    size_q;               // SQ size
   logic [FW-1:0]  k_q, i_q;             // batch size, current SQE
-  logic [FW-1:0]  rcnt_q;               // SQE beats received
-  logic           rerr_q;
-  logic [511:0]   sqe_q [FETCH_MAX];
   logic [JW-1:0]  slot_q;               // job slot of the current SQE
-  logic [8:0]     nsqa_q [NUM_VFS];
-  logic [8:0]     ncqa_q [NUM_VFS];
-  logic [3:0]     aers_q [NUM_VFS];
-  logic [QW-1:0]  rr_q   [NUM_VFS];
   logic [7:0]     nopick_q;             // consecutive scans without work
 
   // ---------------------------------------------------------------- record being built
@@ -207,16 +206,7 @@ module keel_frontend #(
   logic [63:0]    r_addr_q, r_prp1_q, r_prp2_q;
   logic [1:0]     r_ctr_q;
   logic [16:0]    r_nlb_q;
-  logic [15:0]    r_cid_q, r_sqhead_q, r_qid_q;
-  logic [1:0]     r_op_q;               // CQ-writer operation: 0 abort, 1 delete SQ, 2 delete CQ
-
-  // ---------------------------------------------------------------- PRP walk state
-  logic [31:0]    first_q, rem_q, crem_q;
-  logic [SW:0]    nseg_q;
-  logic [63:0]    list_q, laddr_q;
-  logic [13:0]    entries_q, ent_i_q, lleft_q, cleft_q, chunk_q;
-  logic           chained_q, perr_q, lerr_q;
-  logic [SW+1:0]  ci_q;                 // segment being checked (0: PRP1)
+  logic [15:0]    r_cid_q, r_sqhead_q;
 
   // ---------------------------------------------------------------- queue contexts
   logic           x_sq_set, x_sq_kill, x_hd_we, x_cq_set, x_cq_kill, x_ref_we, x_infl_add;
@@ -246,7 +236,7 @@ module keel_frontend #(
     .infl_add(x_infl_add), .infl_add_g(x_infl_g), .infl_add_k(x_infl_k),
     .infl_dec(retire_valid), .infl_dec_g(retire_g),
     .vf_clr(x_vf_clr), .vf_clr_vf(op_vf),
-    .a_en(scan_en), .a_vf(sv_q), .a_sq_live, .a_sq_size, .a_sq_head, .a_sq_cqid, .a_cq_live, .a_cq_size,
+    .a_en(scan_en), .a_vf(scan_vf), .a_sq_live, .a_sq_size, .a_sq_head, .a_sq_cqid, .a_cq_live, .a_cq_size,
     .a_cq_infl,
     .b_g(x_b_g), .b_sq_base(x_b_base),
     .c_g(cx_g), .c_cq_live(cx_live), .c_cq_base(cx_base), .c_cq_size(cx_size),
@@ -255,93 +245,26 @@ module keel_frontend #(
   );
 
   // ---------------------------------------------------------------- scheduler (scan VF)
-  logic [QN-1:0]  s_has, s_room;
-  logic [16:0]    s_pend  [QN];
-  logic [17:0]    s_avail [QN];
-  logic           s_vf_ok;
   logic           pick_valid;
-  logic [QW-1:0]  pick_q, s_rrq, pick_c;
+  logic [QW-1:0]  pick_q, pick_c;
   logic [FW-1:0]  pick_k;
+  logic [15:0]    pick_head, pick_next_head;
+  logic [16:0]    pick_size;
   logic [JW:0]    s_free;
-  logic [16:0]    s_tail, s_head, s_csz, s_ch, s_used, s_ct, s_k, s_lim, s_hd, s_nh;
-  logic [QW-1:0]  s_c;
 
   // A VF without a free job slot has commands in flight: it can take neither an IO command
   // (no slot) nor an admin command (not idle), so the scan skips it without looking further.
-  assign s_free = jq_free_slots[32'(sv_q)*(JW+1) +: JW+1];
+  assign s_free = jq_free_slots[32'(scan_vf)*(JW+1) +: JW+1];
   assign scan_en = st_q == S_IDLE && !op_valid && s_free != '0;
-  always_comb begin
-    scan_vf = sv_q;
-    s_vf_ok = scan_en && vf_present[sv_q] && !vf_removed[sv_q] && vf_ready[sv_q] &&
-              !vf_fatal[sv_q] && !vf_blocked[sv_q];
-    s_c = '0;
-    s_tail = '0;
-    s_head = '0;
-    s_csz = '0;
-    s_ch = '0;
-    s_ct = '0;
-    s_used = '0;
-    s_has = '0;
-    s_room = '0;
-    for (int q = 0; q < QN; q++) begin
-      s_pend[q] = '0;
-      s_avail[q] = '0;
-    end
-    if (s_vf_ok) for (int q = 0; q < QN; q++) begin
-      s_c = a_sq_cqid[q*QW +: QW];
-      s_tail = db_sq_tail[q*17 +: 17];
-      s_head = {1'b0, a_sq_head[q*16 +: 16]};
-      s_has[q] = a_sq_live[q] && s_tail < a_sq_size[q*17 +: 17] && s_tail != s_head;
-      s_pend[q] = s_tail >= s_head ? s_tail - s_head : s_tail + a_sq_size[q*17 +: 17] - s_head;
-      s_csz = a_cq_size[32'(s_c)*17 +: 17];
-      s_ch = db_cq_head[32'(s_c)*17 +: 17];
-      s_ct = {1'b0, cq_tail[32'(s_c)*16 +: 16]};
-      s_used = s_ct >= s_ch ? s_ct - s_ch : s_ct + s_csz - s_ch;
-      s_avail[q] = {1'b0, s_csz} - 18'd1 - {1'b0, s_used} -
-                   {1'b0, cq_reserved[32'(s_c)*17 +: 17]} - {1'b0, a_cq_infl[32'(s_c)*17 +: 17]};
-      s_room[q] = a_cq_live[s_c] && s_ch < s_csz && !s_avail[q][17] && s_avail[q] != 18'd0;
-    end
-    // The admin queue goes first; while it has a command that could run, IO of the VF waits
-    // (and the admin command itself waits until the VF has no command in flight).
-    pick_valid = 1'b0;
-    pick_q = '0;
-    s_rrq = '0;
-    if (s_vf_ok && s_has[0] && s_room[0]) begin
-      pick_valid = jq_idle[sv_q];
-    end else if (s_vf_ok && rate_allow[sv_q] && s_free != '0) begin
-      for (int n = QN - 1; n >= 1; n--) begin
-        // queues rr, rr + 1, ... (1..QN-1): the earliest eligible one wins
-        s_rrq = QW'((32'(rr_q[sv_q]) - 1 + n - 1) % (QN - 1) + 1);
-        if (s_has[s_rrq] && s_room[s_rrq]) begin
-          pick_valid = 1'b1;
-          pick_q = s_rrq;
-        end
-      end
-    end
-    // Batch: pending SQEs, CQ room, free job slots, no wrap, one FETCH_MAX-aligned group.
-    pick_c = a_sq_cqid[32'(pick_q)*QW +: QW];
-    s_hd = {1'b0, a_sq_head[32'(pick_q)*16 +: 16]};
-    s_k = 17'(FETCH_MAX) - (s_hd & 17'(FETCH_MAX - 1));
-    if (s_pend[pick_q] < s_k) s_k = s_pend[pick_q];
-    s_lim = a_sq_size[32'(pick_q)*17 +: 17] - s_hd;
-    if (s_lim < s_k) s_k = s_lim;
-    if (s_avail[pick_q][16:0] < s_k) s_k = s_avail[pick_q][16:0];
-    if (17'(s_free) < s_k) s_k = 17'(s_free);
-    pick_k = pick_q != '0 ? FW'(s_k) : FW'(1);
-    s_nh = s_hd + 17'(pick_k);
-    if (s_nh >= a_sq_size[32'(pick_q)*17 +: 17]) s_nh = s_nh - a_sq_size[32'(pick_q)*17 +: 17];
-  end
 
-  // Next present VF after sv_q.
-  logic [VFW-1:0] sv_next, sv_cand;
-  always_comb begin
-    sv_next = sv_q;
-    sv_cand = sv_q;
-    for (int n = NUM_VFS; n >= 1; n--) begin
-      sv_cand = VFW'((32'(sv_q) + n) % NUM_VFS);
-      if (vf_present[sv_cand]) sv_next = sv_cand;
-    end
-  end
+  keel_sq_sched #(.NUM_VFS(NUM_VFS), .NUM_IOQ(NUM_IOQ), .JOBQ(JOBQ), .FETCH_MAX(FETCH_MAX)) u_sched (
+    .clk, .rst, .en(scan_en), .advance(st_q == S_IDLE), .take(x_hd_we),
+    .rst_vf_valid(x_vf_clr), .rst_vf(op_vf),
+    .vf_present, .vf_removed, .vf_ready, .vf_fatal, .vf_blocked, .rate_allow, .jq_idle,
+    .scan_vf, .free_slots(s_free), .db_sq_tail, .db_cq_head, .cq_tail, .cq_reserved,
+    .a_sq_live, .a_sq_size, .a_sq_head, .a_sq_cqid, .a_cq_live, .a_cq_size, .a_cq_infl,
+    .pick_valid, .pick_q, .pick_c, .pick_k, .pick_head, .pick_next_head, .pick_size
+  );
 
   // ---------------------------------------------------------------- decoder (SQE i_q)
   logic [511:0] sqe;
@@ -358,15 +281,25 @@ module keel_frontend #(
   logic         dien;
   logic [8:0]   dnsqa, dncqa;
 
-  always_comb begin
-    sqe = sqe_q[i_q[FI-1:0]];
-    stale = vf_gen[32'(v_q)*GW +: GW] != gen_q;
-  end
+  assign stale = vf_gen[32'(v_q)*GW +: GW] != gen_q;
+
+  // ---------------------------------------------------------------- SQE fetch
+  logic        f_done, f_err, f_ar_valid, f_r_ready, f_fault;
+  logic [63:0] f_ar_addr;
+  logic [7:0]  f_ar_len;
+
+  keel_sqe_fetch #(.FETCH_MAX(FETCH_MAX)) u_fetch (
+    .clk, .rst, .start(x_hd_we), .addr(x_b_base + {42'd0, pick_head, 6'd0}),
+    .len(8'(pick_k) - 8'd1), .done(f_done), .err(f_err), .idx(i_q[FI-1:0]), .sqe,
+    .m_ar_valid(f_ar_valid), .m_ar_ready, .m_ar_addr(f_ar_addr), .m_ar_len(f_ar_len),
+    .s_r_valid, .s_r_ready(f_r_ready), .s_r_data, .s_r_resp, .s_r_last,
+    .fault_valid(f_fault)
+  );
 
   keel_cmd_decode #(.NUM_IOQ(NUM_IOQ), .MQES(MQES), .MDTS(MDTS)) u_decode (
     .en(st_q == S_DEC), .sqe, .admin(q_q == '0), .cfg_max_ioq, .res_ioq(res_ioq[32'(v_q)*8 +: 8]),
     .res_base(res_base[32'(v_q)*64 +: 64]), .res_lbas(res_lbas[32'(v_q)*64 +: 64]),
-    .nsqa(nsqa_q[v_q]), .ncqa(ncqa_q[v_q]), .aers(aers_q[v_q]), .cc(vf_cc[32'(v_q)*32 +: 32]),
+    .nsqa, .ncqa, .aers, .cc(vf_cc[32'(v_q)*32 +: 32]),
     .sq_live(d_sq_live), .cq_live(d_cq_live), .cq_refs(d_cq_refs),
     .o_kind(dk), .o_status(dst), .o_dw0(ddw0), .o_nocqe(dnocqe), .o_src(dsrc),
     .o_srcarg(dsrcarg), .o_addr(daddr), .o_bytes(dbytes), .o_ctr(dctr), .o_nlb(dnlb),
@@ -377,42 +310,66 @@ module keel_frontend #(
     .o_abort_sqid(dab_sqid), .o_abort_cid(dab_cid), .o_nsqa(dnsqa), .o_ncqa(dncqa)
   );
 
-  // ---------------------------------------------------------------- PRP walk helpers
-  logic [31:0] p_size, p_mask, p_off, p_first, p_slots, p_pages, p_seg_len;
-  logic [13:0] p_chunk;
-  logic [63:0] p_entry;
-  logic [16:0] p_span;
-  logic        p_data_entry;
-  always_comb begin
-    p_size = 32'd4096 << r_mps_q;
-    p_mask = p_size - 32'd1;
-    p_off = r_prp1_q[31:0] & p_mask;
-    p_first = (r_bytes_q < p_size - p_off) ? r_bytes_q : p_size - p_off;
-    p_slots = (p_size - (list_q[31:0] & p_mask)) >> 3;
-    p_pages = (rem_q + p_mask) >> (5'd12 + {2'd0, r_mps_q});
-    p_chunk = lleft_q;
-    if ({2'd0, lleft_q} > ((16'd4096 - {4'd0, laddr_q[11:0]}) >> 3)) begin
-      p_chunk = 14'((16'd4096 - {4'd0, laddr_q[11:0]}) >> 3);
-    end
-    p_entry = s_r_data[{laddr_q[5:3], 6'd0} +: 64];
-    p_seg_len = crem_q < p_size ? crem_q : p_size;
-    p_span = {11'd0, laddr_q[5:0]} + {p_chunk, 3'd0} + 17'd63;
-    p_data_entry = {2'd0, ent_i_q} < {2'd0, entries_q} - (chained_q ? 16'd1 : 16'd0);
-  end
+  // ---------------------------------------------------------------- admin execution
+  logic [8:0] nsqa, ncqa;
+  logic [3:0] aers;
+  logic       cq_op_start;
+
+  keel_admin_exec #(.NUM_VFS(NUM_VFS), .NUM_IOQ(NUM_IOQ)) u_admin (
+    .clk, .rst, .in_op(st_q == S_OP), .in_dec(st_q == S_DEC), .stale, .in_cqop(st_q == S_CQOP),
+    .v(v_q), .op_enable, .op_vf, .op_asq, .op_acq, .op_asqs, .op_acqs, .op_done,
+    .sqe_prp1(sqe[255:192]), .sqe_cid(sqe[31:16]),
+    .d_create_cq(dcreate_cq), .d_create_sq(dcreate_sq), .d_delete_sq(ddelete_sq),
+    .d_delete_cq(ddelete_cq), .d_abort(dabort), .d_aer(daer), .d_set_queues(dsetq),
+    .d_qid(dqid), .d_qsize(dqsize), .d_cqid(dcqid), .d_ien(dien), .d_iv(div),
+    .d_abort_sqid(dab_sqid), .d_abort_cid(dab_cid), .d_nsqa(dnsqa), .d_ncqa(dncqa),
+    .nsqa, .ncqa, .aers, .d_cq_refs, .d_sq_cqid,
+    .x_vf_clr, .x_sq_set, .x_sq_kill, .x_sq_g, .x_sq_base, .x_sq_size, .x_sq_cqid,
+    .x_cq_set, .x_cq_kill, .x_cq_g, .x_cq_base, .x_cq_size, .x_cq_ien, .x_cq_iv,
+    .x_ref_we, .x_ref_g, .x_ref,
+    .db_clr_valid, .db_clr_g, .db_clr_mask, .cq_init_valid, .cq_init_g,
+    .cq_op_start, .cq_op_valid, .cq_op_kind, .cq_op_qid, .cq_op_cid, .cq_op_done
+  );
+
+  // ---------------------------------------------------------------- PRP walk
+  logic        walk_start, walk_busy, walk_done, walk_err;
+  logic [14:0] walk_status;
+  logic [SW:0] nseg;
+  logic        w_ar_valid, w_r_ready, w_fault;
+  logic [63:0] w_ar_addr;
+  logic [7:0]  w_ar_len;
+
+  // A transfer command that stays in the front end (not a queue deletion or an abort).
+  assign walk_start = st_q == S_DEC && !stale && dxfer && !cq_op_start;
+
+  keel_prp_walker #(.SW(SW)) u_walker (
+    .clk, .rst, .clr(st_q == S_DEC), .start(walk_start), .prp1(r_prp1_q), .prp2(r_prp2_q),
+    .bytes(r_bytes_q), .mps(r_mps_q),
+    .busy(walk_busy), .done(walk_done), .err(walk_err), .err_status(walk_status), .nseg,
+    .seg_wr_valid, .seg_wr_idx, .seg_wr_data, .seg_rd_idx, .seg_rd_en, .seg_rd_data,
+    .m_ar_valid(w_ar_valid), .m_ar_ready, .m_ar_addr(w_ar_addr), .m_ar_len(w_ar_len),
+    .s_r_valid, .s_r_ready(w_r_ready), .s_r_data, .s_r_resp,
+    .m_ats_valid, .m_ats_ready, .m_ats_addr, .m_ats_len, .s_ats_resp_valid, .s_ats_resp_ok,
+    .fault_valid(w_fault)
+  );
+
+  // The walker's last cycle is the push; a failed walk replaces the decoder's verdict.
+  logic        pushing, push_fail;
+  assign pushing = st_q == S_PUSH || (st_q == S_WALK && walk_done);
+  assign push_fail = st_q == S_WALK && walk_err;
 
   // ---------------------------------------------------------------- outputs
-  logic [QW-1:0]  op_cq;  // CQ of the SQ a delete-SQ removes
   always_comb begin
     push_vf = v_q;
     push_rec = '0;
-    if (st_q == S_PUSH) begin
-      push_rec[keel_pkg::JR_KIND +: 3] = r_kind_q;
+    if (pushing) begin
+      push_rec[keel_pkg::JR_KIND +: 3] = push_fail ? keel_pkg::JOB_NONE : r_kind_q;
       push_rec[keel_pkg::JR_GEN +: 8] = 8'(gen_q);
       push_rec[keel_pkg::JR_SQID +: 16] = 16'(q_q);
       push_rec[keel_pkg::JR_CQID +: 16] = 16'(c_q);
       push_rec[keel_pkg::JR_CID +: 16] = r_cid_q;
       push_rec[keel_pkg::JR_SQHEAD +: 16] = r_sqhead_q;
-      push_rec[keel_pkg::JR_STATUS +: 15] = r_status_q;
+      push_rec[keel_pkg::JR_STATUS +: 15] = push_fail ? walk_status : r_status_q;
       push_rec[keel_pkg::JR_DW0 +: 32] = r_dw0_q;
       push_rec[keel_pkg::JR_NOCQE] = r_nocqe_q;
       push_rec[keel_pkg::JR_SRC +: 3] = r_src_q;
@@ -420,99 +377,45 @@ module keel_frontend #(
       push_rec[keel_pkg::JR_BYTES +: 32] = r_bytes_q;
       push_rec[keel_pkg::JR_PRP1 +: 64] = r_prp1_q;
       push_rec[keel_pkg::JR_MPS +: 3] = r_mps_q;
-      push_rec[keel_pkg::JR_NSEG +: 16] = 16'(nseg_q);
+      push_rec[keel_pkg::JR_NSEG +: 16] = 16'(nseg);
       push_rec[keel_pkg::JR_CTR +: 2] = r_ctr_q;
       push_rec[keel_pkg::JR_NLB +: 17] = r_nlb_q;
       push_rec[keel_pkg::JR_SRCARG] = r_srcarg_q;
     end
-    push_valid = st_q == S_PUSH;
+    push_valid = pushing;
 
     seg_wr_vf = v_q;
     seg_wr_slot = slot_q;
     seg_rd_vf = v_q;
     seg_rd_slot = slot_q;
-    seg_rd_idx = SW'(ci_q - 1'b1);
-    seg_rd_en = st_q == S_CHK;
+    // Host reads: the SQE fetch, or the walker's PRP-list reads while it runs.
+    m_ar_valid = f_ar_valid || w_ar_valid;
+    m_ar_addr = walk_busy ? w_ar_addr : f_ar_addr;
+    m_ar_len = walk_busy ? w_ar_len : f_ar_len;
     m_ar_fn = 8'(v_q) + 8'd1;
     m_ats_fn = 8'(v_q) + 8'd1;
     cq_op_vf = v_q;
-    cq_op_kind = r_op_q;
-    cq_op_qid = r_qid_q;
-    cq_op_cid = r_cid_q;
+    fault_valid = f_fault || w_fault;
     fault_vf = v_q;
     fatal_vf = v_q;
-    // SQE beats are taken as they come; a PRP list beat once its last entry is processed.
-    s_r_ready = st_q == S_R ||
-                (st_q == S_LR && !m_ar_valid && (laddr_q[5:3] == 3'd7 || cleft_q == 14'd1));
+    // SQE beats are taken as they come; PRP list beats as the walker wants them.
+    s_r_ready = f_r_ready || w_r_ready;
     for (int i = 0; i < NUM_VFS; i++) begin
       jobs_idle[i] = jq_idle[i] && !(st_q != S_IDLE && st_q != S_OP && v_q == VFW'(i));
     end
 
-    // Queue-context writes.
-    op_cq = d_sq_cqid[32'(r_qid_q[QW-1:0])*QW +: QW];
+    // Queue-context writes of the scheduler's pick (keel_admin_exec makes the others).
     x_hd_we = st_q == S_IDLE && !op_valid && pick_valid;
-    x_hd_g = GQW'(32'(sv_q) * QN + 32'(pick_q));
-    x_hd = s_nh[15:0];
+    x_hd_g = GQW'(32'(scan_vf) * QN + 32'(pick_q));
+    x_hd = pick_next_head;
     x_infl_add = x_hd_we;
-    x_infl_g = GQW'(32'(sv_q) * QN + 32'(pick_c));
+    x_infl_g = GQW'(32'(scan_vf) * QN + 32'(pick_c));
     x_infl_k = 4'(pick_k);
     x_b_g = x_hd_g;
-    x_vf_clr = st_q == S_OP && !op_enable;
-    x_sq_set = (st_q == S_OP && op_enable) || (st_q == S_DEC && !stale && dcreate_sq);
-    x_cq_set = (st_q == S_OP && op_enable) || (st_q == S_DEC && !stale && dcreate_cq);
-    x_sq_kill = st_q == S_CQOP && cq_op_done && r_op_q == 2'd1;
-    x_cq_kill = st_q == S_CQOP && cq_op_done && r_op_q == 2'd2;
-    if (st_q == S_OP) begin
-      x_sq_g = GQW'(32'(op_vf) * QN);
-      x_sq_base = op_asq;
-      x_sq_size = {4'd0, op_asqs};
-      x_sq_cqid = '0;
-      x_cq_g = GQW'(32'(op_vf) * QN);
-      x_cq_base = op_acq;
-      x_cq_size = {4'd0, op_acqs};
-      x_cq_ien = 1'b1;
-      x_cq_iv = '0;
-    end else begin
-      x_sq_g = GQW'(32'(v_q) * QN + (st_q == S_DEC ? 32'(dqid[QW-1:0]) : 32'(r_qid_q[QW-1:0])));
-      x_sq_base = sqe[255:192];
-      x_sq_size = dqsize;
-      x_sq_cqid = QW'(dcqid);
-      x_cq_g = GQW'(32'(v_q) * QN + (st_q == S_DEC ? 32'(dqid[QW-1:0]) : 32'(r_qid_q[QW-1:0])));
-      x_cq_base = sqe[255:192];
-      x_cq_size = dqsize;
-      x_cq_ien = dien;
-      x_cq_iv = div;
-    end
-    // References of a CQ: 1 for the admin CQ at enable, +1 at SQ creation, -1 at SQ deletion.
-    x_ref_we = 1'b0;
-    x_ref_g = GQW'(32'(op_vf) * QN);
-    x_ref = 9'd1;
-    if (st_q == S_OP && op_enable) begin
-      x_ref_we = 1'b1;
-    end else if (st_q == S_DEC && !stale && dcreate_cq) begin
-      x_ref_we = 1'b1;
-      x_ref_g = GQW'(32'(v_q) * QN + 32'(dqid[QW-1:0]));
-      x_ref = 9'd0;
-    end else if (st_q == S_DEC && !stale && dcreate_sq) begin
-      x_ref_we = 1'b1;
-      x_ref_g = GQW'(32'(v_q) * QN + 32'(dcqid[QW-1:0]));
-      x_ref = d_cq_refs[32'(dcqid[QW-1:0])*9 +: 9] + 9'd1;
-    end else if (x_sq_kill) begin
-      x_ref_we = 1'b1;
-      x_ref_g = GQW'(32'(v_q) * QN + 32'(op_cq));
-      x_ref = d_cq_refs[32'(op_cq)*9 +: 9] - 9'd1;
-    end
-    // Doorbells and CQ tails of new queues.
-    db_clr_valid = x_sq_set || x_cq_set;
-    db_clr_g = st_q == S_OP ? GQW'(32'(op_vf) * QN) : GQW'(32'(v_q) * QN + 32'(dqid[QW-1:0]));
-    db_clr_mask = {x_cq_set, x_sq_set};
-    cq_init_valid = x_cq_set;
-    cq_init_g = x_cq_g;
   end
 
   logic unused_ok;
-  always_comb unused_ok = ^{p_span[16:14], p_span[5:0], sqe[511:256], sqe[191:0], dab_sqid,
-                            dab_cid, dcqid[15:QW], dqid[15:QW], r_prp2_q[63:32]};
+  always_comb unused_ok = ^{sqe[511:320], sqe[191:32], sqe[15:0]};
 
   // ---------------------------------------------------------------- the FSM
   assign idle = st_q == S_IDLE && !op_valid && 32'(nopick_q) > NUM_VFS;
@@ -526,78 +429,37 @@ module keel_frontend #(
   end
 
   always_ff @(posedge clk) begin
-    op_done <= 1'b0;
-    seg_wr_valid <= 1'b0;
-    fault_valid <= 1'b0;
     fatal_valid <= 1'b0;
     if (rst) begin
       st_q <= S_IDLE;
-      sv_q <= '0;
-      m_ar_valid <= 1'b0;
-      m_ats_valid <= 1'b0;
-      cq_op_valid <= 1'b0;
-      for (int i = 0; i < NUM_VFS; i++) begin
-        nsqa_q[i] <= '0;
-        ncqa_q[i] <= '0;
-        aers_q[i] <= '0;
-        rr_q[i] <= QW'(1);
-      end
     end else begin
       case (st_q)
         S_IDLE: begin
-          sv_q <= sv_next;
           if (op_valid) begin
             st_q <= S_OP;
           end else if (pick_valid) begin
-            v_q <= sv_q;
+            v_q <= scan_vf;
             q_q <= pick_q;
             c_q <= pick_c;
-            gen_q <= vf_gen[32'(sv_q)*GW +: GW];
-            head0_q <= s_hd[15:0];
-            size_q <= a_sq_size[32'(pick_q)*17 +: 17];
+            gen_q <= vf_gen[32'(scan_vf)*GW +: GW];
+            head0_q <= pick_head;
+            size_q <= pick_size;
             k_q <= pick_k;
-            if (pick_q != '0) begin
-              rr_q[sv_q] <= 32'(pick_q) == QN - 1 ? QW'(1) : pick_q + QW'(1);
-            end
-            m_ar_valid <= 1'b1;
-            m_ar_addr <= x_b_base + {42'd0, s_hd[15:0], 6'd0};
-            m_ar_len <= 8'(pick_k) - 8'd1;
-            rcnt_q <= '0;
-            rerr_q <= 1'b0;
-            st_q <= S_AR;
+            st_q <= S_FETCH;
           end
         end
 
-        S_OP: begin
-          if (!op_enable) begin
-            nsqa_q[op_vf] <= '0;
-            ncqa_q[op_vf] <= '0;
-            aers_q[op_vf] <= '0;
-            rr_q[op_vf] <= QW'(1);
-          end
-          op_done <= 1'b1;
-          st_q <= S_IDLE;
-        end
+        // keel_admin_exec carries out the operation.
+        S_OP: st_q <= S_IDLE;
 
-        S_AR: if (m_ar_ready) begin
-          m_ar_valid <= 1'b0;
-          st_q <= S_R;
-        end
-
-        S_R: if (s_r_valid) begin
-          sqe_q[rcnt_q[FI-1:0]] <= s_r_data;
-          rcnt_q <= rcnt_q + 1'b1;
-          if (s_r_resp != keel_pkg::AXI_RESP_OKAY) rerr_q <= 1'b1;
-          if (s_r_last) begin
-            i_q <= '0;
-            if (rerr_q || s_r_resp != keel_pkg::AXI_RESP_OKAY) begin
-              // The controller cannot fetch its own queue: controller fatal status.
-              fault_valid <= 1'b1;
-              fatal_valid <= 1'b1;
-              st_q <= S_IDLE;
-            end else begin
-              st_q <= S_DEC;
-            end
+        S_FETCH: if (f_done) begin
+          i_q <= '0;
+          if (f_err) begin
+            // The controller cannot fetch its own queue: controller fatal status.
+            fatal_valid <= 1'b1;
+            st_q <= S_IDLE;
+          end else begin
+            st_q <= S_DEC;
           end
         end
 
@@ -621,189 +483,28 @@ module keel_frontend #(
           r_mps_q <= dmps;
           r_prp1_q <= sqe[255:192];
           r_prp2_q <= sqe[319:256];
-          r_qid_q <= dqid;
-          nseg_q <= '0;
           st_q <= S_PUSH;
           if (stale) begin
             // The VF was reset after the fetch: the record only retires its slot.
             r_kind_q <= keel_pkg::JOB_NONE;
             r_status_q <= keel_pkg::SC_SUCCESS;
             r_nocqe_q <= 1'b0;
-          end else begin
-            if (dsetq) begin
-              nsqa_q[v_q] <= dnsqa;
-              ncqa_q[v_q] <= dncqa;
-            end
-            if (daer) aers_q[v_q] <= aers_q[v_q] + 4'd1;
-            if (dxfer) st_q <= S_PRP0;
-            if (ddelete_sq || ddelete_cq || dabort) begin
-              cq_op_valid <= 1'b1;
-              r_op_q <= dabort ? 2'd0 : (ddelete_sq ? 2'd1 : 2'd2);
-              if (dabort) begin
-                r_qid_q <= dab_sqid;
-                r_cid_q <= dab_cid;
-              end
-              st_q <= S_CQOP;
-            end
+          end else if (cq_op_start) begin
+            st_q <= S_CQOP;
+          end else if (dxfer) begin
+            st_q <= S_WALK;
           end
         end
 
+        // Abort's result is the operation's DW0.
         S_CQOP: if (cq_op_done) begin
-          cq_op_valid <= 1'b0;
-          if (r_op_q == 2'd0) r_dw0_q <= cq_op_dw0;
-          r_cid_q <= sqe[31:16];
+          if (cq_op_kind == 2'd0) r_dw0_q <= cq_op_dw0;
           st_q <= S_PUSH;
         end
 
-        // ---------------- PRP walk (NVMe 1.4 section 4.3), in the reference model's order
-        S_PRP0: begin
-          logic [31:0] rem;
-          rem = r_bytes_q - p_first;
-          first_q <= p_first;
-          rem_q <= rem;
-          crem_q <= rem;
-          ci_q <= '0;
-          st_q <= S_CHK;
-          if (r_prp1_q[1:0] != 2'd0) begin
-            r_status_q <= keel_pkg::SC_PRP_OFFSET_INVALID | keel_pkg::SC_DNR;
-            r_kind_q <= keel_pkg::JOB_NONE;
-            st_q <= S_PUSH;
-          end else if (rem == 32'd0) begin
-            st_q <= S_CHK;
-          end else if (rem <= p_size) begin
-            if ((r_prp2_q[31:0] & p_mask) != 32'd0) begin
-              r_status_q <= keel_pkg::SC_PRP_OFFSET_INVALID | keel_pkg::SC_DNR;
-              r_kind_q <= keel_pkg::JOB_NONE;
-              st_q <= S_PUSH;
-            end else begin
-              seg_wr_valid <= 1'b1;
-              seg_wr_idx <= '0;
-              seg_wr_data <= r_prp2_q;
-              nseg_q <= (SW+1)'(1);
-              rem_q <= 32'd0;
-            end
-          end else if (r_prp2_q[2:0] != 3'd0) begin
-            r_status_q <= keel_pkg::SC_PRP_OFFSET_INVALID | keel_pkg::SC_DNR;
-            r_kind_q <= keel_pkg::JOB_NONE;
-            st_q <= S_PUSH;
-          end else begin
-            list_q <= r_prp2_q;
-            st_q <= S_LCHK;
-          end
-        end
-        S_LCHK: begin
-          logic [31:0] entries;
-          entries = p_pages > p_slots ? p_slots : p_pages;
-          chained_q <= p_pages > p_slots;
-          entries_q <= 14'(entries);
-          ent_i_q <= '0;
-          lleft_q <= 14'(entries);
-          laddr_q <= list_q;
-          perr_q <= 1'b0;
-          lerr_q <= 1'b0;
-          m_ats_valid <= 1'b1;
-          m_ats_addr <= list_q;
-          m_ats_len <= entries << 3;
-          st_q <= S_LCHK_W;
-        end
-        S_LCHK_W: begin
-          if (m_ats_ready) m_ats_valid <= 1'b0;
-          if (s_ats_resp_valid) begin
-            if (!s_ats_resp_ok) begin
-              fault_valid <= 1'b1;
-              r_status_q <= keel_pkg::SC_DATA_XFER_ERROR;
-              r_kind_q <= keel_pkg::JOB_NONE;
-              st_q <= S_PUSH;
-            end else begin
-              st_q <= S_LAR;
-            end
-          end
-        end
-        S_LAR: begin
-          chunk_q <= p_chunk;
-          cleft_q <= p_chunk;
-          m_ar_valid <= 1'b1;
-          m_ar_addr <= {laddr_q[63:6], 6'd0};
-          m_ar_len <= p_span[13:6] - 8'd1;
-          st_q <= S_LR;
-        end
-        S_LR: begin
-          if (m_ar_valid && m_ar_ready) m_ar_valid <= 1'b0;
-          if (s_r_valid && !m_ar_valid) begin
-            if (s_r_resp != keel_pkg::AXI_RESP_OKAY) lerr_q <= 1'b1;
-            if (p_data_entry) begin
-              if ((p_entry[31:0] & p_mask) != 32'd0) begin
-                perr_q <= 1'b1;
-              end else if (!perr_q) begin
-                seg_wr_valid <= 1'b1;
-                seg_wr_idx <= SW'(nseg_q);
-                seg_wr_data <= p_entry;
-                nseg_q <= nseg_q + 1'b1;
-                rem_q <= rem_q > p_size ? rem_q - p_size : 32'd0;
-              end
-            end
-            laddr_q <= laddr_q + 64'd8;
-            ent_i_q <= ent_i_q + 14'd1;
-            cleft_q <= cleft_q - 14'd1;
-            if (cleft_q == 14'd1) begin
-              // End of this read; more of the list page, or the page is done.
-              st_q <= S_LAR;
-              lleft_q <= lleft_q - chunk_q;
-              if (lleft_q == chunk_q) begin
-                st_q <= S_CHK;
-                if (lerr_q || s_r_resp != keel_pkg::AXI_RESP_OKAY) begin
-                  fault_valid <= 1'b1;
-                  r_status_q <= keel_pkg::SC_DATA_XFER_ERROR;
-                  r_kind_q <= keel_pkg::JOB_NONE;
-                  st_q <= S_PUSH;
-                end else if (perr_q || (p_data_entry && (p_entry[31:0] & p_mask) != 32'd0)) begin
-                  r_status_q <= keel_pkg::SC_PRP_OFFSET_INVALID | keel_pkg::SC_DNR;
-                  r_kind_q <= keel_pkg::JOB_NONE;
-                  st_q <= S_PUSH;
-                end else if (chained_q) begin
-                  list_q <= p_entry;
-                  if (p_entry[2:0] != 3'd0) begin
-                    r_status_q <= keel_pkg::SC_PRP_OFFSET_INVALID | keel_pkg::SC_DNR;
-                    r_kind_q <= keel_pkg::JOB_NONE;
-                    st_q <= S_PUSH;
-                  end else begin
-                    st_q <= S_LCHK;
-                  end
-                end
-              end
-            end
-          end
-        end
-        S_CHK: begin
-          // Segment ci_q: 0 is PRP1 (first_q bytes), n >= 1 is segment RAM entry n - 1.
-          if ({1'b0, ci_q} > {2'b0, nseg_q}) begin
-            st_q <= S_PUSH;
-          end else begin
-            m_ats_valid <= 1'b1;
-            if (ci_q == '0) begin
-              m_ats_addr <= r_prp1_q;
-              m_ats_len <= first_q;
-            end else begin
-              m_ats_addr <= seg_rd_data;
-              m_ats_len <= p_seg_len;
-              crem_q <= crem_q - p_seg_len;
-            end
-            st_q <= S_CHK_W;
-          end
-        end
-        S_CHK_W: begin
-          if (m_ats_ready) m_ats_valid <= 1'b0;
-          if (s_ats_resp_valid) begin
-            if (!s_ats_resp_ok) begin
-              fault_valid <= 1'b1;
-              r_status_q <= keel_pkg::SC_DATA_XFER_ERROR;
-              r_kind_q <= keel_pkg::JOB_NONE;
-              st_q <= S_PUSH;
-            end else begin
-              ci_q <= ci_q + 1'b1;
-              st_q <= S_CHK;
-            end
-          end
+        S_WALK: if (walk_done) begin
+          i_q <= i_q + 1'b1;
+          st_q <= (i_q + 1'b1 == k_q) ? S_IDLE : S_DEC;
         end
 
         S_PUSH: begin

@@ -107,8 +107,47 @@ module keel_mmio #(
   end
 
   localparam int NG = NUM_VFS * QN;
-  localparam logic [63:0] CAP = {8'd0, 4'd4, 4'd0, 2'd0, 1'b0, 8'd1, 1'b0, 4'd0,
-                                 8'd2, 5'd0, 2'd0, 1'b1, 16'(MQES)};
+
+  // VF BAR offsets come from the generated register map (keel_regs_pkg): an access names the
+  // 8-byte word it addresses (A_*) and the 32-bit half a register sits in (H_*: 0 low, 1 high).
+  function automatic logic [15:0] vf_word(input logic [63:0] off);
+    vf_word = 16'(keel_regs_pkg::NVME_BASE + off) & ~16'd7;
+  endfunction
+  function automatic int half_of(input logic [63:0] off);
+    half_of = 32'((off >> 2) & 64'd1);
+  endfunction
+
+  localparam logic [15:0] A_CAP = vf_word(keel_regs_pkg::NVME_CAP_OFFSET);
+  localparam logic [15:0] A_VS = vf_word(keel_regs_pkg::NVME_VS_OFFSET);
+  localparam logic [15:0] A_INTMS = vf_word(keel_regs_pkg::NVME_INTMS_OFFSET);
+  localparam logic [15:0] A_INTMC = vf_word(keel_regs_pkg::NVME_INTMC_OFFSET);
+  localparam logic [15:0] A_CC = vf_word(keel_regs_pkg::NVME_CC_OFFSET);
+  localparam logic [15:0] A_CSTS = vf_word(keel_regs_pkg::NVME_CSTS_OFFSET);
+  localparam logic [15:0] A_AQA = vf_word(keel_regs_pkg::NVME_AQA_OFFSET);
+  localparam logic [15:0] A_ASQ = vf_word(keel_regs_pkg::NVME_ASQ_OFFSET);
+  localparam logic [15:0] A_ACQ = vf_word(keel_regs_pkg::NVME_ACQ_OFFSET);
+  localparam logic [15:0] A_DB = 16'(keel_regs_pkg::KEEL_NVME_DOORBELL_BASE);
+  localparam int H_VS = half_of(keel_regs_pkg::NVME_VS_OFFSET);
+  localparam int H_INTMS = half_of(keel_regs_pkg::NVME_INTMS_OFFSET);
+  localparam int H_INTMC = half_of(keel_regs_pkg::NVME_INTMC_OFFSET);
+  localparam int H_CC = half_of(keel_regs_pkg::NVME_CC_OFFSET);
+  localparam int H_CSTS = half_of(keel_regs_pkg::NVME_CSTS_OFFSET);
+  localparam int H_AQA = half_of(keel_regs_pkg::NVME_AQA_OFFSET);
+
+  // The doorbell decoder takes doorbells as 4-byte registers, SQ tail and CQ head of a queue in
+  // one 8-byte word (CAP.DSTRD = 0); 64-bit registers are whole words.
+  if (keel_regs_pkg::KEEL_NVME_DOORBELL_STRIDE != 64'd8 ||
+      (keel_regs_pkg::KEEL_NVME_DOORBELL_BASE & 64'hFFF) != 64'd0 ||
+      (keel_regs_pkg::NVME_BASE & 64'h7) != 64'd0) begin : g_bad_map
+    $fatal(1, "keel_mmio: the decoders expect 8-byte doorbell pairs on a 4 KiB boundary");
+  end
+
+  // CAP: MQES, contiguous queues, TO 1 s, DSTRD 0, NVM command set, pages 4 KiB to 64 KiB.
+  localparam logic [63:0] CAP = (64'(MQES) << keel_regs_pkg::NVME_CAP_MQES_LSB) |
+                                (64'd1 << keel_regs_pkg::NVME_CAP_CQR_LSB) |
+                                (64'd2 << keel_regs_pkg::NVME_CAP_TO_LSB) |
+                                (64'd1 << keel_regs_pkg::NVME_CAP_CSS_LSB) |
+                                (64'd4 << keel_regs_pkg::NVME_CAP_MPSMAX_LSB);
 
   // NVMe registers, stored as the flat vectors the rest of the card reads.
   logic [NUM_VFS*32-1:0] cc_q;
@@ -159,16 +198,18 @@ module keel_mmio #(
   logic [9:0]     wdb_idx;
   logic [8:0]     db_limit;
   logic [GQW-1:0] wdb_g;
+  logic [1:0]     whalf;           // {whi_q, wlo_q}: the halves written
 
   always_comb begin
     wvf = VFW'(wfn_q - 8'd1);
     wvf_present = wfn_q != 8'd0 && 32'(wfn_q) <= NUM_VFS && wfn_q <= num_vfs && !vf_removed[wvf];
-    wdb_rel = waddr_q - 16'h1000;
+    wdb_rel = waddr_q - A_DB;
     wdb_idx = wdb_rel[11:2];           // even: the SQ tail of queue wdb_idx / 2
     // Accesses are 8-byte words with strobes; the BAR is 16 KiB (PF) or 8 KiB (VF).
     unused_addr_bits = ^{wdb_rel[15:12], wdb_rel[1:0], s_axil_awaddr[2:0], s_axil_araddr[2:0]};
     db_limit = {cfg_max_ioq, 1'b0} + 9'd2;
     wdb_g = GQW'(32'(wvf) * QN + 32'(wdb_idx[9:1]));
+    whalf = {whi_q, wlo_q};
     s_axil_awready = wst_q == W_IDLE && s_axil_awvalid && s_axil_wvalid;
     s_axil_wready = s_axil_awready;
     s_axil_bvalid = wst_q == W_RESP;
@@ -214,7 +255,7 @@ module keel_mmio #(
             pf_wr_valid <= 1'b1;
             wst_q <= W_PF;
           end else if (wvf_present) begin
-            if (waddr_q >= 16'h1000) begin
+            if (waddr_q >= A_DB) begin
               if (wlo_q && {1'b0, wdb_idx} < {2'b0, db_limit} && 32'(wdb_idx[9:1]) < QN) begin
                 sqt_q[wdb_g] <= sat17(wdata_q[31:0]);
                 sqt_v_q[wdb_g] <= 1'b1;
@@ -224,23 +265,24 @@ module keel_mmio #(
                 cqh_v_q[wdb_g] <= 1'b1;
               end
             end else begin
-              case (waddr_q)
-                16'h0008: if (whi_q) intms_q[wvf] <= intms_q[wvf] | wdata_q[63:32];
-                16'h0010: begin
-                  if (wlo_q) intms_q[wvf] <= intms_q[wvf] & ~wdata_q[31:0];
-                  if (whi_q) cc_q[32'(wvf)*32 +: 32] <= wdata_q[63:32];
-                end
-                16'h0020: if (whi_q) aqa_q[32'(wvf)*32 +: 32] <= wdata_q[63:32];
-                16'h0028: begin
-                  if (wlo_q) asq_q[32'(wvf)*64 +: 32] <= wdata_q[31:0];
-                  if (whi_q) asq_q[32'(wvf)*64 + 32 +: 32] <= wdata_q[63:32];
-                end
-                16'h0030: begin
-                  if (wlo_q) acq_q[32'(wvf)*64 +: 32] <= wdata_q[31:0];
-                  if (whi_q) acq_q[32'(wvf)*64 + 32 +: 32] <= wdata_q[63:32];
-                end
-                default: ;
-              endcase
+              if (waddr_q == A_INTMS && whalf[H_INTMS]) begin
+                intms_q[wvf] <= intms_q[wvf] | wdata_q[H_INTMS*32 +: 32];
+              end
+              if (waddr_q == A_INTMC && whalf[H_INTMC]) begin
+                intms_q[wvf] <= intms_q[wvf] & ~wdata_q[H_INTMC*32 +: 32];
+              end
+              if (waddr_q == A_CC && whalf[H_CC]) cc_q[32'(wvf)*32 +: 32] <= wdata_q[H_CC*32 +: 32];
+              if (waddr_q == A_AQA && whalf[H_AQA]) begin
+                aqa_q[32'(wvf)*32 +: 32] <= wdata_q[H_AQA*32 +: 32];
+              end
+              if (waddr_q == A_ASQ) begin
+                if (wlo_q) asq_q[32'(wvf)*64 +: 32] <= wdata_q[31:0];
+                if (whi_q) asq_q[32'(wvf)*64 + 32 +: 32] <= wdata_q[63:32];
+              end
+              if (waddr_q == A_ACQ) begin
+                if (wlo_q) acq_q[32'(wvf)*64 +: 32] <= wdata_q[31:0];
+                if (whi_q) acq_q[32'(wvf)*64 + 32 +: 32] <= wdata_q[63:32];
+              end
             end
           end
         end
@@ -263,10 +305,15 @@ module keel_mmio #(
   logic [15:0]    raddr_q;
   logic [VFW-1:0] rvf;
   logic           rvf_present;
+  logic [31:0]    r_csts;
 
   always_comb begin
     rvf = VFW'(rfn_q - 8'd1);
     rvf_present = rfn_q != 8'd0 && 32'(rfn_q) <= NUM_VFS && rfn_q <= num_vfs && !vf_removed[rvf];
+    r_csts = '0;
+    r_csts[keel_regs_pkg::NVME_CSTS_RDY_LSB] = vf_ready[rvf];
+    r_csts[keel_regs_pkg::NVME_CSTS_CFS_LSB] = vf_fatal[rvf];
+    r_csts[keel_regs_pkg::NVME_CSTS_SHST_LSB +: 2] = vf_shst[32'(rvf)*2 +: 2];
     s_axil_arready = !rbusy_q;
     s_axil_rvalid = rbusy_q;
     s_axil_rresp = keel_pkg::AXI_RESP_OKAY;
@@ -279,16 +326,17 @@ module keel_mmio #(
     end else if (!rvf_present) begin
       s_axil_rdata = '1;
     end else begin
-      case (raddr_q)
-        16'h0000: s_axil_rdata = CAP;
-        16'h0008: s_axil_rdata = {intms_q[rvf], 32'(keel_regs_pkg::KEEL_NVME_VS_1_4)};
-        16'h0010: s_axil_rdata = {cc_q[32'(rvf)*32 +: 32], intms_q[rvf]};
-        16'h0018: s_axil_rdata = {28'd0, vf_shst[32'(rvf)*2 +: 2], vf_fatal[rvf], vf_ready[rvf], 32'd0};
-        16'h0020: s_axil_rdata = {aqa_q[32'(rvf)*32 +: 32], 32'd0};
-        16'h0028: s_axil_rdata = asq_q[32'(rvf)*64 +: 64];
-        16'h0030: s_axil_rdata = acq_q[32'(rvf)*64 +: 64];
-        default: s_axil_rdata = 64'd0;
-      endcase
+      // 32-bit registers in their half of the word (INTMC reads as INTMS), 64-bit ones whole.
+      s_axil_rdata = 64'd0;
+      if (raddr_q == A_CAP) s_axil_rdata = CAP;
+      if (raddr_q == A_VS) s_axil_rdata[H_VS*32 +: 32] = 32'(keel_regs_pkg::KEEL_NVME_VS_1_4);
+      if (raddr_q == A_INTMS) s_axil_rdata[H_INTMS*32 +: 32] = intms_q[rvf];
+      if (raddr_q == A_INTMC) s_axil_rdata[H_INTMC*32 +: 32] = intms_q[rvf];
+      if (raddr_q == A_CC) s_axil_rdata[H_CC*32 +: 32] = cc_q[32'(rvf)*32 +: 32];
+      if (raddr_q == A_CSTS) s_axil_rdata[H_CSTS*32 +: 32] = r_csts;
+      if (raddr_q == A_AQA) s_axil_rdata[H_AQA*32 +: 32] = aqa_q[32'(rvf)*32 +: 32];
+      if (raddr_q == A_ASQ) s_axil_rdata = asq_q[32'(rvf)*64 +: 64];
+      if (raddr_q == A_ACQ) s_axil_rdata = acq_q[32'(rvf)*64 +: 64];
     end
   end
 

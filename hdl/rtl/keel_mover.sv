@@ -2,18 +2,16 @@
 `timescale 1ns / 1ps
 `default_nettype none
 
-// The data mover: one pipelined engine shared by every VF, fed by keel_qos_arbiter.
-//
-// Read side: takes the next job and requests its source data - card DDR (Read), host memory
-// through the job's PRP segments (Write), or the internal page generator (Identify, log pages)
-// - into the source FIFO, running ahead of the write side as far as the FIFO has room. A job
-// that reads card DDR waits until every earlier job's DDR writes are complete (the reference
-// model's command order).
-// Write side: takes jobs in the same order, realigns the source stream to the destination's
-// byte offset (PRP1 may start at any dword of a page), and writes host memory in chunks of at
-// most 16 beats or card DDR in bursts of up to 64 beats. A tracker collects the write
-// responses of each job; when all of a job's responses are in, its completion record goes to
-// the completion writer with the job's final status.
+// The data mover: one pipelined engine shared by every VF, fed by keel_qos_arbiter. Two halves
+// joined by two FIFOs:
+//   keel_read_mover   takes the next job and fills the source FIFO with its source data (card
+//                     DDR, host memory through the job's PRP segments, or the internal page
+//                     generator), running ahead of the write side as far as the FIFO has room;
+//                     each job it takes goes on through the job FIFO.
+//   keel_write_mover  takes the jobs in the same order, realigns the source stream to the
+//                     destination and writes host memory or card DDR; when all of a job's write
+//                     responses are in, its completion record goes to the completion writer
+//                     with the job's final status.
 // A job whose VF was reset, or is not ready, or is fatal, moves no data (its record still
 // flows through, so the slot is retired).
 module keel_mover #(
@@ -169,15 +167,9 @@ module keel_mover #(
     $fatal(1, "keel_mover: TRK_DEPTH must be a power of two >= 2");
   end
 
-  localparam logic [1:0] T_NONE = 2'd0, T_DDR = 2'd1, T_HOST = 2'd2, T_GEN = 2'd3;
-
   // Outputs of the FIFOs this module does not need.
   logic [JFW-1:0]      unused_jf_d1;
   logic [2:0]          unused_jf_count;
-  logic [19:0]         unused_wq_d1;
-  logic [1:0]          unused_wq_count;
-  logic [keel_pkg::JR_W+VFW-1:0] unused_out_d1;
-  logic [2:0]          unused_out_count;
 
   // ================================================================ source FIFO
   logic           sf_push;
@@ -205,471 +197,51 @@ module keel_mover #(
     .m_data1(unused_jf_d1), .count(unused_jf_count)
   );
 
-  // ================================================================ read side
-  typedef enum logic [1:0] {RS_IDLE, RS_DDR, RS_HOST, RS_GEN} rs_t;
-  rs_t            rs_q;
-  logic [1:0]     rs_type_q;     // source type of the last job with a source
-  logic [SCW-1:0] outst_q;       // beats requested, not yet received
-  logic [7:0]     wjobs_q;       // jobs writing card DDR, taken and not yet complete
-  logic [63:0]    rs_addr_q;
-  logic [31:0]    rs_left_q;     // beats
-  logic [9:0]     rs_beat_q;
-  logic [2:0]     rs_src_q;
-  logic           rs_srcarg_q;
-  logic [VFW-1:0] rs_vf_q;
-  logic [JW-1:0]  rs_slot_q;
-  logic           hr_burst_err_q;
+  // ================================================================ the two halves
+  logic           wjob_done;       // the write side retired a job that wrote card DDR
+  logic           r_idle, w_idle;
 
-  logic [2:0]     j_kind;
-  logic           j_skip;
-  logic [1:0]     j_type;
-  logic [31:0]    j_bytes;
-  logic [63:0]    j_addr, j_prp1;
-  logic           j_can;
-  logic [SCW:0]   credits;
-  logic [7:0]     rs_dnb;        // beats of the next DDR read burst
-  logic           sw_busy, sw_cvalid, sw_take;
-  logic [63:0]    sw_c0, sw_c1;
-  logic [31:0]    sw_nb;
-  logic [511:0]   gen_data;
-
-  always_comb begin
-    j_kind = job_rec[keel_pkg::JR_KIND +: 3];
-    j_bytes = job_rec[keel_pkg::JR_BYTES +: 32];
-    j_addr = job_rec[keel_pkg::JR_ADDR +: 64];
-    j_prp1 = job_rec[keel_pkg::JR_PRP1 +: 64];
-    j_skip = job_rec[keel_pkg::JR_GEN +: GW] != vf_gen[32'(job_vf)*GW +: GW] || !vf_ready[job_vf] ||
-             vf_fatal[job_vf];
-    case (j_kind)
-      keel_pkg::JOB_D2H: j_type = T_DDR;
-      keel_pkg::JOB_H2D: j_type = T_HOST;
-      keel_pkg::JOB_I2H: j_type = T_GEN;
-      default: j_type = T_NONE;
-    endcase
-    if (j_skip) j_type = T_NONE;
-    j_can = jf_ready && rs_q == RS_IDLE &&
-            !(j_type != T_NONE && j_type != rs_type_q && outst_q != '0) &&
-            !(j_type == T_DDR && wjobs_q != 8'd0);
-    job_take = job_valid && j_can;
-    jf_push = job_take;
-    jf_in = job_valid ? {j_skip, job_vf, job_slot, job_rec} : '0;
-
-    credits = (SCW+1)'(SRC_DEPTH) - {1'b0, sf_count} - {1'b0, outst_q};
-    rs_dnb = 8'(DDR_BURST) - {2'd0, rs_addr_q[6 +: 6] & 6'(DDR_BURST - 1)};
-    if (32'(rs_dnb) > rs_left_q) rs_dnb = rs_left_q[7:0];
-    sw_nb = 32'((sw_c1 - 64'd1) >> 6) - 32'(sw_c0 >> 6) + 32'd1;
-
-    m_dar_valid = rs_q == RS_DDR && credits >= (SCW+1)'(rs_dnb);
-    m_dar_addr = rs_addr_q;
-    m_dar_len = rs_dnb - 8'd1;
-    m_har_valid = rs_q == RS_HOST && sw_cvalid && {1'b0, 32'(credits)} >= {1'b0, sw_nb};
-    m_har_addr = {sw_c0[63:6], 6'd0};
-    m_har_len = 8'(sw_nb - 32'd1);
-    m_har_fn = 8'(rs_vf_q) + 8'd1;
-    seg_s_vf = rs_vf_q;
-    seg_s_slot = rs_slot_q;
-    smart_vf = rs_vf_q;
-
-    s_dr_ready = 1'b1;
-    s_hr_ready = 1'b1;
-    sf_push = (rs_q == RS_GEN && credits != '0) || s_dr_valid || s_hr_valid;
-    if (rs_q == RS_GEN) sf_in = {1'b0, gen_data};
-    else if (s_dr_valid) sf_in = {s_dr_resp != keel_pkg::AXI_RESP_OKAY, s_dr_data};
-    else sf_in = {s_hr_resp != keel_pkg::AXI_RESP_OKAY, s_hr_data};
-    rfault_valid = s_hr_valid && s_hr_last && (hr_burst_err_q || s_hr_resp != keel_pkg::AXI_RESP_OKAY);
-    rfault_vf = VFW'(s_hr_user - 8'd1);
-  end
-
-  assign sw_take = m_har_valid && m_har_ready;
-
-  keel_seg_walker #(.CHUNK_LOG2(HOST_CHUNK_LOG2), .SW(SW)) u_src_walker (
+  keel_read_mover #(
+    .NUM_VFS(NUM_VFS), .JOBQ(JOBQ), .MDTS(MDTS), .MQES(MQES), .GW(GW), .SRC_DEPTH(SRC_DEPTH),
+    .HOST_CHUNK_LOG2(HOST_CHUNK_LOG2), .DDR_BURST(DDR_BURST)
+  ) u_read (
     .clk, .rst,
-    .start(job_take && j_type == T_HOST),
-    .prp1(j_prp1), .bytes(j_bytes), .mps(job_rec[keel_pkg::JR_MPS +: 3]),
-    .seg_idx(seg_s_idx), .seg_ren(seg_s_en), .seg_data(seg_s_data),
-    .busy(sw_busy), .chunk_valid(sw_cvalid), .chunk_addr(sw_c0), .chunk_end(sw_c1),
-    .chunk_take(sw_take)
+    .job_valid, .job_vf, .job_rec, .job_slot, .job_take, .vf_gen, .vf_ready, .vf_fatal,
+    .jf_push, .jf_ready, .jf_in, .sf_push, .sf_in, .sf_count, .wjob_done,
+    .seg_s_vf, .seg_s_slot, .seg_s_idx, .seg_s_en, .seg_s_data,
+    .res_lbas, .smart_vf, .smart_host_reads, .smart_host_writes, .smart_units_read,
+    .smart_units_written,
+    .m_har_valid, .m_har_ready, .m_har_addr, .m_har_len, .m_har_fn,
+    .s_hr_valid, .s_hr_ready, .s_hr_data, .s_hr_resp, .s_hr_last, .s_hr_user,
+    .m_dar_valid, .m_dar_ready, .m_dar_addr, .m_dar_len,
+    .s_dr_valid, .s_dr_ready, .s_dr_data, .s_dr_resp,
+    .rfault_valid, .rfault_vf,
+    .idle(r_idle)
   );
 
-  keel_idgen #(.MQES(MQES), .MDTS(MDTS)) u_idgen (
-    .en(rs_q == RS_GEN), .src(rs_src_q), .srcarg(rs_srcarg_q), .beat(rs_beat_q), .vf(7'(rs_vf_q)),
-    .slice_lbas(res_lbas[32'(rs_vf_q)*64 +: 64]),
-    .host_reads(smart_host_reads), .host_writes(smart_host_writes),
-    .units_read(smart_units_read), .units_written(smart_units_written),
-    .data(gen_data)
-  );
-
-  // Tracker pops that retire a DDR-writing job (from the write side below).
-  logic trk_pop, trk_pop_wjob;
-
-  always_ff @(posedge clk) begin
-    if (rst) begin
-      rs_q <= RS_IDLE;
-      rs_type_q <= T_NONE;
-      outst_q <= '0;
-      wjobs_q <= '0;
-      hr_burst_err_q <= 1'b0;
-    end else begin
-      logic [SCW-1:0] o;
-      o = outst_q;
-      if (m_dar_valid && m_dar_ready) o = o + SCW'(rs_dnb);
-      if (m_har_valid && m_har_ready) o = o + SCW'(sw_nb);
-      if (s_dr_valid || s_hr_valid) o = o - SCW'(1);
-      outst_q <= o;
-      if (s_hr_valid) hr_burst_err_q <= s_hr_last ? 1'b0 : (hr_burst_err_q || s_hr_resp != keel_pkg::AXI_RESP_OKAY);
-      wjobs_q <= wjobs_q + ((job_take && !j_skip && (j_kind == keel_pkg::JOB_H2D || j_kind == keel_pkg::JOB_ZERO)) ? 8'd1 : 8'd0)
-                 - (trk_pop_wjob ? 8'd1 : 8'd0);
-      case (rs_q)
-        RS_IDLE: if (job_take) begin
-          rs_vf_q <= job_vf;
-          rs_slot_q <= job_slot;
-          rs_src_q <= job_rec[keel_pkg::JR_SRC +: 3];
-          rs_srcarg_q <= job_rec[keel_pkg::JR_SRCARG];
-          if (j_type != T_NONE) rs_type_q <= j_type;
-          case (j_type)
-            T_DDR: begin
-              rs_addr_q <= j_addr;
-              rs_left_q <= j_bytes >> 6;
-              rs_q <= RS_DDR;
-            end
-            T_HOST: rs_q <= RS_HOST;
-            T_GEN: begin
-              rs_beat_q <= j_addr[15:6];
-              rs_left_q <= ({26'd0, j_addr[5:0]} + j_bytes + 32'd63) >> 6;
-              rs_q <= RS_GEN;
-            end
-            default: ;
-          endcase
-        end
-        RS_DDR: if (m_dar_valid && m_dar_ready) begin
-          rs_addr_q <= rs_addr_q + {50'd0, rs_dnb, 6'd0};
-          rs_left_q <= rs_left_q - 32'(rs_dnb);
-          if (rs_left_q == 32'(rs_dnb)) rs_q <= RS_IDLE;
-        end
-        RS_HOST: if (!sw_busy) rs_q <= RS_IDLE;
-        RS_GEN: if (credits != '0) begin
-          rs_beat_q <= rs_beat_q + 10'd1;
-          rs_left_q <= rs_left_q - 32'd1;
-          if (rs_left_q == 32'd1) rs_q <= RS_IDLE;
-        end
-        default: rs_q <= RS_IDLE;
-      endcase
-    end
-  end
-
-  // ================================================================ write side
-  typedef enum logic [2:0] {WS_IDLE, WS_RUN, WS_FLUSH, WS_FLUSH_REQ, WS_FLUSH_WAIT} ws_t;
-  ws_t            ws_q;
-  logic           ws_ddr_q;      // destination is card DDR (else host)
-  logic           ws_zero_q;     // zeroes, no source
-  logic [VFW-1:0] ws_vf_q;
-  logic [JW-1:0]  ws_slot_q;
-  logic [2:0]     ws_kind_q;
-  logic [63:0]    wd_addr_q;     // next DDR burst
-  logic [31:0]    wd_left_q;     // DDR beats without a burst yet
-  logic [TW:0]    cur_q;         // tracker entry of the current job
-
-  // Realigner state (per job).
-  logic [5:0]     rl_sh_q;
-  logic           rl_dm1_q;      // destination lags the source by one beat (a < b)
-  logic [31:0]    rl_ns_q, rl_nd_q, rl_k_q;
-
-  // Tracker.
-  logic [keel_pkg::JR_W-1:0] trk_rec [TRK_DEPTH];
-  logic [VFW-1:0] trk_vf    [TRK_DEPTH];
-  logic [15:0]    trk_hi    [TRK_DEPTH];
-  logic [15:0]    trk_hr    [TRK_DEPTH];
-  logic [15:0]    trk_di    [TRK_DEPTH];
-  logic [15:0]    trk_dr    [TRK_DEPTH];
-  logic           trk_final [TRK_DEPTH];
-  logic           trk_skip  [TRK_DEPTH];
-  logic           trk_herr  [TRK_DEPTH];   // host-side error: Data Transfer Error
-  logic           trk_ierr  [TRK_DEPTH];   // card-side error: Internal Error
-  logic [TW:0]    t_alloc_q, t_head_q, t_hb_q, t_db_q;
-
-  // Chunks whose address was issued, waiting for their data beats.
-  logic           wq_push, wq_ready, wq_valid, wq_pop;
-  logic [19:0]    wq_in, wq_out;    // {last lane, first lane, beats}
-  keel_fifo #(.WIDTH(20), .DEPTH(2)) u_wq (
+  keel_write_mover #(
+    .NUM_VFS(NUM_VFS), .JOBQ(JOBQ), .MDTS(MDTS), .SRC_DEPTH(SRC_DEPTH),
+    .HOST_CHUNK_LOG2(HOST_CHUNK_LOG2), .DDR_BURST(DDR_BURST), .TRK_DEPTH(TRK_DEPTH)
+  ) u_write (
     .clk, .rst,
-    .s_valid(wq_push), .s_ready(wq_ready), .s_data(wq_in),
-    .m_valid(wq_valid), .m_ready(wq_pop), .m_pop2(1'b0), .m_data(wq_out),
-    .m_data1(unused_wq_d1), .count(unused_wq_count)
-  );
-  logic [7:0]     wb_q;             // beat within the current chunk
-
-  // Job FIFO head.
-  logic                 f_skip;
-  logic [VFW-1:0]       f_vf;
-  logic [JW-1:0]        f_slot;
-  logic [keel_pkg::JR_W-1:0]      f_rec;
-  logic [2:0]           f_kind;
-  logic [31:0]          f_bytes;
-  logic [63:0]          f_addr, f_prp1;
-  logic [5:0]           f_a, f_b;
-  logic                 ws_start;
-
-  logic           dw_busy, dw_cvalid, dw_take;
-  logic [63:0]    dw_c0, dw_c1;
-  logic [31:0]    dw_nb;
-  logic [7:0]     wd_nb;
-
-  always_comb begin
-    {f_skip, f_vf, f_slot, f_rec} = jf_out;
-    f_kind = f_rec[keel_pkg::JR_KIND +: 3];
-    f_bytes = f_rec[keel_pkg::JR_BYTES +: 32];
-    f_addr = f_rec[keel_pkg::JR_ADDR +: 64];
-    f_prp1 = f_rec[keel_pkg::JR_PRP1 +: 64];
-    f_a = f_kind == keel_pkg::JOB_H2D ? f_prp1[5:0] : (f_kind == keel_pkg::JOB_I2H ? f_addr[5:0] : 6'd0);
-    f_b = (f_kind == keel_pkg::JOB_D2H || f_kind == keel_pkg::JOB_I2H) ? f_prp1[5:0] : 6'd0;
-    ws_start = ws_q == WS_IDLE && jf_valid && (t_alloc_q - t_head_q) != (TW+1)'(TRK_DEPTH);
-    jf_pop = ws_start;
-    seg_d_vf = ws_vf_q;
-    seg_d_slot = ws_slot_q;
-    dw_nb = 32'((dw_c1 - 64'd1) >> 6) - 32'(dw_c0 >> 6) + 32'd1;
-    wd_nb = 8'(DDR_BURST) - {2'd0, wd_addr_q[6 +: 6] & 6'(DDR_BURST - 1)};
-    if (32'(wd_nb) > wd_left_q) wd_nb = wd_left_q[7:0];
-  end
-
-  keel_seg_walker #(.CHUNK_LOG2(HOST_CHUNK_LOG2), .SW(SW)) u_dst_walker (
-    .clk, .rst,
-    .start(ws_start && !f_skip && (f_kind == keel_pkg::JOB_D2H || f_kind == keel_pkg::JOB_I2H)),
-    .prp1(f_prp1), .bytes(f_bytes), .mps(f_rec[keel_pkg::JR_MPS +: 3]),
-    .seg_idx(seg_d_idx), .seg_ren(seg_d_en), .seg_data(seg_d_data),
-    .busy(dw_busy), .chunk_valid(dw_cvalid), .chunk_addr(dw_c0), .chunk_end(dw_c1),
-    .chunk_take(dw_take)
+    .jf_valid, .jf_out, .jf_pop, .sf_d0, .sf_d1, .sf_count, .sf_pop1, .sf_pop2, .wjob_done,
+    .seg_d_vf, .seg_d_slot, .seg_d_idx, .seg_d_en, .seg_d_data,
+    .res_lbas,
+    .m_haw_valid, .m_haw_ready, .m_haw_addr, .m_haw_len, .m_haw_fn,
+    .m_hw_valid, .m_hw_ready, .m_hw_data, .m_hw_strb, .m_hw_last,
+    .s_hb_valid, .s_hb_ready, .s_hb_resp, .s_hb_user,
+    .m_daw_valid, .m_daw_ready, .m_daw_addr, .m_daw_len,
+    .m_dw_valid, .m_dw_ready, .m_dw_data, .m_dw_strb, .m_dw_last,
+    .s_db_valid, .s_db_ready, .s_db_resp,
+    .m_flush_valid, .m_flush_ready, .m_flush_addr, .m_flush_len, .s_flush_done, .s_flush_err,
+    .bfault_valid, .bfault_vf,
+    .m_rec_valid, .m_rec_ready, .m_rec, .m_rec_vf,
+    .idle(w_idle)
   );
 
-  // Address channels of the write side.
-  always_comb begin
-    m_daw_valid = ws_q == WS_RUN && ws_ddr_q && wd_left_q != 32'd0 && wq_ready;
-    m_daw_addr = wd_addr_q;
-    m_daw_len = wd_nb - 8'd1;
-    m_haw_valid = ws_q == WS_RUN && !ws_ddr_q && dw_cvalid && wq_ready;
-    m_haw_addr = {dw_c0[63:6], 6'd0};
-    m_haw_len = 8'(dw_nb - 32'd1);
-    m_haw_fn = 8'(ws_vf_q) + 8'd1;
-    if (ws_ddr_q) wq_in = {6'd63, 6'd0, wd_nb};
-    else wq_in = {6'((dw_c1 - 64'd1) & 64'd63), dw_c0[5:0], 8'(dw_nb)};
-  end
-
-  assign dw_take = m_haw_valid && m_haw_ready;
-  assign wq_push = (m_daw_valid && m_daw_ready) || dw_take;
-
-  // Realigner: destination beat rl_k from source beats (rl_k - rl_dm1) and the one after.
-  logic         rl_lo_v, rl_hi_v, rl_need_hi, rl_last, rl_ready;
-  logic [1:0]   rl_need, rl_popn;
-  logic [511:0] rl_lo, rl_hi, rl_out;
-  logic [1023:0] rl_cat;
-  logic         rl_err;
-  always_comb begin
-    rl_lo_v = !rl_dm1_q || rl_k_q != 32'd0;
-    rl_hi_v = (rl_k_q + (rl_dm1_q ? 32'd0 : 32'd1)) < rl_ns_q;
-    rl_need_hi = rl_hi_v && (rl_sh_q != 6'd0 || !rl_lo_v);
-    rl_last = rl_k_q + 32'd1 == rl_nd_q;
-    rl_need = 2'(rl_lo_v) + 2'(rl_need_hi);
-    rl_popn = rl_last ? 2'(rl_lo_v) + 2'(rl_hi_v) : 2'(rl_lo_v);
-    rl_ready = {1'b0, sf_count} >= (SCW+1)'(rl_need) && {1'b0, sf_count} >= (SCW+1)'(rl_popn);
-    rl_lo = rl_lo_v ? sf_d0[511:0] : 512'd0;
-    rl_hi = !rl_need_hi ? 512'd0 : (rl_lo_v ? sf_d1[511:0] : sf_d0[511:0]);
-    if (rl_sh_q == 6'd0) begin  // source and destination aligned alike: no shifter
-      rl_cat = '0;
-      rl_out = rl_lo;
-    end else begin
-      rl_cat = {rl_hi, rl_lo} >> {rl_sh_q, 3'b000};
-      rl_out = rl_cat[511:0];
-    end
-    rl_err = (rl_lo_v && sf_d0[512]) || (rl_need_hi && (rl_lo_v ? sf_d1[512] : sf_d0[512]));
-  end
-
-  // Data channels of the write side.
-  logic        w_fire;
-  logic [7:0]  w_nb;
-  logic [5:0]  w_first_lane, w_last_lane;
-  logic        w_first, w_last_beat;
-  logic [63:0] w_mask;
-  always_comb begin
-    w_nb = wq_out[7:0];
-    w_first_lane = wq_out[13:8];
-    w_last_lane = wq_out[19:14];
-    w_first = wb_q == 8'd0;
-    w_last_beat = wb_q + 8'd1 == w_nb;
-    w_mask = '1;
-    if (w_first) w_mask = w_mask & ~((64'd1 << w_first_lane) - 64'd1);
-    if (w_last_beat) w_mask = w_mask & ((64'd2 << w_last_lane) - 64'd1);
-    m_dw_valid = ws_q == WS_RUN && ws_ddr_q && wq_valid && (ws_zero_q || rl_ready);
-    m_hw_valid = ws_q == WS_RUN && !ws_ddr_q && wq_valid && rl_ready;
-    m_dw_data = ws_zero_q ? 512'd0 : rl_out;
-    m_dw_strb = (!ws_zero_q && rl_err) ? 64'd0 : 64'hFFFF_FFFF_FFFF_FFFF;
-    m_dw_last = w_last_beat;
-    m_hw_data = rl_out;
-    m_hw_strb = rl_err ? 64'd0 : w_mask;
-    m_hw_last = w_last_beat;
-    w_fire = (m_dw_valid && m_dw_ready) || (m_hw_valid && m_hw_ready);
-    wq_pop = w_fire && w_last_beat;
-    sf_pop1 = w_fire && !ws_zero_q && rl_popn == 2'd1;
-    sf_pop2 = w_fire && !ws_zero_q && rl_popn == 2'd2;
-  end
-
-  // Responses and completion.
-  logic [TW-1:0] hb_i, db_i, head_i, cur_i;
-  logic          out_ready;
-  logic [keel_pkg::JR_W-1:0] out_rec;
-  logic [14:0]   out_status;
-  logic [2:0]    out_kind;
-  always_comb begin
-    hb_i = t_hb_q[TW-1:0];
-    db_i = t_db_q[TW-1:0];
-    head_i = t_head_q[TW-1:0];
-    cur_i = cur_q[TW-1:0];
-    s_hb_ready = t_hb_q != t_alloc_q && trk_hr[hb_i] != trk_hi[hb_i];
-    s_db_ready = t_db_q != t_alloc_q && trk_dr[db_i] != trk_di[db_i];
-    bfault_valid = s_hb_valid && s_hb_ready && s_hb_resp != keel_pkg::AXI_RESP_OKAY;
-    bfault_vf = VFW'(s_hb_user - 8'd1);
-    trk_pop = t_head_q != t_alloc_q && trk_final[head_i] && t_hb_q != t_head_q &&
-              t_db_q != t_head_q && out_ready;
-    out_rec = '0;
-    out_status = '0;
-    out_kind = '0;
-    trk_pop_wjob = 1'b0;
-    if (t_head_q != t_alloc_q) begin
-      out_kind = trk_rec[head_i][keel_pkg::JR_KIND +: 3];
-      trk_pop_wjob = trk_pop && !trk_skip[head_i] &&
-                     (out_kind == keel_pkg::JOB_H2D || out_kind == keel_pkg::JOB_ZERO);
-      out_rec = trk_rec[head_i];
-      out_status = out_rec[keel_pkg::JR_STATUS +: 15];
-      if (out_status == keel_pkg::SC_SUCCESS && trk_herr[head_i]) out_status = keel_pkg::SC_DATA_XFER_ERROR;
-      if (out_status == keel_pkg::SC_SUCCESS && trk_ierr[head_i]) out_status = keel_pkg::SC_INTERNAL_ERROR;
-      out_rec[keel_pkg::JR_STATUS +: 15] = out_status;
-      out_rec[keel_pkg::JR_DATA_OK] = !trk_skip[head_i] && out_status == keel_pkg::SC_SUCCESS &&
-                                      (out_kind == keel_pkg::JOB_D2H || out_kind == keel_pkg::JOB_H2D ||
-                                       out_kind == keel_pkg::JOB_ZERO || out_kind == keel_pkg::JOB_I2H);
-    end
-    m_flush_valid = ws_q == WS_FLUSH_REQ;
-    m_flush_addr = trk_rec[cur_i][keel_pkg::JR_ADDR +: 64];
-    m_flush_len = {res_lbas[32'(ws_vf_q)*64 +: 55], 9'd0};
-  end
-
-  keel_fifo #(.WIDTH(keel_pkg::JR_W + VFW), .DEPTH(4)) u_out_fifo (
-    .clk, .rst,
-    .s_valid(trk_pop), .s_ready(out_ready), .s_data({trk_vf[head_i], out_rec}),
-    .m_valid(m_rec_valid), .m_ready(m_rec_ready), .m_pop2(1'b0), .m_data({m_rec_vf, m_rec}),
-    .m_data1(unused_out_d1), .count(unused_out_count)
-  );
-
-  always_ff @(posedge clk) begin
-    if (rst) begin
-      ws_q <= WS_IDLE;
-      t_alloc_q <= '0;
-      t_head_q <= '0;
-      t_hb_q <= '0;
-      t_db_q <= '0;
-      wb_q <= '0;
-      for (int i = 0; i < TRK_DEPTH; i++) trk_final[i] <= 1'b0;
-    end else begin
-      // ---- write responses
-      if (s_hb_valid && s_hb_ready) begin
-        trk_hr[hb_i] <= trk_hr[hb_i] + 16'd1;
-        if (s_hb_resp != keel_pkg::AXI_RESP_OKAY) trk_herr[hb_i] <= 1'b1;
-      end else if (t_hb_q != t_alloc_q && trk_final[hb_i] && trk_hr[hb_i] == trk_hi[hb_i]) begin
-        t_hb_q <= t_hb_q + 1'b1;
-      end
-      if (s_db_valid && s_db_ready) begin
-        trk_dr[db_i] <= trk_dr[db_i] + 16'd1;
-        if (s_db_resp != keel_pkg::AXI_RESP_OKAY) trk_ierr[db_i] <= 1'b1;
-      end else if (t_db_q != t_alloc_q && trk_final[db_i] && trk_dr[db_i] == trk_di[db_i]) begin
-        t_db_q <= t_db_q + 1'b1;
-      end
-      if (trk_pop) begin
-        t_head_q <= t_head_q + 1'b1;
-        trk_final[head_i] <= 1'b0;
-      end
-
-      // ---- beats
-      if (w_fire) begin
-        wb_q <= w_last_beat ? 8'd0 : wb_q + 8'd1;
-        if (!ws_zero_q) rl_k_q <= rl_k_q + 32'd1;
-        if (!ws_zero_q && rl_err) begin
-          if (ws_kind_q == keel_pkg::JOB_H2D) trk_herr[cur_i] <= 1'b1;
-          else trk_ierr[cur_i] <= 1'b1;
-        end
-      end
-      if (m_daw_valid && m_daw_ready) begin
-        wd_addr_q <= wd_addr_q + {50'd0, wd_nb, 6'd0};
-        wd_left_q <= wd_left_q - 32'(wd_nb);
-        trk_di[cur_i] <= trk_di[cur_i] + 16'd1;
-      end
-      if (dw_take) trk_hi[cur_i] <= trk_hi[cur_i] + 16'd1;
-
-      case (ws_q)
-        WS_IDLE: if (ws_start) begin
-          logic [TW-1:0] e;
-          logic [31:0] ns, nd;
-          e = t_alloc_q[TW-1:0];
-          t_alloc_q <= t_alloc_q + 1'b1;
-          cur_q <= t_alloc_q;
-          trk_rec[e] <= f_rec;
-          trk_vf[e] <= f_vf;
-          trk_hi[e] <= '0;
-          trk_hr[e] <= '0;
-          trk_di[e] <= '0;
-          trk_dr[e] <= '0;
-          trk_skip[e] <= f_skip;
-          trk_herr[e] <= 1'b0;
-          trk_ierr[e] <= 1'b0;
-          trk_final[e] <= 1'b1;
-          ws_vf_q <= f_vf;
-          ws_slot_q <= f_slot;
-          ws_kind_q <= f_kind;
-          ws_zero_q <= f_kind == keel_pkg::JOB_ZERO;
-          ws_ddr_q <= f_kind == keel_pkg::JOB_H2D || f_kind == keel_pkg::JOB_ZERO;
-          wd_addr_q <= f_addr;
-          wd_left_q <= f_bytes >> 6;
-          ns = ({26'd0, f_a} + f_bytes + 32'd63) >> 6;
-          nd = ({26'd0, f_b} + f_bytes + 32'd63) >> 6;
-          rl_ns_q <= ns;
-          rl_nd_q <= nd;
-          rl_k_q <= '0;
-          rl_sh_q <= f_a - f_b;
-          rl_dm1_q <= f_a < f_b;
-          wb_q <= '0;
-          if (!f_skip) begin
-            case (f_kind)
-              keel_pkg::JOB_D2H, keel_pkg::JOB_H2D, keel_pkg::JOB_I2H, keel_pkg::JOB_ZERO: begin
-                trk_final[e] <= 1'b0;
-                ws_q <= WS_RUN;
-              end
-              keel_pkg::JOB_FLUSH: begin
-                trk_final[e] <= 1'b0;
-                ws_q <= WS_FLUSH;
-              end
-              default: ;
-            endcase
-          end
-        end
-        WS_RUN: begin
-          // Done when every address is issued and every beat written.
-          if ((ws_ddr_q ? wd_left_q == 32'd0 : !dw_busy) && !wq_valid && !wq_push) begin
-            trk_final[cur_i] <= 1'b1;
-            ws_q <= WS_IDLE;
-          end
-        end
-        WS_FLUSH: if (t_head_q == cur_q) ws_q <= WS_FLUSH_REQ;
-        WS_FLUSH_REQ: if (m_flush_ready) ws_q <= WS_FLUSH_WAIT;
-        WS_FLUSH_WAIT: if (s_flush_done) begin
-          if (s_flush_err) trk_ierr[cur_i] <= 1'b1;
-          trk_final[cur_i] <= 1'b1;
-          ws_q <= WS_IDLE;
-        end
-        default: ws_q <= WS_IDLE;
-      endcase
-    end
-  end
-
-  assign idle = rs_q == RS_IDLE && ws_q == WS_IDLE && !jf_valid && sf_count == '0 &&
-                outst_q == '0 && t_alloc_q == t_head_q && !m_rec_valid;
+  assign idle = r_idle && w_idle && !jf_valid && sf_count == '0;
 
   logic unused_ok;
-  always_comb unused_ok = ^{s_dr_last, rl_cat[1023:512], f_slot, sf_in_ready, sf_valid};
+  always_comb unused_ok = ^{s_dr_last, sf_in_ready, sf_valid};
 
 endmodule

@@ -82,7 +82,72 @@ module keel_pf_regs #(
   localparam logic [3:0] ERR_NOT_PRESENT = 4'd5;
   localparam logic [3:0] ERR_WHILE_ENABLED = 4'd6;
 
-  localparam logic [13:0] VFCFG_BASE = 14'h1000;
+  // Register offsets come from the generated register map (keel_regs_pkg): an access names the
+  // 8-byte word it addresses (A_*) and the 32-bit half a register sits in (H_*: 0 low, 1 high).
+
+  function automatic logic [13:0] pf_word(input logic [63:0] off);
+    pf_word = 14'(keel_regs_pkg::PF_BASE + off) & ~14'd7;
+  endfunction
+  function automatic logic [6:0] vf_word(input logic [63:0] off);
+    vf_word = 7'(off & 64'h78);  // a register of the 128-byte block
+  endfunction
+  function automatic int half_of(input logic [63:0] off);
+    half_of = 32'((off >> 2) & 64'd1);
+  endfunction
+
+  localparam logic [13:0] VFCFG_BASE_A = 14'(keel_regs_pkg::VFCFG_BASE);
+  localparam logic [13:0] A_ID = pf_word(keel_regs_pkg::PF_ID_OFFSET);
+  localparam logic [13:0] A_VERSION = pf_word(keel_regs_pkg::PF_VERSION_OFFSET);
+  localparam logic [13:0] A_CAPS = pf_word(keel_regs_pkg::PF_CAPS_OFFSET);
+  localparam logic [13:0] A_NUM_VFS = pf_word(keel_regs_pkg::PF_NUM_VFS_OFFSET);
+  localparam logic [13:0] A_STORAGE_LBAS = pf_word(keel_regs_pkg::PF_STORAGE_LBAS_OFFSET);
+  localparam logic [13:0] A_STATUS = pf_word(keel_regs_pkg::PF_STATUS_OFFSET);
+  localparam logic [13:0] A_CLOCK_MHZ = pf_word(keel_regs_pkg::PF_CLOCK_MHZ_OFFSET);
+  localparam logic [13:0] A_DMA_FAULTS = pf_word(keel_regs_pkg::PF_DMA_FAULTS_OFFSET);
+  localparam logic [13:0] A_CMDS = pf_word(keel_regs_pkg::PF_CMDS_OFFSET);
+  localparam logic [13:0] A_BYTES = pf_word(keel_regs_pkg::PF_BYTES_OFFSET);
+  localparam logic [13:0] A_CYCLES = pf_word(keel_regs_pkg::PF_CYCLES_OFFSET);
+  localparam int H_ID = half_of(keel_regs_pkg::PF_ID_OFFSET);
+  localparam int H_VERSION = half_of(keel_regs_pkg::PF_VERSION_OFFSET);
+  localparam int H_CAPS = half_of(keel_regs_pkg::PF_CAPS_OFFSET);
+  localparam int H_NUM_VFS = half_of(keel_regs_pkg::PF_NUM_VFS_OFFSET);
+  localparam int H_STATUS = half_of(keel_regs_pkg::PF_STATUS_OFFSET);
+  localparam int H_CLOCK_MHZ = half_of(keel_regs_pkg::PF_CLOCK_MHZ_OFFSET);
+
+  localparam logic [6:0] A_CTRL = vf_word(keel_regs_pkg::VFCFG_CTRL_OFFSET);
+  localparam logic [6:0] A_VSTATUS = vf_word(keel_regs_pkg::VFCFG_STATUS_OFFSET);
+  localparam logic [6:0] A_IOQ = vf_word(keel_regs_pkg::VFCFG_IOQ_OFFSET);
+  localparam logic [6:0] A_QOS = vf_word(keel_regs_pkg::VFCFG_QOS_OFFSET);
+  localparam logic [6:0] A_RATE = vf_word(keel_regs_pkg::VFCFG_RATE_OFFSET);
+  localparam logic [6:0] A_FLR = vf_word(keel_regs_pkg::VFCFG_FLR_OFFSET);
+  localparam logic [6:0] A_SLICE_BASE = vf_word(keel_regs_pkg::VFCFG_SLICE_BASE_OFFSET);
+  localparam logic [6:0] A_SLICE_LBAS = vf_word(keel_regs_pkg::VFCFG_SLICE_LBAS_OFFSET);
+  localparam logic [6:0] A_VCMDS = vf_word(keel_regs_pkg::VFCFG_CMDS_OFFSET);
+  localparam logic [6:0] A_VBYTES = vf_word(keel_regs_pkg::VFCFG_BYTES_OFFSET);
+  localparam logic [6:0] A_VBUSY = vf_word(keel_regs_pkg::VFCFG_BUSY_CYCLES_OFFSET);
+  localparam logic [6:0] A_VDMA_FAULTS = vf_word(keel_regs_pkg::VFCFG_DMA_FAULTS_OFFSET);
+  localparam logic [6:0] A_VCMD_ERRORS = vf_word(keel_regs_pkg::VFCFG_CMD_ERRORS_OFFSET);
+  localparam int H_CTRL = half_of(keel_regs_pkg::VFCFG_CTRL_OFFSET);
+  localparam int H_VSTATUS = half_of(keel_regs_pkg::VFCFG_STATUS_OFFSET);
+  localparam int H_IOQ = half_of(keel_regs_pkg::VFCFG_IOQ_OFFSET);
+  localparam int H_QOS = half_of(keel_regs_pkg::VFCFG_QOS_OFFSET);
+  localparam int H_RATE = half_of(keel_regs_pkg::VFCFG_RATE_OFFSET);
+  localparam int H_FLR = half_of(keel_regs_pkg::VFCFG_FLR_OFFSET);
+  // Fields, as bit positions in the 64-bit word.
+  localparam int P_NUM_VFS = H_NUM_VFS*32 + keel_regs_pkg::PF_NUM_VFS_COUNT_LSB;
+  localparam int P_CLOCK_MHZ = H_CLOCK_MHZ*32 + keel_regs_pkg::PF_CLOCK_MHZ_MHZ_LSB;
+  localparam int P_ENABLE = H_CTRL*32 + keel_regs_pkg::VFCFG_CTRL_ENABLE_LSB;
+  localparam int P_FLR_GO = H_FLR*32 + keel_regs_pkg::VFCFG_FLR_GO_LSB;
+  localparam int P_IOQ = H_IOQ*32 + keel_regs_pkg::VFCFG_IOQ_COUNT_LSB;
+  localparam int P_WEIGHT = H_QOS*32 + keel_regs_pkg::VFCFG_QOS_WEIGHT_LSB;
+  localparam int P_RATE = H_RATE*32 + keel_regs_pkg::VFCFG_RATE_MBPS_LSB;
+
+  // The decoders take a VF's block as 128 bytes (w_rel[13:7] is the VF) and 64-bit registers
+  // as whole words.
+  if (keel_regs_pkg::VFCFG_STRIDE != 64'd128 || (keel_regs_pkg::VFCFG_BASE & 64'h7F) != 64'd0 ||
+      (keel_regs_pkg::PF_BASE & 64'h7) != 64'd0) begin : g_bad_map
+    $fatal(1, "keel_pf_regs: the decoders expect 128-byte VFCFG blocks and aligned bases");
+  end
 
   // Resources, stored as the flat vectors the rest of the card reads.
   logic [NUM_VFS-1:0]    en_q;
@@ -112,18 +177,21 @@ module keel_pf_regs #(
   logic [6:0]     w_vfi;
   logic [VFW-1:0] w_vf;
   logic [6:0]     w_reg;
-  logic           w_pair, w_lo, w_hi, w_vf_ok;
+  logic           w_pair, w_lo, w_hi, w_vf_ok, w_enable;
+  logic [1:0]     w_half;      // {w_hi, w_lo}: the halves written
 
   always_comb begin
-    w_is_vfcfg = wr_addr >= VFCFG_BASE;
-    w_rel = wr_addr - VFCFG_BASE;
+    w_is_vfcfg = wr_addr >= VFCFG_BASE_A;
+    w_rel = wr_addr - VFCFG_BASE_A;
     w_vfi = w_rel[13:7];
     w_vf = VFW'(w_vfi);
     w_reg = w_rel[6:0];
-    w_pair = w_is_vfcfg ? (w_reg == 7'h00 || w_reg == 7'h08 || w_reg == 7'h10)
-                        : (wr_addr == 14'h000 || wr_addr == 14'h008 || wr_addr == 14'h018);
+    w_pair = w_is_vfcfg ? (w_reg == A_CTRL || w_reg == A_IOQ || w_reg == A_RATE)
+                        : (wr_addr == A_ID || wr_addr == A_CAPS || wr_addr == A_STATUS);
     w_lo = wr_lo;
     w_hi = wr_hi && !(w_pair && wr_lo);
+    w_half = {w_hi, w_lo};
+    w_enable = wr_data[P_ENABLE];
     w_vf_ok = {1'b0, w_vfi} < cfg_max_vfs && 32'(w_vfi) < NUM_VFS;
   end
 
@@ -167,10 +235,10 @@ module keel_pf_regs #(
       case (st_q)
         W_IDLE: if (wr_valid) begin
           if (!w_is_vfcfg) begin
-            if (wr_addr == 14'h008 && w_hi) begin
+            if (wr_addr == A_NUM_VFS && w_half[H_NUM_VFS]) begin
               ctrl_req_valid <= 1'b1;
               ctrl_req_numvfs <= 1'b1;
-              ctrl_req_value <= wr_data[39:32];
+              ctrl_req_value <= wr_data[P_NUM_VFS +: 8];
               st_q <= W_CTRL;
             end else begin
               wr_done <= 1'b1;
@@ -180,13 +248,13 @@ module keel_pf_regs #(
           end else if ({1'b0, w_vfi} >= num_vfs) begin
             err_q[w_vf] <= ERR_NOT_PRESENT;
             wr_done <= 1'b1;
-          end else if (w_reg == 7'h00 && w_lo) begin
+          end else if (w_reg == A_CTRL && w_half[H_CTRL]) begin
             // CTRL.ENABLE
-            if (wr_data[0] && !en_q[w_vf]) begin
+            if (w_enable && !en_q[w_vf]) begin
               wvf_q <= w_vf;
               scan_q <= 7'd0;
               st_q <= W_VALIDATE;
-            end else if (!wr_data[0] && en_q[w_vf]) begin
+            end else if (!w_enable && en_q[w_vf]) begin
               en_q[w_vf] <= 1'b0;
               err_q[w_vf] <= 4'd0;
               ctrl_req_valid <= 1'b1;
@@ -196,9 +264,9 @@ module keel_pf_regs #(
             end else begin
               wr_done <= 1'b1;
             end
-          end else if (w_reg == 7'h10 && w_hi) begin
+          end else if (w_reg == A_FLR && w_half[H_FLR]) begin
             // FLR.GO
-            if (wr_data[32]) begin
+            if (wr_data[P_FLR_GO]) begin
               ctrl_req_valid <= 1'b1;
               ctrl_req_numvfs <= 1'b0;
               ctrl_req_vf <= w_vf;
@@ -211,22 +279,23 @@ module keel_pf_regs #(
             if (en_q[w_vf]) begin
               err_q[w_vf] <= ERR_WHILE_ENABLED;
             end else begin
-              case (w_reg)
-                7'h08: begin
-                  if (w_lo) ioq_q[32'(w_vf)*8 +: 8] <= wr_data[7:0];
-                  if (w_hi) wgt_q[32'(w_vf)*8 +: 8] <= wr_data[39:32];
-                end
-                7'h10: if (w_lo) rate_q[32'(w_vf)*32 +: 32] <= wr_data[31:0];
-                7'h18: begin
-                  if (w_lo) base_q[32'(w_vf)*64 +: 32] <= wr_data[31:0];
-                  if (w_hi) base_q[32'(w_vf)*64 + 32 +: 32] <= wr_data[63:32];
-                end
-                7'h20: begin
-                  if (w_lo) lbas_q[32'(w_vf)*64 +: 32] <= wr_data[31:0];
-                  if (w_hi) lbas_q[32'(w_vf)*64 + 32 +: 32] <= wr_data[63:32];
-                end
-                default: ;
-              endcase
+              if (w_reg == A_IOQ && w_half[H_IOQ]) begin
+                ioq_q[32'(w_vf)*8 +: 8] <= wr_data[P_IOQ +: 8];
+              end
+              if (w_reg == A_QOS && w_half[H_QOS]) begin
+                wgt_q[32'(w_vf)*8 +: 8] <= wr_data[P_WEIGHT +: 8];
+              end
+              if (w_reg == A_RATE && w_half[H_RATE]) begin
+                rate_q[32'(w_vf)*32 +: 32] <= wr_data[P_RATE +: 32];
+              end
+              if (w_reg == A_SLICE_BASE) begin
+                if (w_lo) base_q[32'(w_vf)*64 +: 32] <= wr_data[31:0];
+                if (w_hi) base_q[32'(w_vf)*64 + 32 +: 32] <= wr_data[63:32];
+              end
+              if (w_reg == A_SLICE_LBAS) begin
+                if (w_lo) lbas_q[32'(w_vf)*64 +: 32] <= wr_data[31:0];
+                if (w_hi) lbas_q[32'(w_vf)*64 + 32 +: 32] <= wr_data[63:32];
+              end
             end
           end
         end
@@ -277,7 +346,7 @@ module keel_pf_regs #(
   logic [31:0]    r_status, r_caps, r_vfstat;
 
   always_comb begin
-    r_rel = rd_addr - VFCFG_BASE;
+    r_rel = rd_addr - VFCFG_BASE_A;
     r_vfi = r_rel[13:7];
     r_vf = VFW'(r_vfi);
     r_reg = r_rel[6:0];
@@ -286,40 +355,53 @@ module keel_pf_regs #(
 
   always_comb begin
     r_present = {1'b0, r_vfi} < num_vfs && !vf_removed[r_vf];
-    r_caps = {6'd0, 1'b1, 1'b1, 4'd0, 4'(keel_regs_pkg::KEEL_LBA_SHIFT), cfg_max_ioq, cfg_max_vfs};
-    r_status = {30'd0, num_vfs_err, 1'b1};
-    r_vfstat = {20'd0, err_q[r_vf], 4'd0, err_q[r_vf] != 4'd0, 1'b0, r_present, en_q[r_vf]};
+    r_caps = '0;
+    r_caps[keel_regs_pkg::PF_CAPS_MAX_VFS_LSB +: 8] = cfg_max_vfs;
+    r_caps[keel_regs_pkg::PF_CAPS_MAX_IOQ_LSB +: 8] = cfg_max_ioq;
+    r_caps[keel_regs_pkg::PF_CAPS_LBA_SHIFT_LSB +: 4] = 4'(keel_regs_pkg::KEEL_LBA_SHIFT);
+    r_caps[keel_regs_pkg::PF_CAPS_QOS_LSB] = 1'b1;
+    r_caps[keel_regs_pkg::PF_CAPS_RATE_LIMIT_LSB] = 1'b1;
+    r_status = '0;
+    r_status[keel_regs_pkg::PF_STATUS_READY_LSB] = 1'b1;
+    r_status[keel_regs_pkg::PF_STATUS_NUM_VFS_ERR_LSB] = num_vfs_err;
+    r_vfstat = '0;
+    r_vfstat[keel_regs_pkg::VFCFG_STATUS_ENABLED_LSB] = en_q[r_vf];
+    r_vfstat[keel_regs_pkg::VFCFG_STATUS_PRESENT_LSB] = r_present;
+    r_vfstat[keel_regs_pkg::VFCFG_STATUS_CFG_ERR_LSB] = err_q[r_vf] != 4'd0;
+    r_vfstat[keel_regs_pkg::VFCFG_STATUS_ERR_CODE_LSB +: 4] = err_q[r_vf];
     rd_data = 64'd0;
     if (!rd_en) begin
       rd_data = 64'd0;
-    end else if (rd_addr < VFCFG_BASE) begin
-      case (rd_addr)
-        14'h000: rd_data = {32'(keel_regs_pkg::KEEL_VERSION_MAJOR << 16) |
-                            32'(keel_regs_pkg::KEEL_VERSION_MINOR),
-                            32'(keel_regs_pkg::KEEL_MAGIC)};
-        14'h008: rd_data = {24'd0, num_vfs, r_caps};
-        14'h010: rd_data = cfg_storage_lbas;
-        14'h018: rd_data = {32'(CLOCK_MHZ), r_status};
-        14'h020: rd_data = tot_dma_faults;
-        14'h028: rd_data = tot_cmds;
-        14'h030: rd_data = tot_bytes;
-        14'h038: rd_data = cycles;
-        default: rd_data = 64'd0;
-      endcase
+    end else if (rd_addr < VFCFG_BASE_A) begin
+      // 32-bit registers in their half of the word, 64-bit ones as the whole word.
+      if (rd_addr == A_ID) rd_data[H_ID*32 +: 32] = 32'(keel_regs_pkg::KEEL_MAGIC);
+      if (rd_addr == A_VERSION) begin
+        rd_data[H_VERSION*32 +: 32] =
+            32'(keel_regs_pkg::KEEL_VERSION_MAJOR << keel_regs_pkg::PF_VERSION_MAJOR_LSB) |
+            32'(keel_regs_pkg::KEEL_VERSION_MINOR << keel_regs_pkg::PF_VERSION_MINOR_LSB);
+      end
+      if (rd_addr == A_CAPS) rd_data[H_CAPS*32 +: 32] = r_caps;
+      if (rd_addr == A_NUM_VFS) rd_data[P_NUM_VFS +: 8] = num_vfs;
+      if (rd_addr == A_STORAGE_LBAS) rd_data = cfg_storage_lbas;
+      if (rd_addr == A_STATUS) rd_data[H_STATUS*32 +: 32] = r_status;
+      if (rd_addr == A_CLOCK_MHZ) rd_data[P_CLOCK_MHZ +: 16] = 16'(CLOCK_MHZ);
+      if (rd_addr == A_DMA_FAULTS) rd_data = tot_dma_faults;
+      if (rd_addr == A_CMDS) rd_data = tot_cmds;
+      if (rd_addr == A_BYTES) rd_data = tot_bytes;
+      if (rd_addr == A_CYCLES) rd_data = cycles;
     end else if ({1'b0, r_vfi} < cfg_max_vfs && 32'(r_vfi) < NUM_VFS) begin
-      case (r_reg)
-        7'h00: rd_data = {r_vfstat, 31'd0, en_q[r_vf]};
-        7'h08: rd_data = {24'd0, wgt_q[32'(r_vf)*8 +: 8], 24'd0, ioq_q[32'(r_vf)*8 +: 8]};
-        7'h10: rd_data = {32'd0, rate_q[32'(r_vf)*32 +: 32]};
-        7'h18: rd_data = base_q[32'(r_vf)*64 +: 64];
-        7'h20: rd_data = lbas_q[32'(r_vf)*64 +: 64];
-        7'h28: rd_data = cnt_rd_data[0 +: 64];
-        7'h30: rd_data = cnt_rd_data[64 +: 64];
-        7'h38: rd_data = cnt_rd_data[128 +: 64];
-        7'h40: rd_data = cnt_rd_data[192 +: 64];
-        7'h48: rd_data = cnt_rd_data[256 +: 64];
-        default: rd_data = 64'd0;
-      endcase
+      if (r_reg == A_CTRL) rd_data[P_ENABLE] = en_q[r_vf];
+      if (r_reg == A_VSTATUS) rd_data[H_VSTATUS*32 +: 32] = r_vfstat;
+      if (r_reg == A_IOQ) rd_data[P_IOQ +: 8] = ioq_q[32'(r_vf)*8 +: 8];
+      if (r_reg == A_QOS) rd_data[P_WEIGHT +: 8] = wgt_q[32'(r_vf)*8 +: 8];
+      if (r_reg == A_RATE) rd_data[H_RATE*32 +: 32] = rate_q[32'(r_vf)*32 +: 32];
+      if (r_reg == A_SLICE_BASE) rd_data = base_q[32'(r_vf)*64 +: 64];
+      if (r_reg == A_SLICE_LBAS) rd_data = lbas_q[32'(r_vf)*64 +: 64];
+      if (r_reg == A_VCMDS) rd_data = cnt_rd_data[0 +: 64];
+      if (r_reg == A_VBYTES) rd_data = cnt_rd_data[64 +: 64];
+      if (r_reg == A_VBUSY) rd_data = cnt_rd_data[128 +: 64];
+      if (r_reg == A_VDMA_FAULTS) rd_data = cnt_rd_data[192 +: 64];
+      if (r_reg == A_VCMD_ERRORS) rd_data = cnt_rd_data[256 +: 64];
     end
   end
 
