@@ -20,6 +20,8 @@
 #include <vector>
 
 #include "keel/log.h"
+#include "keel/unique_fd.h"
+#include "keel/unix_listener.h"
 #include "keel/vmm/vhost_user.h"
 
 namespace keel::vmm {
@@ -29,37 +31,11 @@ inline constexpr log::Logger kVhostLog{"vhost-user"};
 
 namespace detail {
 
-/// An owned file descriptor.
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
-  Fd& operator=(Fd&& o) noexcept {
-    if (this != &o) reset(std::exchange(o.fd_, -1));
-    return *this;
-  }
-  ~Fd() { reset(); }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-
-  int get() const noexcept { return fd_; }
-  bool valid() const noexcept { return fd_ >= 0; }
-  int release() noexcept { return std::exchange(fd_, -1); }
-  void reset(int fd = -1) noexcept {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = fd;
-  }
-
- private:
-  int fd_ = -1;
-};
-
 /// One well-framed front-end message.
 struct Message {
   vhost_user::Header hdr{};
   std::array<std::byte, vhost_user::kMaxPayload> payload{};
-  std::vector<Fd> fds;
+  std::vector<UniqueFd> fds;
 };
 
 /// What the front end told us about one virtqueue.
@@ -68,7 +44,7 @@ struct Ring {
   bool has_addr = false;  ///< SET_VRING_ADDR seen.
   std::uint64_t desc_user = 0, avail_user = 0, used_user = 0;
   std::uint16_t base = 0;  ///< Next avail index to process (SET_VRING_BASE; updated on stop).
-  Fd kick, call, err;
+  UniqueFd kick, call, err;
   bool started = false;     ///< SET_VRING_KICK seen and no GET_VRING_BASE since.
   bool enabled = false;     ///< SET_VRING_ENABLE (or enabled from the start, see below).
   bool configured = false;  ///< Set up in the current paravisor (set_queue).
@@ -103,9 +79,9 @@ struct VhostUserBlkServer::Impl {
   virtio::blk::Config probe_config{};
   unsigned queues = 0;
 
-  detail::Fd listen_fd, conn_fd, wake_fd;
+  UnixListener listener;
+  UniqueFd conn_fd, wake_fd;
   std::atomic<bool> connected{false};  // conn_fd is valid (readable from any thread)
-  bool socket_created = false;
 
   // ---- per connection ----
   bool owner = false;

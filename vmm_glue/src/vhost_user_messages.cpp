@@ -370,7 +370,7 @@ Status VhostUserBlkServer::Impl::ring_fd(detail::Message& m, Request which) {
                       "needs exactly one file descriptor or the no-fd flag (bit 8); got " +
                           std::to_string(m.fds.size()) + " descriptors");
   }
-  detail::Fd fd = no_fd ? detail::Fd() : std::move(m.fds[0]);
+  UniqueFd fd = no_fd ? UniqueFd() : std::move(m.fds[0]);
   if (fd.valid()) {
     if (Status st = accept_eventfd(fd.get()); !st.ok()) return st;
     // One kick eventfd per ring, used for nothing else: two rings' workers waiting on one
@@ -378,7 +378,7 @@ Status VhostUserBlkServer::Impl::ring_fd(detail::Message& m, Request which) {
     for (unsigned o = 0; o < rings.size(); ++o) {
       const detail::Ring& other = rings[o];
       const bool kick = which == Request::set_vring_kick;
-      const std::pair<const detail::Fd*, const char*> used[] = {
+      const std::pair<const UniqueFd*, const char*> used[] = {
           {&other.kick, "kick"}, {&other.call, "call"}, {&other.err, "err"}};
       for (const auto& [u, name] : used) {
         // A kick fd may not be any other fd of any ring; a call or err fd no ring's kick fd.

@@ -175,7 +175,7 @@ unsigned VhostUserBlkServer::Impl::run_once(std::chrono::milliseconds timeout) {
   const nfds_t conn_at = conn_fd.valid() ? n++ : 0;
   if (conn_at != 0) p[conn_at] = {conn_fd.get(), POLLIN, 0};
   const nfds_t listen_at = n++;
-  p[listen_at] = {listen_fd.get(), POLLIN, 0};
+  p[listen_at] = {listener.fd(), POLLIN, 0};
   const int ms = static_cast<int>(std::clamp<long long>(timeout.count(), 0, 60'000));
   if (::poll(p, n, ms) <= 0) return 0;  // timeout, or EINTR: the caller calls again
   if ((p[0].revents & POLLIN) != 0) {

@@ -15,7 +15,7 @@
 namespace keel::vmm {
 
 namespace vu = vhost_user;
-using detail::Fd;
+using UniqueFd;
 
 namespace {
 
@@ -51,7 +51,7 @@ Io wait_for(int fd, short events, std::chrono::steady_clock::time_point deadline
 }
 
 // Reads exactly `n` bytes, keeping every fd that arrives with them.
-Io recv_exact(int fd, std::byte* buf, std::size_t n, std::vector<Fd>& fds,
+Io recv_exact(int fd, std::byte* buf, std::size_t n, std::vector<UniqueFd>& fds,
               std::chrono::steady_clock::time_point deadline) {
   std::size_t got = 0;
   while (got < n) {
@@ -87,52 +87,19 @@ Io recv_exact(int fd, std::byte* buf, std::size_t n, std::vector<Fd>& fds,
 }  // namespace
 
 Status VhostUserBlkServer::Impl::listen() {
-  const std::string& path = config.socket_path;
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof addr.sun_path) {
-    return make_error(Errc::invalid_argument,
-                      "socket path '" + path + "' is empty or longer than " +
-                          std::to_string(sizeof addr.sun_path - 1) + " bytes");
-  }
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  const auto* sa = reinterpret_cast<const sockaddr*>(&addr);  // the sockets API's generic type
-  struct stat st {};
-  if (::lstat(path.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode) || !config.replace_stale_socket) {
-      return make_error(Errc::busy, "'" + path + "' already exists" +
-                                        (S_ISSOCK(st.st_mode) ? "" : " and is not a socket") +
-                                        "; remove it or choose another --socket path");
-    }
-    // A socket file: stale unless a server still answers on it.
-    Fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-    if (probe.valid() && (::connect(probe.get(), sa, sizeof addr) == 0 || errno == EAGAIN)) {
-      return make_error(Errc::busy, "another server is listening on '" + path + "'");
-    }
-    ::unlink(path.c_str());
-  }
-  listen_fd.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!listen_fd.valid()) {
-    return make_error(Errc::io_error, std::string("socket: ") + std::strerror(errno));
-  }
-  if (::bind(listen_fd.get(), sa, sizeof addr) != 0) {
-    return make_error(Errc::io_error,
-                      "bind to '" + path + "': " + std::string(std::strerror(errno)));
-  }
-  socket_created = true;
-  if (::listen(listen_fd.get(), 4) != 0) {
-    return make_error(Errc::io_error, std::string("listen: ") + std::strerror(errno));
-  }
+  UnixListenerConfig lc;
+  lc.backlog = 4;
+  lc.replace_stale_socket = config.replace_stale_socket;
+  auto l = UnixListener::listen(config.socket_path, lc);
+  if (!l.ok()) return l.error();
+  listener = std::move(l.value());
   return {};
 }
 
-void VhostUserBlkServer::Impl::unlink_socket() noexcept {
-  if (socket_created) ::unlink(config.socket_path.c_str());
-  socket_created = false;
-}
+void VhostUserBlkServer::Impl::unlink_socket() noexcept { listener.close(); }
 
 void VhostUserBlkServer::Impl::accept_one() {
-  Fd fd(::accept4(listen_fd.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+  UniqueFd fd = listener.accept();
   if (!fd.valid()) return;  // the peer went away again (or EAGAIN): nothing to do
   if (conn_fd.valid()) {
     kVhostLog.warn("%s: turned a second front end away (one is connected)",

@@ -1,4 +1,4 @@
-// A file descriptor that closes itself (VFIO backend, host storage service).
+// A file descriptor that closes itself: the one owning fd type of keel.
 #pragma once
 
 #include <unistd.h>
@@ -22,6 +22,8 @@ class UniqueFd {
 
   int get() const noexcept { return fd_; }
   bool valid() const noexcept { return fd_ >= 0; }
+  /// Gives the descriptor up without closing it.
+  int release() noexcept { return std::exchange(fd_, -1); }
   void reset(int fd = -1) noexcept {
     if (fd_ >= 0) ::close(fd_);
     fd_ = fd;
