@@ -19,8 +19,7 @@
 
 #include "keel/drivers/nvme/controller.h"
 #include "keel/drivers/nvme/queue_pair.h"
-#include "keel/fpga/card.h"
-#include "keel/sriov/pf_manager.h"
+#include "keel/stack/stack.h"
 
 namespace {
 
@@ -46,31 +45,30 @@ void check(const keel::Status& st, const std::string& doing) {
 
 bool simulated(const keel::fpga::Card& c) { return c.backend() == "model" || c.backend() == "sim"; }
 
-std::unique_ptr<keel::fpga::Card> open(const Options& o) {
-  keel::fpga::CardOptions co;
-  co.image_path = o.image;
-  co.storage_bytes = o.sim_mib << 20;
-  co.lockstep = false;
-  co.max_vfs = std::max(8u, o.sim_vfs);
-  auto c = keel::fpga::open_card(o.card, co);
-  if (!c) fail("cannot open card '" + o.card + "': " + keel::to_string(c.error()));
-  return std::move(c).value();
-}
-
-keel::sriov::PfManager manager(keel::fpga::Card& c) {
-  auto pm = keel::sriov::PfManager::discover(c);
-  if (!pm) fail(keel::to_string(pm.error()));
-  return std::move(pm).value();
+/// The card of --card with its PF manager. VFs are enabled later, and only on a simulated card
+/// that has none when a command needs one (--vfs of them, even split).
+std::unique_ptr<keel::stack::Stack> open(const Options& o) {
+  keel::stack::StackConfig sc;
+  sc.card = o.card;
+  sc.card_options.image_path = o.image;
+  sc.card_options.storage_bytes = o.sim_mib << 20;
+  sc.card_options.lockstep = false;
+  sc.card_options.max_vfs = std::max(8u, o.sim_vfs);
+  sc.vfs = o.sim_vfs;
+  auto s = keel::stack::Stack::open_card(sc);
+  if (!s) fail("cannot open card '" + o.card + "': " + keel::to_string(s.error()));
+  if (auto st = (*s)->discover_pf(); !st.ok()) fail(keel::to_string(st.error()));
+  return std::move(s).value();
 }
 
 /// The VF's function, enabling VFs first on a simulated card that has none.
-keel::fpga::Function& vf_function(keel::fpga::Card& c, const Options& o, unsigned vf) {
-  if (c.num_vfs() == 0) {
-    if (!simulated(c)) fail("no VFs are enabled on this card; run 'keelctl vf enable' first");
-    auto pm = manager(c);
-    check(pm.enable_vfs_even(o.sim_vfs), "enabling VFs on the simulated card");
+keel::fpga::Function& vf_function(keel::stack::Stack& s, unsigned vf) {
+  if (s.card().num_vfs() == 0) {
+    if (!simulated(s.card()))
+      fail("no VFs are enabled on this card; run 'keelctl vf enable' first");
+    check(s.enable_vfs(), "enabling VFs on the simulated card");
   }
-  auto f = c.vf(vf);
+  auto f = s.vf(vf);
   if (!f) fail(keel::to_string(f.error()));
   return **f;
 }
@@ -228,8 +226,9 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
 
-  auto card = open(o);
-  auto pm = manager(*card);
+  auto stack = open(o);
+  keel::fpga::Card* card = &stack->card();
+  keel::sriov::PfManager& pm = stack->pf();
 
   if (*list || *counters) {
     const auto info = pm.info();
@@ -317,8 +316,8 @@ int main(int argc, char** argv) {
     }
   }
 
-  keel::fpga::Function& fn = vf_function(*card, o, vf_index);
-  auto ctrl = drv::Controller::open(*card, fn);
+  keel::fpga::Function& fn = vf_function(*stack, vf_index);
+  auto ctrl = stack->open_controller(fn);
   if (!ctrl) fail("VF " + std::to_string(vf_index) + " bring-up: " + keel::to_string(ctrl.error()));
   drv::Controller& c = **ctrl;
 
