@@ -89,7 +89,7 @@ int main(int argc, char** argv) {
   sc.card_options.storage_bytes = (size_mib + vf_index) * kMiB;
   sc.card_options.lockstep = false;  // like silicon: the card works on its own thread
   const std::uint64_t disk_lbas = size_mib * kMiB / 512;
-  std::vector<keel::sriov::VfResources>& res = sc.vf_resources;
+  std::vector<keel::sriov::VfResources>& res = sc.vfs.resources;
   res.resize(vf_index + 1);
   for (unsigned i = 0; i < vf_index; ++i) {
     res[i].slice_base = disk_lbas + i * (kMiB / 512);

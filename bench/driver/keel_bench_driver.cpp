@@ -53,8 +53,8 @@ struct Rig {
     sc.card = "model";
     sc.card_options.lockstep = false;
     sc.card_options.storage_bytes = 256ull << 20;
-    sc.vfs = 1;
-    sc.queues_per_vf = nqp;
+    sc.vfs.count = 1;
+    sc.vfs.queues = nqp;
     auto s = keel::stack::Stack::open(sc);
     if (!s) die(keel::to_string(s.error()));
     stack = std::move(s).value();

@@ -61,8 +61,8 @@ struct Rig {
     sc.card_options.image_path = image;
     sc.card_options.storage_bytes = kDiskBytes;
     sc.card_options.lockstep = false;
-    sc.vfs = 1;
-    sc.queues_per_vf = 1;
+    sc.vfs.count = 1;
+    sc.vfs.queues = 1;
     stack = must(keel::stack::Stack::open_card(sc), "card");
     if (auto st = stack->discover_pf(); !st.ok()) die("PF manager: " + keel::to_string(st.error()));
     if (auto st = stack->enable_vfs(); !st.ok()) die(keel::to_string(st.error()));

@@ -94,9 +94,9 @@ Result<std::unique_ptr<Stack>> Stack::open(const Config& config) {
   sc.card_options.lockstep = false;
   sc.card_options.max_vfs = std::max(8u, config.vfs);
   sc.card_options.storage_bytes = card_mib << 20;
-  sc.vfs = config.vfs;
-  sc.queues_per_vf = 1;
-  sc.disable_vfs_first = true;
+  sc.vfs.count = config.vfs;
+  sc.vfs.queues = 1;
+  sc.vfs.disable_first = true;
   if (simulated(s->spec_)) {
     if (config.image.empty()) {
       s->image_ = (keel::stack::scratch_dir() / ("keel-perf-" + std::to_string(getpid()) + ".img"))

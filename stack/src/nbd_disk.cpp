@@ -45,10 +45,10 @@ Result<std::unique_ptr<NbdDisk>> NbdDisk::create(const NbdDiskOptions& options) 
   sc.card_options.image_path = d->image_;
   sc.card_options.storage_bytes = options.size_bytes;
   sc.card_options.lockstep = false;  // the card works on its own thread, like silicon
-  sc.vf_resources.resize(1);
-  sc.vf_resources[0].queues = 1;
-  sc.vf_resources[0].slice_base = 0;
-  sc.vf_resources[0].slice_lbas = options.size_bytes / 512;
+  sc.vfs.resources.resize(1);
+  sc.vfs.resources[0].queues = 1;
+  sc.vfs.resources[0].slice_base = 0;
+  sc.vfs.resources[0].slice_lbas = options.size_bytes / 512;
   auto st = stack::Stack::open_card(sc);
   if (!st) return context("opening the " + options.card + " card", st.error());
   d->stack_ = std::move(st).value();

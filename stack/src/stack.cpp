@@ -37,13 +37,15 @@ Status Stack::discover_pf() {
   return {};
 }
 
-Status Stack::enable_vfs() {
-  if (config_.disable_vfs_first) {
+Status Stack::enable_vfs() { return enable_vfs(config_.vfs); }
+
+Status Stack::enable_vfs(const VfPlan& plan) {
+  if (plan.disable_first) {
     if (Status st = pf_->disable_vfs(); !st.ok()) return st;
   }
-  if (!config_.vf_resources.empty()) return pf_->enable_vfs(config_.vf_resources);
-  if (config_.vfs == 0) return {};
-  return pf_->enable_vfs_even(config_.vfs, config_.queues_per_vf);
+  if (!plan.resources.empty()) return pf_->enable_vfs(plan.resources);
+  if (plan.count == 0) return {};
+  return pf_->enable_vfs_even(plan.count, plan.queues);
 }
 
 Result<fpga::Function*> Stack::vf(unsigned index) { return card_->vf(index); }

@@ -54,7 +54,7 @@ std::unique_ptr<keel::stack::Stack> open(const Options& o) {
   sc.card_options.storage_bytes = o.sim_mib << 20;
   sc.card_options.lockstep = false;
   sc.card_options.max_vfs = std::max(8u, o.sim_vfs);
-  sc.vfs = o.sim_vfs;
+  sc.vfs.count = o.sim_vfs;
   auto s = keel::stack::Stack::open_card(sc);
   if (!s) fail("cannot open card '" + o.card + "': " + keel::to_string(s.error()));
   if (auto st = (*s)->discover_pf(); !st.ok()) fail(keel::to_string(st.error()));

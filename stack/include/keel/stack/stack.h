@@ -21,6 +21,18 @@
 
 namespace keel::stack {
 
+/// Which VFs to enable and what each gets.
+struct VfPlan {
+  /// This many VFs with `queues` queue pairs each and an even split of the storage. Ignored
+  /// when `resources` is set; 0 and no `resources`: no VFs.
+  unsigned count = 0;
+  unsigned queues = 1;
+  /// VF i gets resources[i] (slice, queues, QoS) instead of the even split.
+  std::vector<sriov::VfResources> resources = {};
+  /// Removes the VFs already enabled (a real board keeps them) before enabling these.
+  bool disable_first = false;
+};
+
 /// What a stack is made of. Every member has a default: the default stack is a lockstep
 /// reference card with no VFs enabled.
 struct StackConfig {
@@ -28,14 +40,8 @@ struct StackConfig {
   std::string card = "model";
   /// How the card is opened: image, storage size, VF limits, lockstep or free running.
   fpga::CardOptions card_options = {};
-  /// enable_vfs(): this many VFs with `queues_per_vf` queue pairs each and an even split of
-  /// the storage. Ignored when `vf_resources` is set; 0 and no `vf_resources`: no VFs.
-  unsigned vfs = 0;
-  unsigned queues_per_vf = 1;
-  /// enable_vfs(): VF i gets vf_resources[i] (slice, queues, QoS) instead of the even split.
-  std::vector<sriov::VfResources> vf_resources = {};
-  /// enable_vfs() removes the VFs a real board still has enabled before enabling its own.
-  bool disable_vfs_first = false;
+  /// The VFs enable_vfs() enables (none by default).
+  VfPlan vfs = {};
   /// The settings every host storage service starts from (io_uring depth, timeouts). An empty
   /// image_path means the card's image (card_options.image_path); the slice and the guest RAM
   /// are set per disk (DiskSpec).
@@ -87,9 +93,11 @@ class Stack {
 
   /// Finds the card's PF manager. Errors: those of sriov::PfManager::discover.
   Status discover_pf();
-  /// Enables the VFs of the config (after discover_pf()); nothing when it asks for none.
-  /// Errors: those of PfManager::enable_vfs / enable_vfs_even / disable_vfs.
+  /// Enables the VFs of config().vfs, or of `plan` (after discover_pf()); nothing when the
+  /// plan asks for none. Errors: those of PfManager::enable_vfs / enable_vfs_even /
+  /// disable_vfs.
   Status enable_vfs();
+  Status enable_vfs(const VfPlan& plan);
 
   fpga::Card& card() noexcept { return *card_; }
   /// The PF manager; discover_pf() must have succeeded.
