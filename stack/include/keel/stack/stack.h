@@ -4,6 +4,7 @@
 // call it instead of standing the pieces up by hand.
 #pragma once
 
+#include <cassert>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -101,7 +102,10 @@ class Stack {
 
   fpga::Card& card() noexcept { return *card_; }
   /// The PF manager; discover_pf() must have succeeded.
-  sriov::PfManager& pf() noexcept { return *pf_; }
+  sriov::PfManager& pf() noexcept {
+    assert(pf_.has_value() && "Stack::pf() before discover_pf()");
+    return *pf_;
+  }
   const StackConfig& config() const noexcept { return config_; }
   /// VF `index` of the card. Errors: not_found (not enabled).
   Result<fpga::Function*> vf(unsigned index);
