@@ -79,12 +79,12 @@ case "${1:-}" in
     # rtl_synth runs synth's coarse stage with the same latch and check assertions.
     ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" -LE synth_full
     # The same host-side suites under AddressSanitizer + UndefinedBehaviorSanitizer (the
-    # Verilated card is left out: it is generated code and slow under ASan; so are the tools
-    # of bench/, which the main run above exercises).
+    # Verilated card is left out: it is generated code and slow under ASan; so are the daemons
+    # of apps/ and the tools of bench/, which the main run above exercises).
     phase "ASan+UBSan build"
     cmake -S "$ROOT" -B "$BUILD_DIR-asan" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DKEEL_SANITIZE=ON \
       -DKEEL_WERROR=ON \
-      -DKEEL_WITH_SIM=OFF -DKEEL_WITH_BENCH=OFF \
+      -DKEEL_WITH_SIM=OFF -DKEEL_WITH_APPS=OFF -DKEEL_WITH_BENCH=OFF \
       -DCMAKE_CXX_FLAGS_DEBUG=-g1 -DCMAKE_C_FLAGS_DEBUG=-g1
     cmake --build "$BUILD_DIR-asan" -j "$JOBS"
     phase "ASan+UBSan ctest"

@@ -18,8 +18,7 @@
 
 #include "keel/drivers/nvme/controller.h"
 #include "keel/drivers/nvme/queue_pair.h"
-#include "keel/fpga/card.h"
-#include "keel/sriov/pf_manager.h"
+#include "keel/stack/stack.h"
 
 namespace {
 
@@ -44,22 +43,23 @@ double peak_rss_mib() {
 }
 
 struct Rig {
-  std::unique_ptr<keel::fpga::Card> card;
+  std::unique_ptr<keel::stack::Stack> stack;
   std::unique_ptr<drv::Controller> ctrl;
   std::vector<std::unique_ptr<drv::QueuePair>> qps;
   keel::fpga::DmaBuffer buf;
 
   Rig(unsigned nqp, unsigned qd) {
-    keel::fpga::CardOptions o;
-    o.lockstep = false;
-    o.storage_bytes = 256ull << 20;
-    auto c = keel::fpga::open_card("model", o);
-    if (!c) die(keel::to_string(c.error()));
-    card = std::move(c).value();
-    auto pm = keel::sriov::PfManager::discover(*card);
-    if (!pm) die(keel::to_string(pm.error()));
-    if (auto st = pm->enable_vfs_even(1, nqp); !st.ok()) die(keel::to_string(st.error()));
-    auto ctl = drv::Controller::open(**card->vf(0), *card, *card);
+    keel::stack::StackConfig sc;
+    sc.card = "model";
+    sc.card_options.lockstep = false;
+    sc.card_options.storage_bytes = 256ull << 20;
+    sc.vfs.count = 1;
+    sc.vfs.queues = nqp;
+    auto s = keel::stack::Stack::open(sc);
+    if (!s) die(keel::to_string(s.error()));
+    stack = std::move(s).value();
+    keel::fpga::Function& vf = **stack->vf(0);
+    auto ctl = stack->open_controller(vf);
     if (!ctl) die(keel::to_string(ctl.error()));
     ctrl = std::move(ctl).value();
     for (unsigned q = 0; q < nqp; ++q) {
@@ -67,7 +67,7 @@ struct Rig {
       if (!qp) die(keel::to_string(qp.error()));
       qps.push_back(std::move(qp).value());
     }
-    auto b = (*card->vf(0))->alloc_dma(std::size_t{qd} * nqp * 4096);
+    auto b = vf.alloc_dma(std::size_t{qd} * nqp * 4096);
     if (!b) die(keel::to_string(b.error()));
     buf = std::move(b).value();
   }

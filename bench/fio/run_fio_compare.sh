@@ -58,7 +58,7 @@ if ! fio --enghelp=nbd 2>/dev/null | grep -q '^uri'; then
 fi
 echo "fio: $(fio --version), nbd engine: ok ($(fio --enghelp=nbd 2>/dev/null | head -1 | tr -s ' '))"
 if [ -z "$keel_nbd" ]; then
-  for c in "$here/../../build/bench/keel-nbd" "$(command -v keel-nbd || true)"; do
+  for c in "$here/../../build/apps/keel-nbd" "$(command -v keel-nbd || true)"; do
     if [ -n "$c" ] && [ -x "$c" ]; then keel_nbd=$c; break; fi
   done
 fi

@@ -21,11 +21,8 @@
 #include <random>
 #include <vector>
 
-#include "keel/fpga/card.h"
-#include "keel/sriov/pf_manager.h"
+#include "keel/stack/stack.h"
 #include "keel/vmm/guest_driver.h"
-#include "keel/vmm/host_service.h"
-#include "keel/vmm/paravisor.h"
 
 namespace {
 
@@ -47,7 +44,7 @@ T must(keel::Result<T> r, const char* what) {
 
 struct Rig {
   std::string image;
-  std::unique_ptr<keel::fpga::Card> card;
+  std::unique_ptr<keel::stack::Stack> stack;
   std::unique_ptr<vmm::GuestMemory> mem;
   std::unique_ptr<vmm::HostStorageService> host;
   std::unique_ptr<vmm::Paravisor> pv;
@@ -56,30 +53,29 @@ struct Rig {
   explicit Rig(bool vf_path) {
     // The image lives in /dev/shm when there is one: both paths then measure keel, not the
     // disk under /tmp.
-    const std::filesystem::path dir =
-        std::filesystem::exists("/dev/shm") ? "/dev/shm" : std::filesystem::temp_directory_path();
-    image = (dir / ("keel-bench-pv-" + std::to_string(getpid()) + ".img")).string();
+    image = (keel::stack::scratch_dir() / ("keel-bench-pv-" + std::to_string(getpid()) + ".img"))
+                .string();
     std::filesystem::remove(image);
-    keel::fpga::CardOptions o;
-    o.image_path = image;
-    o.storage_bytes = kDiskBytes;
-    o.lockstep = false;
-    card = must(keel::fpga::open_card("model", o), "card");
-    auto pm = must(keel::sriov::PfManager::discover(*card), "PF manager");
-    if (auto st = pm.enable_vfs_even(1, 1); !st.ok()) die(keel::to_string(st.error()));
+    keel::stack::StackConfig sc;
+    sc.card = "model";
+    sc.card_options.image_path = image;
+    sc.card_options.storage_bytes = kDiskBytes;
+    sc.card_options.lockstep = false;
+    sc.vfs.count = 1;
+    sc.vfs.queues = 1;
+    stack = must(keel::stack::Stack::open_card(sc), "card");
+    if (auto st = stack->discover_pf(); !st.ok()) die("PF manager: " + keel::to_string(st.error()));
+    if (auto st = stack->enable_vfs(); !st.ok()) die(keel::to_string(st.error()));
     mem = must(vmm::GuestMemory::create(64ull << 20), "guest memory");
-    vmm::HostServiceConfig hc;
-    hc.image_path = image;
-    hc.base_offset = 0;
-    hc.length = kDiskBytes;
-    hc.guest_memory_fd = mem->regions()[0].fd;
-    hc.guest_memory_bytes = mem->regions()[0].bytes;
-    host = must(vmm::HostStorageService::start(hc), "host service");
+    keel::stack::DiskSpec disk;
+    disk.base_offset = 0;
+    disk.length = kDiskBytes;
+    host = must(stack->start_host_service(stack->host_config(*mem, disk)), "host service");
     vmm::ParavisorConfig cfg;
     cfg.threads = true;
     cfg.capacity_sectors = kDiskBytes / 512;
-    keel::fpga::Function* vf = vf_path ? must(card->vf(0), "VF") : nullptr;
-    pv = must(vmm::Paravisor::create(vf, *card, *card, *mem, *host, cfg), "paravisor");
+    keel::fpga::Function* vf = vf_path ? must(stack->vf(0), "VF") : nullptr;
+    pv = must(stack->create_paravisor(vf, *mem, *host, cfg), "paravisor");
     guest = must(vmm::GuestDriver::attach(*pv, *mem, 1, 256, 1u << 20), "guest driver");
     if (auto st = pv->start(); !st.ok()) die(keel::to_string(st.error()));
   }
@@ -88,7 +84,7 @@ struct Rig {
     guest.reset();
     pv.reset();
     host.reset();
-    card.reset();
+    stack.reset();
     std::filesystem::remove(image);
   }
 };

@@ -12,10 +12,7 @@
 #include <random>
 #include <thread>
 
-#include "keel/sriov/pf_manager.h"
 #include "keel/vmm/guest_driver.h"
-#include "keel/vmm/host_service.h"
-#include "keel/vmm/paravisor.h"
 
 namespace keel::perf {
 
@@ -92,41 +89,43 @@ Result<std::unique_ptr<Stack>> Stack::open(const Config& config) {
   }
   const std::uint64_t slice_mib = ((config.size + (1u << 20) - 1) >> 20) + 1;
   const std::uint64_t card_mib = config.card_mib != 0 ? config.card_mib : slice_mib * config.vfs;
-  fpga::CardOptions o;
-  o.lockstep = false;
-  o.max_vfs = std::max(8u, config.vfs);
-  o.storage_bytes = card_mib << 20;
+  keel::stack::StackConfig sc;
+  sc.card = s->spec_;
+  sc.card_options.lockstep = false;
+  sc.card_options.max_vfs = std::max(8u, config.vfs);
+  sc.card_options.storage_bytes = card_mib << 20;
+  sc.vfs.count = config.vfs;
+  sc.vfs.queues = 1;
+  sc.vfs.disable_first = true;
   if (simulated(s->spec_)) {
     if (config.image.empty()) {
-      const std::filesystem::path dir =
-          std::filesystem::exists("/dev/shm") ? "/dev/shm" : std::filesystem::temp_directory_path();
-      s->image_ = (dir / ("keel-perf-" + std::to_string(getpid()) + ".img")).string();
+      s->image_ = (keel::stack::scratch_dir() / ("keel-perf-" + std::to_string(getpid()) + ".img"))
+                      .string();
       std::filesystem::remove(s->image_);
       s->temp_image_ = true;
     } else {
       s->image_ = config.image;
     }
-    o.image_path = s->image_;
+    sc.card_options.image_path = s->image_;
   }
-  auto card = fpga::open_card(s->spec_, o);
-  if (!card) return card.error();
-  s->card_ = std::move(card).value();
-  auto pm = sriov::PfManager::discover(*s->card_);
-  if (!pm) return pm.error();
-  if (Status st = pm->disable_vfs(); !st.ok()) return st.error();
-  const std::uint64_t lbas = pm->info().storage_lbas / config.vfs;
+  auto stack = keel::stack::Stack::open_card(sc);
+  if (!stack) return stack.error();
+  s->stack_ = std::move(stack).value();
+  if (Status st = s->stack_->discover_pf(); !st.ok()) return st.error();
+  const std::uint64_t lbas = s->stack_->pf().info().storage_lbas / config.vfs;
   s->slice_bytes_ = lbas * 512;
   if (config.size > s->slice_bytes_) {
     return make_error(Errc::invalid_argument,
                       "--size " + std::to_string(config.size >> 20) + " MiB does not fit a VF's " +
                           std::to_string(s->slice_bytes_ >> 20) + " MiB slice of the card");
   }
-  if (Status st = pm->enable_vfs_even(config.vfs, 1); !st.ok()) return st.error();
+  // Disables what a real board still has enabled, then an even split of its storage.
+  if (Status st = s->stack_->enable_vfs(); !st.ok()) return st.error();
   return s;
 }
 
 Stack::~Stack() {
-  card_.reset();
+  stack_.reset();
   if (temp_image_) std::filesystem::remove(image_);
 }
 
@@ -380,7 +379,7 @@ void verify_job(Job& j, const Config& c, unsigned index) {
 Result<PathResult> Stack::run(const Config& c, bool vf_path, const Progress& progress) {
   PathResult r;
   r.path = vf_path ? "vf" : "fallback";
-  r.card = card_->describe();
+  r.card = stack_->card().describe();
   std::vector<std::unique_ptr<Job>> jobs;
   for (unsigned i = 0; i < c.numjobs; ++i) {
     auto j = std::make_unique<Job>();
@@ -388,33 +387,21 @@ Result<PathResult> Stack::run(const Config& c, bool vf_path, const Progress& pro
         std::max<std::uint64_t>(64ull << 20, std::uint64_t{c.iodepth} * c.bs * 2 + (16u << 20)));
     if (!mem) return mem.error();
     j->mem = std::move(mem).value();
-    if (simulated(spec_)) {
-      vmm::HostServiceConfig hc;
-      hc.image_path = image_;
-      hc.base_offset = i * slice_bytes_;
-      hc.length = slice_bytes_;
-      hc.guest_memory_fd = j->mem->regions()[0].fd;
-      hc.guest_memory_bytes = j->mem->regions()[0].bytes;
-      auto host = vmm::HostStorageService::start(hc);
-      if (!host) return host.error();
-      j->host = std::move(host).value();
-    }
     vmm::ParavisorConfig pc;
     pc.threads = true;
     pc.max_queue_size = 1024;
     pc.capacity_sectors = slice_bytes_ / 512;
-    fpga::Function* vf = nullptr;
-    if (vf_path) {
-      auto f = card_->vf(i);
-      if (!f) return f.error();
-      vf = *f;
-    }
-    if (j->host == nullptr) {
+    keel::stack::DiskSpec disk;
+    if (vf_path) disk.vf = i;
+    disk.base_offset = i * slice_bytes_;
+    disk.length = slice_bytes_;
+    if (!simulated(spec_)) {
       return make_error(Errc::invalid_argument, "a real board has no host path here");
     }
-    auto pv = vmm::Paravisor::create(vf, *card_, *card_, *j->mem, *j->host, pc);
-    if (!pv) return pv.error();
-    j->pv = std::move(pv).value();
+    auto d = stack_->assemble(*j->mem, disk, pc);
+    if (!d) return d.error();
+    j->host = std::move(d->host);
+    j->pv = std::move(d->paravisor);
     if (vf_path && j->pv->state() != vmm::PathState::active) {
       return make_error(Errc::device_error, "VF " + std::to_string(i) + " did not come up");
     }
@@ -451,8 +438,7 @@ Result<PathResult> Stack::run(const Config& c, bool vf_path, const Progress& pro
     for (const auto& j : jobs) n += j->pv->counters().to_fallback;
     return n;
   }();
-  auto pm = sriov::PfManager::discover(*card_);
-  if (!pm) return pm.error();
+  sriov::PfManager* pm = &stack_->pf();
   r.rtl = spec_ == "sim";
   r.clock_mhz = pm->info().clock_mhz;
   auto busy_now = [&] {

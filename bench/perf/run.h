@@ -10,6 +10,7 @@
 
 #include "keel/fpga/card.h"
 #include "keel/result.h"
+#include "keel/stack/stack.h"
 #include "options.h"
 
 namespace keel::perf {
@@ -92,12 +93,12 @@ class Stack {
 
   /// Runs the workload of `config` on one path with one guest per job.
   Result<PathResult> run(const Config& config, bool vf_path, const Progress& progress);
-  fpga::Card& card() { return *card_; }
+  fpga::Card& card() { return stack_->card(); }
   std::string card_spec() const { return spec_; }
 
  private:
   Stack() = default;
-  std::unique_ptr<fpga::Card> card_;
+  std::unique_ptr<keel::stack::Stack> stack_;
   std::string spec_;
   std::string image_;
   bool temp_image_ = false;

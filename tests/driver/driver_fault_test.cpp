@@ -319,7 +319,7 @@ TEST_P(DriverFaults, ReadyNeverComesWithinCapTo) {
   qp_.reset();
   ctrl_.reset();
   KEEL_ASSERT_OK(faults().delay_ready(0, std::chrono::seconds(30)));
-  auto c = drv::Controller::open(*vf_, *card_, *card_);
+  auto c = stack_->open_controller(*vf_);
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.error().code, Errc::timeout);
   EXPECT_NE(c.error().message.find("CSTS.RDY"), std::string::npos) << c.error().message;
@@ -329,7 +329,7 @@ TEST_P(DriverFaults, RemovedBeforeBringUp) {
   qp_.reset();
   ctrl_.reset();
   KEEL_ASSERT_OK(faults().surprise_remove(0));
-  auto c = drv::Controller::open(*vf_, *card_, *card_);
+  auto c = stack_->open_controller(*vf_);
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.error().code, Errc::gone);
 }

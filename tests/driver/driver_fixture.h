@@ -1,10 +1,11 @@
-// A card with VFs enabled through the PF manager and the NVMe driver brought up on VF 0.
+// A card with VFs enabled through the PF manager and the NVMe driver brought up on VF 0, by
+// keel::stack on the card the card fixture opened.
 #pragma once
 
 #include "card_fixture.h"
 #include "keel/drivers/nvme/controller.h"
 #include "keel/drivers/nvme/queue_pair.h"
-#include "keel/sriov/pf_manager.h"
+#include "keel/stack/stack.h"
 
 namespace keel::testing {
 
@@ -16,14 +17,17 @@ class DriverTest : public CardTest {
   void bring_up(unsigned vfs = 2, unsigned queues = 3, FixtureOptions o = {}) {
     if (card_ == nullptr || o.lockstep != card_->lockstep()) open(o);
     if (IsSkipped()) return;
-    auto pm = sriov::PfManager::discover(*card_);
-    KEEL_ASSERT_OK(pm);
-    KEEL_ASSERT_OK(pm->disable_vfs());
-    KEEL_ASSERT_OK(pm->enable_vfs_even(vfs, queues));
-    auto fn = card_->vf(0);
+    stack_ = stack::Stack::attach(*card_, {});
+    KEEL_ASSERT_OK(stack_->discover_pf());
+    stack::VfPlan plan;
+    plan.count = vfs;
+    plan.queues = queues;
+    plan.disable_first = true;
+    KEEL_ASSERT_OK(stack_->enable_vfs(plan));
+    auto fn = stack_->vf(0);
     KEEL_ASSERT_OK(fn);
     vf_ = *fn;
-    auto c = drv::Controller::open(*vf_, *card_, *card_);
+    auto c = stack_->open_controller(*vf_);
     KEEL_ASSERT_OK(c);
     ctrl_ = std::move(c).value();
   }
@@ -40,9 +44,11 @@ class DriverTest : public CardTest {
 
   void TearDown() override {
     ctrl_.reset();
+    stack_.reset();
     CardTest::TearDown();
   }
 
+  std::unique_ptr<stack::Stack> stack_;  ///< On card_, which outlives it.
   fpga::Function* vf_ = nullptr;
   std::unique_ptr<drv::Controller> ctrl_;
 };

@@ -68,7 +68,7 @@ TEST_P(PfManager, ResetAndCountersOfOneVf) {
   KEEL_ASSERT_OK(pm_->enable_vfs_even(2));
   auto fn = card_->vf(1);
   KEEL_ASSERT_OK(fn);
-  auto c = drv::Controller::open(**fn, *card_, *card_);
+  auto c = stack::Stack::attach(*card_, {})->open_controller(**fn);
   KEEL_ASSERT_OK(c);
   auto v = pm_->vf(1);
   KEEL_ASSERT_OK(v);

@@ -57,7 +57,7 @@ def card_tids(cpu, card_re, rank):
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--keel-bin", default=None, help="default BUILD/bench/keel-vhost-blk")
+    ap.add_argument("--keel-bin", default=None, help="default BUILD/apps/keel-vhost-blk")
     ap.add_argument("--card", default="model", choices=["model", "sim"])
     ap.add_argument("--fallback-flag", default=None,
                     help="keel-vhost-blk option for the software path (default: --no-vf)")
@@ -79,7 +79,7 @@ def main():
         with open(args.from_json) as f:
             print(render(json.load(f), args))
         return 0
-    keel_bin = args.keel_bin or os.path.join(args.build_dir, "bench", "keel-vhost-blk")
+    keel_bin = args.keel_bin or os.path.join(args.build_dir, "apps", "keel-vhost-blk")
 
     results = []
     failed = False

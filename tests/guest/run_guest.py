@@ -169,13 +169,13 @@ def main():
         else:
             if args.keel_target in ("0", "", "false", "FALSE"):
                 raise keelguest.Skip("this build has no keel-vhost-blk target "
-                                     "(bench/keel_vhost_blk.cpp)")
+                                     "(apps/keel-vhost-blk)")
             card = "sim" if sc.startswith("keel-sim") else "model"
             if card == "sim" and args.sim_target in ("0", ""):
                 raise keelguest.Skip("this build has no Verilated card (KEEL_WITH_SIM=OFF)")
             keel_bin = args.keel_bin
             if keel_bin is None:
-                keel_bin = os.path.join(args.build_dir, "bench", "keel-vhost-blk")
+                keel_bin = os.path.join(args.build_dir, "apps", "keel-vhost-blk")
             if args.keel_bin == "" or not os.access(keel_bin, os.X_OK):
                 if args.keel_bin is not None and args.keel_target not in ("0", ""):
                     raise keelguest.Failure(f"keel-vhost-blk is a target of this build but "

@@ -314,12 +314,11 @@ class HighMemory : public DataPath {
  protected:
   /// Guest memory: 16 MiB at GPA 0 (rings), and two adjacent 16 MiB regions at 64 GiB.
   void make_high_guest(bool with_vf, std::uint64_t high = kHigh) {
-    auto pm = sriov::PfManager::discover(*card_);
-    KEEL_ASSERT_OK(pm);
-    sriov::VfResources res;
-    res.queues = 1;
-    res.slice_lbas = kSliceLbas;
-    KEEL_ASSERT_OK(pm->enable_vfs({&res, 1}));
+    stack::VfPlan plan;
+    plan.resources.resize(1);
+    plan.resources[0].queues = 1;
+    plan.resources[0].slice_lbas = kSliceLbas;
+    KEEL_ASSERT_OK(stack_->enable_vfs(plan));
     Guest g;
     g.mem = vmm::GuestMemory::empty();
     vmm::HostServiceConfig hc;
@@ -342,7 +341,7 @@ class HighMemory : public DataPath {
     cfg.capacity_sectors = kSliceLbas;
     auto vf = card_->vf(0);
     KEEL_ASSERT_OK(vf);
-    auto pv = vmm::Paravisor::create(with_vf ? *vf : nullptr, *card_, *card_, *g.mem, *g.host, cfg);
+    auto pv = stack_->create_paravisor(with_vf ? *vf : nullptr, *g.mem, *g.host, cfg);
     KEEL_ASSERT_OK(pv);
     g.pv = std::move(pv).value();
     auto drv = vmm::GuestDriver::attach(*g.pv, *g.mem, 1, 128, 1u << 20);
@@ -426,12 +425,14 @@ TEST(BlockSize, AVfWith4KiBLbasGetsEveryByteAtItsOffset) {
   mc.lba_shift = 12;
   auto card = fpga::model::ModelCard::create(mc);
   KEEL_ASSERT_OK(card);
-  auto pm = sriov::PfManager::discover(**card);
-  KEEL_ASSERT_OK(pm);
-  sriov::VfResources res;
-  res.slice_base = 256;   // 1 MiB into the card
-  res.slice_lbas = 2048;  // 8 MiB
-  KEEL_ASSERT_OK(pm->enable_vfs({&res, 1}));
+  // A model card with 4 KiB blocks: opened by hand, the rest of the stack built on it.
+  auto on_card = stack::Stack::attach(**card, {});
+  KEEL_ASSERT_OK(on_card->discover_pf());
+  stack::VfPlan plan;
+  plan.resources.resize(1);
+  plan.resources[0].slice_base = 256;   // 1 MiB into the card
+  plan.resources[0].slice_lbas = 2048;  // 8 MiB
+  KEEL_ASSERT_OK(on_card->enable_vfs(plan));
   auto mem = vmm::GuestMemory::create(32u << 20);
   KEEL_ASSERT_OK(mem);
   vmm::HostServiceConfig hc;
@@ -444,7 +445,7 @@ TEST(BlockSize, AVfWith4KiBLbasGetsEveryByteAtItsOffset) {
   KEEL_ASSERT_OK(host);
   auto vf = (*card)->vf(0);
   KEEL_ASSERT_OK(vf);
-  auto pv = vmm::Paravisor::create(*vf, **card, **card, **mem, **host);
+  auto pv = on_card->create_paravisor(*vf, **mem, **host, {});
   KEEL_ASSERT_OK(pv);
   vmm::Paravisor& p = **pv;
   ASSERT_EQ(p.state(), vmm::PathState::active);

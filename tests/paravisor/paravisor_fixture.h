@@ -1,5 +1,6 @@
 // Guests on a card: each with its own memory, VF, host-service instance, paravisor and
-// in-process virtio-blk driver. The card is lockstep; every wait steps it.
+// in-process virtio-blk driver, assembled by keel::stack. The card is lockstep; every wait
+// steps it.
 #pragma once
 
 #include <sys/stat.h>
@@ -11,10 +12,8 @@
 #include <map>
 
 #include "card_fixture.h"
-#include "keel/sriov/pf_manager.h"
+#include "keel/stack/stack.h"
 #include "keel/vmm/guest_driver.h"
-#include "keel/vmm/host_service.h"
-#include "keel/vmm/paravisor.h"
 
 namespace keel::testing {
 
@@ -43,19 +42,24 @@ class ParavisorTest {
         (std::filesystem::temp_directory_path() / ("keel-pv-" + std::to_string(getpid()) + ".img"))
             .string();
     std::filesystem::remove(image_);
-    fpga::CardOptions co;
-    co.image_path = image_;
-    co.storage_bytes = 8 * kSliceLbas * 512;
-    co.lockstep = true;
-    auto c = fpga::open_card(backend, co);
-    EXPECT_TRUE(c.ok()) << to_string(c.error());
-    if (!c.ok()) return false;
-    card_ = std::move(c).value();
-    return true;
+    stack::StackConfig sc;
+    sc.card = backend;
+    sc.card_options.image_path = image_;
+    sc.card_options.storage_bytes = 8 * kSliceLbas * 512;
+    sc.card_options.lockstep = true;
+    auto s = stack::Stack::open_card(sc);
+    EXPECT_TRUE(s.ok()) << to_string(s.error());
+    if (!s.ok()) return false;
+    stack_ = std::move(s).value();
+    card_ = &stack_->card();
+    const Status pf = stack_->discover_pf();
+    EXPECT_TRUE(pf.ok()) << to_string(pf.error());
+    return pf.ok();
   }
   virtual ~ParavisorTest() {
     guests_.clear();
-    card_.reset();
+    card_ = nullptr;
+    stack_.reset();
     if (!image_.empty()) std::filesystem::remove(image_);
   }
 
@@ -64,15 +68,14 @@ class ParavisorTest {
   /// started without guest RAM: it sees only the pool its paravisor shares with it.
   void make_guests(unsigned n, vmm::ParavisorConfig cfg = {}, std::uint64_t mem_bytes = 32u << 20,
                    unsigned vf_guests = ~0u) {
-    auto pm = sriov::PfManager::discover(*card_);
-    KEEL_ASSERT_OK(pm);
-    std::vector<sriov::VfResources> res(n);
+    stack::VfPlan plan;
+    plan.resources.resize(n);
     for (unsigned i = 0; i < n; ++i) {
-      res[i].queues = std::max(1u, cfg.queues);
-      res[i].slice_base = i * kSliceLbas;
-      res[i].slice_lbas = kSliceLbas;
+      plan.resources[i].queues = std::max(1u, cfg.queues);
+      plan.resources[i].slice_base = i * kSliceLbas;
+      plan.resources[i].slice_lbas = kSliceLbas;
     }
-    KEEL_ASSERT_OK(pm->enable_vfs(res));
+    KEEL_ASSERT_OK(stack_->enable_vfs(plan));
     for (unsigned i = 0; i < n; ++i) {
       Guest g;
       g.vf = i;
@@ -80,24 +83,16 @@ class ParavisorTest {
       auto mem = vmm::GuestMemory::create(mem_bytes);
       KEEL_ASSERT_OK(mem);
       g.mem = std::move(mem).value();
-      vmm::HostServiceConfig hc;
-      hc.image_path = image_;
-      hc.base_offset = i * kSliceLbas * 512;
-      hc.length = kSliceLbas * 512;
-      if (!cfg.confidential) {
-        hc.guest_memory_fd = g.mem->regions()[0].fd;
-        hc.guest_memory_bytes = g.mem->regions()[0].bytes;
-      }
-      auto host = vmm::HostStorageService::start(hc);
-      KEEL_ASSERT_OK(host);
-      g.host = std::move(host).value();
+      stack::DiskSpec disk;
+      if (i < vf_guests) disk.vf = i;
+      disk.base_offset = i * kSliceLbas * 512;
+      disk.length = kSliceLbas * 512;
+      disk.ram = cfg.confidential ? stack::GuestRamView::none : stack::GuestRamView::whole;
       cfg.capacity_sectors = kSliceLbas;
-      auto vf = card_->vf(i);
-      KEEL_ASSERT_OK(vf);
-      auto pv = vmm::Paravisor::create(i < vf_guests ? *vf : nullptr, *card_, *card_, *g.mem,
-                                       *g.host, cfg);
-      KEEL_ASSERT_OK(pv);
-      g.pv = std::move(pv).value();
+      auto d = stack_->assemble(*g.mem, disk, cfg);
+      KEEL_ASSERT_OK(d);
+      g.host = std::move(d->host);
+      g.pv = std::move(d->paravisor);
       auto drv = vmm::GuestDriver::attach(*g.pv, *g.mem, cfg.queues, 128, 1u << 20);
       KEEL_ASSERT_OK(drv);
       g.drv = std::move(drv).value();
@@ -156,7 +151,8 @@ class ParavisorTest {
   }
 
   std::string image_;
-  std::unique_ptr<fpga::Card> card_;
+  std::unique_ptr<stack::Stack> stack_;
+  fpga::Card* card_ = nullptr;  ///< stack_'s card
   std::vector<Guest> guests_;
 };
 

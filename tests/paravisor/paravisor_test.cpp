@@ -214,7 +214,7 @@ TEST_P(Paravisor, AnAvailableHeadBeyondTheQueueMarksTheDeviceForReset) {
 
 TEST_P(Paravisor, AGuestsVfCannotReachAnotherGuestsMemory) {
   make_guests(2, {}, 32u << 20);
-  auto* model = dynamic_cast<fpga::model::ModelCard*>(card_.get());
+  auto* model = dynamic_cast<fpga::model::ModelCard*>(card_);
   if (model == nullptr) GTEST_SKIP() << "inspects the model's IOMMU";
   // Each VF's IOMMU domain holds exactly its own guest's RAM at IOVA = GPA.
   auto& mmu = model->iommu();
@@ -234,7 +234,7 @@ TEST_P(Paravisor, ConfidentialGuestMemoryIsNeverMappedForTheVf) {
   vmm::ParavisorConfig cfg;
   cfg.confidential = true;
   make_guests(2, cfg, 32u << 20, /*vf_guests=*/1);
-  auto* model = dynamic_cast<fpga::model::ModelCard*>(card_.get());
+  auto* model = dynamic_cast<fpga::model::ModelCard*>(card_);
   if (model != nullptr) {
     EXPECT_FALSE(model->iommu().covered(1, 0, 4096)) << "guest RAM is private";
   }
@@ -332,7 +332,7 @@ TEST_P(Paravisor, ConfidentialGuestRefusesAHostServiceThatMapsItsRam) {
   vmm::ParavisorConfig cfg;
   cfg.confidential = true;
   cfg.capacity_sectors = kSliceLbas;
-  auto pv = vmm::Paravisor::create(nullptr, *card_, *card_, **mem, **host, cfg);
+  auto pv = stack_->create_paravisor(nullptr, **mem, **host, cfg);
   ASSERT_FALSE(pv.ok());
   EXPECT_EQ(pv.error().code, Errc::invalid_argument);
 }

@@ -1,8 +1,9 @@
-// A model card with one VF, a host storage service and a paravisor factory behind a
-// VhostUserBlkServer, and the scripted front end that talks to it. Caller-driven by default:
-// the test thread runs the server, the paravisor's data path and a lockstep card, so every
-// step is deterministic. threaded = true: a free-running card, paravisor worker threads and the
-// server on its own thread (as keel-vhost-blk runs), waits bounded by the call eventfd.
+// A model card with one VF, a host storage service and a paravisor factory (all from
+// keel::stack) behind a VhostUserBlkServer, and the scripted front end that talks to it.
+// Caller-driven by default: the test thread runs the server, the paravisor's data path and a
+// lockstep card, so every step is deterministic. threaded = true: a free-running card, paravisor
+// worker threads and the server on its own thread (as keel-vhost-blk runs), waits bounded by the
+// call eventfd.
 #pragma once
 
 #include <fcntl.h>
@@ -18,10 +19,7 @@
 
 #include "card_fixture.h"
 #include "front_end.h"
-#include "keel/fpga/card.h"
-#include "keel/sriov/pf_manager.h"
-#include "keel/vmm/host_service.h"
-#include "keel/vmm/paravisor.h"
+#include "keel/stack/stack.h"
 #include "keel/vmm/vhost_user.h"
 #include "nvme_host.h"
 
@@ -38,7 +36,8 @@ class VhostUserTest : public ::testing::Test {
   ~VhostUserTest() override {
     server_.reset();  // destroys the paravisor before the host service it uses
     host_.reset();
-    card_.reset();
+    card_ = nullptr;
+    stack_.reset();
     if (!image_.empty()) std::filesystem::remove(image_);
   }
 
@@ -50,20 +49,19 @@ class VhostUserTest : public ::testing::Test {
                             ::testing::UnitTest::GetInstance()->current_test_info()->name();
     image_ = (std::filesystem::temp_directory_path() / ("keel-vu-" + tag + ".img")).string();
     std::filesystem::remove(image_);
-    fpga::CardOptions co;
-    co.image_path = image_;
-    co.storage_bytes = kSliceLbas * 512;
-    co.lockstep = !threaded;
-    auto c = fpga::open_card("model", co);
-    KEEL_ASSERT_OK(c);
-    card_ = std::move(c).value();
-    auto pm = sriov::PfManager::discover(*card_);
-    KEEL_ASSERT_OK(pm);
-    sriov::VfResources res;
-    res.queues = queues;
-    res.slice_base = 0;
-    res.slice_lbas = kSliceLbas;
-    KEEL_ASSERT_OK(pm->enable_vfs({&res, 1}));
+    stack::StackConfig sc;
+    sc.card = "model";
+    sc.card_options.image_path = image_;
+    sc.card_options.storage_bytes = kSliceLbas * 512;
+    sc.card_options.lockstep = !threaded;
+    sc.vfs.resources.resize(1);
+    sc.vfs.resources[0].queues = queues;
+    sc.vfs.resources[0].slice_base = 0;
+    sc.vfs.resources[0].slice_lbas = kSliceLbas;
+    auto opened = stack::Stack::open(sc);
+    KEEL_ASSERT_OK(opened);
+    stack_ = std::move(opened).value();
+    card_ = &stack_->card();
     vmm::VhostUserBlkConfig vc;
     vc.socket_path = "/tmp/keel-vu-" + std::to_string(getpid()) + ".sock";
     vc.message_timeout = std::chrono::milliseconds(200);
@@ -79,21 +77,20 @@ class VhostUserTest : public ::testing::Test {
     return [this](vmm::GuestMemory& mem) -> Result<std::unique_ptr<vmm::Paravisor>> {
       host_.reset();  // the server destroyed the paravisor that used it
       if (fail_factory_) return make_error(Errc::unavailable, "test: no paravisor this time");
-      vmm::HostServiceConfig hc;
-      hc.image_path = image_;
-      hc.length = kSliceLbas * 512;
-      for (const auto& r : mem.regions()) hc.regions.push_back({r.fd, r.fd_offset, r.gpa, r.bytes});
-      auto h = vmm::HostStorageService::start(hc);
+      stack::DiskSpec disk;
+      disk.length = kSliceLbas * 512;
+      disk.ram = stack::GuestRamView::regions;
+      auto h = stack_->start_host_service(stack_->host_config(mem, disk));
       if (!h) return h.error();
       host_ = std::move(h).value();
-      auto vf = card_->vf(0);
+      auto vf = stack_->vf(0);
       if (!vf) return vf.error();
       vmm::ParavisorConfig pc = pv_config_;
       pc.queues = queues_;
       pc.threads = threaded_;
       pc.capacity_sectors = kSliceLbas;
       ++factory_calls_;
-      return vmm::Paravisor::create(*vf, *card_, *card_, mem, *host_, pc);
+      return stack_->create_paravisor(*vf, mem, *host_, pc);
     };
   }
 
@@ -175,7 +172,8 @@ class VhostUserTest : public ::testing::Test {
   }
 
   std::string image_;
-  std::unique_ptr<fpga::Card> card_;
+  std::unique_ptr<stack::Stack> stack_;
+  fpga::Card* card_ = nullptr;  ///< stack_'s card
   std::unique_ptr<vmm::HostStorageService> host_;
   std::unique_ptr<vmm::VhostUserBlkServer> server_;
   unsigned queues_ = 1;

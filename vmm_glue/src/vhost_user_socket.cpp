@@ -15,7 +15,6 @@
 namespace keel::vmm {
 
 namespace vu = vhost_user;
-using UniqueFd;
 
 namespace {
 

@@ -61,6 +61,10 @@
 #include "keel/vmm/host_service.h"
 #include "keel/vmm/paravisor.h"
 
+namespace keel::stack {
+class Stack;  // NbdDisk is built by the stack (stack/src/nbd_disk.cpp), a layer above
+}  // namespace keel::stack
+
 namespace keel::vmm {
 
 /// NBD wire format. Every integer is big-endian on the wire; the structs below hold host-order
@@ -382,7 +386,8 @@ class NbdServer {
 
 /// One keel guest disk behind an NBD server, stood up whole: a free-running card, its PF
 /// manager and one VF, a host storage service on the same image, a paravisor (worker threads)
-/// on the VF or on the fallback, and the server. keel-nbd and the tests use it.
+/// on the VF or on the fallback, and the server. keel-nbd and the tests use it. It is a
+/// composition of the whole stack, so keel::stack builds it (link keel::stack to use it).
 struct NbdDiskOptions {
   std::string card = "model";  ///< Card spec ("model", "sim", ...).
   /// Disk image (created if missing). Empty: a temporary image in /dev/shm (or the temp
@@ -407,7 +412,7 @@ class NbdDisk {
   NbdServer& server() noexcept { return *server_; }
   Paravisor& paravisor() noexcept { return *pv_; }
   HostStorageService& host() noexcept { return *host_; }
-  fpga::Card& card() noexcept { return *card_; }
+  fpga::Card& card() noexcept;
   const std::string& image() const noexcept { return image_; }
   /// Host-side CPU of the data path: paravisor worker threads + host service thread + its
   /// io_uring workers, in nanoseconds (keel_bench_paravisor's cpu_ns_per_io numerator).
@@ -419,7 +424,7 @@ class NbdDisk {
   NbdDisk() = default;
   std::string image_;
   bool remove_image_ = false;
-  std::unique_ptr<fpga::Card> card_;
+  std::unique_ptr<stack::Stack> stack_;
   std::unique_ptr<GuestMemory> memory_;
   std::unique_ptr<HostStorageService> host_;
   std::unique_ptr<Paravisor> pv_;

@@ -1,11 +1,12 @@
-// NbdDisk: a whole keel guest disk behind an NBD server (card, VF, host service, paravisor).
+// NbdDisk: a whole keel guest disk behind an NBD server (card, VF, host service, paravisor),
+// stood up by the stack.
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <filesystem>
 
-#include "keel/sriov/pf_manager.h"
+#include "keel/stack/stack.h"
 #include "keel/vmm/nbd_server.h"
 
 namespace keel::vmm {
@@ -14,9 +15,8 @@ namespace {
 
 std::string temp_image_path() {
   static std::atomic<unsigned> counter{0};
-  const std::filesystem::path dir =
-      std::filesystem::exists("/dev/shm") ? "/dev/shm" : std::filesystem::temp_directory_path();
-  return (dir / ("keel-nbd-" + std::to_string(getpid()) + "-" + std::to_string(counter++) + ".img"))
+  return (stack::scratch_dir() /
+          ("keel-nbd-" + std::to_string(getpid()) + "-" + std::to_string(counter++) + ".img"))
       .string();
 }
 
@@ -40,13 +40,18 @@ Result<std::unique_ptr<NbdDisk>> NbdDisk::create(const NbdDiskOptions& options) 
     std::filesystem::remove(d->image_);
   }
 
-  fpga::CardOptions co;
-  co.image_path = d->image_;
-  co.storage_bytes = options.size_bytes;
-  co.lockstep = false;  // the card works on its own thread, like silicon
-  auto card = fpga::open_card(options.card, co);
-  if (!card) return context("opening the " + options.card + " card", card.error());
-  d->card_ = std::move(card).value();
+  stack::StackConfig sc;
+  sc.card = options.card;
+  sc.card_options.image_path = d->image_;
+  sc.card_options.storage_bytes = options.size_bytes;
+  sc.card_options.lockstep = false;  // the card works on its own thread, like silicon
+  sc.vfs.resources.resize(1);
+  sc.vfs.resources[0].queues = 1;
+  sc.vfs.resources[0].slice_base = 0;
+  sc.vfs.resources[0].slice_lbas = options.size_bytes / 512;
+  auto st = stack::Stack::open_card(sc);
+  if (!st) return context("opening the " + options.card + " card", st.error());
+  d->stack_ = std::move(st).value();
   struct stat sb {};
   if (stat(d->image_.c_str(), &sb) != 0 ||
       static_cast<std::uint64_t>(sb.st_size) < options.size_bytes) {
@@ -55,31 +60,25 @@ Result<std::unique_ptr<NbdDisk>> NbdDisk::create(const NbdDiskOptions& options) 
                                                   " MiB)");
   }
 
-  auto pm = sriov::PfManager::discover(*d->card_);
-  if (!pm) return context("PF manager", pm.error());
-  sriov::VfResources res;
-  res.queues = 1;
-  res.slice_base = 0;
-  res.slice_lbas = options.size_bytes / 512;
-  if (Status s = pm->enable_vfs({&res, 1}); !s.ok()) return context("enabling the VF", s.error());
+  if (Status s = d->stack_->discover_pf(); !s.ok()) return context("PF manager", s.error());
+  if (Status s = d->stack_->enable_vfs(); !s.ok()) return context("enabling the VF", s.error());
 
   auto mem = GuestMemory::create(NbdServer::guest_memory_bytes(options.server));
   if (!mem) return context("guest memory", mem.error());
   d->memory_ = std::move(mem).value();
 
-  HostServiceConfig hc;
-  hc.image_path = d->image_;
-  hc.base_offset = 0;
-  hc.length = options.size_bytes;
-  hc.guest_memory_fd = d->memory_->regions()[0].fd;
-  hc.guest_memory_bytes = d->memory_->regions()[0].bytes;
-  auto host = HostStorageService::start(hc);  // sets its io_uring up off this thread
+  stack::DiskSpec disk;
+  disk.base_offset = 0;
+  disk.length = options.size_bytes;
+  disk.ram = stack::GuestRamView::whole;
+  // Sets its io_uring up off this thread.
+  auto host = d->stack_->start_host_service(d->stack_->host_config(*d->memory_, disk));
   if (!host) return context("host storage service", host.error());
   d->host_ = std::move(host).value();
 
   fpga::Function* vf = nullptr;
   if (options.vf_path) {
-    auto v = d->card_->vf(0);
+    auto v = d->stack_->vf(0);
     if (!v) return context("VF 0", v.error());
     vf = *v;
   }
@@ -87,7 +86,7 @@ Result<std::unique_ptr<NbdDisk>> NbdDisk::create(const NbdDiskOptions& options) 
   pc.threads = true;
   pc.capacity_sectors = options.size_bytes / 512;
   pc.max_queue_size = std::max<std::uint16_t>(pc.max_queue_size, options.server.virtqueue_size);
-  auto pv = Paravisor::create(vf, *d->card_, *d->card_, *d->memory_, *d->host_, pc);
+  auto pv = d->stack_->create_paravisor(vf, *d->memory_, *d->host_, pc);
   if (!pv) return context("paravisor", pv.error());
   d->pv_ = std::move(pv).value();
   if (options.vf_path && d->pv_->state() != PathState::active) {
@@ -101,6 +100,8 @@ Result<std::unique_ptr<NbdDisk>> NbdDisk::create(const NbdDiskOptions& options) 
   if (Status s = d->server_->start(); !s.ok()) return context("starting", s.error());
   return d;
 }
+
+fpga::Card& NbdDisk::card() noexcept { return stack_->card(); }
 
 std::uint64_t NbdDisk::host_cpu_ns() const {
   if (stopped_cpu_ns_ != 0 || pv_ == nullptr) return stopped_cpu_ns_;
@@ -124,7 +125,7 @@ NbdDisk::~NbdDisk() {
   pv_.reset();
   host_.reset();
   memory_.reset();
-  card_.reset();
+  stack_.reset();
   if (remove_image_) {
     std::error_code ec;
     std::filesystem::remove(image_, ec);

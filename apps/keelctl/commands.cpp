@@ -1,6 +1,4 @@
-// keelctl: card and VF management in the style of nvme-cli.
-//
-//   keelctl [--card SPEC] [--json] <command> ...
+// keelctl's commands: the card, its VFs and IO to a VF through the NVMe driver.
 //
 // A simulated card (model, sim) lives as long as the keelctl process; its disk image (--image)
 // persists. Commands that need VFs enable --vfs of them (even split) on a simulated card that
@@ -19,21 +17,14 @@
 
 #include "keel/drivers/nvme/controller.h"
 #include "keel/drivers/nvme/queue_pair.h"
-#include "keel/fpga/card.h"
-#include "keel/sriov/pf_manager.h"
+#include "keel/stack/stack.h"
+#include "keelctl.h"
 
+namespace keelctl {
 namespace {
 
 using json = nlohmann::json;
 namespace drv = keel::drivers::nvme;
-
-struct Options {
-  std::string card = "model";
-  std::string image;
-  bool json = false;
-  unsigned sim_vfs = 4;
-  std::uint64_t sim_mib = 64;
-};
 
 [[noreturn]] void fail(const std::string& what) {
   std::fprintf(stderr, "keelctl: %s\n", what.c_str());
@@ -46,31 +37,30 @@ void check(const keel::Status& st, const std::string& doing) {
 
 bool simulated(const keel::fpga::Card& c) { return c.backend() == "model" || c.backend() == "sim"; }
 
-std::unique_ptr<keel::fpga::Card> open(const Options& o) {
-  keel::fpga::CardOptions co;
-  co.image_path = o.image;
-  co.storage_bytes = o.sim_mib << 20;
-  co.lockstep = false;
-  co.max_vfs = std::max(8u, o.sim_vfs);
-  auto c = keel::fpga::open_card(o.card, co);
-  if (!c) fail("cannot open card '" + o.card + "': " + keel::to_string(c.error()));
-  return std::move(c).value();
-}
-
-keel::sriov::PfManager manager(keel::fpga::Card& c) {
-  auto pm = keel::sriov::PfManager::discover(c);
-  if (!pm) fail(keel::to_string(pm.error()));
-  return std::move(pm).value();
+/// The card of --card with its PF manager. VFs are enabled later, and only on a simulated card
+/// that has none when a command needs one (--vfs of them, even split).
+std::unique_ptr<keel::stack::Stack> open(const Options& o) {
+  keel::stack::StackConfig sc;
+  sc.card = o.card;
+  sc.card_options.image_path = o.image;
+  sc.card_options.storage_bytes = o.sim_mib << 20;
+  sc.card_options.lockstep = false;
+  sc.card_options.max_vfs = std::max(8u, o.sim_vfs);
+  sc.vfs.count = o.sim_vfs;
+  auto s = keel::stack::Stack::open_card(sc);
+  if (!s) fail("cannot open card '" + o.card + "': " + keel::to_string(s.error()));
+  if (auto st = (*s)->discover_pf(); !st.ok()) fail(keel::to_string(st.error()));
+  return std::move(s).value();
 }
 
 /// The VF's function, enabling VFs first on a simulated card that has none.
-keel::fpga::Function& vf_function(keel::fpga::Card& c, const Options& o, unsigned vf) {
-  if (c.num_vfs() == 0) {
-    if (!simulated(c)) fail("no VFs are enabled on this card; run 'keelctl vf enable' first");
-    auto pm = manager(c);
-    check(pm.enable_vfs_even(o.sim_vfs), "enabling VFs on the simulated card");
+keel::fpga::Function& vf_function(keel::stack::Stack& s, unsigned vf) {
+  if (s.card().num_vfs() == 0) {
+    if (!simulated(s.card()))
+      fail("no VFs are enabled on this card; run 'keelctl vf enable' first");
+    check(s.enable_vfs(), "enabling VFs on the simulated card");
   }
-  auto f = c.vf(vf);
+  auto f = s.vf(vf);
   if (!f) fail(keel::to_string(f.error()));
   return **f;
 }
@@ -171,67 +161,22 @@ void run_io(drv::Controller& ctrl, bool write, std::uint64_t lba, std::uint32_t 
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  Options o;
-  CLI::App app{"keelctl: manage keel SR-IOV NVMe cards and their VFs (nvme-cli style)"};
-  app.require_subcommand(1);
-  app.add_option("--card", o.card, "card: model, sim, vfio:<PCI address>, xrt:<index>")
-      ->capture_default_str();
-  app.add_option("--image", o.image, "disk image of a simulated card (default: in memory)");
-  app.add_option("--vfs", o.sim_vfs, "VFs a simulated card enables when a command needs one")
-      ->check(CLI::Range(1, 64))
-      ->capture_default_str();
-  app.add_option("--size-mib", o.sim_mib, "storage of a new simulated card in MiB")
-      ->check(CLI::Range(1, 1 << 20))
-      ->capture_default_str();
-  app.add_flag("--json", o.json, "machine-readable output");
+int run(const Invocation& inv) {
+  const Options& o = inv.options;
+  const Command cmd = inv.command;
+  const unsigned count = inv.count, queues = inv.queues, weight = inv.weight, rate = inv.rate,
+                 vf_index = inv.vf_index;
+  const std::string& slices = inv.slices;
+  const std::optional<unsigned>& show_index = inv.show_index;
+  const std::uint64_t start = inv.start;
+  const std::uint32_t block_count0 = inv.block_count0;
+  const std::string& data_path = inv.data_path;
 
-  auto* list = app.add_subcommand("list", "the card and its VFs");
-  auto* vf = app.add_subcommand("vf", "VF management");
-  vf->require_subcommand(1);
-  unsigned count = 0, queues = 1, weight = 1, rate = 0, vf_index = 0;
-  std::string slices;
-  auto* vf_enable = vf->add_subcommand("enable", "enable VFs and give each its resources");
-  vf_enable->add_option("--count,-n", count, "number of VFs")->required()->check(CLI::Range(1, 64));
-  vf_enable->add_option("--queues,-q", queues, "IO queue pairs per VF")->capture_default_str();
-  vf_enable->add_option("--slice", slices,
-                        "BASE:LBAS per VF, comma separated (default: even split)");
-  vf_enable->add_option("--weight", weight, "QoS weight per VF (1-255)")->capture_default_str();
-  vf_enable->add_option("--rate", rate, "rate limit per VF in MB/s (0: none)")
-      ->capture_default_str();
-  auto* vf_show = vf->add_subcommand("show", "VF resources and counters");
-  std::optional<unsigned> show_index;
-  vf_show->add_option("index", show_index, "one VF (default: all)");
-  auto* vf_reset = vf->add_subcommand("reset", "function-level reset of one VF");
-  vf_reset->add_option("index", vf_index, "VF")->required();
-  auto* vf_disable = vf->add_subcommand("disable", "remove every VF");
+  auto stack = open(o);
+  keel::fpga::Card* card = &stack->card();
+  keel::sriov::PfManager& pm = stack->pf();
 
-  auto* id_ctrl = app.add_subcommand("id-ctrl", "Identify Controller of a VF");
-  auto* id_ns = app.add_subcommand("id-ns", "Identify Namespace 1 of a VF");
-  for (auto* c : {id_ctrl, id_ns}) c->add_option("--vf", vf_index, "VF")->capture_default_str();
-
-  std::uint64_t start = 0;
-  std::uint32_t block_count0 = 0;  // 0's based, as nvme-cli's --block-count
-  std::string data_path;
-  auto* read = app.add_subcommand("read", "read blocks (to --data FILE or stdout)");
-  auto* write = app.add_subcommand("write", "write blocks (from --data FILE, or a pattern)");
-  auto* verify = app.add_subcommand("verify", "read blocks and compare with --data FILE");
-  for (auto* c : {read, write, verify}) {
-    c->add_option("--vf", vf_index, "VF")->capture_default_str();
-    c->add_option("--start-block,-s", start, "first logical block")->capture_default_str();
-    c->add_option("--block-count,-c", block_count0, "number of blocks, 0's based (as nvme-cli)")
-        ->capture_default_str();
-    c->add_option("--data,-d", data_path, "data file");
-  }
-  verify->get_option("--data")->required();
-  auto* counters = app.add_subcommand("counters", "card and VF performance counters");
-
-  CLI11_PARSE(app, argc, argv);
-
-  auto card = open(o);
-  auto pm = manager(*card);
-
-  if (*list || *counters) {
+  if (cmd == Command::list || cmd == Command::counters) {
     const auto info = pm.info();
     const auto cc = pm.counters();
     const auto vfs = pm.vfs();
@@ -268,8 +213,10 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  if (*vf) {
-    if (*vf_enable) {
+  const bool vf = cmd == Command::vf_enable || cmd == Command::vf_show ||
+                  cmd == Command::vf_reset || cmd == Command::vf_disable;
+  if (vf) {
+    if (cmd == Command::vf_enable) {
       std::vector<keel::sriov::VfResources> res(count);
       const auto info = pm.info();
       const auto parsed = parse_slices(slices);
@@ -289,7 +236,7 @@ int main(int argc, char** argv) {
       print_vfs(pm.vfs(), o.json);
       return 0;
     }
-    if (*vf_show) {
+    if (cmd == Command::vf_show) {
       if (show_index) {
         auto v = pm.vf(*show_index);
         if (!v) fail(keel::to_string(v.error()));
@@ -299,7 +246,7 @@ int main(int argc, char** argv) {
       }
       return 0;
     }
-    if (*vf_reset) {
+    if (cmd == Command::vf_reset) {
       check(pm.reset_vf(vf_index), "resetting VF " + std::to_string(vf_index));
       if (o.json)
         std::cout << json{{"vf", vf_index}, {"reset", true}}.dump(2) << "\n";
@@ -307,7 +254,7 @@ int main(int argc, char** argv) {
         std::printf("VF %u reset\n", vf_index);
       return 0;
     }
-    if (*vf_disable) {
+    if (cmd == Command::vf_disable) {
       check(pm.disable_vfs(), "disabling VFs");
       if (!o.json)
         std::printf("VFs disabled\n");
@@ -317,12 +264,12 @@ int main(int argc, char** argv) {
     }
   }
 
-  keel::fpga::Function& fn = vf_function(*card, o, vf_index);
-  auto ctrl = drv::Controller::open(fn, *card, *card);
+  keel::fpga::Function& fn = vf_function(*stack, vf_index);
+  auto ctrl = stack->open_controller(fn);
   if (!ctrl) fail("VF " + std::to_string(vf_index) + " bring-up: " + keel::to_string(ctrl.error()));
   drv::Controller& c = **ctrl;
 
-  if (*id_ctrl) {
+  if (cmd == Command::id_ctrl) {
     const nvme_id_ctrl& id = c.identify();
     const json j = {{"vid", id.vid},
                     {"ssvid", id.ssvid},
@@ -350,7 +297,7 @@ int main(int argc, char** argv) {
     }
     return 0;
   }
-  if (*id_ns) {
+  if (cmd == Command::id_ns) {
     const nvme_id_ns& ns = c.namespace_info();
     const json j = {{"nsze", ns.nsze},
                     {"ncap", ns.ncap},
@@ -375,7 +322,7 @@ int main(int argc, char** argv) {
          std::to_string(c.block_count()) + " blocks)");
   }
   std::vector<std::byte> data(blocks * c.block_bytes());
-  if (*write || *verify) {
+  if (cmd == Command::write || cmd == Command::verify) {
     if (!data_path.empty()) {
       std::ifstream in(data_path, std::ios::binary);
       if (!in) fail("cannot open --data file '" + data_path + "'");
@@ -390,7 +337,7 @@ int main(int argc, char** argv) {
       }
     }
   }
-  if (*write) {
+  if (cmd == Command::write) {
     run_io(c, true, start, static_cast<std::uint32_t>(blocks), data);
     if (o.json)
       std::cout << json{{"write", "success"}, {"blocks", blocks}}.dump(2) << "\n";
@@ -400,7 +347,7 @@ int main(int argc, char** argv) {
   }
   std::vector<std::byte> got(data.size());
   run_io(c, false, start, static_cast<std::uint32_t>(blocks), got);
-  if (*read) {
+  if (cmd == Command::read) {
     if (data_path.empty()) {
       std::fwrite(got.data(), 1, got.size(), stdout);
     } else {
@@ -425,3 +372,5 @@ int main(int argc, char** argv) {
     std::printf("verify: Success, %llu blocks match\n", static_cast<unsigned long long>(blocks));
   return 0;
 }
+
+}  // namespace keelctl

@@ -15,10 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "keel/fpga/card.h"
-#include "keel/sriov/pf_manager.h"
-#include "keel/vmm/host_service.h"
-#include "keel/vmm/paravisor.h"
+#include "keel/stack/stack.h"
 #include "keel/vmm/vhost_user.h"
 
 namespace {
@@ -86,43 +83,44 @@ int main(int argc, char** argv) {
   sigaddset(&sigs, SIGUSR2);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
-  keel::fpga::CardOptions co;
-  co.image_path = image;
-  co.storage_bytes = (size_mib + vf_index) * kMiB;
-  co.lockstep = false;  // like silicon: the card works on its own thread
-  auto card_r = keel::fpga::open_card(card_spec, co);
-  if (!card_r) return fail("opening the " + card_spec + " card: " + to_string(card_r.error()));
-  std::unique_ptr<keel::fpga::Card> card = std::move(card_r).value();
-  if (vf_index >= card->max_vfs()) {
-    return fail("--vf-index " + std::to_string(vf_index) + ": the card has " +
-                std::to_string(card->max_vfs()) + " VFs");
-  }
-  auto pm = keel::sriov::PfManager::discover(*card);
-  if (!pm) return fail("PF manager: " + to_string(pm.error()));
+  keel::stack::StackConfig sc;
+  sc.card = card_spec;
+  sc.card_options.image_path = image;
+  sc.card_options.storage_bytes = (size_mib + vf_index) * kMiB;
+  sc.card_options.lockstep = false;  // like silicon: the card works on its own thread
   const std::uint64_t disk_lbas = size_mib * kMiB / 512;
-  std::vector<keel::sriov::VfResources> res(vf_index + 1);
+  std::vector<keel::sriov::VfResources>& res = sc.vfs.resources;
+  res.resize(vf_index + 1);
   for (unsigned i = 0; i < vf_index; ++i) {
     res[i].slice_base = disk_lbas + i * (kMiB / 512);
     res[i].slice_lbas = kMiB / 512;
   }
   res[vf_index].queues = queues;
   res[vf_index].slice_lbas = disk_lbas;
-  if (auto st = pm->enable_vfs(res); !st.ok()) {
+  auto stack_r = keel::stack::Stack::open_card(sc);
+  if (!stack_r) return fail("opening the " + card_spec + " card: " + to_string(stack_r.error()));
+  std::unique_ptr<keel::stack::Stack> stack = std::move(stack_r).value();
+  keel::fpga::Card* card = &stack->card();
+  if (vf_index >= card->max_vfs()) {
+    return fail("--vf-index " + std::to_string(vf_index) + ": the card has " +
+                std::to_string(card->max_vfs()) + " VFs");
+  }
+  if (auto st = stack->discover_pf(); !st.ok()) return fail("PF manager: " + to_string(st.error()));
+  if (auto st = stack->enable_vfs(); !st.ok()) {
     return fail("enabling VFs (is the image smaller than --size-mib + --vf-index MiB?): " +
                 to_string(st.error()));
   }
-  auto vf = card->vf(vf_index);
+  auto vf = stack->vf(vf_index);
   if (!vf) return fail("VF " + std::to_string(vf_index) + ": " + to_string(vf.error()));
 
   // Re-created by the server for every memory table the front end sends.
   std::unique_ptr<vmm::HostStorageService> host;
   auto factory = [&](vmm::GuestMemory& mem) -> keel::Result<std::unique_ptr<vmm::Paravisor>> {
     host.reset();  // the paravisor that used it is gone
-    vmm::HostServiceConfig hc;
-    hc.image_path = image;
-    hc.length = size_mib * kMiB;
-    for (const auto& r : mem.regions()) hc.regions.push_back({r.fd, r.fd_offset, r.gpa, r.bytes});
-    auto h = vmm::HostStorageService::start(hc);
+    keel::stack::DiskSpec disk;
+    disk.length = size_mib * kMiB;
+    disk.ram = keel::stack::GuestRamView::regions;
+    auto h = stack->start_host_service(stack->host_config(mem, disk));
     if (!h) return h.error();
     host = std::move(h).value();
     vmm::ParavisorConfig pc;
@@ -132,7 +130,7 @@ int main(int argc, char** argv) {
     // A guest under TCG on a loaded host can leave commands waiting a long time: a longer
     // bound than the default keeps a slow host from looking like a lost VF.
     pc.command_timeout = std::chrono::seconds(5);
-    return vmm::Paravisor::create(no_vf ? nullptr : *vf, *card, *card, mem, *host, pc);
+    return stack->create_paravisor(no_vf ? nullptr : *vf, mem, *host, pc);
   };
   vmm::VhostUserBlkConfig vc;
   vc.socket_path = socket_path;
@@ -172,6 +170,6 @@ int main(int argc, char** argv) {
   print_report(*server);
   server.reset();  // drops the front end; the paravisor stops before the host service goes
   host.reset();
-  card.reset();
+  stack.reset();
   return 0;
 }

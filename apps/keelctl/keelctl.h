@@ -1,0 +1,49 @@
+// keelctl: card and VF management in the style of nvme-cli. main.cpp parses the command line
+// into an Invocation; commands.cpp runs it.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace keelctl {
+
+/// Options before the command.
+struct Options {
+  std::string card = "model";
+  std::string image;
+  bool json = false;
+  unsigned sim_vfs = 4;
+  std::uint64_t sim_mib = 64;
+};
+
+enum class Command {
+  list,
+  counters,
+  vf_enable,
+  vf_show,
+  vf_reset,
+  vf_disable,
+  id_ctrl,
+  id_ns,
+  read,
+  write,
+  verify,
+};
+
+/// What one run of keelctl does: the global options, the command and its arguments.
+struct Invocation {
+  Options options;
+  Command command = Command::list;
+  unsigned count = 0, queues = 1, weight = 1, rate = 0, vf_index = 0;  // vf enable, --vf
+  std::string slices;                                                  // vf enable --slice
+  std::optional<unsigned> show_index;                                  // vf show [index]
+  std::uint64_t start = 0;                                             // read/write/verify
+  std::uint32_t block_count0 = 0;  // 0's based, as nvme-cli's --block-count
+  std::string data_path;
+};
+
+/// Runs the command; exits the process with status 1 and a message on stderr on any error.
+int run(const Invocation& inv);
+
+}  // namespace keelctl
