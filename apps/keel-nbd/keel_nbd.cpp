@@ -20,11 +20,14 @@
 #include <memory>
 #include <string>
 
+#include "app_log.h"
+#include "keel/stack/nbd_disk.h"
 #include "keel/vmm/nbd_server.h"
 
 namespace {
 
 namespace vmm = keel::vmm;
+namespace stack = keel::stack;
 
 int fail(const std::string& what) {
   std::fprintf(stderr, "keel-nbd: %s\n", what.c_str());
@@ -55,7 +58,10 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"zero", "ignore", "off"}));
   app.add_flag("--read-only", read_only, "Refuse writes (EPERM)");
   app.add_option("--stats-json", stats_json, "Write the exit report as JSON to this file");
+  std::string log_level;
+  keel::apps::add_log_option(app, log_level);
   CLI11_PARSE(app, argc, argv);
+  if (!keel::apps::start_logging("keel-nbd", log_level)) return 2;
 
   // Signals are taken by sigwait below; block them before any thread exists.
   sigset_t sigs;
@@ -64,7 +70,7 @@ int main(int argc, char** argv) {
   sigaddset(&sigs, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
-  vmm::NbdDiskOptions o;
+  stack::NbdDiskOptions o;
   o.card = card;
   o.image = image;
   o.size_bytes = size_mib << 20;
@@ -76,9 +82,9 @@ int main(int argc, char** argv) {
   o.server.trim = trim == "zero"     ? vmm::NbdTrim::zero
                   : trim == "ignore" ? vmm::NbdTrim::ignore
                                      : vmm::NbdTrim::off;
-  auto disk_r = vmm::NbdDisk::create(o);
+  auto disk_r = stack::NbdDisk::create(o);
   if (!disk_r) return fail(keel::to_string(disk_r.error()));
-  std::unique_ptr<vmm::NbdDisk> disk = std::move(disk_r).value();
+  std::unique_ptr<stack::NbdDisk> disk = std::move(disk_r).value();
   std::printf("keel-nbd: serving %s (%" PRIu64
               " MiB) on the %s card, path %s, on %s (export '%s')\n",
               disk->image().c_str(), size_mib, card.c_str(), path.c_str(), socket_path.c_str(),

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "app_log.h"
 #include "keel/stack/stack.h"
 #include "keel/vmm/vhost_user.h"
 
@@ -68,11 +69,14 @@ int main(int argc, char** argv) {
   app.add_option("--vf-index", vf_index, "Which VF serves the guest")->check(CLI::Range(0u, 7u));
   bool no_vf = false;
   app.add_flag("--no-vf", no_vf, "serve the guest on the software fallback path only");
+  std::string log_level;
+  keel::apps::add_log_option(app, log_level);
   app.footer(
       "Signals: SIGUSR1 surprise-removes the VF (failover to the host path), SIGUSR2 restores "
       "it (traffic returns to the VF); SIGINT/SIGTERM print the path transitions and counters "
       "and exit.");
   CLI11_PARSE(app, argc, argv);
+  if (!keel::apps::start_logging("keel-vhost-blk", log_level)) return 2;
 
   // Signals are taken by sigwait below; block them before any thread exists.
   sigset_t sigs;

@@ -6,10 +6,12 @@
 #include <atomic>
 #include <filesystem>
 
+#include "keel/stack/nbd_disk.h"
 #include "keel/stack/stack.h"
-#include "keel/vmm/nbd_server.h"
 
-namespace keel::vmm {
+namespace keel::stack {
+
+using namespace keel::vmm;  // NbdDisk assembles the paravisor's pieces
 
 namespace {
 
@@ -132,4 +134,4 @@ NbdDisk::~NbdDisk() {
   }
 }
 
-}  // namespace keel::vmm
+}  // namespace keel::stack

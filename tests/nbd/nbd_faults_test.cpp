@@ -16,7 +16,7 @@ namespace {
 // really finished with it, and B waits for that. Before the fix B was acknowledged at once and
 // A's late write then overwrote it. `unaligned`: A is a read-modify-write (the lost completion
 // is its edge read; its main write comes later still).
-void late_write_test(NbdTest& t, vmm::NbdDisk& disk, NbdClient& c, TestClock& clock,
+void late_write_test(NbdTest& t, stack::NbdDisk& disk, NbdClient& c, TestClock& clock,
                      bool unaligned) {
   const std::uint64_t base = 3 * kMiB;
   const auto old_data = pattern(8192, 90);

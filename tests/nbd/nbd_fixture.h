@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "keel/clock.h"
+#include "keel/stack/nbd_disk.h"
 #include "nbd_client.h"
 
 namespace keel::test {
@@ -71,13 +72,13 @@ class NbdTest : public ::testing::TestWithParam<const char*> {
   /// (Re)starts the disk with server settings changed by `tweak`.
   void start(const std::function<void(vmm::NbdServerConfig&)>& tweak) {
     disk_.reset();
-    vmm::NbdDiskOptions o;
+    stack::NbdDiskOptions o;
     o.size_bytes = kDiskBytes;
     o.vf_path = std::string(GetParam()) == "vf";
     o.server.socket_path = socket_path();
     o.server.log = false;
     if (tweak) tweak(o.server);
-    auto d = vmm::NbdDisk::create(o);
+    auto d = stack::NbdDisk::create(o);
     ASSERT_TRUE(d.ok()) << to_string(d.error());
     disk_ = std::move(d).value();
   }
@@ -128,7 +129,7 @@ class NbdTest : public ::testing::TestWithParam<const char*> {
     }
   }
 
-  std::unique_ptr<vmm::NbdDisk> disk_;
+  std::unique_ptr<stack::NbdDisk> disk_;
 };
 
 /// Polls `done` every millisecond for at most a minute of real time (a bound that a loaded

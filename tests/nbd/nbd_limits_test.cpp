@@ -41,13 +41,13 @@ TEST_P(NbdTest, QueueDepthBoundsRequestsInFlight) {
 // Settings past the parsers' bounds are refused when the server is made.
 TEST_P(NbdTest, ConfigurationBeyondTheLimitsIsRefused) {
   auto refused = [&](const std::function<void(vmm::NbdServerConfig&)>& tweak) {
-    vmm::NbdDiskOptions o;
+    stack::NbdDiskOptions o;
     o.size_bytes = kDiskBytes;
     o.vf_path = std::string(GetParam()) == "vf";
     o.server.socket_path = socket_path();
     o.server.log = false;
     tweak(o.server);
-    auto d = vmm::NbdDisk::create(o);
+    auto d = stack::NbdDisk::create(o);
     return !d.ok() && d.error().code == Errc::invalid_argument;
   };
   disk_.reset();

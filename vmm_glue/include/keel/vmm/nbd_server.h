@@ -55,15 +55,9 @@
 #include <string>
 
 #include "keel/clock.h"
-#include "keel/fpga/card.h"
 #include "keel/result.h"
 #include "keel/vmm/guest_memory.h"
-#include "keel/vmm/host_service.h"
 #include "keel/vmm/paravisor.h"
-
-namespace keel::stack {
-class Stack;  // NbdDisk is built by the stack (stack/src/nbd_disk.cpp), a layer above
-}  // namespace keel::stack
 
 namespace keel::vmm {
 
@@ -382,55 +376,6 @@ class NbdServer {
                                                    GuestMemory& memory);
   explicit NbdServer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
-};
-
-/// One keel guest disk behind an NBD server, stood up whole: a free-running card, its PF
-/// manager and one VF, a host storage service on the same image, a paravisor (worker threads)
-/// on the VF or on the fallback, and the server. keel-nbd and the tests use it. It is a
-/// composition of the whole stack, so keel::stack builds it (link keel::stack to use it).
-struct NbdDiskOptions {
-  std::string card = "model";  ///< Card spec ("model", "sim", ...).
-  /// Disk image (created if missing). Empty: a temporary image in /dev/shm (or the temp
-  /// directory), removed when the disk goes away.
-  std::string image;
-  std::uint64_t size_bytes = 64ull << 20;  ///< Disk size (a multiple of 1 MiB).
-  bool vf_path = true;  ///< false: the guest has no VF; everything takes the fallback.
-  NbdServerConfig server;
-};
-
-class NbdDisk {
- public:
-  /// Stands everything up and starts serving. Errors: from every layer, with what failed.
-  /// Nothing stays tied to the calling thread: tearing the disk down never interrupts a
-  /// blocking call of that thread (see HostStorageService::start).
-  static Result<std::unique_ptr<NbdDisk>> create(const NbdDiskOptions& options);
-  /// Stops the server, then the paravisor, then tears everything down in order.
-  ~NbdDisk();
-  NbdDisk(const NbdDisk&) = delete;
-  NbdDisk& operator=(const NbdDisk&) = delete;
-
-  NbdServer& server() noexcept { return *server_; }
-  Paravisor& paravisor() noexcept { return *pv_; }
-  HostStorageService& host() noexcept { return *host_; }
-  fpga::Card& card() noexcept;
-  const std::string& image() const noexcept { return image_; }
-  /// Host-side CPU of the data path: paravisor worker threads + host service thread + its
-  /// io_uring workers, in nanoseconds (keel_bench_paravisor's cpu_ns_per_io numerator).
-  std::uint64_t host_cpu_ns() const;
-  /// Stops serving (server, then paravisor); idempotent. Counters stay readable.
-  void stop();
-
- private:
-  NbdDisk() = default;
-  std::string image_;
-  bool remove_image_ = false;
-  std::unique_ptr<stack::Stack> stack_;
-  std::unique_ptr<GuestMemory> memory_;
-  std::unique_ptr<HostStorageService> host_;
-  std::unique_ptr<Paravisor> pv_;
-  std::unique_ptr<NbdServer> server_;
-  bool stopped_ = false;
-  std::uint64_t stopped_cpu_ns_ = 0;
 };
 
 }  // namespace keel::vmm
