@@ -27,7 +27,7 @@
 namespace {
 
 namespace vmm = keel::vmm;
-namespace blk = vmm::virtio::blk;
+namespace blk = keel::virtio::blk;
 
 constexpr std::uint64_t kDiskBytes = 256ull << 20;
 

@@ -17,7 +17,7 @@
 namespace keel::perf {
 
 namespace vmm = keel::vmm;
-namespace blk = vmm::virtio::blk;
+namespace blk = keel::virtio::blk;
 using Clock = std::chrono::steady_clock;
 
 // ---------------------------------------------------------------- histogram

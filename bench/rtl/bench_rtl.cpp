@@ -27,8 +27,8 @@
 #include <keel/regs/keel_regs.h>
 
 #include "keel/fpga/sim/sim_card.h"
-#include "keel/nvme/wire.h"
 #include "keel/thread_cpu.h"
+#include "keel/wire/nvme.h"
 
 namespace {
 

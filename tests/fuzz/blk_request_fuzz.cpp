@@ -22,6 +22,7 @@ keel::vmm::GuestMemory& memory() {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  using namespace keel;
   using namespace keel::vmm;
   GuestMemory& mem = memory();
   std::byte* ram = mem.translate(0, 0x10000);

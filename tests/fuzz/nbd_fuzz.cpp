@@ -39,7 +39,7 @@
 #include "keel/clock.h"
 #include "keel/vmm/guest_memory.h"
 #include "keel/vmm/nbd_server.h"
-#include "keel/vmm/virtio.h"
+#include "keel/wire/virtio.h"
 #include "nbd_seam.h"
 
 namespace {

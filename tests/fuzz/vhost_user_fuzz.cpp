@@ -47,7 +47,7 @@
 namespace {
 
 using namespace keel;
-namespace vu = vmm::vhost_user;
+namespace vu = keel::vhost_user;
 
 constexpr std::uint64_t kDiskBytes = 1 << 20;
 constexpr std::size_t kMemfdBytes = 64 << 10;     // a memfd the input may attach

@@ -43,6 +43,7 @@
 
 namespace {
 
+using namespace keel;
 using namespace keel::vmm;
 namespace blk = virtio::blk;
 

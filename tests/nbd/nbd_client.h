@@ -17,7 +17,7 @@
 
 namespace keel::test {
 
-namespace nbd = vmm::nbd;
+namespace nbd = keel::nbd;
 
 class NbdClient {
  public:

@@ -15,7 +15,7 @@
 namespace keel::testing {
 namespace {
 
-namespace virtio = vmm::virtio;
+namespace virtio = keel::virtio;
 
 class DataPath : public ::testing::TestWithParam<std::string>, public ParavisorTest {
  protected:
@@ -156,7 +156,7 @@ TEST_P(DataPath, RequestsPastSizeMaxOrTheByteLimitFailWithoutIo) {
   make_guests(1, cfg, 96u << 20);
   Guest& g = guests_[0];
   const auto feats = g.pv->device_features();
-  EXPECT_NE(feats & vmm::virtio::bit(vmm::virtio::feature::kBlkSizeMax), 0u);
+  EXPECT_NE(feats & keel::virtio::bit(keel::virtio::feature::kBlkSizeMax), 0u);
   EXPECT_EQ(g.pv->config_space().size_max, cfg.size_max);
 
   const std::uint64_t big = g.drv->alloc(72u << 20);

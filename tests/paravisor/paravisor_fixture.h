@@ -18,7 +18,7 @@
 namespace keel::testing {
 
 namespace vmm = keel::vmm;
-namespace blk = vmm::virtio::blk;
+namespace blk = keel::virtio::blk;
 
 struct Guest {
   std::unique_ptr<vmm::GuestMemory> mem;

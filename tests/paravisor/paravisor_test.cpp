@@ -56,14 +56,14 @@ void verified_round_trip(ParavisorTest& t, Guest& g, std::uint64_t sector, std::
 TEST_P(Paravisor, DeviceOffersTheVirtioBlkFeatures) {
   make_guests(1);
   auto& pv = *guests_[0].pv;
-  namespace f = vmm::virtio::feature;
+  namespace f = keel::virtio::feature;
   const auto feats = pv.device_features();
   for (unsigned b : {f::kVersion1, f::kBlkSegMax, f::kBlkBlkSize, f::kBlkFlush, f::kBlkWriteZeroes,
                      f::kBlkMq, f::kRingEventIdx}) {
-    EXPECT_NE(feats & vmm::virtio::bit(b), 0u) << "feature bit " << b;
+    EXPECT_NE(feats & keel::virtio::bit(b), 0u) << "feature bit " << b;
   }
   EXPECT_FALSE(pv.set_features(0).ok()) << "VERSION_1 is required";
-  EXPECT_FALSE(pv.set_features(vmm::virtio::bit(f::kVersion1) | vmm::virtio::bit(3)).ok());
+  EXPECT_FALSE(pv.set_features(keel::virtio::bit(f::kVersion1) | keel::virtio::bit(3)).ok());
   const auto cfg = pv.config_space();
   EXPECT_EQ(cfg.capacity, kSliceLbas);
   EXPECT_EQ(cfg.blk_size, 512u);
@@ -171,9 +171,9 @@ TEST_P(Paravisor, DeviceWriteIntoADriverOnlyBufferIsRefused) {
   std::memset(g.drv->host(data, 4096), 0x3C, 4096);
   // A read whose data buffer is driver-readable only, placed before the writable status:
   // the device must not write into it.
-  const vmm::virtio::Desc chain[3] = {{hdr, 16, vmm::virtio::kDescNext, 101},
-                                      {data, 4096, vmm::virtio::kDescNext, 102},
-                                      {st, 1, vmm::virtio::kDescWrite, 0}};
+  const keel::virtio::Desc chain[3] = {{hdr, 16, keel::virtio::kDescNext, 101},
+                                       {data, 4096, keel::virtio::kDescNext, 102},
+                                       {st, 1, keel::virtio::kDescWrite, 0}};
   g.drv->publish_raw(0, chain, 100, 100);
   for (int i = 0; i < 100; ++i) turn();
   EXPECT_EQ(*g.drv->host(st, 1), std::byte{blk::kStatusIoErr});
@@ -184,8 +184,8 @@ TEST_P(Paravisor, ALoopingChainMarksTheDeviceForReset) {
   make_guests(2);
   Guest& g = guests_[0];
   const std::uint64_t hdr = g.drv->alloc(64);
-  const vmm::virtio::Desc loop[2] = {{hdr, 16, vmm::virtio::kDescNext, 121},
-                                     {hdr, 16, vmm::virtio::kDescNext, 120}};
+  const keel::virtio::Desc loop[2] = {{hdr, 16, keel::virtio::kDescNext, 121},
+                                      {hdr, 16, keel::virtio::kDescNext, 120}};
   g.drv->publish_raw(0, loop, 120, 120);
   for (int i = 0; i < 100; ++i) turn();
   EXPECT_TRUE(g.pv->needs_reset());
@@ -197,7 +197,7 @@ TEST_P(Paravisor, ALoopingChainMarksTheDeviceForReset) {
 TEST_P(Paravisor, AnIndexBeyondTheQueueMarksTheDeviceForReset) {
   make_guests(1);
   Guest& g = guests_[0];
-  const vmm::virtio::Desc d[1] = {{0, 16, vmm::virtio::kDescNext, 5000}};
+  const keel::virtio::Desc d[1] = {{0, 16, keel::virtio::kDescNext, 5000}};
   g.drv->publish_raw(0, d, 90, 90);
   for (int i = 0; i < 50; ++i) turn();
   EXPECT_TRUE(g.pv->needs_reset());

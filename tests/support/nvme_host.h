@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "keel/fpga/card.h"
-#include "keel/nvme/wire.h"
 #include "keel/result.h"
+#include "keel/wire/nvme.h"
 
 namespace keel::testing {
 

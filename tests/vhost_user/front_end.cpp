@@ -15,7 +15,7 @@
 
 namespace keel::testing {
 
-namespace virtio = keel::vmm::virtio;
+namespace virtio = keel::virtio;
 using vu::Request;
 
 // ---- GuestRam ----

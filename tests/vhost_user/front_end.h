@@ -15,11 +15,11 @@
 
 #include "keel/vmm/split_ring_driver.h"
 #include "keel/vmm/vhost_user.h"
-#include "keel/vmm/virtio.h"
+#include "keel/wire/virtio.h"
 
 namespace keel::testing {
 
-namespace vu = keel::vmm::vhost_user;
+namespace vu = keel::vhost_user;
 
 /// Guest RAM: one memfd sealed against shrinking and growing (as QEMU's memory-backend-memfd),
 /// mapped here, shown to the back end as two regions. Region 0: GPA 0,

@@ -140,7 +140,7 @@ TEST_F(VhostUserAbuse, RingOutsideTheMemoryTableFailsAndNeverRuns) {
   const int kick = ring.kick_fd();
   EXPECT_EQ(fe->ack_u64(Request::set_vring_kick, 0, {&kick, 1}), 0u);
   EXPECT_EQ(fe->ack_state(Request::set_vring_enable, 0, 1), 0u);
-  ring.submit(vmm::virtio::blk::kIn, 0, std::vector<DriverRing::Seg>{{1 << 20, 512}});
+  ring.submit(keel::virtio::blk::kIn, 0, std::vector<DriverRing::Seg>{{1 << 20, 512}});
   for (int i = 0; i < 1000; ++i) EXPECT_EQ(server_->run_paravisor_once(), 0u);
   EXPECT_EQ(ring.used_idx(), 0);
   EXPECT_GE(server_->stats().failed_requests, 4u);
@@ -185,7 +185,7 @@ TEST_F(VhostUserAbuse, FeaturesNotOfferedFail) {
   auto fe = connect();
   const std::uint64_t offered = *fe->get_u64(Request::get_features);
   EXPECT_EQ(fe->ack_u64(Request::set_features, offered | (1ull << 3)), 1u);
-  EXPECT_EQ(fe->ack_u64(Request::set_features, offered & ~vmm::virtio::bit(32)), 1u)
+  EXPECT_EQ(fe->ack_u64(Request::set_features, offered & ~keel::virtio::bit(32)), 1u)
       << "VERSION_1 is required";
   EXPECT_EQ(fe->ack_u64(Request::set_protocol_features, 1ull << vu::protocol::kInflightShmfd), 1u);
   EXPECT_EQ(fe->ack_u64(Request::set_features, offered), 0u);
@@ -244,7 +244,7 @@ TEST_F(VhostUserAbuse, RandomMessagesNeverBreakTheServer) {
       card_->step(1);
     }
     if (ring.free_descriptors() >= 3) {  // never reaped: the rings may be anywhere by now
-      ring.submit(vmm::virtio::blk::kIn, rng() % kSliceLbas,
+      ring.submit(keel::virtio::blk::kIn, rng() % kSliceLbas,
                   std::vector<DriverRing::Seg>{{1 << 20, 512}});
     }
     if (!server_->connected()) {
@@ -279,7 +279,7 @@ TEST_F(VhostUserAbuse, PeerDisconnectMidIoLosesNothing) {
     DriverRing* rings[] = {&ring};
     ASSERT_TRUE(fe->handshake(ram, rings));
     fill_pattern(ram.at(1 << 20, 65536), 65536, 500, 11);
-    ring.submit(vmm::virtio::blk::kOut, 500, std::vector<DriverRing::Seg>{{1 << 20, 65536}});
+    ring.submit(keel::virtio::blk::kOut, 500, std::vector<DriverRing::Seg>{{1 << 20, 65536}});
     ring.kick();
     server_->run_paravisor_once();  // the write is on the VF now, not complete
     EXPECT_EQ(ring.used_idx(), 0);
@@ -287,14 +287,15 @@ TEST_F(VhostUserAbuse, PeerDisconnectMidIoLosesNothing) {
     server_->run_once(std::chrono::milliseconds(100));  // EOF: the rings stop, in-flight IO ends
     EXPECT_FALSE(server_->connected());
     ASSERT_EQ(ring.used_idx(), 1) << "the in-flight write completed before the teardown";
-    EXPECT_EQ(ring.reap()->second, vmm::virtio::blk::kStatusOk);
+    EXPECT_EQ(ring.reap()->second, keel::virtio::blk::kStatusOk);
   }
   auto fe = connect();
   DriverRing ring(ram, kRingSize, 0x20000);
   DriverRing* rings[] = {&ring};
   ASSERT_TRUE(fe->handshake(ram, rings));
   std::memset(ram.at(2 << 20, 65536), 0, 65536);
-  ASSERT_EQ(io(ring, vmm::virtio::blk::kIn, 500, {{2 << 20, 65536}}), vmm::virtio::blk::kStatusOk);
+  ASSERT_EQ(io(ring, keel::virtio::blk::kIn, 500, {{2 << 20, 65536}}),
+            keel::virtio::blk::kStatusOk);
   EXPECT_EQ(check_pattern(ram.at(2 << 20, 65536), 65536, 500, 11), -1) << "the write landed";
   EXPECT_EQ(server_->counters().requests, 2u) << "completed once";
 }

@@ -26,7 +26,7 @@
 namespace keel::testing {
 
 namespace vmm = keel::vmm;
-namespace blk = vmm::virtio::blk;
+namespace blk = keel::virtio::blk;
 
 class VhostUserTest : public ::testing::Test {
  protected:

@@ -9,7 +9,7 @@ namespace keel::testing {
 namespace {
 
 using vu::Request;
-namespace f = vmm::virtio::feature;
+namespace f = keel::virtio::feature;
 
 constexpr std::uint64_t kWbuf = 1 << 20, kRbuf = 2 << 20;  // data buffers in region 0
 constexpr std::uint64_t kHighW = GuestRam::kHighGpa, kHighR = GuestRam::kHighGpa + (1 << 20);
@@ -21,7 +21,7 @@ TEST_F(VhostUserTest, NegotiatesFeaturesProtocolFeaturesAndQueues) {
   ASSERT_TRUE(features.has_value());
   for (unsigned b : {f::kVersion1, f::kBlkSegMax, f::kBlkBlkSize, f::kBlkFlush, f::kBlkMq,
                      f::kBlkWriteZeroes, f::kRingEventIdx, vu::kFeatureProtocolFeatures}) {
-    EXPECT_NE(*features & vmm::virtio::bit(b), 0u) << "feature bit " << b;
+    EXPECT_NE(*features & keel::virtio::bit(b), 0u) << "feature bit " << b;
   }
   EXPECT_EQ(fe->get_u64(Request::get_protocol_features), vu::kOfferedProtocolFeatures);
   EXPECT_EQ(fe->ack_u64(Request::set_protocol_features, vu::kOfferedProtocolFeatures), 0u);

@@ -3,7 +3,7 @@
 
 #include <cstring>
 
-#include "keel/vmm/virtio.h"
+#include "keel/wire/virtio.h"
 #include "nbd_layout.h"
 #include "nbd_request.h"
 

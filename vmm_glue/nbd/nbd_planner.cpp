@@ -5,7 +5,7 @@
 #include <cstring>
 #include <string>
 
-#include "keel/vmm/virtio.h"
+#include "keel/wire/virtio.h"
 #include "nbd_layout.h"
 
 namespace keel::vmm::nbd_internal {

@@ -12,7 +12,7 @@
 #include "keel/fpga/card_storage.h"
 #include "keel/fpga/iommu.h"
 #include "keel/fpga/msix_interrupts.h"
-#include "keel/nvme/wire.h"
+#include "keel/wire/nvme.h"
 
 namespace keel::fpga::model {
 

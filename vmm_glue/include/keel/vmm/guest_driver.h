@@ -15,7 +15,7 @@
 #include "keel/vmm/guest_memory.h"
 #include "keel/vmm/paravisor.h"
 #include "keel/vmm/split_ring_driver.h"
-#include "keel/vmm/virtio.h"
+#include "keel/wire/virtio.h"
 
 namespace keel::vmm {
 

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "keel/result.h"
-#include "keel/vmm/virtio.h"
+#include "keel/wire/virtio.h"
 
 namespace keel::vmm {
 

@@ -6,7 +6,7 @@
 
 #include "keel/result.h"
 #include "keel/vmm/guest_memory.h"
-#include "keel/vmm/virtio.h"
+#include "keel/wire/virtio.h"
 
 namespace keel::vmm {
 

@@ -14,8 +14,8 @@
 #include "keel/drivers/nvme/io_status.h"
 #include "keel/fpga/function.h"
 #include "keel/fpga/stepper.h"
-#include "keel/nvme/wire.h"
 #include "keel/result.h"
+#include "keel/wire/nvme.h"
 
 namespace keel::drivers::nvme {
 

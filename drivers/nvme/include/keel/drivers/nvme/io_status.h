@@ -5,7 +5,7 @@
 #include <string>
 
 #include "keel/fpga/dma.h"
-#include "keel/nvme/wire.h"
+#include "keel/wire/nvme.h"
 
 namespace keel::drivers::nvme {
 

@@ -1,9 +1,9 @@
 // The NBD wire format: byte order and names.
 #include <bit>
 
-#include "keel/vmm/nbd_server.h"
+#include "keel/wire/nbd.h"
 
-namespace keel::vmm::nbd {
+namespace keel::nbd {
 
 namespace {
 
@@ -65,4 +65,4 @@ const char* option_name(std::uint32_t option) noexcept {
   }
 }
 
-}  // namespace keel::vmm::nbd
+}  // namespace keel::nbd

@@ -1,10 +1,10 @@
-// keel/vmm/virtio.h - virtio 1.1 split virtqueue and virtio-blk wire formats.
+// keel/wire/virtio.h - virtio 1.1 split virtqueue and virtio-blk wire formats.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
-namespace keel::vmm::virtio {
+namespace keel::virtio {
 
 /// Split virtqueue descriptor (virtio 1.1 section 2.6.5), little-endian in guest memory.
 struct Desc {
@@ -139,4 +139,4 @@ static_assert(offsetof(Config, blk_size) == 20 && offsetof(Config, num_queues) =
               "virtio-blk config layout");
 
 }  // namespace blk
-}  // namespace keel::vmm::virtio
+}  // namespace keel::virtio

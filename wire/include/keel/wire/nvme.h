@@ -1,4 +1,4 @@
-// keel/nvme/wire.h - NVMe 1.4 queue entry formats and codes (the ones libnvme lacks).
+// keel/wire/nvme.h - NVMe 1.4 queue entry formats and codes (the ones libnvme lacks).
 //
 // Shared by the card models (device side) and the drivers (host side). Identify data uses
 // libnvme's struct nvme_id_ctrl / nvme_id_ns; everything on a queue is here.
