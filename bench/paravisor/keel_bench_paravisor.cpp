@@ -53,9 +53,7 @@ struct Rig {
   explicit Rig(bool vf_path) {
     // The image lives in /dev/shm when there is one: both paths then measure keel, not the
     // disk under /tmp.
-    image = (keel::stack::scratch_dir() / ("keel-bench-pv-" + std::to_string(getpid()) + ".img"))
-                .string();
-    std::filesystem::remove(image);
+    image = keel::stack::scratch_image_path("bench-pv");
     keel::stack::StackConfig sc;
     sc.card = "model";
     sc.card_options.image_path = image;

@@ -99,9 +99,7 @@ Result<std::unique_ptr<Stack>> Stack::open(const Config& config) {
   sc.vfs.disable_first = true;
   if (simulated(s->spec_)) {
     if (config.image.empty()) {
-      s->image_ = (keel::stack::scratch_dir() / ("keel-perf-" + std::to_string(getpid()) + ".img"))
-                      .string();
-      std::filesystem::remove(s->image_);
+      s->image_ = keel::stack::scratch_image_path("perf");
       s->temp_image_ = true;
     } else {
       s->image_ = config.image;

@@ -15,13 +15,6 @@ using namespace keel::vmm;  // NbdDisk assembles the paravisor's pieces
 
 namespace {
 
-std::string temp_image_path() {
-  static std::atomic<unsigned> counter{0};
-  return (stack::scratch_dir() /
-          ("keel-nbd-" + std::to_string(getpid()) + "-" + std::to_string(counter++) + ".img"))
-      .string();
-}
-
 Error context(const std::string& what, const Error& e) {
   return make_error(e.code, what + ": " + e.message);
 }
@@ -37,9 +30,8 @@ Result<std::unique_ptr<NbdDisk>> NbdDisk::create(const NbdDiskOptions& options) 
   std::unique_ptr<NbdDisk> d(new NbdDisk());
   d->image_ = options.image;
   if (d->image_.empty()) {
-    d->image_ = temp_image_path();
+    d->image_ = scratch_image_path("nbd");
     d->remove_image_ = true;
-    std::filesystem::remove(d->image_);
   }
 
   stack::StackConfig sc;

@@ -1,5 +1,11 @@
 #include "keel/stack/stack.h"
 
+#include <unistd.h>
+
+#include <atomic>
+#include <string>
+#include <system_error>
+
 namespace keel::stack {
 
 Result<std::unique_ptr<Stack>> Stack::open_card(const StackConfig& config) {
@@ -112,6 +118,21 @@ Result<std::unique_ptr<drivers::nvme::Controller>> Stack::open_controller(
 std::filesystem::path scratch_dir() {
   return std::filesystem::exists("/dev/shm") ? std::filesystem::path("/dev/shm")
                                              : std::filesystem::temp_directory_path();
+}
+
+std::string scratch_image_path(std::string_view tag, const std::filesystem::path& dir) {
+  static std::atomic<unsigned> counter{0};
+  const std::string path = (dir / ("keel-" + std::string(tag) + "-" + std::to_string(getpid()) +
+                                   "-" + std::to_string(counter++) + ".img"))
+                               .string();
+  std::error_code ec;
+  std::filesystem::remove(path, ec);  // a stale file of a process that had this pid
+  return path;
+}
+
+ScratchImage::~ScratchImage() {
+  std::error_code ec;
+  std::filesystem::remove(path_, ec);
 }
 
 }  // namespace keel::stack

@@ -410,14 +410,8 @@ INSTANTIATE_TEST_SUITE_P(Backends, HighMemory, ::testing::ValuesIn(fpga::test_ba
 // and write-zeroes at 8 times their offset. The guest is now told blk_size 4096, requests must
 // be aligned to it, and the worker converts sectors to the namespace's LBAs.
 TEST(BlockSize, AVfWith4KiBLbasGetsEveryByteAtItsOffset) {
-  const std::string image =
-      (std::filesystem::temp_directory_path() / ("keel-pv-4k-" + std::to_string(getpid()) + ".img"))
-          .string();
-  std::filesystem::remove(image);
-  struct Cleanup {  // destroyed last: after the card that maps the image
-    std::string path;
-    ~Cleanup() { std::filesystem::remove(path); }
-  } cleanup{image};
+  const stack::ScratchImage scratch("pv-4k", std::filesystem::temp_directory_path());
+  const std::string& image = scratch.path();  // removed last: after the card that maps it
   fpga::model::ModelConfig mc;
   mc.card.image_path = image;
   mc.card.storage_bytes = 16u << 20;

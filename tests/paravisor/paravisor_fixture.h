@@ -38,10 +38,7 @@ class ParavisorTest {
   /// real board: the host path needs the card's disk image.
   bool open_backend(const std::string& backend) {
     if (backend != "model" && backend != "sim") return false;
-    image_ =
-        (std::filesystem::temp_directory_path() / ("keel-pv-" + std::to_string(getpid()) + ".img"))
-            .string();
-    std::filesystem::remove(image_);
+    image_ = stack::scratch_image_path("pv", std::filesystem::temp_directory_path());
     stack::StackConfig sc;
     sc.card = backend;
     sc.card_options.image_path = image_;

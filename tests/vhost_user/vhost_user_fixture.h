@@ -45,10 +45,9 @@ class VhostUserTest : public ::testing::Test {
   void start(unsigned queues = 1, bool threaded = false) {
     threaded_ = threaded;
     queues_ = queues;
-    const std::string tag = std::to_string(getpid()) + "-" +
-                            ::testing::UnitTest::GetInstance()->current_test_info()->name();
-    image_ = (std::filesystem::temp_directory_path() / ("keel-vu-" + tag + ".img")).string();
-    std::filesystem::remove(image_);
+    const std::string tag =
+        std::string("vu-") + ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    image_ = stack::scratch_image_path(tag, std::filesystem::temp_directory_path());
     stack::StackConfig sc;
     sc.card = "model";
     sc.card_options.image_path = image_;

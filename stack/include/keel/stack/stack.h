@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "keel/drivers/nvme/controller.h"
@@ -143,5 +144,25 @@ class Stack {
 /// Where scratch disk images go: /dev/shm when there is one (benchmarks then measure keel, not
 /// the disk under /tmp), else the temp directory.
 std::filesystem::path scratch_dir();
+
+/// A fresh disk-image path, "<dir>/keel-<tag>-<pid>-<n>.img": unique in this process and across
+/// processes, with any stale file at it removed. The caller removes the file when done, after
+/// the card that maps it is gone (or holds a ScratchImage).
+std::string scratch_image_path(std::string_view tag, const std::filesystem::path& dir = scratch_dir());
+
+/// A scratch_image_path() whose file is removed when this goes: declare it before (destroy it
+/// after) the card or stack that maps the image.
+class ScratchImage {
+ public:
+  explicit ScratchImage(std::string_view tag, const std::filesystem::path& dir = scratch_dir())
+      : path_(scratch_image_path(tag, dir)) {}
+  ~ScratchImage();
+  ScratchImage(const ScratchImage&) = delete;
+  ScratchImage& operator=(const ScratchImage&) = delete;
+  const std::string& path() const noexcept { return path_; }
+
+ private:
+  std::string path_;
+};
 
 }  // namespace keel::stack
