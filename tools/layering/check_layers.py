@@ -35,6 +35,7 @@ LAYERS = [
     ("fpga/include/", "fpga", 2),
     ("fpga/src/", "fpga", 2),
     ("fpga/pci/", "pci", 2),
+    ("fpga/vfio_user/", "vfio_user", 2),
     ("fpga/model/", "model", 2.5),
     ("fpga/sim/", "sim", 2.5),
     ("fpga/vfio/", "vfio", 2.5),
