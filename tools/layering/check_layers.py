@@ -40,6 +40,7 @@ LAYERS = [
     ("fpga/sim/", "sim", 2.5),
     ("fpga/vfio/", "vfio", 2.5),
     ("fpga/xrt/", "xrt", 2.5),
+    ("fpga/vfio_user_server/", "vfio_user_server", 2.5),
     ("fpga/src/open_card.cpp", "registry", 2.8),
     ("drivers/", "drivers", 3),
     ("sriov/", "sriov", 3),

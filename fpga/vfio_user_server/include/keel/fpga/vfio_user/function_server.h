@@ -1,0 +1,88 @@
+// keel/fpga/vfio_user/function_server.h - one PCI function of a card served over vfio-user:
+// what keel-card runs per socket (issue 12). It answers a client's commands with the function:
+// BAR0 reads and writes, MSI-X through the client's eventfds, DMA windows from the client's
+// memory fds mapped into the function's IOMMU domain, FLR as DEVICE_RESET.
+//
+// Not yet: a sparse-mmap doorbell page (every BAR access is a message today), PCI config space
+// (region 7 reads as empty), the socket loop and daemon around it.
+//
+// Threading: one thread handles a connection's messages and forwards its interrupts.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <vector>
+
+#include "keel/fpga/function.h"
+#include "keel/fpga/vfio_user/channel.h"
+#include "keel/result.h"
+#include "keel/unique_fd.h"
+
+namespace keel::vfio_user {
+
+struct FunctionServerConfig {
+  /// What this server offers in VERSION (the smaller of each with the client's is agreed).
+  Capabilities caps{64, 1u << 20};
+  /// Largest DMA window one DMA_MAP may add, and all windows together (bytes).
+  std::uint64_t max_window_bytes = 64ull << 30;
+  std::uint64_t max_total_bytes = 256ull << 30;
+  /// DMA windows one client may hold.
+  unsigned max_windows = 64;
+};
+
+class FunctionServer {
+ public:
+  FunctionServer(fpga::Function& function, FunctionServerConfig config = {})
+      : fn_(function), config_(config) {}
+  ~FunctionServer();
+  FunctionServer(const FunctionServer&) = delete;
+  FunctionServer& operator=(const FunctionServer&) = delete;
+
+  /// Handles one command and sends its reply (unless it asked for none). A command the server
+  /// refuses gets a failed reply with an errno (EINVAL, ENOENT, EEXIST, ENOSPC, EPROTO, ...);
+  /// only failing to send is an error here (the connection is then done).
+  Status handle(Channel& channel, Message& message);
+
+  /// Forwards the function's interrupts to the client's eventfds: every vector that fired
+  /// since the last call and has a client eventfd gets one signal. Returns how many were sent.
+  unsigned forward_interrupts();
+  /// The function's interrupt eventfds (for an epoll loop around forward_interrupts()).
+  std::vector<int> interrupt_fds() const;
+
+  /// What the client did, for keel-card's per-function counters.
+  struct Counters {
+    std::uint64_t commands = 0, refused = 0, region_reads = 0, region_writes = 0;
+    std::uint64_t dma_maps = 0, dma_unmaps = 0, interrupts_forwarded = 0, resets = 0;
+  };
+  const Counters& counters() const noexcept { return counters_; }
+  bool negotiated() const noexcept { return negotiated_; }
+
+  /// Drops what a client set up (its DMA windows, its eventfds), as on a disconnect; the
+  /// function's own state is kept.
+  void client_gone();
+
+ private:
+  struct Window {
+    void* host = nullptr;
+    std::uint64_t bytes = 0;
+  };
+  Result<std::vector<std::byte>> dispatch(Message& m, std::vector<int>& out_fds);
+  Result<std::vector<std::byte>> version(const Message& m);
+  Result<std::vector<std::byte>> region_info(const Message& m);
+  Result<std::vector<std::byte>> region_access(const Message& m, bool write);
+  Result<std::vector<std::byte>> irq_info(const Message& m);
+  Status set_irqs(Message& m);
+  Status dma_map(Message& m);
+  Result<std::vector<std::byte>> dma_unmap(const Message& m);
+
+  fpga::Function& fn_;
+  FunctionServerConfig config_;
+  Capabilities agreed_;
+  bool negotiated_ = false;
+  std::map<std::uint64_t, Window> windows_;  ///< By IOVA.
+  std::uint64_t mapped_bytes_ = 0;
+  std::vector<UniqueFd> irq_fds_;  ///< The client's eventfd per MSI-X vector (or none).
+  Counters counters_;
+};
+
+}  // namespace keel::vfio_user

@@ -1,0 +1,360 @@
+#include "keel/fpga/vfio_user/function_server.h"
+
+#include <errno.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <bit>
+#include <cstring>
+#include <string>
+
+#include "keel/log.h"
+
+namespace keel::vfio_user {
+namespace {
+
+constexpr log::Logger kLog{"vfio-user"};
+
+std::uint32_t errno_of(const Error& e) {
+  switch (e.code) {
+    case Errc::invalid_argument: return EINVAL;
+    case Errc::out_of_range: return ERANGE;
+    case Errc::not_found: return ENOENT;
+    case Errc::unavailable: return ENOTSUP;
+    case Errc::timeout: return ETIMEDOUT;
+    case Errc::gone: return ENODEV;
+    case Errc::device_error: return EIO;
+    case Errc::dma_fault: return EFAULT;
+    case Errc::no_memory: return ENOMEM;
+    case Errc::busy: return EBUSY;
+    case Errc::io_error: return EIO;
+  }
+  return EIO;
+}
+
+template <typename T>
+Result<T> payload_as(const Message& m, const char* what) {
+  if (m.payload.size() < sizeof(T)) {
+    return make_error(Errc::invalid_argument, std::string(what) + ": payload of " +
+                                                  std::to_string(m.payload.size()) +
+                                                  " bytes; it needs " + std::to_string(sizeof(T)));
+  }
+  T v;
+  std::memcpy(&v, m.payload.data(), sizeof v);
+  return v;
+}
+
+template <typename T>
+std::vector<std::byte> bytes_of(const T& v) {
+  std::vector<std::byte> out(sizeof v);
+  std::memcpy(out.data(), &v, sizeof v);
+  return out;
+}
+
+}  // namespace
+
+FunctionServer::~FunctionServer() { client_gone(); }
+
+void FunctionServer::client_gone() {
+  for (auto& [iova, w] : windows_) {
+    (void)fn_.unmap_dma(iova);
+    ::munmap(w.host, w.bytes);
+  }
+  windows_.clear();
+  mapped_bytes_ = 0;
+  irq_fds_.clear();
+  negotiated_ = false;
+}
+
+Status FunctionServer::handle(Channel& channel, Message& message) {
+  ++counters_.commands;
+  std::vector<int> out_fds;
+  auto r = dispatch(message, out_fds);
+  if ((message.header.flags & kFlagNoReply) != 0) {
+    if (!r.ok()) ++counters_.refused;
+    return {};
+  }
+  if (!r.ok()) {
+    ++counters_.refused;
+    kLog.info("%s refused: %s", command_name(static_cast<std::uint16_t>(message.header.command)),
+              r.error().message.c_str());
+    // The spec's answer to a DMA_MAP over an existing window is EEXIST.
+    const bool exists = message.header.command == Command::dma_map && r.error().code == Errc::busy;
+    return channel.reply(message.header, {}, {}, exists ? EEXIST : errno_of(r.error()));
+  }
+  return channel.reply(message.header, r.value(), out_fds);
+}
+
+Result<std::vector<std::byte>> FunctionServer::dispatch(Message& m, std::vector<int>& out_fds) {
+  (void)out_fds;  // no reply carries fds yet (a mappable doorbell page will)
+  if ((m.header.flags & kFlagTypeMask) != kFlagTypeCommand) {
+    return make_error(Errc::invalid_argument, "a reply where a command was expected");
+  }
+  if (m.header.command != Command::version && !negotiated_) {
+    return make_error(Errc::invalid_argument, "VERSION must come first");
+  }
+  switch (m.header.command) {
+    case Command::version: return version(m);
+    case Command::device_get_info: {
+      auto req = payload_as<DeviceInfo>(m, "DEVICE_GET_INFO");
+      if (!req) return req.error();
+      const DeviceInfo info{sizeof(DeviceInfo), kDeviceReset | kDevicePci, kPciNumRegions,
+                            kPciNumIrqs};
+      return bytes_of(info);
+    }
+    case Command::device_get_region_info: return region_info(m);
+    case Command::region_read: return region_access(m, false);
+    case Command::region_write: return region_access(m, true);
+    case Command::device_get_irq_info: return irq_info(m);
+    case Command::device_set_irqs: {
+      if (Status s = set_irqs(m); !s.ok()) return s.error();
+      return std::vector<std::byte>{};
+    }
+    case Command::dma_map: {
+      if (Status s = dma_map(m); !s.ok()) return s.error();
+      return std::vector<std::byte>{};
+    }
+    case Command::dma_unmap: return dma_unmap(m);
+    case Command::device_reset: {
+      ++counters_.resets;
+      if (Status s = fn_.flr(); !s.ok()) return s.error();
+      return std::vector<std::byte>{};
+    }
+    case Command::device_get_region_io_fds:
+    case Command::dma_read:
+    case Command::dma_write: break;
+  }
+  return make_error(
+      Errc::unavailable,
+      std::string(command_name(static_cast<std::uint16_t>(m.header.command))) + " is not served");
+}
+
+Result<std::vector<std::byte>> FunctionServer::version(const Message& m) {
+  auto offer = decode_version(m.payload);
+  if (!offer) return offer.error();
+  auto agreed = negotiate(*offer, config_.caps);
+  if (!agreed) return agreed.error();
+  agreed_ = agreed->caps;
+  negotiated_ = true;
+  return encode_version(agreed_, agreed->major, agreed->minor);
+}
+
+Result<std::vector<std::byte>> FunctionServer::region_info(const Message& m) {
+  auto req = payload_as<RegionInfo>(m, "DEVICE_GET_REGION_INFO");
+  if (!req) return req.error();
+  if (req->index >= kPciNumRegions) {
+    return make_error(Errc::invalid_argument,
+                      "region " + std::to_string(req->index) + " does not exist");
+  }
+  RegionInfo info{};
+  info.argsz = sizeof(RegionInfo);
+  info.index = req->index;
+  if (req->index == kPciBar0Region) {
+    info.flags = kRegionRead | kRegionWrite;
+    info.size = fn_.bar_size();
+  }
+  return bytes_of(info);
+}
+
+Result<std::vector<std::byte>> FunctionServer::region_access(const Message& m, bool write) {
+  const char* what = write ? "REGION_WRITE" : "REGION_READ";
+  auto req = payload_as<RegionAccess>(m, what);
+  if (!req) return req.error();
+  const RegionAccess a = *req;
+  if (a.region != kPciBar0Region) {
+    return make_error(Errc::invalid_argument, std::string(what) + ": region " +
+                                                  std::to_string(a.region) + " has no registers");
+  }
+  // Registers are 32 or 64 bits wide and naturally aligned; longer accesses are runs of
+  // 32-bit ones (up to the agreed transfer size).
+  const bool width_ok = a.count == 8 ? a.offset % 8 == 0 : a.count % 4 == 0 && a.offset % 4 == 0;
+  if (a.count == 0 || !width_ok || a.count > agreed_.max_data_xfer_size ||
+      a.offset > fn_.bar_size() || a.count > fn_.bar_size() - a.offset) {
+    return make_error(Errc::invalid_argument, std::string(what) + ": " + std::to_string(a.count) +
+                                                  " bytes at " + std::to_string(a.offset) +
+                                                  " is not an aligned access inside BAR0 (" +
+                                                  std::to_string(fn_.bar_size()) + " bytes)");
+  }
+  if (write && m.payload.size() != sizeof(RegionAccess) + a.count) {
+    return make_error(Errc::invalid_argument,
+                      "REGION_WRITE: " + std::to_string(a.count) + " bytes announced, " +
+                          std::to_string(m.payload.size() - sizeof a) + " sent");
+  }
+  std::vector<std::byte> reply = bytes_of(a);
+  if (write) {
+    ++counters_.region_writes;
+    const std::byte* src = m.payload.data() + sizeof a;
+    if (a.count == 8) {
+      std::uint64_t v;
+      std::memcpy(&v, src, 8);
+      fn_.write64(a.offset, v);
+    } else {
+      for (std::uint32_t i = 0; i < a.count; i += 4) {
+        std::uint32_t v;
+        std::memcpy(&v, src + i, 4);
+        fn_.write32(a.offset + i, v);
+      }
+    }
+    return reply;
+  }
+  ++counters_.region_reads;
+  reply.resize(sizeof a + a.count);
+  std::byte* dst = reply.data() + sizeof a;
+  if (a.count == 8) {
+    const std::uint64_t v = fn_.read64(a.offset);
+    std::memcpy(dst, &v, 8);
+  } else {
+    for (std::uint32_t i = 0; i < a.count; i += 4) {
+      const std::uint32_t v = fn_.read32(a.offset + i);
+      std::memcpy(dst + i, &v, 4);
+    }
+  }
+  return reply;
+}
+
+Result<std::vector<std::byte>> FunctionServer::irq_info(const Message& m) {
+  auto req = payload_as<IrqInfo>(m, "DEVICE_GET_IRQ_INFO");
+  if (!req) return req.error();
+  if (req->index >= kPciNumIrqs) {
+    return make_error(Errc::invalid_argument,
+                      "IRQ index " + std::to_string(req->index) + " does not exist");
+  }
+  IrqInfo info{};
+  info.argsz = sizeof(IrqInfo);
+  info.index = req->index;
+  if (req->index == kPciMsixIrq) {
+    info.flags = kIrqEventfd | kIrqMaskable | kIrqNoresize;
+    info.count = fn_.num_vectors();
+  }
+  return bytes_of(info);
+}
+
+Status FunctionServer::set_irqs(Message& m) {
+  auto req = payload_as<IrqSet>(m, "DEVICE_SET_IRQS");
+  if (!req) return req.error();
+  const IrqSet s = *req;
+  const std::uint32_t data = s.flags & kIrqSetDataMask, action = s.flags & kIrqSetActionMaskBits;
+  const unsigned vectors = fn_.num_vectors();
+  if (s.index != kPciMsixIrq) {
+    return make_error(Errc::invalid_argument, "SET_IRQS: only MSI-X (index 2) is served");
+  }
+  if (std::popcount(data) != 1 || std::popcount(action) != 1) {
+    return make_error(Errc::invalid_argument, "SET_IRQS: flags " + std::to_string(s.flags) +
+                                                  " name not exactly one data kind and one action");
+  }
+  if (data == kIrqSetDataNone && action == kIrqSetActionTrigger && s.start == 0 && s.count == 0) {
+    irq_fds_.clear();  // disable the whole index
+    return {};
+  }
+  if (s.count == 0 || s.start >= vectors || s.count > vectors - s.start) {
+    return make_error(Errc::invalid_argument, "SET_IRQS: vectors " + std::to_string(s.start) + "+" +
+                                                  std::to_string(s.count) + " are not within the " +
+                                                  std::to_string(vectors) + " this function has");
+  }
+  if (data == kIrqSetDataEventfd) {
+    if (action != kIrqSetActionTrigger) {
+      return make_error(Errc::invalid_argument, "SET_IRQS: eventfds are served for TRIGGER only");
+    }
+    if (!m.fds.empty() && m.fds.size() != s.count) {
+      return make_error(Errc::invalid_argument, "SET_IRQS: " + std::to_string(s.count) +
+                                                    " vectors but " + std::to_string(m.fds.size()) +
+                                                    " eventfds");
+    }
+    if (irq_fds_.size() < vectors) irq_fds_.resize(vectors);
+    for (std::uint32_t i = 0; i < s.count; ++i) {
+      irq_fds_[s.start + i] = m.fds.empty() ? UniqueFd() : std::move(m.fds[i]);  // none: de-assign
+    }
+    return {};
+  }
+  if (action == kIrqSetActionTrigger) {
+    return make_error(Errc::invalid_argument, "SET_IRQS: a client cannot trigger MSI-X here");
+  }
+  // MASK / UNMASK, for every vector in range (DATA_NONE) or those whose bool is set.
+  if (data == kIrqSetDataBool && m.payload.size() < sizeof s + s.count) {
+    return make_error(Errc::invalid_argument, "SET_IRQS: fewer bools than vectors");
+  }
+  for (std::uint32_t i = 0; i < s.count; ++i) {
+    if (data == kIrqSetDataBool && m.payload[sizeof s + i] == std::byte{0}) continue;
+    fn_.set_interrupt_masked(s.start + i, action == kIrqSetActionMask);
+  }
+  return {};
+}
+
+Status FunctionServer::dma_map(Message& m) {
+  auto req = payload_as<DmaMap>(m, "DMA_MAP");
+  if (!req) return req.error();
+  const DmaMap d = *req;
+  if (m.fds.size() != 1) {
+    return make_error(Errc::invalid_argument,
+                      "DMA_MAP: the card DMAs only into memory it can map: send one fd");
+  }
+  const std::uint64_t page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  if (d.size == 0 || d.size % page != 0 || d.address % page != 0 || d.offset % page != 0 ||
+      (d.flags & ~(kDmaRead | kDmaWrite)) != 0 || (d.flags & (kDmaRead | kDmaWrite)) == 0) {
+    return make_error(Errc::invalid_argument,
+                      "DMA_MAP: address, size and offset must be page aligned, size non-zero, "
+                      "flags readable and/or writeable");
+  }
+  if (d.size > config_.max_window_bytes || windows_.size() >= config_.max_windows ||
+      d.size > config_.max_total_bytes - mapped_bytes_) {
+    return make_error(Errc::no_memory, "DMA_MAP: over the server's limits on DMA windows");
+  }
+  const int prot =
+      ((d.flags & kDmaRead) ? PROT_READ : 0) | ((d.flags & kDmaWrite) ? PROT_WRITE : 0);
+  void* host =
+      ::mmap(nullptr, d.size, prot, MAP_SHARED, m.fds[0].get(), static_cast<off_t>(d.offset));
+  if (host == MAP_FAILED) {
+    return make_error(Errc::invalid_argument,
+                      std::string("DMA_MAP: the fd cannot be mapped: ") + std::strerror(errno));
+  }
+  if (Status s = fn_.map_dma(host, d.size, d.address); !s.ok()) {
+    ::munmap(host, d.size);
+    if (s.error().code == Errc::out_of_range) {
+      return make_error(Errc::busy, "DMA_MAP: overlaps a window already mapped");  // EEXIST
+    }
+    return s;
+  }
+  windows_[d.address] = Window{host, d.size};
+  mapped_bytes_ += d.size;
+  ++counters_.dma_maps;
+  return {};
+}
+
+Result<std::vector<std::byte>> FunctionServer::dma_unmap(const Message& m) {
+  auto req = payload_as<DmaUnmap>(m, "DMA_UNMAP");
+  if (!req) return req.error();
+  const auto it = windows_.find(req->address);
+  if (it == windows_.end() || it->second.bytes != req->size) {
+    return make_error(Errc::not_found, "DMA_UNMAP: no window of " + std::to_string(req->size) +
+                                           " bytes at " + std::to_string(req->address));
+  }
+  (void)fn_.unmap_dma(req->address);
+  ::munmap(it->second.host, it->second.bytes);
+  mapped_bytes_ -= it->second.bytes;
+  windows_.erase(it);
+  ++counters_.dma_unmaps;
+  return bytes_of(*req);
+}
+
+unsigned FunctionServer::forward_interrupts() {
+  unsigned sent = 0;
+  for (unsigned v = 0; v < irq_fds_.size(); ++v) {
+    const int from = fn_.interrupt_fd(v);
+    if (from < 0) continue;
+    std::uint64_t n = 0;
+    if (::read(from, &n, sizeof n) != sizeof n || n == 0) continue;
+    if (!irq_fds_[v].valid()) continue;  // fired with no eventfd: dropped, as a masked-off MSI
+    const std::uint64_t one = 1;
+    if (::write(irq_fds_[v].get(), &one, sizeof one) == sizeof one) ++sent;
+  }
+  counters_.interrupts_forwarded += sent;
+  return sent;
+}
+
+std::vector<int> FunctionServer::interrupt_fds() const {
+  std::vector<int> fds;
+  for (unsigned v = 0; v < fn_.num_vectors(); ++v) fds.push_back(fn_.interrupt_fd(v));
+  return fds;
+}
+
+}  // namespace keel::vfio_user
