@@ -1,0 +1,185 @@
+// keel-card: a simulated card as its own process, each PCI function served over vfio-user
+// (issue 12, first step). Stands up the card (model or sim, free-running) with --vfs VFs that
+// split the storage image, and serves the PF on <run-dir>/pf.sock and VF n on
+// <run-dir>/vf<n>.sock: one client per function (as the kernel's VFIO hands a VF to one
+// process); a second client on a busy socket is turned away. Runs in the foreground until
+// SIGINT or SIGTERM, then prints per-function counters and removes its sockets.
+//
+// Not yet (issue 12): the fpga/ backend that reaches these sockets (--card vfio-user:...), a
+// mappable doorbell page, PCI config space, a live keelctl on pf.sock.
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+#include <CLI/CLI.hpp>
+
+#include <cinttypes>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "app_log.h"
+#include "keel/fpga/vfio_user/function_server.h"
+#include "keel/log.h"
+#include "keel/stack/stack.h"
+#include "keel/unix_listener.h"
+
+namespace {
+
+namespace vu = keel::vfio_user;
+constexpr keel::log::Logger kLog{"keel-card"};
+constexpr std::uint64_t kMiB = 1ull << 20;
+
+int fail(const std::string& what) {
+  std::fprintf(stderr, "keel-card: %s\n", what.c_str());
+  return 1;
+}
+
+// One served function: its socket, its one client, the server state.
+struct Served {
+  std::string name;  // "pf", "vf0", ...
+  keel::UnixListener listener;
+  std::unique_ptr<vu::Channel> client;
+  std::unique_ptr<vu::FunctionServer> server;
+  std::uint64_t connections = 0, turned_away = 0;
+};
+
+void drop_client(Served& s, const char* why) {
+  if (!s.client) return;
+  kLog.info("%s: client gone (%s)", s.name.c_str(), why);
+  s.client.reset();
+  s.server->client_gone();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"keel-card: a simulated keel card serving its PF and VFs over vfio-user"};
+  std::string card_spec = "model", image, run_dir = "/run/keel/keel0", log_level;
+  std::uint64_t size_mib = 64;
+  unsigned vfs = 1, queues = 2;
+  app.add_option("--card", card_spec, "Card backend")->check(CLI::IsMember({"model", "sim"}));
+  app.add_option("--image", image, "Storage image (created if missing; default: in memory)");
+  app.add_option("--size-mib", size_mib, "Storage size in MiB (split evenly between the VFs)")
+      ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 20));
+  app.add_option("--vfs", vfs, "VFs to enable")->check(CLI::Range(1u, 8u));
+  app.add_option("--queues", queues, "IO queue pairs per VF")->check(CLI::Range(1u, 8u));
+  app.add_option("--run-dir", run_dir, "Where the sockets go: pf.sock, vf<N>.sock");
+  keel::apps::add_log_option(app, log_level);
+  CLI11_PARSE(app, argc, argv);
+  if (!keel::apps::start_logging("keel-card", log_level)) return 2;
+
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);  // before the card's thread exists
+  const int sig_fd = ::signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (sig_fd < 0) return fail("signalfd failed");
+
+  keel::stack::StackConfig sc;
+  sc.card = card_spec;
+  sc.card_options.image_path = image;
+  sc.card_options.storage_bytes = size_mib * kMiB;
+  sc.card_options.lockstep = false;  // like silicon: the card works on its own thread
+  const std::uint64_t slice = size_mib * kMiB / 512 / vfs;
+  sc.vfs.resources.resize(vfs);
+  for (unsigned i = 0; i < vfs; ++i) {
+    sc.vfs.resources[i].queues = queues;
+    sc.vfs.resources[i].slice_base = i * slice;
+    sc.vfs.resources[i].slice_lbas = slice;
+  }
+  auto stack_r = keel::stack::Stack::open(sc);
+  if (!stack_r) return fail("standing the card up: " + to_string(stack_r.error()));
+  std::unique_ptr<keel::stack::Stack> stack = std::move(stack_r).value();
+
+  std::error_code ec;
+  std::filesystem::create_directories(run_dir, ec);
+  if (ec) return fail("--run-dir " + run_dir + ": " + ec.message());
+  std::vector<Served> served(vfs + 1);
+  for (unsigned i = 0; i <= vfs; ++i) {
+    Served& s = served[i];
+    keel::fpga::Function* fn = &stack->card().pf();
+    s.name = "pf";
+    if (i > 0) {
+      auto vf = stack->vf(i - 1);
+      if (!vf) return fail("VF " + std::to_string(i - 1) + ": " + to_string(vf.error()));
+      fn = vf.value();
+      s.name = "vf" + std::to_string(i - 1);
+    }
+    auto l = keel::UnixListener::listen(run_dir + "/" + s.name + ".sock");
+    if (!l) return fail(to_string(l.error()));
+    s.listener = std::move(l.value());
+    s.server = std::make_unique<vu::FunctionServer>(*fn);
+  }
+  std::printf("keel-card: %s card, %" PRIu64 " MiB, %u VFs, serving on %s/{pf,vf0..vf%u}.sock\n",
+              card_spec.c_str(), size_mib, vfs, run_dir.c_str(), vfs - 1);
+  std::fflush(stdout);
+
+  // One loop: signals, listeners, clients and the functions' interrupts.
+  for (bool running = true; running;) {
+    std::vector<pollfd> p;
+    std::vector<std::pair<std::size_t, int>> who;  // (function, 0 listener / 1 client / 2 irq)
+    p.push_back({sig_fd, POLLIN, 0});
+    who.push_back({0, -1});
+    for (std::size_t i = 0; i < served.size(); ++i) {
+      p.push_back({served[i].listener.fd(), POLLIN, 0});
+      who.push_back({i, 0});
+      if (!served[i].client) continue;
+      p.push_back({served[i].client->fd(), POLLIN, 0});
+      who.push_back({i, 1});
+      for (int fd : served[i].server->interrupt_fds()) {
+        if (fd < 0) continue;
+        p.push_back({fd, POLLIN, 0});
+        who.push_back({i, 2});
+      }
+    }
+    if (::poll(p.data(), p.size(), -1) < 0) continue;  // EINTR
+    for (std::size_t k = 0; k < p.size(); ++k) {
+      if (p[k].revents == 0) continue;
+      if (k == 0) {
+        running = false;
+        continue;
+      }
+      Served& s = served[who[k].first];
+      if (who[k].second == 0) {
+        keel::UniqueFd fd = s.listener.accept();
+        if (!fd.valid()) continue;
+        if (s.client) {
+          ++s.turned_away;  // one process per function; closing tells the peer at once
+          kLog.warn("%s: turned a second client away", s.name.c_str());
+          continue;
+        }
+        s.client = std::make_unique<vu::Channel>(std::move(fd));
+        ++s.connections;
+        kLog.info("%s: client connected", s.name.c_str());
+      } else if (who[k].second == 1 && s.client) {
+        auto m = s.client->receive(std::chrono::milliseconds(1000));
+        if (!m) {
+          drop_client(s, m.error().message.c_str());
+          continue;
+        }
+        if (auto st = s.server->handle(*s.client, *m); !st.ok()) {
+          drop_client(s, st.error().message.c_str());
+        }
+      } else if (who[k].second == 2) {
+        s.server->forward_interrupts();
+      }
+    }
+  }
+
+  std::printf("keel-card: shutting down\n");
+  for (const Served& s : served) {
+    const auto& c = s.server->counters();
+    std::printf("%-4s connections=%" PRIu64 " turned_away=%" PRIu64 " commands=%" PRIu64
+                " refused=%" PRIu64 " region_reads=%" PRIu64 " region_writes=%" PRIu64
+                " dma_maps=%" PRIu64 " dma_unmaps=%" PRIu64 " interrupts=%" PRIu64
+                " resets=%" PRIu64 "\n",
+                s.name.c_str(), s.connections, s.turned_away, c.commands, c.refused,
+                c.region_reads, c.region_writes, c.dma_maps, c.dma_unmaps,
+                c.interrupts_forwarded, c.resets);
+  }
+  return 0;
+}
