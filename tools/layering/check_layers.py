@@ -41,6 +41,7 @@ LAYERS = [
     ("fpga/vfio/", "vfio", 2.5),
     ("fpga/xrt/", "xrt", 2.5),
     ("fpga/vfio_user_server/", "vfio_user_server", 2.5),
+    ("fpga/vfio_user_client/", "vfio_user_client", 2.5),
     ("fpga/src/open_card.cpp", "registry", 2.8),
     ("drivers/", "drivers", 3),
     ("sriov/", "sriov", 3),

@@ -43,6 +43,15 @@ class Function {
   /// Errors: invalid_argument (alignment, zero size), out_of_range (overlaps an existing
   /// window), no_memory, gone.
   virtual Status map_dma(void* host, std::size_t bytes, Iova iova) = 0;
+  /// map_dma() of memory the caller can also name by file (guest RAM is a memfd): a backend in
+  /// another process (vfio-user) maps `fd` at `fd_offset` itself, so the card DMAs into the
+  /// same pages with no copy; in-process backends map `host`. Errors: as map_dma().
+  virtual Status map_dma_fd(int fd, std::uint64_t fd_offset, void* host, std::size_t bytes,
+                            Iova iova) {
+    (void)fd;
+    (void)fd_offset;
+    return map_dma(host, bytes, iova);
+  }
   /// Removes the window that starts at `iova`. Errors: not_found.
   virtual Status unmap_dma(Iova iova) = 0;
 

@@ -1,0 +1,94 @@
+// keel/fpga/vfio_user/client_function.h - a card function reached over vfio-user: the fpga/
+// backend for a card served by another process (keel-card; issue 12). Everything a Function
+// does becomes a message: BAR0 accesses are REGION_READ/WRITE (writes need no reply, so a
+// doorbell costs one send), DMA memory is a memfd the server maps (DMA_MAP with the fd), MSI-X
+// vectors are eventfds given to the server (SET_IRQS), FLR is DEVICE_RESET.
+//
+// The card runs in its own process, so waits are on the host's clock. A function whose socket
+// fails is gone: reads return all ones and writes are dropped, as on PCIe.
+//
+// Not yet: a mappable doorbell page, the Card around several functions (open_card spec
+// "vfio-user:..."), memory the caller names only by address (map_dma needs an fd here; use
+// map_dma_fd).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "keel/fpga/dma.h"
+#include "keel/fpga/function.h"
+#include "keel/fpga/vfio_user/channel.h"
+#include "keel/result.h"
+#include "keel/unique_fd.h"
+
+namespace keel::vfio_user {
+
+struct ClientConfig {
+  /// How long a reply may take (DEVICE_RESET included).
+  std::chrono::milliseconds reply_timeout{5000};
+  /// What this client offers in VERSION.
+  Capabilities caps{64, 1u << 20};
+};
+
+class ClientFunction final : public fpga::Function, private fpga::DmaOwner {
+ public:
+  /// Connects to the function's socket, negotiates the version, reads the device, BAR0 and
+  /// MSI-X info and hands the server one eventfd per vector. `number`: the PCIe function number
+  /// (0 for the PF, n + 1 for VF n). Errors: unavailable (nothing listens at the path), gone
+  /// (the server turned this client away), invalid_argument (a server that breaks the
+  /// protocol), timeout.
+  static Result<std::unique_ptr<ClientFunction>> connect(const std::string& socket_path,
+                                                         unsigned number,
+                                                         const ClientConfig& config = {});
+  ~ClientFunction() override;
+
+  unsigned number() const noexcept override { return number_; }
+  std::uint64_t bar_size() const noexcept override { return bar_size_; }
+  std::uint32_t read32(std::uint64_t offset) noexcept override;
+  std::uint64_t read64(std::uint64_t offset) noexcept override;
+  void write32(std::uint64_t offset, std::uint32_t value) noexcept override;
+  void write64(std::uint64_t offset, std::uint64_t value) noexcept override;
+  Result<fpga::DmaBuffer> alloc_dma(std::size_t bytes) override;
+  /// Errors: unavailable (the server can only DMA into memory it can map: use map_dma_fd).
+  Status map_dma(void* host, std::size_t bytes, fpga::Iova iova) override;
+  Status map_dma_fd(int fd, std::uint64_t fd_offset, void* host, std::size_t bytes,
+                    fpga::Iova iova) override;
+  Status unmap_dma(fpga::Iova iova) override;
+  unsigned num_vectors() const noexcept override { return vectors_; }
+  Result<std::uint32_t> wait_interrupt(unsigned vector, std::chrono::nanoseconds timeout) override;
+  int interrupt_fd(unsigned vector) override;
+  void set_interrupt_masked(unsigned vector, bool masked) override;
+  Status flr() override;
+
+  bool gone() const noexcept { return gone_.load(std::memory_order_acquire); }
+
+ private:
+  ClientFunction(std::unique_ptr<Channel> channel, unsigned number, const ClientConfig& config)
+      : channel_(std::move(channel)), number_(number), config_(config) {}
+  /// Sends a command and, unless `no_reply`, waits for its reply (an errno reply is an error).
+  Result<Message> call(Command command, std::span<const std::byte> payload,
+                       std::span<const int> fds = {}, bool no_reply = false) noexcept;
+  Status setup();
+  void release_dma(void* host, std::size_t bytes, fpga::Iova iova) noexcept override;
+
+  std::mutex mu_;  // one command and its reply at a time
+  std::unique_ptr<Channel> channel_;
+  const unsigned number_;
+  const ClientConfig config_;
+  Capabilities agreed_;
+  std::uint64_t bar_size_ = 0;
+  unsigned vectors_ = 0;
+  std::vector<UniqueFd> irq_fds_;
+  std::uint16_t next_id_ = 0;
+  std::atomic<bool> gone_{false};
+  std::mutex dma_mu_;
+  std::map<fpga::Iova, std::uint64_t> windows_;  ///< IOVA -> bytes
+  fpga::Iova next_alloc_ = fpga::kDmaAllocBase;
+};
+
+}  // namespace keel::vfio_user

@@ -1,0 +1,294 @@
+#include "keel/fpga/vfio_user/client_function.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "keel/log.h"
+
+namespace keel::vfio_user {
+namespace {
+
+constexpr log::Logger kLog{"vfio-user"};
+
+template <typename T>
+std::span<const std::byte> bytes(const T& v) {
+  return std::as_bytes(std::span(&v, 1));
+}
+
+template <typename T>
+Result<T> reply_as(const Message& m, const char* what) {
+  if (m.payload.size() < sizeof(T)) {
+    return make_error(Errc::invalid_argument, std::string(what) + ": a reply of " +
+                                                  std::to_string(m.payload.size()) + " bytes");
+  }
+  T v;
+  std::memcpy(&v, m.payload.data(), sizeof v);
+  return v;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<ClientFunction>> ClientFunction::connect(const std::string& socket_path,
+                                                                unsigned number,
+                                                                const ClientConfig& config) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (socket_path.empty() || socket_path.size() >= sizeof addr.sun_path) {
+    return make_error(Errc::invalid_argument,
+                      "socket path '" + socket_path + "' is empty or too long");
+  }
+  std::memcpy(addr.sun_path, socket_path.c_str(), socket_path.size() + 1);
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd.valid())
+    return make_error(Errc::io_error, std::string("socket: ") + std::strerror(errno));
+  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
+    return make_error(Errc::unavailable, "no vfio-user server at '" + socket_path + "': " +
+                                             std::strerror(errno) + " (is keel-card running?)");
+  }
+  std::unique_ptr<ClientFunction> f(
+      new ClientFunction(std::make_unique<Channel>(std::move(fd)), number, config));
+  if (Status s = f->setup(); !s.ok()) return s.error();
+  return f;
+}
+
+ClientFunction::~ClientFunction() {
+  std::lock_guard lock(dma_mu_);
+  for (const auto& [iova, len] : windows_) {
+    const DmaUnmap u{sizeof(DmaUnmap), 0, iova, len};
+    (void)call(Command::dma_unmap, bytes(u));
+  }
+}
+
+Result<Message> ClientFunction::call(Command command, std::span<const std::byte> payload,
+                                     std::span<const int> fds, bool no_reply) noexcept {
+  if (gone()) return make_error(Errc::gone, "the vfio-user server is gone");
+  std::lock_guard lock(mu_);
+  Header h{};
+  h.msg_id = ++next_id_;
+  h.command = command;
+  h.flags = kFlagTypeCommand | (no_reply ? kFlagNoReply : 0);
+  auto fail = [&](const Error& e) -> Error {
+    if (e.code == Errc::gone || e.code == Errc::io_error || e.code == Errc::timeout ||
+        e.code == Errc::invalid_argument) {
+      if (!gone_.exchange(true)) kLog.warn("function %u: %s", number_, e.message.c_str());
+    }
+    return make_error(e.code == Errc::invalid_argument ? Errc::gone : e.code, e.message);
+  };
+  try {
+    if (Status s = channel_->send(h, payload, fds); !s.ok()) return fail(s.error());
+    if (no_reply) return Message{};
+    auto r = channel_->receive(config_.reply_timeout);
+    if (!r) return fail(r.error());
+    if (r->header.msg_id != h.msg_id || r->header.command != command ||
+        (r->header.flags & kFlagTypeMask) != kFlagTypeReply) {
+      return fail(make_error(Errc::invalid_argument,
+                             std::string(command_name(static_cast<std::uint16_t>(command))) +
+                                 ": the reply does not match the command"));
+    }
+    if ((r->header.flags & kFlagError) != 0) {
+      const int e = static_cast<int>(r->header.error);
+      const Errc code = e == ENOENT                  ? Errc::not_found
+                        : e == EEXIST                ? Errc::out_of_range
+                        : e == ENOMEM || e == ENOSPC ? Errc::no_memory
+                        : e == ENODEV                ? Errc::gone
+                        : e == ETIMEDOUT             ? Errc::timeout
+                        : e == EBUSY                 ? Errc::busy
+                        : e == EINVAL                ? Errc::invalid_argument
+                                                     : Errc::device_error;
+      return make_error(code, std::string(command_name(static_cast<std::uint16_t>(command))) +
+                                  " refused by the server: " + std::strerror(e));
+    }
+    return std::move(r).value();
+  } catch (const std::bad_alloc&) {
+    return make_error(Errc::no_memory, "out of memory for a vfio-user message");
+  }
+}
+
+Status ClientFunction::setup() {
+  auto v = call(Command::version, encode_version(config_.caps));
+  if (!v) return v.error();
+  auto agreed = decode_version(v->payload);
+  if (!agreed) return agreed.error();
+  if (agreed->major != kMajor || agreed->minor > kMinor) {
+    return make_error(Errc::invalid_argument, "the server answered VERSION with " +
+                                                  std::to_string(agreed->major) + "." +
+                                                  std::to_string(agreed->minor));
+  }
+  agreed_ = agreed->caps;
+  const DeviceInfo di{sizeof(DeviceInfo), 0, 0, 0};
+  auto info_r = call(Command::device_get_info, bytes(di));
+  if (!info_r) return info_r.error();
+  auto info = reply_as<DeviceInfo>(*info_r, "DEVICE_GET_INFO");
+  if (!info) return info.error();
+  if (info->num_regions <= kPciBar0Region || info->num_irqs <= kPciMsixIrq) {
+    return make_error(Errc::invalid_argument, "the device has no BAR0 or no MSI-X");
+  }
+  RegionInfo ri{};
+  ri.argsz = sizeof ri;
+  ri.index = kPciBar0Region;
+  auto bar_r = call(Command::device_get_region_info, bytes(ri));
+  if (!bar_r) return bar_r.error();
+  auto bar = reply_as<RegionInfo>(*bar_r, "DEVICE_GET_REGION_INFO");
+  if (!bar) return bar.error();
+  bar_size_ = bar->size;
+  IrqInfo ii{};
+  ii.argsz = sizeof ii;
+  ii.index = kPciMsixIrq;
+  auto irq_r = call(Command::device_get_irq_info, bytes(ii));
+  if (!irq_r) return irq_r.error();
+  auto irq = reply_as<IrqInfo>(*irq_r, "DEVICE_GET_IRQ_INFO");
+  if (!irq) return irq.error();
+  vectors_ = irq->count;
+  if (vectors_ > agreed_.max_msg_fds) {
+    return make_error(Errc::invalid_argument, std::to_string(vectors_) + " MSI-X vectors but " +
+                                                  std::to_string(agreed_.max_msg_fds) +
+                                                  " fds per message");
+  }
+  std::vector<int> raw;
+  for (unsigned i = 0; i < vectors_; ++i) {
+    irq_fds_.emplace_back(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!irq_fds_.back().valid()) return make_error(Errc::io_error, "eventfd failed");
+    raw.push_back(irq_fds_.back().get());
+  }
+  if (vectors_ > 0) {
+    const IrqSet set{sizeof(IrqSet), kIrqSetDataEventfd | kIrqSetActionTrigger, kPciMsixIrq, 0,
+                     vectors_};
+    if (auto r = call(Command::device_set_irqs, bytes(set), raw); !r) return r.error();
+  }
+  return {};
+}
+
+std::uint32_t ClientFunction::read32(std::uint64_t offset) noexcept {
+  const RegionAccess a{offset, kPciBar0Region, 4};
+  auto r = call(Command::region_read, bytes(a));
+  if (!r || r->payload.size() < sizeof a + 4) return 0xffffffffu;  // gone, as on PCIe
+  std::uint32_t v;
+  std::memcpy(&v, r->payload.data() + sizeof a, 4);
+  return v;
+}
+
+std::uint64_t ClientFunction::read64(std::uint64_t offset) noexcept {
+  const RegionAccess a{offset, kPciBar0Region, 8};
+  auto r = call(Command::region_read, bytes(a));
+  if (!r || r->payload.size() < sizeof a + 8) return ~std::uint64_t{0};
+  std::uint64_t v;
+  std::memcpy(&v, r->payload.data() + sizeof a, 8);
+  return v;
+}
+
+void ClientFunction::write32(std::uint64_t offset, std::uint32_t value) noexcept {
+  std::byte m[sizeof(RegionAccess) + 4];
+  const RegionAccess a{offset, kPciBar0Region, 4};
+  std::memcpy(m, &a, sizeof a);
+  std::memcpy(m + sizeof a, &value, 4);
+  (void)call(Command::region_write, m, {}, true);  // posted, as a PCIe write
+}
+
+void ClientFunction::write64(std::uint64_t offset, std::uint64_t value) noexcept {
+  std::byte m[sizeof(RegionAccess) + 8];
+  const RegionAccess a{offset, kPciBar0Region, 8};
+  std::memcpy(m, &a, sizeof a);
+  std::memcpy(m + sizeof a, &value, 8);
+  (void)call(Command::region_write, m, {}, true);
+}
+
+Result<fpga::DmaBuffer> ClientFunction::alloc_dma(std::size_t bytes_wanted) {
+  if (bytes_wanted == 0) return make_error(Errc::invalid_argument, "alloc_dma of 0 bytes");
+  const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  const std::size_t len = (bytes_wanted + page - 1) / page * page;
+  UniqueFd mem(::memfd_create("keel-dma", MFD_CLOEXEC));
+  if (!mem.valid() || ::ftruncate(mem.get(), static_cast<off_t>(len)) != 0) {
+    return make_error(Errc::no_memory, std::string("memfd: ") + std::strerror(errno));
+  }
+  void* host = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, mem.get(), 0);
+  if (host == MAP_FAILED) return make_error(Errc::no_memory, "mmap of a DMA buffer failed");
+  fpga::Iova iova;
+  {
+    std::lock_guard lock(dma_mu_);
+    iova = next_alloc_;
+    next_alloc_ += len;
+  }
+  if (Status s = map_dma_fd(mem.get(), 0, host, len, iova); !s.ok()) {
+    ::munmap(host, len);
+    return s.error();
+  }
+  return fpga::DmaBuffer(this, host, len, iova);
+}
+
+Status ClientFunction::map_dma(void*, std::size_t, fpga::Iova) {
+  return make_error(Errc::unavailable,
+                    "a card in another process DMAs only into memory it can map: use map_dma_fd");
+}
+
+Status ClientFunction::map_dma_fd(int fd, std::uint64_t fd_offset, void*, std::size_t len,
+                                  fpga::Iova iova) {
+  const DmaMap m{sizeof(DmaMap), kDmaRead | kDmaWrite, fd_offset, iova, len};
+  if (auto r = call(Command::dma_map, bytes(m), {&fd, 1}); !r) return r.error();
+  std::lock_guard lock(dma_mu_);
+  windows_[iova] = len;
+  return {};
+}
+
+Status ClientFunction::unmap_dma(fpga::Iova iova) {
+  std::uint64_t len;
+  {
+    std::lock_guard lock(dma_mu_);
+    const auto it = windows_.find(iova);
+    if (it == windows_.end()) {
+      return make_error(Errc::not_found, "no DMA window at IOVA " + std::to_string(iova));
+    }
+    len = it->second;
+    windows_.erase(it);
+  }
+  const DmaUnmap u{sizeof(DmaUnmap), 0, iova, len};
+  if (auto r = call(Command::dma_unmap, bytes(u)); !r) return r.error();
+  return {};
+}
+
+void ClientFunction::release_dma(void* host, std::size_t len, fpga::Iova iova) noexcept {
+  (void)unmap_dma(iova);  // the server stops using the pages first
+  ::munmap(host, len);
+}
+
+Result<std::uint32_t> ClientFunction::wait_interrupt(unsigned vector,
+                                                     std::chrono::nanoseconds timeout) {
+  if (vector >= vectors_) {
+    return make_error(Errc::invalid_argument, "no MSI-X vector " + std::to_string(vector));
+  }
+  pollfd p{irq_fds_[vector].get(), POLLIN, 0};
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count();
+  const int n = ::poll(&p, 1, static_cast<int>(std::clamp<long long>(ms, 0, 1'000'000)));
+  if (n <= 0) {
+    if (gone()) return make_error(Errc::gone, "the vfio-user server is gone");
+    return make_error(Errc::timeout, "MSI-X vector " + std::to_string(vector) + " did not fire");
+  }
+  std::uint64_t count = 0;
+  if (::read(irq_fds_[vector].get(), &count, sizeof count) != sizeof count) count = 0;
+  return static_cast<std::uint32_t>(count);
+}
+
+int ClientFunction::interrupt_fd(unsigned vector) {
+  return vector < vectors_ ? irq_fds_[vector].get() : -1;
+}
+
+void ClientFunction::set_interrupt_masked(unsigned vector, bool masked) {
+  if (vector >= vectors_) return;
+  const IrqSet s{sizeof(IrqSet),
+                 kIrqSetDataNone | (masked ? kIrqSetActionMask : kIrqSetActionUnmask), kPciMsixIrq,
+                 vector, 1};
+  (void)call(Command::device_set_irqs, bytes(s), {}, true);
+}
+
+Status ClientFunction::flr() {
+  if (auto r = call(Command::device_reset, {}); !r) return r.error();
+  return {};
+}
+
+}  // namespace keel::vfio_user

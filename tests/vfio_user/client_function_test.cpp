@@ -1,0 +1,148 @@
+// fpga/vfio_user_client against fpga/vfio_user_server: a VF of the free-running reference card
+// served on a unix socket, reached through ClientFunction, driven by keel's NVMe driver:
+// bring-up, an IO queue pair with MSI-X, data DMAed into the client's memfd buffers and back,
+// and a server that goes away.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "keel/clock.h"
+#include "keel/drivers/nvme/controller.h"
+#include "keel/drivers/nvme/queue_pair.h"
+#include "keel/fpga/stepper.h"
+#include "keel/fpga/vfio_user/client_function.h"
+#include "keel/fpga/vfio_user/function_server.h"
+#include "keel/stack/stack.h"
+#include "keel/unix_listener.h"
+
+namespace keel::vfio_user {
+namespace {
+
+namespace drv = keel::drivers::nvme;
+
+// The card runs in its own thread (free-running): a waiter only eases off the CPU.
+struct Yield final : fpga::Stepper {
+  void advance() noexcept override { std::this_thread::yield(); }
+};
+
+class ClientFunctionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    stack::StackConfig sc;
+    sc.card = "model";
+    sc.card_options.storage_bytes = 16ull << 20;
+    sc.card_options.lockstep = false;
+    sc.vfs.count = 1;
+    sc.vfs.queues = 2;
+    auto s = stack::Stack::open(sc);
+    ASSERT_TRUE(s.ok()) << s.error().message;
+    stack_ = std::move(s).value();
+    vf_ = stack_->vf(0).value();
+    path_ =
+        stack::scratch_image_path("vfio-user", std::filesystem::temp_directory_path()) + ".sock";
+    auto l = UnixListener::listen(path_);
+    ASSERT_TRUE(l.ok()) << l.error().message;
+    listener_ = std::move(l.value());
+    server_ = std::thread([this] { serve(); });
+    auto c = ClientFunction::connect(path_, 1);
+    ASSERT_TRUE(c.ok()) << c.error().message;
+    client_ = std::move(c).value();
+  }
+  void TearDown() override {
+    client_.reset();
+    stop_server();
+  }
+  void stop_server() {
+    stop_.store(true);
+    if (server_.joinable()) server_.join();
+  }
+
+  // keel-card's loop for one function, in a thread.
+  void serve() {
+    FunctionServer fs(*vf_);
+    std::unique_ptr<Channel> ch;
+    while (!stop_.load()) {
+      std::vector<pollfd> p{{listener_.fd(), POLLIN, 0}};
+      if (ch) {
+        p.push_back({ch->fd(), POLLIN, 0});
+        for (int fd : fs.interrupt_fds()) p.push_back({fd, POLLIN, 0});
+      }
+      if (::poll(p.data(), p.size(), 10) <= 0) continue;
+      if ((p[0].revents & POLLIN) != 0 && !ch) ch = std::make_unique<Channel>(listener_.accept());
+      if (ch && p.size() > 1 && p[1].revents != 0) {
+        auto m = ch->receive(std::chrono::milliseconds(1000));
+        if (!m || !fs.handle(*ch, *m).ok()) {
+          ch.reset();
+          fs.client_gone();
+          continue;
+        }
+      }
+      if (ch) fs.forward_interrupts();
+    }
+  }
+
+  std::unique_ptr<stack::Stack> stack_;
+  fpga::Function* vf_ = nullptr;
+  std::string path_;
+  UnixListener listener_;
+  std::thread server_;
+  std::atomic<bool> stop_{false};
+  std::unique_ptr<ClientFunction> client_;
+};
+
+TEST_F(ClientFunctionTest, SeesTheFunctionsBarAndVectors) {
+  EXPECT_EQ(client_->bar_size(), vf_->bar_size());
+  EXPECT_EQ(client_->num_vectors(), vf_->num_vectors());
+  EXPECT_EQ(client_->read32(0x8), 0x00010400u);  // NVMe 1.4
+  EXPECT_EQ(client_->read64(0x0), vf_->read64(0x0));
+  int x = 0;
+  EXPECT_EQ(client_->map_dma(&x, 4096, 0x1000).error().code, Errc::unavailable);
+}
+
+TEST_F(ClientFunctionTest, TheNvmeDriverRunsOverIt) {
+  Yield yield;
+  auto ctrl = drv::Controller::open(*client_, steady_clock(), yield);
+  ASSERT_TRUE(ctrl.ok()) << ctrl.error().message;
+  drv::QueuePairConfig qc;
+  qc.interrupts = true;  // completions come back as the server's eventfd signals
+  qc.entries = 16;
+  auto qp = (*ctrl)->create_queue_pair(qc);
+  ASSERT_TRUE(qp.ok()) << qp.error().message;
+  auto out = client_->alloc_dma(8 * 512);
+  auto in = client_->alloc_dma(8 * 512);
+  ASSERT_TRUE(out.ok() && in.ok());
+  for (std::size_t i = 0; i < out->size(); ++i) out->data()[i] = std::byte(i * 7 + 3);
+  auto run = [&](drv::IoStatus submitted) {
+    EXPECT_TRUE(submitted.ok());
+    drv::Completion c[1];
+    const unsigned n = (*qp)->wait(c, std::chrono::seconds(5));
+    EXPECT_EQ(n, 1u) << "no completion";
+    return n == 1 && c[0].status.ok();
+  };
+  const drv::Segment w{out->iova(), 8 * 512}, r{in->iova(), 8 * 512};
+  ASSERT_TRUE(run((*qp)->write(10, 8, {&w, 1}, 1)));
+  ASSERT_TRUE(run((*qp)->read(10, 8, {&r, 1}, 2)));
+  EXPECT_EQ(std::memcmp(in->data(), out->data(), 8 * 512), 0) << "data did not round-trip";
+  qp->reset();
+  ctrl->reset();
+}
+
+TEST_F(ClientFunctionTest, AServerThatGoesAwayLeavesAGoneFunction) {
+  stop_server();
+  listener_.close();
+  // The server's channel closed with its thread; the next access finds the socket dead.
+  (void)client_->read32(0x8);
+  EXPECT_EQ(client_->read32(0x8), 0xffffffffu);
+  EXPECT_TRUE(client_->gone());
+  EXPECT_EQ(client_->flr().error().code, Errc::gone);
+}
+
+}  // namespace
+}  // namespace keel::vfio_user
