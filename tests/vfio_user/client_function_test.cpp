@@ -21,6 +21,8 @@
 #include "keel/fpga/vfio_user/function_server.h"
 #include "keel/stack/stack.h"
 #include "keel/unix_listener.h"
+#include "keel/vmm/guest_driver.h"
+#include "keel/vmm/guest_memory.h"
 
 namespace keel::vfio_user {
 namespace {
@@ -37,6 +39,7 @@ class ClientFunctionTest : public ::testing::Test {
   void SetUp() override {
     stack::StackConfig sc;
     sc.card = "model";
+    sc.card_options.image_path = image_.path();  // the host path needs a file
     sc.card_options.storage_bytes = 16ull << 20;
     sc.card_options.lockstep = false;
     sc.vfs.count = 1;
@@ -88,7 +91,8 @@ class ClientFunctionTest : public ::testing::Test {
     }
   }
 
-  std::unique_ptr<stack::Stack> stack_;
+  const stack::ScratchImage image_{"vfio-user-card", std::filesystem::temp_directory_path()};
+  std::unique_ptr<stack::Stack> stack_;  // after image_: the card goes first
   fpga::Function* vf_ = nullptr;
   std::string path_;
   UnixListener listener_;
@@ -132,6 +136,48 @@ TEST_F(ClientFunctionTest, TheNvmeDriverRunsOverIt) {
   EXPECT_EQ(std::memcmp(in->data(), out->data(), 8 * 512), 0) << "data did not round-trip";
   qp->reset();
   ctrl->reset();
+}
+
+// The paravisor maps the guest's RAM by its memfd (map_dma_fd): the card, behind the socket,
+// DMAs a guest's write out of and its read into the same pages the guest sees.
+TEST_F(ClientFunctionTest, AParavisorServesAGuestThroughIt) {
+  namespace blk = virtio::blk;
+  auto mem = vmm::GuestMemory::create(16ull << 20);
+  ASSERT_TRUE(mem.ok());
+  stack::DiskSpec disk;
+  disk.length = 16ull << 20;  // VF 0's slice: the whole image
+  auto host = stack_->start_host_service(stack_->host_config(**mem, disk));
+  ASSERT_TRUE(host.ok()) << host.error().message;
+  vmm::ParavisorConfig pc;
+  pc.capacity_sectors = disk.length / 512;
+  auto pv = stack_->create_paravisor(client_.get(), **mem, **host, pc);
+  ASSERT_TRUE(pv.ok()) << pv.error().message;
+  ASSERT_EQ((*pv)->state(), vmm::PathState::active) << "the VF path did not come up";
+  auto guest = vmm::GuestDriver::attach(**pv, **mem, 1, 64, 1ull << 20);
+  ASSERT_TRUE(guest.ok()) << guest.error().message;
+  vmm::GuestDriver& g = **guest;
+  const std::uint64_t out = g.alloc(8192), in = g.alloc(8192);
+  for (std::size_t i = 0; i < 8192; ++i) g.host(out, 8192)[i] = std::byte(i * 13 + 1);
+  auto run = [&](std::uint32_t type, std::uint64_t gpa) {
+    const vmm::DataSeg seg{gpa, 8192};
+    auto id = g.submit(0, type, 64, {&seg, 1});
+    EXPECT_TRUE(id.ok());
+    g.kick(0);
+    vmm::GuestCompletion c[1];
+    const std::uint64_t until = steady_clock().now_ns() + 10'000'000'000ull;
+    while (steady_clock().now_ns() < until) {
+      (*pv)->run_once();
+      if (g.reap(0, c) == 1) return c[0].status;
+    }
+    ADD_FAILURE() << "the request did not complete";
+    return std::uint8_t{0xff};
+  };
+  EXPECT_EQ(run(blk::kOut, out), blk::kStatusOk);
+  EXPECT_EQ(run(blk::kIn, in), blk::kStatusOk);
+  EXPECT_EQ(std::memcmp(g.host(in, 8192), g.host(out, 8192), 8192), 0);
+  EXPECT_GE((*pv)->counters().vf_ios, 2u) << "the requests did not take the VF path";
+  guest->reset();
+  pv->reset();
 }
 
 TEST_F(ClientFunctionTest, AServerThatGoesAwayLeavesAGoneFunction) {

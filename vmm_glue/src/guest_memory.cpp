@@ -149,7 +149,10 @@ std::uint64_t GuestMemory::total_bytes() const noexcept {
 
 Status GuestMemory::map_for_device(fpga::Function& fn) const {
   for (const Region& r : regions_) {
-    if (Status st = fn.map_dma(r.host, r.bytes, r.gpa); !st.ok()) return st;
+    // The fd lets a card in another process (vfio-user) map the guest's pages itself.
+    Status st = r.fd >= 0 ? fn.map_dma_fd(r.fd, r.fd_offset, r.host, r.bytes, r.gpa)
+                          : fn.map_dma(r.host, r.bytes, r.gpa);
+    if (!st.ok()) return st;
   }
   return {};
 }
