@@ -1,6 +1,7 @@
 // fpga/vfio_user_server: a VF of the reference card served over vfio-user, driven by a client
 // written against the spec: negotiation, device and region info, BAR0 through messages, MSI-X
 // eventfds, DMA windows from a memfd, FLR, and every refusal with its errno.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -165,9 +166,15 @@ TEST_F(FunctionServerTest, MsixTakesOneEventfdPerVector) {
 
 TEST_F(FunctionServerTest, DmaWindowsComeFromTheClientsMemory) {
   negotiate_version();
-  const int mem = ::memfd_create("vfio-user-guest", MFD_CLOEXEC);
+  const int mem = ::memfd_create("vfio-user-guest", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   ASSERT_EQ(::ftruncate(mem, 4 << 20), 0);
   const DmaMap map{sizeof(DmaMap), kDmaRead | kDmaWrite, 0, 0x200000, 2 << 20};
+  // Not sealed: the client could shrink it under the card.
+  EXPECT_EQ(err(call(Command::dma_map, map, {&mem, 1})), std::uint32_t{EINVAL});
+  ASSERT_EQ(::fcntl(mem, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+  // Longer than the file: the card would fault on the tail.
+  const DmaMap past_end{sizeof(DmaMap), kDmaRead | kDmaWrite, 2 << 20, 0x800000, 4 << 20};
+  EXPECT_EQ(err(call(Command::dma_map, past_end, {&mem, 1})), std::uint32_t{EINVAL});
   EXPECT_EQ(err(call(Command::dma_map, map, {&mem, 1})), 0u);
   EXPECT_EQ(err(call(Command::dma_map, map, {&mem, 1})), std::uint32_t{EEXIST});  // same window
   EXPECT_EQ(err(call(Command::dma_map, map)), std::uint32_t{EINVAL});             // no fd

@@ -1,6 +1,7 @@
 #include "keel/fpga/vfio_user/client_function.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -203,8 +204,10 @@ Result<fpga::DmaBuffer> ClientFunction::alloc_dma(std::size_t bytes_wanted) {
   if (bytes_wanted == 0) return make_error(Errc::invalid_argument, "alloc_dma of 0 bytes");
   const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
   const std::size_t len = (bytes_wanted + page - 1) / page * page;
-  UniqueFd mem(::memfd_create("keel-dma", MFD_CLOEXEC));
-  if (!mem.valid() || ::ftruncate(mem.get(), static_cast<off_t>(len)) != 0) {
+  // Sealed at its size: the card maps it and must be able to trust that it stays whole.
+  UniqueFd mem(::memfd_create("keel-dma", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!mem.valid() || ::ftruncate(mem.get(), static_cast<off_t>(len)) != 0 ||
+      ::fcntl(mem.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0) {
     return make_error(Errc::no_memory, std::string("memfd: ") + std::strerror(errno));
   }
   void* host = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, mem.get(), 0);

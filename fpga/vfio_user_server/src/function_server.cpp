@@ -1,7 +1,9 @@
 #include "keel/fpga/vfio_user/function_server.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <bit>
@@ -298,6 +300,21 @@ Status FunctionServer::dma_map(Message& m) {
   if (d.size > config_.max_window_bytes || windows_.size() >= config_.max_windows ||
       d.size > config_.max_total_bytes - mapped_bytes_) {
     return make_error(Errc::no_memory, "DMA_MAP: over the server's limits on DMA windows");
+  }
+  // The card DMAs into these pages from its own thread: a file shorter than the window, or one
+  // the client could shrink later, would kill the card with SIGBUS. As for guest memory over
+  // vhost-user, the fd must hold the window and be sealed against shrinking.
+  struct stat st {};
+  if (::fstat(m.fds[0].get(), &st) != 0 || !S_ISREG(st.st_mode) ||
+      static_cast<std::uint64_t>(st.st_size) < d.offset ||
+      static_cast<std::uint64_t>(st.st_size) - d.offset < d.size) {
+    return make_error(Errc::invalid_argument,
+                      "DMA_MAP: the fd is not a regular file holding the whole window");
+  }
+  const int seals = ::fcntl(m.fds[0].get(), F_GET_SEALS);
+  if (seals < 0 || (seals & F_SEAL_SHRINK) == 0) {
+    return make_error(Errc::invalid_argument,
+                      "DMA_MAP: the fd is not sealed against shrinking (F_SEAL_SHRINK)");
   }
   const int prot =
       ((d.flags & kDmaRead) ? PROT_READ : 0) | ((d.flags & kDmaWrite) ? PROT_WRITE : 0);
