@@ -189,6 +189,10 @@ TEST_F(FunctionServerTest, DmaWindowsComeFromTheClientsMemory) {
   EXPECT_EQ(as<DmaUnmap>(r).address, 0x200000u);
   EXPECT_EQ(server_->counters().dma_maps, 1u);
   EXPECT_EQ(server_->counters().dma_unmaps, 1u);
+  EXPECT_EQ(server_->windows(), 0u);
+  EXPECT_EQ(err(call(Command::dma_map, map, {&mem, 1})), 0u);
+  server_->client_gone();  // a client that goes leaves nothing mapped
+  EXPECT_EQ(server_->windows(), 0u);
   ::close(mem);
 }
 

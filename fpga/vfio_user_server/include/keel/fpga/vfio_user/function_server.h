@@ -56,6 +56,8 @@ class FunctionServer {
   };
   const Counters& counters() const noexcept { return counters_; }
   bool negotiated() const noexcept { return negotiated_; }
+  /// DMA windows the client has mapped now.
+  std::size_t windows() const noexcept { return windows_.size(); }
 
   /// Drops what a client set up (its DMA windows, its eventfds), as on a disconnect; the
   /// function's own state is kept.
