@@ -11,7 +11,6 @@
 //   peak_rss_mib          peak resident memory of the process
 #include <benchmark/benchmark.h>
 #include <sys/resource.h>
-#include <time.h>
 
 #include <random>
 #include <vector>
@@ -19,17 +18,11 @@
 #include "keel/drivers/nvme/controller.h"
 #include "keel/drivers/nvme/queue_pair.h"
 #include "keel/stack/stack.h"
+#include "keel/thread_cpu.h"
 
 namespace {
 
 namespace drv = keel::drivers::nvme;
-
-std::uint64_t thread_cpu_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull +
-         static_cast<std::uint64_t>(ts.tv_nsec);
-}
 
 double peak_rss_mib() {
   rusage ru{};
@@ -96,7 +89,7 @@ void BM_RandRead4k(benchmark::State& state) {
   }
   drv::Completion done[256];
   std::uint64_t ios = 0;
-  const std::uint64_t cpu0 = thread_cpu_ns();
+  const std::uint64_t cpu0 = keel::this_thread_cpu_ns();
   const auto t0 = std::chrono::steady_clock::now();
   for (auto _ : state) {
     for (unsigned q = 0; q < nqp; ++q) {
@@ -110,7 +103,7 @@ void BM_RandRead4k(benchmark::State& state) {
       ios += n;
     }
   }
-  const std::uint64_t cpu = thread_cpu_ns() - cpu0;
+  const std::uint64_t cpu = keel::this_thread_cpu_ns() - cpu0;
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::uint64_t idle = 0, doorbells = 0;
   for (const auto& qp : rig.qps) {
@@ -122,9 +115,9 @@ void BM_RandRead4k(benchmark::State& state) {
     while (rig.qps[q]->outstanding() > 0) rig.qps[q]->wait(done, std::chrono::seconds(5));
   }
   constexpr unsigned kCal = 200000;
-  const std::uint64_t cal0 = thread_cpu_ns();
+  const std::uint64_t cal0 = keel::this_thread_cpu_ns();
   for (unsigned i = 0; i < kCal; ++i) benchmark::DoNotOptimize(rig.qps[0]->poll(done));
-  const double idle_cost = static_cast<double>(thread_cpu_ns() - cal0) / kCal;
+  const double idle_cost = static_cast<double>(keel::this_thread_cpu_ns() - cal0) / kCal;
   const double busy =
       std::max(0.0, static_cast<double>(cpu) - idle_cost * static_cast<double>(idle));
   const double n = static_cast<double>(std::max<std::uint64_t>(ios, 1));

@@ -33,11 +33,11 @@ def process_tree(root):
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(d))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
+    tree, pending = [], [root]
+    while pending:
+        pid = pending.pop()
         tree.append(pid)
-        todo.extend(children.get(pid, []))
+        pending.extend(children.get(pid, []))
     return tree
 
 

@@ -117,6 +117,16 @@ TEST_F(Channels, MoreFdsThanTheLimitAreRefusedAndClosed) {
   for (int fd : fds) ::close(fd);
 }
 
+TEST_F(Channels, AMessageAlreadyThereIsReadWithANoWaitBound) {
+  Header h{};
+  h.command = Command::device_reset;
+  ASSERT_TRUE(client->send(h, {}).ok());
+  auto got = server->receive(milliseconds(0));
+  ASSERT_TRUE(got.ok()) << got.error().message;
+  EXPECT_EQ(got->header.command, Command::device_reset);
+  EXPECT_EQ(server->receive(milliseconds(0)).error().code, Errc::timeout);
+}
+
 TEST_F(Channels, TimeoutsACutMessageAndAClosedPeer) {
   auto idle = server->receive(milliseconds(20));
   ASSERT_FALSE(idle.ok());

@@ -19,14 +19,16 @@ std::string errno_text(const char* what) { return std::string(what) + ": " + std
 // Waits until `fd` is readable or the deadline (steady clock, ns) passes.
 Status wait_readable(int fd, std::uint64_t deadline_ns) {
   for (;;) {
+    // Look first: data already there is read even when the bound is 0 or has passed.
     const std::uint64_t now = steady_clock().now_ns();
-    if (now >= deadline_ns) return make_error(Errc::timeout, "no message from the vfio-user peer");
-    const auto ms = static_cast<int>(
-        std::min<std::uint64_t>((deadline_ns - now + 999'999) / 1'000'000, 1'000'000));
+    const std::uint64_t left = deadline_ns > now ? deadline_ns - now : 0;
+    const auto ms =
+        static_cast<int>(std::min<std::uint64_t>((left + 999'999) / 1'000'000, 1'000'000));
     pollfd p{fd, POLLIN, 0};
     const int n = ::poll(&p, 1, ms);
     if (n > 0) return {};
     if (n < 0 && errno != EINTR) return make_error(Errc::io_error, errno_text("poll"));
+    if (left == 0) return make_error(Errc::timeout, "no message from the vfio-user peer");
   }
 }
 

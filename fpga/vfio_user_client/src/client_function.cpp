@@ -23,17 +23,6 @@ std::span<const std::byte> bytes(const T& v) {
   return std::as_bytes(std::span(&v, 1));
 }
 
-template <typename T>
-Result<T> reply_as(const Message& m, const char* what) {
-  if (m.payload.size() < sizeof(T)) {
-    return make_error(Errc::invalid_argument, std::string(what) + ": a reply of " +
-                                                  std::to_string(m.payload.size()) + " bytes");
-  }
-  T v;
-  std::memcpy(&v, m.payload.data(), sizeof v);
-  return v;
-}
-
 }  // namespace
 
 Result<std::unique_ptr<ClientFunction>> ClientFunction::connect(const std::string& socket_path,
@@ -126,7 +115,7 @@ Status ClientFunction::setup() {
   const DeviceInfo di{sizeof(DeviceInfo), 0, 0, 0};
   auto info_r = call(Command::device_get_info, bytes(di));
   if (!info_r) return info_r.error();
-  auto info = reply_as<DeviceInfo>(*info_r, "DEVICE_GET_INFO");
+  auto info = payload_as<DeviceInfo>(*info_r, "DEVICE_GET_INFO");
   if (!info) return info.error();
   if (info->num_regions <= kPciBar0Region || info->num_irqs <= kPciMsixIrq) {
     return make_error(Errc::invalid_argument, "the device has no BAR0 or no MSI-X");
@@ -136,7 +125,7 @@ Status ClientFunction::setup() {
   ri.index = kPciBar0Region;
   auto bar_r = call(Command::device_get_region_info, bytes(ri));
   if (!bar_r) return bar_r.error();
-  auto bar = reply_as<RegionInfo>(*bar_r, "DEVICE_GET_REGION_INFO");
+  auto bar = payload_as<RegionInfo>(*bar_r, "DEVICE_GET_REGION_INFO");
   if (!bar) return bar.error();
   bar_size_ = bar->size;
   IrqInfo ii{};
@@ -144,7 +133,7 @@ Status ClientFunction::setup() {
   ii.index = kPciMsixIrq;
   auto irq_r = call(Command::device_get_irq_info, bytes(ii));
   if (!irq_r) return irq_r.error();
-  auto irq = reply_as<IrqInfo>(*irq_r, "DEVICE_GET_IRQ_INFO");
+  auto irq = payload_as<IrqInfo>(*irq_r, "DEVICE_GET_IRQ_INFO");
   if (!irq) return irq.error();
   vectors_ = irq->count;
   if (vectors_ > agreed_.max_msg_fds) {

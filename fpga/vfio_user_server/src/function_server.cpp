@@ -35,18 +35,6 @@ std::uint32_t errno_of(const Error& e) {
 }
 
 template <typename T>
-Result<T> payload_as(const Message& m, const char* what) {
-  if (m.payload.size() < sizeof(T)) {
-    return make_error(Errc::invalid_argument, std::string(what) + ": payload of " +
-                                                  std::to_string(m.payload.size()) +
-                                                  " bytes; it needs " + std::to_string(sizeof(T)));
-  }
-  T v;
-  std::memcpy(&v, m.payload.data(), sizeof v);
-  return v;
-}
-
-template <typename T>
 std::vector<std::byte> bytes_of(const T& v) {
   std::vector<std::byte> out(sizeof v);
   std::memcpy(out.data(), &v, sizeof v);
@@ -70,8 +58,7 @@ void FunctionServer::client_gone() {
 
 Status FunctionServer::handle(Channel& channel, Message& message) {
   ++counters_.commands;
-  std::vector<int> out_fds;
-  auto r = dispatch(message, out_fds);
+  auto r = dispatch(message);
   if ((message.header.flags & kFlagNoReply) != 0) {
     if (!r.ok()) ++counters_.refused;
     return {};
@@ -84,11 +71,10 @@ Status FunctionServer::handle(Channel& channel, Message& message) {
     const bool exists = message.header.command == Command::dma_map && r.error().code == Errc::busy;
     return channel.reply(message.header, {}, {}, exists ? EEXIST : errno_of(r.error()));
   }
-  return channel.reply(message.header, r.value(), out_fds);
+  return channel.reply(message.header, r.value());
 }
 
-Result<std::vector<std::byte>> FunctionServer::dispatch(Message& m, std::vector<int>& out_fds) {
-  (void)out_fds;  // no reply carries fds yet (a mappable doorbell page will)
+Result<std::vector<std::byte>> FunctionServer::dispatch(Message& m) {
   if ((m.header.flags & kFlagTypeMask) != kFlagTypeCommand) {
     return make_error(Errc::invalid_argument, "a reply where a command was expected");
   }

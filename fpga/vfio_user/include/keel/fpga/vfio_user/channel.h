@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <string>
 #include <string_view>
@@ -38,6 +39,20 @@ struct Message {
   std::vector<std::byte> payload;
   std::vector<UniqueFd> fds;
 };
+
+/// The fixed part of a message's payload as T (a wire struct). Errors: invalid_argument (the
+/// payload is shorter than T), naming `what` (the command).
+template <typename T>
+Result<T> payload_as(const Message& m, const char* what) {
+  if (m.payload.size() < sizeof(T)) {
+    return make_error(Errc::invalid_argument, std::string(what) + ": payload of " +
+                                                  std::to_string(m.payload.size()) +
+                                                  " bytes; it needs " + std::to_string(sizeof(T)));
+  }
+  T v;
+  std::memcpy(&v, m.payload.data(), sizeof v);
+  return v;
+}
 
 class Channel {
  public:

@@ -68,7 +68,7 @@ class FunctionServer {
     void* host = nullptr;
     std::uint64_t bytes = 0;
   };
-  Result<std::vector<std::byte>> dispatch(Message& m, std::vector<int>& out_fds);
+  Result<std::vector<std::byte>> dispatch(Message& m);
   Result<std::vector<std::byte>> version(const Message& m);
   Result<std::vector<std::byte>> region_info(const Message& m);
   Result<std::vector<std::byte>> region_access(const Message& m, bool write);
