@@ -16,4 +16,9 @@ const Clock& steady_clock() noexcept {
   return clock;
 }
 
+std::shared_ptr<const Clock> shared_steady_clock() {
+  // Aliasing constructor: points at the static clock, owns nothing.
+  return std::shared_ptr<const Clock>(std::shared_ptr<const Clock>(), &steady_clock());
+}
+
 }  // namespace keel

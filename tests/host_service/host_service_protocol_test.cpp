@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <future>
 #include <map>
 #include <sstream>
 #include <string>
@@ -407,6 +408,50 @@ TEST_F(HostServiceTest, StopWithIoStuckInTheKernelSaysSoAndKeepsItsMemoryMapped)
   EXPECT_EQ(maps.size(), 2u) << "guest RAM the kernel may still write was unmapped";
   // The test's own tidy-up: with the ring closed the kernel has dropped the FIFO read (which,
   // unlike IO on a hung device, it can), and the FIFO never had data to write.
+  for (const std::uintptr_t at : maps) {
+    if (at != reinterpret_cast<std::uintptr_t>(ram.at(0))) {
+      munmap(reinterpret_cast<void*>(at), kRam);
+    }
+  }
+}
+
+// stop_timeout_ms is counted on the configured clock: with a test clock that does not move,
+// the stop keeps waiting for the stuck request however much real time passes; moving the clock
+// past the budget ends it, with the same report as above.
+TEST_F(HostServiceTest, StopTimeoutRunsOnTheConfiguredClock) {
+  auto clock = std::make_shared<ManualClock>(1'000'000'000);
+  HostServiceConfig cfg = config();
+  cfg.stop_timeout_ms = 50;
+  cfg.clock = clock;
+  start(cfg);
+  auto c = client();
+  ASSERT_TRUE(c);
+  HostServiceForTests::back_with(*service, silent_fifo());
+  HostServiceForTests::cancel_at_stop(*service, false);
+  const HostSegment seg{0x1000, 4096};
+  ASSERT_TRUE(c->submit(9, HostOp::read, 0, {&seg, 1}));
+  c->notify();
+  ASSERT_TRUE(in_the_kernel(*service, 1));
+
+  auto stopping = std::async(std::launch::async, [&] { return service->stop(); });
+  // Several times the budget (and the service's idle_timeout_ms) in real time: still waiting.
+  EXPECT_EQ(stopping.wait_for(std::chrono::milliseconds(500)), std::future_status::timeout)
+      << "the stop budget was counted on real time";
+  clock->advance(std::chrono::milliseconds(50));
+  ASSERT_EQ(stopping.wait_for(kWait), std::future_status::ready);
+  const Status st = stopping.get();
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code, Errc::timeout);
+  HostCompletion done[2];
+  ASSERT_EQ(c->wait(done, kWait), 1u);
+  EXPECT_EQ(done[0].tag, 9u);
+  EXPECT_EQ(done[0].result, -ETIMEDOUT);
+  EXPECT_EQ(service->stats().stuck_at_stop, 1u);
+  // The kernel may still write the memory: it stays mapped, as in the test above.
+  const auto before = mappings_of(ram.fd());
+  service.reset();
+  const auto maps = mappings_of(ram.fd());
+  EXPECT_EQ(maps.size(), before.size());
   for (const std::uintptr_t at : maps) {
     if (at != reinterpret_cast<std::uintptr_t>(ram.at(0))) {
       munmap(reinterpret_cast<void*>(at), kRam);

@@ -199,6 +199,7 @@ Result<std::unique_ptr<HostStorageService>> HostStorageService::start(
     const HostServiceConfig& config) {
   auto impl = std::make_unique<Impl>();
   impl->config = config;
+  if (!impl->config.clock) impl->config.clock = shared_steady_clock();
   if (auto s = impl->open_image(config); !s) return s.error();
   if (auto s = impl->map_guest_memory(config); !s) return s.error();
   // The io_uring is set up on a thread that exits at once, never on the caller's: the kernel
@@ -252,12 +253,20 @@ Status HostStorageService::stop() {
   [[maybe_unused]] const ssize_t n = ::write(im.control_fd.get(), &one, sizeof one);
   // The thread notices within idle_timeout_ms and then waits at most stop_timeout_ms for the
   // kernel; the slack covers a loaded machine.
+  // Counted on the configured clock, in real-time slices (a test clock ends it when moved).
   const auto bound = std::chrono::milliseconds(std::uint64_t{im.config.stop_timeout_ms} +
                                                im.config.idle_timeout_ms + 2000);
+  const Clock& clk = *im.config.clock;
+  const std::uint64_t deadline = clk.deadline_after(bound);
   bool done = false;
   {
     std::unique_lock lock(im.finished->mutex);
-    done = im.finished->cv.wait_for(lock, bound, [&] { return im.finished->done; });
+    while (!(done = im.finished->done) && clk.now_ns() < deadline) {
+      const auto slice = std::chrono::nanoseconds(
+          std::min<std::uint64_t>(deadline - clk.now_ns(), std::uint64_t{100'000'000}));
+      done = im.finished->cv.wait_for(lock, slice, [&] { return im.finished->done; });
+      if (done) break;
+    }
   }
   if (!done) {
     // Stuck in a system call (a page of shared memory that never arrives, a hung device): it

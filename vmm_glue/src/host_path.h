@@ -39,6 +39,7 @@ class HostPath {
   Reaped reap(std::span<Done> out) noexcept;
 
   HostServiceClient& client() noexcept { return *client_; }
+  unsigned client_outstanding() const noexcept { return client_->outstanding(); }
 
  private:
   void release_pool(int chunk) noexcept;

@@ -1,12 +1,14 @@
 // The paravisor's control side: device setup, workers, and the failover state machine.
 #include "keel/vmm/paravisor.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
@@ -412,6 +414,34 @@ unsigned Paravisor::run_once() {
   unsigned n = 0;
   for (auto& w : workers_) n += w->run_once();
   return n;
+}
+
+Paravisor::HostWait Paravisor::wait_for_host(std::chrono::nanoseconds timeout) {
+  std::vector<pollfd> fds;
+  std::vector<QueueWorker*> asleep;
+  for (auto& w : workers_) {
+    if (w->host_outstanding() == 0) continue;
+    if (!w->waits_on_host_only()) return HostWait::not_needed;  // the VF side can move
+    fds.push_back({w->host_client().completion_fd(), POLLIN, 0});
+    asleep.push_back(w.get());
+  }
+  if (fds.empty()) return HostWait::not_needed;
+  bool ready = false;
+  std::size_t armed = 0;
+  for (; armed < asleep.size() && !ready; ++armed)
+    ready = !asleep[armed]->host_client().prepare_wait();
+  if (!ready) {
+    const auto ns = std::max<std::int64_t>(timeout.count(), 0);
+    const timespec ts{static_cast<time_t>(ns / 1'000'000'000),
+                      static_cast<long>(ns % 1'000'000'000)};
+    ready = ::ppoll(fds.data(), fds.size(), &ts, nullptr) > 0;
+    for (const pollfd& p : fds) {
+      std::uint64_t v = 0;
+      if ((p.revents & POLLIN) != 0) (void)!::read(p.fd, &v, sizeof v);
+    }
+  }
+  for (std::size_t i = 0; i < armed; ++i) asleep[i]->host_client().end_wait();
+  return ready ? HostWait::ready : HostWait::timed_out;
 }
 
 std::vector<Transition> Paravisor::transitions() const {

@@ -335,6 +335,12 @@ void QueueWorker::give_back_unfinished() noexcept {
       config_.index, back, failed);
 }
 
+bool QueueWorker::waits_on_host_only() const noexcept {
+  const drivers::nvme::QueuePair* qp = vf_.queue();
+  return host_.client_outstanding() > 0 && pending_.empty() &&
+         (qp == nullptr || qp->outstanding() == 0);
+}
+
 void QueueWorker::run_thread() {
   const std::string name = "keel-pv-q" + std::to_string(config_.index);
   pthread_setname_np(pthread_self(), name.c_str());

@@ -48,6 +48,13 @@ class QueueWorker {
   /// completions of their IO are recognised (tag epoch) and ignored.
   void quiesce();
 
+  /// Requests only the host service has: some there, none on the VF, none waiting for a path.
+  bool waits_on_host_only() const noexcept;
+  /// Requests at the host service (0 when none).
+  unsigned host_outstanding() const noexcept { return host_.client_outstanding(); }
+  /// The host channel's wake-up protocol (HostServiceClient::prepare_wait / end_wait).
+  HostServiceClient& host_client() noexcept { return host_.client(); }
+
   unsigned index() const noexcept { return config_.index; }
   int call_fd = -1;
   int kick_fd = -1;

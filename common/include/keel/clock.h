@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 
 namespace keel {
 
@@ -41,6 +42,8 @@ class SteadyClock final : public Clock {
 
 /// The process-wide SteadyClock.
 const Clock& steady_clock() noexcept;
+/// The same, for a config that holds its clock by shared_ptr (it owns nothing).
+std::shared_ptr<const Clock> shared_steady_clock();
 
 /// Test time: moves only when advance() or set() is called.
 class ManualClock final : public Clock {

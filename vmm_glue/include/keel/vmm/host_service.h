@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "keel/clock.h"
 #include "keel/result.h"
 
 namespace keel::vmm {
@@ -86,6 +87,10 @@ struct HostServiceConfig {
   unsigned idle_timeout_ms = 100;  ///< Longest sleep of the service thread between checks.
   /// How long stopping waits for IO already in the kernel to be cancelled or to finish.
   unsigned stop_timeout_ms = 5000;
+  /// The clock stop_timeout_ms (and stop()'s bound on the service thread) is counted on; null:
+  /// the host's monotonic clock. A test passes a ManualClock to make a stop time out on cue
+  /// (shared: a service thread stuck in the kernel outlives the service object).
+  std::shared_ptr<const Clock> clock;
 };
 
 /// What a client attaches to. The fds belong to the service and stay open until it is

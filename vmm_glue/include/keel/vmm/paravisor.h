@@ -147,6 +147,18 @@ class Paravisor {
   /// Returns the number of guest requests completed.
   unsigned run_once();
 
+  /// What wait_for_host() did.
+  enum class HostWait {
+    not_needed,  ///< Nothing waits on the host service alone (none there, or work elsewhere).
+    ready,       ///< The host service completed something: run_once() reaps it.
+    timed_out,   ///< `timeout` of real time passed with requests still at the service.
+  };
+  /// threads == false: if the only outstanding work of every worker is at the host storage
+  /// service (nothing on the VF, nothing waiting for a path), sleeps until the service
+  /// completes a request or `timeout` passes. Lets a lockstep caller wait for the kernel's IO
+  /// (real time) without spinning turns of its own clock.
+  HostWait wait_for_host(std::chrono::nanoseconds timeout);
+
   // ---- failover ----
   PathState state() const noexcept { return state_.load(std::memory_order_acquire); }
   /// The VF went away (hot-remove announced by the host). In-flight VF IO moves to the fallback.
