@@ -5,8 +5,10 @@
 // process); a second client on a busy socket is turned away. Runs in the foreground until
 // SIGINT or SIGTERM, then prints per-function counters and removes its sockets.
 //
-// Not yet (issue 12): the fpga/ backend that reaches these sockets (--card vfio-user:...), a
-// mappable doorbell page, PCI config space, a live keelctl on pf.sock.
+// Any keel program reaches a function with --card vfio-user:<run-dir>/vf<n>.sock (one VF, as
+// a VM's paravisor) or .../pf.sock (the PF and, beside it, every VF).
+//
+// Not yet (issue 12): a mappable doorbell page, VF changes and a live keelctl on pf.sock.
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
@@ -112,7 +114,10 @@ int main(int argc, char** argv) {
     auto l = keel::UnixListener::listen(run_dir + "/" + s.name + ".sock");
     if (!l) return fail(to_string(l.error()));
     s.listener = std::move(l.value());
-    s.server = std::make_unique<vu::FunctionServer>(*fn);
+    vu::FunctionServerConfig fc;
+    fc.max_vfs = stack->card().max_vfs();
+    fc.num_vfs = vfs;
+    s.server = std::make_unique<vu::FunctionServer>(*fn, fc);
   }
   std::printf("keel-card: %s card, %" PRIu64 " MiB, %u VFs, serving on %s/{pf,vf0..vf%u}.sock\n",
               card_spec.c_str(), size_mib, vfs, run_dir.c_str(), vfs - 1);
@@ -176,10 +181,10 @@ int main(int argc, char** argv) {
     std::printf("%-4s connections=%" PRIu64 " turned_away=%" PRIu64 " commands=%" PRIu64
                 " refused=%" PRIu64 " region_reads=%" PRIu64 " region_writes=%" PRIu64
                 " dma_maps=%" PRIu64 " dma_unmaps=%" PRIu64 " interrupts=%" PRIu64
-                " resets=%" PRIu64 "\n",
+                " resets=%" PRIu64 " released=%" PRIu64 " config_writes=%" PRIu64 "\n",
                 s.name.c_str(), s.connections, s.turned_away, c.commands, c.refused,
                 c.region_reads, c.region_writes, c.dma_maps, c.dma_unmaps,
-                c.interrupts_forwarded, c.resets);
+                c.interrupts_forwarded, c.resets, c.released, c.config_writes);
   }
   return 0;
 }

@@ -6,6 +6,10 @@
 //
 // The disk is bytes [0, N MiB) of the image. With --vf-index I > 0 the card also gives VFs
 // 0..I-1 a 1 MiB slice each after the disk (the card needs every enabled VF to own a slice).
+//
+// --card vfio-user:<run dir>/vf<N>.sock: the card is a running keel-card and this process is
+// one guest's paravisor on its VF N (one process per guest, as OpenHCL per VM); the host path
+// serves bytes [--offset-mib, + --size-mib) of keel-card's --image.
 #include <signal.h>
 #include <CLI/CLI.hpp>
 
@@ -59,9 +63,21 @@ int main(int argc, char** argv) {
   unsigned queues = 1, vf_index = 0;
   app.add_option("--socket", socket_path, "Unix socket to listen on (QEMU: -chardev socket,path=)")
       ->required();
-  app.add_option("--card", card_spec, "Card backend")->check(CLI::IsMember({"model", "sim"}));
-  app.add_option("--image", image, "Disk image backing the card's storage (created if missing)")
+  app.add_option("--card", card_spec,
+                 "Card: model or sim (in this process), or vfio-user:<socket> (one VF of a "
+                 "running keel-card: its vf<N>.sock)")
+      ->check([](const std::string& v) -> std::string {
+        if (v == "model" || v == "sim" || v.rfind("vfio-user:", 0) == 0) return {};
+        return "expected model, sim or vfio-user:<socket>, got '" + v + "'";
+      });
+  app.add_option("--image", image,
+                 "Disk image backing the card's storage (created if missing); with vfio-user, "
+                 "keel-card's image, which the host path uses")
       ->required();
+  std::uint64_t offset_mib = 0;
+  app.add_option("--offset-mib", offset_mib,
+                 "vfio-user: where the VF's slice starts in the image (keel-card gives VF n "
+                 "n * size / vfs)");
   app.add_option("--size-mib", size_mib, "Guest disk size in MiB")
       ->required()
       ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 20));
@@ -87,6 +103,7 @@ int main(int argc, char** argv) {
   sigaddset(&sigs, SIGUSR2);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
+  const bool remote = card_spec.rfind("vfio-user:", 0) == 0;
   keel::stack::StackConfig sc;
   sc.card = card_spec;
   sc.card_options.image_path = image;
@@ -105,14 +122,21 @@ int main(int argc, char** argv) {
   if (!stack_r) return fail("opening the " + card_spec + " card: " + to_string(stack_r.error()));
   std::unique_ptr<keel::stack::Stack> stack = std::move(stack_r).value();
   keel::fpga::Card* card = &stack->card();
-  if (vf_index >= card->max_vfs()) {
+  if (remote) {
+    // The card is keel-card's: its PF and VFs are set up there; this process holds one VF.
+    vf_index = 0;
+  } else if (vf_index >= card->max_vfs()) {
     return fail("--vf-index " + std::to_string(vf_index) + ": the card has " +
                 std::to_string(card->max_vfs()) + " VFs");
   }
-  if (auto st = stack->discover_pf(); !st.ok()) return fail("PF manager: " + to_string(st.error()));
-  if (auto st = stack->enable_vfs(); !st.ok()) {
-    return fail("enabling VFs (is the image smaller than --size-mib + --vf-index MiB?): " +
-                to_string(st.error()));
+  if (!remote) {
+    if (auto st = stack->discover_pf(); !st.ok()) {
+      return fail("PF manager: " + to_string(st.error()));
+    }
+    if (auto st = stack->enable_vfs(); !st.ok()) {
+      return fail("enabling VFs (is the image smaller than --size-mib + --vf-index MiB?): " +
+                  to_string(st.error()));
+    }
   }
   auto vf = stack->vf(vf_index);
   if (!vf) return fail("VF " + std::to_string(vf_index) + ": " + to_string(vf.error()));
@@ -122,6 +146,7 @@ int main(int argc, char** argv) {
   auto factory = [&](vmm::GuestMemory& mem) -> keel::Result<std::unique_ptr<vmm::Paravisor>> {
     host.reset();  // the paravisor that used it is gone
     keel::stack::DiskSpec disk;
+    disk.base_offset = remote ? offset_mib * kMiB : 0;
     disk.length = size_mib * kMiB;
     disk.ram = keel::stack::GuestRamView::regions;
     auto h = stack->start_host_service(stack->host_config(mem, disk));

@@ -1,4 +1,4 @@
-// Backend registry: turns "model", "sim", "vfio:BDF", "xrt:N" into a Card.
+// Backend registry: turns "model", "sim", "vfio:BDF", "xrt:N", "vfio-user:SOCKET" into a Card.
 #include <charconv>
 #include <cstdlib>
 #include <string>
@@ -6,6 +6,7 @@
 
 #include "keel/fpga/card.h"
 #include "keel/fpga/model/model_card.h"
+#include "keel/fpga/vfio_user/vfio_user_card.h"
 #ifdef KEEL_HAVE_SIM
 #include "keel/fpga/sim/sim_card.h"
 #endif
@@ -77,6 +78,19 @@ Result<std::unique_ptr<Card>> open_card(std::string_view spec, const CardOptions
     return std::unique_ptr<Card>(std::move(card).value());
   }
   if (kind == "vfio") return open_vfio(spec, arg);
+  if (kind == "vfio-user") {
+    // A card served by keel-card: its pf.sock or one of its vf<N>.sock. The card is what it
+    // is (CardOptions do not apply).
+    if (arg.empty()) {
+      return make_error(
+          Errc::invalid_argument,
+          "card spec '" + std::string(spec) +
+              "': expected vfio-user:<socket>, e.g. vfio-user:/run/keel/keel0/vf0.sock");
+    }
+    auto card = vfio_user::VfioUserCard::open(std::string(arg));
+    if (!card) return card.error();
+    return std::unique_ptr<Card>(std::move(card).value());
+  }
   if (kind == "xrt") return open_xrt(spec, arg);
   if (kind == "sim") {
 #ifdef KEEL_HAVE_SIM
@@ -97,7 +111,8 @@ Result<std::unique_ptr<Card>> open_card(std::string_view spec, const CardOptions
   }
   return make_error(Errc::invalid_argument,
                     "unknown card spec '" + std::string(spec) +
-                        "': use model, sim, vfio:<PCI address> or xrt:<device index>");
+                        "': use model, sim, vfio:<PCI address>, xrt:<device index> or "
+                        "vfio-user:<socket>");
 }
 
 std::vector<std::string> test_backends() {

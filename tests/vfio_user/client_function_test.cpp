@@ -54,7 +54,7 @@ class ClientFunctionTest : public ::testing::Test {
     ASSERT_TRUE(l.ok()) << l.error().message;
     listener_ = std::move(l.value());
     server_ = std::thread([this] { serve(); });
-    auto c = ClientFunction::connect(path_, 1);
+    auto c = ClientFunction::connect(path_);
     ASSERT_TRUE(c.ok()) << c.error().message;
     client_ = std::move(c).value();
   }
@@ -102,6 +102,8 @@ class ClientFunctionTest : public ::testing::Test {
 };
 
 TEST_F(ClientFunctionTest, SeesTheFunctionsBarAndVectors) {
+  EXPECT_EQ(client_->number(), 1u) << "VF 0 is function 1 (its configuration space says so)";
+  EXPECT_FALSE(client_->identity().is_pf());
   EXPECT_EQ(client_->bar_size(), vf_->bar_size());
   EXPECT_EQ(client_->num_vectors(), vf_->num_vectors());
   EXPECT_EQ(client_->read32(0x8), 0x00010400u);  // NVMe 1.4
@@ -188,6 +190,35 @@ TEST_F(ClientFunctionTest, AServerThatGoesAwayLeavesAGoneFunction) {
   EXPECT_EQ(client_->read32(0x8), 0xffffffffu);
   EXPECT_TRUE(client_->gone());
   EXPECT_EQ(client_->flr().error().code, Errc::gone);
+}
+
+// keel-card restarted: the function dials its socket again on its next use and finds a reset
+// device (same function, same MSI-X eventfds, its DMA windows mapped again).
+TEST_F(ClientFunctionTest, AFunctionWhoseServerComesBackIsFoundAgain) {
+  const int irq_fd = client_->interrupt_fd(0);
+  stop_server();  // keel-card dies: its connection and its socket go
+  listener_.close();
+  (void)client_->read32(0x8);
+  EXPECT_EQ(client_->read32(0x8), 0xffffffffu);
+  ASSERT_TRUE(client_->gone());
+  auto l = UnixListener::listen(path_);  // and starts again
+  ASSERT_TRUE(l.ok());
+  listener_ = std::move(l.value());
+  stop_.store(false);
+  server_ = std::thread([this] { serve(); });
+  // It dials at most every reconnect_interval (100 ms): a few reads find it back.
+  std::uint32_t vs = 0xffffffffu;
+  for (int i = 0; i < 500 && vs == 0xffffffffu; ++i) {
+    vs = client_->read32(0x8);
+    if (vs == 0xffffffffu) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(vs, 0x00010400u) << "the function did not come back";
+  EXPECT_FALSE(client_->gone());
+  EXPECT_EQ(client_->reconnects(), 1u);
+  EXPECT_EQ(client_->number(), 1u);
+  EXPECT_EQ(client_->interrupt_fd(0), irq_fd);
+  auto buf = client_->alloc_dma(4096);
+  EXPECT_TRUE(buf.ok()) << buf.error().message;
 }
 
 }  // namespace

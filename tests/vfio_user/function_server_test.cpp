@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "keel/fpga/vfio_user/config_space.h"
 #include "keel/fpga/vfio_user/function_server.h"
 #include "keel/stack/stack.h"
 
@@ -138,8 +139,8 @@ TEST_F(FunctionServerTest, Bar0ReadsAndWritesReachTheController) {
   EXPECT_EQ(err(call(Command::region_read, past)), std::uint32_t{EINVAL});
   const RegionAccess big{0, kPciBar0Region, 8192};  // over the agreed 4096-byte transfer
   EXPECT_EQ(err(call(Command::region_read, big)), std::uint32_t{EINVAL});
-  const RegionAccess config{0, kPciConfigRegion, 4};
-  EXPECT_EQ(err(call(Command::region_read, config)), std::uint32_t{EINVAL});
+  const RegionAccess rom{0, kPciRomRegion, 4};  // a region with nothing behind it
+  EXPECT_EQ(err(call(Command::region_read, rom)), std::uint32_t{EINVAL});
 }
 
 TEST_F(FunctionServerTest, MsixTakesOneEventfdPerVector) {
@@ -194,6 +195,86 @@ TEST_F(FunctionServerTest, DmaWindowsComeFromTheClientsMemory) {
   server_->client_gone();  // a client that goes leaves nothing mapped
   EXPECT_EQ(server_->windows(), 0u);
   ::close(mem);
+}
+
+TEST_F(FunctionServerTest, ConfigurationSpaceSaysWhichFunctionThisIs) {
+  negotiate_version();
+  RegionInfo ri{};
+  ri.argsz = sizeof ri;
+  ri.index = kPciConfigRegion;
+  const Message info = call(Command::device_get_region_info, ri);
+  ASSERT_EQ(err(info), 0u);
+  EXPECT_EQ(as<RegionInfo>(info).size, kConfigSpaceBytes);
+  const RegionAccess all{0, kPciConfigRegion, static_cast<std::uint32_t>(kConfigSpaceBytes)};
+  const Message r = call(Command::region_read, all);
+  ASSERT_EQ(err(r), 0u);
+  ASSERT_EQ(r.payload.size(), sizeof all + kConfigSpaceBytes);
+  const auto* bytes = reinterpret_cast<const std::uint8_t*>(r.payload.data()) + sizeof all;
+  EXPECT_EQ(bytes[0x0B], 0x01);  // mass storage
+  EXPECT_EQ(bytes[0x0A], 0x08);  // NVM
+  EXPECT_EQ(bytes[0x09], 0x02);  // NVM Express
+  auto id = parse_config_space(std::span(bytes, kConfigSpaceBytes));
+  ASSERT_TRUE(id.ok()) << id.error().message;
+  EXPECT_EQ(id->number, 1u) << "VF 0 is function 1";
+  EXPECT_FALSE(id->is_pf());
+  // Read-only: a write is taken and changes nothing; past the end is refused.
+  std::byte w[sizeof(RegionAccess) + 2];
+  const RegionAccess cmd{0x04, kPciConfigRegion, 2};
+  std::memcpy(w, &cmd, sizeof cmd);
+  w[sizeof cmd] = std::byte{0xff};
+  w[sizeof cmd + 1] = std::byte{0xff};
+  EXPECT_EQ(err(call(Command::region_write, std::span<const std::byte>(w))), 0u);
+  EXPECT_EQ(server_->counters().config_writes, 1u);
+  const Message again = call(Command::region_read, all);
+  EXPECT_EQ(std::memcmp(again.payload.data(), r.payload.data(), r.payload.size()), 0);
+  const RegionAccess past{250, kPciConfigRegion, 8};
+  EXPECT_EQ(err(call(Command::region_read, past)), std::uint32_t{EINVAL});
+}
+
+TEST(ConfigSpace, OnlyAKeelFunctionParses) {
+  FunctionIdentity pf;
+  pf.number = 0;
+  pf.max_vfs = 8;
+  pf.num_vfs = 3;
+  auto c = build_config_space(pf);
+  auto id = parse_config_space(c);
+  ASSERT_TRUE(id.ok());
+  EXPECT_TRUE(id->is_pf());
+  EXPECT_EQ(id->max_vfs, 8u);
+  EXPECT_EQ(id->num_vfs, 3u);
+  auto other = c;
+  other[0] = 0x86;  // another vendor
+  EXPECT_EQ(parse_config_space(other).error().code, Errc::invalid_argument);
+  auto no_cap = c;
+  no_cap[0x34] = 0;
+  EXPECT_EQ(parse_config_space(no_cap).error().code, Errc::invalid_argument);
+  auto loop = c;
+  loop[kKeelCapOffset] = 0x05;                // not the keel capability...
+  loop[kKeelCapOffset + 1] = kKeelCapOffset;  // ...pointing at itself
+  EXPECT_EQ(parse_config_space(loop).error().code, Errc::invalid_argument);
+  auto liar = c;
+  liar[0x02] = static_cast<std::uint8_t>(kPciDeviceVf);  // a VF's ID with the PF's number
+  liar[0x03] = static_cast<std::uint8_t>(kPciDeviceVf >> 8);
+  EXPECT_EQ(parse_config_space(liar).error().code, Errc::invalid_argument);
+  EXPECT_EQ(parse_config_space(std::span(c.data(), 64)).error().code, Errc::invalid_argument);
+}
+
+// A client that goes (its process died) leaves a reset function: an enabled controller is
+// disabled, as VFIO resets a device a process lets go of.
+TEST_F(FunctionServerTest, AClientThatGoesLeavesAResetFunction) {
+  negotiate_version();
+  fpga::Card& card = stack_->card();
+  vf_->write32(0x14, 1);  // CC.EN with an unset admin queue: the controller still comes up
+  const bool up = fpga::poll_until(card, std::chrono::milliseconds(100),
+                                   [&] { return (vf_->read32(0x1C) & 1u) != 0; });
+  server_->client_gone();
+  EXPECT_EQ(server_->counters().released, 1u);
+  if (up) {
+    EXPECT_TRUE(fpga::poll_until(card, std::chrono::milliseconds(100), [&] {
+      return (vf_->read32(0x1C) & 1u) == 0;
+    })) << "CSTS.RDY still set: the function was not reset";
+  }
+  EXPECT_EQ(vf_->read32(0x14) & 1u, 0u) << "CC.EN still set: the function was not reset";
 }
 
 TEST_F(FunctionServerTest, ResetIsAnFlr) {

@@ -11,6 +11,8 @@
 
 #include <cstring>
 
+#include "keel/clock.h"
+#include "keel/fpga/vfio_user/config_space.h"
 #include "keel/log.h"
 
 namespace keel::vfio_user {
@@ -25,9 +27,7 @@ std::span<const std::byte> bytes(const T& v) {
 
 }  // namespace
 
-Result<std::unique_ptr<ClientFunction>> ClientFunction::connect(const std::string& socket_path,
-                                                                unsigned number,
-                                                                const ClientConfig& config) {
+Result<UniqueFd> ClientFunction::dial(const std::string& socket_path) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (socket_path.empty() || socket_path.size() >= sizeof addr.sun_path) {
@@ -42,23 +42,81 @@ Result<std::unique_ptr<ClientFunction>> ClientFunction::connect(const std::strin
     return make_error(Errc::unavailable, "no vfio-user server at '" + socket_path + "': " +
                                              std::strerror(errno) + " (is keel-card running?)");
   }
+  return fd;
+}
+
+Result<std::unique_ptr<ClientFunction>> ClientFunction::connect(const std::string& socket_path,
+                                                                const ClientConfig& config) {
+  auto fd = dial(socket_path);
+  if (!fd) return fd.error();
   std::unique_ptr<ClientFunction> f(
-      new ClientFunction(std::make_unique<Channel>(std::move(fd)), number, config));
+      new ClientFunction(std::make_unique<Channel>(std::move(fd).value()), socket_path, config));
   if (Status s = f->setup(); !s.ok()) return s.error();
+  f->number_ = f->identity_.number;
   return f;
+}
+
+bool ClientFunction::reconnect() noexcept {
+  std::unique_lock attempt(reconnect_mu_, std::try_to_lock);
+  if (!attempt.owns_lock()) return false;  // another thread is at it
+  const std::uint64_t now = steady_clock().now_ns();
+  const auto every = static_cast<std::uint64_t>(config_.reconnect_interval.count()) * 1'000'000u;
+  if (config_.reconnect_interval.count() <= 0 ||
+      (last_dial_ns_ != 0 && now - last_dial_ns_ < every)) {
+    return false;
+  }
+  last_dial_ns_ = now;
+  try {
+    auto dialed = dial(path_);
+    if (!dialed) return false;
+    {
+      std::lock_guard lock(mu_);
+      channel_ = std::make_unique<Channel>(std::move(dialed).value());
+    }
+    gone_.store(false, std::memory_order_release);
+    const unsigned was = number_;
+    Status s = setup();
+    if (s.ok() && identity_.number != was) {
+      kLog.warn("%s now serves function %u, not %u: not taken", path_.c_str(), identity_.number,
+                was);
+      s = make_error(Errc::invalid_argument, "another function");
+    }
+    if (s.ok()) {
+      // The server holds nothing of the old connection: map every window again.
+      std::lock_guard lock(dma_mu_);
+      for (const auto& [iova, w] : windows_) {
+        const DmaMap m{sizeof(DmaMap), kDmaRead | kDmaWrite, w.fd_offset, iova, w.bytes};
+        const int fd = w.fd.get();
+        if (auto r = call(Command::dma_map, bytes(m), {&fd, 1}); !r) {
+          s = r.error();
+          break;
+        }
+      }
+    }
+    if (!s.ok()) {
+      gone_.store(true, std::memory_order_release);
+      return false;
+    }
+    ++reconnects_;
+    kLog.info("function %u: reconnected to %s (a reset device)", number_, path_.c_str());
+    return true;
+  } catch (const std::bad_alloc&) {
+    gone_.store(true, std::memory_order_release);
+    return false;
+  }
 }
 
 ClientFunction::~ClientFunction() {
   std::lock_guard lock(dma_mu_);
-  for (const auto& [iova, len] : windows_) {
-    const DmaUnmap u{sizeof(DmaUnmap), 0, iova, len};
+  for (const auto& [iova, w] : windows_) {
+    const DmaUnmap u{sizeof(DmaUnmap), 0, iova, w.bytes};
     (void)call(Command::dma_unmap, bytes(u));
   }
 }
 
 Result<Message> ClientFunction::call(Command command, std::span<const std::byte> payload,
                                      std::span<const int> fds, bool no_reply) noexcept {
-  if (gone()) return make_error(Errc::gone, "the vfio-user server is gone");
+  if (gone() && !reconnect()) return make_error(Errc::gone, "the vfio-user server is gone");
   std::lock_guard lock(mu_);
   Header h{};
   h.msg_id = ++next_id_;
@@ -141,17 +199,39 @@ Status ClientFunction::setup() {
                                                   std::to_string(agreed_.max_msg_fds) +
                                                   " fds per message");
   }
-  std::vector<int> raw;
-  for (unsigned i = 0; i < vectors_; ++i) {
+  if (Status s = read_identity(); !s.ok()) return s;
+  // The same eventfds across reconnections: whoever waits on interrupt_fd() keeps its fd.
+  if (!irq_fds_.empty() && irq_fds_.size() != vectors_) {
+    return make_error(Errc::invalid_argument,
+                      "the function came back with " + std::to_string(vectors_) +
+                          " MSI-X vectors, not " + std::to_string(irq_fds_.size()));
+  }
+  while (irq_fds_.size() < vectors_) {
     irq_fds_.emplace_back(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (!irq_fds_.back().valid()) return make_error(Errc::io_error, "eventfd failed");
-    raw.push_back(irq_fds_.back().get());
   }
+  std::vector<int> raw;
+  for (const UniqueFd& fd : irq_fds_) raw.push_back(fd.get());
   if (vectors_ > 0) {
     const IrqSet set{sizeof(IrqSet), kIrqSetDataEventfd | kIrqSetActionTrigger, kPciMsixIrq, 0,
                      vectors_};
     if (auto r = call(Command::device_set_irqs, bytes(set), raw); !r) return r.error();
   }
+  return {};
+}
+
+Status ClientFunction::read_identity() {
+  const RegionAccess a{0, kPciConfigRegion, static_cast<std::uint32_t>(kConfigSpaceBytes)};
+  auto r = call(Command::region_read, bytes(a));
+  if (!r) return r.error();
+  if (r->payload.size() != sizeof a + kConfigSpaceBytes) {
+    return make_error(Errc::invalid_argument, "configuration space read returned " +
+                                                  std::to_string(r->payload.size()) + " bytes");
+  }
+  auto id = parse_config_space(std::span(
+      reinterpret_cast<const std::uint8_t*>(r->payload.data()) + sizeof a, kConfigSpaceBytes));
+  if (!id) return id.error();
+  identity_ = *id;
   return {};
 }
 
@@ -221,10 +301,12 @@ Status ClientFunction::map_dma(void*, std::size_t, fpga::Iova) {
 
 Status ClientFunction::map_dma_fd(int fd, std::uint64_t fd_offset, void*, std::size_t len,
                                   fpga::Iova iova) {
+  UniqueFd kept(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+  if (!kept.valid()) return make_error(Errc::io_error, std::string("dup: ") + std::strerror(errno));
   const DmaMap m{sizeof(DmaMap), kDmaRead | kDmaWrite, fd_offset, iova, len};
   if (auto r = call(Command::dma_map, bytes(m), {&fd, 1}); !r) return r.error();
   std::lock_guard lock(dma_mu_);
-  windows_[iova] = len;
+  windows_[iova] = Window{len, fd_offset, std::move(kept)};
   return {};
 }
 
@@ -236,7 +318,7 @@ Status ClientFunction::unmap_dma(fpga::Iova iova) {
     if (it == windows_.end()) {
       return make_error(Errc::not_found, "no DMA window at IOVA " + std::to_string(iova));
     }
-    len = it->second;
+    len = it->second.bytes;
     windows_.erase(it);
   }
   const DmaUnmap u{sizeof(DmaUnmap), 0, iova, len};

@@ -1,5 +1,7 @@
 #include "keel/fpga/vfio_user/function_server.h"
 
+#include "keel/fpga/vfio_user/config_space.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -46,6 +48,13 @@ std::vector<std::byte> bytes_of(const T& v) {
 FunctionServer::~FunctionServer() { client_gone(); }
 
 void FunctionServer::client_gone() {
+  // As VFIO does when a process lets go of a device: the function is reset (its queues stop,
+  // no DMA of the old client's reaches anything), then its windows are unmapped, so the next
+  // client finds a clean function and the other functions notice nothing.
+  if (negotiated_ || !windows_.empty()) {
+    ++counters_.released;
+    if (Status s = fn_.flr(); !s.ok()) kLog.warn("reset at release: %s", s.error().message.c_str());
+  }
   for (auto& [iova, w] : windows_) {
     (void)fn_.unmap_dma(iova);
     ::munmap(w.host, w.bytes);
@@ -140,8 +149,43 @@ Result<std::vector<std::byte>> FunctionServer::region_info(const Message& m) {
   if (req->index == kPciBar0Region) {
     info.flags = kRegionRead | kRegionWrite;
     info.size = fn_.bar_size();
+  } else if (req->index == kPciConfigRegion) {
+    info.flags = kRegionRead | kRegionWrite;
+    info.size = kConfigSpaceBytes;
   }
   return bytes_of(info);
+}
+
+Result<std::vector<std::byte>> FunctionServer::config_access(const RegionAccess& a,
+                                                             const Message& m, bool write) {
+  const char* what = write ? "REGION_WRITE" : "REGION_READ";
+  if (a.count == 0 || a.count > kConfigSpaceBytes || a.offset > kConfigSpaceBytes - a.count) {
+    return make_error(Errc::invalid_argument, std::string(what) + ": " + std::to_string(a.count) +
+                                                  " bytes at " + std::to_string(a.offset) +
+                                                  " is not inside configuration space (256 "
+                                                  "bytes)");
+  }
+  if (write && m.payload.size() != sizeof(RegionAccess) + a.count) {
+    return make_error(Errc::invalid_argument,
+                      "REGION_WRITE: " + std::to_string(a.count) + " bytes announced, " +
+                          std::to_string(m.payload.size() - sizeof a) + " sent");
+  }
+  std::vector<std::byte> reply = bytes_of(a);
+  if (write) {
+    ++counters_.config_writes;  // every field is read-only: ignored, as PCI does
+    return reply;
+  }
+  ++counters_.region_reads;
+  FunctionIdentity id;
+  id.number = fn_.number();
+  if (id.is_pf()) {
+    id.max_vfs = config_.max_vfs;
+    id.num_vfs = config_.num_vfs;
+  }
+  const auto space = build_config_space(id);
+  const auto* from = reinterpret_cast<const std::byte*>(space.data()) + a.offset;
+  reply.insert(reply.end(), from, from + a.count);
+  return reply;
 }
 
 Result<std::vector<std::byte>> FunctionServer::region_access(const Message& m, bool write) {
@@ -149,6 +193,7 @@ Result<std::vector<std::byte>> FunctionServer::region_access(const Message& m, b
   auto req = payload_as<RegionAccess>(m, what);
   if (!req) return req.error();
   const RegionAccess a = *req;
+  if (a.region == kPciConfigRegion) return config_access(a, m, write);
   if (a.region != kPciBar0Region) {
     return make_error(Errc::invalid_argument, std::string(what) + ": region " +
                                                   std::to_string(a.region) + " has no registers");

@@ -131,7 +131,8 @@ struct CardOptions {
   bool lockstep = true;
 };
 
-/// Opens a card from a spec: "model", "sim", "vfio:<BDF>", "xrt:<index>".
+/// Opens a card from a spec: "model", "sim", "vfio:<BDF>", "xrt:<index>", or
+/// "vfio-user:<socket>" (a card served by keel-card in another process).
 /// Errors: invalid_argument (malformed spec), unavailable (backend not built or no board),
 /// plus whatever the backend's constructor returns.
 Result<std::unique_ptr<Card>> open_card(std::string_view spec, const CardOptions& options = {});

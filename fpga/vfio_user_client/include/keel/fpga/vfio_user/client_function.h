@@ -7,9 +7,11 @@
 // The card runs in its own process, so waits are on the host's clock. A function whose socket
 // fails is gone: reads return all ones and writes are dropped, as on PCIe.
 //
-// Not yet: a mappable doorbell page, the Card around several functions (open_card spec
-// "vfio-user:..."), memory the caller names only by address (map_dma needs an fd here; use
-// map_dma_fd).
+// A function whose server went away (keel-card killed) dials its socket again on its next use
+// (ClientConfig::reconnect_interval): a restarted card is found again, as a reset device.
+//
+// Not yet: a mappable doorbell page; memory the caller names only by address (map_dma needs an
+// fd here; use map_dma_fd).
 #pragma once
 
 #include <atomic>
@@ -23,6 +25,7 @@
 #include "keel/fpga/dma.h"
 #include "keel/fpga/function.h"
 #include "keel/fpga/vfio_user/channel.h"
+#include "keel/fpga/vfio_user/config_space.h"
 #include "keel/result.h"
 #include "keel/unique_fd.h"
 
@@ -33,17 +36,18 @@ struct ClientConfig {
   std::chrono::milliseconds reply_timeout{5000};
   /// What this client offers in VERSION.
   Capabilities caps{64, 1u << 20};
+  /// A gone function dials its socket again on its next use, at most this often (0: never).
+  std::chrono::milliseconds reconnect_interval{100};
 };
 
 class ClientFunction final : public fpga::Function, private fpga::DmaOwner {
  public:
-  /// Connects to the function's socket, negotiates the version, reads the device, BAR0 and
-  /// MSI-X info and hands the server one eventfd per vector. `number`: the PCIe function number
-  /// (0 for the PF, n + 1 for VF n). Errors: unavailable (nothing listens at the path), gone
-  /// (the server turned this client away), invalid_argument (a server that breaks the
-  /// protocol), timeout.
+  /// Connects to the function's socket, negotiates the version, reads the device, BAR0, its
+  /// configuration space (which function of the card it is: config_space.h) and MSI-X info,
+  /// and hands the server one eventfd per vector. Errors: unavailable (nothing listens at the
+  /// path), gone (the server turned this client away), invalid_argument (a server that breaks
+  /// the protocol or is not a keel function), timeout.
   static Result<std::unique_ptr<ClientFunction>> connect(const std::string& socket_path,
-                                                         unsigned number,
                                                          const ClientConfig& config = {});
   ~ClientFunction() override;
 
@@ -66,10 +70,20 @@ class ClientFunction final : public fpga::Function, private fpga::DmaOwner {
   Status flr() override;
 
   bool gone() const noexcept { return gone_.load(std::memory_order_acquire); }
+  /// Which function of the card this is, and for the PF its VF counts (at connect time).
+  const FunctionIdentity& identity() const noexcept { return identity_; }
+  /// Times the function came back after it was gone (a restarted keel-card). What comes back
+  /// is a reset device (no queue of before) with this client's DMA windows mapped again and
+  /// the same MSI-X eventfds.
+  std::uint64_t reconnects() const noexcept { return reconnects_; }
 
  private:
-  ClientFunction(std::unique_ptr<Channel> channel, unsigned number, const ClientConfig& config)
-      : channel_(std::move(channel)), number_(number), config_(config) {}
+  ClientFunction(std::unique_ptr<Channel> channel, std::string path, const ClientConfig& config)
+      : channel_(std::move(channel)), path_(std::move(path)), config_(config) {}
+  static Result<UniqueFd> dial(const std::string& socket_path);
+  /// Gone: dials the socket again (rate-limited) and redoes setup(). True when it is back.
+  bool reconnect() noexcept;
+  Status read_identity();
   /// Sends a command and, unless `no_reply`, waits for its reply (an errno reply is an error).
   Result<Message> call(Command command, std::span<const std::byte> payload,
                        std::span<const int> fds = {}, bool no_reply = false) noexcept;
@@ -78,8 +92,13 @@ class ClientFunction final : public fpga::Function, private fpga::DmaOwner {
 
   std::mutex mu_;  // one command and its reply at a time
   std::unique_ptr<Channel> channel_;
-  const unsigned number_;
+  const std::string path_;
+  unsigned number_ = 0;
   const ClientConfig config_;
+  FunctionIdentity identity_;
+  std::mutex reconnect_mu_;
+  std::uint64_t last_dial_ns_ = 0;
+  std::atomic<std::uint64_t> reconnects_{0};
   Capabilities agreed_;
   std::uint64_t bar_size_ = 0;
   unsigned vectors_ = 0;
@@ -87,7 +106,15 @@ class ClientFunction final : public fpga::Function, private fpga::DmaOwner {
   std::uint16_t next_id_ = 0;
   std::atomic<bool> gone_{false};
   std::mutex dma_mu_;
-  std::map<fpga::Iova, std::uint64_t> windows_;  ///< IOVA -> bytes
+  /// A DMA window: what DMA_MAP said, and its memory (a duplicate of the caller's fd), kept so
+  /// a reconnection maps it again: the windows are this client's IOMMU domain, which outlives
+  /// a reset of the device (as a VFIO container outlives an FLR).
+  struct Window {
+    std::uint64_t bytes = 0;
+    std::uint64_t fd_offset = 0;
+    UniqueFd fd;
+  };
+  std::map<fpga::Iova, Window> windows_;
   fpga::Iova next_alloc_ = fpga::kDmaAllocBase;
 };
 

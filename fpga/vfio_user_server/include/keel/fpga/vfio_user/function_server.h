@@ -3,8 +3,10 @@
 // BAR0 reads and writes, MSI-X through the client's eventfds, DMA windows from the client's
 // memory fds mapped into the function's IOMMU domain, FLR as DEVICE_RESET.
 //
-// Not yet: a sparse-mmap doorbell page (every BAR access is a message today), PCI config space
-// (region 7 reads as empty), the socket loop and daemon around it.
+// Configuration space (region 7) is read-only: the header and keel capability of
+// config_space.h; writes are accepted and ignored, as PCI does for read-only fields.
+//
+// Not yet: a sparse-mmap doorbell page (every BAR access is a message today).
 //
 // Threading: one thread handles a connection's messages and forwards its interrupts.
 #pragma once
@@ -28,6 +30,9 @@ struct FunctionServerConfig {
   std::uint64_t max_total_bytes = 256ull << 30;
   /// DMA windows one client may hold.
   unsigned max_windows = 64;
+  /// For the PF's configuration space: the VFs the card can have and has (see config_space.h).
+  unsigned max_vfs = 0;
+  unsigned num_vfs = 0;
 };
 
 class FunctionServer {
@@ -53,14 +58,16 @@ class FunctionServer {
   struct Counters {
     std::uint64_t commands = 0, refused = 0, region_reads = 0, region_writes = 0;
     std::uint64_t dma_maps = 0, dma_unmaps = 0, interrupts_forwarded = 0, resets = 0;
+    std::uint64_t config_writes = 0;  ///< Ignored writes to configuration space.
+    std::uint64_t released = 0;       ///< Clients gone (each one reset the function).
   };
   const Counters& counters() const noexcept { return counters_; }
   bool negotiated() const noexcept { return negotiated_; }
   /// DMA windows the client has mapped now.
   std::size_t windows() const noexcept { return windows_.size(); }
 
-  /// Drops what a client set up (its DMA windows, its eventfds), as on a disconnect; the
-  /// function's own state is kept.
+  /// A client disconnected: resets the function (FLR) and drops what the client set up (its
+  /// DMA windows, its eventfds), as VFIO does when a process closes a device.
   void client_gone();
 
  private:
@@ -72,6 +79,7 @@ class FunctionServer {
   Result<std::vector<std::byte>> version(const Message& m);
   Result<std::vector<std::byte>> region_info(const Message& m);
   Result<std::vector<std::byte>> region_access(const Message& m, bool write);
+  Result<std::vector<std::byte>> config_access(const RegionAccess& a, const Message& m, bool write);
   Result<std::vector<std::byte>> irq_info(const Message& m);
   Status set_irqs(Message& m);
   Status dma_map(Message& m);

@@ -1,0 +1,41 @@
+// keel/fpga/vfio_user/config_space.h - the PCI configuration space keel-card shows for each
+// function (vfio-user region 7), and how a client reads it back.
+//
+// A type-0 header for an NVMe controller (class 01:08:02) from the card's vendor (0x10EE, the
+// card is an FPGA design; see docs/decisions.md), BAR0 a 64-bit memory BAR, and one
+// vendor-specific capability (ID 0x09) at 0x40 that says which function of the card this is
+// and, for the PF, how many VFs it has: what a VFIO client of a real card learns from the bus
+// (the routing ID) and the SR-IOV capability.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+
+#include "keel/result.h"
+
+namespace keel::vfio_user {
+
+inline constexpr std::size_t kConfigSpaceBytes = 256;
+inline constexpr std::uint16_t kPciVendorId = 0x10EE;
+inline constexpr std::uint16_t kPciDevicePf = 0x4B50;  ///< "KP"
+inline constexpr std::uint16_t kPciDeviceVf = 0x4B56;  ///< "KV"
+inline constexpr std::uint8_t kKeelCapOffset = 0x40;
+inline constexpr std::uint8_t kKeelCapLength = 12;
+
+/// What the keel capability says.
+struct FunctionIdentity {
+  unsigned number = 0;   ///< 0: the PF; n + 1: VF n.
+  unsigned max_vfs = 0;  ///< PF: VFs the card can expose (0 for a VF).
+  unsigned num_vfs = 0;  ///< PF: VFs enabled now (0 for a VF).
+  bool is_pf() const noexcept { return number == 0; }
+};
+
+/// The 256 bytes of configuration space of a function.
+std::array<std::uint8_t, kConfigSpaceBytes> build_config_space(const FunctionIdentity& id);
+
+/// Reads the identity back. Errors: invalid_argument (not a keel function: another vendor or
+/// device, no keel capability, a short read).
+Result<FunctionIdentity> parse_config_space(std::span<const std::uint8_t> config);
+
+}  // namespace keel::vfio_user

@@ -1,0 +1,61 @@
+// keel/fpga/vfio_user/vfio_user_card.h - a card served by keel-card in another process, as a
+// Card ("vfio-user:<socket>" in every card spec).
+//
+// What the socket serves decides what the card is, as VFIO does for a process:
+// - a VF socket (vf<N>.sock): the card is that one VF, as a VM's paravisor sees its assigned
+//   VF. vf(0) is it; the PF belongs to whoever runs the card, so pf() is an absent function
+//   (reads all ones, every operation fails gone) and set_num_vfs() is refused.
+// - the PF socket (pf.sock): the PF, and VF n on demand from vf<n>.sock beside it. The VFs are
+//   the ones keel-card was started with (--vfs); set_num_vfs() is refused.
+//
+// The card runs on its own (free-running): its clock is the host's monotonic clock and step()
+// does nothing. It has no fault injector: faults are injected in keel-card's process.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "keel/fpga/card.h"
+#include "keel/fpga/vfio_user/client_function.h"
+#include "keel/result.h"
+
+namespace keel::vfio_user {
+
+class VfioUserCard final : public fpga::Card {
+ public:
+  /// Connects to the function at `socket_path`. Errors: those of ClientFunction::connect.
+  static Result<std::unique_ptr<VfioUserCard>> open(const std::string& socket_path,
+                                                    const ClientConfig& config = {});
+  ~VfioUserCard() override;
+
+  std::string_view backend() const noexcept override { return "vfio-user"; }
+  std::string describe() const override;
+  fpga::Function& pf() noexcept override;
+  Result<fpga::Function*> vf(unsigned index) override;
+  unsigned max_vfs() const noexcept override;
+  unsigned num_vfs() const noexcept override;
+  /// Errors: unavailable (keel-card sets its VFs when it starts).
+  Status set_num_vfs(unsigned n) override;
+  bool lockstep() const noexcept override { return false; }
+  unsigned step(unsigned) override { return 0; }
+  std::uint64_t now_ns() const noexcept override;
+
+  /// True when the socket served one VF (the card is that VF).
+  bool single_vf() const noexcept { return single_vf_; }
+
+ private:
+  VfioUserCard(std::string path, const ClientConfig& config);
+
+  class AbsentFunction;
+  const std::string path_;
+  const ClientConfig config_;
+  bool single_vf_ = false;
+  std::unique_ptr<ClientFunction> first_;  ///< The function at path_.
+  std::unique_ptr<AbsentFunction> absent_pf_;
+  std::mutex vfs_mu_;
+  std::vector<std::unique_ptr<ClientFunction>> vfs_;  ///< PF mode: VF n, once connected.
+};
+
+}  // namespace keel::vfio_user

@@ -1,0 +1,103 @@
+#include "keel/fpga/vfio_user/vfio_user_card.h"
+
+#include <filesystem>
+
+#include "keel/clock.h"
+
+namespace keel::vfio_user {
+
+/// The PF of a card of which this process holds one VF: not on its bus. Reads return all ones
+/// and writes are dropped, as for a PCI function that does not respond; the rest fails gone.
+class VfioUserCard::AbsentFunction final : public fpga::Function {
+ public:
+  unsigned number() const noexcept override { return 0; }
+  std::uint64_t bar_size() const noexcept override { return 0; }
+  std::uint32_t read32(std::uint64_t) noexcept override { return 0xffffffffu; }
+  std::uint64_t read64(std::uint64_t) noexcept override { return ~std::uint64_t{0}; }
+  void write32(std::uint64_t, std::uint32_t) noexcept override {}
+  void write64(std::uint64_t, std::uint64_t) noexcept override {}
+  Result<fpga::DmaBuffer> alloc_dma(std::size_t) override { return absent(); }
+  Status map_dma(void*, std::size_t, fpga::Iova) override { return absent(); }
+  Status unmap_dma(fpga::Iova) override { return absent(); }
+  unsigned num_vectors() const noexcept override { return 0; }
+  Result<std::uint32_t> wait_interrupt(unsigned, std::chrono::nanoseconds) override {
+    return absent();
+  }
+  Status flr() override { return absent(); }
+
+ private:
+  static Error absent() {
+    return make_error(Errc::gone,
+                      "this process holds one VF of the card; its PF is keel-card's (use "
+                      "keelctl --card vfio-user:<run dir>/pf.sock)");
+  }
+};
+
+Result<std::unique_ptr<VfioUserCard>> VfioUserCard::open(const std::string& socket_path,
+                                                         const ClientConfig& config) {
+  auto first = ClientFunction::connect(socket_path, config);
+  if (!first) return first.error();
+  std::unique_ptr<VfioUserCard> card(new VfioUserCard(socket_path, config));
+  card->first_ = std::move(first).value();
+  card->single_vf_ = !card->first_->identity().is_pf();
+  card->absent_pf_ = std::make_unique<AbsentFunction>();
+  if (!card->single_vf_) card->vfs_.resize(card->first_->identity().num_vfs);
+  return card;
+}
+
+VfioUserCard::VfioUserCard(std::string path, const ClientConfig& config)
+    : path_(std::move(path)), config_(config) {}
+
+VfioUserCard::~VfioUserCard() = default;
+
+std::string VfioUserCard::describe() const {
+  if (single_vf_) {
+    return "vfio-user card: VF " + std::to_string(first_->number() - 1) + " at " + path_;
+  }
+  return "vfio-user card: PF at " + path_ + ", " + std::to_string(num_vfs()) + " of " +
+         std::to_string(max_vfs()) + " VFs";
+}
+
+fpga::Function& VfioUserCard::pf() noexcept {
+  if (single_vf_) return *absent_pf_;
+  return *first_;
+}
+
+Result<fpga::Function*> VfioUserCard::vf(unsigned index) {
+  if (index >= num_vfs()) {
+    return make_error(Errc::not_found, "VF " + std::to_string(index) + ": the card has " +
+                                           std::to_string(num_vfs()) + " VF(s) here");
+  }
+  if (single_vf_) return static_cast<fpga::Function*>(first_.get());
+  std::lock_guard lock(vfs_mu_);
+  if (!vfs_[index]) {
+    const auto dir = std::filesystem::path(path_).parent_path();
+    const std::string at = (dir / ("vf" + std::to_string(index) + ".sock")).string();
+    auto f = ClientFunction::connect(at, config_);
+    if (!f) return f.error();
+    if ((*f)->number() != index + 1) {
+      return make_error(Errc::invalid_argument, at + " serves function " +
+                                                    std::to_string((*f)->number()) + ", not VF " +
+                                                    std::to_string(index));
+    }
+    vfs_[index] = std::move(f).value();
+  }
+  return static_cast<fpga::Function*>(vfs_[index].get());
+}
+
+unsigned VfioUserCard::max_vfs() const noexcept {
+  return single_vf_ ? 1 : first_->identity().max_vfs;
+}
+
+unsigned VfioUserCard::num_vfs() const noexcept {
+  return single_vf_ ? 1 : first_->identity().num_vfs;
+}
+
+Status VfioUserCard::set_num_vfs(unsigned) {
+  return make_error(Errc::unavailable,
+                    "the VFs of a card served by keel-card are set when it starts (--vfs)");
+}
+
+std::uint64_t VfioUserCard::now_ns() const noexcept { return steady_clock().now_ns(); }
+
+}  // namespace keel::vfio_user

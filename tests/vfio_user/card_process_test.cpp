@@ -1,0 +1,273 @@
+// keel-card as its own process (issue 12): the card spec "vfio-user:<socket>" against a running
+// keel-card, the PF socket as the whole card, a VF socket as a card of one VF, and a paravisor
+// in this process that loses the card (kill -9 of keel-card mid-IO), finishes every write on
+// the host path, and returns to the VF when keel-card is started again on the same image.
+//
+// KEEL_CARD_BIN: the keel-card binary; KEEL_CARD_BACKEND: "model" or "sim" (one ctest each).
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "keel/clock.h"
+#include "keel/fpga/card.h"
+#include "keel/fpga/vfio_user/vfio_user_card.h"
+#include "keel/stack/stack.h"
+#include "keel/vmm/guest_driver.h"
+#include "keel/vmm/guest_memory.h"
+#include "keel/wire/virtio.h"
+#include "nvme_host.h"
+
+extern char** environ;
+
+namespace keel::vfio_user {
+namespace {
+
+namespace blk = virtio::blk;
+using keel::testing::check_pattern;
+using keel::testing::fill_pattern;
+
+constexpr std::uint64_t kMiB = 1ull << 20;
+constexpr unsigned kSizeMiB = 16, kVfs = 2;
+
+std::string backend() {
+  const char* b = std::getenv("KEEL_CARD_BACKEND");
+  return b != nullptr && *b != '\0' ? b : "model";
+}
+
+class CardProcessTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    run_dir_ = stack::scratch_image_path("card-run", std::filesystem::temp_directory_path());
+    std::filesystem::create_directories(run_dir_);
+    start_card();
+  }
+  void TearDown() override {
+    stop_card(SIGTERM);
+    std::error_code ec;
+    std::filesystem::remove_all(run_dir_, ec);
+  }
+
+  std::string socket(const std::string& name) const { return run_dir_ + "/" + name + ".sock"; }
+
+  /// Starts keel-card and waits (real time: a process starting) until every function answers.
+  void start_card() {
+    std::vector<std::string> args{KEEL_CARD_BIN,
+                                  "--card",
+                                  backend(),
+                                  "--image",
+                                  image_.path(),
+                                  "--size-mib",
+                                  std::to_string(kSizeMiB),
+                                  "--vfs",
+                                  std::to_string(kVfs),
+                                  "--queues",
+                                  "2",
+                                  "--run-dir",
+                                  run_dir_,
+                                  "--log-level",
+                                  "warn"};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    // Sockets of a killed card are left behind: wait for fresh ones.
+    for (const char* n : {"pf", "vf0", "vf1"}) std::filesystem::remove(socket(n));
+    ASSERT_EQ(posix_spawn(&pid_, argv[0], nullptr, nullptr, argv.data(), environ), 0);
+    const std::uint64_t until = steady_clock().now_ns() + 60'000'000'000ull;
+    while (!std::filesystem::exists(socket("vf1"))) {
+      ASSERT_LT(steady_clock().now_ns(), until) << "keel-card did not come up";
+      int status = 0;
+      ASSERT_EQ(waitpid(pid_, &status, WNOHANG), 0) << "keel-card exited at start";
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  void stop_card(int sig) {
+    if (pid_ <= 0) return;
+    kill(pid_, sig);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
+
+  const stack::ScratchImage image_{"card-process", std::filesystem::temp_directory_path()};
+  std::string run_dir_;
+  pid_t pid_ = -1;
+};
+
+TEST_F(CardProcessTest, ThePfSocketIsTheWholeCard) {
+  auto card = fpga::open_card("vfio-user:" + socket("pf"));
+  ASSERT_TRUE(card.ok()) << card.error().message;
+  fpga::Card& c = **card;
+  EXPECT_EQ(c.backend(), "vfio-user");
+  EXPECT_FALSE(c.lockstep());
+  EXPECT_EQ(c.num_vfs(), kVfs);
+  EXPECT_GE(c.max_vfs(), kVfs);
+  EXPECT_EQ(c.pf().number(), 0u);
+  EXPECT_NE(c.pf().read32(0), 0xffffffffu) << "the PF's registers are not reachable";
+  auto vf1 = c.vf(1);
+  ASSERT_TRUE(vf1.ok()) << vf1.error().message;
+  EXPECT_EQ((*vf1)->number(), 2u);
+  EXPECT_EQ((*vf1)->read32(0x8), 0x00010400u);  // NVMe 1.4
+  EXPECT_EQ(c.vf(kVfs).error().code, Errc::not_found);
+  EXPECT_EQ(c.set_num_vfs(0).error().code, Errc::unavailable);
+}
+
+TEST_F(CardProcessTest, AVfSocketIsACardOfThatOneVf) {
+  auto card = fpga::open_card("vfio-user:" + socket("vf1"));
+  ASSERT_TRUE(card.ok()) << card.error().message;
+  fpga::Card& c = **card;
+  EXPECT_EQ(c.num_vfs(), 1u);
+  auto vf = c.vf(0);
+  ASSERT_TRUE(vf.ok());
+  EXPECT_EQ((*vf)->number(), 2u) << "vf1.sock is VF 1, function 2";
+  EXPECT_EQ((*vf)->read32(0x8), 0x00010400u);
+  EXPECT_EQ(c.pf().read32(0), 0xffffffffu) << "the PF is not this process's";
+  EXPECT_EQ(c.pf().flr().error().code, Errc::gone);
+  // One process per function: a second client is turned away.
+  auto second = fpga::open_card("vfio-user:" + socket("vf1"));
+  EXPECT_FALSE(second.ok());
+  // Another VF's socket is free.
+  EXPECT_TRUE(fpga::open_card("vfio-user:" + socket("vf0")).ok());
+}
+
+TEST_F(CardProcessTest, BadSpecsSayWhatIsWrong) {
+  auto none = fpga::open_card("vfio-user:");
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.error().code, Errc::invalid_argument);
+  auto missing = fpga::open_card("vfio-user:" + run_dir_ + "/nothing.sock");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.error().code, Errc::unavailable);
+  EXPECT_NE(missing.error().message.find("keel-card"), std::string::npos)
+      << missing.error().message;
+}
+
+// The paravisor of one guest on VF 0 of the card process. keel-card is killed (SIGKILL) with
+// writes in flight: they finish on the host path, the guest sees no error; keel-card started
+// again on the same image is found by the paravisor's probe and traffic returns to the VF;
+// every block holds the last version written.
+TEST_F(CardProcessTest, AParavisorOutlivesTheCardProcessAndReturnsToIt) {
+  stack::StackConfig sc;
+  sc.card = "vfio-user:" + socket("vf0");
+  sc.card_options.image_path = image_.path();  // the host path's image (the card's own)
+  auto st = stack::Stack::open_card(sc);
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  std::unique_ptr<stack::Stack> stack = std::move(st).value();
+  auto mem = vmm::GuestMemory::create(16 * kMiB);
+  ASSERT_TRUE(mem.ok());
+  stack::DiskSpec disk;
+  disk.base_offset = 0;  // VF 0's slice: the first half of the image
+  disk.length = kSizeMiB * kMiB / kVfs;
+  auto host = stack->start_host_service(stack->host_config(**mem, disk));
+  ASSERT_TRUE(host.ok()) << host.error().message;
+  vmm::ParavisorConfig pc;
+  pc.capacity_sectors = disk.length / 512;
+  pc.command_timeout = std::chrono::seconds(2);
+  pc.probe_interval = std::chrono::milliseconds(20);
+  auto vf = stack->vf(0);
+  ASSERT_TRUE(vf.ok());
+  auto pv_r = stack->create_paravisor(*vf, **mem, **host, pc);
+  ASSERT_TRUE(pv_r.ok()) << pv_r.error().message;
+  vmm::Paravisor& pv = **pv_r;
+  ASSERT_EQ(pv.state(), vmm::PathState::active);
+  auto guest = vmm::GuestDriver::attach(pv, **mem, 1, 64, 1 * kMiB);
+  ASSERT_TRUE(guest.ok()) << guest.error().message;
+  vmm::GuestDriver& g = **guest;
+
+  constexpr unsigned kBlocks = 256, kDepth = 16, kWrites = 1500;
+  const std::uint64_t buf = g.alloc(std::uint64_t{kDepth} * 2 * 4096);
+  std::vector<std::uint32_t> version(kBlocks, 0);
+  std::map<std::uint16_t, std::pair<unsigned, unsigned>> inflight;  // id -> block, slot
+  std::vector<unsigned> free_slots;
+  for (unsigned s = 0; s < kDepth * 2; ++s) free_slots.push_back(s);
+  std::set<unsigned> busy;
+  std::mt19937 rng(11);
+  unsigned issued = 0, completed = 0;
+  bool killed = false, restarted = false;
+  vmm::GuestCompletion c[64];
+  const std::uint64_t until = steady_clock().now_ns() + 120'000'000'000ull;
+  while (completed < kWrites && steady_clock().now_ns() < until) {
+    while (issued < kWrites && inflight.size() < kDepth) {
+      const unsigned block = rng() % kBlocks;
+      if (busy.count(block) != 0) continue;
+      const unsigned slot = free_slots.back();
+      free_slots.pop_back();
+      const std::uint32_t v = ++version[block];
+      fill_pattern(g.host(buf + slot * 4096ull, 4096), 4096, block * 8, v);
+      auto id = g.submit(0, blk::kOut, block * 8ull,
+                         std::vector<vmm::DataSeg>{{buf + slot * 4096ull, 4096}});
+      ASSERT_TRUE(id.ok());
+      inflight[*id] = {block, slot};
+      busy.insert(block);
+      ++issued;
+    }
+    g.kick(0);
+    pv.run_once();
+    const unsigned n = g.reap(0, c);
+    for (unsigned i = 0; i < n; ++i) {
+      ASSERT_EQ(c[i].status, blk::kStatusOk) << "the guest saw an error";
+      auto it = inflight.find(c[i].id);
+      ASSERT_NE(it, inflight.end());
+      busy.erase(it->second.first);
+      free_slots.push_back(it->second.second);
+      inflight.erase(it);
+      ++completed;
+    }
+    if (!killed && completed >= kWrites / 3) {
+      killed = true;
+      stop_card(SIGKILL);  // with writes on the VF
+    }
+    if (killed && !restarted && pv.state() == vmm::PathState::fallback) {
+      restarted = true;
+      start_card();
+    }
+  }
+  ASSERT_EQ(completed, kWrites) << "writes did not complete";
+  ASSERT_TRUE(restarted) << "the paravisor never fell back after the card died";
+  const std::uint64_t back_by = steady_clock().now_ns() + 60'000'000'000ull;
+  while (pv.state() != vmm::PathState::active && steady_clock().now_ns() < back_by) {
+    pv.run_once();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_EQ(pv.state(), vmm::PathState::active) << "traffic did not return to the restarted card";
+  const std::uint64_t vf_ios_before = pv.counters().vf_ios;
+  auto read_block = [&](unsigned block) {
+    const vmm::DataSeg seg{buf, 4096};
+    auto id = g.submit(0, blk::kIn, block * 8ull, {&seg, 1});
+    EXPECT_TRUE(id.ok());
+    g.kick(0);
+    const std::uint64_t deadline = steady_clock().now_ns() + 10'000'000'000ull;
+    while (steady_clock().now_ns() < deadline) {
+      pv.run_once();
+      if (g.reap(0, c) == 1) return c[0].status;
+    }
+    return std::uint8_t{0xff};
+  };
+  for (unsigned block = 0; block < kBlocks; ++block) {
+    if (version[block] == 0) continue;
+    ASSERT_EQ(read_block(block), blk::kStatusOk);
+    ASSERT_EQ(check_pattern(g.host(buf, 4096), 4096, block * 8, version[block]), -1)
+        << "block " << block << " does not hold version " << version[block];
+  }
+  EXPECT_GT(pv.counters().vf_ios, vf_ios_before) << "the reads did not take the VF";
+  const auto k = pv.counters();
+  EXPECT_EQ(k.errors, 0u);
+  EXPECT_GE(k.to_fallback, 1u);
+  EXPECT_GE(k.to_vf, 1u);
+  EXPECT_GT(k.fallback_ios, 0u) << "the host path carried none of the writes";
+  guest->reset();
+  pv_r->reset();
+}
+
+}  // namespace
+}  // namespace keel::vfio_user
