@@ -50,9 +50,20 @@ struct Served {
 
 void drop_client(Served& s, const char* why) {
   if (!s.client) return;
-  kLog.info("%s: client gone (%s)", s.name.c_str(), why);
+  kLog.info("%s: client gone (%s); the function is reset", s.name.c_str(), why);
   s.client.reset();
   s.server->client_gone();
+}
+
+void print_counters(const Served& s) {
+  const auto& c = s.server->counters();
+  std::printf("%-4s connections=%" PRIu64 " turned_away=%" PRIu64 " commands=%" PRIu64
+              " refused=%" PRIu64 " region_reads=%" PRIu64 " region_writes=%" PRIu64
+              " dma_maps=%" PRIu64 " dma_unmaps=%" PRIu64 " interrupts=%" PRIu64
+              " resets=%" PRIu64 " released=%" PRIu64 " config_writes=%" PRIu64 "\n",
+              s.name.c_str(), s.connections, s.turned_away, c.commands, c.refused, c.region_reads,
+              c.region_writes, c.dma_maps, c.dma_unmaps, c.interrupts_forwarded, c.resets,
+              c.released, c.config_writes);
 }
 
 }  // namespace
@@ -66,7 +77,10 @@ int main(int argc, char** argv) {
   app.add_option("--image", image, "Storage image (created if missing; default: in memory)");
   app.add_option("--size-mib", size_mib, "Storage size in MiB (split evenly between the VFs)")
       ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 20));
-  app.add_option("--vfs", vfs, "VFs to enable")->check(CLI::Range(1u, 8u));
+  app.add_option("--vfs", vfs,
+                 "VFs to enable at start (0: none; keelctl --card vfio-user:<run dir>/pf.sock "
+                 "vf enable N later)")
+      ->check(CLI::Range(0u, 8u));
   app.add_option("--queues", queues, "IO queue pairs per VF")->check(CLI::Range(1u, 8u));
   app.add_option("--run-dir", run_dir, "Where the sockets go: pf.sock, vf<N>.sock");
   keel::apps::add_log_option(app, log_level);
@@ -86,41 +100,70 @@ int main(int argc, char** argv) {
   sc.card_options.image_path = image;
   sc.card_options.storage_bytes = size_mib * kMiB;
   sc.card_options.lockstep = false;  // like silicon: the card works on its own thread
-  const std::uint64_t slice = size_mib * kMiB / 512 / vfs;
-  sc.vfs.resources.resize(vfs);
-  for (unsigned i = 0; i < vfs; ++i) {
-    sc.vfs.resources[i].queues = queues;
-    sc.vfs.resources[i].slice_base = i * slice;
-    sc.vfs.resources[i].slice_lbas = slice;
+  if (vfs > 0) {
+    const std::uint64_t slice = size_mib * kMiB / 512 / vfs;
+    sc.vfs.resources.resize(vfs);
+    for (unsigned i = 0; i < vfs; ++i) {
+      sc.vfs.resources[i].queues = queues;
+      sc.vfs.resources[i].slice_base = i * slice;
+      sc.vfs.resources[i].slice_lbas = slice;
+    }
   }
   auto stack_r = keel::stack::Stack::open(sc);
   if (!stack_r) return fail("standing the card up: " + to_string(stack_r.error()));
   std::unique_ptr<keel::stack::Stack> stack = std::move(stack_r).value();
+  keel::fpga::Card& card = stack->card();
 
   std::error_code ec;
   std::filesystem::create_directories(run_dir, ec);
   if (ec) return fail("--run-dir " + run_dir + ": " + ec.message());
-  std::vector<Served> served(vfs + 1);
-  for (unsigned i = 0; i <= vfs; ++i) {
-    Served& s = served[i];
-    keel::fpga::Function* fn = &stack->card().pf();
-    s.name = "pf";
-    if (i > 0) {
-      auto vf = stack->vf(i - 1);
-      if (!vf) return fail("VF " + std::to_string(i - 1) + ": " + to_string(vf.error()));
-      fn = vf.value();
-      s.name = "vf" + std::to_string(i - 1);
+
+  // served[0] is the PF; served[n + 1] VF n, for the VFs the card has now.
+  std::vector<std::unique_ptr<Served>> served;
+  std::uint64_t generation = 0;  // bumped when the VF sockets change
+  auto serve = [&](keel::fpga::Function& fn, const std::string& name,
+                   vu::FunctionServerConfig fc) -> keel::Status {
+    auto s = std::make_unique<Served>();
+    s->name = name;
+    auto l = keel::UnixListener::listen(run_dir + "/" + name + ".sock");
+    if (!l) return l.error();
+    s->listener = std::move(l.value());
+    s->server = std::make_unique<vu::FunctionServer>(fn, std::move(fc));
+    served.push_back(std::move(s));
+    return {};
+  };
+  auto serve_vfs = [&]() -> keel::Status {
+    for (unsigned i = 0; i < card.num_vfs(); ++i) {
+      auto vf = card.vf(i);
+      if (!vf) return vf.error();
+      if (auto st = serve(**vf, "vf" + std::to_string(i), {}); !st.ok()) return st;
     }
-    auto l = keel::UnixListener::listen(run_dir + "/" + s.name + ".sock");
-    if (!l) return fail(to_string(l.error()));
-    s.listener = std::move(l.value());
-    vu::FunctionServerConfig fc;
-    fc.max_vfs = stack->card().max_vfs();
-    fc.num_vfs = vfs;
-    s.server = std::make_unique<vu::FunctionServer>(*fn, fc);
-  }
-  std::printf("keel-card: %s card, %" PRIu64 " MiB, %u VFs, serving on %s/{pf,vf0..vf%u}.sock\n",
-              card_spec.c_str(), size_mib, vfs, run_dir.c_str(), vfs - 1);
+    return {};
+  };
+  // The PF's NumVFs (a client's config-space write): VFs that go lose their client (reset)
+  // and their socket first; the new ones get sockets.
+  vu::FunctionServerConfig pf_config;
+  pf_config.max_vfs = card.max_vfs();
+  pf_config.num_vfs = [&card] { return card.num_vfs(); };
+  pf_config.set_num_vfs = [&](unsigned n) -> keel::Status {
+    if (n == card.num_vfs()) return {};
+    if (n != 0 && card.num_vfs() != 0) {
+      return keel::make_error(keel::Errc::busy, "NumVFs goes through 0 (write 0 first)");
+    }
+    for (std::size_t i = served.size(); i-- > 1;) {
+      drop_client(*served[i], "its VF is removed");
+      print_counters(*served[i]);
+      served.pop_back();
+    }
+    ++generation;
+    if (auto st = card.set_num_vfs(n); !st.ok()) return st;
+    kLog.info("NumVFs = %u", n);
+    return serve_vfs();
+  };
+  if (auto st = serve(card.pf(), "pf", pf_config); !st.ok()) return fail(to_string(st.error()));
+  if (auto st = serve_vfs(); !st.ok()) return fail(to_string(st.error()));
+  std::printf("keel-card: %s card, %" PRIu64 " MiB, %u VFs, serving on %s (pf.sock, vf<N>.sock)\n",
+              card_spec.c_str(), size_mib, card.num_vfs(), run_dir.c_str());
   std::fflush(stdout);
 
   // One loop: signals, listeners, clients and the functions' interrupts.
@@ -130,25 +173,26 @@ int main(int argc, char** argv) {
     p.push_back({sig_fd, POLLIN, 0});
     who.push_back({0, -1});
     for (std::size_t i = 0; i < served.size(); ++i) {
-      p.push_back({served[i].listener.fd(), POLLIN, 0});
+      p.push_back({served[i]->listener.fd(), POLLIN, 0});
       who.push_back({i, 0});
-      if (!served[i].client) continue;
-      p.push_back({served[i].client->fd(), POLLIN, 0});
+      if (!served[i]->client) continue;
+      p.push_back({served[i]->client->fd(), POLLIN, 0});
       who.push_back({i, 1});
-      for (int fd : served[i].server->interrupt_fds()) {
+      for (int fd : served[i]->server->interrupt_fds()) {
         if (fd < 0) continue;
         p.push_back({fd, POLLIN, 0});
         who.push_back({i, 2});
       }
     }
     if (::poll(p.data(), p.size(), -1) < 0) continue;  // EINTR
-    for (std::size_t k = 0; k < p.size(); ++k) {
+    const std::uint64_t polled_generation = generation;
+    for (std::size_t k = 0; k < p.size() && generation == polled_generation; ++k) {
       if (p[k].revents == 0) continue;
       if (k == 0) {
         running = false;
         continue;
       }
-      Served& s = served[who[k].first];
+      Served& s = *served[who[k].first];
       if (who[k].second == 0) {
         keel::UniqueFd fd = s.listener.accept();
         if (!fd.valid()) continue;
@@ -176,15 +220,6 @@ int main(int argc, char** argv) {
   }
 
   std::printf("keel-card: shutting down\n");
-  for (const Served& s : served) {
-    const auto& c = s.server->counters();
-    std::printf("%-4s connections=%" PRIu64 " turned_away=%" PRIu64 " commands=%" PRIu64
-                " refused=%" PRIu64 " region_reads=%" PRIu64 " region_writes=%" PRIu64
-                " dma_maps=%" PRIu64 " dma_unmaps=%" PRIu64 " interrupts=%" PRIu64
-                " resets=%" PRIu64 " released=%" PRIu64 " config_writes=%" PRIu64 "\n",
-                s.name.c_str(), s.connections, s.turned_away, c.commands, c.refused,
-                c.region_reads, c.region_writes, c.dma_maps, c.dma_unmaps,
-                c.interrupts_forwarded, c.resets, c.released, c.config_writes);
-  }
+  for (const auto& s : served) print_counters(*s);
   return 0;
 }

@@ -120,7 +120,22 @@ TEST_F(CardProcessTest, ThePfSocketIsTheWholeCard) {
   EXPECT_EQ((*vf1)->number(), 2u);
   EXPECT_EQ((*vf1)->read32(0x8), 0x00010400u);  // NVMe 1.4
   EXPECT_EQ(c.vf(kVfs).error().code, Errc::not_found);
-  EXPECT_EQ(c.set_num_vfs(0).error().code, Errc::unavailable);
+  // NumVFs through the PF, as SR-IOV: non-zero to non-zero goes through 0; keel-card makes and
+  // removes the VFs' sockets.
+  EXPECT_EQ(c.set_num_vfs(1).error().code, Errc::busy);
+  EXPECT_EQ(c.num_vfs(), kVfs);
+  EXPECT_EQ(c.set_num_vfs(99).error().code, Errc::invalid_argument);
+  const Status none = c.set_num_vfs(0);
+  ASSERT_TRUE(none.ok()) << none.error().message;
+  EXPECT_EQ(c.num_vfs(), 0u);
+  EXPECT_FALSE(std::filesystem::exists(socket("vf0")));
+  const Status three = c.set_num_vfs(3);
+  ASSERT_TRUE(three.ok()) << three.error().message;
+  EXPECT_EQ(c.num_vfs(), 3u);
+  EXPECT_TRUE(std::filesystem::exists(socket("vf2")));
+  auto vf2 = c.vf(2);
+  ASSERT_TRUE(vf2.ok()) << vf2.error().message;
+  EXPECT_EQ((*vf2)->number(), 3u);
 }
 
 TEST_F(CardProcessTest, AVfSocketIsACardOfThatOneVf) {

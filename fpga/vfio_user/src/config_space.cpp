@@ -41,7 +41,7 @@ std::array<std::uint8_t, kConfigSpaceBytes> build_config_space(const FunctionIde
   c[kKeelCapOffset + 3] = kCapVersion;
   put16(c, kKeelCapOffset + 4, id.number);
   put16(c, kKeelCapOffset + 6, id.max_vfs);
-  put16(c, kKeelCapOffset + 8, id.num_vfs);
+  put16(c, kKeelCapOffset + kKeelCapNumVfs, id.num_vfs);
   return c;
 }
 
@@ -63,7 +63,7 @@ Result<FunctionIdentity> parse_config_space(std::span<const std::uint8_t> c) {
       FunctionIdentity id;
       id.number = get16(c, at + 4);
       id.max_vfs = get16(c, at + 6);
-      id.num_vfs = get16(c, at + 8);
+      id.num_vfs = get16(c, at + kKeelCapNumVfs);
       if ((device == kPciDevicePf) != id.is_pf() || id.num_vfs > id.max_vfs) {
         return make_error(Errc::invalid_argument,
                           "the keel capability contradicts the device ID (function " +

@@ -235,6 +235,15 @@ Status ClientFunction::read_identity() {
   return {};
 }
 
+Status ClientFunction::write_config(std::uint32_t offset, std::span<const std::uint8_t> data) {
+  std::vector<std::byte> m(sizeof(RegionAccess) + data.size());
+  const RegionAccess a{offset, kPciConfigRegion, static_cast<std::uint32_t>(data.size())};
+  std::memcpy(m.data(), &a, sizeof a);
+  std::memcpy(m.data() + sizeof a, data.data(), data.size());
+  if (auto r = call(Command::region_write, m); !r) return r.error();
+  return {};
+}
+
 std::uint32_t ClientFunction::read32(std::uint64_t offset) noexcept {
   const RegionAccess a{offset, kPciBar0Region, 4};
   auto r = call(Command::region_read, bytes(a));

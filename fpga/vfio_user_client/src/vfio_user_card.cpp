@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "keel/clock.h"
+#include "keel/fpga/vfio_user/config_space.h"
 
 namespace keel::vfio_user {
 
@@ -93,9 +94,19 @@ unsigned VfioUserCard::num_vfs() const noexcept {
   return single_vf_ ? 1 : first_->identity().num_vfs;
 }
 
-Status VfioUserCard::set_num_vfs(unsigned) {
-  return make_error(Errc::unavailable,
-                    "the VFs of a card served by keel-card are set when it starts (--vfs)");
+Status VfioUserCard::set_num_vfs(unsigned n) {
+  if (single_vf_) {
+    return make_error(Errc::unavailable,
+                      "this process holds one VF of the card; its VFs are changed through the "
+                      "PF (keelctl --card vfio-user:<run dir>/pf.sock vf enable N)");
+  }
+  std::lock_guard lock(vfs_mu_);
+  vfs_.clear();  // our VF connections first: their functions may be about to go
+  const std::uint8_t v[2] = {static_cast<std::uint8_t>(n), static_cast<std::uint8_t>(n >> 8)};
+  Status st = first_->write_config(kKeelCapOffset + kKeelCapNumVfs, v);
+  if (Status r = first_->refresh_identity(); st.ok() && !r.ok()) st = r;
+  vfs_.resize(first_->identity().num_vfs);
+  return st;
 }
 
 std::uint64_t VfioUserCard::now_ns() const noexcept { return steady_clock().now_ns(); }

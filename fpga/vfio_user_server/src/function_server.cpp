@@ -48,10 +48,12 @@ std::vector<std::byte> bytes_of(const T& v) {
 FunctionServer::~FunctionServer() { client_gone(); }
 
 void FunctionServer::client_gone() {
-  // As VFIO does when a process lets go of a device: the function is reset (its queues stop,
-  // no DMA of the old client's reaches anything), then its windows are unmapped, so the next
-  // client finds a clean function and the other functions notice nothing.
-  if (negotiated_ || !windows_.empty()) {
+  // As VFIO does when a process lets go of a device: a VF is reset (its queues stop, no DMA
+  // of the old client's reaches anything), then its windows are unmapped, so the next client
+  // finds a clean function and the other functions notice nothing. The PF is not: it holds
+  // the card's VF setup, which outlives the tool that made it (keelctl), as it does behind a
+  // PF driver.
+  if (fn_.number() != 0 && (negotiated_ || !windows_.empty())) {
     ++counters_.released;
     if (Status s = fn_.flr(); !s.ok()) kLog.warn("reset at release: %s", s.error().message.c_str());
   }
@@ -172,15 +174,29 @@ Result<std::vector<std::byte>> FunctionServer::config_access(const RegionAccess&
   }
   std::vector<std::byte> reply = bytes_of(a);
   if (write) {
-    ++counters_.config_writes;  // every field is read-only: ignored, as PCI does
-    return reply;
+    ++counters_.config_writes;
+    if (fn_.number() == 0 && a.offset == kKeelCapOffset + kKeelCapNumVfs &&
+        (a.count == 2 || a.count == 4)) {
+      const auto* v = reinterpret_cast<const std::uint8_t*>(m.payload.data() + sizeof a);
+      const unsigned n = static_cast<unsigned>(v[0]) | static_cast<unsigned>(v[1]) << 8;
+      if (!config_.set_num_vfs) {
+        return make_error(Errc::unavailable, "this card's VFs cannot be changed");
+      }
+      if (n > config_.max_vfs) {
+        return make_error(Errc::invalid_argument, "NumVFs " + std::to_string(n) + " over the " +
+                                                      std::to_string(config_.max_vfs) +
+                                                      " the card has");
+      }
+      if (Status st = config_.set_num_vfs(n); !st.ok()) return st.error();
+    }
+    return reply;  // every other field is read-only: ignored, as PCI does
   }
   ++counters_.region_reads;
   FunctionIdentity id;
   id.number = fn_.number();
   if (id.is_pf()) {
     id.max_vfs = config_.max_vfs;
-    id.num_vfs = config_.num_vfs;
+    id.num_vfs = config_.num_vfs ? config_.num_vfs() : 0;
   }
   const auto space = build_config_space(id);
   const auto* from = reinterpret_cast<const std::byte*>(space.data()) + a.offset;

@@ -22,6 +22,8 @@ inline constexpr std::uint16_t kPciDevicePf = 0x4B50;  ///< "KP"
 inline constexpr std::uint16_t kPciDeviceVf = 0x4B56;  ///< "KV"
 inline constexpr std::uint8_t kKeelCapOffset = 0x40;
 inline constexpr std::uint8_t kKeelCapLength = 12;
+/// Offset of NumVFs in the keel capability: the one writable field (PF only), as SR-IOV's.
+inline constexpr std::uint8_t kKeelCapNumVfs = 8;
 
 /// What the keel capability says.
 struct FunctionIdentity {

@@ -70,8 +70,14 @@ class ClientFunction final : public fpga::Function, private fpga::DmaOwner {
   Status flr() override;
 
   bool gone() const noexcept { return gone_.load(std::memory_order_acquire); }
-  /// Which function of the card this is, and for the PF its VF counts (at connect time).
+  /// Which function of the card this is, and for the PF its VF counts (as last read).
   const FunctionIdentity& identity() const noexcept { return identity_; }
+  /// Reads the configuration space again (the PF's VF count changes). Errors: gone, those of
+  /// parse_config_space.
+  Status refresh_identity() { return read_identity(); }
+  /// Writes `data` at `offset` of configuration space; the server's refusal is the error
+  /// (the PF's NumVFs: invalid_argument, busy, unavailable).
+  Status write_config(std::uint32_t offset, std::span<const std::uint8_t> data);
   /// Times the function came back after it was gone (a restarted keel-card). What comes back
   /// is a reset device (no queue of before) with this client's DMA windows mapped again and
   /// the same MSI-X eventfds.

@@ -6,7 +6,9 @@
 //   VF. vf(0) is it; the PF belongs to whoever runs the card, so pf() is an absent function
 //   (reads all ones, every operation fails gone) and set_num_vfs() is refused.
 // - the PF socket (pf.sock): the PF, and VF n on demand from vf<n>.sock beside it. The VFs are
-//   the ones keel-card was started with (--vfs); set_num_vfs() is refused.
+//   keel-card's: set_num_vfs() writes the PF's NumVFs (config_space.h), which keel-card
+//   carries out on its card, with sockets for the new VFs, so the PF manager (keelctl) works
+//   on a running card as on a local one, and what it sets stays set.
 //
 // The card runs on its own (free-running): its clock is the host's monotonic clock and step()
 // does nothing. It has no fault injector: faults are injected in keel-card's process.
@@ -36,7 +38,8 @@ class VfioUserCard final : public fpga::Card {
   Result<fpga::Function*> vf(unsigned index) override;
   unsigned max_vfs() const noexcept override;
   unsigned num_vfs() const noexcept override;
-  /// Errors: unavailable (keel-card sets its VFs when it starts).
+  /// PF mode: through the PF's NumVFs. Errors: as the card's set_num_vfs (busy: non-zero to
+  /// non-zero); unavailable on a one-VF card.
   Status set_num_vfs(unsigned n) override;
   bool lockstep() const noexcept override { return false; }
   unsigned step(unsigned) override { return 0; }

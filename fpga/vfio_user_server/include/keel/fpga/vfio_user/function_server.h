@@ -3,8 +3,9 @@
 // BAR0 reads and writes, MSI-X through the client's eventfds, DMA windows from the client's
 // memory fds mapped into the function's IOMMU domain, FLR as DEVICE_RESET.
 //
-// Configuration space (region 7) is read-only: the header and keel capability of
-// config_space.h; writes are accepted and ignored, as PCI does for read-only fields.
+// Configuration space (region 7): the header and keel capability of config_space.h. Only the
+// PF's NumVFs field is writable (it enables or removes VFs); other writes are accepted and
+// ignored, as PCI does for read-only fields.
 //
 // Not yet: a sparse-mmap doorbell page (every BAR access is a message today).
 //
@@ -12,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <vector>
 
@@ -30,9 +32,13 @@ struct FunctionServerConfig {
   std::uint64_t max_total_bytes = 256ull << 30;
   /// DMA windows one client may hold.
   unsigned max_windows = 64;
-  /// For the PF's configuration space: the VFs the card can have and has (see config_space.h).
+  /// For the PF's configuration space (config_space.h): the VFs the card can have, how many
+  /// it has now, and what changes that (a client's write of the keel capability's NumVFs,
+  /// as SR-IOV's NumVFs; its error is the write's reply). Unset: the PF shows 0 VFs and
+  /// refuses the write.
   unsigned max_vfs = 0;
-  unsigned num_vfs = 0;
+  std::function<unsigned()> num_vfs;
+  std::function<Status(unsigned)> set_num_vfs;
 };
 
 class FunctionServer {
@@ -59,15 +65,16 @@ class FunctionServer {
     std::uint64_t commands = 0, refused = 0, region_reads = 0, region_writes = 0;
     std::uint64_t dma_maps = 0, dma_unmaps = 0, interrupts_forwarded = 0, resets = 0;
     std::uint64_t config_writes = 0;  ///< Ignored writes to configuration space.
-    std::uint64_t released = 0;       ///< Clients gone (each one reset the function).
+    std::uint64_t released = 0;       ///< Clients gone (a VF is reset at each).
   };
   const Counters& counters() const noexcept { return counters_; }
   bool negotiated() const noexcept { return negotiated_; }
   /// DMA windows the client has mapped now.
   std::size_t windows() const noexcept { return windows_.size(); }
 
-  /// A client disconnected: resets the function (FLR) and drops what the client set up (its
-  /// DMA windows, its eventfds), as VFIO does when a process closes a device.
+  /// A client disconnected: resets a VF (FLR; the PF keeps the card's VF setup) and drops
+  /// what the client set up (its DMA windows, its eventfds), as VFIO does when a process
+  /// closes a device.
   void client_gone();
 
  private:
