@@ -97,7 +97,8 @@ Result<Invocation> parse_options(int argc, const char* const* argv) {
       "against the software fallback (paravisor -> host storage service), fio style."};
   std::string rw = "randread", path = "both", bs = "4k", runtime, size, sweep, card_size;
   app.add_option("--card", c.card,
-                 "card: model (default), sim (the Verilated RTL card), vfio:<BDF>, xrt:<N>");
+                 "card: model (default), sim (the Verilated RTL card), vfio:<BDF>, xrt:<N>, "
+                 "vfio-user:<keel-card run dir>/pf.sock");
   app.add_option("--vfs", c.vfs, "VFs to enable (default: one per job)");
   app.add_option("--path", path, "vf, fallback or both")->capture_default_str();
   app.add_option("--rw", rw, "read, write, randread, randwrite, randrw")->capture_default_str();
@@ -112,7 +113,9 @@ Result<Invocation> parse_options(int argc, const char* const* argv) {
                "check every block read and, at the end, every block written; a job that "
                "reads first fills its region with a known pattern (not timed)");
   app.add_option("--json", c.json_path, "write fio-like JSON results to FILE");
-  app.add_option("--image", c.image, "disk image for a simulated card (default: a temp file)");
+  app.add_option("--image", c.image,
+                 "disk image for a simulated card (default: a temp file); with vfio-user, "
+                 "keel-card's --image (the fallback path uses it)");
   app.add_option("--card-size", card_size, "storage of a simulated card (default: fits the jobs)");
   app.add_option("--seed", c.seed, "random seed")->capture_default_str();
   app.add_option("--sweep", sweep,

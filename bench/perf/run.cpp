@@ -81,10 +81,14 @@ Result<std::unique_ptr<Stack>> Stack::open(const Config& config) {
   // Verilated card (sim) runs about a million card cycles per second, so its IOPS measure the
   // simulator; on it keel-perf also reports card cycles per command and the IOPS they project.
   if (s->spec_.empty()) s->spec_ = "model";
-  if (!simulated(s->spec_) && config.path != PathChoice::vf) {
+  // A card served by keel-card in another process: its image is the one keel-card was
+  // started with (--image), which the fallback path reads and writes too.
+  const bool remote = s->spec_.rfind("vfio-user:", 0) == 0;
+  if (!simulated(s->spec_) && !(remote && !config.image.empty()) && config.path != PathChoice::vf) {
     return make_error(Errc::invalid_argument,
                       "the fallback path needs the card's disk image, which only a simulated "
-                      "card (sim, model) has here: use --path vf on " +
+                      "card (sim, model) has here, or keel-card's --image for vfio-user: use "
+                      "--path vf on " +
                           s->spec_);
   }
   const std::uint64_t slice_mib = ((config.size + (1u << 20) - 1) >> 20) + 1;
@@ -97,7 +101,10 @@ Result<std::unique_ptr<Stack>> Stack::open(const Config& config) {
   sc.vfs.count = config.vfs;
   sc.vfs.queues = 1;
   sc.vfs.disable_first = true;
-  if (simulated(s->spec_)) {
+  if (remote) {
+    s->image_ = config.image;
+    sc.card_options.image_path = s->image_;
+  } else if (simulated(s->spec_)) {
     if (config.image.empty()) {
       s->image_ = keel::stack::scratch_image_path("perf");
       s->temp_image_ = true;
@@ -393,7 +400,7 @@ Result<PathResult> Stack::run(const Config& c, bool vf_path, const Progress& pro
     if (vf_path) disk.vf = i;
     disk.base_offset = i * slice_bytes_;
     disk.length = slice_bytes_;
-    if (!simulated(spec_)) {
+    if (image_.empty()) {
       return make_error(Errc::invalid_argument, "a real board has no host path here");
     }
     auto d = stack_->assemble(*j->mem, disk, pc);
