@@ -284,5 +284,147 @@ TEST_F(CardProcessTest, AParavisorOutlivesTheCardProcessAndReturnsToIt) {
   pv_r->reset();
 }
 
+// One guest's paravisor in a process of its own: run by the test below as a child (this
+// binary, this test only), on the VF socket KEEL_CHILD_VF of the card whose image is
+// KEEL_CHILD_IMAGE, slice at KEEL_CHILD_OFFSET. Writes forever (bounded: 120 s) with 8 in
+// flight; creates KEEL_CHILD_READY after its first 100 completions.
+TEST(CardProcessChild, DISABLED_GuestWritesUntilKilled) {
+  const char* vf_socket = std::getenv("KEEL_CHILD_VF");
+  const char* image = std::getenv("KEEL_CHILD_IMAGE");
+  const char* offset = std::getenv("KEEL_CHILD_OFFSET");
+  const char* ready = std::getenv("KEEL_CHILD_READY");
+  ASSERT_TRUE(vf_socket != nullptr && image != nullptr && offset != nullptr && ready != nullptr);
+  stack::StackConfig sc;
+  sc.card = std::string("vfio-user:") + vf_socket;
+  sc.card_options.image_path = image;
+  auto st = stack::Stack::open_card(sc);
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  auto mem = vmm::GuestMemory::create(16 * kMiB);
+  ASSERT_TRUE(mem.ok());
+  stack::DiskSpec disk;
+  disk.base_offset = std::stoull(offset);
+  disk.length = kSizeMiB * kMiB / kVfs;
+  disk.vf = 0;
+  vmm::ParavisorConfig pc;
+  pc.capacity_sectors = disk.length / 512;
+  auto d = (*st)->assemble(**mem, disk, pc);
+  ASSERT_TRUE(d.ok()) << d.error().message;
+  auto guest = vmm::GuestDriver::attach(*d->paravisor, **mem, 1, 64, 1 * kMiB);
+  ASSERT_TRUE(guest.ok());
+  vmm::GuestDriver& g = **guest;
+  const std::uint64_t buf = g.alloc(8 * 4096);
+  std::mt19937 rng(5);
+  unsigned inflight = 0, done = 0;
+  vmm::GuestCompletion c[16];
+  const std::uint64_t until = steady_clock().now_ns() + 120'000'000'000ull;
+  while (steady_clock().now_ns() < until) {
+    while (inflight < 8) {
+      const vmm::DataSeg seg{buf + inflight * 4096ull, 4096};
+      ASSERT_TRUE(g.submit(0, blk::kOut, (rng() % 256) * 8ull, {&seg, 1}).ok());
+      ++inflight;
+    }
+    g.kick(0);
+    d->paravisor->run_once();
+    const unsigned n = g.reap(0, c);
+    inflight -= n;
+    done += n;
+    if (done >= 100 && done - n < 100) std::fclose(std::fopen(ready, "w"));
+  }
+}
+
+// A guest's paravisor process is killed (SIGKILL) with writes on its VF: keel-card resets that
+// VF, and the other guest, on another VF of the same card, keeps every request on its VF with
+// no error and no path change; the dead guest's VF takes a new paravisor at once.
+TEST_F(CardProcessTest, AParavisorProcessThatDiesLeavesTheOtherGuestsAlone) {
+  const std::string ready = run_dir_ + "/child-ready";
+  std::vector<std::string> env_s{
+      "KEEL_CHILD_VF=" + socket("vf1"), "KEEL_CHILD_IMAGE=" + image_.path(),
+      "KEEL_CHILD_OFFSET=" + std::to_string(kSizeMiB * kMiB / kVfs), "KEEL_CHILD_READY=" + ready};
+  std::vector<char*> env;
+  for (char** e = environ; *e != nullptr; ++e) env.push_back(*e);
+  for (auto& e : env_s) env.push_back(e.data());
+  env.push_back(nullptr);
+  std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  std::string also = "--gtest_also_run_disabled_tests";
+  std::string filter = "--gtest_filter=CardProcessChild.DISABLED_GuestWritesUntilKilled";
+  char* argv[] = {self.data(), also.data(), filter.data(), nullptr};
+  pid_t child = -1;
+  ASSERT_EQ(posix_spawn(&child, argv[0], nullptr, nullptr, argv, env.data()), 0);
+
+  // This guest: VF 0, the first half of the image.
+  stack::StackConfig sc;
+  sc.card = "vfio-user:" + socket("vf0");
+  sc.card_options.image_path = image_.path();
+  auto st = stack::Stack::open_card(sc);
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  auto mem = vmm::GuestMemory::create(16 * kMiB);
+  ASSERT_TRUE(mem.ok());
+  stack::DiskSpec disk;
+  disk.length = kSizeMiB * kMiB / kVfs;
+  disk.vf = 0;
+  vmm::ParavisorConfig pc;
+  pc.capacity_sectors = disk.length / 512;
+  auto d = (*st)->assemble(**mem, disk, pc);
+  ASSERT_TRUE(d.ok()) << d.error().message;
+  vmm::Paravisor& pv = *d->paravisor;
+  auto guest = vmm::GuestDriver::attach(pv, **mem, 1, 64, 1 * kMiB);
+  ASSERT_TRUE(guest.ok());
+  vmm::GuestDriver& g = **guest;
+
+  const std::uint64_t started = steady_clock().now_ns();
+  while (!std::filesystem::exists(ready)) {
+    int status = 0;
+    ASSERT_EQ(waitpid(child, &status, WNOHANG), 0) << "the other guest's process ended";
+    ASSERT_LT(steady_clock().now_ns() - started, 60'000'000'000ull) << "the other guest did no IO";
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  const std::uint64_t buf = g.alloc(8 * 4096);
+  for (unsigned s = 0; s < 8; ++s) fill_pattern(g.host(buf + s * 4096ull, 4096), 4096, s, 7);
+  unsigned inflight = 0, done = 0;
+  bool killed = false;
+  vmm::GuestCompletion c[16];
+  const std::uint64_t until = steady_clock().now_ns() + 60'000'000'000ull;
+  while (done < 2000 && steady_clock().now_ns() < until) {
+    while (inflight < 8) {
+      const vmm::DataSeg seg{buf + inflight * 4096ull, 4096};
+      ASSERT_TRUE(g.submit(0, blk::kOut, (done + inflight) % 256 * 8ull, {&seg, 1}).ok());
+      ++inflight;
+    }
+    g.kick(0);
+    pv.run_once();
+    const unsigned n = g.reap(0, c);
+    for (unsigned i = 0; i < n; ++i) ASSERT_EQ(c[i].status, blk::kStatusOk);
+    inflight -= n;
+    done += n;
+    if (!killed && done >= 500) {
+      killed = true;
+      kill(child, SIGKILL);
+      int status = 0;
+      waitpid(child, &status, 0);
+    }
+  }
+  ASSERT_GE(done, 2000u);
+  EXPECT_EQ(pv.state(), vmm::PathState::active);
+  const auto k = pv.counters();
+  EXPECT_EQ(k.to_fallback, 0u) << "the other guest's death moved this guest off its VF";
+  EXPECT_EQ(k.fallback_ios, 0u);
+  EXPECT_EQ(k.errors, 0u);
+
+  // The dead guest's VF: free again (keel-card saw its client go) and reset, so a new
+  // paravisor's driver brings it up.
+  Result<std::unique_ptr<fpga::Card>> again = make_error(Errc::unavailable, "not tried");
+  for (int i = 0; i < 500 && !again.ok(); ++i) {
+    again = fpga::open_card("vfio-user:" + socket("vf1"));
+    if (!again.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(again.ok()) << again.error().message;
+  auto vf1 = (*again)->vf(0);
+  ASSERT_TRUE(vf1.ok());
+  auto s2 = stack::Stack::attach(**again, {});
+  auto ctrl = s2->open_controller(**vf1);
+  EXPECT_TRUE(ctrl.ok()) << ctrl.error().message;
+  guest->reset();
+}
+
 }  // namespace
 }  // namespace keel::vfio_user
