@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "keel/fd_passing.h"
 #include "vhost_user_impl.h"
 
 namespace keel::vmm {
@@ -55,30 +56,12 @@ Io recv_exact(int fd, std::byte* buf, std::size_t n, std::vector<UniqueFd>& fds,
   std::size_t got = 0;
   while (got < n) {
     if (Io w = wait_for(fd, POLLIN, deadline); w != Io::ok) return w;
-    iovec iov{buf + got, n - got};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * vu::kMaxFds)];
-    msghdr m{};
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    m.msg_control = control;
-    m.msg_controllen = sizeof control;
-    const ssize_t k = ::recvmsg(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    if (k < 0) {
-      if (errno == EINTR || errno == EAGAIN) continue;
-      return Io::error;
-    }
-    for (cmsghdr* c = CMSG_FIRSTHDR(&m); c != nullptr; c = CMSG_NXTHDR(&m, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (std::size_t i = 0; i < count; ++i) {
-        int received;
-        std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof received);
-        fds.emplace_back(received);  // owned now, closed unless a handler keeps it
-      }
-    }
-    if ((m.msg_flags & MSG_CTRUNC) != 0 || fds.size() > vu::kMaxFds) return Io::too_many_fds;
-    if (k == 0) return got == 0 ? Io::closed : Io::truncated;
-    got += static_cast<std::size_t>(k);
+    auto r = recv_with_fds(fd, std::span(buf + got, n - got), fds, vu::kMaxFds);
+    if (!r) return Io::error;
+    if (r->again) continue;
+    if (r->fds_truncated || fds.size() > vu::kMaxFds) return Io::too_many_fds;
+    if (r->closed) return got == 0 ? Io::closed : Io::truncated;
+    got += r->bytes;
   }
   return Io::ok;
 }

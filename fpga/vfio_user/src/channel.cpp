@@ -3,13 +3,13 @@
 #include <errno.h>
 #include <poll.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
 
 #include <algorithm>
 #include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "keel/clock.h"
+#include "keel/fd_passing.h"
 
 namespace keel::vfio_user {
 namespace {
@@ -49,42 +49,12 @@ Status Channel::send(Header header, std::span<const std::byte> payload, std::spa
                                                   std::to_string(limits_.max_fds));
   }
   header.size = static_cast<std::uint32_t>(total);
-  iovec iov[2] = {{&header, sizeof header},
-                  {const_cast<std::byte*>(payload.data()), payload.size()}};
-  std::vector<std::uint64_t> control((CMSG_SPACE(sizeof(int) * fds.size()) + 7) / 8);
-  msghdr m{};
-  m.msg_iov = iov;
-  m.msg_iovlen = payload.empty() ? 1 : 2;
-  if (!fds.empty()) {
-    m.msg_control = control.data();
-    m.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    cmsghdr* c = CMSG_FIRSTHDR(&m);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
-  std::size_t sent = 0;
-  while (sent < total) {
-    const ssize_t k = ::sendmsg(fd_.get(), &m, MSG_NOSIGNAL);
-    if (k < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EPIPE || errno == ECONNRESET) {
-        return make_error(Errc::gone, "the vfio-user peer closed the connection");
-      }
-      return make_error(Errc::io_error, errno_text("sendmsg"));
+  const std::span<const std::byte> parts[2] = {std::as_bytes(std::span(&header, 1)), payload};
+  if (Status s = send_with_fds(fd_.get(), parts, fds); !s.ok()) {
+    if (s.error().code == Errc::gone) {
+      return make_error(Errc::gone, "the vfio-user peer closed the connection");
     }
-    sent += static_cast<std::size_t>(k);
-    // The rest goes without the fds (they travelled with the first byte).
-    m.msg_control = nullptr;
-    m.msg_controllen = 0;
-    std::size_t skip = static_cast<std::size_t>(k);
-    for (std::size_t i = 0; i < m.msg_iovlen && skip > 0; ++i) {
-      const std::size_t take = std::min(skip, iov[i].iov_len);
-      iov[i].iov_base = static_cast<char*>(iov[i].iov_base) + take;
-      iov[i].iov_len -= take;
-      skip -= take;
-    }
+    return s;
   }
   return {};
 }
@@ -103,7 +73,6 @@ Status Channel::reply(const Header& request, std::span<const std::byte> payload,
 Result<Message> Channel::receive(std::chrono::milliseconds timeout) {
   const std::uint64_t deadline = steady_clock().deadline_after(timeout);
   Message msg;
-  std::vector<std::uint64_t> control((CMSG_SPACE(sizeof(int) * limits_.max_fds) + 7) / 8);
   bool fds_dropped = false;
   // Reads exactly `len` bytes into `dst`, taking any fds that come along.
   auto read_exact = [&](std::byte* dst, std::size_t len, bool first) -> Status {
@@ -117,33 +86,20 @@ Result<Message> Channel::receive(std::chrono::milliseconds timeout) {
         }
         return s;
       }
-      iovec iov{dst + got, len - got};
-      msghdr m{};
-      m.msg_iov = &iov;
-      m.msg_iovlen = 1;
-      m.msg_control = control.data();
-      m.msg_controllen = control.size() * sizeof(std::uint64_t);
-      const ssize_t k = ::recvmsg(fd_.get(), &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-      if (k < 0) {
-        if (errno == EINTR || errno == EAGAIN) continue;
-        if (errno == ECONNRESET) return make_error(Errc::gone, "the vfio-user peer went away");
-        return make_error(Errc::io_error, errno_text("recvmsg"));
-      }
-      for (cmsghdr* c = CMSG_FIRSTHDR(&m); c != nullptr; c = CMSG_NXTHDR(&m, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-        const std::size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (std::size_t i = 0; i < n; ++i) {
-          int received;
-          std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof received);
-          msg.fds.emplace_back(received);  // owned now: closed with msg on any error
+      auto r = recv_with_fds(fd_.get(), std::span(dst + got, len - got), msg.fds, limits_.max_fds);
+      if (!r) {
+        if (r.error().code == Errc::gone) {
+          return make_error(Errc::gone, "the vfio-user peer went away");
         }
+        return r.error();
       }
-      if ((m.msg_flags & MSG_CTRUNC) != 0) fds_dropped = true;
-      if (k == 0) {
+      if (r->again) continue;
+      if (r->fds_truncated) fds_dropped = true;
+      if (r->closed) {
         if (first && got == 0) return make_error(Errc::gone, "the vfio-user peer closed");
         return make_error(Errc::invalid_argument, "the vfio-user peer closed mid-message");
       }
-      got += static_cast<std::size_t>(k);
+      got += r->bytes;
     }
     return {};
   };
