@@ -21,6 +21,7 @@
 
 #include "app_log.h"
 #include "keel/stack/stack.h"
+#include "keel/vmm/remote_host.h"
 #include "keel/vmm/vhost_user.h"
 
 namespace {
@@ -85,6 +86,17 @@ int main(int argc, char** argv) {
   app.add_option("--vf-index", vf_index, "Which VF serves the guest")->check(CLI::Range(0u, 7u));
   bool no_vf = false;
   app.add_flag("--no-vf", no_vf, "serve the guest on the software fallback path only");
+  std::string host_socket, host_disk;
+  auto* host_opt = app.add_option("--host-service", host_socket,
+                                  "Reach the host path in keel-hostd at this socket instead of "
+                                  "running it in this process");
+  app.add_option("--disk", host_disk, "With --host-service: the keel-hostd disk of this guest")
+      ->needs(host_opt);
+  host_opt->needs("--disk");
+  bool confidential = false;
+  app.add_flag("--confidential", confidential,
+               "The guest's RAM is private: the host path sees only a shared bounce pool (with "
+               "--host-service, keel-hostd never gets a guest-RAM fd)");
   std::string log_level;
   keel::apps::add_log_option(app, log_level);
   app.footer(
@@ -142,17 +154,34 @@ int main(int argc, char** argv) {
   if (!vf) return fail("VF " + std::to_string(vf_index) + ": " + to_string(vf.error()));
 
   // Re-created by the server for every memory table the front end sends.
-  std::unique_ptr<vmm::HostStorageService> host;
+  std::unique_ptr<vmm::HostStorage> host;
   auto factory = [&](vmm::GuestMemory& mem) -> keel::Result<std::unique_ptr<vmm::Paravisor>> {
     host.reset();  // the paravisor that used it is gone
-    keel::stack::DiskSpec disk;
-    disk.base_offset = remote ? offset_mib * kMiB : 0;
-    disk.length = size_mib * kMiB;
-    disk.ram = keel::stack::GuestRamView::regions;
-    auto h = stack->start_host_service(stack->host_config(mem, disk));
-    if (!h) return h.error();
-    host = std::move(h).value();
+    if (!host_socket.empty()) {
+      // The host path in keel-hostd: it gets this guest's RAM only if it is not confidential.
+      std::vector<vmm::HostMemoryRegion> ram;
+      if (!confidential) {
+        for (const auto& r : mem.regions()) ram.push_back({r.fd, r.fd_offset, r.gpa, r.bytes});
+      }
+      auto h = vmm::RemoteHostStorage::connect(host_socket, host_disk, ram);
+      if (!h) return h.error();
+      if ((*h)->disk_bytes() < size_mib * kMiB) {
+        return keel::make_error(keel::Errc::invalid_argument,
+                                "keel-hostd's disk '" + host_disk + "' is smaller than --size-mib");
+      }
+      host = std::move(h).value();
+    } else {
+      keel::stack::DiskSpec disk;
+      disk.base_offset = remote ? offset_mib * kMiB : 0;
+      disk.length = size_mib * kMiB;
+      disk.ram =
+          confidential ? keel::stack::GuestRamView::none : keel::stack::GuestRamView::regions;
+      auto h = stack->start_host_service(stack->host_config(mem, disk));
+      if (!h) return h.error();
+      host = std::move(h).value();
+    }
     vmm::ParavisorConfig pc;
+    pc.confidential = confidential;
     pc.queues = queues;
     pc.threads = true;  // the server runs on its own thread and never drives the data path
     pc.capacity_sectors = disk_lbas;

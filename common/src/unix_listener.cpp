@@ -35,14 +35,14 @@ Result<UnixListener> UnixListener::listen(const std::string& path,
                                         "path");
     }
     // A socket file: stale unless a server still answers on it.
-    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    UniqueFd probe(::socket(AF_UNIX, config.type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
     if (probe.valid() && (::connect(probe.get(), sa, sizeof addr) == 0 || errno == EAGAIN)) {
       return make_error(Errc::busy, "another server is listening on '" + path + "'");
     }
     ::unlink(path.c_str());
   }
   UnixListener l;
-  l.fd_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  l.fd_.reset(::socket(AF_UNIX, config.type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!l.fd_.valid()) {
     return make_error(Errc::io_error, std::string("socket: ") + std::strerror(errno));
   }

@@ -83,7 +83,7 @@ Result<std::unique_ptr<vmm::HostStorageService>> Stack::start_host_service(
 }
 
 Result<std::unique_ptr<vmm::Paravisor>> Stack::create_paravisor(
-    fpga::Function* vf, vmm::GuestMemory& memory, vmm::HostStorageService& host,
+    fpga::Function* vf, vmm::GuestMemory& memory, vmm::HostStorage& host,
     const vmm::ParavisorConfig& config) {
   return vmm::Paravisor::create(vf, *card_, *card_, memory, host, config);
 }

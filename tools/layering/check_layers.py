@@ -47,6 +47,7 @@ LAYERS = [
     ("sriov/", "sriov", 3),
     ("vmm_glue/host_service/", "host_service", 4),
     ("vmm_glue/include/keel/vmm/host_service.h", "host_service", 4),
+    ("vmm_glue/include/keel/vmm/remote_host.h", "host_service", 4),
     ("vmm_glue/include/", "paravisor", 4.5),
     ("vmm_glue/src/", "paravisor", 4.5),
     ("vmm_glue/nbd/", "nbd", 4.8),

@@ -64,12 +64,12 @@ const char* to_string(PathState s) noexcept {
 }
 
 Paravisor::Paravisor(fpga::Function* vf, const Clock& clock, fpga::Stepper& stepper,
-                     GuestMemory& memory, HostStorageService& host, const ParavisorConfig& config)
+                     GuestMemory& memory, HostStorage& host, const ParavisorConfig& config)
     : vf_(vf), clock_(clock), stepper_(stepper), memory_(memory), host_(host), config_(config) {}
 
 Result<std::unique_ptr<Paravisor>> Paravisor::create(fpga::Function* vf, const Clock& clock,
                                                      fpga::Stepper& stepper, GuestMemory& memory,
-                                                     HostStorageService& host,
+                                                     HostStorage& host,
                                                      const ParavisorConfig& config) {
   if (config.queues == 0 || config.queues > 64) {
     return make_error(Errc::invalid_argument, "queues must be 1..64");

@@ -3,6 +3,8 @@
 // exists, so every server behaves the same.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <string>
 
 #include "keel/result.h"
@@ -16,6 +18,8 @@ struct UnixListenerConfig {
   /// A socket file left at the path by a server that is gone is replaced. A path with a live
   /// server on it, or a path that is not a socket, is never touched.
   bool replace_stale_socket = true;
+  /// SOCK_STREAM, or SOCK_SEQPACKET for a protocol of records (keel-hostd).
+  int type = SOCK_STREAM;
 };
 
 /// Binds and listens (non-blocking, close-on-exec) at a path; removes the socket file when

@@ -121,7 +121,7 @@ class Stack {
   /// paravisor. Errors: those of Paravisor::create.
   Result<std::unique_ptr<vmm::Paravisor>> create_paravisor(fpga::Function* vf,
                                                            vmm::GuestMemory& memory,
-                                                           vmm::HostStorageService& host,
+                                                           vmm::HostStorage& host,
                                                            const vmm::ParavisorConfig& config);
   /// A host service and a paravisor for one guest disk, with config().paravisor or `config`.
   /// Errors: those of start_host_service(), vf() and create_paravisor(), as they are.

@@ -102,6 +102,28 @@ struct HostChannel {
   unsigned entries;      ///< Size of each ring; also the client's limit of outstanding requests.
 };
 
+/// What a paravisor needs of its host storage service: channels, a shared region for a
+/// confidential guest's bounce pool, and what the service maps. Implemented in this process by
+/// HostStorageService and across processes by RemoteHostStorage (keel-hostd; remote_host.h).
+class HostStorage {
+ public:
+  virtual ~HostStorage() = default;
+  /// A new channel with rings of `entries` (a power of two, 1..32768). One per virtqueue. Its
+  /// fds stay valid while this object lives; a client duplicates what it keeps.
+  virtual Result<HostChannel> open_channel(unsigned entries = 256) = 0;
+  /// Maps `bytes` of `fd` from `fd_offset` into the service; returns where (see
+  /// HostStorageService::add_shared_region).
+  virtual Result<std::uint64_t> add_shared_region(int fd, std::uint64_t fd_offset,
+                                                  std::uint64_t bytes) = 0;
+  /// Every region the service maps, by address.
+  virtual std::vector<HostRegionInfo> regions() const = 0;
+
+ protected:
+  HostStorage() = default;
+  HostStorage(const HostStorage&) = default;
+  HostStorage& operator=(const HostStorage&) = default;
+};
+
 /// The host side: one thread that serves every channel (one per virtqueue) with io_uring on
 /// the image. Buffered IO (no O_DIRECT), so it is coherent with the card's MAP_SHARED mapping of
 /// the same file. Guest memory is mapped at start and must not change afterwards.
@@ -116,7 +138,7 @@ struct HostChannel {
 ///
 /// Memory: a channel of 256 entries is a 280 KiB memfd (1088-byte SQ entries, 16-byte CQ
 /// entries); the service adds 136 KiB per 128 of io_uring_depth.
-class HostStorageService {
+class HostStorageService final : public HostStorage {
  public:
   /// Opens the image, maps guest memory and starts the service thread.
   /// Errors: invalid_argument (no image, bad depth, empty/overlapping regions, slice past the
@@ -134,13 +156,13 @@ class HostStorageService {
   /// the message says which and how many).
   Status stop();
   /// stop(), then releases everything that no IO in the kernel can still use.
-  ~HostStorageService();
+  ~HostStorageService() override;
   HostStorageService(const HostStorageService&) = delete;
   HostStorageService& operator=(const HostStorageService&) = delete;
 
   /// A new channel with rings of `entries` (a power of two, 1..32768). One per virtqueue.
   /// Errors: invalid_argument (entries), io_error (memfd, mmap, eventfd), gone (stopped).
-  Result<HostChannel> open_channel(unsigned entries = 256);
+  Result<HostChannel> open_channel(unsigned entries = 256) override;
 
   /// Maps `bytes` of `fd` from `fd_offset` (MAP_SHARED; the fd is not kept) at a free address
   /// at or above kHostSharedBase, above every region already mapped, and returns that address.
@@ -149,9 +171,10 @@ class HostStorageService {
   /// confidential guest for the pool it bounces data through.
   /// Errors: invalid_argument (no fd, 0 bytes, fd smaller than fd_offset + bytes), io_error
   /// (mmap), gone (stopping).
-  Result<std::uint64_t> add_shared_region(int fd, std::uint64_t fd_offset, std::uint64_t bytes);
+  Result<std::uint64_t> add_shared_region(int fd, std::uint64_t fd_offset,
+                                          std::uint64_t bytes) override;
   /// Every region the service maps (guest RAM given at start, then shared regions), by address.
-  std::vector<HostRegionInfo> regions() const;
+  std::vector<HostRegionInfo> regions() const override;
 
   /// CPU time the service thread has used (user + system), in nanoseconds.
   std::uint64_t thread_cpu_ns() const;

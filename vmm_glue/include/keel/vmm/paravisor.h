@@ -114,7 +114,7 @@ class Paravisor {
   /// for both - not the card itself. All of them outlive the paravisor.
   static Result<std::unique_ptr<Paravisor>> create(fpga::Function* vf, const Clock& clock,
                                                    fpga::Stepper& stepper, GuestMemory& memory,
-                                                   HostStorageService& host,
+                                                   HostStorage& host,
                                                    const ParavisorConfig& config = {});
   ~Paravisor();
   Paravisor(const Paravisor&) = delete;
@@ -181,7 +181,7 @@ class Paravisor {
   /// What the queue workers see of the paravisor (worker::WorkerLink; paravisor.cpp).
   class Link;
   Paravisor(fpga::Function* vf, const Clock& clock, fpga::Stepper& stepper, GuestMemory& memory,
-            HostStorageService& host, const ParavisorConfig& config);
+            HostStorage& host, const ParavisorConfig& config);
   void transition(PathState to, const std::string& reason);
   /// A worker saw its VF fail (gone or timeout).
   void vf_failed(const std::string& reason);
@@ -195,7 +195,7 @@ class Paravisor {
   const Clock& clock_;
   fpga::Stepper& stepper_;
   GuestMemory& memory_;
-  HostStorageService& host_;
+  HostStorage& host_;
   ParavisorConfig config_;
   std::uint64_t capacity_ = 0;
   std::uint32_t block_bytes_ = 512;  // logical block size the guest sees (the VF's LBA size)
