@@ -143,6 +143,7 @@ int main(int argc, char** argv) {
   // The PF's NumVFs (a client's config-space write): VFs that go lose their client (reset)
   // and their socket first; the new ones get sockets.
   vu::FunctionServerConfig pf_config;
+  std::uint32_t removed = 0;  // VFs pulled from the bus (bit n: VF n)
   pf_config.max_vfs = card.max_vfs();
   pf_config.num_vfs = [&card] { return card.num_vfs(); };
   pf_config.set_num_vfs = [&](unsigned n) -> keel::Status {
@@ -156,10 +157,31 @@ int main(int argc, char** argv) {
       served.pop_back();
     }
     ++generation;
+    removed = 0;  // the VFs that go take their state with them
     if (auto st = card.set_num_vfs(n); !st.ok()) return st;
     kLog.info("NumVFs = %u", n);
     return serve_vfs();
   };
+  // The removed-VF bitmap: a host pulling VFs from their guests (and putting them back).
+  pf_config.removed_vfs = [&removed] { return removed; };
+  if (card.faults() != nullptr) {
+    pf_config.set_removed_vfs = [&](std::uint32_t mask) -> keel::Status {
+      const std::uint32_t changed = mask ^ removed;
+      for (unsigned i = 0; i < 32; ++i) {
+        const std::uint32_t bit = std::uint32_t{1} << i;
+        if ((changed & bit) == 0) continue;
+        if (i >= card.num_vfs()) {
+          return keel::make_error(keel::Errc::not_found, "no VF " + std::to_string(i));
+        }
+        const bool pull = (mask & bit) != 0;
+        keel::fpga::FaultInjector& fi = *card.faults();
+        if (keel::Status st = pull ? fi.surprise_remove(i) : fi.restore(i); !st.ok()) return st;
+        removed ^= bit;
+        kLog.info("VF %u %s", i, pull ? "pulled from the bus" : "back on the bus");
+      }
+      return {};
+    };
+  }
   if (auto st = serve(card.pf(), "pf", pf_config); !st.ok()) return fail(to_string(st.error()));
   if (auto st = serve_vfs(); !st.ok()) return fail(to_string(st.error()));
   std::printf("keel-card: %s card, %" PRIu64 " MiB, %u VFs, serving on %s (pf.sock, vf<N>.sock)\n",

@@ -214,7 +214,8 @@ int run(const Invocation& inv) {
   }
 
   const bool vf = cmd == Command::vf_enable || cmd == Command::vf_show ||
-                  cmd == Command::vf_reset || cmd == Command::vf_disable;
+                  cmd == Command::vf_reset || cmd == Command::vf_disable ||
+                  cmd == Command::vf_remove || cmd == Command::vf_restore;
   if (vf) {
     if (cmd == Command::vf_enable) {
       std::vector<keel::sriov::VfResources> res(count);
@@ -252,6 +253,19 @@ int run(const Invocation& inv) {
         std::cout << json{{"vf", vf_index}, {"reset", true}}.dump(2) << "\n";
       else
         std::printf("VF %u reset\n", vf_index);
+      return 0;
+    }
+    if (cmd == Command::vf_remove || cmd == Command::vf_restore) {
+      // A simulated card's fault injector; a card served by keel-card takes these two.
+      keel::fpga::FaultInjector* fi = card->faults();
+      if (fi == nullptr) fail("this card cannot remove or restore VFs");
+      const bool remove = cmd == Command::vf_remove;
+      check(remove ? fi->surprise_remove(vf_index) : fi->restore(vf_index),
+            std::string(remove ? "removing" : "restoring") + " VF " + std::to_string(vf_index));
+      if (o.json)
+        std::cout << json{{"vf", vf_index}, {"present", !remove}}.dump(2) << "\n";
+      else
+        std::printf("VF %u %s\n", vf_index, remove ? "removed" : "restored");
       return 0;
     }
     if (cmd == Command::vf_disable) {

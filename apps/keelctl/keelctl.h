@@ -24,6 +24,8 @@ enum class Command {
   vf_show,
   vf_reset,
   vf_disable,
+  vf_remove,
+  vf_restore,
   id_ctrl,
   id_ns,
   read,

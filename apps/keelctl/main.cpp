@@ -48,6 +48,11 @@ int main(int argc, char** argv) {
   auto* vf_reset = vf->add_subcommand("reset", "function-level reset of one VF");
   vf_reset->add_option("index", vf_index, "VF")->required();
   auto* vf_disable = vf->add_subcommand("disable", "remove every VF");
+  auto* vf_remove = vf->add_subcommand(
+      "remove", "pull one VF from the bus (surprise removal: its guest fails over)");
+  vf_remove->add_option("index", vf_index, "VF")->required();
+  auto* vf_restore = vf->add_subcommand("restore", "put a removed VF back on the bus");
+  vf_restore->add_option("index", vf_index, "VF")->required();
 
   auto* id_ctrl = app.add_subcommand("id-ctrl", "Identify Controller of a VF");
   auto* id_ns = app.add_subcommand("id-ns", "Identify Namespace 1 of a VF");
@@ -78,6 +83,8 @@ int main(int argc, char** argv) {
   if (*vf_show) inv.command = Command::vf_show;
   if (*vf_reset) inv.command = Command::vf_reset;
   if (*vf_disable) inv.command = Command::vf_disable;
+  if (*vf_remove) inv.command = Command::vf_remove;
+  if (*vf_restore) inv.command = Command::vf_restore;
   if (*id_ctrl) inv.command = Command::id_ctrl;
   if (*id_ns) inv.command = Command::id_ns;
   if (*read) inv.command = Command::read;

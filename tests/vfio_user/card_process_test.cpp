@@ -120,6 +120,17 @@ TEST_F(CardProcessTest, ThePfSocketIsTheWholeCard) {
   EXPECT_EQ((*vf1)->number(), 2u);
   EXPECT_EQ((*vf1)->read32(0x8), 0x00010400u);  // NVMe 1.4
   EXPECT_EQ(c.vf(kVfs).error().code, Errc::not_found);
+  // A VF pulled from the bus through the PF (a host taking it from its guest), and put back.
+  fpga::FaultInjector* fi = c.faults();
+  ASSERT_NE(fi, nullptr);
+  const Status pulled = fi->surprise_remove(1);
+  ASSERT_TRUE(pulled.ok()) << pulled.error().message;
+  EXPECT_EQ((*vf1)->read32(0x8), 0xffffffffu) << "a removed VF still answers";
+  EXPECT_EQ(fi->drop_completions(0, 1).error().code, Errc::unavailable);
+  const Status back = fi->restore(1);
+  ASSERT_TRUE(back.ok()) << back.error().message;
+  EXPECT_EQ((*vf1)->read32(0x8), 0x00010400u) << "a restored VF does not answer";
+  EXPECT_EQ(fi->surprise_remove(7).error().code, Errc::not_found);
   // NumVFs through the PF, as SR-IOV: non-zero to non-zero goes through 0; keel-card makes and
   // removes the VFs' sockets.
   EXPECT_EQ(c.set_num_vfs(1).error().code, Errc::busy);

@@ -42,6 +42,8 @@ std::array<std::uint8_t, kConfigSpaceBytes> build_config_space(const FunctionIde
   put16(c, kKeelCapOffset + 4, id.number);
   put16(c, kKeelCapOffset + 6, id.max_vfs);
   put16(c, kKeelCapOffset + kKeelCapNumVfs, id.num_vfs);
+  put16(c, kKeelCapOffset + kKeelCapRemovedVfs, id.removed_vfs & 0xffffu);
+  put16(c, kKeelCapOffset + kKeelCapRemovedVfs + 2, id.removed_vfs >> 16);
   return c;
 }
 
@@ -64,6 +66,8 @@ Result<FunctionIdentity> parse_config_space(std::span<const std::uint8_t> c) {
       id.number = get16(c, at + 4);
       id.max_vfs = get16(c, at + 6);
       id.num_vfs = get16(c, at + kKeelCapNumVfs);
+      id.removed_vfs = get16(c, at + kKeelCapRemovedVfs) |
+                       static_cast<std::uint32_t>(get16(c, at + kKeelCapRemovedVfs + 2)) << 16;
       if ((device == kPciDevicePf) != id.is_pf() || id.num_vfs > id.max_vfs) {
         return make_error(Errc::invalid_argument,
                           "the keel capability contradicts the device ID (function " +

@@ -1,5 +1,6 @@
 #include "keel/fpga/vfio_user/vfio_user_card.h"
 
+#include <cstring>
 #include <filesystem>
 
 #include "keel/clock.h"
@@ -34,6 +35,27 @@ class VfioUserCard::AbsentFunction final : public fpga::Function {
   }
 };
 
+class VfioUserCard::RemoteFaults final : public fpga::FaultInjector {
+ public:
+  explicit RemoteFaults(VfioUserCard& card) : card_(card) {}
+  Status surprise_remove(unsigned vf) override { return card_.set_removed(vf, true); }
+  Status restore(unsigned vf) override { return card_.set_removed(vf, false); }
+  Status drop_completions(unsigned, unsigned) override { return elsewhere(); }
+  Status delay_completions(unsigned, unsigned, std::chrono::nanoseconds) override {
+    return elsewhere();
+  }
+  Status delay_ready(unsigned, std::chrono::nanoseconds) override { return elsewhere(); }
+  Status raise_fatal(unsigned) override { return elsewhere(); }
+  Status refuse_dma(unsigned, bool) override { return elsewhere(); }
+
+ private:
+  static Error elsewhere() {
+    return make_error(Errc::unavailable,
+                      "a card in another process takes only VF removal and restore from here");
+  }
+  VfioUserCard& card_;
+};
+
 Result<std::unique_ptr<VfioUserCard>> VfioUserCard::open(const std::string& socket_path,
                                                          const ClientConfig& config) {
   auto first = ClientFunction::connect(socket_path, config);
@@ -42,6 +64,7 @@ Result<std::unique_ptr<VfioUserCard>> VfioUserCard::open(const std::string& sock
   card->first_ = std::move(first).value();
   card->single_vf_ = !card->first_->identity().is_pf();
   card->absent_pf_ = std::make_unique<AbsentFunction>();
+  card->faults_ = std::make_unique<RemoteFaults>(*card);
   if (!card->single_vf_) card->vfs_.resize(card->first_->identity().num_vfs);
   return card;
 }
@@ -110,5 +133,24 @@ Status VfioUserCard::set_num_vfs(unsigned n) {
 }
 
 std::uint64_t VfioUserCard::now_ns() const noexcept { return steady_clock().now_ns(); }
+
+fpga::FaultInjector* VfioUserCard::faults() noexcept {
+  return single_vf_ ? nullptr : faults_.get();
+}
+
+Status VfioUserCard::set_removed(unsigned vf, bool removed) {
+  if (vf >= num_vfs() || vf >= 32) {
+    return make_error(Errc::not_found, "VF " + std::to_string(vf) + ": the card has " +
+                                           std::to_string(num_vfs()) + " VF(s)");
+  }
+  if (Status st = first_->refresh_identity(); !st.ok()) return st;
+  std::uint32_t mask = first_->identity().removed_vfs;
+  mask = removed ? mask | (1u << vf) : mask & ~(1u << vf);
+  std::uint8_t v[4];
+  std::memcpy(v, &mask, 4);
+  Status st = first_->write_config(kKeelCapOffset + kKeelCapRemovedVfs, v);
+  if (Status r = first_->refresh_identity(); st.ok() && !r.ok()) st = r;
+  return st;
+}
 
 }  // namespace keel::vfio_user

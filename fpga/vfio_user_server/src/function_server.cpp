@@ -188,6 +188,16 @@ Result<std::vector<std::byte>> FunctionServer::config_access(const RegionAccess&
                                                       " the card has");
       }
       if (Status st = config_.set_num_vfs(n); !st.ok()) return st.error();
+    } else if (fn_.number() == 0 && a.offset == kKeelCapOffset + kKeelCapRemovedVfs &&
+               a.count == 4) {
+      std::uint32_t mask;
+      std::memcpy(&mask, m.payload.data() + sizeof a, 4);
+      if (!config_.set_removed_vfs) {
+        return make_error(Errc::unavailable,
+                          "this card's VFs cannot be pulled (no fault "
+                          "injection on it)");
+      }
+      if (Status st = config_.set_removed_vfs(mask); !st.ok()) return st.error();
     }
     return reply;  // every other field is read-only: ignored, as PCI does
   }
@@ -197,6 +207,7 @@ Result<std::vector<std::byte>> FunctionServer::config_access(const RegionAccess&
   if (id.is_pf()) {
     id.max_vfs = config_.max_vfs;
     id.num_vfs = config_.num_vfs ? config_.num_vfs() : 0;
+    id.removed_vfs = config_.removed_vfs ? config_.removed_vfs() : 0;
   }
   const auto space = build_config_space(id);
   const auto* from = reinterpret_cast<const std::byte*>(space.data()) + a.offset;

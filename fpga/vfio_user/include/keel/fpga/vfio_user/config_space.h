@@ -21,15 +21,19 @@ inline constexpr std::uint16_t kPciVendorId = 0x10EE;
 inline constexpr std::uint16_t kPciDevicePf = 0x4B50;  ///< "KP"
 inline constexpr std::uint16_t kPciDeviceVf = 0x4B56;  ///< "KV"
 inline constexpr std::uint8_t kKeelCapOffset = 0x40;
-inline constexpr std::uint8_t kKeelCapLength = 12;
-/// Offset of NumVFs in the keel capability: the one writable field (PF only), as SR-IOV's.
+inline constexpr std::uint8_t kKeelCapLength = 16;
+/// Offsets in the keel capability of its two writable fields (PF only): NumVFs (u16, as
+/// SR-IOV's) and the VFs pulled from the bus (u32 bitmap: a set bit surprise-removes VF n, as
+/// a host pulling a VF from its guest; a cleared bit puts it back).
 inline constexpr std::uint8_t kKeelCapNumVfs = 8;
+inline constexpr std::uint8_t kKeelCapRemovedVfs = 12;
 
 /// What the keel capability says.
 struct FunctionIdentity {
-  unsigned number = 0;   ///< 0: the PF; n + 1: VF n.
-  unsigned max_vfs = 0;  ///< PF: VFs the card can expose (0 for a VF).
-  unsigned num_vfs = 0;  ///< PF: VFs enabled now (0 for a VF).
+  unsigned number = 0;            ///< 0: the PF; n + 1: VF n.
+  unsigned max_vfs = 0;           ///< PF: VFs the card can expose (0 for a VF).
+  unsigned num_vfs = 0;           ///< PF: VFs enabled now (0 for a VF).
+  std::uint32_t removed_vfs = 0;  ///< PF: VFs surprise-removed now (bit n: VF n).
   bool is_pf() const noexcept { return number == 0; }
 };
 

@@ -45,6 +45,12 @@ class VfioUserCard final : public fpga::Card {
   unsigned step(unsigned) override { return 0; }
   std::uint64_t now_ns() const noexcept override;
 
+  /// PF mode: the one fault a host can cause on a running card from outside, pulling a VF
+  /// from the bus and putting it back (surprise_remove / restore, through the PF's
+  /// configuration space); every other fault is unavailable here (inject it in keel-card's
+  /// process). A one-VF card has none.
+  fpga::FaultInjector* faults() noexcept override;
+
   /// True when the socket served one VF (the card is that VF).
   bool single_vf() const noexcept { return single_vf_; }
 
@@ -52,11 +58,15 @@ class VfioUserCard final : public fpga::Card {
   VfioUserCard(std::string path, const ClientConfig& config);
 
   class AbsentFunction;
+  class RemoteFaults;
+  /// Sets or clears VF `vf` in the PF's removed-VF bitmap.
+  Status set_removed(unsigned vf, bool removed);
   const std::string path_;
   const ClientConfig config_;
   bool single_vf_ = false;
   std::unique_ptr<ClientFunction> first_;  ///< The function at path_.
   std::unique_ptr<AbsentFunction> absent_pf_;
+  std::unique_ptr<RemoteFaults> faults_;
   std::mutex vfs_mu_;
   std::vector<std::unique_ptr<ClientFunction>> vfs_;  ///< PF mode: VF n, once connected.
 };

@@ -39,6 +39,9 @@ struct FunctionServerConfig {
   unsigned max_vfs = 0;
   std::function<unsigned()> num_vfs;
   std::function<Status(unsigned)> set_num_vfs;
+  /// The VFs pulled from the bus (bitmap) and what changes it (unset: none, refused).
+  std::function<std::uint32_t()> removed_vfs;
+  std::function<Status(std::uint32_t)> set_removed_vfs;
 };
 
 class FunctionServer {
