@@ -2,6 +2,7 @@
 while the guest runs, and the result dict that guest_verdict.py judges.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -48,6 +49,14 @@ class RunConfig:
         self.initrd = None
         self.append = ""           # ... and more kernel command line
         self.image = None          # an existing disk image to serve (kept; no host verify)
+        # An image the caller owns and the backend serves a slice of (a card's, shared by
+        # guests): not created or removed here; the host verify reads it at image_offset.
+        self.shared_image = None
+        self.take_qemu_lock = True  # False: the caller holds it (several QEMUs of one test)
+        # How the VF is removed and restored (default: remove_signal / restore_signal to the
+        # backend); callables for a card in another process (keelctl vf remove/restore).
+        self.remove_action = None
+        self.restore_action = None
         self.seed = None
         for k, v in kw.items():
             if not hasattr(self, k):
@@ -88,13 +97,17 @@ def run_guest(cfg, backend_template, label="guest"):
     os.makedirs(workdir, exist_ok=True)
     sockdir = _short_socket_dir(workdir)
     sock = os.path.join(sockdir, "vhost.sock")
-    image = os.path.abspath(cfg.image) if cfg.image else os.path.join(workdir, "disk.img")
+    own_image = not cfg.image and not cfg.shared_image
+    image = os.path.abspath(cfg.image or cfg.shared_image or os.path.join(workdir, "disk.img"))
     console_path = os.path.join(workdir, "console.log")
-    for p in (sock, console_path) if cfg.image else (sock, image, console_path):
+    for p in (sock, image, console_path) if own_image else (sock, console_path):
         if os.path.exists(p):
             os.unlink(p)
     size_mib = cfg.size_mib
-    if cfg.image:
+    if cfg.shared_image:
+        if not os.path.isfile(image):
+            raise Failure(f"{image}: no such image")
+    elif cfg.image:
         if not os.path.isfile(image):
             raise Failure(f"{image}: no such image")
         size_mib = os.path.getsize(image) >> 20
@@ -116,7 +129,9 @@ def run_guest(cfg, backend_template, label="guest"):
     backend = Backend(argv, os.path.join(workdir, "backend.log"))
     qemu_proc = None
     console = Console()
-    with FileLock(os.path.join(runs, "qemu.lock"), "the other guest (one QEMU at a time)"):
+    lock = (FileLock(os.path.join(runs, "qemu.lock"), "the other guest (one QEMU at a time)")
+            if cfg.take_qemu_lock else contextlib.nullcontext())
+    with lock:
         try:
             backend.start()
             backend.wait_socket(sock, 30)
@@ -180,7 +195,7 @@ def run_guest(cfg, backend_template, label="guest"):
         result["backend_tail"] = backend.log_tail(30)
     else:
         result["ok"] = True
-        if not cfg.image:
+        if own_image:
             os.unlink(image)  # keep the logs, not the disk
     with open(os.path.join(workdir, "result.json"), "w") as f:
         json.dump(result, f, indent=1, default=str)
@@ -196,9 +211,23 @@ def _prune_runs(runs, keep):
         shutil.rmtree(d, ignore_errors=True)
 
 
+def _remove_vf(cfg, backend):
+    if cfg.remove_action:
+        cfg.remove_action()
+    else:
+        backend.signal(cfg.remove_signal)
+
+
+def _restore_vf(cfg, backend):
+    if cfg.restore_action:
+        cfg.restore_action()
+    else:
+        backend.signal(cfg.restore_signal)
+
+
 def _remove_vf_before_boot(cfg, backend, result):
     """Removes the VF before QEMU connects and waits (bounded) until the backend says so."""
-    backend.signal(cfg.remove_signal)
+    _remove_vf(cfg, backend)
     deadline = time.monotonic() + 10
     while "surprise-removed" not in backend.log_tail(200):
         if not backend.alive() or time.monotonic() > deadline:
@@ -263,15 +292,17 @@ def _watch(cfg, result, console, backend, qemu_proc, console_path, t_boot, timeo
         if cfg.failover and "start" in failover and "end" not in failover:
             remove_after, restore_after = cfg.failover
             if "removed" not in failover and now - failover["start"] >= remove_after:
-                backend.signal(cfg.remove_signal)
+                _remove_vf(cfg, backend)
                 failover["removed"] = now
-                say(f"failover: sent {signal.Signals(cfg.remove_signal).name} (remove VF) "
+                how = "keelctl" if cfg.remove_action else signal.Signals(cfg.remove_signal).name
+                say(f"failover: removed the VF ({how}) "
                     f"{now - failover['start']:.1f}s into verify-write")
             elif ("removed" in failover and "restored" not in failover and
                   now - failover["removed"] >= restore_after):
-                backend.signal(cfg.restore_signal)
+                _restore_vf(cfg, backend)
                 failover["restored"] = now
-                say(f"failover: sent {signal.Signals(cfg.restore_signal).name} (restore VF) "
+                how = "keelctl" if cfg.restore_action else signal.Signals(cfg.restore_signal).name
+                say(f"failover: restored the VF ({how}) "
                     f"{now - failover['start']:.1f}s into verify-write")
         if qemu_proc.poll() is not None:
             if not done:

@@ -5,13 +5,30 @@ human-readable summary of a result.
 import json
 import os
 import subprocess
+import tempfile
 
 from guest_console import DMESG_BAD, FIO_STDERR_BAD, fio_summary
 from guest_env import find_tool
 
 def host_verify(image, cfg, offset):
     """Reads the image on the host after the backend exited: every block fio wrote must be
-    there, with its crc32c header and offset (proves the data reached the backing file)."""
+    there, with its crc32c header and offset (proves the data reached the backing file). A
+    disk at an offset in the image (a VF's slice of a card's image) is copied out first: fio's
+    headers name offsets in the guest's disk, not in the image."""
+    if offset:
+        size = _fio_bytes(cfg.fio_size)
+        with tempfile.NamedTemporaryFile(dir=os.path.dirname(image), suffix=".slice") as t:
+            with open(image, "rb") as src:
+                src.seek(offset)
+                left = size
+                while left > 0:
+                    chunk = src.read(min(left, 4 << 20))
+                    if not chunk:
+                        break
+                    t.write(chunk)
+                    left -= len(chunk)
+            t.flush()
+            return host_verify(t.name, cfg, 0)
     fio = find_tool("fio", "fio")
     argv = [fio, "--name=verify-write", f"--filename={image}", "--rw=randwrite",
             f"--bs={cfg.bs}", f"--size={cfg.fio_size}", f"--offset={offset}",
@@ -26,6 +43,13 @@ def host_verify(image, cfg, offset):
     s = fio_summary(doc) if doc else None
     ok = res.returncode == 0 and s is not None and s["error"] == 0 and s["read_ios"] > 0
     return ok, (s["read_ios"] if s else 0), res.stderr.strip()[-1000:]
+
+
+def _fio_bytes(text):
+    """fio's size syntax as keel's runs use it: 64M, 1G, 4096."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower()
+    return int(t[:-1]) * units[t[-1]] if t and t[-1] in units else int(t)
 
 
 def check_console(cfg, result, console):

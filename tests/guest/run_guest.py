@@ -10,7 +10,8 @@
   run_guest.py test SCENARIO [--keel-bin PATH]
       a named run, as ctest calls it: qsd, keel-model, keel-sim, keel-model-failover,
       keel-sim-failover, keel-model-absent-vf (the VF is removed before the guest boots and
-      restored during verify-write)
+      restored during verify-write), keel-card-two-guests (two guests, each with its own
+      paravisor process, on two VFs of one keel-card; one VF is pulled and put back)
 
 Exit status: 0 pass, 1 fail, 77 skipped (this machine cannot run it; the reason is printed).
 See docs/guest.md.
@@ -24,6 +25,7 @@ import sys
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import guest_multi  # noqa: E402
 import keelguest  # noqa: E402
 
 QSD = ("{qsd} --blockdev driver=file,node-name=disk0,filename={image} "
@@ -140,7 +142,8 @@ def main():
     add_run_options(r)
     t = sub.add_parser("test", help="a named scenario (ctest)")
     t.add_argument("scenario", choices=["qsd", "keel-model", "keel-sim", "keel-model-failover",
-                                        "keel-sim-failover", "keel-model-absent-vf"])
+                                        "keel-sim-failover", "keel-model-absent-vf",
+                                        "keel-card-two-guests"])
     t.add_argument("--keel-bin", default=None)
     t.add_argument("--keel-target", default="1",
                    help="0 when the build has no keel-vhost-blk target (skip, not fail)")
@@ -164,6 +167,17 @@ def main():
             keelguest.find_tool(tool, pkg)
         cfg = config_from(args)
         sc = args.scenario
+        if sc == "keel-card-two-guests":
+            if args.keel_target in ("0", "", "false", "FALSE"):
+                raise keelguest.Skip("this build has no apps (keel-card, keel-vhost-blk)")
+            apps = os.path.dirname(args.keel_bin) if args.keel_bin else os.path.join(
+                args.build_dir, "apps")
+            ok, results, card_tail = guest_multi.run_two_guests(cfg, apps)
+            for r in results:
+                for line in keelguest.summarize(r):
+                    print(line, flush=True)
+            print("keel-card:\n" + card_tail, flush=True)
+            return 0 if ok else 1
         if sc == "qsd":
             template = qsd_template()
         else:
