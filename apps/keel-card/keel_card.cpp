@@ -8,7 +8,7 @@
 // Any keel program reaches a function with --card vfio-user:<run-dir>/vf<n>.sock (one VF, as
 // a VM's paravisor) or .../pf.sock (the PF and, beside it, every VF).
 //
-// Not yet (issue 12): a mappable doorbell page, VF changes and a live keelctl on pf.sock.
+// A VF's doorbells are a page its client maps (sparse mmap + an ioeventfd).
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
@@ -27,6 +27,7 @@
 #include "keel/log.h"
 #include "keel/stack/stack.h"
 #include "keel/unix_listener.h"
+#include <keel/regs/keel_regs.h>
 
 namespace {
 
@@ -60,10 +61,11 @@ void print_counters(const Served& s) {
   std::printf("%-4s connections=%" PRIu64 " turned_away=%" PRIu64 " commands=%" PRIu64
               " refused=%" PRIu64 " region_reads=%" PRIu64 " region_writes=%" PRIu64
               " dma_maps=%" PRIu64 " dma_unmaps=%" PRIu64 " interrupts=%" PRIu64
-              " resets=%" PRIu64 " released=%" PRIu64 " config_writes=%" PRIu64 "\n",
+              " resets=%" PRIu64 " released=%" PRIu64 " config_writes=%" PRIu64
+              " doorbell_stores=%" PRIu64 "\n",
               s.name.c_str(), s.connections, s.turned_away, c.commands, c.refused, c.region_reads,
               c.region_writes, c.dma_maps, c.dma_unmaps, c.interrupts_forwarded, c.resets,
-              c.released, c.config_writes);
+              c.released, c.config_writes, c.doorbell_stores);
 }
 
 }  // namespace
@@ -136,7 +138,17 @@ int main(int argc, char** argv) {
     for (unsigned i = 0; i < card.num_vfs(); ++i) {
       auto vf = card.vf(i);
       if (!vf) return vf.error();
-      if (auto st = serve(**vf, "vf" + std::to_string(i), {}); !st.ok()) return st;
+      // A VF's NVMe doorbells (the rest of BAR0 from NVME_DOORBELL_BASE) are a page its
+      // client maps: a doorbell is a store and an eventfd write, not a message.
+      vu::FunctionServerConfig fc;
+      if ((*vf)->bar_size() > keel::regs::NVME_DOORBELL_BASE) {
+        fc.doorbell_offset = keel::regs::NVME_DOORBELL_BASE;
+        fc.doorbell_bytes = (*vf)->bar_size() - keel::regs::NVME_DOORBELL_BASE;
+        // An SQ tail and a CQ head per queue pair (admin included; CAP.DSTRD = 0), one
+        // MSI-X vector per queue pair: the slots that can ring.
+        fc.doorbell_slots = 2 * (*vf)->num_vectors();
+      }
+      if (auto st = serve(**vf, "vf" + std::to_string(i), fc); !st.ok()) return st;
     }
     return {};
   };
@@ -191,7 +203,8 @@ int main(int argc, char** argv) {
   // One loop: signals, listeners, clients and the functions' interrupts.
   for (bool running = true; running;) {
     std::vector<pollfd> p;
-    std::vector<std::pair<std::size_t, int>> who;  // (function, 0 listener / 1 client / 2 irq)
+    // (function, 0 listener / 1 client / 2 irq / 3 doorbell kick)
+    std::vector<std::pair<std::size_t, int>> who;
     p.push_back({sig_fd, POLLIN, 0});
     who.push_back({0, -1});
     for (std::size_t i = 0; i < served.size(); ++i) {
@@ -204,6 +217,10 @@ int main(int argc, char** argv) {
         if (fd < 0) continue;
         p.push_back({fd, POLLIN, 0});
         who.push_back({i, 2});
+      }
+      if (const int db = served[i]->server->doorbell_fd(); db >= 0) {
+        p.push_back({db, POLLIN, 0});
+        who.push_back({i, 3});
       }
     }
     if (::poll(p.data(), p.size(), -1) < 0) continue;  // EINTR
@@ -227,16 +244,25 @@ int main(int argc, char** argv) {
         ++s.connections;
         kLog.info("%s: client connected", s.name.c_str());
       } else if (who[k].second == 1 && s.client) {
-        auto m = s.client->receive(std::chrono::milliseconds(1000));
-        if (!m) {
-          drop_client(s, m.error().message.c_str());
-          continue;
-        }
-        if (auto st = s.server->handle(*s.client, *m); !st.ok()) {
-          drop_client(s, st.error().message.c_str());
+        // Every message already there (a burst of posted writes), not one per wakeup.
+        for (int n = 0; n < 32 && s.client && generation == polled_generation; ++n) {
+          if (n > 0) {
+            pollfd more{s.client->fd(), POLLIN, 0};
+            if (::poll(&more, 1, 0) <= 0) break;
+          }
+          auto m = s.client->receive(std::chrono::milliseconds(1000));
+          if (!m) {
+            drop_client(s, m.error().message.c_str());
+            break;
+          }
+          if (auto st = s.server->handle(*s.client, *m); !st.ok()) {
+            drop_client(s, st.error().message.c_str());
+          }
         }
       } else if (who[k].second == 2) {
         s.server->forward_interrupts();
+      } else if (who[k].second == 3) {
+        s.server->apply_doorbells();
       }
     }
   }

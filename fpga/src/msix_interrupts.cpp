@@ -1,5 +1,6 @@
 #include "keel/fpga/msix_interrupts.h"
 
+#include <fcntl.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -10,16 +11,37 @@ namespace keel::fpga {
 MsixInterrupts::MsixInterrupts(unsigned vectors)
     : count_(std::make_unique<std::atomic<std::uint32_t>[]>(vectors)),
       fds_(std::make_unique<std::atomic<int>[]>(vectors)),
+      targets_(std::make_unique<std::atomic<int>[]>(vectors)),
       masked_(std::make_unique<std::atomic<bool>[]>(vectors)),
       pending_(std::make_unique<std::atomic<bool>[]>(vectors)),
       vectors_(vectors) {
-  for (unsigned v = 0; v < vectors; ++v) fds_[v].store(-1);
+  for (unsigned v = 0; v < vectors; ++v) {
+    fds_[v].store(-1);
+    targets_[v].store(-1);
+  }
 }
 
 MsixInterrupts::~MsixInterrupts() {
   for (unsigned v = 0; v < vectors_; ++v) {
     if (const int efd = fds_[v].load(); efd >= 0) close(efd);
+    if (const int t = targets_[v].load(); t >= 0) close(t);
   }
+  for (const int t : old_targets_) close(t);
+}
+
+Status MsixInterrupts::set_target(unsigned vector, int eventfd) {
+  if (vector >= vectors_) {
+    return make_error(Errc::invalid_argument, "no MSI-X vector " + std::to_string(vector));
+  }
+  int mine = -1;
+  if (eventfd >= 0) {
+    mine = fcntl(eventfd, F_DUPFD_CLOEXEC, 0);
+    if (mine < 0) return make_error(Errc::io_error, "dup of an interrupt eventfd failed");
+  }
+  std::lock_guard lock(mu_);
+  const int old = targets_[vector].exchange(mine, std::memory_order_acq_rel);
+  if (old >= 0) old_targets_.push_back(old);
+  return {};
 }
 
 int MsixInterrupts::fd(unsigned vector) {
@@ -65,7 +87,9 @@ void MsixInterrupts::clear() noexcept {
 
 void MsixInterrupts::deliver(unsigned vector) noexcept {
   if (!pending_[vector].exchange(false, std::memory_order_seq_cst)) return;
-  if (const int efd = fds_[vector].load(std::memory_order_acquire); efd >= 0) {
+  int efd = targets_[vector].load(std::memory_order_acquire);
+  if (efd < 0) efd = fds_[vector].load(std::memory_order_acquire);
+  if (efd >= 0) {
     const std::uint64_t one = 1;
     (void)!write(efd, &one, sizeof one);  // the MSI-X message, as an eventfd signal
   }

@@ -112,6 +112,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   Channel served(UniqueFd(sv[1]), limits);
   FunctionServerConfig fc;
   fc.max_windows = 4;
+  fc.doorbell_offset = 0x1000;  // as keel-card serves a VF: REGION_INFO and IO_FDS with fds
+  fc.doorbell_bytes = k.vf->bar_size() - 0x1000;
+  fc.doorbell_slots = 2 * k.vf->num_vectors();
   FunctionServer server(*k.vf, fc);
   bool alive = true;
   auto turn = [&] {
@@ -123,6 +126,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       if (!m.ok() || !server.handle(served, *m).ok()) alive = false;
       drain(sv[0]);
     }
+    server.apply_doorbells();
     server.forward_interrupts();
   };
   if ((in.u8() & 1) != 0) {  // most scripts start with a valid VERSION

@@ -65,7 +65,7 @@ def run_two_guests(cfg, apps_dir, card="model"):
                 c.take_qemu_lock = False
                 c.workdir = os.path.join(workdir, f"guest{i}")
                 if i == 0:
-                    c.failover = cfg.failover or (2.0, 3.0)
+                    c.failover = cfg.failover or (1.0, 1.5)
                     c.remove_action = lambda: keelctl_vf("remove")
                     c.restore_action = lambda: keelctl_vf("restore")
                     c.expect_backend_log = list(FAILED_OVER)

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -69,13 +70,18 @@ class ClientFunctionTest : public ::testing::Test {
 
   // keel-card's loop for one function, in a thread.
   void serve() {
-    FunctionServer fs(*vf_);
+    FunctionServerConfig fc;  // as keel-card serves a VF: its doorbells are a mapped page
+    fc.doorbell_offset = 0x1000;
+    fc.doorbell_bytes = vf_->bar_size() - 0x1000;
+    fc.doorbell_slots = 2 * vf_->num_vectors();
+    FunctionServer fs(*vf_, fc);
     std::unique_ptr<Channel> ch;
     while (!stop_.load()) {
       std::vector<pollfd> p{{listener_.fd(), POLLIN, 0}};
       if (ch) {
         p.push_back({ch->fd(), POLLIN, 0});
         for (int fd : fs.interrupt_fds()) p.push_back({fd, POLLIN, 0});
+        if (fs.doorbell_fd() >= 0) p.push_back({fs.doorbell_fd(), POLLIN, 0});
       }
       if (::poll(p.data(), p.size(), 10) <= 0) continue;
       if ((p[0].revents & POLLIN) != 0 && !ch) ch = std::make_unique<Channel>(listener_.accept());
@@ -87,7 +93,10 @@ class ClientFunctionTest : public ::testing::Test {
           continue;
         }
       }
-      if (ch) fs.forward_interrupts();
+      if (ch) {
+        fs.apply_doorbells();
+        fs.forward_interrupts();
+      }
     }
   }
 
@@ -136,6 +145,7 @@ TEST_F(ClientFunctionTest, TheNvmeDriverRunsOverIt) {
   ASSERT_TRUE(run((*qp)->write(10, 8, {&w, 1}, 1)));
   ASSERT_TRUE(run((*qp)->read(10, 8, {&r, 1}, 2)));
   EXPECT_EQ(std::memcmp(in->data(), out->data(), 8 * 512), 0) << "data did not round-trip";
+  EXPECT_GE(client_->doorbell_stores(), 4u) << "the doorbells went as messages, not stores";
   qp->reset();
   ctrl->reset();
 }
@@ -219,6 +229,99 @@ TEST_F(ClientFunctionTest, AFunctionWhoseServerComesBackIsFoundAgain) {
   EXPECT_EQ(client_->interrupt_fd(0), irq_fd);
   auto buf = client_->alloc_dma(4096);
   EXPECT_TRUE(buf.ok()) << buf.error().message;
+}
+
+// A function that records every register write, in order.
+class RecordingFunction final : public fpga::Function {
+ public:
+  unsigned number() const noexcept override { return 1; }
+  std::uint64_t bar_size() const noexcept override { return 0x2000; }
+  std::uint32_t read32(std::uint64_t offset) noexcept override {
+    return offset == 0x8 ? 0x00010400u : 0;
+  }
+  std::uint64_t read64(std::uint64_t) noexcept override { return 0; }
+  void write32(std::uint64_t offset, std::uint32_t value) noexcept override {
+    std::lock_guard lock(mu);
+    writes.emplace_back(offset, value);
+  }
+  void write64(std::uint64_t, std::uint64_t) noexcept override {}
+  Result<fpga::DmaBuffer> alloc_dma(std::size_t) override {
+    return make_error(Errc::unavailable, "no DMA here");
+  }
+  Status map_dma(void*, std::size_t, fpga::Iova) override { return {}; }
+  Status unmap_dma(fpga::Iova) override { return {}; }
+  unsigned num_vectors() const noexcept override { return 0; }
+  Result<std::uint32_t> wait_interrupt(unsigned, std::chrono::nanoseconds) override {
+    return make_error(Errc::timeout, "none");
+  }
+  Status flr() override { return {}; }
+  std::mutex mu;
+  std::vector<std::pair<std::uint64_t, std::uint32_t>> writes;
+};
+
+// Doorbells through the mapped page: writes to one doorbell reach the function in order and
+// may coalesce into the last (the device needs only the newest tail); a message after stores
+// comes after them; the same value written again after the function took it is seen again.
+TEST(DoorbellPage, WritesReachTheFunctionInOrderAndTheSameValueTwice) {
+  RecordingFunction fn;
+  const std::string path =
+      stack::scratch_image_path("doorbells", std::filesystem::temp_directory_path()) + ".sock";
+  auto l = UnixListener::listen(path);
+  ASSERT_TRUE(l.ok());
+  std::atomic<bool> stop{false};
+  std::thread server([&] {
+    FunctionServerConfig fc;
+    fc.doorbell_offset = 0x1000;
+    fc.doorbell_bytes = 0x1000;
+    fc.doorbell_slots = 4;
+    FunctionServer fs(fn, fc);
+    std::unique_ptr<Channel> ch;
+    while (!stop.load()) {
+      std::vector<pollfd> p{{l->fd(), POLLIN, 0}};
+      if (ch) p.push_back({ch->fd(), POLLIN, 0});
+      if (::poll(p.data(), p.size(), 10) <= 0) continue;
+      if ((p[0].revents & POLLIN) != 0 && !ch) ch = std::make_unique<Channel>(l->accept());
+      if (ch && p.size() > 1 && p[1].revents != 0) {
+        auto m = ch->receive(std::chrono::milliseconds(1000));
+        if (!m || !fs.handle(*ch, *m).ok()) break;
+      }
+    }
+  });
+  {
+    auto c = ClientFunction::connect(path);
+    ASSERT_TRUE(c.ok()) << c.error().message;
+    ClientFunction& f = **c;
+    f.write32(0x1000, 5);
+    f.write32(0x1000, 5);
+    f.write32(0x1000, 6);
+    f.write32(0x1004, 1);
+    f.write32(0x14, 0);                     // not a doorbell: a message, after the stores
+    EXPECT_EQ(f.read32(0x8), 0x00010400u);  // a reply: everything before it was applied
+    f.write32(0x1000, 6);                   // the same value, after the function took it
+    EXPECT_EQ(f.read32(0x8), 0x00010400u);
+    EXPECT_EQ(f.doorbell_stores(), 5u) << "doorbells went as messages";
+    std::lock_guard lock(fn.mu);
+    std::vector<std::uint32_t> db0, db1;
+    std::size_t cc_at = fn.writes.size();
+    for (std::size_t i = 0; i < fn.writes.size(); ++i) {
+      const auto [off, v] = fn.writes[i];
+      if (off == 0x1000) db0.push_back(v);
+      if (off == 0x1004) db1.push_back(v);
+      if (off == 0x14) cc_at = i;
+    }
+    // 0x1000 saw 5, 5, 6 or a coalesced tail of it (ending in 6), then 6 again; 0x1004 saw 1;
+    // the register write came after all of those but the last 6, which came after it.
+    ASSERT_GE(db0.size(), 2u);
+    EXPECT_EQ(db0[db0.size() - 2], 6u);
+    EXPECT_EQ(db0.back(), 6u) << "the second 6 was lost";
+    for (std::size_t i = 1; i + 1 < db0.size(); ++i) EXPECT_GE(db0[i], db0[i - 1]);
+    EXPECT_EQ(db1, std::vector<std::uint32_t>{1u});
+    ASSERT_LT(cc_at, fn.writes.size());
+    EXPECT_EQ(cc_at, fn.writes.size() - 2) << "the register write was not between the stores";
+    EXPECT_EQ(fn.writes.back(), (std::pair<std::uint64_t, std::uint32_t>{0x1000, 6}));
+  }
+  stop.store(true);
+  server.join();
 }
 
 }  // namespace

@@ -162,6 +162,12 @@ TEST_F(FunctionServerTest, MsixTakesOneEventfdPerVector) {
   EXPECT_EQ(err(call(Command::device_set_irqs, past, {&efd, 1})), std::uint32_t{EINVAL});
   const IrqSet intx{sizeof(IrqSet), kIrqSetDataNone | kIrqSetActionMask, kPciIntxIrq, 0, 1};
   EXPECT_EQ(err(call(Command::device_set_irqs, intx)), std::uint32_t{EINVAL});
+  // The card signals these from its own thread: a pipe in place of an eventfd could stall it.
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe2(pipe_fds, O_CLOEXEC), 0);
+  EXPECT_EQ(err(call(Command::device_set_irqs, one, {&pipe_fds[1], 1})), std::uint32_t{EINVAL});
+  ::close(pipe_fds[0]);
+  ::close(pipe_fds[1]);
   ::close(efd);
 }
 

@@ -246,6 +246,10 @@ int VfFunction::interrupt_fd(unsigned vector) {
   return card_.ctrls[index_]->interrupts().fd(vector);
 }
 
+Status VfFunction::set_interrupt_target(unsigned vector, int eventfd) {
+  return card_.ctrls[index_]->interrupts().set_target(vector, eventfd);
+}
+
 void VfFunction::set_interrupt_masked(unsigned vector, bool masked) {
   card_.ctrls[index_]->interrupts().set_masked(vector, masked);
 }

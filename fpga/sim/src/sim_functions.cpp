@@ -86,6 +86,10 @@ Result<std::uint32_t> SimVf::wait_interrupt(unsigned vector, std::chrono::nanose
 
 int SimVf::interrupt_fd(unsigned vector) { return card_.irqs[index_ + 1]->fd(vector); }
 
+Status SimVf::set_interrupt_target(unsigned vector, int eventfd) {
+  return card_.irqs[index_ + 1]->set_target(vector, eventfd);
+}
+
 void SimVf::set_interrupt_masked(unsigned vector, bool masked) {
   card_.irqs[index_ + 1]->set_masked(vector, masked);
 }

@@ -49,6 +49,7 @@ class SimVf final : public IommuFunction {
   unsigned num_vectors() const noexcept override;
   Result<std::uint32_t> wait_interrupt(unsigned vector, std::chrono::nanoseconds timeout) override;
   int interrupt_fd(unsigned vector) override;
+  Status set_interrupt_target(unsigned vector, int eventfd) override;
   void set_interrupt_masked(unsigned vector, bool masked) override;
   Status flr() override;
   bool gone() const noexcept override;

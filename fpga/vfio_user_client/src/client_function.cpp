@@ -73,6 +73,7 @@ bool ClientFunction::reconnect() noexcept {
       std::lock_guard lock(mu_);
       channel_ = std::make_unique<Channel>(std::move(dialed).value());
     }
+    doorbell_base_.store(nullptr, std::memory_order_release);  // messages until remapped
     gone_.store(false, std::memory_order_release);
     const unsigned was = number_;
     Status s = setup();
@@ -107,11 +108,102 @@ bool ClientFunction::reconnect() noexcept {
 }
 
 ClientFunction::~ClientFunction() {
-  std::lock_guard lock(dma_mu_);
-  for (const auto& [iova, w] : windows_) {
-    const DmaUnmap u{sizeof(DmaUnmap), 0, iova, w.bytes};
-    (void)call(Command::dma_unmap, bytes(u));
+  {
+    std::lock_guard lock(dma_mu_);
+    for (const auto& [iova, w] : windows_) {
+      const DmaUnmap u{sizeof(DmaUnmap), 0, iova, w.bytes};
+      (void)call(Command::dma_unmap, bytes(u));
+    }
   }
+  for (const DoorbellMap& d : doorbell_maps_) ::munmap(d.base, d.bytes);
+}
+
+Status ClientFunction::map_doorbells(const Message& region_info) {
+  // Nothing mappable: every doorbell stays a message.
+  RegionInfo info{};
+  std::memcpy(&info, region_info.payload.data(), sizeof info);
+  if ((info.flags & kRegionMmap) == 0 || (info.flags & kRegionCaps) == 0 ||
+      region_info.fds.size() != 1) {
+    return {};
+  }
+  const std::span<const std::byte> p = region_info.payload;
+  SparseArea area{};
+  bool found = false;
+  // The capability list, bounded by the payload and by a hop count (a loop in it ends here).
+  for (std::uint32_t at = info.cap_offset, hops = 0; at != 0 && hops < 16; ++hops) {
+    if (at < sizeof info || p.size() < at + sizeof(CapHeader)) {
+      return make_error(Errc::invalid_argument, "REGION_INFO: a capability outside the reply");
+    }
+    CapHeader h{};
+    std::memcpy(&h, p.data() + at, sizeof h);
+    if (h.id == kCapSparseMmap && h.version == 1 &&
+        p.size() >= at + sizeof h + sizeof(SparseMmap) + sizeof(SparseArea)) {
+      SparseMmap sm{};
+      std::memcpy(&sm, p.data() + at + sizeof h, sizeof sm);
+      if (sm.nr_areas >= 1) {
+        std::memcpy(&area, p.data() + at + sizeof h + sizeof sm, sizeof area);
+        found = true;
+      }
+      break;
+    }
+    at = h.next;
+  }
+  const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  if (!found || area.size == 0 || area.size > bar_size_ || area.offset > bar_size_ - area.size ||
+      area.offset % page != 0 || area.size % page != 0 || area.offset % 4 != 0) {
+    return {};  // no usable area: messages
+  }
+  // The ioeventfd that tells the server the area was written.
+  const RegionIoFds q{sizeof(RegionIoFds) + 8 * sizeof(IoFd), 0, kPciBar0Region, 0};
+  auto r = call(Command::device_get_region_io_fds, bytes(q));
+  if (!r) return {};  // a server without them: messages
+  RegionIoFds got{};
+  if (r->payload.size() < sizeof got) return {};
+  std::memcpy(&got, r->payload.data(), sizeof got);
+  int kick = -1;
+  for (std::uint32_t i = 0; i < got.count && i < 8; ++i) {
+    if (r->payload.size() < sizeof got + (i + 1) * sizeof(IoFd)) break;
+    IoFd e{};
+    std::memcpy(&e, r->payload.data() + sizeof got + i * sizeof(IoFd), sizeof e);
+    if (e.type == kIoFdIoeventfd && e.flags == 0 && e.offset <= area.offset &&
+        e.offset + e.size >= area.offset + area.size && e.fd_index < r->fds.size()) {
+      kick = ::fcntl(r->fds[e.fd_index].get(), F_DUPFD_CLOEXEC, 0);
+      break;
+    }
+  }
+  if (kick < 0) return {};
+  void* base = ::mmap(nullptr, area.size, PROT_READ | PROT_WRITE, MAP_SHARED,
+                      region_info.fds[0].get(), static_cast<off_t>(info.offset + area.offset));
+  if (base == MAP_FAILED) {
+    ::close(kick);
+    return {};
+  }
+  // Kept mapped until the function goes: a thread may still be storing into an older one.
+  doorbell_maps_.push_back({base, area.size});
+  doorbell_kick_.reset(kick);
+  doorbell_offset_ = area.offset;
+  doorbell_bytes_ = area.size;
+  doorbell_base_.store(static_cast<std::uint32_t*>(base), std::memory_order_release);
+  return {};
+}
+
+bool ClientFunction::store_doorbell(std::uint64_t offset, std::uint32_t value) noexcept {
+  std::uint32_t* base = doorbell_base_.load(std::memory_order_acquire);
+  if (base == nullptr || gone() || offset < doorbell_offset_ ||
+      offset - doorbell_offset_ + 4 > doorbell_bytes_ || offset % 4 != 0) {
+    return false;
+  }
+  // NVMe doorbells are 16 bits (31:16 reserved): the page slot carries the value in 15:0 and
+  // a count of writes in 31:16, so every write changes the slot, the same value again too.
+  // Another width goes as a message. One thread writes a given doorbell (its queue's owner).
+  if (value > 0xffffu) return false;
+  std::atomic_ref<std::uint32_t> slot(base[(offset - doorbell_offset_) / 4]);
+  const std::uint32_t count = (slot.load(std::memory_order_relaxed) >> 16) + 1;
+  slot.store(count << 16 | value, std::memory_order_release);
+  const std::uint64_t one = 1;
+  if (::write(doorbell_kick_.get(), &one, sizeof one) != sizeof one) return false;
+  ++doorbell_stores_;
+  return true;
 }
 
 Result<Message> ClientFunction::call(Command command, std::span<const std::byte> payload,
@@ -179,13 +271,14 @@ Status ClientFunction::setup() {
     return make_error(Errc::invalid_argument, "the device has no BAR0 or no MSI-X");
   }
   RegionInfo ri{};
-  ri.argsz = sizeof ri;
+  ri.argsz = 256;  // room for the sparse-mmap capability
   ri.index = kPciBar0Region;
   auto bar_r = call(Command::device_get_region_info, bytes(ri));
   if (!bar_r) return bar_r.error();
   auto bar = payload_as<RegionInfo>(*bar_r, "DEVICE_GET_REGION_INFO");
   if (!bar) return bar.error();
   bar_size_ = bar->size;
+  if (Status st = map_doorbells(*bar_r); !st.ok()) return st;
   IrqInfo ii{};
   ii.argsz = sizeof ii;
   ii.index = kPciMsixIrq;
@@ -263,6 +356,7 @@ std::uint64_t ClientFunction::read64(std::uint64_t offset) noexcept {
 }
 
 void ClientFunction::write32(std::uint64_t offset, std::uint32_t value) noexcept {
+  if (store_doorbell(offset, value)) return;
   std::byte m[sizeof(RegionAccess) + 4];
   const RegionAccess a{offset, kPciBar0Region, 4};
   std::memcpy(m, &a, sizeof a);

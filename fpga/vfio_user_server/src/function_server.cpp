@@ -1,5 +1,6 @@
 #include "keel/fpga/vfio_user/function_server.h"
 
+#include "doorbell_page.h"
 #include "keel/fpga/vfio_user/config_space.h"
 
 #include <errno.h>
@@ -11,6 +12,7 @@
 #include <bit>
 #include <cstring>
 #include <string>
+#include <string_view>
 
 #include "keel/log.h"
 
@@ -45,7 +47,29 @@ std::vector<std::byte> bytes_of(const T& v) {
 
 }  // namespace
 
+FunctionServer::FunctionServer(fpga::Function& function, FunctionServerConfig config)
+    : fn_(function), config_(std::move(config)) {
+  if (config_.doorbell_bytes == 0) return;
+  auto page =
+      DoorbellPage::create(config_.doorbell_offset, config_.doorbell_bytes, config_.doorbell_slots);
+  if (!page) {
+    kLog.warn("function %u: no doorbell page (%s); doorbells are messages", fn_.number(),
+              page.error().message.c_str());
+    return;
+  }
+  doorbells_ = std::move(page).value();
+}
+
 FunctionServer::~FunctionServer() { client_gone(); }
+
+int FunctionServer::doorbell_fd() const noexcept { return doorbells_ ? doorbells_->kick_fd() : -1; }
+
+unsigned FunctionServer::apply_doorbells() {
+  if (!doorbells_) return 0;
+  const unsigned n = doorbells_->apply(fn_);
+  counters_.doorbell_stores += n;
+  return n;
+}
 
 void FunctionServer::client_gone() {
   // As VFIO does when a process lets go of a device: a VF is reset (its queues stop, no DMA
@@ -63,12 +87,15 @@ void FunctionServer::client_gone() {
   }
   windows_.clear();
   mapped_bytes_ = 0;
-  irq_fds_.clear();
+  drop_interrupts();
   negotiated_ = false;
+  if (doorbells_) doorbells_->reset();
 }
 
 Status FunctionServer::handle(Channel& channel, Message& message) {
   ++counters_.commands;
+  apply_doorbells();  // stores the client made before it sent this come first
+  reply_fds_.clear();
   auto r = dispatch(message);
   if ((message.header.flags & kFlagNoReply) != 0) {
     if (!r.ok()) ++counters_.refused;
@@ -82,7 +109,7 @@ Status FunctionServer::handle(Channel& channel, Message& message) {
     const bool exists = message.header.command == Command::dma_map && r.error().code == Errc::busy;
     return channel.reply(message.header, {}, {}, exists ? EEXIST : errno_of(r.error()));
   }
-  return channel.reply(message.header, r.value());
+  return channel.reply(message.header, r.value(), reply_fds_);
 }
 
 Result<std::vector<std::byte>> FunctionServer::dispatch(Message& m) {
@@ -119,13 +146,36 @@ Result<std::vector<std::byte>> FunctionServer::dispatch(Message& m) {
       if (Status s = fn_.flr(); !s.ok()) return s.error();
       return std::vector<std::byte>{};
     }
-    case Command::device_get_region_io_fds:
+    case Command::device_get_region_io_fds: return region_io_fds(m);
     case Command::dma_read:
     case Command::dma_write: break;
   }
   return make_error(
       Errc::unavailable,
       std::string(command_name(static_cast<std::uint16_t>(m.header.command))) + " is not served");
+}
+
+Result<std::vector<std::byte>> FunctionServer::region_io_fds(const Message& m) {
+  auto req = payload_as<RegionIoFds>(m, "DEVICE_GET_REGION_IO_FDS");
+  if (!req) return req.error();
+  if (req->index >= kPciNumRegions) {
+    return make_error(Errc::invalid_argument,
+                      "region " + std::to_string(req->index) + " does not exist");
+  }
+  RegionIoFds reply{sizeof(RegionIoFds), 0, req->index, 0};
+  if (req->index != kPciBar0Region || !doorbells_) return bytes_of(reply);  // none here
+  reply.count = 1;
+  reply.argsz = sizeof(RegionIoFds) + sizeof(IoFd);
+  if (req->argsz < reply.argsz) {
+    reply.count = 0;  // the header alone says how much room the answer needs
+    return bytes_of(reply);
+  }
+  std::vector<std::byte> out = bytes_of(reply);
+  const IoFd fd{doorbells_->offset(), doorbells_->bytes(), 0, kIoFdIoeventfd, 0, 0, 0};
+  const auto b = bytes_of(fd);
+  out.insert(out.end(), b.begin(), b.end());
+  reply_fds_.push_back(doorbells_->kick_fd());
+  return out;
 }
 
 Result<std::vector<std::byte>> FunctionServer::version(const Message& m) {
@@ -151,6 +201,26 @@ Result<std::vector<std::byte>> FunctionServer::region_info(const Message& m) {
   if (req->index == kPciBar0Region) {
     info.flags = kRegionRead | kRegionWrite;
     info.size = fn_.bar_size();
+    if (doorbells_) {
+      // The doorbells as a sparse-mmap area of the region's fd (mapped at their BAR offset).
+      const std::uint32_t whole =
+          sizeof(RegionInfo) + sizeof(CapHeader) + sizeof(SparseMmap) + sizeof(SparseArea);
+      info.argsz = whole;
+      if (req->argsz < whole) return bytes_of(info);  // the client asks again with room
+      info.flags |= kRegionMmap | kRegionCaps;
+      info.cap_offset = sizeof(RegionInfo);
+      info.offset = 0;
+      std::vector<std::byte> out = bytes_of(info);
+      const auto add = [&out](const auto& v) {
+        const auto b = bytes_of(v);
+        out.insert(out.end(), b.begin(), b.end());
+      };
+      add(CapHeader{kCapSparseMmap, 1, 0});
+      add(SparseMmap{1, 0});
+      add(SparseArea{doorbells_->offset(), doorbells_->bytes()});
+      reply_fds_.push_back(doorbells_->memfd());
+      return out;
+    }
   } else if (req->index == kPciConfigRegion) {
     info.flags = kRegionRead | kRegionWrite;
     info.size = kConfigSpaceBytes;
@@ -303,7 +373,7 @@ Status FunctionServer::set_irqs(Message& m) {
                                                   " name not exactly one data kind and one action");
   }
   if (data == kIrqSetDataNone && action == kIrqSetActionTrigger && s.start == 0 && s.count == 0) {
-    irq_fds_.clear();  // disable the whole index
+    drop_interrupts();  // disable the whole index
     return {};
   }
   if (s.count == 0 || s.start >= vectors || s.count > vectors - s.start) {
@@ -320,9 +390,26 @@ Status FunctionServer::set_irqs(Message& m) {
                                                     " vectors but " + std::to_string(m.fds.size()) +
                                                     " eventfds");
     }
+    // Only eventfds, never blocking: the card signals them from its own thread, and a pipe or
+    // a file in their place could stall it (every function's) or fill a disk.
+    for (const UniqueFd& fd : m.fds) {
+      char link[64] = {};
+      const std::string self = "/proc/self/fd/" + std::to_string(fd.get());
+      if (::readlink(self.c_str(), link, sizeof link - 1) < 0 ||
+          std::string_view(link) != "anon_inode:[eventfd]") {
+        return make_error(Errc::invalid_argument, "SET_IRQS: an fd that is not an eventfd");
+      }
+      (void)::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) | O_NONBLOCK);
+    }
     if (irq_fds_.size() < vectors) irq_fds_.resize(vectors);
+    if (direct_.size() < vectors) direct_.resize(vectors, false);
     for (std::uint32_t i = 0; i < s.count; ++i) {
-      irq_fds_[s.start + i] = m.fds.empty() ? UniqueFd() : std::move(m.fds[i]);  // none: de-assign
+      const unsigned v = s.start + i;
+      irq_fds_[v] = m.fds.empty() ? UniqueFd() : std::move(m.fds[i]);  // none: de-assign
+      // The function signals the client's eventfd itself when it can (no hop through the
+      // server's loop); otherwise forward_interrupts() does.
+      direct_[v] = irq_fds_[v].valid() && fn_.set_interrupt_target(v, irq_fds_[v].get()).ok();
+      if (!irq_fds_[v].valid()) (void)fn_.set_interrupt_target(v, -1);
     }
     return {};
   }
@@ -411,9 +498,18 @@ Result<std::vector<std::byte>> FunctionServer::dma_unmap(const Message& m) {
   return bytes_of(*req);
 }
 
+void FunctionServer::drop_interrupts() {
+  for (unsigned v = 0; v < direct_.size(); ++v) {
+    if (direct_[v]) (void)fn_.set_interrupt_target(v, -1);
+  }
+  direct_.clear();
+  irq_fds_.clear();
+}
+
 unsigned FunctionServer::forward_interrupts() {
   unsigned sent = 0;
   for (unsigned v = 0; v < irq_fds_.size(); ++v) {
+    if (v < direct_.size() && direct_[v]) continue;  // the function signals it itself
     const int from = fn_.interrupt_fd(v);
     if (from < 0) continue;
     std::uint64_t n = 0;

@@ -70,6 +70,16 @@ class Function {
     (void)vector;
     return -1;
   }
+  /// Has the function signal `eventfd` itself for every message of `vector`, instead of its
+  /// own interrupt_fd() (an interrupt that goes straight to another process's eventfd, as the
+  /// kernel's VFIO signals a process's eventfds); -1 goes back to interrupt_fd(). The fd is
+  /// duplicated. Masking applies as before. Errors: unavailable (the backend cannot),
+  /// invalid_argument (no such vector), io_error (dup).
+  virtual Status set_interrupt_target(unsigned vector, int eventfd) {
+    (void)vector;
+    (void)eventfd;
+    return make_error(Errc::unavailable, "this function cannot signal another eventfd");
+  }
   /// MSI-X per-vector mask: while masked, the function records the interrupt as pending and
   /// signals interrupt_fd() only when unmasked. Lets a polling caller take no interrupts and
   /// arm one just before it sleeps. Backends without masking ignore it.

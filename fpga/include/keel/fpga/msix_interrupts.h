@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "keel/result.h"
 
@@ -31,6 +32,11 @@ class MsixInterrupts {
   /// The eventfd of `vector`, created on first use (non-blocking, close-on-exec). -1 if the
   /// vector is out of range or eventfd() failed. The fd lives as long as this object.
   int fd(unsigned vector);
+
+  /// Host side: from now on a message of `vector` signals `eventfd` (duplicated) instead of
+  /// fd(vector); -1 goes back to fd(vector). Replaced targets stay open until this object goes
+  /// (the card may be signalling one as it is replaced). Errors: invalid_argument, io_error.
+  Status set_target(unsigned vector, int eventfd);
 
   /// Card side: one MSI-X message for `vector` (out-of-range vectors are dropped).
   void fire(unsigned vector) noexcept;
@@ -99,6 +105,8 @@ class MsixInterrupts {
 
   std::unique_ptr<std::atomic<std::uint32_t>[]> count_;
   std::unique_ptr<std::atomic<int>[]> fds_;
+  std::unique_ptr<std::atomic<int>[]> targets_;  ///< -1: signal fds_[v]
+  std::vector<int> old_targets_;                 ///< Replaced, closed at destruction (mu_).
   std::unique_ptr<std::atomic<bool>[]> masked_;
   std::unique_ptr<std::atomic<bool>[]> pending_;
   unsigned vectors_;

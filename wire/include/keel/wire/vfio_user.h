@@ -137,6 +137,30 @@ struct SparseArea {
 };
 static_assert(sizeof(SparseMmap) == 8 && sizeof(SparseArea) == 16);
 
+/// DEVICE_GET_REGION_IO_FDS, request (argsz: how much reply the client takes, index) and
+/// reply: `count` IoFd entries follow; their fds travel as SCM_RIGHTS (several entries may
+/// share one).
+struct RegionIoFds {
+  std::uint32_t argsz;
+  std::uint32_t flags;
+  std::uint32_t index;
+  std::uint32_t count;
+};
+static_assert(sizeof(RegionIoFds) == 16);
+/// One sub-region whose writes the client signals on an fd instead of sending REGION_WRITE.
+struct IoFd {
+  std::uint64_t offset;  ///< In the region.
+  std::uint64_t size;    ///< Bytes of the sub-region.
+  std::uint32_t fd_index;
+  std::uint32_t type;  ///< kIoFdIoeventfd
+  std::uint32_t flags;
+  std::uint32_t padding;
+  std::uint64_t datamatch;
+};
+static_assert(sizeof(IoFd) == 40 && offsetof(IoFd, fd_index) == 16 &&
+              offsetof(IoFd, datamatch) == 32);
+inline constexpr std::uint32_t kIoFdIoeventfd = 0;
+
 /// DEVICE_GET_IRQ_INFO, request (argsz and index) and reply.
 struct IrqInfo {
   std::uint32_t argsz;

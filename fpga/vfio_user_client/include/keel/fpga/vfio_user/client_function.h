@@ -10,8 +10,12 @@
 // A function whose server went away (keel-card killed) dials its socket again on its next use
 // (ClientConfig::reconnect_interval): a restarted card is found again, as a reset device.
 //
-// Not yet: a mappable doorbell page; memory the caller names only by address (map_dma needs an
-// fd here; use map_dma_fd).
+// Doorbells: when the server offers BAR0's doorbells as a sparse-mmap area with an ioeventfd,
+// a doorbell write is a store into that shared page and an eventfd write, not a message. The
+// slot holds the 16-bit NVMe doorbell value and a write count above it (doorbell_page.h).
+//
+// Not yet: memory the caller names only by address (map_dma needs an fd here; use
+// map_dma_fd).
 #pragma once
 
 #include <atomic>
@@ -82,6 +86,8 @@ class ClientFunction final : public fpga::Function, private fpga::DmaOwner {
   /// is a reset device (no queue of before) with this client's DMA windows mapped again and
   /// the same MSI-X eventfds.
   std::uint64_t reconnects() const noexcept { return reconnects_; }
+  /// Doorbell writes that were stores into the mapped doorbell page (no message).
+  std::uint64_t doorbell_stores() const noexcept { return doorbell_stores_; }
 
  private:
   ClientFunction(std::unique_ptr<Channel> channel, std::string path, const ClientConfig& config)
@@ -90,6 +96,12 @@ class ClientFunction final : public fpga::Function, private fpga::DmaOwner {
   /// Gone: dials the socket again (rate-limited) and redoes setup(). True when it is back.
   bool reconnect() noexcept;
   Status read_identity();
+  /// Maps BAR0's sparse-mmap area (the doorbells) and takes its ioeventfd, if the server
+  /// offers both; otherwise every write stays a message.
+  Status map_doorbells(const Message& region_info);
+  /// A doorbell write as a store into the mapped page and a kick; false: send it as a message
+  /// (no page, gone, outside it, or wider than 16 bits).
+  bool store_doorbell(std::uint64_t offset, std::uint32_t value) noexcept;
   /// Sends a command and, unless `no_reply`, waits for its reply (an errno reply is an error).
   Result<Message> call(Command command, std::span<const std::byte> payload,
                        std::span<const int> fds = {}, bool no_reply = false) noexcept;
@@ -105,6 +117,15 @@ class ClientFunction final : public fpga::Function, private fpga::DmaOwner {
   std::mutex reconnect_mu_;
   std::uint64_t last_dial_ns_ = 0;
   std::atomic<std::uint64_t> reconnects_{0};
+  struct DoorbellMap {
+    void* base;
+    std::uint64_t bytes;
+  };
+  std::vector<DoorbellMap> doorbell_maps_;  ///< Every page mapped (reconnections add one).
+  std::atomic<std::uint32_t*> doorbell_base_{nullptr};
+  std::uint64_t doorbell_offset_ = 0, doorbell_bytes_ = 0;
+  UniqueFd doorbell_kick_;
+  std::atomic<std::uint64_t> doorbell_stores_{0};
   Capabilities agreed_;
   std::uint64_t bar_size_ = 0;
   unsigned vectors_ = 0;

@@ -7,7 +7,8 @@
 // PF's NumVFs field is writable (it enables or removes VFs); other writes are accepted and
 // ignored, as PCI does for read-only fields.
 //
-// Not yet: a sparse-mmap doorbell page (every BAR access is a message today).
+// With a doorbell page (FunctionServerConfig::doorbell_*), the client maps that part of BAR0
+// and rings doorbells with stores and an eventfd instead of messages (doorbell_page.h).
 //
 // Threading: one thread handles a connection's messages and forwards its interrupts.
 #pragma once
@@ -15,6 +16,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <vector>
 
 #include "keel/fpga/function.h"
@@ -23,6 +25,8 @@
 #include "keel/unique_fd.h"
 
 namespace keel::vfio_user {
+
+class DoorbellPage;
 
 struct FunctionServerConfig {
   /// What this server offers in VERSION (the smaller of each with the client's is agreed).
@@ -39,6 +43,12 @@ struct FunctionServerConfig {
   unsigned max_vfs = 0;
   std::function<unsigned()> num_vfs;
   std::function<Status(unsigned)> set_num_vfs;
+  /// A part of BAR0 the client may map and write with stores (the doorbells: sparse mmap in
+  /// REGION_INFO, one ioeventfd from REGION_IO_FDS); 0 bytes: none, every access a message.
+  std::uint64_t doorbell_offset = 0;
+  std::uint64_t doorbell_bytes = 0;
+  /// Doorbells from doorbell_offset that can be in use (32-bit each; 0: the whole range).
+  unsigned doorbell_slots = 0;
   /// The VFs pulled from the bus (bitmap) and what changes it (unset: none, refused).
   std::function<std::uint32_t()> removed_vfs;
   std::function<Status(std::uint32_t)> set_removed_vfs;
@@ -46,8 +56,9 @@ struct FunctionServerConfig {
 
 class FunctionServer {
  public:
-  FunctionServer(fpga::Function& function, FunctionServerConfig config = {})
-      : fn_(function), config_(config) {}
+  /// A doorbell page that cannot be made (memfd, eventfd) is left out, with a warning: every
+  /// access is then a message.
+  FunctionServer(fpga::Function& function, FunctionServerConfig config = {});
   ~FunctionServer();
   FunctionServer(const FunctionServer&) = delete;
   FunctionServer& operator=(const FunctionServer&) = delete;
@@ -59,16 +70,24 @@ class FunctionServer {
 
   /// Forwards the function's interrupts to the client's eventfds: every vector that fired
   /// since the last call and has a client eventfd gets one signal. Returns how many were sent.
+  /// Vectors whose function signals the client's eventfd itself (Function::
+  /// set_interrupt_target) need none of this.
   unsigned forward_interrupts();
   /// The function's interrupt eventfds (for an epoll loop around forward_interrupts()).
   std::vector<int> interrupt_fds() const;
+  /// The doorbell page's kick (readable: call apply_doorbells()), or -1 without a page.
+  int doorbell_fd() const noexcept;
+  /// Writes the doorbells the client stored since the last look to the function. handle()
+  /// does it first too, so a store before a message reaches the function before it.
+  unsigned apply_doorbells();
 
   /// What the client did, for keel-card's per-function counters.
   struct Counters {
     std::uint64_t commands = 0, refused = 0, region_reads = 0, region_writes = 0;
     std::uint64_t dma_maps = 0, dma_unmaps = 0, interrupts_forwarded = 0, resets = 0;
-    std::uint64_t config_writes = 0;  ///< Ignored writes to configuration space.
-    std::uint64_t released = 0;       ///< Clients gone (a VF is reset at each).
+    std::uint64_t config_writes = 0;    ///< Ignored writes to configuration space.
+    std::uint64_t released = 0;         ///< Clients gone (a VF is reset at each).
+    std::uint64_t doorbell_stores = 0;  ///< Doorbell writes taken from the page.
   };
   const Counters& counters() const noexcept { return counters_; }
   bool negotiated() const noexcept { return negotiated_; }
@@ -86,22 +105,27 @@ class FunctionServer {
     std::uint64_t bytes = 0;
   };
   Result<std::vector<std::byte>> dispatch(Message& m);
+  Result<std::vector<std::byte>> region_io_fds(const Message& m);
   Result<std::vector<std::byte>> version(const Message& m);
   Result<std::vector<std::byte>> region_info(const Message& m);
   Result<std::vector<std::byte>> region_access(const Message& m, bool write);
   Result<std::vector<std::byte>> config_access(const RegionAccess& a, const Message& m, bool write);
   Result<std::vector<std::byte>> irq_info(const Message& m);
   Status set_irqs(Message& m);
+  void drop_interrupts();
   Status dma_map(Message& m);
   Result<std::vector<std::byte>> dma_unmap(const Message& m);
 
   fpga::Function& fn_;
   FunctionServerConfig config_;
+  std::unique_ptr<DoorbellPage> doorbells_;
+  std::vector<int> reply_fds_;  ///< Sent with the reply of the command being handled.
   Capabilities agreed_;
   bool negotiated_ = false;
   std::map<std::uint64_t, Window> windows_;  ///< By IOVA.
   std::uint64_t mapped_bytes_ = 0;
   std::vector<UniqueFd> irq_fds_;  ///< The client's eventfd per MSI-X vector (or none).
+  std::vector<bool> direct_;       ///< Vector v's eventfd is signalled by the function itself.
   Counters counters_;
 };
 
