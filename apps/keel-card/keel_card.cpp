@@ -12,6 +12,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <CLI/CLI.hpp>
 
@@ -194,6 +195,36 @@ int main(int argc, char** argv) {
       return {};
     };
   }
+  // Its fault injector, for tests run against a card in another process.
+  if (card.faults() != nullptr) {
+    pf_config.inject_fault = [&](const vu::FaultRecord& f) -> keel::Status {
+      keel::fpga::FaultInjector& fi = *card.faults();
+      const unsigned vf = f.vf;
+      const auto ns = std::chrono::nanoseconds(static_cast<std::int64_t>(f.arg));
+      keel::Status st = keel::make_error(keel::Errc::invalid_argument, "unknown fault");
+      switch (f.op) {
+        case vu::FaultOp::drop_completions: st = fi.drop_completions(vf, f.count); break;
+        case vu::FaultOp::delay_completions: st = fi.delay_completions(vf, f.count, ns); break;
+        case vu::FaultOp::delay_ready: st = fi.delay_ready(vf, ns); break;
+        case vu::FaultOp::raise_fatal: st = fi.raise_fatal(vf); break;
+        case vu::FaultOp::refuse_dma: st = fi.refuse_dma(vf, f.count != 0); break;
+        case vu::FaultOp::surprise_remove:
+        case vu::FaultOp::restore: {
+          const bool pull = f.op == vu::FaultOp::surprise_remove;
+          st = pull ? fi.surprise_remove(vf) : fi.restore(vf);
+          if (st.ok() && vf < 32) removed = pull ? removed | 1u << vf : removed & ~(1u << vf);
+          break;
+        }
+        case vu::FaultOp::corrupt_completions:
+          if (f.arg > static_cast<std::uint64_t>(keel::fpga::CqeFault::bad_sq_head)) break;
+          st = fi.corrupt_completions(vf, static_cast<keel::fpga::CqeFault>(f.arg), f.count);
+          break;
+        case vu::FaultOp::swallow_aborts: st = fi.swallow_aborts(vf, f.count); break;
+      }
+      if (st.ok()) kLog.info("fault %u injected on VF %u", static_cast<unsigned>(f.op), vf);
+      return st;
+    };
+  }
   if (auto st = serve(card.pf(), "pf", pf_config); !st.ok()) return fail(to_string(st.error()));
   if (auto st = serve_vfs(); !st.ok()) return fail(to_string(st.error()));
   std::printf("keel-card: %s card, %" PRIu64 " MiB, %u VFs, serving on %s (pf.sock, vf<N>.sock)\n",
@@ -235,6 +266,14 @@ int main(int argc, char** argv) {
       if (who[k].second == 0) {
         keel::UniqueFd fd = s.listener.accept();
         if (!fd.valid()) continue;
+        // A client that closed its end but whose EOF this loop has not read yet is gone: the
+        // next process may have the function (as a device file closed and opened again).
+        if (s.client) {
+          char b;
+          if (::recv(s.client->fd(), &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
+            drop_client(s, "the vfio-user peer closed");
+          }
+        }
         if (s.client) {
           ++s.turned_away;  // one process per function; closing tells the peer at once
           kLog.warn("%s: turned a second client away", s.name.c_str());

@@ -126,7 +126,7 @@ TEST_F(CardProcessTest, ThePfSocketIsTheWholeCard) {
   const Status pulled = fi->surprise_remove(1);
   ASSERT_TRUE(pulled.ok()) << pulled.error().message;
   EXPECT_EQ((*vf1)->read32(0x8), 0xffffffffu) << "a removed VF still answers";
-  EXPECT_EQ(fi->drop_completions(0, 1).error().code, Errc::unavailable);
+  EXPECT_TRUE(fi->drop_completions(0, 1).ok()) << "keel-card takes every fault";
   const Status back = fi->restore(1);
   ASSERT_TRUE(back.ok()) << back.error().message;
   EXPECT_EQ((*vf1)->read32(0x8), 0x00010400u) << "a restored VF does not answer";

@@ -234,14 +234,16 @@ Result<Message> ClientFunction::call(Command command, std::span<const std::byte>
     }
     if ((r->header.flags & kFlagError) != 0) {
       const int e = static_cast<int>(r->header.error);
-      const Errc code = e == ENOENT                  ? Errc::not_found
-                        : e == EEXIST                ? Errc::out_of_range
-                        : e == ENOMEM || e == ENOSPC ? Errc::no_memory
-                        : e == ENODEV                ? Errc::gone
-                        : e == ETIMEDOUT             ? Errc::timeout
-                        : e == EBUSY                 ? Errc::busy
-                        : e == EINVAL                ? Errc::invalid_argument
-                                                     : Errc::device_error;
+      const Errc code = e == ENOENT                   ? Errc::not_found
+                        : e == EEXIST || e == ERANGE  ? Errc::out_of_range
+                        : e == ENOMEM || e == ENOSPC  ? Errc::no_memory
+                        : e == ENODEV                 ? Errc::gone
+                        : e == ETIMEDOUT              ? Errc::timeout
+                        : e == EBUSY                  ? Errc::busy
+                        : e == EINVAL                 ? Errc::invalid_argument
+                        : e == ENOTSUP || e == ENOSYS ? Errc::unavailable
+                        : e == EFAULT                 ? Errc::dma_fault
+                                                      : Errc::device_error;
       return make_error(code, std::string(command_name(static_cast<std::uint16_t>(command))) +
                                   " refused by the server: " + std::strerror(e));
     }

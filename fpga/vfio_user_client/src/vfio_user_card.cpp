@@ -1,5 +1,6 @@
 #include "keel/fpga/vfio_user/vfio_user_card.h"
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 
@@ -35,23 +36,47 @@ class VfioUserCard::AbsentFunction final : public fpga::Function {
   }
 };
 
+/// keel-card's fault injector, through the PF's configuration space (config_space.h).
 class VfioUserCard::RemoteFaults final : public fpga::FaultInjector {
  public:
   explicit RemoteFaults(VfioUserCard& card) : card_(card) {}
-  Status surprise_remove(unsigned vf) override { return card_.set_removed(vf, true); }
-  Status restore(unsigned vf) override { return card_.set_removed(vf, false); }
-  Status drop_completions(unsigned, unsigned) override { return elsewhere(); }
-  Status delay_completions(unsigned, unsigned, std::chrono::nanoseconds) override {
-    return elsewhere();
+  Status drop_completions(unsigned vf, unsigned count) override {
+    return send(FaultOp::drop_completions, vf, count, 0);
   }
-  Status delay_ready(unsigned, std::chrono::nanoseconds) override { return elsewhere(); }
-  Status raise_fatal(unsigned) override { return elsewhere(); }
-  Status refuse_dma(unsigned, bool) override { return elsewhere(); }
+  Status delay_completions(unsigned vf, unsigned count, std::chrono::nanoseconds delay) override {
+    return send(FaultOp::delay_completions, vf, count, ns(delay));
+  }
+  Status delay_ready(unsigned vf, std::chrono::nanoseconds delay) override {
+    return send(FaultOp::delay_ready, vf, 0, ns(delay));
+  }
+  Status raise_fatal(unsigned vf) override { return send(FaultOp::raise_fatal, vf, 0, 0); }
+  Status refuse_dma(unsigned vf, bool on) override {
+    return send(FaultOp::refuse_dma, vf, on ? 1 : 0, 0);
+  }
+  Status surprise_remove(unsigned vf) override { return send(FaultOp::surprise_remove, vf, 0, 0); }
+  Status restore(unsigned vf) override { return send(FaultOp::restore, vf, 0, 0); }
+  Status corrupt_completions(unsigned vf, fpga::CqeFault fault, unsigned count) override {
+    return send(FaultOp::corrupt_completions, vf, count, static_cast<std::uint64_t>(fault));
+  }
+  Status swallow_aborts(unsigned vf, unsigned count) override {
+    return send(FaultOp::swallow_aborts, vf, count, 0);
+  }
 
  private:
-  static Error elsewhere() {
-    return make_error(Errc::unavailable,
-                      "a card in another process takes only VF removal and restore from here");
+  static std::uint64_t ns(std::chrono::nanoseconds d) {
+    return static_cast<std::uint64_t>(std::max<std::int64_t>(d.count(), 0));
+  }
+  Status send(FaultOp op, unsigned vf, unsigned count, std::uint64_t arg) {
+    if (vf >= card_.num_vfs() || vf > 255) {
+      return make_error(Errc::not_found, "VF " + std::to_string(vf) + ": the card has " +
+                                             std::to_string(card_.num_vfs()) + " VF(s)");
+    }
+    const FaultRecord f{op, static_cast<std::uint8_t>(vf), 0, count, arg};
+    std::uint8_t b[sizeof f];
+    std::memcpy(b, &f, sizeof f);
+    Status st = card_.first_->write_config(kKeelCapOffset + kKeelCapFault, b);
+    if (Status r = card_.first_->refresh_identity(); st.ok() && !r.ok()) st = r;
+    return st;
   }
   VfioUserCard& card_;
 };
@@ -136,21 +161,6 @@ std::uint64_t VfioUserCard::now_ns() const noexcept { return steady_clock().now_
 
 fpga::FaultInjector* VfioUserCard::faults() noexcept {
   return single_vf_ ? nullptr : faults_.get();
-}
-
-Status VfioUserCard::set_removed(unsigned vf, bool removed) {
-  if (vf >= num_vfs() || vf >= 32) {
-    return make_error(Errc::not_found, "VF " + std::to_string(vf) + ": the card has " +
-                                           std::to_string(num_vfs()) + " VF(s)");
-  }
-  if (Status st = first_->refresh_identity(); !st.ok()) return st;
-  std::uint32_t mask = first_->identity().removed_vfs;
-  mask = removed ? mask | (1u << vf) : mask & ~(1u << vf);
-  std::uint8_t v[4];
-  std::memcpy(v, &mask, 4);
-  Status st = first_->write_config(kKeelCapOffset + kKeelCapRemovedVfs, v);
-  if (Status r = first_->refresh_identity(); st.ok() && !r.ok()) st = r;
-  return st;
 }
 
 }  // namespace keel::vfio_user

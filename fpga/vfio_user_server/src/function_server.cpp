@@ -268,6 +268,14 @@ Result<std::vector<std::byte>> FunctionServer::config_access(const RegionAccess&
                           "injection on it)");
       }
       if (Status st = config_.set_removed_vfs(mask); !st.ok()) return st.error();
+    } else if (fn_.number() == 0 && a.offset == kKeelCapOffset + kKeelCapFault &&
+               a.count == sizeof(FaultRecord)) {
+      FaultRecord f;
+      std::memcpy(&f, m.payload.data() + sizeof a, sizeof f);
+      if (!config_.inject_fault) {
+        return make_error(Errc::unavailable, "this card takes no fault injection");
+      }
+      if (Status st = config_.inject_fault(f); !st.ok()) return st.error();
     }
     return reply;  // every other field is read-only: ignored, as PCI does
   }

@@ -21,12 +21,36 @@ inline constexpr std::uint16_t kPciVendorId = 0x10EE;
 inline constexpr std::uint16_t kPciDevicePf = 0x4B50;  ///< "KP"
 inline constexpr std::uint16_t kPciDeviceVf = 0x4B56;  ///< "KV"
 inline constexpr std::uint8_t kKeelCapOffset = 0x40;
-inline constexpr std::uint8_t kKeelCapLength = 16;
+inline constexpr std::uint8_t kKeelCapLength = 32;
 /// Offsets in the keel capability of its two writable fields (PF only): NumVFs (u16, as
 /// SR-IOV's) and the VFs pulled from the bus (u32 bitmap: a set bit surprise-removes VF n, as
 /// a host pulling a VF from its guest; a cleared bit puts it back).
 inline constexpr std::uint8_t kKeelCapNumVfs = 8;
 inline constexpr std::uint8_t kKeelCapRemovedVfs = 12;
+/// A simulated card's fault injector, for tests of a card in another process: a 16-byte
+/// FaultRecord written here (PF only) is carried out at once; the write fails as the fault
+/// does. Reads as zeros. A real card has none (the write is refused).
+inline constexpr std::uint8_t kKeelCapFault = 16;
+
+enum class FaultOp : std::uint8_t {
+  drop_completions = 1,   ///< count
+  delay_completions = 2,  ///< count, arg = ns
+  delay_ready = 3,        ///< arg = ns
+  raise_fatal = 4,
+  refuse_dma = 5,  ///< count != 0: refuse, 0: allow again
+  surprise_remove = 6,
+  restore = 7,
+  corrupt_completions = 8,  ///< count, arg = fpga::CqeFault
+  swallow_aborts = 9,       ///< count
+};
+struct FaultRecord {
+  FaultOp op;
+  std::uint8_t vf;
+  std::uint16_t reserved;
+  std::uint32_t count;
+  std::uint64_t arg;
+};
+static_assert(sizeof(FaultRecord) == 16);
 
 /// What the keel capability says.
 struct FunctionIdentity {

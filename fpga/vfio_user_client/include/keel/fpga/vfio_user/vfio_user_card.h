@@ -45,10 +45,8 @@ class VfioUserCard final : public fpga::Card {
   unsigned step(unsigned) override { return 0; }
   std::uint64_t now_ns() const noexcept override;
 
-  /// PF mode: the one fault a host can cause on a running card from outside, pulling a VF
-  /// from the bus and putting it back (surprise_remove / restore, through the PF's
-  /// configuration space); every other fault is unavailable here (inject it in keel-card's
-  /// process). A one-VF card has none.
+  /// PF mode: keel-card's fault injector, through the PF's configuration space (a simulated
+  /// card's; keelctl vf remove/restore use it). A one-VF card has none.
   fpga::FaultInjector* faults() noexcept override;
 
   /// True when the socket served one VF (the card is that VF).
@@ -59,8 +57,6 @@ class VfioUserCard final : public fpga::Card {
 
   class AbsentFunction;
   class RemoteFaults;
-  /// Sets or clears VF `vf` in the PF's removed-VF bitmap.
-  Status set_removed(unsigned vf, bool removed);
   const std::string path_;
   const ClientConfig config_;
   bool single_vf_ = false;

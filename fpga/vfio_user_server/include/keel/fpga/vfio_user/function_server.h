@@ -21,6 +21,7 @@
 
 #include "keel/fpga/function.h"
 #include "keel/fpga/vfio_user/channel.h"
+#include "keel/fpga/vfio_user/config_space.h"
 #include "keel/result.h"
 #include "keel/unique_fd.h"
 
@@ -52,6 +53,8 @@ struct FunctionServerConfig {
   /// The VFs pulled from the bus (bitmap) and what changes it (unset: none, refused).
   std::function<std::uint32_t()> removed_vfs;
   std::function<Status(std::uint32_t)> set_removed_vfs;
+  /// Carries out a FaultRecord written to the keel capability (unset: refused).
+  std::function<Status(const FaultRecord&)> inject_fault;
 };
 
 class FunctionServer {
