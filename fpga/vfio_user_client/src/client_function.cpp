@@ -6,6 +6,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -172,6 +173,16 @@ Status ClientFunction::map_doorbells(const Message& region_info) {
     }
   }
   if (kick < 0) return {};
+  // Stores into a page the server could shrink would fault here: only a sealed file that
+  // holds the whole area is mapped.
+  struct stat st {};
+  const int mem = region_info.fds[0].get();
+  const int seals = ::fcntl(mem, F_GET_SEALS);
+  if (seals < 0 || (seals & F_SEAL_SHRINK) == 0 || ::fstat(mem, &st) != 0 ||
+      static_cast<std::uint64_t>(st.st_size) < info.offset + area.offset + area.size) {
+    ::close(kick);
+    return {};
+  }
   void* base = ::mmap(nullptr, area.size, PROT_READ | PROT_WRITE, MAP_SHARED,
                       region_info.fds[0].get(), static_cast<off_t>(info.offset + area.offset));
   if (base == MAP_FAILED) {
