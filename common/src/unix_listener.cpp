@@ -80,4 +80,20 @@ void UnixListener::close() noexcept {
   path_.clear();
 }
 
+Result<UniqueFd> connect_unix(const std::string& path, int type) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof addr.sun_path) {
+    return make_error(Errc::invalid_argument, "socket path '" + path + "' is empty or too long");
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  UniqueFd fd(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return make_error(Errc::io_error, std::string("socket: ") + std::strerror(errno));
+  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
+    return make_error(Errc::unavailable,
+                      "nothing listens at '" + path + "': " + std::strerror(errno));
+  }
+  return fd;
+}
+
 }  // namespace keel

@@ -1,5 +1,7 @@
 #include "front_end.h"
 
+#include "keel/fd_passing.h"
+
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
@@ -177,21 +179,8 @@ void FrontEnd::close() {
 }
 
 bool FrontEnd::send_raw(const void* bytes, std::size_t n, std::span<const int> fds, bool hang_up) {
-  iovec iov{const_cast<void*>(bytes), n};
-  msghdr m{};
-  m.msg_iov = &iov;
-  m.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)] = {};
-  if (!fds.empty()) {
-    m.msg_control = control;
-    m.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    cmsghdr* c = CMSG_FIRSTHDR(&m);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
-  const bool ok = ::sendmsg(fd_, &m, MSG_NOSIGNAL) == static_cast<ssize_t>(n);
+  const std::span<const std::byte> parts[1] = {std::span(static_cast<const std::byte*>(bytes), n)};
+  const bool ok = send_with_fds(fd_, parts, fds).ok();
   if (hang_up) ::shutdown(fd_, SHUT_WR);
   if (pump_) pump_();
   return ok;

@@ -6,7 +6,6 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 
 #include <cerrno>
 #include <cstring>
@@ -15,6 +14,7 @@
 #include "keel/clock.h"
 #include "keel/fd_passing.h"
 #include "keel/log.h"
+#include "keel/unix_listener.h"
 
 namespace keel::vmm {
 namespace {
@@ -66,22 +66,12 @@ Result<std::unique_ptr<RemoteHostStorage>> RemoteHostStorage::connect(
                                                   " guest RAM regions; keel-hostd takes " +
                                                   std::to_string(remote::kMaxRegions));
   }
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (socket_path.empty() || socket_path.size() >= sizeof addr.sun_path) {
-    return make_error(Errc::invalid_argument,
-                      "socket path '" + socket_path + "' is empty or too long");
+  auto fd = connect_unix(socket_path, SOCK_SEQPACKET);
+  if (!fd) {
+    if (fd.error().code != Errc::unavailable) return fd.error();
+    return make_error(Errc::unavailable, "keel-hostd: " + fd.error().message);
   }
-  std::memcpy(addr.sun_path, socket_path.c_str(), socket_path.size() + 1);
-  UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  if (!fd.valid()) {
-    return make_error(Errc::io_error, std::string("socket: ") + std::strerror(errno));
-  }
-  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
-    return make_error(Errc::unavailable,
-                      "no keel-hostd at '" + socket_path + "': " + std::strerror(errno));
-  }
-  std::unique_ptr<RemoteHostStorage> r(new RemoteHostStorage(std::move(fd), timeout));
+  std::unique_ptr<RemoteHostStorage> r(new RemoteHostStorage(std::move(fd).value(), timeout));
   ucred cred{};
   socklen_t len = sizeof cred;
   if (::getsockopt(r->sock_.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {

@@ -420,8 +420,8 @@ Paravisor::HostWait Paravisor::wait_for_host(std::chrono::nanoseconds timeout) {
   std::vector<pollfd> fds;
   std::vector<QueueWorker*> asleep;
   for (auto& w : workers_) {
+    if (w->has_work_off_host()) return HostWait::not_needed;  // the VF side can move
     if (w->host_outstanding() == 0) continue;
-    if (!w->waits_on_host_only()) return HostWait::not_needed;  // the VF side can move
     fds.push_back({w->host_client().completion_fd(), POLLIN, 0});
     asleep.push_back(w.get());
   }

@@ -335,10 +335,9 @@ void QueueWorker::give_back_unfinished() noexcept {
       config_.index, back, failed);
 }
 
-bool QueueWorker::waits_on_host_only() const noexcept {
+bool QueueWorker::has_work_off_host() const noexcept {
   const drivers::nvme::QueuePair* qp = vf_.queue();
-  return host_.client_outstanding() > 0 && pending_.empty() &&
-         (qp == nullptr || qp->outstanding() == 0);
+  return !pending_.empty() || (qp != nullptr && qp->outstanding() > 0);
 }
 
 void QueueWorker::run_thread() {

@@ -48,8 +48,9 @@ class QueueWorker {
   /// completions of their IO are recognised (tag epoch) and ignored.
   void quiesce();
 
-  /// Requests only the host service has: some there, none on the VF, none waiting for a path.
-  bool waits_on_host_only() const noexcept;
+  /// Work that does not wait on the host service: commands on the VF, or requests waiting
+  /// for a path.
+  bool has_work_off_host() const noexcept;
   /// Requests at the host service (0 when none).
   unsigned host_outstanding() const noexcept { return host_.client_outstanding(); }
   /// The host channel's wake-up protocol (HostServiceClient::prepare_wait / end_wait).

@@ -50,4 +50,9 @@ class UnixListener {
   std::string path_;  ///< Empty when there is no file of ours to remove.
 };
 
+/// The client side: a socket of `type` connected to the server at `path` (close-on-exec,
+/// blocking). Errors: invalid_argument (path empty or too long), unavailable (nothing listens
+/// there; the message names the path and the errno), io_error (socket).
+Result<UniqueFd> connect_unix(const std::string& path, int type = SOCK_STREAM);
+
 }  // namespace keel

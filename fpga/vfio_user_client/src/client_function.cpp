@@ -7,7 +7,6 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -15,6 +14,7 @@
 #include "keel/clock.h"
 #include "keel/fpga/vfio_user/config_space.h"
 #include "keel/log.h"
+#include "keel/unix_listener.h"
 
 namespace keel::vfio_user {
 namespace {
@@ -29,19 +29,9 @@ std::span<const std::byte> bytes(const T& v) {
 }  // namespace
 
 Result<UniqueFd> ClientFunction::dial(const std::string& socket_path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (socket_path.empty() || socket_path.size() >= sizeof addr.sun_path) {
-    return make_error(Errc::invalid_argument,
-                      "socket path '" + socket_path + "' is empty or too long");
-  }
-  std::memcpy(addr.sun_path, socket_path.c_str(), socket_path.size() + 1);
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd.valid())
-    return make_error(Errc::io_error, std::string("socket: ") + std::strerror(errno));
-  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
-    return make_error(Errc::unavailable, "no vfio-user server at '" + socket_path + "': " +
-                                             std::strerror(errno) + " (is keel-card running?)");
+  auto fd = connect_unix(socket_path);
+  if (!fd && fd.error().code == Errc::unavailable) {
+    return make_error(Errc::unavailable, fd.error().message + " (is keel-card running?)");
   }
   return fd;
 }

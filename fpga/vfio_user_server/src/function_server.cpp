@@ -237,11 +237,6 @@ Result<std::vector<std::byte>> FunctionServer::config_access(const RegionAccess&
                                                   " is not inside configuration space (256 "
                                                   "bytes)");
   }
-  if (write && m.payload.size() != sizeof(RegionAccess) + a.count) {
-    return make_error(Errc::invalid_argument,
-                      "REGION_WRITE: " + std::to_string(a.count) + " bytes announced, " +
-                          std::to_string(m.payload.size() - sizeof a) + " sent");
-  }
   std::vector<std::byte> reply = bytes_of(a);
   if (write) {
     ++counters_.config_writes;
@@ -298,6 +293,11 @@ Result<std::vector<std::byte>> FunctionServer::region_access(const Message& m, b
   auto req = payload_as<RegionAccess>(m, what);
   if (!req) return req.error();
   const RegionAccess a = *req;
+  if (write && m.payload.size() != sizeof(RegionAccess) + a.count) {
+    return make_error(Errc::invalid_argument,
+                      "REGION_WRITE: " + std::to_string(a.count) + " bytes announced, " +
+                          std::to_string(m.payload.size() - sizeof a) + " sent");
+  }
   if (a.region == kPciConfigRegion) return config_access(a, m, write);
   if (a.region != kPciBar0Region) {
     return make_error(Errc::invalid_argument, std::string(what) + ": region " +
@@ -312,11 +312,6 @@ Result<std::vector<std::byte>> FunctionServer::region_access(const Message& m, b
                                                   " bytes at " + std::to_string(a.offset) +
                                                   " is not an aligned access inside BAR0 (" +
                                                   std::to_string(fn_.bar_size()) + " bytes)");
-  }
-  if (write && m.payload.size() != sizeof(RegionAccess) + a.count) {
-    return make_error(Errc::invalid_argument,
-                      "REGION_WRITE: " + std::to_string(a.count) + " bytes announced, " +
-                          std::to_string(m.payload.size() - sizeof a) + " sent");
   }
   std::vector<std::byte> reply = bytes_of(a);
   if (write) {

@@ -153,10 +153,10 @@ class Paravisor {
     ready,       ///< The host service completed something: run_once() reaps it.
     timed_out,   ///< `timeout` of real time passed with requests still at the service.
   };
-  /// threads == false: if the only outstanding work of every worker is at the host storage
-  /// service (nothing on the VF, nothing waiting for a path), sleeps until the service
-  /// completes a request or `timeout` passes. Lets a lockstep caller wait for the kernel's IO
-  /// (real time) without spinning turns of its own clock.
+  /// threads == false: if the only outstanding work of the workers is at the host storage
+  /// service (nothing on the VF, nothing waiting for a path, in any worker), sleeps until the
+  /// service completes a request or `timeout` passes. Lets a lockstep caller wait for the kernel's
+  /// IO (real time) without spinning turns of its own clock.
   HostWait wait_for_host(std::chrono::nanoseconds timeout);
 
   // ---- failover ----
