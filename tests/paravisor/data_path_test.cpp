@@ -315,6 +315,7 @@ class HighMemory : public DataPath {
   /// Guest memory: 16 MiB at GPA 0 (rings), and two adjacent 16 MiB regions at 64 GiB.
   void make_high_guest(bool with_vf, std::uint64_t high = kHigh) {
     stack::VfPlan plan;
+    plan.disable_first = true;  // a card in another process keeps the last test's VFs
     plan.resources.resize(1);
     plan.resources[0].queues = 1;
     plan.resources[0].slice_lbas = kSliceLbas;

@@ -7,9 +7,11 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <thread>
 
 #include "card_fixture.h"
 #include "keel/stack/stack.h"
@@ -37,8 +39,14 @@ class ParavisorTest {
   /// Opens a lockstep simulated card on a fresh image. False (the test should skip) for a
   /// real board: the host path needs the card's disk image.
   bool open_backend(const std::string& backend) {
-    if (backend != "model" && backend != "sim") return false;
-    image_ = stack::scratch_image_path("pv", std::filesystem::temp_directory_path());
+    // A card served by keel-card (tests/vfio_user/with_keel_card.py) whose image, which the
+    // host path uses, is KEEL_CARD_IMAGE; it belongs to keel-card and stays.
+    const char* remote_image = std::getenv("KEEL_CARD_IMAGE");
+    const bool remote = backend.rfind("vfio-user:", 0) == 0 && remote_image != nullptr;
+    if (backend != "model" && backend != "sim" && !remote) return false;
+    image_ = remote ? remote_image
+                    : stack::scratch_image_path("pv", std::filesystem::temp_directory_path());
+    own_image_ = !remote;
     stack::StackConfig sc;
     sc.card = backend;
     sc.card_options.image_path = image_;
@@ -57,7 +65,7 @@ class ParavisorTest {
     guests_.clear();
     card_ = nullptr;
     stack_.reset();
-    if (!image_.empty()) std::filesystem::remove(image_);
+    if (own_image_ && !image_.empty()) std::filesystem::remove(image_);
   }
 
   /// `n` guests on VFs 0..n-1 (VFs enabled with `queues` queue pairs each); guests from
@@ -66,6 +74,7 @@ class ParavisorTest {
   void make_guests(unsigned n, vmm::ParavisorConfig cfg = {}, std::uint64_t mem_bytes = 32u << 20,
                    unsigned vf_guests = ~0u) {
     stack::VfPlan plan;
+    plan.disable_first = true;  // a card in another process keeps the last test's VFs
     plan.resources.resize(n);
     for (unsigned i = 0; i < n; ++i) {
       plan.resources[i].queues = std::max(1u, cfg.queues);
@@ -112,10 +121,16 @@ class ParavisorTest {
     return false;
   }
 
-  /// One round: every paravisor once, then one card step.
+  /// One round: every paravisor once, then one card step. A card in another process runs on
+  /// its own: a round there lets it have the CPU a little (the bounds in turns were set for a
+  /// lockstep card, where a turn is a card step).
   void turn() {
     for (auto& g : guests_) g.pv->run_once();
-    card_->step(1);
+    if (card_->lockstep()) {
+      card_->step(1);
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
   }
 
   /// Runs until `ids` of guest g (queue q) completed; returns their statuses by id.
@@ -158,6 +173,7 @@ class ParavisorTest {
   }
 
   std::string image_;
+  bool own_image_ = true;
   std::unique_ptr<stack::Stack> stack_;
   fpga::Card* card_ = nullptr;  ///< stack_'s card
   std::vector<Guest> guests_;

@@ -1,6 +1,7 @@
 """Runs a test command against a card served by keel-card in another process (issue 12): starts
-keel-card, points the card suites at its PF socket (KEEL_TEST_BACKENDS=vfio-user:<pf.sock>),
-runs the command, stops keel-card. Exit status: the command's, or 1 if keel-card failed.
+keel-card, points the card suites at its PF socket (KEEL_TEST_BACKENDS=vfio-user:<pf.sock>;
+KEEL_CARD_IMAGE: its image, which the paravisor suites' host path uses), runs the command,
+stops keel-card. Exit status: the command's, or 1 if keel-card failed.
 
 usage: with_keel_card.py <keel-card> <model|sim> <size MiB> -- <command...>
 """
@@ -18,8 +19,9 @@ def main():
     command = sys.argv[sep + 1:]
     with tempfile.TemporaryDirectory(prefix="keel-card-") as run:
         log = open(os.path.join(run, "keel-card.log"), "w+")
-        proc = subprocess.Popen([keel_card, "--card", card, "--size-mib", size, "--vfs", "0",
-                                 "--run-dir", run, "--log-level", "warn"],
+        image = os.path.join(run, "card.img")
+        proc = subprocess.Popen([keel_card, "--card", card, "--image", image, "--size-mib", size,
+                                 "--vfs", "0", "--run-dir", run, "--log-level", "warn"],
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
             pf = os.path.join(run, "pf.sock")
@@ -30,7 +32,7 @@ def main():
                     print("keel-card did not come up:\n" + log.read(), flush=True)
                     return 1
                 time.sleep(0.02)
-            env = dict(os.environ, KEEL_TEST_BACKENDS="vfio-user:" + pf)
+            env = dict(os.environ, KEEL_TEST_BACKENDS="vfio-user:" + pf, KEEL_CARD_IMAGE=image)
             rc = subprocess.call(command, env=env)
         finally:
             if proc.poll() is None:
