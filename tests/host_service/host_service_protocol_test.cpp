@@ -81,6 +81,17 @@ bool in_the_kernel(const HostStorageService& s, std::uint64_t n) {
   return true;
 }
 
+/// Backs the service with a FIFO nobody writes and puts one read (`tag`) of it in the kernel,
+/// where it stays; `cancellable` false: the service's stop does not cancel it (a hung device).
+bool stuck_read(HostStorageService& s, HostServiceClient& c, std::uint64_t tag, bool cancellable) {
+  HostServiceForTests::back_with(s, silent_fifo());
+  if (!cancellable) HostServiceForTests::cancel_at_stop(s, false);
+  const HostSegment seg{0x1000, 4096};
+  if (!c.submit(tag, HostOp::read, 0, {&seg, 1})) return false;
+  c.notify();
+  return in_the_kernel(s, 1);
+}
+
 TEST_F(HostServiceTest, BadRequestsFailAloneWithTheirErrno) {
   start();
   auto c = client();
@@ -354,11 +365,7 @@ TEST_F(HostServiceTest, StopCancelsIoInTheKernelAndReportsWhatTheKernelSaid) {
   start();
   auto c = client();
   ASSERT_TRUE(c);
-  HostServiceForTests::back_with(*service, silent_fifo());
-  const HostSegment seg{0x1000, 4096};
-  ASSERT_TRUE(c->submit(7, HostOp::read, 0, {&seg, 1}));
-  c->notify();
-  ASSERT_TRUE(in_the_kernel(*service, 1));
+  ASSERT_TRUE(stuck_read(*service, *c, 7, true));
 
   const Status st = service->stop();
 
@@ -382,12 +389,7 @@ TEST_F(HostServiceTest, StopWithIoStuckInTheKernelSaysSoAndKeepsItsMemoryMapped)
   start(cfg);
   auto c = client();
   ASSERT_TRUE(c);
-  HostServiceForTests::back_with(*service, silent_fifo());
-  HostServiceForTests::cancel_at_stop(*service, false);
-  const HostSegment seg{0x1000, 4096};
-  ASSERT_TRUE(c->submit(7, HostOp::read, 0, {&seg, 1}));
-  c->notify();
-  ASSERT_TRUE(in_the_kernel(*service, 1));
+  ASSERT_TRUE(stuck_read(*service, *c, 7, false));
 
   const Status st = service->stop();
 
@@ -426,12 +428,7 @@ TEST_F(HostServiceTest, StopTimeoutRunsOnTheConfiguredClock) {
   start(cfg);
   auto c = client();
   ASSERT_TRUE(c);
-  HostServiceForTests::back_with(*service, silent_fifo());
-  HostServiceForTests::cancel_at_stop(*service, false);
-  const HostSegment seg{0x1000, 4096};
-  ASSERT_TRUE(c->submit(9, HostOp::read, 0, {&seg, 1}));
-  c->notify();
-  ASSERT_TRUE(in_the_kernel(*service, 1));
+  ASSERT_TRUE(stuck_read(*service, *c, 9, false));
 
   auto stopping = std::async(std::launch::async, [&] { return service->stop(); });
   // Several times the budget (and the service's idle_timeout_ms) in real time: still waiting.

@@ -46,6 +46,41 @@ std::string backend() {
   return b != nullptr && *b != '\0' ? b : "model";
 }
 
+/// One guest on one VF socket of a keel-card: that VF as its card, guest RAM, the host service
+/// on the VF's slice of the card's image (from `offset`), the paravisor and the guest's
+/// driver. Members go in reverse: the driver, the paravisor and its host service, the card.
+struct VfGuest {
+  std::unique_ptr<stack::Stack> stack;
+  std::unique_ptr<vmm::GuestMemory> mem;
+  stack::GuestDisk disk;
+  std::unique_ptr<vmm::GuestDriver> drv;
+  vmm::Paravisor& pv() { return *disk.paravisor; }
+};
+
+void open_vf_guest(VfGuest& out, const std::string& vf_socket, const std::string& image,
+                   std::uint64_t offset, vmm::ParavisorConfig pc = {}) {
+  stack::StackConfig sc;
+  sc.card = "vfio-user:" + vf_socket;
+  sc.card_options.image_path = image;  // the host path's image (the card's own)
+  auto st = stack::Stack::open_card(sc);
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  out.stack = std::move(st).value();
+  auto mem = vmm::GuestMemory::create(16 * kMiB);
+  ASSERT_TRUE(mem.ok());
+  out.mem = std::move(mem).value();
+  stack::DiskSpec disk;
+  disk.vf = 0;
+  disk.base_offset = offset;
+  disk.length = kSizeMiB * kMiB / kVfs;
+  pc.capacity_sectors = disk.length / 512;
+  auto d = out.stack->assemble(*out.mem, disk, pc);
+  ASSERT_TRUE(d.ok()) << d.error().message;
+  out.disk = std::move(d).value();
+  auto drv = vmm::GuestDriver::attach(out.pv(), *out.mem, 1, 64, 1 * kMiB);
+  ASSERT_TRUE(drv.ok()) << drv.error().message;
+  out.drv = std::move(drv).value();
+}
+
 class CardProcessTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -183,32 +218,15 @@ TEST_F(CardProcessTest, BadSpecsSayWhatIsWrong) {
 // again on the same image is found by the paravisor's probe and traffic returns to the VF;
 // every block holds the last version written.
 TEST_F(CardProcessTest, AParavisorOutlivesTheCardProcessAndReturnsToIt) {
-  stack::StackConfig sc;
-  sc.card = "vfio-user:" + socket("vf0");
-  sc.card_options.image_path = image_.path();  // the host path's image (the card's own)
-  auto st = stack::Stack::open_card(sc);
-  ASSERT_TRUE(st.ok()) << st.error().message;
-  std::unique_ptr<stack::Stack> stack = std::move(st).value();
-  auto mem = vmm::GuestMemory::create(16 * kMiB);
-  ASSERT_TRUE(mem.ok());
-  stack::DiskSpec disk;
-  disk.base_offset = 0;  // VF 0's slice: the first half of the image
-  disk.length = kSizeMiB * kMiB / kVfs;
-  auto host = stack->start_host_service(stack->host_config(**mem, disk));
-  ASSERT_TRUE(host.ok()) << host.error().message;
   vmm::ParavisorConfig pc;
-  pc.capacity_sectors = disk.length / 512;
   pc.command_timeout = std::chrono::seconds(2);
   pc.probe_interval = std::chrono::milliseconds(20);
-  auto vf = stack->vf(0);
-  ASSERT_TRUE(vf.ok());
-  auto pv_r = stack->create_paravisor(*vf, **mem, **host, pc);
-  ASSERT_TRUE(pv_r.ok()) << pv_r.error().message;
-  vmm::Paravisor& pv = **pv_r;
+  VfGuest guest;
+  open_vf_guest(guest, socket("vf0"), image_.path(), 0, pc);  // VF 0: the first half
+  if (HasFatalFailure()) return;
+  vmm::Paravisor& pv = guest.pv();
   ASSERT_EQ(pv.state(), vmm::PathState::active);
-  auto guest = vmm::GuestDriver::attach(pv, **mem, 1, 64, 1 * kMiB);
-  ASSERT_TRUE(guest.ok()) << guest.error().message;
-  vmm::GuestDriver& g = **guest;
+  vmm::GuestDriver& g = *guest.drv;
 
   constexpr unsigned kBlocks = 256, kDepth = 16, kWrites = 1500;
   const std::uint64_t buf = g.alloc(std::uint64_t{kDepth} * 2 * 4096);
@@ -291,8 +309,6 @@ TEST_F(CardProcessTest, AParavisorOutlivesTheCardProcessAndReturnsToIt) {
   EXPECT_GE(k.to_fallback, 1u);
   EXPECT_GE(k.to_vf, 1u);
   EXPECT_GT(k.fallback_ios, 0u) << "the host path carried none of the writes";
-  guest->reset();
-  pv_r->reset();
 }
 
 // One guest's paravisor in a process of its own: run by the test below as a child (this
@@ -305,24 +321,10 @@ TEST(CardProcessChild, DISABLED_GuestWritesUntilKilled) {
   const char* offset = std::getenv("KEEL_CHILD_OFFSET");
   const char* ready = std::getenv("KEEL_CHILD_READY");
   ASSERT_TRUE(vf_socket != nullptr && image != nullptr && offset != nullptr && ready != nullptr);
-  stack::StackConfig sc;
-  sc.card = std::string("vfio-user:") + vf_socket;
-  sc.card_options.image_path = image;
-  auto st = stack::Stack::open_card(sc);
-  ASSERT_TRUE(st.ok()) << st.error().message;
-  auto mem = vmm::GuestMemory::create(16 * kMiB);
-  ASSERT_TRUE(mem.ok());
-  stack::DiskSpec disk;
-  disk.base_offset = std::stoull(offset);
-  disk.length = kSizeMiB * kMiB / kVfs;
-  disk.vf = 0;
-  vmm::ParavisorConfig pc;
-  pc.capacity_sectors = disk.length / 512;
-  auto d = (*st)->assemble(**mem, disk, pc);
-  ASSERT_TRUE(d.ok()) << d.error().message;
-  auto guest = vmm::GuestDriver::attach(*d->paravisor, **mem, 1, 64, 1 * kMiB);
-  ASSERT_TRUE(guest.ok());
-  vmm::GuestDriver& g = **guest;
+  VfGuest guest;
+  open_vf_guest(guest, vf_socket, image, std::stoull(offset));
+  if (HasFatalFailure()) return;
+  vmm::GuestDriver& g = *guest.drv;
   const std::uint64_t buf = g.alloc(8 * 4096);
   std::mt19937 rng(5);
   unsigned inflight = 0, done = 0;
@@ -335,7 +337,7 @@ TEST(CardProcessChild, DISABLED_GuestWritesUntilKilled) {
       ++inflight;
     }
     g.kick(0);
-    d->paravisor->run_once();
+    guest.pv().run_once();
     const unsigned n = g.reap(0, c);
     inflight -= n;
     done += n;
@@ -363,24 +365,11 @@ TEST_F(CardProcessTest, AParavisorProcessThatDiesLeavesTheOtherGuestsAlone) {
   ASSERT_EQ(posix_spawn(&child, argv[0], nullptr, nullptr, argv, env.data()), 0);
 
   // This guest: VF 0, the first half of the image.
-  stack::StackConfig sc;
-  sc.card = "vfio-user:" + socket("vf0");
-  sc.card_options.image_path = image_.path();
-  auto st = stack::Stack::open_card(sc);
-  ASSERT_TRUE(st.ok()) << st.error().message;
-  auto mem = vmm::GuestMemory::create(16 * kMiB);
-  ASSERT_TRUE(mem.ok());
-  stack::DiskSpec disk;
-  disk.length = kSizeMiB * kMiB / kVfs;
-  disk.vf = 0;
-  vmm::ParavisorConfig pc;
-  pc.capacity_sectors = disk.length / 512;
-  auto d = (*st)->assemble(**mem, disk, pc);
-  ASSERT_TRUE(d.ok()) << d.error().message;
-  vmm::Paravisor& pv = *d->paravisor;
-  auto guest = vmm::GuestDriver::attach(pv, **mem, 1, 64, 1 * kMiB);
-  ASSERT_TRUE(guest.ok());
-  vmm::GuestDriver& g = **guest;
+  VfGuest guest;
+  open_vf_guest(guest, socket("vf0"), image_.path(), 0);
+  if (HasFatalFailure()) return;
+  vmm::Paravisor& pv = guest.pv();
+  vmm::GuestDriver& g = *guest.drv;
 
   const std::uint64_t started = steady_clock().now_ns();
   while (!std::filesystem::exists(ready)) {
@@ -434,7 +423,6 @@ TEST_F(CardProcessTest, AParavisorProcessThatDiesLeavesTheOtherGuestsAlone) {
   auto s2 = stack::Stack::attach(**again, {});
   auto ctrl = s2->open_controller(**vf1);
   EXPECT_TRUE(ctrl.ok()) << ctrl.error().message;
-  guest->reset();
 }
 
 }  // namespace
