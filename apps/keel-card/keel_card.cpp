@@ -153,17 +153,12 @@ int main(int argc, char** argv) {
     }
     return {};
   };
-  // The PF's NumVFs (a client's config-space write): VFs that go lose their client (reset)
-  // and their socket first; the new ones get sockets.
-  vu::FunctionServerConfig pf_config;
+  // The VFs' sockets follow the card's VFs: VFs that go lose their client (reset) and their
+  // socket first; the new ones get sockets. NumVFs changes through the PF's configuration
+  // space (set_num_vfs below) or its NUM_VFS register (a REGION_WRITE: checked after every
+  // PF message).
   std::uint32_t removed = 0;  // VFs pulled from the bus (bit n: VF n)
-  pf_config.max_vfs = card.max_vfs();
-  pf_config.num_vfs = [&card] { return card.num_vfs(); };
-  pf_config.set_num_vfs = [&](unsigned n) -> keel::Status {
-    if (n == card.num_vfs()) return {};
-    if (n != 0 && card.num_vfs() != 0) {
-      return keel::make_error(keel::Errc::busy, "NumVFs goes through 0 (write 0 first)");
-    }
+  auto drop_vf_sockets = [&] {
     for (std::size_t i = served.size(); i-- > 1;) {
       drop_client(*served[i], "its VF is removed");
       print_counters(*served[i]);
@@ -171,9 +166,29 @@ int main(int argc, char** argv) {
     }
     ++generation;
     removed = 0;  // the VFs that go take their state with them
-    if (auto st = card.set_num_vfs(n); !st.ok()) return st;
-    kLog.info("NumVFs = %u", n);
+  };
+  auto follow_num_vfs = [&]() -> keel::Status {
+    // A read of the PF orders after its earlier (posted) writes, as on PCIe: a NUM_VFS write
+    // has taken effect on the card (the RTL's takes cycles) before the count is looked at.
+    (void)card.pf().read32(keel::regs::pf::NUM_VFS);
+    if (served.size() - 1 == card.num_vfs()) return {};
+    drop_vf_sockets();
+    kLog.info("NumVFs = %u", card.num_vfs());
     return serve_vfs();
+  };
+  vu::FunctionServerConfig pf_config;
+  pf_config.max_vfs = card.max_vfs();
+  pf_config.num_vfs = [&card] { return card.num_vfs(); };
+  pf_config.set_num_vfs = [&](unsigned n) -> keel::Status {
+    if (n == card.num_vfs()) return card.set_num_vfs(n);
+    // A change the card will take: the VFs' clients go first (their functions stop, then
+    // their memory is unmapped). One it refuses (busy, too many) it refuses itself, and says
+    // so in the PF's STATUS as for a write of NUM_VFS.
+    const bool takes = n <= card.max_vfs() && (n == 0 || card.num_vfs() == 0);
+    if (takes) drop_vf_sockets();
+    const keel::Status st = card.set_num_vfs(n);
+    const keel::Status follow = follow_num_vfs();
+    return st.ok() ? follow : st;
   };
   // The removed-VF bitmap: a host pulling VFs from their guests (and putting them back).
   pf_config.removed_vfs = [&removed] { return removed; };
@@ -190,6 +205,7 @@ int main(int argc, char** argv) {
         keel::fpga::FaultInjector& fi = *card.faults();
         if (keel::Status st = pull ? fi.surprise_remove(i) : fi.restore(i); !st.ok()) return st;
         removed ^= bit;
+        served[i + 1]->server->set_unplugged(pull);
         kLog.info("VF %u %s", i, pull ? "pulled from the bus" : "back on the bus");
       }
       return {};
@@ -213,6 +229,7 @@ int main(int argc, char** argv) {
           const bool pull = f.op == vu::FaultOp::surprise_remove;
           st = pull ? fi.surprise_remove(vf) : fi.restore(vf);
           if (st.ok() && vf < 32) removed = pull ? removed | 1u << vf : removed & ~(1u << vf);
+          if (st.ok() && vf + 1 < served.size()) served[vf + 1]->server->set_unplugged(pull);
           break;
         }
         case vu::FaultOp::corrupt_completions:
@@ -296,6 +313,11 @@ int main(int argc, char** argv) {
           }
           if (auto st = s.server->handle(*s.client, *m); !st.ok()) {
             drop_client(s, st.error().message.c_str());
+          }
+          if (who[k].first == 0) {  // the PF's NUM_VFS register may have changed the VFs
+            if (auto st = follow_num_vfs(); !st.ok()) {
+              kLog.error("serving the new VFs: %s", st.error().message.c_str());
+            }
           }
         }
       } else if (who[k].second == 2) {

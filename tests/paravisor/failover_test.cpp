@@ -60,7 +60,9 @@ TEST_P(Failover, UnderLoadNothingIsLostOrDuplicated) {
   std::set<unsigned> busy_blocks;
   std::mt19937 rng(7);
   unsigned issued = 0, completed = 0;
-  bool faulted = false, restored = false;
+  bool holding = false, faulted = false, restored = false;
+  std::uint64_t moved_at_hold = 0;
+  auto vf_bytes = [&] { return card_->pf().read64(regs::vfcfg::at(g.vf, regs::vfcfg::BYTES)); };
   fpga::FaultInjector& fi = *card_->faults();
   vmm::GuestCompletion c[64];
   // Bounded by turns of the lockstep card; a turn that leaves the writes only at the host
@@ -93,7 +95,15 @@ TEST_P(Failover, UnderLoadNothingIsLostOrDuplicated) {
       ++completed;
     }
     if (n == 0 && !host_progressed(g)) break;
-    if (!faulted && completed >= kWrites / 3) {
+    // Before the fault, the card holds back the next completion of the VF, and the fault
+    // comes once the card has moved data since: a command is then in flight at the fault on
+    // every card, lockstep or running on its own (in another process).
+    if (!holding && completed >= kWrites / 3) {
+      holding = true;
+      KEEL_ASSERT_OK(fi.delay_completions(g.vf, 1, std::chrono::seconds(2)));
+      moved_at_hold = vf_bytes();
+    }
+    if (holding && !faulted && vf_bytes() > moved_at_hold) {
       faulted = true;
       switch (fault) {
         case Fault::surprise_removal:

@@ -18,6 +18,12 @@ void CardTest::open(const FixtureOptions& o) {
   }
   ASSERT_TRUE(card.ok()) << to_string(card.error());
   card_ = std::move(card).value();
+  // Every test starts with SR-IOV off, as a PF driver finds a card at probe: a card that is
+  // not new (a board, a card in another process that served earlier tests) may have VFs left.
+  if (card_->num_vfs() != 0) {
+    const Status st = card_->set_num_vfs(0);
+    ASSERT_TRUE(st.ok()) << "disabling the VFs left on the card: " << to_string(st.error());
+  }
 }
 
 std::uint32_t CardTest::try_enable_vf(unsigned vf, std::uint64_t slice_base,

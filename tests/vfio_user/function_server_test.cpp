@@ -3,6 +3,7 @@
 // eventfds, DMA windows from a memfd, FLR, and every refusal with its errno.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -169,6 +170,59 @@ TEST_F(FunctionServerTest, MsixTakesOneEventfdPerVector) {
   ::close(pipe_fds[0]);
   ::close(pipe_fds[1]);
   ::close(efd);
+}
+
+// The request IRQ (index 4): one eventfd, signalled while the function is off the bus and
+// drained when it is back; a client that hands it over while the function is off finds it
+// signalled at once.
+TEST_F(FunctionServerTest, TheRequestIrqIsSignalledWhileTheFunctionIsOffTheBus) {
+  negotiate_version();
+  IrqInfo q{};
+  q.argsz = sizeof q;
+  q.index = kPciReqIrq;
+  const IrqInfo info = as<IrqInfo>(call(Command::device_get_irq_info, q));
+  EXPECT_EQ(info.count, 1u);
+  EXPECT_NE(info.flags & kIrqEventfd, 0u);
+  auto level = [](int fd) {
+    pollfd p{fd, POLLIN, 0};
+    return ::poll(&p, 1, 0) == 1;
+  };
+
+  const int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  const IrqSet set{sizeof(IrqSet), kIrqSetDataEventfd | kIrqSetActionTrigger, kPciReqIrq, 0, 1};
+  EXPECT_EQ(err(call(Command::device_set_irqs, set, {&efd, 1})), 0u);
+  EXPECT_FALSE(level(efd));
+  server_->set_unplugged(true);
+  EXPECT_TRUE(level(efd)) << "off the bus";
+  EXPECT_TRUE(level(efd)) << "a level: looking does not clear it";
+  server_->set_unplugged(false);
+  EXPECT_FALSE(level(efd)) << "back";
+
+  server_->set_unplugged(true);
+  const int late = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  EXPECT_EQ(err(call(Command::device_set_irqs, set, {&late, 1})), 0u);
+  EXPECT_TRUE(level(late)) << "handed over while the function is off";
+  server_->set_unplugged(false);
+  EXPECT_FALSE(level(late));
+
+  // One vector, eventfds only, TRIGGER only.
+  const IrqSet two{sizeof(IrqSet), kIrqSetDataEventfd | kIrqSetActionTrigger, kPciReqIrq, 0, 2};
+  const int both[2] = {efd, late};
+  EXPECT_EQ(err(call(Command::device_set_irqs, two, both)), std::uint32_t{EINVAL});
+  const IrqSet mask{sizeof(IrqSet), kIrqSetDataNone | kIrqSetActionMask, kPciReqIrq, 0, 1};
+  EXPECT_EQ(err(call(Command::device_set_irqs, mask)), std::uint32_t{EINVAL});
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe2(pipe_fds, O_CLOEXEC), 0);
+  EXPECT_EQ(err(call(Command::device_set_irqs, set, {&pipe_fds[1], 1})), std::uint32_t{EINVAL});
+  ::close(pipe_fds[0]);
+  ::close(pipe_fds[1]);
+  // None: dropped; the function going off the bus then signals nothing.
+  const IrqSet none{sizeof(IrqSet), kIrqSetDataNone | kIrqSetActionTrigger, kPciReqIrq, 0, 0};
+  EXPECT_EQ(err(call(Command::device_set_irqs, none)), 0u);
+  server_->set_unplugged(true);
+  EXPECT_FALSE(level(late));
+  ::close(efd);
+  ::close(late);
 }
 
 TEST_F(FunctionServerTest, DmaWindowsComeFromTheClientsMemory) {

@@ -313,7 +313,56 @@ Status ClientFunction::setup() {
                      vectors_};
     if (auto r = call(Command::device_set_irqs, bytes(set), raw); !r) return r.error();
   }
+  return setup_request_irq(info->num_irqs);
+}
+
+Status ClientFunction::setup_request_irq(std::uint32_t num_irqs) {
+  if (num_irqs <= kPciReqIrq) return {};  // a server without it: removal shows as all ones
+  IrqInfo ii{};
+  ii.argsz = sizeof ii;
+  ii.index = kPciReqIrq;
+  auto r = call(Command::device_get_irq_info, bytes(ii));
+  if (!r) return r.error();
+  auto info = payload_as<IrqInfo>(*r, "DEVICE_GET_IRQ_INFO");
+  if (!info) return info.error();
+  if (info->count < 1 || (info->flags & kIrqEventfd) == 0) return {};
+  if (!req_fd_.valid()) {
+    req_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!req_fd_.valid()) return make_error(Errc::io_error, "eventfd failed");
+  }
+  std::uint64_t stale = 0;
+  (void)!::read(req_fd_.get(), &stale, sizeof stale);  // what the server says now, not before
+  const IrqSet set{sizeof(IrqSet), kIrqSetDataEventfd | kIrqSetActionTrigger, kPciReqIrq, 0, 1};
+  const int fd = req_fd_.get();
+  if (auto s = call(Command::device_set_irqs, bytes(set), {&fd, 1}); !s) return s.error();
   return {};
+}
+
+bool ClientFunction::unplugged() const noexcept {
+  if (!req_fd_.valid()) return false;
+  pollfd p{req_fd_.get(), POLLIN, 0};
+  return ::poll(&p, 1, 0) == 1;
+}
+
+Error ClientFunction::unplugged_error() const {
+  return make_error(Errc::gone, "function " + std::to_string(number_) + " at " + path_ +
+                                    " is off the bus (removed by the card's owner)");
+}
+
+void ClientFunction::disconnect() noexcept {
+  std::lock_guard lock(mu_);
+  gone_.store(true, std::memory_order_release);
+  doorbell_base_.store(nullptr, std::memory_order_release);
+  if (channel_) (void)::shutdown(channel_->fd(), SHUT_RDWR);
+}
+
+bool ClientFunction::reconnect_now() noexcept {
+  if (!gone()) return true;
+  {
+    std::lock_guard attempt(reconnect_mu_);
+    last_dial_ns_ = 0;
+  }
+  return reconnect();
 }
 
 Status ClientFunction::read_identity() {
@@ -377,6 +426,7 @@ void ClientFunction::write64(std::uint64_t offset, std::uint64_t value) noexcept
 
 Result<fpga::DmaBuffer> ClientFunction::alloc_dma(std::size_t bytes_wanted) {
   if (bytes_wanted == 0) return make_error(Errc::invalid_argument, "alloc_dma of 0 bytes");
+  if (unplugged()) return unplugged_error();
   const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
   const std::size_t len = (bytes_wanted + page - 1) / page * page;
   // Sealed at its size: the card maps it and must be able to trust that it stays whole.
@@ -407,6 +457,7 @@ Status ClientFunction::map_dma(void*, std::size_t, fpga::Iova) {
 
 Status ClientFunction::map_dma_fd(int fd, std::uint64_t fd_offset, void*, std::size_t len,
                                   fpga::Iova iova) {
+  if (unplugged()) return unplugged_error();
   UniqueFd kept(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
   if (!kept.valid()) return make_error(Errc::io_error, std::string("dup: ") + std::strerror(errno));
   const DmaMap m{sizeof(DmaMap), kDmaRead | kDmaWrite, fd_offset, iova, len};
@@ -442,15 +493,19 @@ Result<std::uint32_t> ClientFunction::wait_interrupt(unsigned vector,
   if (vector >= vectors_) {
     return make_error(Errc::invalid_argument, "no MSI-X vector " + std::to_string(vector));
   }
-  pollfd p{irq_fds_[vector].get(), POLLIN, 0};
+  if (unplugged()) return unplugged_error();
+  // The request IRQ wakes a waiter when the function leaves the bus.
+  pollfd p[2] = {{irq_fds_[vector].get(), POLLIN, 0}, {req_fd_.get(), POLLIN, 0}};
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count();
-  const int n = ::poll(&p, 1, static_cast<int>(std::clamp<long long>(ms, 0, 1'000'000)));
+  const int n =
+      ::poll(p, req_fd_.valid() ? 2 : 1, static_cast<int>(std::clamp<long long>(ms, 0, 1'000'000)));
+  if (n > 0 && (p[0].revents & POLLIN) == 0) return unplugged_error();
   if (n <= 0) {
     if (gone()) return make_error(Errc::gone, "the vfio-user server is gone");
     return make_error(Errc::timeout, "MSI-X vector " + std::to_string(vector) + " did not fire");
   }
   std::uint64_t count = 0;
-  if (::read(irq_fds_[vector].get(), &count, sizeof count) != sizeof count) count = 0;
+  if (::read(p[0].fd, &count, sizeof count) != sizeof count) count = 0;
   return static_cast<std::uint32_t>(count);
 }
 
@@ -467,6 +522,7 @@ void ClientFunction::set_interrupt_masked(unsigned vector, bool masked) {
 }
 
 Status ClientFunction::flr() {
+  if (unplugged()) return unplugged_error();
   if (auto r = call(Command::device_reset, {}); !r) return r.error();
   return {};
 }

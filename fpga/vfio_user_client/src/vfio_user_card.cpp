@@ -90,7 +90,7 @@ Result<std::unique_ptr<VfioUserCard>> VfioUserCard::open(const std::string& sock
   card->single_vf_ = !card->first_->identity().is_pf();
   card->absent_pf_ = std::make_unique<AbsentFunction>();
   card->faults_ = std::make_unique<RemoteFaults>(*card);
-  if (!card->single_vf_) card->vfs_.resize(card->first_->identity().num_vfs);
+  if (!card->single_vf_) card->vfs_.resize(card->first_->identity().max_vfs);
   return card;
 }
 
@@ -119,18 +119,24 @@ Result<fpga::Function*> VfioUserCard::vf(unsigned index) {
   }
   if (single_vf_) return static_cast<fpga::Function*>(first_.get());
   std::lock_guard lock(vfs_mu_);
-  if (!vfs_[index]) {
-    const auto dir = std::filesystem::path(path_).parent_path();
-    const std::string at = (dir / ("vf" + std::to_string(index) + ".sock")).string();
-    auto f = ClientFunction::connect(at, config_);
-    if (!f) return f.error();
-    if ((*f)->number() != index + 1) {
-      return make_error(Errc::invalid_argument, at + " serves function " +
-                                                    std::to_string((*f)->number()) + ", not VF " +
-                                                    std::to_string(index));
-    }
-    vfs_[index] = std::move(f).value();
+  if (index >= vfs_.size()) vfs_.resize(index + 1);
+  if (vfs_[index]) {
+    // The same function object for as long as the card is open (a caller may hold it across
+    // NumVFs changes, as a PCI function it has a pointer to); one whose VF went and came back
+    // dials its new socket now.
+    if (vfs_[index]->gone()) (void)vfs_[index]->reconnect_now();
+    return static_cast<fpga::Function*>(vfs_[index].get());
   }
+  const auto dir = std::filesystem::path(path_).parent_path();
+  const std::string at = (dir / ("vf" + std::to_string(index) + ".sock")).string();
+  auto f = ClientFunction::connect(at, config_);
+  if (!f) return f.error();
+  if ((*f)->number() != index + 1) {
+    return make_error(Errc::invalid_argument, at + " serves function " +
+                                                  std::to_string((*f)->number()) + ", not VF " +
+                                                  std::to_string(index));
+  }
+  vfs_[index] = std::move(f).value();
   return static_cast<fpga::Function*>(vfs_[index].get());
 }
 
@@ -139,7 +145,11 @@ unsigned VfioUserCard::max_vfs() const noexcept {
 }
 
 unsigned VfioUserCard::num_vfs() const noexcept {
-  return single_vf_ ? 1 : first_->identity().num_vfs;
+  if (single_vf_) return 1;
+  // Read again each time: the PF's NumVFs changes under this process too (keelctl in
+  // another one, a write of the PF's NUM_VFS register). Gone: the last count read.
+  (void)first_->refresh_identity();
+  return first_->identity().num_vfs;
 }
 
 Status VfioUserCard::set_num_vfs(unsigned n) {
@@ -149,11 +159,17 @@ Status VfioUserCard::set_num_vfs(unsigned n) {
                       "PF (keelctl --card vfio-user:<run dir>/pf.sock vf enable N)");
   }
   std::lock_guard lock(vfs_mu_);
-  vfs_.clear();  // our VF connections first: their functions may be about to go
+  const unsigned before = num_vfs();
   const std::uint8_t v[2] = {static_cast<std::uint8_t>(n), static_cast<std::uint8_t>(n >> 8)};
   Status st = first_->write_config(kKeelCapOffset + kKeelCapNumVfs, v);
   if (Status r = first_->refresh_identity(); st.ok() && !r.ok()) st = r;
-  vfs_.resize(first_->identity().num_vfs);
+  // keel-card turned the clients of the VFs it removed or replaced away: ours let go too, and
+  // dial the new sockets on their next use (vf() at once).
+  if (st.ok() && n != before) {
+    for (auto& f : vfs_) {
+      if (f) f->disconnect();
+    }
+  }
   return st;
 }
 

@@ -88,6 +88,7 @@ void FunctionServer::client_gone() {
   windows_.clear();
   mapped_bytes_ = 0;
   drop_interrupts();
+  req_fd_ = UniqueFd();
   negotiated_ = false;
   if (doorbells_) doorbells_->reset();
 }
@@ -358,8 +359,59 @@ Result<std::vector<std::byte>> FunctionServer::irq_info(const Message& m) {
   if (req->index == kPciMsixIrq) {
     info.flags = kIrqEventfd | kIrqMaskable | kIrqNoresize;
     info.count = fn_.num_vectors();
+  } else if (req->index == kPciReqIrq) {
+    info.flags = kIrqEventfd | kIrqNoresize;
+    info.count = 1;
   }
   return bytes_of(info);
+}
+
+Status FunctionServer::check_eventfds(const std::vector<UniqueFd>& fds) {
+  // Only eventfds, never blocking: the card signals them from its own thread, and a pipe or
+  // a file in their place could stall it (every function's) or fill a disk.
+  for (const UniqueFd& fd : fds) {
+    char link[64] = {};
+    const std::string self = "/proc/self/fd/" + std::to_string(fd.get());
+    if (::readlink(self.c_str(), link, sizeof link - 1) < 0 ||
+        std::string_view(link) != "anon_inode:[eventfd]") {
+      return make_error(Errc::invalid_argument, "SET_IRQS: an fd that is not an eventfd");
+    }
+    (void)::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) | O_NONBLOCK);
+  }
+  return {};
+}
+
+Status FunctionServer::set_request_irq(Message& m, const IrqSet& s) {
+  const std::uint32_t data = s.flags & kIrqSetDataMask, action = s.flags & kIrqSetActionMaskBits;
+  if (action != kIrqSetActionTrigger || (data != kIrqSetDataEventfd && data != kIrqSetDataNone)) {
+    return make_error(Errc::invalid_argument,
+                      "SET_IRQS: the request IRQ (index 4) takes an eventfd, or none to drop it");
+  }
+  if (data == kIrqSetDataNone || m.fds.empty()) {
+    if (s.start != 0 || s.count > 1) {
+      return make_error(Errc::invalid_argument, "SET_IRQS: the request IRQ has one vector");
+    }
+    req_fd_ = UniqueFd();
+    return {};
+  }
+  if (s.start != 0 || s.count != 1 || m.fds.size() != 1) {
+    return make_error(Errc::invalid_argument, "SET_IRQS: the request IRQ takes one eventfd");
+  }
+  if (Status st = check_eventfds(m.fds); !st.ok()) return st;
+  req_fd_ = std::move(m.fds[0]);
+  set_unplugged(unplugged_);  // a function already off the bus says so at once
+  return {};
+}
+
+void FunctionServer::set_unplugged(bool off_the_bus) noexcept {
+  unplugged_ = off_the_bus;
+  if (!req_fd_.valid()) return;
+  std::uint64_t n = 1;
+  if (off_the_bus) {
+    (void)!::write(req_fd_.get(), &n, sizeof n);
+  } else {
+    (void)!::read(req_fd_.get(), &n, sizeof n);  // back: the level drops (non-blocking)
+  }
 }
 
 Status FunctionServer::set_irqs(Message& m) {
@@ -368,8 +420,10 @@ Status FunctionServer::set_irqs(Message& m) {
   const IrqSet s = *req;
   const std::uint32_t data = s.flags & kIrqSetDataMask, action = s.flags & kIrqSetActionMaskBits;
   const unsigned vectors = fn_.num_vectors();
+  if (s.index == kPciReqIrq) return set_request_irq(m, s);
   if (s.index != kPciMsixIrq) {
-    return make_error(Errc::invalid_argument, "SET_IRQS: only MSI-X (index 2) is served");
+    return make_error(Errc::invalid_argument,
+                      "SET_IRQS: only MSI-X (index 2) and the request IRQ (index 4) are served");
   }
   if (std::popcount(data) != 1 || std::popcount(action) != 1) {
     return make_error(Errc::invalid_argument, "SET_IRQS: flags " + std::to_string(s.flags) +
@@ -393,17 +447,7 @@ Status FunctionServer::set_irqs(Message& m) {
                                                     " vectors but " + std::to_string(m.fds.size()) +
                                                     " eventfds");
     }
-    // Only eventfds, never blocking: the card signals them from its own thread, and a pipe or
-    // a file in their place could stall it (every function's) or fill a disk.
-    for (const UniqueFd& fd : m.fds) {
-      char link[64] = {};
-      const std::string self = "/proc/self/fd/" + std::to_string(fd.get());
-      if (::readlink(self.c_str(), link, sizeof link - 1) < 0 ||
-          std::string_view(link) != "anon_inode:[eventfd]") {
-        return make_error(Errc::invalid_argument, "SET_IRQS: an fd that is not an eventfd");
-      }
-      (void)::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) | O_NONBLOCK);
-    }
+    if (Status st = check_eventfds(m.fds); !st.ok()) return st;
     if (irq_fds_.size() < vectors) irq_fds_.resize(vectors);
     if (direct_.size() < vectors) direct_.resize(vectors, false);
     for (std::uint32_t i = 0; i < s.count; ++i) {

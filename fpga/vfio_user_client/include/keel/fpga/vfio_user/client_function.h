@@ -14,6 +14,10 @@
 // a doorbell write is a store into that shared page and an eventfd write, not a message. The
 // slot holds the 16-bit NVMe doorbell value and a write count above it (doorbell_page.h).
 //
+// A function off the bus (keel-card's surprise removal) signals the request IRQ (VFIO's index
+// 4, an eventfd this client hands over): interrupt waits, DMA setup and FLR fail with gone
+// while it is, as on the kernel's VFIO.
+//
 // Not yet: memory the caller names only by address (map_dma needs an fd here; use
 // map_dma_fd).
 #pragma once
@@ -74,6 +78,16 @@ class ClientFunction final : public fpga::Function, private fpga::DmaOwner {
   Status flr() override;
 
   bool gone() const noexcept { return gone_.load(std::memory_order_acquire); }
+  /// The function is off the bus: its request IRQ (VFIO's index 4) is signalled, as keel-card
+  /// does while a VF is surprise-removed. Reads are all ones then, and DMA setup, FLR and
+  /// interrupt waits fail with gone; it ends when the card puts the function back.
+  bool unplugged() const noexcept;
+  /// Lets go of the connection (the function is about to go: its VF is being removed); the
+  /// next use dials again, as after the server went away.
+  void disconnect() noexcept;
+  /// A gone function dials its socket now, not waiting for the reconnect interval. True when
+  /// it is connected.
+  bool reconnect_now() noexcept;
   /// Which function of the card this is, and for the PF its VF counts (as last read).
   const FunctionIdentity& identity() const noexcept { return identity_; }
   /// Reads the configuration space again (the PF's VF count changes). Errors: gone, those of
@@ -106,6 +120,8 @@ class ClientFunction final : public fpga::Function, private fpga::DmaOwner {
   Result<Message> call(Command command, std::span<const std::byte> payload,
                        std::span<const int> fds = {}, bool no_reply = false) noexcept;
   Status setup();
+  Status setup_request_irq(std::uint32_t num_irqs);
+  Error unplugged_error() const;
   void release_dma(void* host, std::size_t bytes, fpga::Iova iova) noexcept override;
 
   std::mutex mu_;  // one command and its reply at a time
@@ -130,6 +146,7 @@ class ClientFunction final : public fpga::Function, private fpga::DmaOwner {
   std::uint64_t bar_size_ = 0;
   unsigned vectors_ = 0;
   std::vector<UniqueFd> irq_fds_;
+  UniqueFd req_fd_;  ///< The request IRQ's eventfd: signalled while the function is off the bus.
   std::uint16_t next_id_ = 0;
   std::atomic<bool> gone_{false};
   std::mutex dma_mu_;

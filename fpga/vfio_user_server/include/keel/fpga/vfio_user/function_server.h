@@ -10,6 +10,9 @@
 // With a doorbell page (FunctionServerConfig::doorbell_*), the client maps that part of BAR0
 // and rings doorbells with stores and an eventfd instead of messages (doorbell_page.h).
 //
+// The request IRQ (index 4): an eventfd the client hands over, signalled while the function
+// is off the bus (set_unplugged) and drained when it is back.
+//
 // Threading: one thread handles a connection's messages and forwards its interrupts.
 #pragma once
 
@@ -35,8 +38,9 @@ struct FunctionServerConfig {
   /// Largest DMA window one DMA_MAP may add, and all windows together (bytes).
   std::uint64_t max_window_bytes = 64ull << 30;
   std::uint64_t max_total_bytes = 256ull << 30;
-  /// DMA windows one client may hold.
-  unsigned max_windows = 64;
+  /// DMA windows one client may hold (each is a mapping in keel-card: bounded well below
+  /// vm.max_map_count with every function's client at its limit).
+  unsigned max_windows = 1024;
   /// For the PF's configuration space (config_space.h): the VFs the card can have, how many
   /// it has now, and what changes that (a client's write of the keel capability's NumVFs,
   /// as SR-IOV's NumVFs; its error is the write's reply). Unset: the PF shows 0 VFs and
@@ -97,6 +101,12 @@ class FunctionServer {
   /// DMA windows the client has mapped now.
   std::size_t windows() const noexcept { return windows_.size(); }
 
+  /// The function is off the bus (surprise removal) or back: the level of the request IRQ
+  /// (VFIO's index 4, "give the device back"), an eventfd the client handed over with
+  /// SET_IRQS: signalled while the function is off, drained when it is back. A client that
+  /// sets its eventfd later while the function is off finds it signalled.
+  void set_unplugged(bool off_the_bus) noexcept;
+
   /// A client disconnected: resets a VF (FLR; the PF keeps the card's VF setup) and drops
   /// what the client set up (its DMA windows, its eventfds), as VFIO does when a process
   /// closes a device.
@@ -115,6 +125,8 @@ class FunctionServer {
   Result<std::vector<std::byte>> config_access(const RegionAccess& a, const Message& m, bool write);
   Result<std::vector<std::byte>> irq_info(const Message& m);
   Status set_irqs(Message& m);
+  Status set_request_irq(Message& m, const IrqSet& s);
+  static Status check_eventfds(const std::vector<UniqueFd>& fds);
   void drop_interrupts();
   Status dma_map(Message& m);
   Result<std::vector<std::byte>> dma_unmap(const Message& m);
@@ -129,6 +141,8 @@ class FunctionServer {
   std::uint64_t mapped_bytes_ = 0;
   std::vector<UniqueFd> irq_fds_;  ///< The client's eventfd per MSI-X vector (or none).
   std::vector<bool> direct_;       ///< Vector v's eventfd is signalled by the function itself.
+  UniqueFd req_fd_;                ///< The client's request-IRQ eventfd (or none).
+  bool unplugged_ = false;         ///< Off the bus (set_unplugged).
   Counters counters_;
 };
 
