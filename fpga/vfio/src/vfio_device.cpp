@@ -15,7 +15,22 @@
 #include <limits>
 #include <system_error>
 
+#include "keel/fpga/vfio/region_info.h"
+
 namespace keel::fpga::vfio {
+
+// The region info and its capabilities are the kernel's structs; the shared parser reads them
+// through vfio-user's copies of them (region_info.h), which must match byte for byte.
+static_assert(sizeof(vfio_region_info) == sizeof(RegionInfo) &&
+              offsetof(vfio_region_info, cap_offset) == offsetof(RegionInfo, cap_offset) &&
+              offsetof(vfio_region_info, size) == offsetof(RegionInfo, size));
+static_assert(VFIO_REGION_INFO_FLAG_MMAP == vfio_user::kRegionMmap &&
+              VFIO_REGION_INFO_FLAG_CAPS == vfio_user::kRegionCaps &&
+              VFIO_REGION_INFO_CAP_SPARSE_MMAP == vfio_user::kCapSparseMmap);
+static_assert(sizeof(vfio_info_cap_header) == sizeof(vfio_user::CapHeader) &&
+              sizeof(vfio_region_sparse_mmap_area) == sizeof(SparseArea) &&
+              sizeof(vfio_region_info_cap_sparse_mmap) ==
+                  sizeof(vfio_user::CapHeader) + sizeof(vfio_user::SparseMmap));
 
 namespace {
 
@@ -43,26 +58,9 @@ bool query_with_caps(int fd, unsigned long request, Info& head, std::vector<std:
 // True when the kernel lets us map the whole region in one piece: it is mmap-able and has no
 // sparse-mmap capability that leaves holes (such as an MSI-X table on older kernels).
 bool whole_region_mappable(const vfio_region_info& info, const std::vector<std::byte>& buf) {
-  if ((info.flags & VFIO_REGION_INFO_FLAG_MMAP) == 0) return false;
-  if ((info.flags & VFIO_REGION_INFO_FLAG_CAPS) == 0) return true;
-  std::uint32_t offset = info.cap_offset;
-  for (int hops = 0; offset != 0 && hops < 64; ++hops) {
-    vfio_info_cap_header header{};
-    if (offset + sizeof header > buf.size()) return false;
-    std::memcpy(&header, buf.data() + offset, sizeof header);
-    if (header.id == VFIO_REGION_INFO_CAP_SPARSE_MMAP) {
-      vfio_region_info_cap_sparse_mmap sparse{};
-      if (offset + sizeof sparse > buf.size()) return false;
-      std::memcpy(&sparse, buf.data() + offset, sizeof sparse);
-      if (sparse.nr_areas != 1) return false;
-      vfio_region_sparse_mmap_area area{};
-      if (offset + sizeof sparse + sizeof area > buf.size()) return false;
-      std::memcpy(&area, buf.data() + offset + sizeof sparse, sizeof area);
-      return area.offset == 0 && area.size >= info.size;
-    }
-    offset = header.next;
-  }
-  return true;
+  auto areas = mappable_areas(buf);
+  return areas.ok() && areas->size() == 1 && (*areas)[0].offset == 0 &&
+         (*areas)[0].size >= info.size;
 }
 
 // VFIO_DEVICE_SET_IRQS with eventfds as triggers for vectors [0, fds.size()) of `index`.

@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "keel/clock.h"
+#include "keel/fpga/vfio/region_info.h"
 #include "keel/fpga/vfio_user/config_space.h"
 #include "keel/log.h"
 #include "keel/unix_listener.h"
@@ -117,31 +118,15 @@ Status ClientFunction::map_doorbells(const Message& region_info) {
       region_info.fds.size() != 1) {
     return {};
   }
-  const std::span<const std::byte> p = region_info.payload;
-  SparseArea area{};
-  bool found = false;
-  // The capability list, bounded by the payload and by a hop count (a loop in it ends here).
-  for (std::uint32_t at = info.cap_offset, hops = 0; at != 0 && hops < 16; ++hops) {
-    if (at < sizeof info || p.size() < at + sizeof(CapHeader)) {
-      return make_error(Errc::invalid_argument, "REGION_INFO: a capability outside the reply");
-    }
-    CapHeader h{};
-    std::memcpy(&h, p.data() + at, sizeof h);
-    if (h.id == kCapSparseMmap && h.version == 1 &&
-        p.size() >= at + sizeof h + sizeof(SparseMmap) + sizeof(SparseArea)) {
-      SparseMmap sm{};
-      std::memcpy(&sm, p.data() + at + sizeof h, sizeof sm);
-      if (sm.nr_areas >= 1) {
-        std::memcpy(&area, p.data() + at + sizeof h + sizeof sm, sizeof area);
-        found = true;
-      }
-      break;
-    }
-    at = h.next;
-  }
+  // The sparse-mmap capability's first area is the doorbells (read with the kernel VFIO
+  // backend's parser: the same structs).
+  auto areas = fpga::vfio::sparse_mmap_areas(region_info.payload);
+  if (!areas) return make_error(Errc::invalid_argument, "REGION_INFO: " + areas.error().message);
   const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
-  if (!found || area.size == 0 || area.size > bar_size_ || area.offset > bar_size_ - area.size ||
-      area.offset % page != 0 || area.size % page != 0 || area.offset % 4 != 0) {
+  if (!*areas || (*areas)->empty()) return {};
+  const SparseArea area = (*areas)->front();
+  if (area.size == 0 || area.size > bar_size_ || area.offset > bar_size_ - area.size ||
+      area.offset % page != 0 || area.size % page != 0) {
     return {};  // no usable area: messages
   }
   // The ioeventfd that tells the server the area was written.
@@ -282,12 +267,7 @@ Status ClientFunction::setup() {
   if (!bar) return bar.error();
   bar_size_ = bar->size;
   if (Status st = map_doorbells(*bar_r); !st.ok()) return st;
-  IrqInfo ii{};
-  ii.argsz = sizeof ii;
-  ii.index = kPciMsixIrq;
-  auto irq_r = call(Command::device_get_irq_info, bytes(ii));
-  if (!irq_r) return irq_r.error();
-  auto irq = payload_as<IrqInfo>(*irq_r, "DEVICE_GET_IRQ_INFO");
+  auto irq = irq_info(kPciMsixIrq);
   if (!irq) return irq.error();
   vectors_ = irq->count;
   if (vectors_ > agreed_.max_msg_fds) {
@@ -316,14 +296,18 @@ Status ClientFunction::setup() {
   return setup_request_irq(info->num_irqs);
 }
 
-Status ClientFunction::setup_request_irq(std::uint32_t num_irqs) {
-  if (num_irqs <= kPciReqIrq) return {};  // a server without it: removal shows as all ones
+Result<IrqInfo> ClientFunction::irq_info(std::uint32_t index) {
   IrqInfo ii{};
   ii.argsz = sizeof ii;
-  ii.index = kPciReqIrq;
+  ii.index = index;
   auto r = call(Command::device_get_irq_info, bytes(ii));
   if (!r) return r.error();
-  auto info = payload_as<IrqInfo>(*r, "DEVICE_GET_IRQ_INFO");
+  return payload_as<IrqInfo>(*r, "DEVICE_GET_IRQ_INFO");
+}
+
+Status ClientFunction::setup_request_irq(std::uint32_t num_irqs) {
+  if (num_irqs <= kPciReqIrq) return {};  // a server without it: removal shows as all ones
+  auto info = irq_info(kPciReqIrq);
   if (!info) return info.error();
   if (info->count < 1 || (info->flags & kIrqEventfd) == 0) return {};
   if (!req_fd_.valid()) {
@@ -440,11 +424,17 @@ Result<fpga::DmaBuffer> ClientFunction::alloc_dma(std::size_t bytes_wanted) {
   fpga::Iova iova;
   {
     std::lock_guard lock(dma_mu_);
-    iova = next_alloc_;
-    next_alloc_ += len;
+    auto at = iova_space_.allocate(len);
+    if (!at) {
+      ::munmap(host, len);
+      return at.error();
+    }
+    iova = *at;
   }
-  if (Status s = map_dma_fd(mem.get(), 0, host, len, iova); !s.ok()) {
+  if (Status s = map_window(mem.get(), 0, len, iova); !s.ok()) {
     ::munmap(host, len);
+    std::lock_guard lock(dma_mu_);
+    (void)iova_space_.release(iova);
     return s.error();
   }
   return fpga::DmaBuffer(this, host, len, iova);
@@ -456,6 +446,23 @@ Status ClientFunction::map_dma(void*, std::size_t, fpga::Iova) {
 }
 
 Status ClientFunction::map_dma_fd(int fd, std::uint64_t fd_offset, void*, std::size_t len,
+                                  fpga::Iova iova) {
+  if (unplugged()) return unplugged_error();
+  {
+    // The caller's window in this client's IOMMU domain: refused here, with why, when it
+    // overlaps another or is not whole pages (the server refuses it too).
+    std::lock_guard lock(dma_mu_);
+    if (Status s = iova_space_.reserve(iova, len); !s.ok()) return s;
+  }
+  Status s = map_window(fd, fd_offset, len, iova);
+  if (!s.ok()) {
+    std::lock_guard lock(dma_mu_);
+    (void)iova_space_.release(iova);
+  }
+  return s;
+}
+
+Status ClientFunction::map_window(int fd, std::uint64_t fd_offset, std::size_t len,
                                   fpga::Iova iova) {
   if (unplugged()) return unplugged_error();
   UniqueFd kept(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
@@ -477,6 +484,7 @@ Status ClientFunction::unmap_dma(fpga::Iova iova) {
     }
     len = it->second.bytes;
     windows_.erase(it);
+    (void)iova_space_.release(iova);
   }
   const DmaUnmap u{sizeof(DmaUnmap), 0, iova, len};
   if (auto r = call(Command::dma_unmap, bytes(u)); !r) return r.error();

@@ -32,6 +32,7 @@
 
 #include "keel/fpga/dma.h"
 #include "keel/fpga/function.h"
+#include "keel/fpga/vfio/iova_space.h"
 #include "keel/fpga/vfio_user/channel.h"
 #include "keel/fpga/vfio_user/config_space.h"
 #include "keel/result.h"
@@ -121,6 +122,9 @@ class ClientFunction final : public fpga::Function, private fpga::DmaOwner {
                        std::span<const int> fds = {}, bool no_reply = false) noexcept;
   Status setup();
   Status setup_request_irq(std::uint32_t num_irqs);
+  Result<IrqInfo> irq_info(std::uint32_t index);
+  /// DMA_MAP of a window whose IOVA is already taken in iova_space_, and its record.
+  Status map_window(int fd, std::uint64_t fd_offset, std::size_t len, fpga::Iova iova);
   Error unplugged_error() const;
   void release_dma(void* host, std::size_t bytes, fpga::Iova iova) noexcept override;
 
@@ -159,7 +163,9 @@ class ClientFunction final : public fpga::Function, private fpga::DmaOwner {
     UniqueFd fd;
   };
   std::map<fpga::Iova, Window> windows_;
-  fpga::Iova next_alloc_ = fpga::kDmaAllocBase;
+  /// Which IOVAs the windows take, and where alloc_dma() puts its buffers: the kernel VFIO
+  /// backend's bookkeeping (from 2^52, aligned, a guard page after each).
+  fpga::vfio::IovaSpace iova_space_;
 };
 
 }  // namespace keel::vfio_user
