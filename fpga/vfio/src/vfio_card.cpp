@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <random>
@@ -16,6 +17,7 @@
 
 #include <keel/regs/keel_regs.h>
 
+#include "keel/fpga/absent_function.h"
 #include "keel/pci/pci_address.h"
 #include "keel/pci/sysfs.h"
 #include "vfio_device.h"
@@ -28,6 +30,8 @@ namespace pf_regs = regs::pf;
 namespace {
 
 constexpr std::string_view kVfioPci = "vfio-pci";
+// PCI class code of an NVMe controller (mass storage, non-volatile memory, NVM Express).
+constexpr std::string_view kNvmeClass = "0x010802";
 
 // Errors that mean "this host is not set up for the card" become unavailable, so callers
 // (and test fixtures) can tell "cannot run here" from a real failure.
@@ -69,6 +73,13 @@ struct VfioCard::Impl {
   Status disable();
   Status wait_for_node(const std::string& vf, const fs::path& node) const;
   std::string container_path() const { return options.dev_root + "/vfio/vfio"; }
+  /// The function's PCI class ("0x010802"), empty when sysfs does not say.
+  std::string pci_class(const std::string& addr) const {
+    std::ifstream in(sysfs.device_dir(addr) / "class");
+    std::string cls;
+    in >> cls;
+    return cls;
+  }
 
   VfioOptions options;
   pci::SysfsSriov sysfs;
@@ -85,6 +96,8 @@ struct VfioCard::Impl {
   std::string no_vfs_reason;  // why max_vfs is 0, when it is
   std::array<std::uint8_t, 16> token{};
   bool have_token = false;
+  bool single = false;  // one NVMe function: vfs[0], no PF (absent_pf)
+  std::unique_ptr<Function> absent_pf;
 };
 
 Result<std::shared_ptr<Group>> VfioCard::Impl::group_for(unsigned number) {
@@ -214,6 +227,28 @@ Result<std::unique_ptr<VfioCard>> VfioCard::open(std::string_view address,
             " > " + options.sysfs_root + "/bus/pci/drivers_probe' (docs/boards.md)");
   }
 
+  // A plain NVMe controller (an SR-IOV SSD's VF, QEMU's nvme, a VF of a keel card handed to
+  // this process) is a card of that one function: it is VF 0, the PF is not on this
+  // process's bus, as for a VM.
+  if (const std::string cls = impl->pci_class(*addr); cls.rfind(kNvmeClass, 0) == 0) {
+    auto fn = impl->open_function(*addr, 1);
+    if (!fn.ok()) return fn.error();
+    if (fn.value()->read32(pf_regs::ID) != regs::MAGIC) {
+      impl->single = true;
+      impl->vfs.push_back(std::move(fn).value());
+      impl->num_vfs.store(1, std::memory_order_release);
+      impl->max_vfs = 1;
+      impl->absent_pf = std::make_unique<AbsentFunction>(
+          *addr +
+          " is one NVMe function opened on its own; its PF (if any) is not this "
+          "process's");
+      return std::unique_ptr<VfioCard>(new VfioCard(std::move(impl)));
+    }
+    fn.value()->close();  // a keel PF: opened below as the card's PF
+    fn.value().reset();
+    impl->groups.clear();
+  }
+
   auto pf = impl->open_function(*addr, 0);
   if (!pf.ok()) return pf.error();
   impl->pf = std::move(pf).value();
@@ -252,6 +287,10 @@ Result<std::unique_ptr<VfioCard>> VfioCard::open(std::string_view address,
 const std::string& VfioCard::address() const noexcept { return impl_->address; }
 
 std::string VfioCard::describe() const {
+  if (impl_->single) {
+    return "vfio NVMe function " + impl_->address + " (IOMMU group " +
+           std::to_string(impl_->vfs[0]->group_number()) + "), opened on its own as VF 0";
+  }
   VfioFunction& p = *impl_->pf;
   const std::uint32_t version = p.read32(pf_regs::VERSION);
   const std::uint64_t lbas = p.read64(pf_regs::STORAGE_LBAS);
@@ -265,7 +304,10 @@ std::string VfioCard::describe() const {
   return buf;
 }
 
-Function& VfioCard::pf() noexcept { return *impl_->pf; }
+Function& VfioCard::pf() noexcept {
+  if (impl_->single) return *impl_->absent_pf;
+  return *impl_->pf;
+}
 
 Result<Function*> VfioCard::vf(unsigned index) {
   std::lock_guard lock(impl_->mu);
@@ -284,6 +326,12 @@ unsigned VfioCard::num_vfs() const noexcept {
 
 Status VfioCard::set_num_vfs(unsigned n) {
   Impl& c = *impl_;
+  if (c.single) {
+    return make_error(Errc::unavailable,
+                      c.address +
+                          " is one NVMe function opened on its own: its VFs, if any, "
+                          "are its PF's (keelctl --card nvme-pf:<PF address>)");
+  }
   std::lock_guard lock(c.mu);
   if (n > c.max_vfs) {
     std::string msg =

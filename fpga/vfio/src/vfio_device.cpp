@@ -63,15 +63,17 @@ bool whole_region_mappable(const vfio_region_info& info, const std::vector<std::
          (*areas)[0].size >= info.size;
 }
 
-// VFIO_DEVICE_SET_IRQS with eventfds as triggers for vectors [0, fds.size()) of `index`.
-bool set_irq_eventfds(int device, std::uint32_t index, const std::vector<int>& fds) {
+// VFIO_DEVICE_SET_IRQS with eventfds as triggers for vectors [start, start + fds.size()) of
+// `index`.
+bool set_irq_eventfds(int device, std::uint32_t index, const std::vector<int>& fds,
+                      std::uint32_t start = 0) {
   vfio_irq_set head{};
   const std::size_t bytes = offsetof(vfio_irq_set, data) + fds.size() * sizeof(std::int32_t);
   std::vector<std::byte> buf(bytes);
   head.argsz = static_cast<std::uint32_t>(bytes);
   head.flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
   head.index = index;
-  head.start = 0;
+  head.start = start;
   head.count = static_cast<std::uint32_t>(fds.size());
   std::memcpy(buf.data(), &head, offsetof(vfio_irq_set, data));
   for (std::size_t i = 0; i < fds.size(); ++i) {
@@ -314,6 +316,36 @@ Result<std::uint32_t> VfioFunction::wait_interrupt(unsigned vector,
           Errc::timeout,
           "no interrupt on " + address_ + " vector " + std::to_string(vector) + " within " +
               (us >= 1000 ? std::to_string(us / 1000) + " ms" : std::to_string(us) + " us"));
+    }
+  }
+}
+
+int VfioFunction::interrupt_fd(unsigned vector) {
+  return vector < irq_fds_.size() ? irq_fds_[vector].get() : -1;
+}
+
+void VfioFunction::set_interrupt_masked(unsigned vector, bool masked) {
+  // vfio-pci cannot mask one MSI-X vector (its MASK action is INTx only), so the mask is kept
+  // here: a masked vector's trigger is moved to a second eventfd, which collects what fires
+  // while it is masked; unmasking moves the trigger back and passes a pending message on.
+  if (vector >= irq_fds_.size() || gone()) return;
+  std::lock_guard lock(mask_mu_);
+  if (masked_.size() < irq_fds_.size()) {
+    masked_.resize(irq_fds_.size(), false);
+    pending_fds_.resize(irq_fds_.size());
+  }
+  if (masked_[vector] == masked) return;
+  UniqueFd& pending = pending_fds_[vector];
+  if (!pending.valid()) pending.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!pending.valid()) return;  // no fd for it: left unmasked
+  const int to = masked ? pending.get() : irq_fds_[vector].get();
+  if (!set_irq_eventfds(device_.get(), VFIO_PCI_MSIX_IRQ_INDEX, {to}, vector)) return;
+  masked_[vector] = masked;
+  if (!masked) {
+    std::uint64_t n = 0;
+    if (::read(pending.get(), &n, sizeof n) == sizeof n && n != 0) {
+      const std::uint64_t one = 1;
+      (void)!::write(irq_fds_[vector].get(), &one, sizeof one);
     }
   }
 }

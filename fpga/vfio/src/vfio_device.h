@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -82,6 +83,8 @@ class VfioFunction final : public Function {
   Status unmap_dma(Iova iova) override;
   unsigned num_vectors() const noexcept override { return static_cast<unsigned>(irq_fds_.size()); }
   Result<std::uint32_t> wait_interrupt(unsigned vector, std::chrono::nanoseconds timeout) override;
+  int interrupt_fd(unsigned vector) override;
+  void set_interrupt_masked(unsigned vector, bool masked) override;
   Status flr() override;
 
  private:
@@ -108,6 +111,9 @@ class VfioFunction final : public Function {
   UniqueFd gone_fd_;
   unsigned group_number_ = 0;
   bool can_reset_ = false;
+  std::mutex mask_mu_;
+  std::vector<bool> masked_;           ///< Per vector: its trigger is pending_fds_[v].
+  std::vector<UniqueFd> pending_fds_;  ///< What fires while masked.
   std::atomic<bool> gone_{false};
   std::atomic<bool> closed_{false};
 };

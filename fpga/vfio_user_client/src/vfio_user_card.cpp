@@ -5,36 +5,10 @@
 #include <filesystem>
 
 #include "keel/clock.h"
+#include "keel/fpga/absent_function.h"
 #include "keel/fpga/vfio_user/config_space.h"
 
 namespace keel::vfio_user {
-
-/// The PF of a card of which this process holds one VF: not on its bus. Reads return all ones
-/// and writes are dropped, as for a PCI function that does not respond; the rest fails gone.
-class VfioUserCard::AbsentFunction final : public fpga::Function {
- public:
-  unsigned number() const noexcept override { return 0; }
-  std::uint64_t bar_size() const noexcept override { return 0; }
-  std::uint32_t read32(std::uint64_t) noexcept override { return 0xffffffffu; }
-  std::uint64_t read64(std::uint64_t) noexcept override { return ~std::uint64_t{0}; }
-  void write32(std::uint64_t, std::uint32_t) noexcept override {}
-  void write64(std::uint64_t, std::uint64_t) noexcept override {}
-  Result<fpga::DmaBuffer> alloc_dma(std::size_t) override { return absent(); }
-  Status map_dma(void*, std::size_t, fpga::Iova) override { return absent(); }
-  Status unmap_dma(fpga::Iova) override { return absent(); }
-  unsigned num_vectors() const noexcept override { return 0; }
-  Result<std::uint32_t> wait_interrupt(unsigned, std::chrono::nanoseconds) override {
-    return absent();
-  }
-  Status flr() override { return absent(); }
-
- private:
-  static Error absent() {
-    return make_error(Errc::gone,
-                      "this process holds one VF of the card; its PF is keel-card's (use "
-                      "keelctl --card vfio-user:<run dir>/pf.sock)");
-  }
-};
 
 /// keel-card's fault injector, through the PF's configuration space (config_space.h).
 class VfioUserCard::RemoteFaults final : public fpga::FaultInjector {
@@ -88,7 +62,9 @@ Result<std::unique_ptr<VfioUserCard>> VfioUserCard::open(const std::string& sock
   std::unique_ptr<VfioUserCard> card(new VfioUserCard(socket_path, config));
   card->first_ = std::move(first).value();
   card->single_vf_ = !card->first_->identity().is_pf();
-  card->absent_pf_ = std::make_unique<AbsentFunction>();
+  card->absent_pf_ = std::make_unique<fpga::AbsentFunction>(
+      "this process holds one VF of the card; its PF is keel-card's (use keelctl --card "
+      "vfio-user:<run dir>/pf.sock)");
   card->faults_ = std::make_unique<RemoteFaults>(*card);
   if (!card->single_vf_) card->vfs_.resize(card->first_->identity().max_vfs);
   return card;

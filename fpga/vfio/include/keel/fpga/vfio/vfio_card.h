@@ -28,8 +28,12 @@ struct VfioOptions {
   std::chrono::milliseconds vf_settle_timeout{5000};
 };
 
-/// A card whose PF is at `address`, bound to vfio-pci. Free-running: lockstep() is false,
-/// step() does nothing, now_ns() is the host's steady clock, and there is no fault injector.
+/// A card whose PF is at `address`, bound to vfio-pci. A plain NVMe controller at `address`
+/// (PCI class 01:08:02 that does not answer as a keel PF: a VF of an SR-IOV SSD or of a keel
+/// card handed to this process, QEMU's nvme) is a card of that one function instead: vf(0) is
+/// it, pf() is absent (reads all ones), set_num_vfs() is refused, as for a VM's VF. Free-running:
+/// lockstep() is false, step() does nothing, now_ns() is the host's steady clock, and there is no
+/// fault injector.
 ///
 /// BAR access: the whole BAR0 is mapped (uncached) and read and written with single 32- or
 /// 64-bit accesses. DMA: alloc_dma() maps anonymous memory at IOVAs from 2^52 up (kDmaAllocBase);

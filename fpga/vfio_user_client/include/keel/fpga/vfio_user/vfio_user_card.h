@@ -55,13 +55,12 @@ class VfioUserCard final : public fpga::Card {
  private:
   VfioUserCard(std::string path, const ClientConfig& config);
 
-  class AbsentFunction;
   class RemoteFaults;
   const std::string path_;
   const ClientConfig config_;
   bool single_vf_ = false;
   std::unique_ptr<ClientFunction> first_;  ///< The function at path_.
-  std::unique_ptr<AbsentFunction> absent_pf_;
+  std::unique_ptr<fpga::Function> absent_pf_;
   std::unique_ptr<RemoteFaults> faults_;
   std::mutex vfs_mu_;
   std::vector<std::unique_ptr<ClientFunction>> vfs_;  ///< PF mode: VF n, once connected.
