@@ -171,6 +171,7 @@ int run(const Invocation& inv) {
   const std::uint64_t start = inv.start;
   const std::uint32_t block_count0 = inv.block_count0;
   const std::string& data_path = inv.data_path;
+  if (o.card.rfind("nvme-pf:", 0) == 0) return run_nvme_pf(inv, o.card.substr(8));
 
   auto stack = open(o);
   keel::fpga::Card* card = &stack->card();

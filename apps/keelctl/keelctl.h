@@ -47,5 +47,7 @@ struct Invocation {
 
 /// Runs the command; exits the process with status 1 and a message on stderr on any error.
 int run(const Invocation& inv);
+/// The same for --card nvme-pf:<address> (a standard NVMe SR-IOV PF; nvme_pf.cpp).
+int run_nvme_pf(const Invocation& inv, const std::string& address);
 
 }  // namespace keelctl

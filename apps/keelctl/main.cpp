@@ -17,7 +17,9 @@ int main(int argc, char** argv) {
   keelctl::Options& o = inv.options;
   CLI::App app{"keelctl: manage keel SR-IOV NVMe cards and their VFs (nvme-cli style)"};
   app.require_subcommand(1);
-  app.add_option("--card", o.card, "card: model, sim, vfio:<PCI address>, xrt:<index>")
+  app.add_option("--card", o.card,
+                 "card: model, sim, vfio:<PCI address>, xrt:<index>, vfio-user:<socket>, "
+                 "nvme-pf:<PF address> (SR-IOV of a standard NVMe device)")
       ->capture_default_str();
   app.add_option("--image", o.image, "disk image of a simulated card (default: in memory)");
   app.add_option("--vfs", o.sim_vfs, "VFs a simulated card enables when a command needs one")

@@ -175,6 +175,12 @@ Status SysfsSriov::write(const fs::path& attribute, std::string_view value) cons
   return write_error(attribute, value, out);
 }
 
+Status SysfsSriov::set_drivers_autoprobe(std::string_view pf, bool on) {
+  const auto a = checked(pf);
+  if (!a.ok()) return a.error();
+  return write(device_dir(*a) / "sriov_drivers_autoprobe", on ? "1" : "0");
+}
+
 Status SysfsSriov::set_num_vfs(std::string_view pf, unsigned n) {
   const auto a = checked(pf);
   if (!a.ok()) return a.error();

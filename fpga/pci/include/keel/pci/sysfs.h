@@ -59,6 +59,10 @@ class SysfsSriov {
   /// kernel refused because VFs are in use).
   Status set_num_vfs(std::string_view pf, unsigned n);
 
+  /// sriov_drivers_autoprobe: whether the kernel probes drivers for new VFs. Off, VFs appear
+  /// with no driver (a PF manager that must set them up first, then binds them itself).
+  Status set_drivers_autoprobe(std::string_view pf, bool on);
+
   /// Addresses of the PF's VFs, VF 0 first (from the virtfn<N> links).
   Result<std::vector<std::string>> vf_addresses(std::string_view pf) const;
 
