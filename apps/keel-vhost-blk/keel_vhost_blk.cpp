@@ -115,7 +115,6 @@ int main(int argc, char** argv) {
   sigaddset(&sigs, SIGUSR2);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
-  const bool remote = card_spec.rfind("vfio-user:", 0) == 0;
   keel::stack::StackConfig sc;
   sc.card = card_spec;
   sc.card_options.image_path = image;
@@ -134,8 +133,10 @@ int main(int argc, char** argv) {
   if (!stack_r) return fail("opening the " + card_spec + " card: " + to_string(stack_r.error()));
   std::unique_ptr<keel::stack::Stack> stack = std::move(stack_r).value();
   keel::fpga::Card* card = &stack->card();
+  // A card of one function (a VF of keel-card's, or a VF handed to this process through VFIO):
+  // its PF and VFs are set up elsewhere; this process holds VF 0, its slice at --offset-mib.
+  const bool remote = !card->owns_pf();
   if (remote) {
-    // The card is keel-card's: its PF and VFs are set up there; this process holds one VF.
     vf_index = 0;
   } else if (vf_index >= card->max_vfs()) {
     return fail("--vf-index " + std::to_string(vf_index) + ": the card has " +

@@ -49,6 +49,9 @@ std::unique_ptr<keel::stack::Stack> open(const Options& o) {
   sc.vfs.count = o.sim_vfs;
   auto s = keel::stack::Stack::open_card(sc);
   if (!s) fail("cannot open card '" + o.card + "': " + keel::to_string(s.error()));
+  // A card of one function (a VF of a VM, a VF or NVMe controller opened on its own) has no
+  // PF here: only the commands on VF 0 run on it.
+  if (!(*s)->card().owns_pf()) return std::move(s).value();
   if (auto st = (*s)->discover_pf(); !st.ok()) fail(keel::to_string(st.error()));
   return std::move(s).value();
 }
@@ -175,12 +178,19 @@ int run(const Invocation& inv) {
 
   auto stack = open(o);
   keel::fpga::Card* card = &stack->card();
-  keel::sriov::PfManager& pm = stack->pf();
+  auto pf_manager = [&]() -> keel::sriov::PfManager& {
+    if (!card->owns_pf()) {
+      fail(card->describe() + ": this card is one function, its PF is not this process's; " +
+           "id-ctrl, id-ns, read, write and verify run on it (the PF: --card nvme-pf:<PF> for a " +
+           "standard NVMe device, --card vfio-user:<run dir>/pf.sock for keel-card)");
+    }
+    return stack->pf();
+  };
 
   if (cmd == Command::list || cmd == Command::counters) {
-    const auto info = pm.info();
-    const auto cc = pm.counters();
-    const auto vfs = pm.vfs();
+    const auto info = pf_manager().info();
+    const auto cc = pf_manager().counters();
+    const auto vfs = pf_manager().vfs();
     if (o.json) {
       json j = {{"card", card->describe()},
                 {"backend", info.backend},
@@ -220,7 +230,7 @@ int run(const Invocation& inv) {
   if (vf) {
     if (cmd == Command::vf_enable) {
       std::vector<keel::sriov::VfResources> res(count);
-      const auto info = pm.info();
+      const auto info = pf_manager().info();
       const auto parsed = parse_slices(slices);
       if (!slices.empty() && parsed.size() != count) {
         fail("--slice gives " + std::to_string(parsed.size()) + " slices for " +
@@ -233,23 +243,23 @@ int run(const Invocation& inv) {
         res[i].slice_base = parsed.empty() ? i * (info.storage_lbas / count) : parsed[i].first;
         res[i].slice_lbas = parsed.empty() ? info.storage_lbas / count : parsed[i].second;
       }
-      if (card->num_vfs() != 0) check(pm.disable_vfs(), "disabling the VFs that are enabled");
-      check(pm.enable_vfs(res), "enabling " + std::to_string(count) + " VFs");
-      print_vfs(pm.vfs(), o.json);
+      if (card->num_vfs() != 0) check(pf_manager().disable_vfs(), "disabling the VFs that are enabled");
+      check(pf_manager().enable_vfs(res), "enabling " + std::to_string(count) + " VFs");
+      print_vfs(pf_manager().vfs(), o.json);
       return 0;
     }
     if (cmd == Command::vf_show) {
       if (show_index) {
-        auto v = pm.vf(*show_index);
+        auto v = pf_manager().vf(*show_index);
         if (!v) fail(keel::to_string(v.error()));
         print_vfs({*v}, o.json);
       } else {
-        print_vfs(pm.vfs(), o.json);
+        print_vfs(pf_manager().vfs(), o.json);
       }
       return 0;
     }
     if (cmd == Command::vf_reset) {
-      check(pm.reset_vf(vf_index), "resetting VF " + std::to_string(vf_index));
+      check(pf_manager().reset_vf(vf_index), "resetting VF " + std::to_string(vf_index));
       if (o.json)
         std::cout << json{{"vf", vf_index}, {"reset", true}}.dump(2) << "\n";
       else
@@ -270,7 +280,7 @@ int run(const Invocation& inv) {
       return 0;
     }
     if (cmd == Command::vf_disable) {
-      check(pm.disable_vfs(), "disabling VFs");
+      check(pf_manager().disable_vfs(), "disabling VFs");
       if (!o.json)
         std::printf("VFs disabled\n");
       else

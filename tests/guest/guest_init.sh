@@ -11,7 +11,9 @@
 # command line (keel.NAME=VALUE); the host never types anything into the guest.
 #
 # keel.jobs=none runs no fio job; keel.shell=1 (PID 1 only) opens a shell on the console before
-# power-off.
+# power-off. keel.scenario=kernel-vfio (PID 1 only) runs /etc/keel/kernel-vfio.sh
+# (tests/guest/guest_vfio.sh: keelctl on an NVMe controller through the kernel's VFIO) after the
+# modules are loaded, instead of waiting for a disk and running fio.
 #
 # Markers (one per line, always at the start of a line):
 #   KEEL-BOOT kernel=... uptime=S            the check started
@@ -53,6 +55,8 @@ param() {
 }
 
 STATUS=ok
+# The kernel log lines finish prints (a scenario may widen it).
+DMESG_PATTERN='virtio|vda|blk|i/o error|error|warn|bug|call trace|fault|oops|hung'
 fail() {
     STATUS=fail
     say "ERROR msg=$*"
@@ -67,7 +71,7 @@ finish() {
     fi
     sync
     say "DMESG-BEGIN"
-    dmesg | grep -iE 'virtio|vda|blk|i/o error|error|warn|bug|call trace|fault|oops|hung' | tail -n 200
+    dmesg | grep -iE "$DMESG_PATTERN" | tail -n 200
     say "DMESG-END"
     say "DONE status=$STATUS uptime=$(uptime_s)"
     sync
@@ -88,6 +92,15 @@ if [ "$MODE" = init ]; then
     for mod in $(cat /etc/keel/modules); do
         insmod "/lib/modules/$mod" || fail "insmod $mod failed"
     done
+    SCENARIO=$(param scenario fio)
+    if [ "$SCENARIO" != fio ]; then
+        if [ -f "/etc/keel/$SCENARIO.sh" ]; then
+            . "/etc/keel/$SCENARIO.sh"
+        else
+            fail "no scenario $SCENARIO in this initramfs (/etc/keel/$SCENARIO.sh)"
+        fi
+        finish
+    fi
     WAIT=$(param disk_wait 30)
     i=0
     while [ ! -b "/dev/$DEV" ] && [ "$i" -lt $((WAIT * 10)) ]; do

@@ -1,5 +1,7 @@
 """The guest's initramfs: guest_init.sh as /init, busybox, fio with its libraries and the
-kernel's virtio modules, packed in the kernel's newc cpio format without cpio(1).
+kernel's virtio modules, packed in the kernel's newc cpio format without cpio(1). The
+kernel-vfio guest's carries the NVMe and VFIO modules and guest_vfio.sh instead of fio and the
+virtio modules (FLAVORS).
 """
 
 import hashlib
@@ -15,6 +17,15 @@ from guest_kernel import BUILDER_VERSION, prepare_kernel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 INIT_SCRIPT = os.path.join(HERE, "guest_init.sh")
+# Each kind of guest: its module set (guest_kernel.MODULE_SETS), whether it carries fio, and
+# the scripts /init sources (installed path -> file here).
+FLAVORS = {
+    "fio": {"modules": "virtio", "fio": True, "scripts": {}},
+    "kernel-vfio": {"modules": "kernel-vfio", "fio": False,
+                    "scripts": {"etc/keel/kernel-vfio.sh": os.path.join(HERE, "guest_vfio.sh")}},
+}
+# The cached initramfs files: initramfs-KEY.cpio (fio), initramfs-FLAVOR-KEY.cpio (the others).
+INITRD_NAME = re.compile(r"^initramfs-(?:([a-z][a-z0-9-]*)-)?[0-9a-f]{16}\.cpio$")
 
 
 def shared_libs(binary):
@@ -87,16 +98,19 @@ class Newc:
         os.replace(tmp, out_path)
 
 
-def build_guest(build_dir, extra_binaries=()):
-    """Kernel + initramfs under BUILD/guest, rebuilt only when an input changed.
+def build_guest(build_dir, extra_binaries=(), flavor="fio"):
+    """Kernel + initramfs under BUILD/guest, rebuilt only when an input changed; one cached
+    initramfs per flavor (FLAVORS).
 
     Returns {"kernel": path, "initrd": path, "version": kver}."""
+    spec = FLAVORS[flavor]
     cache = os.path.join(os.path.abspath(build_dir), "guest")
     with FileLock(os.path.join(cache, "build.lock"), "another guest build"):
         kdir, manifest = prepare_kernel(cache)
         busybox = find_tool("busybox", "busybox-static")
-        fio = find_tool("fio", "fio")
-        binaries = {"/bin/busybox": busybox, "/usr/bin/fio": fio}
+        binaries = {"/bin/busybox": busybox}
+        if spec["fio"]:
+            binaries["/usr/bin/fio"] = find_tool("fio", "fio")
         for b in extra_binaries:
             binaries["/usr/bin/" + os.path.basename(b)] = b
         libs = set()
@@ -104,19 +118,29 @@ def build_guest(build_dir, extra_binaries=()):
             libs.update(shared_libs(b))
         with open(INIT_SCRIPT, "rb") as f:
             init = f.read()
+        scripts = {}
+        for dst, src in spec["scripts"].items():
+            with open(src, "rb") as f:
+                scripts[dst] = f.read()
+        modules = manifest["module_sets"][spec["modules"]]
         h = hashlib.sha256()
         h.update(json.dumps(manifest, sort_keys=True).encode())
         h.update(str(BUILDER_VERSION).encode())
+        h.update(flavor.encode())
         h.update(init)
+        for dst in sorted(scripts):
+            h.update(dst.encode() + scripts[dst])
         for p in sorted(set(binaries.values()) | libs):
             st = os.stat(p)
             h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
         key = h.hexdigest()[:16]
-        initrd = os.path.join(cache, f"initramfs-{key}.cpio")
+        initrd = os.path.join(cache, "initramfs-" + ("" if flavor == "fio" else flavor + "-") +
+                              f"{key}.cpio")
         if not os.path.isfile(initrd):
             t0 = time.monotonic()
             for old in os.listdir(cache):
-                if old.startswith("initramfs-") and old.endswith(".cpio"):
+                m = INITRD_NAME.match(old)
+                if m and (m.group(1) or "fio") == flavor:
                     os.unlink(os.path.join(cache, old))
             ar = Newc()
             for d in ("dev", "proc", "sys", "tmp", "run", "root", "etc/keel", "sbin",
@@ -125,12 +149,14 @@ def build_guest(build_dir, extra_binaries=()):
             ar.chardev("dev/console", 5, 1)
             ar.chardev("dev/null", 1, 3, 0o666)
             ar.file("init", init, 0o755)
+            for dst, data in scripts.items():
+                ar.file(dst, data, 0o644)
             for dst, src in binaries.items():
                 ar.host_file(dst, src, 0o755)
             for lib in sorted(libs):
                 ar.host_file(lib, lib)
             names = []
-            for m in manifest["modules"]:
+            for m in modules:
                 ar.host_file("lib/modules/" + os.path.basename(m), os.path.join(kdir, m))
                 names.append(os.path.basename(m))
             ar.file("etc/keel/modules", ("\n".join(names) + "\n").encode())

@@ -1,5 +1,6 @@
 """The guest's kernel: Debian's linux-image-6.1.*-amd64 package, downloaded with apt-get and
-unpacked with dpkg -x (never installed); keeps vmlinuz and the virtio modules the guest loads.
+unpacked with dpkg -x (never installed); keeps vmlinuz and the modules the guests load (the
+virtio ones of the fio guest, the NVMe and VFIO ones of the kernel-vfio guest).
 """
 
 import json
@@ -13,9 +14,14 @@ import time
 from guest_env import Failure, Skip, find_tool, say
 
 # Bump when the layout of the cached kernel or initramfs changes.
-BUILDER_VERSION = 3
+BUILDER_VERSION = 4
 # The inbox drivers the guest needs; their dependencies come from the kernel's modules.dep.
 GUEST_MODULES = ("virtio_pci", "virtio_blk")
+# The kernel-vfio guest's (guest_vfio.py): the NVMe driver that first binds the controller,
+# then VFIO with the type1 IOMMU backend that takes it over.
+VFIO_MODULES = ("nvme", "vfio_pci", "vfio_iommu_type1")
+# Each guest's set, by name; an initramfs carries and loads one set (guest_initramfs.FLAVORS).
+MODULE_SETS = {"virtio": GUEST_MODULES, "kernel-vfio": VFIO_MODULES}
 
 
 def run_checked(argv, what, **kw):
@@ -150,9 +156,14 @@ def prepare_kernel(cache):
     run_checked([depmod, "-b", tree, kver], "depmod -b")
     moddir = os.path.join(tree, "lib", "modules", kver)
     with open(os.path.join(moddir, "modules.dep")) as f:
-        order = module_order(f.read(), GUEST_MODULES)
+        dep_text = f.read()
+    sets = {name: module_order(dep_text, wanted) for name, wanted in MODULE_SETS.items()}
+    order = []
+    for rels in sets.values():
+        order += [rel for rel in rels if rel not in order]
     os.makedirs(os.path.join(kdir, "modules"))
     modules = []
+    stored = {}
     for rel in order:
         src = os.path.join(moddir, rel)
         base = os.path.basename(rel)
@@ -166,15 +177,20 @@ def prepare_kernel(cache):
         else:
             raise Failure(f"cannot load compressed module {rel} with busybox insmod")
         modules.append(os.path.join("modules", base))
+        stored[rel] = modules[-1]
     vmlinuz = f"vmlinuz-{kver}"
     shutil.copyfile(os.path.join(tree, "boot", vmlinuz), os.path.join(kdir, vmlinuz))
     shutil.copyfile(os.path.join(tree, "boot", f"config-{kver}"),
                     os.path.join(kdir, f"config-{kver}"))
     shutil.rmtree(tree)
     manifest = {"builder": BUILDER_VERSION, "deb": os.path.basename(deb), "version": kver,
-                "vmlinuz": vmlinuz, "modules": modules}
+                "vmlinuz": vmlinuz, "modules": modules,
+                "module_sets": {name: [stored[rel] for rel in rels]
+                                for name, rels in sets.items()}}
     with open(manifest_path, "w") as f:
         json.dump(manifest, f, indent=1)
-    say(f"kernel {kver} ready in {time.monotonic() - t0:.1f}s: modules "
-        f"{' '.join(os.path.basename(m) for m in modules)}")
+    for name, paths in manifest["module_sets"].items():
+        say(f"kernel {kver}: modules of the {name} guest: "
+            f"{' '.join(os.path.basename(m) for m in paths)}")
+    say(f"kernel {kver} ready in {time.monotonic() - t0:.1f}s")
     return kdir, manifest

@@ -114,6 +114,19 @@ def summarize(result):
         f = result["failover"]
         out.append(f"  failover: removed at {f.get('removed_at_s')}s, restored at "
                    f"{f.get('restored_at_s')}s, verify-write ended at {f.get('end_at_s')}s")
+    if "pci" in result:
+        out.append("  guest PCI: " + " ".join(f"{k}={v}" for k, v in result["pci"].items()))
+    for name, st in result.get("steps", {}).items():
+        out.append(f"  step {name}: " + (f"rc {st['rc']} ({st['wall_s']}s)" if "rc" in st
+                                         else "did not finish"))
+        lines = st.get("output", [])
+        out.extend("      " + ln for ln in lines[:80])
+        if len(lines) > 80:
+            out.append(f"      ... {len(lines) - 80} more lines in console.log")
+    if result.get("failed_step"):
+        out.append(f"  first failed step: {result['failed_step']}")
+    if "image_check" in result:
+        out.append(f"  backing file: {result['image_check']}")
     if "host_verify_blocks" in result:
         out.append(f"  host-side verify of the image: {result['host_verify_blocks']} blocks")
     for p in result["problems"]:

@@ -11,7 +11,9 @@
       a named run, as ctest calls it: qsd, keel-model, keel-sim, keel-model-failover,
       keel-sim-failover, keel-model-absent-vf (the VF is removed before the guest boots and
       restored during verify-write), keel-card-two-guests (two guests, each with its own
-      paravisor process, on two VFs of one keel-card; one VF is pulled and put back)
+      paravisor process, on two VFs of one keel-card; one VF is pulled and put back),
+      kernel-vfio (no vhost-user-blk: QEMU's SR-IOV NVMe controller behind an emulated Intel
+      IOMMU; inside the guest, keelctl --keelctl-bin drives it through the kernel's VFIO)
 
 Exit status: 0 pass, 1 fail, 77 skipped (this machine cannot run it; the reason is printed).
 See docs/guest.md.
@@ -26,6 +28,7 @@ import sys
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import guest_multi  # noqa: E402
+import guest_vfio  # noqa: E402
 import keelguest  # noqa: E402
 
 QSD = ("{qsd} --blockdev driver=file,node-name=disk0,filename={image} "
@@ -68,7 +71,7 @@ def add_run_options(p):
     p.add_argument("--build-dir", default=os.environ.get("KEEL_BUILD_DIR", "build"))
     p.add_argument("--accel", choices=["auto", "kvm", "tcg"],
                    default=os.environ.get("KEEL_GUEST_ACCEL", "auto"))
-    p.add_argument("--smp", type=int, default=1)
+    p.add_argument("--smp", type=int, default=None, help="vCPUs (1; kernel-vfio: 2)")
     p.add_argument("--mem-mib", type=int, default=1024)
     p.add_argument("--queues", type=int, default=1)
     p.add_argument("--size-mib", type=int, default=128, help="disk size")
@@ -110,7 +113,7 @@ def config_from(args):
         a, b = args.failover.split(",")
         failover = (float(a), float(b))
     return keelguest.RunConfig(
-        build_dir=args.build_dir, accel=args.accel, smp=args.smp, mem_mib=args.mem_mib,
+        build_dir=args.build_dir, accel=args.accel, smp=args.smp or 1, mem_mib=args.mem_mib,
         queues=args.queues, size_mib=args.size_mib, fio_size=args.fio_size, bs=args.bs,
         iodepth=args.iodepth, runtime=args.runtime, jobs=args.jobs, numjobs=args.numjobs,
         timeout=args.timeout, failover=failover, vf_absent_at_boot=args.vf_absent_at_boot,
@@ -143,8 +146,12 @@ def main():
     t = sub.add_parser("test", help="a named scenario (ctest)")
     t.add_argument("scenario", choices=["qsd", "keel-model", "keel-sim", "keel-model-failover",
                                         "keel-sim-failover", "keel-model-absent-vf",
-                                        "keel-card-two-guests"])
+                                        "keel-card-two-guests", "kernel-vfio"])
     t.add_argument("--keel-bin", default=None)
+    t.add_argument("--keelctl-bin", default=None,
+                   help="kernel-vfio: the keelctl to run in the guest (default B/apps/keelctl)")
+    t.add_argument("--keelctl-target", default="1",
+                   help="0 when the build has no keelctl target (kernel-vfio skips)")
     t.add_argument("--keel-target", default="1",
                    help="0 when the build has no keel-vhost-blk target (skip, not fail)")
     t.add_argument("--sim-target", default="1",
@@ -162,11 +169,21 @@ def main():
             return finish(keelguest.run_guest(cfg, args.backend, args.label), args)
         # test
         keelguest.detect_accel(args.accel)  # skip early, before building anything
+        sc = args.scenario
         for tool, pkg in (("busybox", "busybox-static"), ("fio", "fio"),
                           ("dpkg", "dpkg"), ("depmod", "kmod"), ("ldd", "libc-bin")):
-            keelguest.find_tool(tool, pkg)
+            if tool != "fio" or sc != "kernel-vfio":
+                keelguest.find_tool(tool, pkg)
         cfg = config_from(args)
-        sc = args.scenario
+        if sc == "kernel-vfio":
+            if args.keelctl_target in ("0", "", "false", "FALSE"):
+                raise keelguest.Skip("this build has no keelctl target (apps/keelctl)")
+            keelctl = args.keelctl_bin or os.path.join(args.build_dir, "apps", "keelctl")
+            if not os.access(keelctl, os.X_OK):
+                raise keelguest.Failure(f"keelctl is a target of this build but {keelctl!r} "
+                                        f"is not there: build it first")
+            cfg.smp = args.smp or 2
+            return finish(guest_vfio.run_kernel_vfio(cfg, os.path.abspath(keelctl)), args)
         if sc == "keel-card-two-guests":
             if args.keel_target in ("0", "", "false", "FALSE"):
                 raise keelguest.Skip("this build has no apps (keel-card, keel-vhost-blk)")

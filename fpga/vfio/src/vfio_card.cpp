@@ -304,6 +304,8 @@ std::string VfioCard::describe() const {
   return buf;
 }
 
+bool VfioCard::owns_pf() const noexcept { return !impl_->single; }
+
 Function& VfioCard::pf() noexcept {
   if (impl_->single) return *impl_->absent_pf;
   return *impl_->pf;

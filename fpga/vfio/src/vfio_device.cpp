@@ -180,6 +180,7 @@ Result<std::unique_ptr<VfioFunction>> VfioFunction::open(std::shared_ptr<Group> 
     return make_error(Errc::unavailable, address + " is not a PCI device with a BAR0 to VFIO");
   }
   fn->can_reset_ = (info.flags & VFIO_DEVICE_FLAGS_RESET) != 0;
+  if (Status st = fn->enable_bus_master(); !st.ok()) return st.error();
   if (Status st = fn->map_bar0(); !st.ok()) return st.error();
   fn->gone_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!fn->gone_fd_.valid()) {
@@ -190,6 +191,34 @@ Result<std::unique_ptr<VfioFunction>> VfioFunction::open(std::shared_ptr<Group> 
 }
 
 VfioFunction::~VfioFunction() { close(); }
+
+Status VfioFunction::enable_bus_master() {
+  // vfio-pci leaves the command register as the device came (a VMM sets it when its guest
+  // does): without Memory Space and Bus Master the function answers no BAR access and may not
+  // DMA, so a device would never fetch a command (QEMU's nvme does not).
+  vfio_region_info info{};
+  info.argsz = sizeof info;
+  info.index = VFIO_PCI_CONFIG_REGION_INDEX;
+  if (::ioctl(device_.get(), VFIO_DEVICE_GET_REGION_INFO, &info) < 0) {
+    return make_error(Errc::io_error, "VFIO_DEVICE_GET_REGION_INFO (config space) for " + address_ +
+                                          " failed: " + errno_text(errno));
+  }
+  constexpr off_t kCommand = 0x04;
+  constexpr std::uint16_t kMemorySpace = 1u << 1, kBusMaster = 1u << 2;
+  std::uint16_t cmd = 0;
+  const off_t at = static_cast<off_t>(info.offset) + kCommand;
+  if (::pread(device_.get(), &cmd, sizeof cmd, at) != sizeof cmd) {
+    return make_error(Errc::io_error,
+                      "reading the PCI command register of " + address_ + ": " + errno_text(errno));
+  }
+  if ((cmd & (kMemorySpace | kBusMaster)) == (kMemorySpace | kBusMaster)) return {};
+  cmd = static_cast<std::uint16_t>(cmd | kMemorySpace | kBusMaster);
+  if (::pwrite(device_.get(), &cmd, sizeof cmd, at) != sizeof cmd) {
+    return make_error(Errc::io_error,
+                      "enabling bus mastering on " + address_ + ": " + errno_text(errno));
+  }
+  return {};
+}
 
 Status VfioFunction::map_bar0() {
   vfio_region_info info{};

@@ -93,6 +93,7 @@ class VfioFunction final : public Function {
         address_(std::move(address)),
         number_(number),
         device_(std::move(device)) {}
+  Status enable_bus_master();
   Status map_bar0();
   Status route_interrupts(unsigned num_irqs);
   /// True once the function was closed or the kernel asked for it back (hot removal).

@@ -46,6 +46,11 @@ class Card : public Clock, public Stepper {
   /// (non-zero to non-zero), unavailable.
   virtual Status set_num_vfs(unsigned n) = 0;
 
+  /// False when the PF is not this process's (a card of one function: a VM's VF, a VF or NVMe
+  /// controller opened on its own): pf() is then absent (reads all ones) and the PF manager
+  /// cannot run here; vf(0) is the function.
+  virtual bool owns_pf() const noexcept { return true; }
+
   /// True when the card moves only on step().
   virtual bool lockstep() const noexcept = 0;
   /// Advances a lockstep card by `n` steps (each one arbitration round and a fixed slice of

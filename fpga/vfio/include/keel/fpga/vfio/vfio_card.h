@@ -73,6 +73,7 @@ class VfioCard final : public Card {
   /// enable_sriov=1; no permission), device_error (the card refused NUM_VFS), timeout (a VF's
   /// VFIO node did not appear in time), plus the errors of opening a function.
   Status set_num_vfs(unsigned n) override;
+  bool owns_pf() const noexcept override;
   bool lockstep() const noexcept override { return false; }
   unsigned step(unsigned) override { return 0; }
   std::uint64_t now_ns() const noexcept override;

@@ -41,6 +41,7 @@ class VfioUserCard final : public fpga::Card {
   /// PF mode: through the PF's NumVFs. Errors: as the card's set_num_vfs (busy: non-zero to
   /// non-zero); unavailable on a one-VF card.
   Status set_num_vfs(unsigned n) override;
+  bool owns_pf() const noexcept override { return !single_vf_; }
   bool lockstep() const noexcept override { return false; }
   unsigned step(unsigned) override { return 0; }
   std::uint64_t now_ns() const noexcept override;

@@ -1,0 +1,216 @@
+# keel's kernel-vfio guest scenario: sourced by guest_init.sh (PID 1 of the minimal guest,
+# installed as /etc/keel/kernel-vfio.sh) when the kernel command line says
+# keel.scenario=kernel-vfio, once the modules of /etc/keel/modules (nvme, vfio-pci,
+# vfio_iommu_type1 and their dependencies) are loaded. Uses guest_init.sh's say, fail, param,
+# uptime_s and OUT; guest_init.sh's finish follows.
+#
+# The guest runs under QEMU with an emulated Intel IOMMU and an SR-IOV capable NVMe controller
+# (tests/guest/guest_vfio.py). This script shows what the kernel made of the controller (the
+# nvme driver's view, sriov_totalvfs, the IOMMU group), hands it to vfio-pci the way an
+# administrator does, and runs keelctl on it through the kernel's VFIO (/dev/vfio): identify,
+# then a 64 KiB pattern written, verified, read back and compared.
+#
+# Parameters (keel.NAME=VALUE): bdf (the controller, 0000:01:00.0), start (first LBA, 8),
+# count (blocks, 0's based as keelctl's -c, 127), lba_bytes (512), step_timeout (s, 90).
+#
+# Markers, besides guest_init.sh's:
+#   KEEL-STEP-BEGIN job=NAME uptime=S      a step starts; its output (stdout and stderr) follows
+#   KEEL-STEP-END job=NAME rc=N uptime=S    it ended with exit status N
+#   KEEL-PCI bdf=... class=... vendor=... device=... driver=... totalvfs=N numvfs=N group=N
+#   KEEL-PATTERN bytes=N md5=...           the pattern the write step writes
+# Steps, in order: modules pci bind-vfio id-ctrl id-ns pattern write verify read cmp. The first
+# three prepare the rest: when one fails, no later step runs.
+
+BDF=$(param bdf 0000:01:00.0)
+START=$(param start 8)
+COUNT0=$(param count 127)
+LBA_BYTES=$(param lba_bytes 512)
+STEP_TIMEOUT=$(param step_timeout 90)
+DEV=/sys/bus/pci/devices/$BDF
+PAT=/tmp/pat
+BACK=/tmp/back
+GROUP=
+
+DMESG_PATTERN='nvme|vfio|dmar|iommu|sr-iov|i/o error|error|warn|bug|call trace|fault|oops|hung'
+# Kernel messages (the nvme driver letting go, vfio-pci taking over) go to the log buffer,
+# printed by finish, instead of cutting into the steps' output.
+dmesg -n 1
+# VFIO pins the DMA buffers keelctl maps: no limit (root may raise it).
+ulimit -l unlimited 2>/dev/null
+
+run_step() {
+    name=$1
+    shift
+    say "STEP-BEGIN job=$name uptime=$(uptime_s)"
+    "$@" 2>&1
+    rc=$?
+    say "STEP-END job=$name rc=$rc uptime=$(uptime_s)"
+    # The host names the failed step and its output (guest_vfio.py); no KEEL-ERROR needed.
+    [ "$rc" -eq 0 ] || STATUS=fail
+    return "$rc"
+}
+
+link_name() {
+    if [ -e "$1" ]; then basename "$(readlink "$1")"; else echo -; fi
+}
+
+step_modules() {
+    rc=0
+    for m in nvme vfio vfio_pci vfio_iommu_type1; do
+        if [ -d "/sys/module/$m" ]; then
+            echo "module $m: loaded"
+        else
+            echo "module $m: NOT loaded"
+            rc=1
+        fi
+    done
+    echo "# lsmod"
+    lsmod
+    return "$rc"
+}
+
+step_pci() {
+    echo "# PCI functions (sysfs): address class vendor:device driver iommu_group"
+    for d in /sys/bus/pci/devices/*; do
+        echo "$(basename "$d") $(cat "$d/class") $(cat "$d/vendor"):$(cat "$d/device")" \
+             "driver=$(link_name "$d/driver") iommu_group=$(link_name "$d/iommu_group")"
+    done
+    echo "# IOMMU groups: $(ls /sys/kernel/iommu_groups 2>/dev/null | wc -l)"
+    if [ ! -d "$DEV" ]; then
+        echo "no PCI function $BDF"
+        return 1
+    fi
+    # The kernel's nvme driver probes asynchronously: let it bring the controller up before
+    # it is taken away (a clean hand-over; its state is a fact worth showing, too).
+    ctrl=$(ls "$DEV/nvme" 2>/dev/null | head -n 1)
+    if [ -n "$ctrl" ]; then
+        i=0
+        while [ "$(cat "$DEV/nvme/$ctrl/state" 2>/dev/null)" != live ] && [ "$i" -lt 300 ]; do
+            sleep 0.1
+            i=$((i + 1))
+        done
+        for f in state model serial firmware_rev; do
+            echo "$ctrl $f: $(cat "$DEV/nvme/$ctrl/$f" 2>/dev/null | sed 's/ *$//')"
+        done
+        ls /sys/block 2>/dev/null | grep nvme | sed 's/^/block device: /'
+    else
+        echo "no nvme controller under $DEV (driver $(link_name "$DEV/driver"))"
+    fi
+    CLASS=$(cat "$DEV/class")
+    TOTALVFS=$(cat "$DEV/sriov_totalvfs" 2>/dev/null)
+    NUMVFS=$(cat "$DEV/sriov_numvfs" 2>/dev/null)
+    GROUP=$(link_name "$DEV/iommu_group")
+    echo "$BDF: class $CLASS vendor $(cat "$DEV/vendor") device $(cat "$DEV/device")" \
+         "driver $(link_name "$DEV/driver")"
+    echo "$BDF: sriov_totalvfs ${TOTALVFS:-none} sriov_numvfs ${NUMVFS:-none}" \
+         "iommu_group $GROUP"
+    if [ "$GROUP" != - ]; then
+        echo "iommu group $GROUP holds:" $(ls "/sys/kernel/iommu_groups/$GROUP/devices")
+    fi
+    rc=0
+    case "$CLASS" in
+        0x010802) ;;
+        *) echo "$BDF is not an NVMe controller (class $CLASS, not 0x010802)"; rc=1 ;;
+    esac
+    if [ -z "$TOTALVFS" ] || [ "$TOTALVFS" -eq 0 ]; then
+        echo "$BDF has no SR-IOV capability the kernel sees (sriov_totalvfs ${TOTALVFS:-missing})"
+        rc=1
+    fi
+    if [ "$GROUP" = - ]; then
+        echo "$BDF is in no IOMMU group: is the IOMMU on (intel_iommu=on)?"
+        rc=1
+    fi
+    return "$rc"
+}
+
+step_bind_vfio() {
+    echo "# echo vfio-pci > $DEV/driver_override"
+    echo vfio-pci >"$DEV/driver_override" || return 1
+    if [ -e "$DEV/driver" ]; then
+        echo "# echo $BDF > $DEV/driver/unbind    (bound to $(link_name "$DEV/driver"))"
+        echo "$BDF" >"$DEV/driver/unbind" || return 1
+    fi
+    echo "# echo $BDF > /sys/bus/pci/drivers_probe"
+    echo "$BDF" >/sys/bus/pci/drivers_probe || return 1
+    drv=$(link_name "$DEV/driver")
+    echo "$BDF: driver $drv"
+    if [ "$drv" != vfio-pci ]; then
+        echo "$BDF is bound to $drv, not vfio-pci"
+        return 1
+    fi
+    i=0
+    while [ ! -c "/dev/vfio/$GROUP" ] && [ "$i" -lt 50 ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    echo "# ls -l /dev/vfio    ($(grep -c devtmpfs /proc/mounts) devtmpfs mount)"
+    ls -l /dev/vfio
+    rc=0
+    for node in /dev/vfio/vfio "/dev/vfio/$GROUP"; do
+        if [ ! -c "$node" ]; then
+            echo "no character device $node"
+            rc=1
+        fi
+    done
+    # VFIO opens a group only when every device in it is bound to vfio-pci (or to nothing).
+    for d in "/sys/kernel/iommu_groups/$GROUP/devices"/*; do
+        drv=$(link_name "$d/driver")
+        echo "group $GROUP: $(basename "$d") driver $drv"
+        case "$drv" in
+            vfio-pci|-|pcieport) ;;
+            *) echo "group $GROUP is not viable: $(basename "$d") is bound to $drv"; rc=1 ;;
+        esac
+    done
+    return "$rc"
+}
+
+keelctl_step() {
+    echo "# keelctl --card vfio:$BDF $*"
+    timeout "$STEP_TIMEOUT" keelctl --card "vfio:$BDF" "$@"
+}
+
+step_pattern() {
+    bytes=$(((COUNT0 + 1) * LBA_BYTES))
+    echo "# dd if=/dev/urandom of=$PAT bs=$LBA_BYTES count=$((COUNT0 + 1))"
+    dd if=/dev/urandom of="$PAT" bs="$LBA_BYTES" count=$((COUNT0 + 1)) || return 1
+    size=$(wc -c <"$PAT")
+    md5=$(md5sum "$PAT" | cut -d' ' -f1)
+    echo "$PAT: $size bytes, md5 $md5"
+    [ "$size" -eq "$bytes" ] || { echo "$PAT holds $size bytes, not $bytes"; return 1; }
+}
+
+step_read() {
+    echo "# keelctl --card vfio:$BDF read -s $START -c $COUNT0 > $BACK"
+    timeout "$STEP_TIMEOUT" keelctl --card "vfio:$BDF" read -s "$START" -c "$COUNT0" >"$BACK"
+    rc=$?
+    echo "$BACK: $(wc -c <"$BACK") bytes, md5 $(md5sum "$BACK" | cut -d' ' -f1)"
+    return "$rc"
+}
+
+step_cmp() {
+    echo "# cmp $PAT $BACK"
+    cmp "$PAT" "$BACK" && echo "identical"
+}
+
+kernel_vfio() {
+    run_step modules step_modules || return
+    run_step pci step_pci
+    rc=$?
+    say "PCI bdf=$BDF class=$CLASS vendor=$(cat "$DEV/vendor" 2>/dev/null)" \
+        "device=$(cat "$DEV/device" 2>/dev/null) driver=$(link_name "$DEV/driver")" \
+        "totalvfs=${TOTALVFS:-none} numvfs=${NUMVFS:-none} group=${GROUP:--}"
+    [ "$rc" -eq 0 ] || return
+    run_step bind-vfio step_bind_vfio || return
+    # keelctl's commands do not depend on each other's success: each runs, each is reported.
+    run_step id-ctrl keelctl_step id-ctrl
+    run_step id-ns keelctl_step id-ns
+    if run_step pattern step_pattern; then
+        say "PATTERN bytes=$(wc -c <"$PAT") md5=$(md5sum "$PAT" | cut -d' ' -f1)"
+    fi
+    run_step write keelctl_step write -s "$START" -c "$COUNT0" -d "$PAT"
+    run_step verify keelctl_step verify -s "$START" -c "$COUNT0" -d "$PAT"
+    run_step read step_read
+    run_step cmp step_cmp
+}
+
+kernel_vfio
