@@ -77,11 +77,18 @@ Result<std::unique_ptr<NvmeSriovPf>> NvmeSriovPf::open(const std::string& addres
       !st.ok()) {
     return st.error();
   }
-  if ((id.oacs & NVME_CTRL_OACS_VIRT_MGMT) == 0) {
-    return make_error(Errc::device_error,
-                      *addr +
-                          " does not support Virtualization Management (OACS bit 7 clear): "
-                          "its VFs cannot be given resources");
+  // OACS bit 7 says Virtualization Management is supported. QEMU 7.2's nvme implements the
+  // command and CNS 14h/15h but leaves the bit clear, so a clear bit is not taken as a no:
+  // the Identify Primary Controller Capabilities answer decides.
+  pf->oacs_virt_mgmt_ = (id.oacs & NVME_CTRL_OACS_VIRT_MGMT) != 0;
+  if (!pf->oacs_virt_mgmt_) {
+    auto caps = pf->primary();
+    if (!caps || (caps->vq_total == 0 && caps->vi_total == 0)) {
+      return make_error(Errc::device_error,
+                        *addr +
+                            " does not support Virtualization Management (OACS bit 7 clear, "
+                            "no flexible resources): its VFs cannot be given resources");
+    }
   }
   return pf;
 }

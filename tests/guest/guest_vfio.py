@@ -34,7 +34,8 @@ LBA_BYTES = 512
 START_LBA = 8
 COUNT0 = 127
 # guest_vfio.sh's steps, in the order it runs them.
-STEPS = ("modules", "pci", "bind-vfio", "id-ctrl", "id-ns", "pattern", "write", "verify",
+STEPS = ("modules", "pci", "pattern", "sriov-list", "sriov-enable", "vf-id-ctrl", "vf-write",
+         "vf-verify", "sriov-disable", "bind-vfio", "id-ctrl", "id-ns", "write", "verify",
          "read", "cmp")
 # Besides guest_console.DMESG_BAD: the IOMMU refusing a DMA (a buffer keelctl did not map).
 DMESG_VFIO_BAD = re.compile(r"DMAR: \[DMA (Read|Write)|DMAR: DRHD: handling fault|"
@@ -100,7 +101,8 @@ def run_kernel_vfio(cfg, keelctl, label="kernel-vfio"):
              "-drive", f"file={image},if=none,id=nvm0,format=raw",
              "-device", "nvme-subsys,id=subsys0",
              "-device", NVME_DEVICE,
-             "-device", f"nvme-ns,drive=nvm0,nsid=1,shared=false,"
+             # shared: the namespace is attached to the secondary controllers (the VFs) too.
+             "-device", f"nvme-ns,drive=nvm0,nsid=1,shared=true,"
                         f"logical_block_size={LBA_BYTES},physical_block_size={LBA_BYTES}"]
     result["qemu"] = shlex.join(qargv)
     console = Console()

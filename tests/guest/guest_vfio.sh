@@ -18,8 +18,9 @@
 #   KEEL-STEP-END job=NAME rc=N uptime=S    it ended with exit status N
 #   KEEL-PCI bdf=... class=... vendor=... device=... driver=... totalvfs=N numvfs=N group=N
 #   KEEL-PATTERN bytes=N md5=...           the pattern the write step writes
-# Steps, in order: modules pci bind-vfio id-ctrl id-ns pattern write verify read cmp. The first
-# three prepare the rest: when one fails, no later step runs.
+# Steps, in order: modules pci pattern sriov-list sriov-enable vf-id-ctrl vf-write vf-verify
+# sriov-disable bind-vfio id-ctrl id-ns write verify read cmp. modules, pci and bind-vfio
+# prepare what follows: when one fails, no later step runs; the vf-* steps need sriov-enable.
 
 BDF=$(param bdf 0000:01:00.0)
 START=$(param start 8)
@@ -164,6 +165,42 @@ step_bind_vfio() {
     return "$rc"
 }
 
+# SR-IOV of the controller while the kernel's nvme driver holds the PF: keelctl's nvme-pf
+# manager gives a secondary controller its queues and interrupts (Virtualization Management),
+# creates the VF and hands it to vfio-pci; keelctl then drives the VF through VFIO.
+PF_CARD="nvme-pf:$BDF"
+VF_START=$((START + 4096))
+VF=
+
+step_sriov_list() {
+    echo "# keelctl --card $PF_CARD list"
+    timeout "$STEP_TIMEOUT" keelctl --card "$PF_CARD" list
+}
+
+step_sriov_enable() {
+    echo "# keelctl --card $PF_CARD vf enable -n 1"
+    timeout "$STEP_TIMEOUT" keelctl --card "$PF_CARD" vf enable -n 1 || return 1
+    VF=$(link_name "$DEV/virtfn0")
+    echo "$BDF: sriov_numvfs $(cat "$DEV/sriov_numvfs"); VF 0 is $VF," \
+         "driver $(link_name "/sys/bus/pci/devices/$VF/driver")," \
+         "iommu_group $(link_name "/sys/bus/pci/devices/$VF/iommu_group")"
+    [ "$VF" != - ] || { echo "no virtfn0 link"; return 1; }
+    [ "$(link_name "/sys/bus/pci/devices/$VF/driver")" = vfio-pci ] || return 1
+}
+
+vf_step() {
+    echo "# keelctl --card vfio:$VF $*"
+    timeout "$STEP_TIMEOUT" keelctl --card "vfio:$VF" "$@"
+}
+
+step_sriov_disable() {
+    echo "# keelctl --card $PF_CARD vf disable"
+    timeout "$STEP_TIMEOUT" keelctl --card "$PF_CARD" vf disable || return 1
+    n=$(cat "$DEV/sriov_numvfs")
+    echo "$BDF: sriov_numvfs $n"
+    [ "$n" -eq 0 ]
+}
+
 keelctl_step() {
     echo "# keelctl --card vfio:$BDF $*"
     timeout "$STEP_TIMEOUT" keelctl --card "vfio:$BDF" "$@"
@@ -200,13 +237,20 @@ kernel_vfio() {
         "device=$(cat "$DEV/device" 2>/dev/null) driver=$(link_name "$DEV/driver")" \
         "totalvfs=${TOTALVFS:-none} numvfs=${NUMVFS:-none} group=${GROUP:--}"
     [ "$rc" -eq 0 ] || return
+    if run_step pattern step_pattern; then
+        say "PATTERN bytes=$(wc -c <"$PAT") md5=$(md5sum "$PAT" | cut -d' ' -f1)"
+    fi
+    run_step sriov-list step_sriov_list
+    if run_step sriov-enable step_sriov_enable; then
+        run_step vf-id-ctrl vf_step id-ctrl
+        run_step vf-write vf_step write -s "$VF_START" -c "$COUNT0" -d "$PAT"
+        run_step vf-verify vf_step verify -s "$VF_START" -c "$COUNT0" -d "$PAT"
+    fi
+    run_step sriov-disable step_sriov_disable
     run_step bind-vfio step_bind_vfio || return
     # keelctl's commands do not depend on each other's success: each runs, each is reported.
     run_step id-ctrl keelctl_step id-ctrl
     run_step id-ns keelctl_step id-ns
-    if run_step pattern step_pattern; then
-        say "PATTERN bytes=$(wc -c <"$PAT") md5=$(md5sum "$PAT" | cut -d' ' -f1)"
-    fi
     run_step write keelctl_step write -s "$START" -c "$COUNT0" -d "$PAT"
     run_step verify keelctl_step verify -s "$START" -c "$COUNT0" -d "$PAT"
     run_step read step_read

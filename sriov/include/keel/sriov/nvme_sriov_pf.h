@@ -53,8 +53,8 @@ class NvmeSriovPf {
  public:
   /// The PF at `address`, bound to the kernel's nvme driver (its /dev/nvmeX is found through
   /// sysfs). Errors: invalid_argument (address), unavailable (no such device, not bound to
-  /// nvme, no SR-IOV, no /dev node or permission), device_error (it does not support
-  /// Virtualization Management: OACS bit 7).
+  /// nvme, no SR-IOV, no /dev node or permission), device_error (no Virtualization
+  /// Management: OACS bit 7 clear and no flexible resources in CNS 14h).
   static Result<std::unique_ptr<NvmeSriovPf>> open(const std::string& address,
                                                    const NvmeSriovOptions& options = {});
 
@@ -62,6 +62,10 @@ class NvmeSriovPf {
   /// /dev/nvmeX.
   const std::string& device() const noexcept { return device_; }
   unsigned total_vfs() const noexcept { return total_vfs_; }
+  /// Whether Identify Controller's OACS bit 7 (Virtualization Management) is set. Some
+  /// controllers (QEMU 7.2's) support the command with the bit clear; open() then checks that
+  /// they report flexible resources.
+  bool oacs_virt_mgmt() const noexcept { return oacs_virt_mgmt_; }
   Result<unsigned> num_vfs() const { return sysfs_.num_vfs(address_); }
 
   Result<NvmePrimaryCaps> primary();
@@ -85,6 +89,7 @@ class NvmeSriovPf {
   pci::SysfsSriov sysfs_;
   UniqueFd fd_;
   unsigned total_vfs_ = 0;
+  bool oacs_virt_mgmt_ = false;
 };
 
 }  // namespace keel::sriov
