@@ -1,5 +1,7 @@
 #include "run.h"
 
+#include <fcntl.h>
+
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -83,12 +85,12 @@ Result<std::unique_ptr<Stack>> Stack::open(const Config& config) {
   if (s->spec_.empty()) s->spec_ = "model";
   // A card served by keel-card in another process: its image is the one keel-card was
   // started with (--image), which the fallback path reads and writes too.
-  const bool remote = s->spec_.rfind("vfio-user:", 0) == 0;
-  if (!simulated(s->spec_) && !(remote && !config.image.empty()) && config.path != PathChoice::vf) {
+  if (!simulated(s->spec_) && config.image.empty() && config.path != PathChoice::vf) {
     return make_error(Errc::invalid_argument,
-                      "the fallback path needs the card's disk image, which only a simulated "
-                      "card (sim, model) has here, or keel-card's --image for vfio-user: use "
-                      "--path vf on " +
+                      "the fallback path needs the storage behind the VF's namespace, which "
+                      "only a simulated card (sim, model) has here: --image keel-card's image "
+                      "for vfio-user, the PF's namespace (/dev/nvme0n1) for a VF of an NVMe "
+                      "SSD; or --path vf on " +
                           s->spec_);
   }
   const std::uint64_t slice_mib = ((config.size + (1u << 20) - 1) >> 20) + 1;
@@ -101,10 +103,10 @@ Result<std::unique_ptr<Stack>> Stack::open(const Config& config) {
   sc.vfs.count = config.vfs;
   sc.vfs.queues = 1;
   sc.vfs.disable_first = true;
-  if (remote) {
-    s->image_ = config.image;
+  if (!simulated(s->spec_)) {
+    s->image_ = config.image;  // the host path's storage (a real card ignores image_path)
     sc.card_options.image_path = s->image_;
-  } else if (simulated(s->spec_)) {
+  } else {
     if (config.image.empty()) {
       s->image_ = keel::stack::scratch_image_path("perf");
       s->temp_image_ = true;
@@ -116,6 +118,29 @@ Result<std::unique_ptr<Stack>> Stack::open(const Config& config) {
   auto stack = keel::stack::Stack::open_card(sc);
   if (!stack) return stack.error();
   s->stack_ = std::move(stack).value();
+  if (!s->stack_->card().owns_pf()) {
+    // One function (a VF handed to this process): its namespace is the job's whole region;
+    // the host path reaches the same blocks through --image from its start.
+    if (config.vfs != 1) {
+      return make_error(Errc::invalid_argument,
+                        s->spec_ + " is one function: one job (--numjobs 1, --vfs 1)");
+    }
+    // The guest's disk is the whole namespace: the host path's storage says how big.
+    const int fd = ::open(s->image_.c_str(), O_RDONLY | O_CLOEXEC);
+    const off_t end = fd >= 0 ? ::lseek(fd, 0, SEEK_END) : -1;
+    if (fd >= 0) ::close(fd);
+    if (end <= 0) {
+      return make_error(Errc::invalid_argument,
+                        "--image " + s->image_ + ": cannot tell its size (the VF's namespace)");
+    }
+    s->slice_bytes_ = static_cast<std::uint64_t>(end);
+    if (config.size > s->slice_bytes_) {
+      return make_error(
+          Errc::invalid_argument,
+          "--size does not fit the namespace (" + std::to_string(s->slice_bytes_ >> 20) + " MiB)");
+    }
+    return s;
+  }
   if (Status st = s->stack_->discover_pf(); !st.ok()) return st.error();
   const std::uint64_t lbas = s->stack_->pf().info().storage_lbas / config.vfs;
   s->slice_bytes_ = lbas * 512;
@@ -443,15 +468,17 @@ Result<PathResult> Stack::run(const Config& c, bool vf_path, const Progress& pro
     for (const auto& j : jobs) n += j->pv->counters().to_fallback;
     return n;
   }();
-  sriov::PfManager* pm = &stack_->pf();
+  // A card of one function (a VF through VFIO) has no PF here: no card counters.
+  sriov::PfManager* pm = stack_->card().owns_pf() ? &stack_->pf() : nullptr;
   r.rtl = spec_ == "sim";
-  r.clock_mhz = pm->info().clock_mhz;
+  r.clock_mhz = pm != nullptr ? pm->info().clock_mhz : 0;
   auto busy_now = [&] {
     std::uint64_t n = 0;
+    if (pm == nullptr) return n;
     for (const auto& v : pm->vfs()) n += v.counters.busy_cycles;
     return n;
   };
-  const sriov::CardCounters k0 = pm->counters();
+  const sriov::CardCounters k0 = pm != nullptr ? pm->counters() : sriov::CardCounters{};
   const std::uint64_t busy0 = busy_now();
   const auto t0 = Clock::now();
   const auto deadline = t0 + c.runtime;
@@ -479,7 +506,7 @@ Result<PathResult> Stack::run(const Config& c, bool vf_path, const Progress& pro
   watcher.join();
   r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   r.host_cpu_ns = cpu_now() - cpu0;
-  const sriov::CardCounters k1 = pm->counters();
+  const sriov::CardCounters k1 = pm != nullptr ? pm->counters() : sriov::CardCounters{};
   r.card_commands = k1.commands - k0.commands;
   r.card_cycles = k1.cycles - k0.cycles;
   r.card_busy_cycles = busy_now() - busy0;

@@ -35,7 +35,7 @@ START_LBA = 8
 COUNT0 = 127
 # guest_vfio.sh's steps, in the order it runs them.
 STEPS = ("modules", "pci", "pattern", "sriov-list", "sriov-enable", "vf-id-ctrl", "vf-write",
-         "vf-verify", "sriov-disable", "bind-vfio", "id-ctrl", "id-ns", "write", "verify",
+         "vf-verify", "vf-perf", "sriov-disable", "bind-vfio", "id-ctrl", "id-ns", "write", "verify",
          "read", "cmp")
 # Besides guest_console.DMESG_BAD: the IOMMU refusing a DMA (a buffer keelctl did not map).
 DMESG_VFIO_BAD = re.compile(r"DMAR: \[DMA (Read|Write)|DMAR: DRHD: handling fault|"
@@ -56,7 +56,7 @@ def qemu_supports(qemu):
             raise Skip(f"{qemu} has no {dev} device")
 
 
-def run_kernel_vfio(cfg, keelctl, label="kernel-vfio"):
+def run_kernel_vfio(cfg, keelctl, label="kernel-vfio", perf=None):
     """Boots the guest and runs its steps; returns a result dict, raises Failure/Skip."""
     t_start = time.monotonic()
     accel, accel_why = detect_accel(cfg.accel)
@@ -64,7 +64,8 @@ def run_kernel_vfio(cfg, keelctl, label="kernel-vfio"):
     qemu_supports(qemu)
     if not os.access(keelctl, os.X_OK):
         raise Failure(f"{keelctl}: not an executable")
-    guest = build_guest(cfg.build_dir, extra_binaries=[keelctl], flavor="kernel-vfio")
+    binaries = [keelctl] + ([perf] if perf else [])
+    guest = build_guest(cfg.build_dir, extra_binaries=binaries, flavor="kernel-vfio")
     timeout = cfg.timeout or (150 if accel == "kvm" else 300)
     runs = os.path.join(os.path.abspath(cfg.build_dir), "guest", "runs")
     os.makedirs(runs, exist_ok=True)

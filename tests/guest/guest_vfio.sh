@@ -19,7 +19,7 @@
 #   KEEL-PCI bdf=... class=... vendor=... device=... driver=... totalvfs=N numvfs=N group=N
 #   KEEL-PATTERN bytes=N md5=...           the pattern the write step writes
 # Steps, in order: modules pci pattern sriov-list sriov-enable vf-id-ctrl vf-write vf-verify
-# sriov-disable bind-vfio id-ctrl id-ns write verify read cmp. modules, pci and bind-vfio
+# vf-perf sriov-disable bind-vfio id-ctrl id-ns write verify read cmp. modules, pci and bind-vfio
 # prepare what follows: when one fails, no later step runs; the vf-* steps need sriov-enable.
 
 BDF=$(param bdf 0000:01:00.0)
@@ -193,6 +193,17 @@ vf_step() {
     timeout "$STEP_TIMEOUT" keelctl --card "vfio:$VF" "$@"
 }
 
+# The whole stack on the VF: keel-perf's in-process guest through the paravisor, on the VF
+# (its memory mapped through the IOMMU, completions through MSI-X eventfds) and on the host
+# path (the PF's namespace, /dev/nvme0n1, through io_uring), every block verified.
+step_vf_perf() {
+    blk=/dev/$(ls /sys/bus/pci/devices/$BDF/nvme/*/ 2>/dev/null | grep -m1 -E '^nvme[0-9]+n1$')
+    [ -b "$blk" ] || blk=$(ls /dev/nvme*n1 2>/dev/null | head -n 1)
+    echo "# keel-perf --card vfio:$VF --image $blk --rw randrw --bs 4k --iodepth 8 --runtime 2s --size 8m --verify --no-progress"
+    timeout "$STEP_TIMEOUT" keel-perf --card "vfio:$VF" --image "$blk" --rw randrw --bs 4k \
+        --iodepth 8 --runtime 2s --size 8m --verify --no-progress
+}
+
 step_sriov_disable() {
     echo "# keelctl --card $PF_CARD vf disable"
     timeout "$STEP_TIMEOUT" keelctl --card "$PF_CARD" vf disable || return 1
@@ -245,6 +256,7 @@ kernel_vfio() {
         run_step vf-id-ctrl vf_step id-ctrl
         run_step vf-write vf_step write -s "$VF_START" -c "$COUNT0" -d "$PAT"
         run_step vf-verify vf_step verify -s "$VF_START" -c "$COUNT0" -d "$PAT"
+        run_step vf-perf step_vf_perf
     fi
     run_step sriov-disable step_sriov_disable
     run_step bind-vfio step_bind_vfio || return

@@ -150,6 +150,8 @@ def main():
     t.add_argument("--keel-bin", default=None)
     t.add_argument("--keelctl-bin", default=None,
                    help="kernel-vfio: the keelctl to run in the guest (default B/apps/keelctl)")
+    t.add_argument("--perf-bin", default=None,
+                   help="kernel-vfio: the keel-perf to run in the guest (default B/bench/keel-perf)")
     t.add_argument("--keelctl-target", default="1",
                    help="0 when the build has no keelctl target (kernel-vfio skips)")
     t.add_argument("--keel-target", default="1",
@@ -183,7 +185,11 @@ def main():
                 raise keelguest.Failure(f"keelctl is a target of this build but {keelctl!r} "
                                         f"is not there: build it first")
             cfg.smp = args.smp or 2
-            return finish(guest_vfio.run_kernel_vfio(cfg, os.path.abspath(keelctl)), args)
+            perf = args.perf_bin or os.path.join(args.build_dir, "bench", "keel-perf")
+            if not os.access(perf, os.X_OK):
+                raise keelguest.Failure(f"{perf!r} is not an executable (build keel-perf)")
+            return finish(guest_vfio.run_kernel_vfio(cfg, os.path.abspath(keelctl),
+                                                     perf=os.path.abspath(perf)), args)
         if sc == "keel-card-two-guests":
             if args.keel_target in ("0", "", "false", "FALSE"):
                 raise keelguest.Skip("this build has no apps (keel-card, keel-vhost-blk)")
