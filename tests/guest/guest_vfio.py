@@ -35,7 +35,7 @@ START_LBA = 8
 COUNT0 = 127
 # guest_vfio.sh's steps, in the order it runs them.
 STEPS = ("modules", "pci", "pattern", "sriov-list", "sriov-enable", "vf-id-ctrl", "vf-write",
-         "vf-verify", "vf-perf", "sriov-disable", "bind-vfio", "id-ctrl", "id-ns", "write", "verify",
+         "vf-verify", "vf-perf", "vf-remove", "sriov-disable", "bind-vfio", "id-ctrl", "id-ns", "write", "verify",
          "read", "cmp")
 # Besides guest_console.DMESG_BAD: the IOMMU refusing a DMA (a buffer keelctl did not map).
 DMESG_VFIO_BAD = re.compile(r"DMAR: \[DMA (Read|Write)|DMAR: DRHD: handling fault|"

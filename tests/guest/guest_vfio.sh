@@ -19,7 +19,7 @@
 #   KEEL-PCI bdf=... class=... vendor=... device=... driver=... totalvfs=N numvfs=N group=N
 #   KEEL-PATTERN bytes=N md5=...           the pattern the write step writes
 # Steps, in order: modules pci pattern sriov-list sriov-enable vf-id-ctrl vf-write vf-verify
-# vf-perf sriov-disable bind-vfio id-ctrl id-ns write verify read cmp. modules, pci and bind-vfio
+# vf-perf vf-remove sriov-disable bind-vfio id-ctrl id-ns write verify read cmp. modules, pci and bind-vfio
 # prepare what follows: when one fails, no later step runs; the vf-* steps need sriov-enable.
 
 BDF=$(param bdf 0000:01:00.0)
@@ -196,12 +196,50 @@ vf_step() {
 # The whole stack on the VF: keel-perf's in-process guest through the paravisor, on the VF
 # (its memory mapped through the IOMMU, completions through MSI-X eventfds) and on the host
 # path (the PF's namespace, /dev/nvme0n1, through io_uring), every block verified.
-step_vf_perf() {
+vf_perf_disk() {
     blk=/dev/$(ls /sys/bus/pci/devices/$BDF/nvme/*/ 2>/dev/null | grep -m1 -E '^nvme[0-9]+n1$')
     [ -b "$blk" ] || blk=$(ls /dev/nvme*n1 2>/dev/null | head -n 1)
+    echo "$blk"
+}
+
+step_vf_perf() {
+    blk=$(vf_perf_disk)
     echo "# keel-perf --card vfio:$VF --image $blk --rw randrw --bs 4k --iodepth 8 --runtime 2s --size 8m --verify --no-progress"
     timeout "$STEP_TIMEOUT" keel-perf --card "vfio:$VF" --image "$blk" --rw randrw --bs 4k \
         --iodepth 8 --runtime 2s --size 8m --verify --no-progress
+}
+
+# Surprise removal under load: keel-perf writes and verifies on the VF; 2 s in, the VF is
+# removed as an administrator does it (sriov_numvfs 0). The kernel asks keel for the device
+# back (VFIO's request IRQ); keel lets go at once, so the removal finishes; keel-perf ends
+# with every block written verified. (Whether its paravisor switched paths is printed, not
+# required: see the closing note of issue 13's first stop.)
+step_vf_remove() {
+    blk=$(vf_perf_disk)
+    log=/tmp/perf-remove.log
+    echo "# keel-perf --card vfio:$VF --image $blk --path vf --rw randwrite --bs 4k --iodepth 8 --runtime 5s --size 8m --verify --no-progress &"
+    keel-perf --card "vfio:$VF" --image "$blk" --path vf --rw randwrite --bs 4k --iodepth 8 \
+        --runtime 5s --size 8m --verify --no-progress --json /tmp/remove.json >"$log" 2>&1 &
+    pid=$!
+    echo "keel-perf started at uptime $(uptime_s)"
+    sleep 2
+    echo "# echo 0 > $DEV/sriov_numvfs    (keel-perf is running on $VF)"
+    t0=$(uptime_s)
+    timeout 20 sh -c "echo 0 > $DEV/sriov_numvfs"
+    rc=$?
+    echo "keel-perf's VFIO files after the removal (none: it let go):"
+    ls -l "/proc/$pid/fd" 2>/dev/null | grep vfio
+    echo "the removal returned $rc after $(awk "BEGIN { print $(uptime_s) - $t0 }") s;" \
+         "sriov_numvfs $(cat "$DEV/sriov_numvfs")"
+    wait "$pid"
+    prc=$?
+    cat "$log"
+    echo "keel-perf exited with $prc at uptime $(uptime_s) (removal started at $t0)"
+    grep -o '"path_switches": [0-9]*' /tmp/remove.json
+    [ "$rc" -eq 0 ] || { echo "the kernel could not take the VF back"; return 1; }
+    [ "$prc" -eq 0 ] || return 1
+    grep -q "released" "$log" || { echo "keel never released the VF"; return 1; }
+    grep -q "verify: .* 0 errors" "$log" || { echo "no clean verify"; return 1; }
 }
 
 step_sriov_disable() {
@@ -257,6 +295,7 @@ kernel_vfio() {
         run_step vf-write vf_step write -s "$VF_START" -c "$COUNT0" -d "$PAT"
         run_step vf-verify vf_step verify -s "$VF_START" -c "$COUNT0" -d "$PAT"
         run_step vf-perf step_vf_perf
+        run_step vf-remove step_vf_remove
     fi
     run_step sriov-disable step_sriov_disable
     run_step bind-vfio step_bind_vfio || return

@@ -71,7 +71,7 @@ def add_run_options(p):
     p.add_argument("--build-dir", default=os.environ.get("KEEL_BUILD_DIR", "build"))
     p.add_argument("--accel", choices=["auto", "kvm", "tcg"],
                    default=os.environ.get("KEEL_GUEST_ACCEL", "auto"))
-    p.add_argument("--smp", type=int, default=None, help="vCPUs (1; kernel-vfio: 2)")
+    p.add_argument("--smp", type=int, default=1, help="vCPUs")
     p.add_argument("--mem-mib", type=int, default=1024)
     p.add_argument("--queues", type=int, default=1)
     p.add_argument("--size-mib", type=int, default=128, help="disk size")
@@ -113,7 +113,7 @@ def config_from(args):
         a, b = args.failover.split(",")
         failover = (float(a), float(b))
     return keelguest.RunConfig(
-        build_dir=args.build_dir, accel=args.accel, smp=args.smp or 1, mem_mib=args.mem_mib,
+        build_dir=args.build_dir, accel=args.accel, smp=args.smp, mem_mib=args.mem_mib,
         queues=args.queues, size_mib=args.size_mib, fio_size=args.fio_size, bs=args.bs,
         iodepth=args.iodepth, runtime=args.runtime, jobs=args.jobs, numjobs=args.numjobs,
         timeout=args.timeout, failover=failover, vf_absent_at_boot=args.vf_absent_at_boot,
@@ -184,7 +184,7 @@ def main():
             if not os.access(keelctl, os.X_OK):
                 raise keelguest.Failure(f"keelctl is a target of this build but {keelctl!r} "
                                         f"is not there: build it first")
-            cfg.smp = args.smp or 2
+            cfg.smp = args.smp
             perf = args.perf_bin or os.path.join(args.build_dir, "bench", "keel-perf")
             if not os.access(perf, os.X_OK):
                 raise keelguest.Failure(f"{perf!r} is not an executable (build keel-perf)")

@@ -67,6 +67,11 @@ Status HostStorageService::Impl::open_image(const HostServiceConfig& cfg) {
   if (S_ISBLK(st.st_mode) && ioctl(image_fd.get(), BLKGETSIZE64, &size) != 0) {
     return sys_error(Errc::io_error, "BLKGETSIZE64 on image " + name);
   }
+  // A block device may be a namespace a VF writes behind the page cache's back (the PF's
+  // namespace of an SR-IOV SSD): what the kernel cached of it before (a partition scan at
+  // probe) is dropped, so the host path reads the blocks as they are. (Cached blocks the host
+  // path itself reads and the VF then rewrites would still be stale: see docs/boards.md.)
+  if (S_ISBLK(st.st_mode)) (void)ioctl(image_fd.get(), BLKFLSBUF, 0);
   if (!S_ISBLK(st.st_mode) && !S_ISREG(st.st_mode)) {
     return make_error(Errc::invalid_argument,
                       "image " + name + " is neither a regular file nor a block device");

@@ -1,7 +1,10 @@
 // VfioCard: opening a real card through VFIO, and SR-IOV through sysfs plus the card's PF.
 #include "keel/fpga/vfio/vfio_card.h"
 
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/random.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -18,6 +21,7 @@
 #include <keel/regs/keel_regs.h>
 
 #include "keel/fpga/absent_function.h"
+#include "keel/log.h"
 #include "keel/pci/pci_address.h"
 #include "keel/pci/sysfs.h"
 #include "vfio_device.h"
@@ -26,6 +30,8 @@ namespace keel::fpga::vfio {
 
 namespace fs = std::filesystem;
 namespace pf_regs = regs::pf;
+
+constexpr log::Logger kLog{"vfio"};
 
 namespace {
 
@@ -98,7 +104,59 @@ struct VfioCard::Impl {
   bool have_token = false;
   bool single = false;  // one NVMe function: vfs[0], no PF (absent_pf)
   std::unique_ptr<Function> absent_pf;
+
+  // The release watcher: when the kernel asks for a function back (its VF is being removed:
+  // sriov_numvfs going to 0, hot unplug), the function is closed at once, as a kernel
+  // driver's remove() lets go, so the kernel's removal finishes instead of waiting on this
+  // process; users of the function see it gone (all ones, DMA and waits fail).
+  void start_watcher();
+  void stop_watcher();
+  void watch();
+  std::thread watcher;
+  UniqueFd watcher_wake;  // an eventfd: stop, or the VF list changed
+  std::atomic<bool> watcher_stop{false};
 };
+
+void VfioCard::Impl::start_watcher() {
+  watcher_wake.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!watcher_wake.valid()) return;  // without it, gone is still noticed on use
+  watcher = std::thread([this] { watch(); });
+}
+
+void VfioCard::Impl::stop_watcher() {
+  if (!watcher.joinable()) return;
+  watcher_stop.store(true, std::memory_order_release);
+  const std::uint64_t one = 1;
+  (void)!::write(watcher_wake.get(), &one, sizeof one);
+  watcher.join();
+}
+
+void VfioCard::Impl::watch() {
+  while (!watcher_stop.load(std::memory_order_acquire)) {
+    std::vector<pollfd> fds{{watcher_wake.get(), POLLIN, 0}};
+    std::vector<VfioFunction*> fns;
+    {
+      std::lock_guard lock(mu);
+      for (auto& f : vfs) {
+        if (f && !f->closed()) {
+          fds.push_back({f->gone_fd(), POLLIN, 0});
+          fns.push_back(f.get());
+        }
+      }
+    }
+    if (::poll(fds.data(), fds.size(), -1) < 0) continue;  // EINTR
+    if ((fds[0].revents & POLLIN) != 0) {
+      std::uint64_t n = 0;
+      (void)!::read(watcher_wake.get(), &n, sizeof n);
+    }
+    for (std::size_t i = 1; i < fds.size(); ++i) {
+      if ((fds[i].revents & POLLIN) == 0 || fns[i - 1]->closed()) continue;
+      kLog.warn("%s: the kernel asks for it back (removed); released",
+                fns[i - 1]->address().c_str());
+      fns[i - 1]->close();
+    }
+  }
+}
 
 Result<std::shared_ptr<Group>> VfioCard::Impl::group_for(unsigned number) {
   if (auto it = groups.find(number); it != groups.end()) {
@@ -170,6 +228,10 @@ Status VfioCard::Impl::open_vfs(unsigned n) {
   }
   vfs = std::move(opened);
   num_vfs.store(n, std::memory_order_release);
+  if (watcher_wake.valid()) {
+    const std::uint64_t one = 1;
+    (void)!::write(watcher_wake.get(), &one, sizeof one);  // watch the new VFs too
+  }
   return {};
 }
 
@@ -190,7 +252,9 @@ Status VfioCard::Impl::disable() {
 VfioCard::VfioCard(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 VfioCard::~VfioCard() {
-  if (impl_ == nullptr || impl_->pf == nullptr) return;
+  if (impl_ == nullptr) return;
+  impl_->stop_watcher();
+  if (impl_->pf == nullptr) return;
   std::lock_guard lock(impl_->mu);
   if (impl_->num_vfs.load() != 0) (void)impl_->disable();
 }
@@ -242,6 +306,7 @@ Result<std::unique_ptr<VfioCard>> VfioCard::open(std::string_view address,
           *addr +
           " is one NVMe function opened on its own; its PF (if any) is not this "
           "process's");
+      impl->start_watcher();
       return std::unique_ptr<VfioCard>(new VfioCard(std::move(impl)));
     }
     fn.value()->close();  // a keel PF: opened below as the card's PF
@@ -281,6 +346,7 @@ Result<std::unique_ptr<VfioCard>> VfioCard::open(std::string_view address,
     p.write32(pf_regs::NUM_VFS, *existing);
     if (Status st = impl->open_vfs(*existing); !st.ok()) return st.error();
   }
+  impl->start_watcher();
   return std::unique_ptr<VfioCard>(new VfioCard(std::move(impl)));
 }
 

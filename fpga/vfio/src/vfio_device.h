@@ -67,6 +67,9 @@ class VfioFunction final : public Function {
   /// fail with gone (waits in progress wake up), the device and its group are released. The
   /// object stays valid, so pointers callers still hold never dangle. Idempotent.
   void close() noexcept;
+  bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
+  /// Readable once the kernel asked for the device back (its request IRQ) or close() ran.
+  int gone_fd() const noexcept { return gone_fd_.get(); }
 
   unsigned number() const noexcept override { return number_; }
   std::uint64_t bar_size() const noexcept override { return bar_.size(); }
