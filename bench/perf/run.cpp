@@ -526,7 +526,10 @@ Result<PathResult> Stack::run(const Config& c, bool vf_path, const Progress& pro
     r.write.lat.merge(j->write.lat);
     r.verify_errors += j->verify_errors;
     r.verified_blocks += j->verified;
-    r.path_switches += j->pv->counters().to_fallback;
+    const vmm::ParavisorCounters k = j->pv->counters();
+    r.path_switches += k.to_fallback;
+    r.vf_ios += k.vf_ios;
+    r.fallback_ios += k.fallback_ios;
     j->pv->stop();
   }
   r.path_switches -= switches0;

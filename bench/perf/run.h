@@ -47,6 +47,9 @@ struct PathResult {
   std::uint64_t verify_errors = 0;
   std::uint64_t verified_blocks = 0;
   std::uint64_t path_switches = 0;
+  /// What each path carried over the whole run (setup, fill and verify included): NVMe
+  /// commands completed on the VF, requests completed by the host service.
+  std::uint64_t vf_ios = 0, fallback_ios = 0;
   double peak_rss_mib = 0;
   std::string card;
   /// The card's own clock over the timed phase (PF CMDS and CYCLES counters). Only for the

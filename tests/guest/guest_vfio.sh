@@ -206,14 +206,19 @@ step_vf_perf() {
     blk=$(vf_perf_disk)
     echo "# keel-perf --card vfio:$VF --image $blk --rw randrw --bs 4k --iodepth 8 --runtime 2s --size 8m --verify --no-progress"
     timeout "$STEP_TIMEOUT" keel-perf --card "vfio:$VF" --image "$blk" --rw randrw --bs 4k \
-        --iodepth 8 --runtime 2s --size 8m --verify --no-progress
+        --iodepth 8 --runtime 2s --size 8m --verify --no-progress --json /tmp/perf.json || return 1
+    grep -oE '"(jobname|path_switches|vf_ios|fallback_ios)": [^,]+' /tmp/perf.json
+    # The first job is the VF path's: its IO must have gone over the VF (a queue pair the VF
+    # could not give it would leave it on the host path, quietly fast enough to pass).
+    n=$(grep -oE '"vf_ios": [0-9]+' /tmp/perf.json | head -n 1 | grep -oE '[0-9]+$')
+    [ "${n:-0}" -gt 0 ] || { echo "the VF path's job did no IO on the VF"; return 1; }
 }
 
 # Surprise removal under load: keel-perf writes and verifies on the VF; 2 s in, the VF is
 # removed as an administrator does it (sriov_numvfs 0). The kernel asks keel for the device
-# back (VFIO's request IRQ); keel lets go at once, so the removal finishes; keel-perf ends
-# with every block written verified. (Whether its paravisor switched paths is printed, not
-# required: see the closing note of issue 13's first stop.)
+# back (VFIO's request IRQ); keel lets go at once, so the removal finishes; the paravisor
+# notices the VF gone, re-issues what was in flight on the host path (the PF's namespace) and
+# carries on there; keel-perf ends with every block written verified.
 step_vf_remove() {
     blk=$(vf_perf_disk)
     log=/tmp/perf-remove.log
@@ -235,11 +240,15 @@ step_vf_remove() {
     prc=$?
     cat "$log"
     echo "keel-perf exited with $prc at uptime $(uptime_s) (removal started at $t0)"
-    grep -o '"path_switches": [0-9]*' /tmp/remove.json
+    grep -oE '"(path_switches|vf_ios|fallback_ios)": [0-9]+' /tmp/remove.json
     [ "$rc" -eq 0 ] || { echo "the kernel could not take the VF back"; return 1; }
     [ "$prc" -eq 0 ] || return 1
     grep -q "released" "$log" || { echo "keel never released the VF"; return 1; }
     grep -q "verify: .* 0 errors" "$log" || { echo "no clean verify"; return 1; }
+    value() { grep -oE "\"$1\": [0-9]+" /tmp/remove.json | head -n 1 | grep -oE '[0-9]+$'; }
+    [ "$(value path_switches)" = 1 ] || { echo "not one switch to the host path"; return 1; }
+    [ "$(value vf_ios)" -gt 0 ] && [ "$(value fallback_ios)" -gt 0 ] ||
+        { echo "the IO did not go over both paths"; return 1; }
 }
 
 step_sriov_disable() {

@@ -5,12 +5,16 @@
 #include <algorithm>
 #include <cstring>
 
+#include "keel/log.h"
+
 namespace keel::vmm::worker {
 
 namespace drv = drivers::nvme;
 namespace blk = virtio::blk;
 
 namespace {
+
+constexpr log::Logger kLog{"paravisor"};
 
 constexpr unsigned kBounceChunks = kPoolChunks;
 constexpr std::uint32_t kPage = 4096;
@@ -78,7 +82,14 @@ void VfPath::settle(const Look& look, bool vq_ready, std::uint16_t vq_size) noex
   }
   if (qp_ != nullptr || look.state != PathState::active || !vq_ready) return;
   (void)ports_.link.with_controller(true, [&](drv::Controller& ctrl) {
-    if (!alloc_bounce()) return;  // the VF is not taking DMA mappings: stay on the host path
+    const bool first_try = tried_epoch_ != ports_.link.vf_epoch();
+    tried_epoch_ = ports_.link.vf_epoch();
+    if (!alloc_bounce()) {
+      // The VF is not taking DMA mappings: this queue stays on the host path (said once).
+      if (first_try)
+        kLog.warn("VF bounce buffer: no DMA memory; this queue stays on the host path");
+      return;
+    }
     drv::QueuePairConfig c;
     c.entries =
         static_cast<std::uint16_t>(std::min<unsigned>(vq_size * 2u + 1u, ctrl.max_queue_entries()));
@@ -88,6 +99,10 @@ void VfPath::settle(const Look& look, bool vq_ready, std::uint16_t vq_size) noex
     if (qp.ok()) {
       qp_ = std::move(qp).value();
       qp_epoch_ = ports_.link.vf_epoch();
+    } else if (first_try) {
+      // Said once per VF bring-up: the guest is served, on the host path, but not fast.
+      kLog.warn("no VF queue pair for this queue (%s); it stays on the host path",
+                to_string(qp.error()).c_str());
     }
   });
 }

@@ -77,6 +77,8 @@ class VfPath {
   Counters& counters_;
   std::unique_ptr<drivers::nvme::QueuePair> qp_;
   std::uint64_t qp_epoch_ = 0;
+  std::uint64_t tried_epoch_ =
+      ~std::uint64_t{0};  ///< The VF bring-up a queue pair was last tried for.
   bool draining_ = false;
   std::uint64_t drained_epoch_ = 0;  // the loss this worker reported drained
   fpga::DmaBuffer bounce_;

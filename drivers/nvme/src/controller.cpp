@@ -268,10 +268,11 @@ Result<std::unique_ptr<QueuePair>> Controller::create_queue_pair(const QueuePair
   }
   const std::uint16_t entries = static_cast<std::uint16_t>(
       std::clamp<unsigned>(config.entries, 2u, std::min<unsigned>(mqes_ + 1u, 4096u)));
-  if (config.interrupts && qid >= fn_.num_vectors()) {
-    return make_error(Errc::invalid_argument, "no MSI-X vector " + std::to_string(qid) +
-                                                  " for queue " + std::to_string(qid));
+  if (config.interrupts && fn_.num_vectors() == 0) {
+    return make_error(Errc::invalid_argument, "no MSI-X vector for queue " + std::to_string(qid) +
+                                                  ": the function has none");
   }
+  const std::uint16_t vector = vector_for(qid, fn_.num_vectors());
   auto sq = fn_.alloc_dma(std::size_t{entries} * wire::kSqeBytes);
   if (!sq) return sq.error();
   auto cq = fn_.alloc_dma(std::size_t{entries} * wire::kCqeBytes);
@@ -284,7 +285,7 @@ Result<std::unique_ptr<QueuePair>> Controller::create_queue_pair(const QueuePair
   c.opc = wire::admin::kCreateCq;
   c.prp1 = cq->iova();
   c.cdw10 = (static_cast<std::uint32_t>(entries - 1) << 16) | qid;
-  c.cdw11 = (config.interrupts ? (static_cast<std::uint32_t>(qid) << 16) | 2u : 0u) | 1u;
+  c.cdw11 = (config.interrupts ? (static_cast<std::uint32_t>(vector) << 16) | 2u : 0u) | 1u;
   auto r = admin_locked(c);
   if (!r) return r.error();
   if (wire::cqe_status(*r) != 0) {

@@ -17,6 +17,7 @@ QueuePair::QueuePair(Controller& ctrl, std::uint64_t generation, std::uint16_t q
     : ctrl_(ctrl),
       fn_(ctrl.function()),
       qid_(qid),
+      vector_(Controller::vector_for(qid, fn_.num_vectors())),
       entries_(entries),
       config_(config),
       generation_(generation),
@@ -305,7 +306,7 @@ unsigned QueuePair::wait(std::span<Completion> out, std::chrono::nanoseconds tim
     for (;;) {
       const std::uint64_t now = ctrl_.clock().now_ns();
       if (now >= deadline) break;
-      auto r = fn_.wait_interrupt(qid_, std::chrono::nanoseconds(deadline - now));
+      auto r = fn_.wait_interrupt(vector_, std::chrono::nanoseconds(deadline - now));
       n = poll(out);
       if (n > 0 || !r.ok()) break;  // completions, or timeout / device gone
     }

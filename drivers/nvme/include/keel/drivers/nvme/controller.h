@@ -68,6 +68,12 @@ struct QueuePairConfig {
 /// is dropped and counted in device_errors().
 class Controller {
  public:
+  /// The MSI-X vector IO queue `qid` raises: `qid` itself, or that modulo `vectors` when the
+  /// function has fewer vectors than queues (queues then share one, as NVMe allows).
+  static std::uint16_t vector_for(std::uint16_t qid, unsigned vectors) noexcept {
+    return vectors == 0 ? 0 : static_cast<std::uint16_t>(qid % vectors);
+  }
+
   /// Brings the controller up: CC.EN = 0 and wait (bounded by CAP.TO), admin queue, CC.EN = 1
   /// and wait, Identify controller and namespace 1, Set Features Number of Queues.
   /// Errors: timeout (CSTS.RDY), device_error (CSTS.CFS or a failed admin command, with the

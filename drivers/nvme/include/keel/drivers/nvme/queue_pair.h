@@ -67,13 +67,17 @@ class QueuePair {
 
   /// With interrupts on: an eventfd that becomes readable when this queue's MSI-X vector fires
   /// (for callers that wait on several sources with epoll). -1 otherwise.
-  int interrupt_fd() const noexcept { return config_.interrupts ? fn_.interrupt_fd(qid_) : -1; }
+  int interrupt_fd() const noexcept { return config_.interrupts ? fn_.interrupt_fd(vector_) : -1; }
+  /// The MSI-X vector its completions raise: its queue id, or that modulo the function's
+  /// vectors when it has fewer than queues (an SSD's VF may have one: the admin queue's,
+  /// shared, as NVMe allows).
+  std::uint16_t vector() const noexcept { return vector_; }
 
   /// Interrupt mode: unmask (true) or mask (false) this queue's MSI-X vector. A caller that
   /// polls keeps it masked and arms it just before sleeping on interrupt_fd(), then polls
   /// once more before actually sleeping.
   void arm_interrupt(bool armed) noexcept {
-    if (config_.interrupts) fn_.set_interrupt_masked(qid_, !armed);
+    if (config_.interrupts) fn_.set_interrupt_masked(vector_, !armed);
   }
 
   /// Runs poll()'s health check now (device state and command deadlines), whenever it last
@@ -125,6 +129,7 @@ class QueuePair {
   Controller& ctrl_;
   fpga::Function& fn_;
   const std::uint16_t qid_;
+  const std::uint16_t vector_;
   const std::uint16_t entries_;
   const QueuePairConfig config_;
   const std::uint64_t generation_;
