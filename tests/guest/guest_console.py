@@ -27,6 +27,18 @@ def parse_kv(text):
     return out
 
 
+def read_new(path, pos):
+    """What the console file at `path` gained past byte `pos`: (text, new pos); nothing before
+    QEMU has created it."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(pos)
+            chunk = f.read()
+    except FileNotFoundError:
+        return "", pos
+    return chunk.decode(errors="replace"), pos + len(chunk)
+
+
 class Console:
     """Incremental parser of the guest's serial console (see guest_init.sh for markers)."""
 

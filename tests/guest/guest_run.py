@@ -14,7 +14,7 @@ import tempfile
 import time
 
 from guest_backend import Backend, cpu_delta, cpu_sample
-from guest_console import Console
+from guest_console import Console, read_new
 from guest_env import Failure, FileLock, accel_args, detect_accel, find_tool, say
 from guest_initramfs import build_guest
 from guest_verdict import check_console, host_verify
@@ -249,15 +249,7 @@ def _watch(cfg, result, console, backend, qemu_proc, console_path, t_boot, timeo
     done = False
     while True:
         now = time.monotonic()
-        text = ""
-        try:
-            with open(console_path, "rb") as f:
-                f.seek(pos)
-                chunk = f.read()
-                pos += len(chunk)
-                text = chunk.decode(errors="replace")
-        except FileNotFoundError:
-            pass
+        text, pos = read_new(console_path, pos)
         for kind, kv in console.feed(text, now):
             job = kv.get("job")
             if kind == "BOOT":

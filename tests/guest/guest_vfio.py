@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 
-from guest_console import DMESG_BAD, Console
+from guest_console import DMESG_BAD, Console, read_new
 from guest_env import Failure, FileLock, Skip, accel_args, detect_accel, find_tool, say
 from guest_initramfs import build_guest
 
@@ -156,15 +156,7 @@ def _watch(cfg, result, console, qemu_proc, console_path, t_boot, timeout):
     done = False
     while True:
         now = time.monotonic()
-        text = ""
-        try:
-            with open(console_path, "rb") as f:
-                f.seek(pos)
-                chunk = f.read()
-                pos += len(chunk)
-                text = chunk.decode(errors="replace")
-        except FileNotFoundError:
-            pass
+        text, pos = read_new(console_path, pos)
         for kind, kv in console.feed(text, now):
             if kind == "BOOT":
                 result["boot_s"] = round(now - t_boot, 1)
