@@ -192,6 +192,16 @@ int main(int argc, char** argv) {
   };
   // The removed-VF bitmap: a host pulling VFs from their guests (and putting them back).
   pf_config.removed_vfs = [&removed] { return removed; };
+  // VF `vf` off the bus (pull) or back: the card's fault, the bitmap, and the request IRQ of
+  // the VF's client (a VF the card does not have is refused by the injector).
+  auto pull_vf = [&](unsigned vf, bool pull) -> keel::Status {
+    keel::fpga::FaultInjector& fi = *card.faults();
+    if (keel::Status st = pull ? fi.surprise_remove(vf) : fi.restore(vf); !st.ok()) return st;
+    if (vf < 32) removed = pull ? removed | 1u << vf : removed & ~(1u << vf);
+    if (vf + 1 < served.size()) served[vf + 1]->server->set_unplugged(pull);
+    kLog.info("VF %u %s", vf, pull ? "pulled from the bus" : "back on the bus");
+    return {};
+  };
   if (card.faults() != nullptr) {
     pf_config.set_removed_vfs = [&](std::uint32_t mask) -> keel::Status {
       const std::uint32_t changed = mask ^ removed;
@@ -201,12 +211,7 @@ int main(int argc, char** argv) {
         if (i >= card.num_vfs()) {
           return keel::make_error(keel::Errc::not_found, "no VF " + std::to_string(i));
         }
-        const bool pull = (mask & bit) != 0;
-        keel::fpga::FaultInjector& fi = *card.faults();
-        if (keel::Status st = pull ? fi.surprise_remove(i) : fi.restore(i); !st.ok()) return st;
-        removed ^= bit;
-        served[i + 1]->server->set_unplugged(pull);
-        kLog.info("VF %u %s", i, pull ? "pulled from the bus" : "back on the bus");
+        if (keel::Status st = pull_vf(i, (mask & bit) != 0); !st.ok()) return st;
       }
       return {};
     };
@@ -225,13 +230,7 @@ int main(int argc, char** argv) {
         case vu::FaultOp::raise_fatal: st = fi.raise_fatal(vf); break;
         case vu::FaultOp::refuse_dma: st = fi.refuse_dma(vf, f.count != 0); break;
         case vu::FaultOp::surprise_remove:
-        case vu::FaultOp::restore: {
-          const bool pull = f.op == vu::FaultOp::surprise_remove;
-          st = pull ? fi.surprise_remove(vf) : fi.restore(vf);
-          if (st.ok() && vf < 32) removed = pull ? removed | 1u << vf : removed & ~(1u << vf);
-          if (st.ok() && vf + 1 < served.size()) served[vf + 1]->server->set_unplugged(pull);
-          break;
-        }
+        case vu::FaultOp::restore: st = pull_vf(vf, f.op == vu::FaultOp::surprise_remove); break;
         case vu::FaultOp::corrupt_completions:
           if (f.arg > static_cast<std::uint64_t>(keel::fpga::CqeFault::bad_sq_head)) break;
           st = fi.corrupt_completions(vf, static_cast<keel::fpga::CqeFault>(f.arg), f.count);

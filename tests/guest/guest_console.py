@@ -3,6 +3,7 @@ between them (fio's JSON and stderr, dmesg), and fio's JSON summed up.
 """
 
 import json
+import os
 import re
 
 MARKER = re.compile(r"KEEL-([A-Z][A-Z-]*[A-Z])(?:\s+(.*))?$")
@@ -37,6 +38,40 @@ def read_new(path, pos):
     except FileNotFoundError:
         return "", pos
     return chunk.decode(errors="replace"), pos + len(chunk)
+
+
+def tail_lines(path, n=20):
+    """The last n lines of a text file ("" when it cannot be read)."""
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-n:]).strip()
+    except OSError:
+        return ""
+
+
+def watch_end(result, console, qemu_proc, done, now, t_boot, boot_timeout, timeout,
+              console_path, during="", check=None):
+    """Whether a watch of the guest's console ends now: None to keep watching, "" when the
+    guest finished and QEMU exited, else the problem. `check` (optional) runs once QEMU is
+    known to be running and returns a problem of the caller's (a backend that died) or None."""
+    if qemu_proc.poll() is not None:
+        if done:
+            return ""
+        qemu_log = tail_lines(os.path.join(result["workdir"], "qemu.log"))
+        return f"QEMU exited with {qemu_proc.returncode} before the guest finished: {qemu_log}"
+    if check is not None:
+        problem = check()
+        if problem:
+            return problem
+    if "boot_s" not in result and now - t_boot > boot_timeout:
+        return f"guest did not reach /init within {boot_timeout}s"
+    if now > t_boot + timeout:
+        return (f"guest did not finish within {timeout}s (killed QEMU)" +
+                (f" during step {during}" if during else "") +
+                f"; last console lines: {tail_lines(console_path, 5)}")
+    if done and now - console.first("DONE")[0] > 30:
+        return "guest finished but did not power off within 30s"
+    return None
 
 
 class Console:

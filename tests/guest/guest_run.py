@@ -14,7 +14,7 @@ import tempfile
 import time
 
 from guest_backend import Backend, cpu_delta, cpu_sample
-from guest_console import Console, read_new
+from guest_console import Console, read_new, watch_end
 from guest_env import Failure, FileLock, accel_args, detect_accel, find_tool, say
 from guest_initramfs import build_guest
 from guest_verdict import check_console, host_verify
@@ -240,7 +240,6 @@ def _remove_vf_before_boot(cfg, backend, result):
 
 def _watch(cfg, result, console, backend, qemu_proc, console_path, t_boot, timeout):
     problems = result["problems"]
-    deadline = t_boot + timeout
     samples = {}
     failover = {}
     if cfg.failover:
@@ -296,25 +295,18 @@ def _watch(cfg, result, console, backend, qemu_proc, console_path, t_boot, timeo
                 how = "keelctl" if cfg.restore_action else signal.Signals(cfg.restore_signal).name
                 say(f"failover: restored the VF ({how}) "
                     f"{now - failover['start']:.1f}s into verify-write")
-        if qemu_proc.poll() is not None:
-            if not done:
-                problems.append(f"QEMU exited with {qemu_proc.returncode} before the guest "
-                                f"finished: {_tail(os.path.join(result['workdir'], 'qemu.log'))}")
-            break
-        if not backend.alive():
+        def backend_died():
+            if backend.alive():
+                return None
             result["backend_died"] = True
-            problems.append(f"backend died ({backend.proc.returncode}) while the guest ran: "
-                            f"{backend.log_tail(10).strip()}")
-            break
-        if "boot_s" not in result and now - t_boot > cfg.boot_timeout:
-            problems.append(f"guest did not reach /init within {cfg.boot_timeout}s")
-            break
-        if now > deadline:
-            problems.append(f"guest did not finish within {timeout}s (killed QEMU); last "
-                            f"console lines: {_tail(console_path, 5)}")
-            break
-        if done and now - console.first("DONE")[0] > 30:
-            problems.append("guest finished but did not power off within 30s")
+            return (f"backend died ({backend.proc.returncode}) while the guest ran: "
+                    f"{backend.log_tail(10).strip()}")
+
+        end = watch_end(result, console, qemu_proc, done, now, t_boot, cfg.boot_timeout, timeout,
+                        console_path, check=backend_died)
+        if end is not None:
+            if end:
+                problems.append(end)
             break
         time.sleep(0.05)
     result["guest_s"] = round(time.monotonic() - t_boot, 1)
@@ -328,9 +320,3 @@ def _watch(cfg, result, console, backend, qemu_proc, console_path, t_boot, timeo
                             f"restore {cfg.failover[1]}s later): make the job larger")
 
 
-def _tail(path, n=20):
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-n:]).strip()
-    except OSError:
-        return ""

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 
-from guest_console import DMESG_BAD, Console, read_new
+from guest_console import DMESG_BAD, Console, read_new, watch_end
 from guest_env import Failure, FileLock, Skip, accel_args, detect_accel, find_tool, say
 from guest_initramfs import build_guest
 
@@ -151,7 +151,6 @@ def image_holds_pattern(image, pattern):
 def _watch(cfg, result, console, qemu_proc, console_path, t_boot, timeout):
     problems = result["problems"]
     steps = result["steps"]
-    deadline = t_boot + timeout
     pos = 0
     done = False
     while True:
@@ -179,22 +178,12 @@ def _watch(cfg, result, console, qemu_proc, console_path, t_boot, timeout):
             elif kind == "DONE":
                 result["guest_status"] = kv.get("status")
                 done = True
-        if qemu_proc.poll() is not None:
-            if not done:
-                problems.append(f"QEMU exited with {qemu_proc.returncode} before the guest "
-                                f"finished: {_tail(os.path.join(result['workdir'], 'qemu.log'))}")
-            break
-        if "boot_s" not in result and now - t_boot > cfg.boot_timeout:
-            problems.append(f"guest did not reach /init within {cfg.boot_timeout}s")
-            break
-        if now > deadline:
-            running = [s for s, st in steps.items() if "rc" not in st]
-            problems.append(f"guest did not finish within {timeout}s (killed QEMU)" +
-                            (f" during step {running[0]}" if running else "") +
-                            f"; last console lines: {_tail(console_path, 5)}")
-            break
-        if done and now - console.first("DONE")[0] > 30:
-            problems.append("guest finished but did not power off within 30s")
+        running = [s for s, st in steps.items() if "rc" not in st]
+        end = watch_end(result, console, qemu_proc, done, now, t_boot, cfg.boot_timeout, timeout,
+                        console_path, during=running[0] if running else "")
+        if end is not None:
+            if end:
+                problems.append(end)
             break
         time.sleep(0.05)
     result["guest_s"] = round(time.monotonic() - t_boot, 1)
@@ -238,9 +227,3 @@ def check_steps(result, console):
         problems.append("guest never printed KEEL-DONE")
 
 
-def _tail(path, n=20):
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-n:]).strip()
-    except OSError:
-        return ""

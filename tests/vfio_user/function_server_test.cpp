@@ -89,6 +89,19 @@ class FunctionServerTest : public ::testing::Test {
     EXPECT_EQ(agreed->caps.max_data_xfer_size, 4096u);
   }
 
+  /// SET_IRQS `s` with the write end of a pipe where an eventfd belongs: the reply's errno.
+  std::uint32_t set_irqs_with_a_pipe(const IrqSet& s) {
+    int pipe_fds[2];
+    if (::pipe2(pipe_fds, O_CLOEXEC) != 0) {
+      ADD_FAILURE() << "pipe2 failed";
+      return 0;
+    }
+    const std::uint32_t e = err(call(Command::device_set_irqs, s, {&pipe_fds[1], 1}));
+    ::close(pipe_fds[0]);
+    ::close(pipe_fds[1]);
+    return e;
+  }
+
   std::unique_ptr<stack::Stack> stack_;
   fpga::Function* vf_ = nullptr;
   std::unique_ptr<FunctionServer> server_;
@@ -164,11 +177,7 @@ TEST_F(FunctionServerTest, MsixTakesOneEventfdPerVector) {
   const IrqSet intx{sizeof(IrqSet), kIrqSetDataNone | kIrqSetActionMask, kPciIntxIrq, 0, 1};
   EXPECT_EQ(err(call(Command::device_set_irqs, intx)), std::uint32_t{EINVAL});
   // The card signals these from its own thread: a pipe in place of an eventfd could stall it.
-  int pipe_fds[2];
-  ASSERT_EQ(::pipe2(pipe_fds, O_CLOEXEC), 0);
-  EXPECT_EQ(err(call(Command::device_set_irqs, one, {&pipe_fds[1], 1})), std::uint32_t{EINVAL});
-  ::close(pipe_fds[0]);
-  ::close(pipe_fds[1]);
+  EXPECT_EQ(set_irqs_with_a_pipe(one), std::uint32_t{EINVAL});
   ::close(efd);
 }
 
@@ -211,11 +220,7 @@ TEST_F(FunctionServerTest, TheRequestIrqIsSignalledWhileTheFunctionIsOffTheBus) 
   EXPECT_EQ(err(call(Command::device_set_irqs, two, both)), std::uint32_t{EINVAL});
   const IrqSet mask{sizeof(IrqSet), kIrqSetDataNone | kIrqSetActionMask, kPciReqIrq, 0, 1};
   EXPECT_EQ(err(call(Command::device_set_irqs, mask)), std::uint32_t{EINVAL});
-  int pipe_fds[2];
-  ASSERT_EQ(::pipe2(pipe_fds, O_CLOEXEC), 0);
-  EXPECT_EQ(err(call(Command::device_set_irqs, set, {&pipe_fds[1], 1})), std::uint32_t{EINVAL});
-  ::close(pipe_fds[0]);
-  ::close(pipe_fds[1]);
+  EXPECT_EQ(set_irqs_with_a_pipe(set), std::uint32_t{EINVAL});
   // None: dropped; the function going off the bus then signals nothing.
   const IrqSet none{sizeof(IrqSet), kIrqSetDataNone | kIrqSetActionTrigger, kPciReqIrq, 0, 0};
   EXPECT_EQ(err(call(Command::device_set_irqs, none)), 0u);

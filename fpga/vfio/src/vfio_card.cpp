@@ -102,8 +102,9 @@ struct VfioCard::Impl {
   std::string no_vfs_reason;  // why max_vfs is 0, when it is
   std::array<std::uint8_t, 16> token{};
   bool have_token = false;
-  bool single = false;  // one NVMe function: vfs[0], no PF (absent_pf)
+  // A card of one NVMe function: vfs[0] is it, this stands for the PF that is not ours.
   std::unique_ptr<Function> absent_pf;
+  bool single() const noexcept { return absent_pf != nullptr; }
 
   // The release watcher: when the kernel asks for a function back (its VF is being removed:
   // sriov_numvfs going to 0, hot unplug), the function is closed at once, as a kernel
@@ -298,7 +299,6 @@ Result<std::unique_ptr<VfioCard>> VfioCard::open(std::string_view address,
     auto fn = impl->open_function(*addr, 1);
     if (!fn.ok()) return fn.error();
     if (fn.value()->read32(pf_regs::ID) != regs::MAGIC) {
-      impl->single = true;
       impl->vfs.push_back(std::move(fn).value());
       impl->num_vfs.store(1, std::memory_order_release);
       impl->max_vfs = 1;
@@ -353,7 +353,7 @@ Result<std::unique_ptr<VfioCard>> VfioCard::open(std::string_view address,
 const std::string& VfioCard::address() const noexcept { return impl_->address; }
 
 std::string VfioCard::describe() const {
-  if (impl_->single) {
+  if (impl_->single()) {
     return "vfio NVMe function " + impl_->address + " (IOMMU group " +
            std::to_string(impl_->vfs[0]->group_number()) + "), opened on its own as VF 0";
   }
@@ -370,10 +370,10 @@ std::string VfioCard::describe() const {
   return buf;
 }
 
-bool VfioCard::owns_pf() const noexcept { return !impl_->single; }
+bool VfioCard::owns_pf() const noexcept { return !impl_->single(); }
 
 Function& VfioCard::pf() noexcept {
-  if (impl_->single) return *impl_->absent_pf;
+  if (impl_->single()) return *impl_->absent_pf;
   return *impl_->pf;
 }
 
@@ -394,7 +394,7 @@ unsigned VfioCard::num_vfs() const noexcept {
 
 Status VfioCard::set_num_vfs(unsigned n) {
   Impl& c = *impl_;
-  if (c.single) {
+  if (c.single()) {
     return make_error(Errc::unavailable,
                       c.address +
                           " is one NVMe function opened on its own: its VFs, if any, "

@@ -464,7 +464,6 @@ Status ClientFunction::map_dma_fd(int fd, std::uint64_t fd_offset, void*, std::s
 
 Status ClientFunction::map_window(int fd, std::uint64_t fd_offset, std::size_t len,
                                   fpga::Iova iova) {
-  if (unplugged()) return unplugged_error();
   UniqueFd kept(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
   if (!kept.valid()) return make_error(Errc::io_error, std::string("dup: ") + std::strerror(errno));
   const DmaMap m{sizeof(DmaMap), kDmaRead | kDmaWrite, fd_offset, iova, len};
@@ -501,13 +500,13 @@ Result<std::uint32_t> ClientFunction::wait_interrupt(unsigned vector,
   if (vector >= vectors_) {
     return make_error(Errc::invalid_argument, "no MSI-X vector " + std::to_string(vector));
   }
-  if (unplugged()) return unplugged_error();
-  // The request IRQ wakes a waiter when the function leaves the bus.
+  // One poll for both: the request IRQ (level: signalled while the function is off the bus)
+  // ends the wait, and wins over a vector that fired too.
   pollfd p[2] = {{irq_fds_[vector].get(), POLLIN, 0}, {req_fd_.get(), POLLIN, 0}};
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count();
   const int n =
       ::poll(p, req_fd_.valid() ? 2 : 1, static_cast<int>(std::clamp<long long>(ms, 0, 1'000'000)));
-  if (n > 0 && (p[0].revents & POLLIN) == 0) return unplugged_error();
+  if (n > 0 && (p[1].revents & POLLIN) != 0) return unplugged_error();
   if (n <= 0) {
     if (gone()) return make_error(Errc::gone, "the vfio-user server is gone");
     return make_error(Errc::timeout, "MSI-X vector " + std::to_string(vector) + " did not fire");
