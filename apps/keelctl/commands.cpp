@@ -258,6 +258,22 @@ int run(const Invocation& inv) {
       }
       return 0;
     }
+    if (cmd == Command::vf_reset && !card->owns_pf()) {
+      // One function on its own (a VF through VFIO): its own function-level reset, as the
+      // kernel's VFIO does it (VFIO_DEVICE_RESET); its controller comes back disabled.
+      keel::fpga::Function& fn = vf_function(*stack, vf_index);
+      check(fn.flr(), "function-level reset of " + card->describe());
+      const drv::DeviceState after = drv::Controller::status_of(fn);
+      if (o.json) {
+        std::cout << json{{"vf", vf_index}, {"reset", true}, {"state", drv::to_string(after)}}
+                         .dump(2)
+                  << "\n";
+      } else {
+        std::printf("VF %u reset (function-level reset through VFIO); controller %s\n", vf_index,
+                    drv::to_string(after));
+      }
+      return 0;
+    }
     if (cmd == Command::vf_reset) {
       check(pf_manager().reset_vf(vf_index), "resetting VF " + std::to_string(vf_index));
       if (o.json)

@@ -71,6 +71,7 @@ json to_json(const Point& p) {
                       {"p99.9", lat.percentile(0.999)}}},
                     {"verify", {{"blocks", r.verified_blocks}, {"errors", r.verify_errors}}},
                     {"path_switches", r.path_switches},
+                    {"vf_returns", r.vf_returns},
                     {"vf_ios", r.vf_ios},
                     {"fallback_ios", r.fallback_ios},
                     {"peak_rss_mib", r.peak_rss_mib}});

@@ -463,11 +463,12 @@ Result<PathResult> Stack::run(const Config& c, bool vf_path, const Progress& pro
   };
   const std::uint64_t amount = c.size;
   const std::uint64_t cpu0 = cpu_now();
-  const std::uint64_t switches0 = [&] {
-    std::uint64_t n = 0;
-    for (const auto& j : jobs) n += j->pv->counters().to_fallback;
-    return n;
-  }();
+  std::uint64_t switches0 = 0, returns0 = 0;
+  for (const auto& j : jobs) {
+    const vmm::ParavisorCounters k = j->pv->counters();
+    switches0 += k.to_fallback;
+    returns0 += k.to_vf;
+  }
   // A card of one function (a VF through VFIO) has no PF here: no card counters.
   sriov::PfManager* pm = stack_->card().owns_pf() ? &stack_->pf() : nullptr;
   r.rtl = spec_ == "sim";
@@ -528,11 +529,13 @@ Result<PathResult> Stack::run(const Config& c, bool vf_path, const Progress& pro
     r.verified_blocks += j->verified;
     const vmm::ParavisorCounters k = j->pv->counters();
     r.path_switches += k.to_fallback;
+    r.vf_returns += k.to_vf;
     r.vf_ios += k.vf_ios;
     r.fallback_ios += k.fallback_ios;
     j->pv->stop();
   }
   r.path_switches -= switches0;
+  r.vf_returns -= returns0;
   if (c.verify && r.verified_blocks == 0) {
     return make_error(Errc::io_error, "--verify on path " + r.path +
                                           " checked no block: nothing was written or read");

@@ -46,7 +46,8 @@ struct PathResult {
   std::uint64_t host_cpu_ns = 0;  ///< Paravisor threads + host service threads (incl. io_uring).
   std::uint64_t verify_errors = 0;
   std::uint64_t verified_blocks = 0;
-  std::uint64_t path_switches = 0;
+  std::uint64_t path_switches = 0;  ///< Switches from the VF to the host path.
+  std::uint64_t vf_returns = 0;     ///< Switches from the host path back to the VF.
   /// What each path carried over the whole run (setup, fill and verify included): NVMe
   /// commands completed on the VF, requests completed by the host service.
   std::uint64_t vf_ios = 0, fallback_ios = 0;

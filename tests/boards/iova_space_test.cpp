@@ -184,5 +184,20 @@ TEST(IovaSpace, ReleasingAnUnknownWindowIsNotFound) {
   EXPECT_EQ(code(r), Errc::not_found);
 }
 
+// What a VFIO container replays into a new IOMMU domain when its function comes back: each
+// window's size, by its start; a window that is not there is not found.
+TEST(IovaSpace, AWindowsSizeIsKnownByItsStartOnly) {
+  IovaSpace space;
+  ASSERT_TRUE(space.reserve(kGiB, 4 * kPage).ok());
+  const auto a = space.allocate(3 * kPage);
+  ASSERT_TRUE(a.ok());
+
+  EXPECT_EQ(space.size_of(kGiB).value(), 4 * kPage);
+  EXPECT_EQ(space.size_of(*a).value(), 3 * kPage);
+  EXPECT_EQ(code(space.size_of(kGiB + kPage)), Errc::not_found) << "inside a window, not its start";
+  ASSERT_TRUE(space.release(kGiB).ok());
+  EXPECT_EQ(code(space.size_of(kGiB)), Errc::not_found);
+}
+
 }  // namespace
 }  // namespace keel::fpga::vfio

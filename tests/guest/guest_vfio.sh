@@ -18,8 +18,8 @@
 #   KEEL-STEP-END job=NAME rc=N uptime=S    it ended with exit status N
 #   KEEL-PCI bdf=... class=... vendor=... device=... driver=... totalvfs=N numvfs=N group=N
 #   KEEL-PATTERN bytes=N md5=...           the pattern the write step writes
-# Steps, in order: modules pci pattern sriov-list sriov-enable vf-id-ctrl vf-write vf-verify
-# vf-perf vf-remove sriov-disable bind-vfio id-ctrl id-ns write verify read cmp. modules, pci and bind-vfio
+# Steps, in order: modules pci pattern sriov-list sriov-enable vf-id-ctrl vf-write vf-flr
+# vf-verify vf-perf vf-failover sriov-disable bind-vfio id-ctrl id-ns write verify read cmp. modules, pci and bind-vfio
 # prepare what follows: when one fails, no later step runs; the vf-* steps need sriov-enable.
 
 BDF=$(param bdf 0000:01:00.0)
@@ -214,17 +214,20 @@ step_vf_perf() {
     [ "${n:-0}" -gt 0 ] || { echo "the VF path's job did no IO on the VF"; return 1; }
 }
 
-# Surprise removal under load: keel-perf writes and verifies on the VF; 2 s in, the VF is
-# removed as an administrator does it (sriov_numvfs 0). The kernel asks keel for the device
-# back (VFIO's request IRQ); keel lets go at once, so the removal finishes; the paravisor
-# notices the VF gone, re-issues what was in flight on the host path (the PF's namespace) and
-# carries on there; keel-perf ends with every block written verified.
-step_vf_remove() {
+# Surprise removal and return under load: keel-perf writes and verifies on the VF; 2 s in, the
+# VF is removed as an administrator does it (sriov_numvfs 0). The kernel asks keel for the
+# device back (VFIO's request IRQ); keel lets go at once, so the removal finishes; the
+# paravisor notices the VF gone, re-issues what was in flight on the host path (the PF's
+# namespace) and carries on there. 1 s later the VF is enabled again (keelctl's nvme-pf
+# manager, which hands it to vfio-pci): keel opens it again with its DMA windows, the
+# paravisor resets its controller and moves the traffic back. keel-perf ends with every
+# block written verified (written on either path, read back on the VF).
+step_vf_failover() {
     blk=$(vf_perf_disk)
-    log=/tmp/perf-remove.log
-    echo "# keel-perf --card vfio:$VF --image $blk --path vf --rw randwrite --bs 4k --iodepth 8 --runtime 5s --size 8m --verify --no-progress &"
+    log=/tmp/perf-failover.log
+    echo "# keel-perf --card vfio:$VF --image $blk --path vf --rw randwrite --bs 4k --iodepth 8 --runtime 9s --size 8m --verify --no-progress &"
     keel-perf --card "vfio:$VF" --image "$blk" --path vf --rw randwrite --bs 4k --iodepth 8 \
-        --runtime 5s --size 8m --verify --no-progress --json /tmp/remove.json >"$log" 2>&1 &
+        --runtime 9s --size 8m --verify --no-progress --json /tmp/failover.json >"$log" 2>&1 &
     pid=$!
     echo "keel-perf started at uptime $(uptime_s)"
     sleep 2
@@ -232,23 +235,41 @@ step_vf_remove() {
     t0=$(uptime_s)
     timeout 20 sh -c "echo 0 > $DEV/sriov_numvfs"
     rc=$?
-    echo "keel-perf's VFIO files after the removal (none: it let go):"
+    echo "keel-perf's VFIO files after the removal (the container only, kept for the VF's" \
+         "return; the device and its group are let go):"
     ls -l "/proc/$pid/fd" 2>/dev/null | grep vfio
+    held=$(ls -l "/proc/$pid/fd" 2>/dev/null | grep -cE '/dev/vfio/[0-9]+')
     echo "the removal returned $rc after $(awk "BEGIN { print $(uptime_s) - $t0 }") s;" \
          "sriov_numvfs $(cat "$DEV/sriov_numvfs")"
+    sleep 1
+    echo "# keelctl --card $PF_CARD vf enable -n 1    (at uptime $(uptime_s))"
+    timeout "$STEP_TIMEOUT" keelctl --card "$PF_CARD" vf enable -n 1
+    erc=$?
+    echo "the VF is back at uptime $(uptime_s): $(link_name "$DEV/virtfn0")," \
+         "driver $(link_name "/sys/bus/pci/devices/$VF/driver")"
     wait "$pid"
     prc=$?
     cat "$log"
     echo "keel-perf exited with $prc at uptime $(uptime_s) (removal started at $t0)"
-    grep -oE '"(path_switches|vf_ios|fallback_ios)": [0-9]+' /tmp/remove.json
+    grep -oE '"(path_switches|vf_returns|vf_ios|fallback_ios)": [0-9]+' /tmp/failover.json
     [ "$rc" -eq 0 ] || { echo "the kernel could not take the VF back"; return 1; }
+    [ "$held" -eq 0 ] || { echo "keel-perf still held the VF's IOMMU group"; return 1; }
+    [ "$erc" -eq 0 ] || { echo "the VF could not be enabled again"; return 1; }
     [ "$prc" -eq 0 ] || return 1
     grep -q "released" "$log" || { echo "keel never released the VF"; return 1; }
+    grep -q "back on the bus" "$log" || { echo "keel never opened the VF again"; return 1; }
     grep -q "verify: .* 0 errors" "$log" || { echo "no clean verify"; return 1; }
-    value() { grep -oE "\"$1\": [0-9]+" /tmp/remove.json | head -n 1 | grep -oE '[0-9]+$'; }
+    value() { grep -oE "\"$1\": [0-9]+" /tmp/failover.json | head -n 1 | grep -oE '[0-9]+$'; }
     [ "$(value path_switches)" = 1 ] || { echo "not one switch to the host path"; return 1; }
+    [ "$(value vf_returns)" = 1 ] || { echo "not one return to the VF"; return 1; }
     [ "$(value vf_ios)" -gt 0 ] && [ "$(value fallback_ios)" -gt 0 ] ||
         { echo "the IO did not go over both paths"; return 1; }
+}
+
+# A function-level reset of the VF through VFIO (VFIO_DEVICE_RESET): its controller comes back
+# disabled; what was written before is still there (vf-verify follows).
+step_vf_flr() {
+    vf_step vf reset 0 || return 1
 }
 
 step_sriov_disable() {
@@ -302,9 +323,10 @@ kernel_vfio() {
     if run_step sriov-enable step_sriov_enable; then
         run_step vf-id-ctrl vf_step id-ctrl
         run_step vf-write vf_step write -s "$VF_START" -c "$COUNT0" -d "$PAT"
+        run_step vf-flr step_vf_flr
         run_step vf-verify vf_step verify -s "$VF_START" -c "$COUNT0" -d "$PAT"
         run_step vf-perf step_vf_perf
-        run_step vf-remove step_vf_remove
+        run_step vf-failover step_vf_failover
     fi
     run_step sriov-disable step_sriov_disable
     run_step bind-vfio step_bind_vfio || return

@@ -16,18 +16,26 @@ Bar::~Bar() {
 }
 
 Status Bar::map(int device_fd, std::uint64_t region_offset, std::uint64_t size, bool mmappable) {
+  if (size_ != 0 && size != size_) {
+    return make_error(Errc::invalid_argument, "BAR0 came back with " + std::to_string(size) +
+                                                  " bytes, not " + std::to_string(size_));
+  }
   fd_ = device_fd;
   region_offset_ = region_offset;
   size_ = size;
   if (mmappable) {
-    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, device_fd,
-                     static_cast<off_t>(region_offset));
+    // Over the scratch memory retire() left, when there is some: the address stays the same.
+    void* p = ::mmap(base_, size, PROT_READ | PROT_WRITE, MAP_SHARED | (base_ ? MAP_FIXED : 0),
+                     device_fd, static_cast<off_t>(region_offset));
     if (p == MAP_FAILED) {
       const int err = errno;
       return make_error(Errc::io_error, "cannot map BAR0 (" + std::to_string(size) +
                                             " bytes): " + std::generic_category().message(err));
     }
     base_ = static_cast<std::byte*>(p);
+  } else if (base_ != nullptr) {
+    ::munmap(base_, size_);  // back through pread/pwrite: the kernel no longer maps it whole
+    base_ = nullptr;
   }
   live_.store(true, std::memory_order_release);
   return {};

@@ -30,7 +30,10 @@ class Bar {
   /// Maps `size` bytes at `region_offset` of the VFIO device `device_fd` (which must outlive
   /// the Bar's use). When `mmappable` is false (the kernel will not map the whole BAR, e.g.
   /// it holds an MSI-X table on an old kernel), accesses go through pread/pwrite on the
-  /// device instead: correct, but a system call each. Errors: io_error (mmap failed).
+  /// device instead: correct, but a system call each. After retire(), maps the function back
+  /// (it returned to the bus): at the same address, so an access racing with it lands either
+  /// in the scratch memory or in the BAR. Errors: io_error (mmap failed), invalid_argument
+  /// (the BAR came back with another size).
   Status map(int device_fd, std::uint64_t region_offset, std::uint64_t size, bool mmappable);
 
   std::uint64_t size() const noexcept { return size_; }
@@ -82,7 +85,8 @@ class Bar {
 
  private:
   bool usable(std::uint64_t offset, std::uint64_t width) const noexcept {
-    return live_.load(std::memory_order_relaxed) && (offset & (width - 1)) == 0 && offset < size_ &&
+    // Acquire: what map() set before it made the BAR live (the mapping, the fd) is seen.
+    return live_.load(std::memory_order_acquire) && (offset & (width - 1)) == 0 && offset < size_ &&
            size_ - offset >= width;
   }
   std::uint32_t slow_read32(std::uint64_t offset) const noexcept;

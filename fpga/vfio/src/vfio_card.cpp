@@ -110,9 +110,18 @@ struct VfioCard::Impl {
   // sriov_numvfs going to 0, hot unplug), the function is closed at once, as a kernel
   // driver's remove() lets go, so the kernel's removal finishes instead of waiting on this
   // process; users of the function see it gone (all ones, DMA and waits fail).
+  //
+  // A function released that way is watched for its return: once its address is back in
+  // sysfs, bound to vfio-pci (an administrator re-enabled the VF, `keelctl --card nvme-pf:`
+  // binds it), it is opened again into the same object, its DMA windows mapped again at their
+  // IOVAs; its users see a device that answers again, as after a reset.
   void start_watcher();
   void stop_watcher();
   void watch();
+  /// One attempt at bringing `fn` back; true when it is open again. Under mu.
+  bool try_return(VfioFunction& fn);
+  std::vector<VfioFunction*> released;  // by the watcher, waiting for their return; under mu
+  std::map<VfioFunction*, std::string> return_errors;  // the last failure logged, per function
   std::thread watcher;
   UniqueFd watcher_wake;  // an eventfd: stop, or the VF list changed
   std::atomic<bool> watcher_stop{false};
@@ -133,9 +142,13 @@ void VfioCard::Impl::stop_watcher() {
 }
 
 void VfioCard::Impl::watch() {
+  // While a released function may come back, sysfs is looked at this often (a re-enable
+  // takes the kernel far longer).
+  constexpr int kReturnPollMs = 100;
   while (!watcher_stop.load(std::memory_order_acquire)) {
     std::vector<pollfd> fds{{watcher_wake.get(), POLLIN, 0}};
     std::vector<VfioFunction*> fns;
+    bool waiting = false;
     {
       std::lock_guard lock(mu);
       for (auto& f : vfs) {
@@ -144,19 +157,66 @@ void VfioCard::Impl::watch() {
           fns.push_back(f.get());
         }
       }
+      waiting = !released.empty();
     }
-    if (::poll(fds.data(), fds.size(), -1) < 0) continue;  // EINTR
+    const int ready = ::poll(fds.data(), fds.size(), waiting ? kReturnPollMs : -1);
+    if (ready < 0) continue;  // EINTR
     if ((fds[0].revents & POLLIN) != 0) {
       std::uint64_t n = 0;
       (void)!::read(watcher_wake.get(), &n, sizeof n);
     }
+    std::lock_guard lock(mu);
     for (std::size_t i = 1; i < fds.size(); ++i) {
       if ((fds[i].revents & POLLIN) == 0 || fns[i - 1]->closed()) continue;
       kLog.warn("%s: the kernel asks for it back (removed); released",
                 fns[i - 1]->address().c_str());
       fns[i - 1]->close();
+      released.push_back(fns[i - 1]);
     }
+    std::erase_if(released, [&](VfioFunction* f) {
+      // Only functions still on the card's list (a disable retires them for good).
+      const bool listed =
+          std::any_of(vfs.begin(), vfs.end(),
+                      [f](const std::unique_ptr<VfioFunction>& v) { return v.get() == f; });
+      if (!listed || try_return(*f)) {
+        return_errors.erase(f);
+        return true;
+      }
+      return false;
+    });
   }
+}
+
+bool VfioCard::Impl::try_return(VfioFunction& fn) {
+  const std::string& addr = fn.address();
+  // Quietly not yet: the function is not on the bus, or not vfio-pci's (yet).
+  if (!sysfs.exists(addr)) return false;
+  const auto driver = sysfs.driver(addr);
+  if (!driver.ok() || *driver != kVfioPci) return false;
+  const auto number = sysfs.iommu_group(addr);
+  if (!number.ok()) return false;
+  const fs::path node = fs::path(options.dev_root) / "vfio" / std::to_string(*number);
+  std::error_code ec;
+  if (!fs::exists(node, ec)) return false;
+  Status st;
+  auto group = Group::rejoin(node.string(), *number, fn.container());
+  if (group.ok())
+    st = fn.reopen(*group);
+  else
+    st = group.error();
+  if (!st.ok()) {
+    // Said once per distinct reason: the next attempt may well succeed (udev still at it).
+    std::string& last = return_errors[&fn];
+    if (last != st.error().message) {
+      last = st.error().message;
+      kLog.warn("%s is back on the bus but cannot be opened yet: %s", addr.c_str(), last.c_str());
+    }
+    return false;
+  }
+  groups[*number] = *group;
+  kLog.info("%s: back on the bus (IOMMU group %u); opened again, its DMA windows mapped again",
+            addr.c_str(), *number);
+  return true;
 }
 
 Result<std::shared_ptr<Group>> VfioCard::Impl::group_for(unsigned number) {

@@ -119,15 +119,51 @@ Result<std::unique_ptr<Container>> Container::open(const std::string& path) {
   return std::unique_ptr<Container>(new Container(std::move(fd), type));
 }
 
-Status Container::set_iommu() {
-  std::lock_guard lock(mu_);
+Status Container::select_iommu(IovaSpace& space) {
   if (::ioctl(fd_.get(), VFIO_SET_IOMMU, iommu_type_) < 0) {
     return make_error(Errc::unavailable, "VFIO_SET_IOMMU failed: " + errno_text(errno));
   }
   std::size_t page = 4096;
   std::vector<IovaSpace::Range> ranges;
   if (Status st = read_iommu_info(fd_.get(), page, ranges); !st.ok()) return st;
-  space_ = IovaSpace(std::move(ranges), page);
+  space = IovaSpace(std::move(ranges), page);
+  return {};
+}
+
+Status Container::set_iommu() {
+  std::lock_guard lock(mu_);
+  return select_iommu(space_);
+}
+
+Status Container::attach(int group_fd) {
+  std::lock_guard lock(mu_);
+  if (!detached_) return {};
+  int container_fd = fd_.get();
+  if (::ioctl(group_fd, VFIO_GROUP_SET_CONTAINER, &container_fd) < 0) {
+    return make_error(Errc::unavailable,
+                      "cannot attach the group to its old VFIO container: " + errno_text(errno));
+  }
+  // From here on a failure must take the group out again, or the container would stay
+  // attached with half its windows.
+  auto undo = [&](Error e) {
+    (void)::ioctl(group_fd, VFIO_GROUP_UNSET_CONTAINER);
+    return e;
+  };
+  IovaSpace fresh;
+  if (Status st = select_iommu(fresh); !st.ok()) return undo(st.error());
+  if (fresh.page() != space_.page()) {
+    return undo(
+        make_error(Errc::unavailable, "the IOMMU came back with " + std::to_string(fresh.page()) +
+                                          "-byte pages, not " + std::to_string(space_.page())));
+  }
+  for (const auto& [iova, host] : hosts_) {
+    const auto bytes = space_.size_of(iova);
+    if (!bytes.ok()) return undo(bytes.error());
+    if (Status st = fresh.reserve(iova, *bytes); !st.ok()) return undo(st.error());
+    if (Status st = kernel_map(host, *bytes, iova); !st.ok()) return undo(st.error());
+  }
+  space_ = std::move(fresh);  // the same windows, in the new domain's usable ranges
+  detached_ = false;
   return {};
 }
 
@@ -193,6 +229,7 @@ Result<DmaBuffer> Container::alloc(std::size_t bytes) {
     return st.error();
   }
   allocated_.insert(*iova);
+  hosts_[*iova] = host;
   return DmaBuffer(this, host, rounded, *iova);
 }
 
@@ -208,6 +245,7 @@ Status Container::map(void* host, std::size_t bytes, Iova iova) {
     (void)space_.release(iova);
     return st;
   }
+  hosts_[iova] = host;
   return {};
 }
 
@@ -220,6 +258,7 @@ Status Container::unmap(Iova iova) {
   }
   const auto bytes = space_.release(iova);
   if (!bytes.ok()) return bytes.error();
+  hosts_.erase(iova);
   if (!detached_) kernel_unmap(iova, *bytes);
   return {};
 }
@@ -229,6 +268,7 @@ void Container::release_dma(void* host, std::size_t bytes, Iova iova) noexcept {
     std::lock_guard lock(mu_);
     if (!detached_) kernel_unmap(iova, bytes);
     allocated_.erase(iova);
+    hosts_.erase(iova);
     (void)space_.release(iova);
   }
   free_host_pages(host, bytes);
@@ -237,7 +277,6 @@ void Container::release_dma(void* host, std::size_t bytes, Iova iova) noexcept {
 void Container::detach() noexcept {
   std::lock_guard lock(mu_);
   detached_ = true;
-  fd_.reset();
 }
 
 }  // namespace keel::fpga::vfio

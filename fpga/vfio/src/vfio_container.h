@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -39,8 +40,17 @@ class Container final : public DmaOwner {
   Status unmap(Iova iova);
 
   /// The last group left: the kernel has dropped the domain and every mapping in it. Later
-  /// releases only free host memory; later maps fail with gone.
+  /// releases only free host memory; later maps fail with gone. The container's descriptor
+  /// stays open, and the windows stay recorded, for attach().
   void detach() noexcept;
+
+  /// After detach(): attaches the group `group_fd` (the function back on the bus, in a new
+  /// IOMMU group perhaps), selects the IOMMU again and maps every window that is still held
+  /// (DmaBuffers and caller-chosen windows alike) at its old IOVA, so nothing that holds an
+  /// IOVA has to learn a new one. Errors: unavailable (attach or IOMMU refused), out_of_range
+  /// (a window is outside what the new domain translates), and the errors of map(); on error
+  /// the container stays detached.
+  Status attach(int group_fd);
 
   std::size_t page() const noexcept { return space_.page(); }
 
@@ -49,13 +59,16 @@ class Container final : public DmaOwner {
   void release_dma(void* host, std::size_t bytes, Iova iova) noexcept override;
   Status kernel_map(void* host, std::size_t bytes, Iova iova);
   void kernel_unmap(Iova iova, std::size_t bytes) noexcept;
+  /// Selects the IOMMU and reads its page size and usable ranges into `space`.
+  Status select_iommu(IovaSpace& space);
 
   std::mutex mu_;
   UniqueFd fd_;
   int iommu_type_;
   bool detached_ = false;
   IovaSpace space_;
-  std::set<Iova> allocated_;  // windows that belong to DmaBuffers from alloc()
+  std::set<Iova> allocated_;     // windows that belong to DmaBuffers from alloc()
+  std::map<Iova, void*> hosts_;  // every window's host memory, for attach()
 };
 
 }  // namespace keel::fpga::vfio

@@ -93,14 +93,29 @@ std::uint32_t irq_count(int device, std::uint32_t index) {
   return info.count;
 }
 
+// VFIO_GROUP_GET_DEVICE_FD for `name` (the address, plus the VF token when one is needed).
+Result<UniqueFd> device_fd(const Group& group, const std::string& address,
+                           const std::string& name) {
+  const int device = ::ioctl(group.fd(), VFIO_GROUP_GET_DEVICE_FD, name.c_str());
+  if (device >= 0) return UniqueFd(device);
+  const int err = errno;
+  if (err == EBUSY) {
+    return make_error(Errc::busy, address + " is already open (in another process?)");
+  }
+  if (err == EACCES) {
+    return make_error(Errc::unavailable,
+                      "VFIO refused " + address +
+                          ": it needs its PF's VF token (is the PF held by another process?)");
+  }
+  return make_error(Errc::unavailable,
+                    "VFIO_GROUP_GET_DEVICE_FD for " + address + " failed: " + errno_text(err));
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------ Group
 
-Result<std::shared_ptr<Group>> Group::open(const std::string& path, unsigned number,
-                                           const std::string& container_path) {
-  auto container = Container::open(container_path);
-  if (!container.ok()) return container.error();
+Result<UniqueFd> Group::open_node(const std::string& path, unsigned number) {
   const std::string group = "IOMMU group " + std::to_string(number);
   UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
   if (!fd.valid()) {
@@ -131,14 +146,31 @@ Result<std::shared_ptr<Group>> Group::open(const std::string& path, unsigned num
                       group + " is not viable: bind every device in /sys/kernel/iommu_groups/" +
                           std::to_string(number) + "/devices to vfio-pci (or to no driver)");
   }
+  return fd;
+}
+
+Result<std::shared_ptr<Group>> Group::open(const std::string& path, unsigned number,
+                                           const std::string& container_path) {
+  auto container = Container::open(container_path);
+  if (!container.ok()) return container.error();
+  auto fd = open_node(path, number);
+  if (!fd.ok()) return fd.error();
   std::shared_ptr<Container> shared(std::move(container).value());
   int container_fd = shared->fd();
-  if (::ioctl(fd.get(), VFIO_GROUP_SET_CONTAINER, &container_fd) < 0) {
-    return make_error(Errc::unavailable,
-                      "cannot attach " + group + " to a VFIO container: " + errno_text(errno));
+  if (::ioctl(fd->get(), VFIO_GROUP_SET_CONTAINER, &container_fd) < 0) {
+    return make_error(Errc::unavailable, "cannot attach IOMMU group " + std::to_string(number) +
+                                             " to a VFIO container: " + errno_text(errno));
   }
   if (Status st = shared->set_iommu(); !st.ok()) return st.error();
-  return std::shared_ptr<Group>(new Group(number, std::move(fd), std::move(shared)));
+  return std::shared_ptr<Group>(new Group(number, std::move(fd).value(), std::move(shared)));
+}
+
+Result<std::shared_ptr<Group>> Group::rejoin(const std::string& path, unsigned number,
+                                             std::shared_ptr<Container> container) {
+  auto fd = open_node(path, number);
+  if (!fd.ok()) return fd.error();
+  if (Status st = container->attach(fd->get()); !st.ok()) return st.error();
+  return std::shared_ptr<Group>(new Group(number, std::move(fd).value(), std::move(container)));
 }
 
 Group::~Group() {
@@ -151,43 +183,77 @@ Group::~Group() {
 Result<std::unique_ptr<VfioFunction>> VfioFunction::open(std::shared_ptr<Group> group,
                                                          const std::string& address,
                                                          const std::string& name, unsigned number) {
-  const int device = ::ioctl(group->fd(), VFIO_GROUP_GET_DEVICE_FD, name.c_str());
-  if (device < 0) {
-    const int err = errno;
-    if (err == EBUSY) {
-      return make_error(Errc::busy, address + " is already open (in another process?)");
-    }
-    if (err == EACCES) {
-      return make_error(Errc::unavailable,
-                        "VFIO refused " + address +
-                            ": it needs its PF's VF token (is the PF held by another process?)");
-    }
-    return make_error(Errc::unavailable,
-                      "VFIO_GROUP_GET_DEVICE_FD for " + address + " failed: " + errno_text(err));
-  }
+  auto device = device_fd(*group, address, name);
+  if (!device.ok()) return device.error();
   std::unique_ptr<VfioFunction> fn(
-      new VfioFunction(std::move(group), address, number, UniqueFd(device)));
+      new VfioFunction(std::move(group), address, name, number, std::move(device).value()));
   fn->container_ = fn->group_->container();
   fn->group_number_ = fn->group_->number();
-
-  vfio_device_info info{};
-  info.argsz = sizeof info;
-  if (::ioctl(device, VFIO_DEVICE_GET_INFO, &info) < 0) {
-    return make_error(Errc::io_error,
-                      "VFIO_DEVICE_GET_INFO for " + address + " failed: " + errno_text(errno));
-  }
-  if ((info.flags & VFIO_DEVICE_FLAGS_PCI) == 0 || info.num_regions <= VFIO_PCI_BAR0_REGION_INDEX) {
-    return make_error(Errc::unavailable, address + " is not a PCI device with a BAR0 to VFIO");
-  }
-  fn->can_reset_ = (info.flags & VFIO_DEVICE_FLAGS_RESET) != 0;
+  std::uint32_t num_irqs = 0;
+  if (Status st = fn->read_info(num_irqs); !st.ok()) return st.error();
   if (Status st = fn->enable_bus_master(); !st.ok()) return st.error();
   if (Status st = fn->map_bar0(); !st.ok()) return st.error();
   fn->gone_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!fn->gone_fd_.valid()) {
     return make_error(Errc::io_error, "eventfd: " + errno_text(errno));
   }
-  if (Status st = fn->route_interrupts(info.num_irqs); !st.ok()) return st.error();
+  if (Status st = fn->route_interrupts(num_irqs); !st.ok()) return st.error();
   return fn;
+}
+
+Status VfioFunction::read_info(std::uint32_t& num_irqs) {
+  vfio_device_info info{};
+  info.argsz = sizeof info;
+  if (::ioctl(device_.get(), VFIO_DEVICE_GET_INFO, &info) < 0) {
+    return make_error(Errc::io_error,
+                      "VFIO_DEVICE_GET_INFO for " + address_ + " failed: " + errno_text(errno));
+  }
+  if ((info.flags & VFIO_DEVICE_FLAGS_PCI) == 0 || info.num_regions <= VFIO_PCI_BAR0_REGION_INDEX) {
+    return make_error(Errc::unavailable, address_ + " is not a PCI device with a BAR0 to VFIO");
+  }
+  can_reset_.store((info.flags & VFIO_DEVICE_FLAGS_RESET) != 0);
+  num_irqs = info.num_irqs;
+  return {};
+}
+
+Status VfioFunction::reopen(std::shared_ptr<Group> group) {
+  if (!closed()) return {};
+  auto fresh = device_fd(*group, address_, name_);
+  if (!fresh.ok()) return fresh.error();
+  // The device under the old descriptor number (it held /dev/null since close()).
+  if (device_.valid()) {
+    if (::dup2(fresh->get(), device_.get()) < 0) {
+      return make_error(Errc::io_error, "dup2 of " + address_ + "'s device: " + errno_text(errno));
+    }
+  } else {
+    device_ = std::move(fresh).value();
+  }
+  fresh = UniqueFd();
+  group_ = std::move(group);
+  group_number_ = group_->number();
+  auto fail = [&](Error e) {
+    let_go();
+    const std::uint64_t one = 1;
+    (void)!::write(gone_fd_.get(), &one, sizeof one);  // still gone, to every waiter
+    return e;
+  };
+  std::uint32_t num_irqs = 0;
+  if (Status st = read_info(num_irqs); !st.ok()) return fail(st.error());
+  if (num_irqs > VFIO_PCI_MSIX_IRQ_INDEX &&
+      irq_count(device_.get(), VFIO_PCI_MSIX_IRQ_INDEX) != irq_fds_.size()) {
+    return fail(make_error(Errc::invalid_argument,
+                           address_ + " came back with " +
+                               std::to_string(irq_count(device_.get(), VFIO_PCI_MSIX_IRQ_INDEX)) +
+                               " MSI-X vectors, not " + std::to_string(irq_fds_.size())));
+  }
+  if (Status st = enable_bus_master(); !st.ok()) return fail(st.error());
+  if (Status st = map_bar0(); !st.ok()) return fail(st.error());
+  std::uint64_t n = 0;
+  (void)!::read(gone_fd_.get(), &n, sizeof n);  // the old removal request and close()'s signal
+  if (Status st = route_existing(num_irqs); !st.ok()) return fail(st.error());
+  gone_.store(false, std::memory_order_release);
+  closed_.store(false, std::memory_order_release);
+  return {};
 }
 
 VfioFunction::~VfioFunction() { close(); }
@@ -235,19 +301,29 @@ Status VfioFunction::map_bar0() {
 Status VfioFunction::route_interrupts(unsigned num_irqs) {
   if (num_irqs > VFIO_PCI_MSIX_IRQ_INDEX) {
     const std::uint32_t count = irq_count(device_.get(), VFIO_PCI_MSIX_IRQ_INDEX);
-    std::vector<int> fds;
     for (std::uint32_t i = 0; i < count; ++i) {
       UniqueFd fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
       if (!fd.valid()) return make_error(Errc::io_error, "eventfd: " + errno_text(errno));
-      fds.push_back(fd.get());
       irq_fds_.push_back(std::move(fd));
     }
-    if (count > 0 && !set_irq_eventfds(device_.get(), VFIO_PCI_MSIX_IRQ_INDEX, fds)) {
-      const int err = errno;
-      irq_fds_.clear();
-      return make_error(Errc::io_error, "cannot route the " + std::to_string(count) +
+  }
+  return route_existing(num_irqs);
+}
+
+Status VfioFunction::route_existing(unsigned num_irqs) {
+  if (!irq_fds_.empty()) {
+    std::vector<int> fds;
+    {
+      std::lock_guard lock(mask_mu_);
+      for (std::size_t v = 0; v < irq_fds_.size(); ++v) {
+        const bool masked = v < masked_.size() && masked_[v];
+        fds.push_back(masked ? pending_fds_[v].get() : irq_fds_[v].get());
+      }
+    }
+    if (!set_irq_eventfds(device_.get(), VFIO_PCI_MSIX_IRQ_INDEX, fds)) {
+      return make_error(Errc::io_error, "cannot route the " + std::to_string(fds.size()) +
                                             " MSI-X vectors of " + address_ +
-                                            " to eventfds: " + errno_text(err));
+                                            " to eventfds: " + errno_text(errno));
     }
   }
   // The release request tells us the kernel wants the device back (hot removal). Kernels and
@@ -286,14 +362,22 @@ Error VfioFunction::gone_error() const {
 void VfioFunction::close() noexcept {
   if (closed_.exchange(true)) return;
   gone_.store(true, std::memory_order_release);
-  bar_.retire();
   if (gone_fd_.valid()) {
     const std::uint64_t one = 1;
     (void)!::write(gone_fd_.get(), &one, sizeof one);  // wakes interrupt waiters
   }
+  let_go();
+}
+
+void VfioFunction::let_go() noexcept {
+  bar_.retire();
   // Closing the device disables its interrupts and lets the kernel have it; the eventfds stay
-  // open until destruction so a waiter never polls a reused descriptor.
-  device_.reset();
+  // open until destruction so a waiter never polls a reused descriptor. The device's number
+  // is kept, pointing at /dev/null, for the same reason (and for reopen()).
+  if (device_.valid()) {
+    UniqueFd null(::open("/dev/null", O_RDWR | O_CLOEXEC));
+    if (!null.valid() || ::dup2(null.get(), device_.get()) < 0) device_.reset();
+  }
   group_.reset();
 }
 
@@ -385,7 +469,7 @@ Status VfioFunction::flr() {
                       "the PF cannot be reset with FLR here; reset VFs individually");
   }
   if (gone()) return gone_error();
-  if (!can_reset_) {
+  if (!can_reset_.load()) {
     return make_error(Errc::unavailable, address_ + " offers no function-level reset through VFIO");
   }
   if (::ioctl(device_.get(), VFIO_DEVICE_RESET) < 0) {

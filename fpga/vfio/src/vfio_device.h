@@ -29,6 +29,11 @@ class Group {
   /// group is open in another process).
   static Result<std::shared_ptr<Group>> open(const std::string& path, unsigned number,
                                              const std::string& container_path);
+  /// Opens the group node `path` of a function back on the bus and attaches it to the
+  /// container its function had (Container::attach: every window mapped again at its IOVA).
+  /// Errors: those of open(), and of Container::attach.
+  static Result<std::shared_ptr<Group>> rejoin(const std::string& path, unsigned number,
+                                               std::shared_ptr<Container> container);
   Group(const Group&) = delete;
   Group& operator=(const Group&) = delete;
   ~Group();
@@ -40,6 +45,8 @@ class Group {
  private:
   Group(unsigned number, UniqueFd fd, std::shared_ptr<Container> container)
       : number_(number), fd_(std::move(fd)), container_(std::move(container)) {}
+  /// Opens the node and checks it is viable.
+  static Result<UniqueFd> open_node(const std::string& path, unsigned number);
 
   unsigned number_;
   UniqueFd fd_;
@@ -59,7 +66,7 @@ class VfioFunction final : public Function {
   ~VfioFunction() override;
 
   const std::string& address() const noexcept { return address_; }
-  unsigned group_number() const noexcept { return group_number_; }
+  unsigned group_number() const noexcept { return group_number_.load(); }
   /// Sets the VF token (a UUID, 16 bytes) VFs of this PF must present. False when the kernel
   /// or device has no VF token (kernels before 5.7, or a function that is not an SR-IOV PF).
   bool set_vf_token(const std::array<std::uint8_t, 16>& uuid);
@@ -67,6 +74,15 @@ class VfioFunction final : public Function {
   /// fail with gone (waits in progress wake up), the device and its group are released. The
   /// object stays valid, so pointers callers still hold never dangle. Idempotent.
   void close() noexcept;
+  /// After close(): the function is back on the bus (its VF re-enabled) and `group` (from
+  /// Group::rejoin, so the DMA windows are mapped again) holds it. Opens the device again
+  /// under the same descriptor number, maps BAR0 at the same address and routes its vectors
+  /// to the same eventfds, so whoever holds this function, its interrupt fds or its DMA
+  /// buffers goes on as before; the device itself comes back as from a reset. Errors:
+  /// unavailable (VFIO refused it), busy (another process has it), io_error, invalid_argument
+  /// (it came back different: BAR size, vector count); then it stays closed.
+  Status reopen(std::shared_ptr<Group> group);
+  const std::shared_ptr<Container>& container() const noexcept { return container_; }
   bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
   /// Readable once the kernel asked for the device back (its request IRQ) or close() ran.
   int gone_fd() const noexcept { return gone_fd_.get(); }
@@ -91,14 +107,24 @@ class VfioFunction final : public Function {
   Status flr() override;
 
  private:
-  VfioFunction(std::shared_ptr<Group> group, std::string address, unsigned number, UniqueFd device)
+  VfioFunction(std::shared_ptr<Group> group, std::string address, std::string name, unsigned number,
+               UniqueFd device)
       : group_(std::move(group)),
         address_(std::move(address)),
+        name_(std::move(name)),
         number_(number),
         device_(std::move(device)) {}
+  /// Reads the device's info: PCI, BAR0 present, FLR offered. Errors: io_error, unavailable.
+  Status read_info(std::uint32_t& num_irqs);
+  /// Lets the kernel have the device: BAR retired, the device descriptor's number kept (it
+  /// then refers to /dev/null), the group released.
+  void let_go() noexcept;
   Status enable_bus_master();
   Status map_bar0();
   Status route_interrupts(unsigned num_irqs);
+  /// Routes the vectors of irq_fds_ (masked ones to their pending fds) and the release
+  /// request to gone_fd_ on the current device.
+  Status route_existing(unsigned num_irqs);
   /// True once the function was closed or the kernel asked for it back (hot removal).
   bool gone() noexcept;
   Error gone_error() const;
@@ -106,15 +132,18 @@ class VfioFunction final : public Function {
   std::shared_ptr<Group> group_;
   std::shared_ptr<Container> container_;  // kept after close(): DmaBuffers still point at it
   std::string address_;
+  std::string name_;  // what VFIO_GROUP_GET_DEVICE_FD is given
   unsigned number_;
+  // Its number never changes once open (close() points it at /dev/null, reopen() at the
+  // device again), so other threads' ioctls never see a descriptor closed under them.
   UniqueFd device_;
   Bar bar_;  // declared after device_: unmapped before the device closes
   std::vector<UniqueFd> irq_fds_;
   // Signalled by the kernel when it wants the device back (hot removal) and by close(); every
   // interrupt wait polls it too.
   UniqueFd gone_fd_;
-  unsigned group_number_ = 0;
-  bool can_reset_ = false;
+  std::atomic<unsigned> group_number_{0};
+  std::atomic<bool> can_reset_{false};
   std::mutex mask_mu_;
   std::vector<bool> masked_;           ///< Per vector: its trigger is pending_fds_[v].
   std::vector<UniqueFd> pending_fds_;  ///< What fires while masked.

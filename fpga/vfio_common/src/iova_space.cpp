@@ -153,6 +153,14 @@ Result<Iova> IovaSpace::allocate_below(std::size_t bytes, Iova need, Iova align)
                                          " bytes left in this IOMMU domain");
 }
 
+Result<std::size_t> IovaSpace::size_of(Iova iova) const {
+  const auto it = windows_.find(iova);
+  if (it == windows_.end()) {
+    return make_error(Errc::not_found, "no DMA window starts at IOVA " + hex(iova));
+  }
+  return it->second;
+}
+
 Result<std::size_t> IovaSpace::release(Iova iova) {
   const auto it = windows_.find(iova);
   if (it == windows_.end()) {

@@ -47,6 +47,8 @@ class IovaSpace {
   /// Picks and records a window of `bytes` (a multiple of page()). Errors: invalid_argument
   /// (zero or unaligned size), no_memory (no room left in the usable ranges).
   Result<Iova> allocate(std::size_t bytes);
+  /// The size of the window that starts at `iova`. Errors: not_found.
+  Result<std::size_t> size_of(Iova iova) const;
   /// Forgets the window that starts at `iova` and returns its size. Errors: not_found.
   Result<std::size_t> release(Iova iova);
 
