@@ -44,9 +44,13 @@ int main(int argc, char** argv) {
   unsigned queue_depth = 64;
   bool read_only = false;
   app.add_option("--socket", socket_path, "Unix socket to listen on")->required();
-  app.add_option("--card", card, "Card backend (model, sim, vfio:<BDF>, xrt:<N>)");
+  app.add_option("--card", card,
+                 "Card backend (model, sim, vfio:<BDF>, xrt:<N>; one function: vfio:<VF BDF>, "
+                 "vfio-user:<keel-card run dir>/vf<N>.sock)");
   app.add_option("--image", image,
-                 "Disk image (created if missing; default: a temporary image in /dev/shm)");
+                 "Disk image (created if missing; default: a temporary image in /dev/shm). On a "
+                 "card of one function: the storage its namespace lives on, for the host path "
+                 "(the PF's namespace, or keel-card's image)");
   app.add_option("--size-mib", size_mib, "Disk size in MiB")
       ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 20));
   app.add_option("--path", path, "vf: the accelerated path; fallback: the host path only")

@@ -1,5 +1,6 @@
 // NbdDisk: a whole keel guest disk behind an NBD server (card, VF, host service, paravisor),
 // stood up by the stack.
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -46,16 +47,28 @@ Result<std::unique_ptr<NbdDisk>> NbdDisk::create(const NbdDiskOptions& options) 
   auto st = stack::Stack::open_card(sc);
   if (!st) return context("opening the " + options.card + " card", st.error());
   d->stack_ = std::move(st).value();
-  struct stat sb {};
-  if (stat(d->image_.c_str(), &sb) != 0 ||
-      static_cast<std::uint64_t>(sb.st_size) < options.size_bytes) {
+  if (!d->stack_->card().owns_pf() && options.image.empty()) {
+    return make_error(Errc::invalid_argument,
+                      options.card +
+                          " is one function (a VF handed to this process): give the image its "
+                          "namespace lives on for the host path (--image: the PF's namespace, "
+                          "such as /dev/nvme0n1, or keel-card's image)");
+  }
+  // The end of the image, a file or a block device (whose st_size is 0).
+  const int image_fd = ::open(d->image_.c_str(), O_RDONLY | O_CLOEXEC);
+  const off_t image_end = image_fd >= 0 ? ::lseek(image_fd, 0, SEEK_END) : -1;
+  if (image_fd >= 0) ::close(image_fd);
+  if (image_end < 0 || static_cast<std::uint64_t>(image_end) < options.size_bytes) {
     return make_error(Errc::invalid_argument, "image " + d->image_ + " is smaller than the disk (" +
                                                   std::to_string(options.size_bytes / kMiB) +
-                                                  " MiB)");
+                                                  " MiB), or cannot be read");
   }
 
-  if (Status s = d->stack_->discover_pf(); !s.ok()) return context("PF manager", s.error());
-  if (Status s = d->stack_->enable_vfs(); !s.ok()) return context("enabling the VF", s.error());
+  // A card of one function has its VF set up already (by whoever owns its PF).
+  if (d->stack_->card().owns_pf()) {
+    if (Status s = d->stack_->discover_pf(); !s.ok()) return context("PF manager", s.error());
+    if (Status s = d->stack_->enable_vfs(); !s.ok()) return context("enabling the VF", s.error());
+  }
 
   auto mem = GuestMemory::create(NbdServer::guest_memory_bytes(options.server));
   if (!mem) return context("guest memory", mem.error());

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # fio's own nbd engine through keel-nbd: a short random-write job with crc32c verification
 # (verify_fatal), then a separate verify-only pass over a fresh connection.
-#   fio_verify.sh KEEL_NBD_BINARY vf|fallback WORKDIR
+#   fio_verify.sh KEEL_NBD_BINARY vf|fallback WORKDIR [KEEL_CARD_BINARY]
+# With KEEL_CARD_BINARY, the card is a keel-card process (model, one VF) and keel-nbd gets only
+# its VF: a card of one function (--card vfio-user:<run dir>/vf0.sock), the host path on
+# keel-card's image, as on a host whose PF is someone else's.
 # Exit 77 (skip) when fio or its nbd engine is missing.
 set -uo pipefail
 bin=$1
 path=$2
 work=$3
+card_bin=${4:-}
 
 if ! command -v fio >/dev/null 2>&1; then
   echo "skip: fio is not installed (apt-get install fio)"
@@ -21,12 +25,34 @@ mkdir -p "$work"
 sock="$work/keel.sock"
 log="$work/keel-nbd.log"
 rm -f "$sock"
-"$bin" --socket "$sock" --size-mib 32 --path "$path" --queue-depth 32 >"$log" 2>&1 &
+card_args=()
+card_pid=
+if [ -n "$card_bin" ]; then
+  run="$work/card"
+  rm -rf "$run" "$work/card.img"
+  mkdir -p "$run"
+  "$card_bin" --card model --image "$work/card.img" --size-mib 32 --vfs 1 --run-dir "$run" \
+    >"$work/keel-card.log" 2>&1 &
+  card_pid=$!
+  for _ in $(seq 1 300); do
+    [ -S "$run/vf0.sock" ] && break
+    kill -0 "$card_pid" 2>/dev/null || { cat "$work/keel-card.log"; echo "FAIL: keel-card exited"; exit 1; }
+    sleep 0.1
+  done
+  [ -S "$run/vf0.sock" ] || { cat "$work/keel-card.log"; echo "FAIL: no VF socket"; exit 1; }
+  card_args=(--card "vfio-user:$run/vf0.sock" --image "$work/card.img")
+fi
+"$bin" --socket "$sock" --size-mib 32 --path "$path" --queue-depth 32 "${card_args[@]}" \
+  >"$log" 2>&1 &
 pid=$!
 cleanup() {
   if kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid"
     wait "$pid"
+  fi
+  if [ -n "$card_pid" ] && kill -0 "$card_pid" 2>/dev/null; then
+    kill -TERM "$card_pid"
+    wait "$card_pid"
   fi
 }
 trap cleanup EXIT
@@ -51,6 +77,7 @@ fio --name=write-verify "${common[@]}" --rw=randwrite --iodepth=8 --verify_only=
 kill -TERM "$pid"
 wait "$pid"
 rc=$?
+cleanup
 trap - EXIT
 cat "$log"
 [ "$rc" -eq 0 ] || { echo "FAIL: keel-nbd exited with $rc"; exit 1; }
