@@ -417,6 +417,41 @@ TEST_F(HostServiceTest, StopWithIoStuckInTheKernelSaysSoAndKeepsItsMemoryMapped)
   }
 }
 
+// O_DIRECT: a partial-block write whose edge read the kernel holds, and a second write to the
+// same block waiting for it (never in the kernel) when the service stops: both complete
+// -ECANCELED, once each.
+TEST_F(HostServiceTest, StopCancelsAWriteWaitingForAReadModifyWrite) {
+  HostServiceConfig cfg = config();
+  cfg.direct = HostDirectIo::on;
+  start(cfg);
+  auto c = client();
+  ASSERT_TRUE(c);
+  HostServiceForTests::back_with(*service, silent_fifo());
+  const HostSegment first{0x1000, 100};
+  const HostSegment second{0x2000, 100};
+  ASSERT_TRUE(c->submit(1, HostOp::write, 10, {&first, 1}));
+  ASSERT_TRUE(c->submit(2, HostOp::write, 200, {&second, 1}));
+  c->notify();
+  ASSERT_TRUE(in_the_kernel(*service, 1));
+
+  const Status st = service->stop();
+
+  EXPECT_TRUE(st.ok()) << to_string(st.error());
+  HostCompletion done[3];
+  unsigned n = 0;
+  while (n < 2) {
+    const unsigned got = c->wait({done + n, 3 - n}, kWait);
+    ASSERT_GT(got, 0u) << "a completion is missing";
+    n += got;
+  }
+  EXPECT_EQ(c->poll(done), 0u) << "a request completed twice";
+  EXPECT_EQ(done[0].result, -ECANCELED);
+  EXPECT_EQ(done[1].result, -ECANCELED);
+  EXPECT_EQ(done[0].tag + done[1].tag, 3u);
+  EXPECT_GE(service->stats().overlap_waits, 1u);
+  EXPECT_EQ(service->stats().stuck_at_stop, 0u);
+}
+
 // stop_timeout_ms is counted on the configured clock: with a test clock that does not move,
 // the stop keeps waiting for the stuck request however much real time passes; moving the clock
 // past the budget ends it, with the same report as above.

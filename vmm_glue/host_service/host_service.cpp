@@ -18,12 +18,14 @@
 #include <system_error>
 #include <thread>
 
+#include "keel/log.h"
 #include "service_impl.h"
 
 namespace keel::vmm {
 namespace {
 
 constexpr unsigned kMaxDepth = 4096;
+constexpr log::Logger kLog{"host-service"};
 
 Error sys_error(Errc code, const std::string& what, int err = errno) {
   return make_error(code, what + " failed: " + std::strerror(err));
@@ -67,15 +69,14 @@ Status HostStorageService::Impl::open_image(const HostServiceConfig& cfg) {
   if (S_ISBLK(st.st_mode) && ioctl(image_fd.get(), BLKGETSIZE64, &size) != 0) {
     return sys_error(Errc::io_error, "BLKGETSIZE64 on image " + name);
   }
-  // A block device may be a namespace a VF writes behind the page cache's back (the PF's
-  // namespace of an SR-IOV SSD): what the kernel cached of it before (a partition scan at
-  // probe) is dropped, so the host path reads the blocks as they are. (Cached blocks the host
-  // path itself reads and the VF then rewrites would still be stale: see docs/boards.md.)
-  if (S_ISBLK(st.st_mode)) (void)ioctl(image_fd.get(), BLKFLSBUF, 0);
   if (!S_ISBLK(st.st_mode) && !S_ISREG(st.st_mode)) {
     return make_error(Errc::invalid_argument,
                       "image " + name + " is neither a regular file nor a block device");
   }
+  // A block device may be a namespace a VF writes behind the page cache's back (the PF's
+  // namespace of an SR-IOV SSD): its data IO is O_DIRECT (below), and what the kernel cached
+  // of it before (a partition scan at probe) is dropped here as well, harmlessly.
+  if (S_ISBLK(st.st_mode)) (void)ioctl(image_fd.get(), BLKFLSBUF, 0);
   base_offset = cfg.base_offset;
   length = cfg.length;
   if (length == 0 && base_offset < size) length = size - base_offset;
@@ -86,6 +87,74 @@ Status HostStorageService::Impl::open_image(const HostServiceConfig& cfg) {
                                                   std::to_string(cfg.length) +
                                                   "), or the slice is empty");
   }
+  const bool direct = cfg.direct == HostDirectIo::on ||
+                      (cfg.direct == HostDirectIo::automatic && S_ISBLK(st.st_mode));
+  if (!direct) return {};
+  if (auto s = open_direct(name, S_ISBLK(st.st_mode)); !s) return s;
+  if ((base_offset | length) % dio_align != 0) {
+    return make_error(Errc::invalid_argument,
+                      "image " + name + ": the slice (base_offset " + std::to_string(base_offset) +
+                          ", length " + std::to_string(length) + ") is not on the " +
+                          std::to_string(dio_align) +
+                          "-byte alignment O_DIRECT needs (a partial block shared with another "
+                          "slice could not be rewritten safely); align it, or set "
+                          "HostServiceConfig::direct to off");
+  }
+  return {};
+}
+
+Status HostStorageService::Impl::open_direct(const std::string& name, bool block_device) {
+  std::uint64_t align = 0;
+  if (block_device) {
+    int logical = 0;
+    if (ioctl(image_fd.get(), BLKSSZGET, &logical) != 0) {
+      return sys_error(Errc::io_error, "BLKSSZGET on image " + name);
+    }
+    align = static_cast<std::uint64_t>(logical);
+  } else {
+    struct stat st {};
+    if (fstat(image_fd.get(), &st) != 0) return sys_error(Errc::io_error, "fstat of image " + name);
+    align = static_cast<std::uint64_t>(st.st_blksize);  // the file system's block: always enough
+#ifdef STATX_DIOALIGN
+    struct statx sx {};
+    if (statx(image_fd.get(), "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 &&
+        (sx.stx_mask & STATX_DIOALIGN) != 0) {
+      if (sx.stx_dio_offset_align == 0) {
+        return make_error(Errc::invalid_argument,
+                          "image " + name +
+                              ": its file system does not support O_DIRECT; set "
+                              "HostServiceConfig::direct to off or automatic");
+      }
+      align = std::max(sx.stx_dio_offset_align, sx.stx_dio_mem_align);
+    }
+#endif
+  }
+  const auto page = static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+  if (align == 0 || (align & (align - 1)) != 0 || align > page) {
+    return make_error(Errc::invalid_argument,
+                      "image " + name + " needs a " + std::to_string(align) +
+                          "-byte alignment for O_DIRECT; only powers of two up to the page size (" +
+                          std::to_string(page) + ") are supported");
+  }
+  // Opened again, not switched with F_SETFL: a descriptor the caller passed shares its open
+  // file (and so its flags) with the caller's.
+  const std::string self = "/proc/self/fd/" + std::to_string(image_fd.get());
+  UniqueFd fd(::open(self.c_str(), O_RDWR | O_CLOEXEC | O_DIRECT));
+  if (!fd.valid()) {
+    const int err = errno;
+    if (err == EINVAL) {
+      return make_error(Errc::invalid_argument,
+                        "image " + name +
+                            " cannot be opened with O_DIRECT (its file system refuses it); set "
+                            "HostServiceConfig::direct to off");
+    }
+    return sys_error(Errc::io_error, "open of image " + name + " with O_DIRECT (" + self + ")",
+                     err);
+  }
+  image_fd = std::move(fd);
+  dio_align = align;
+  kLog.info("image %s: O_DIRECT, %llu-byte alignment (%s)", name.c_str(),
+            static_cast<unsigned long long>(align), block_device ? "block device" : "regular file");
   return {};
 }
 
@@ -171,6 +240,17 @@ Status HostStorageService::Impl::init_io(const HostServiceConfig& cfg) {
   slots.resize(depth);
   free_slots.reserve(depth);
   for (unsigned i = depth; i > 0; --i) free_slots.push_back(i - 1);
+  if (dio_align == 0) return {};
+  // O_DIRECT: a bounce buffer per slot, page aligned. Address space only until an unaligned
+  // request touches it (MAP_NORESERVE: no commit charge for the untouched rest).
+  bounce_map_bytes = std::uint64_t{depth} * detail::kBounceBytes;
+  void* b = mmap(nullptr, bounce_map_bytes, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (b == MAP_FAILED) return sys_error(Errc::no_memory, "mmap of the O_DIRECT bounce buffers");
+  bounce_map = static_cast<std::byte*>(b);
+  for (unsigned i = 0; i < depth; ++i) slots[i].bounce = bounce_map + i * detail::kBounceBytes;
+  deferred.reserve(depth);
+  woken.reserve(depth);
   return {};
 }
 
@@ -187,6 +267,7 @@ HostStorageService::Impl::~Impl() {
     for (const auto& r : regions) munmap(r.map, r.map_bytes);
     // const_cast: only to hand the zero mapping back; it was never written.
     if (zeros != nullptr) munmap(const_cast<std::byte*>(zeros), detail::kZeroChunk);
+    if (bounce_map != nullptr) munmap(bounce_map, bounce_map_bytes);
   }
   for (const auto& r : pending_regions) munmap(r.map, r.map_bytes);  // never named by IO
 }
@@ -362,7 +443,8 @@ HostStorageService::Stats HostStorageService::stats() const {
   return Stats{c.requests.load(r),         c.bytes.load(r),           c.errors.load(r),
                c.io_uring_submits.load(r), c.retries.load(r),         c.sleeps.load(r),
                c.client_kicks.load(r),     c.broken_channels.load(r), c.cancelled_at_stop.load(r),
-               c.stuck_at_stop.load(r)};
+               c.stuck_at_stop.load(r),    c.bounced.load(r),         c.rmw_reads.load(r),
+               c.overlap_waits.load(r)};
 }
 
 std::string HostStorageService::last_error() const {

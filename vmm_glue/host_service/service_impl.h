@@ -25,6 +25,8 @@
 namespace keel::vmm::detail {
 
 inline constexpr std::uint64_t kZeroChunk = 1 << 20;  // bytes of the zero source (per iovec)
+/// O_DIRECT: bytes of each slot's bounce buffer (the largest window of an unaligned request).
+inline constexpr std::uint64_t kBounceBytes = 128 << 10;
 
 /// A channel on the service side. Built by open_channel() on any thread, then handed to the
 /// service thread, which alone touches the fields below the fds.
@@ -55,6 +57,16 @@ struct ServiceChannel {
   static Result<std::unique_ptr<ServiceChannel>> create(std::uint32_t entries);
 };
 
+/// What a slot's operation in the kernel does.
+enum class Stage : std::uint8_t {
+  sync,       // flush: fdatasync
+  vectored,   // readv/writev of the request's iovecs (page cache, or O_DIRECT and aligned)
+  zero,       // write_zeroes of [position + done, + step_bytes): fallocate, or zero writes
+  read_head,  // O_DIRECT write: read the partial block at the start of the window
+  read_tail,  // O_DIRECT write: read the partial block at the end of the window
+  transfer,   // O_DIRECT: the window between the image and the bounce buffer
+};
+
 /// One request in the service's hands, from the SQ until its completion is posted.
 struct Slot {
   ServiceChannel* channel = nullptr;
@@ -63,14 +75,43 @@ struct Slot {
   std::uint64_t total = 0;     // bytes to move (read/write/write_zeroes)
   std::uint64_t done = 0;      // bytes moved so far (short IO continues from here)
   HostOp op = HostOp::read;
+  Stage stage = Stage::vectored;
   bool busy = false;
   bool cancel_sent = false;  // stopping: an IORING_OP_ASYNC_CANCEL for it is in the ring
   bool zero_fill = false;    // write_zeroes carried out by writing zeroes
+  bool replan = false;       // issue() picks the next step first (Impl::plan)
+  bool tail_edge = false;    // the window's last block is partial and read on its own
+  bool waiting = false;      // in Impl::deferred: its blocks are busy with another write
+  bool claimed = false;      // O_DIRECT write step in flight over [claim_lo, claim_hi)
+  bool rmw = false;          // ... and it is a read-modify-write of that window
   unsigned retries = 0;
   unsigned iov_first = 0;
   unsigned iov_count = 0;
+  std::uint64_t step_bytes = 0;    // request bytes the current step moves
+  std::uint64_t window = 0;        // O_DIRECT bounce: image offset of the window (aligned)
+  std::uint64_t window_bytes = 0;  // its length (aligned, at most kBounceBytes)
+  std::uint64_t claim_lo = 0;
+  std::uint64_t claim_hi = 0;
+  std::byte* bounce = nullptr;  // kBounceBytes of Impl::bounce_map (O_DIRECT only)
   iovec iov[kMaxSegments];
 };
+
+inline constexpr unsigned kMaxRetries = 16;  // resubmissions of one operation (EAGAIN, EINTR)
+
+/// Drops the first `n` bytes from the slot's iovecs (after a short transfer).
+inline void advance(Slot& s, std::uint64_t n) noexcept {
+  while (n > 0 && s.iov_count > 0) {
+    iovec& v = s.iov[s.iov_first];
+    if (n < v.iov_len) {
+      v.iov_base = static_cast<std::byte*>(v.iov_base) + n;
+      v.iov_len -= n;
+      return;
+    }
+    n -= v.iov_len;
+    ++s.iov_first;
+    --s.iov_count;
+  }
+}
 
 /// A region of guest memory (or a shared region) mapped into the service.
 struct MappedRegion {
@@ -95,6 +136,8 @@ struct HostStorageService::Impl {
 
   // Setup (host_service.cpp).
   Status open_image(const HostServiceConfig& config);
+  /// Replaces image_fd by an O_DIRECT descriptor of the same file and sets dio_align.
+  Status open_direct(const std::string& name, bool block_device);
   Status map_guest_memory(const HostServiceConfig& config);
   /// Checks and maps one region (any thread); `what` names it in errors.
   static Result<detail::MappedRegion> map_region(const HostMemoryRegion& region,
@@ -126,6 +169,24 @@ struct HostStorageService::Impl {
   /// Queues a cancel for every request in the kernel that has none yet; false if the ring had
   /// no room for all of them (the rest are tried again).
   bool cancel_in_flight() noexcept;
+  void vectored_done(std::uint32_t slot_index, int res) noexcept;
+  void zero_done(std::uint32_t slot_index, int res) noexcept;
+  void prep_zero(io_uring_sqe* sqe, detail::Slot& slot) noexcept;
+
+  // O_DIRECT (service_direct.cpp).
+  /// Whether what is left of a read/write may go to the O_DIRECT descriptor as it is.
+  bool aligned_rest(const detail::Slot& slot) const noexcept;
+  /// Picks the next step of a write_zeroes or of a bounced read/write.
+  void plan(detail::Slot& slot) noexcept;
+  /// O_DIRECT: reserves the blocks the slot's next step writes; false if another write holds
+  /// them in a way that excludes it (the slot then waits in `deferred`).
+  bool claim(detail::Slot& slot) noexcept;
+  void release(detail::Slot& slot) noexcept;
+  /// Issues the deferred slots again (or, stopping, completes them -ECANCELED).
+  void wake_deferred() noexcept;
+  void prep_bounce(io_uring_sqe* sqe, detail::Slot& slot) noexcept;
+  void edge_done(std::uint32_t slot_index, int res) noexcept;
+  void transfer_done(std::uint32_t slot_index, int res) noexcept;
 
   HostServiceConfig config;
   UniqueFd image_fd;
@@ -133,6 +194,15 @@ struct HostStorageService::Impl {
   std::uint64_t length = 0;
   std::vector<detail::MappedRegion> regions;  // service thread only, after start
   const std::byte* zeros = nullptr;  // read-only anonymous mapping: reads as zeroes, no RSS
+  /// O_DIRECT: alignment of file offsets, lengths and memory (a power of two up to the page
+  /// size); 0: the page cache.
+  std::uint64_t dio_align = 0;
+  std::byte* bounce_map = nullptr;  // O_DIRECT: kBounceBytes per slot, populated on first use
+  std::uint64_t bounce_map_bytes = 0;
+  unsigned rmw_holders = 0;             // slots with `rmw` set
+  bool wake_pending = false;            // a claim was released while slots were deferred
+  std::vector<std::uint32_t> deferred;  // slots waiting for a claim (capacity: depth)
+  std::vector<std::uint32_t> woken;     // wake_deferred()'s working list (capacity: depth)
 
   io_uring ring{};
   bool ring_ready = false;
@@ -190,6 +260,7 @@ struct HostStorageService::Impl {
     std::atomic<std::uint64_t> requests{0}, bytes{0}, errors{0}, io_uring_submits{0};
     std::atomic<std::uint64_t> retries{0}, sleeps{0}, client_kicks{0}, broken_channels{0};
     std::atomic<std::uint64_t> cancelled_at_stop{0}, stuck_at_stop{0};
+    std::atomic<std::uint64_t> bounced{0}, rmw_reads{0}, overlap_waits{0};
   } counters;
 };
 

@@ -11,23 +11,7 @@
 namespace keel::vmm {
 namespace {
 
-constexpr unsigned kMaxRetries = 16;  // -EAGAIN / -EINTR resubmissions of one operation
 constexpr std::uint64_t kCancelTag = ~std::uint64_t{0} - 1;  // user_data of cancel operations
-
-/// Drops the first `n` bytes from the slot's iovecs (after a short transfer).
-void advance(detail::Slot& s, std::uint64_t n) noexcept {
-  while (n > 0 && s.iov_count > 0) {
-    iovec& v = s.iov[s.iov_first];
-    if (n < v.iov_len) {
-      v.iov_base = static_cast<std::byte*>(v.iov_base) + n;
-      v.iov_len -= n;
-      return;
-    }
-    n -= v.iov_len;
-    ++s.iov_first;
-    --s.iov_count;
-  }
-}
 
 }  // namespace
 
@@ -52,6 +36,10 @@ void HostStorageService::Impl::take(detail::ServiceChannel& ch,
   s.busy = true;
   s.cancel_sent = false;
   s.zero_fill = false;
+  s.replan = false;
+  s.waiting = false;
+  s.claimed = false;
+  s.rmw = false;
   s.retries = 0;
   s.done = 0;
   s.total = 0;
@@ -71,13 +59,13 @@ int HostStorageService::Impl::prepare(detail::Slot& s, const detail::RingSqe& e)
     return offset > length || bytes > length - offset;
   };
   switch (s.op) {
-    case HostOp::flush: return e.segment_count == 0 ? 0 : -EINVAL;
+    case HostOp::flush: s.stage = detail::Stage::sync; return e.segment_count == 0 ? 0 : -EINVAL;
     case HostOp::write_zeroes:
       if (e.segment_count != 0 || e.zero_bytes == 0) return -EINVAL;
       if (outside_slice(e.offset, e.zero_bytes)) return -EINVAL;
       s.total = e.zero_bytes;
       s.position = base_offset + e.offset;
-      s.zero_fill = !zero_range;
+      s.replan = true;
       return 0;
     case HostOp::read:
     case HostOp::write: {
@@ -97,6 +85,9 @@ int HostStorageService::Impl::prepare(detail::Slot& s, const detail::RingSqe& e)
       s.iov_count = n;
       s.total = total;
       s.position = base_offset + e.offset;
+      s.stage = detail::Stage::vectored;
+      // O_DIRECT and not aligned: through the slot's bounce buffer, never the page cache.
+      s.replan = dio_align != 0 && !aligned_rest(s);
       return 0;
     }
   }
@@ -105,6 +96,13 @@ int HostStorageService::Impl::prepare(detail::Slot& s, const detail::RingSqe& e)
 
 void HostStorageService::Impl::issue(std::uint32_t index) noexcept {
   detail::Slot& s = slots[index];
+  if (s.replan) plan(s);
+  if (dio_align != 0 && !claim(s)) {
+    s.waiting = true;
+    deferred.push_back(index);  // capacity reserved for every slot: no allocation
+    bump(counters.overlap_waits);
+    return;
+  }
   io_uring_sqe* sqe = io_uring_get_sqe(&ring);
   if (sqe == nullptr) {
     submit_prepared();
@@ -116,29 +114,41 @@ void HostStorageService::Impl::issue(std::uint32_t index) noexcept {
   }
   const int fd = image_fd.get();
   const std::uint64_t at = s.position + s.done;
-  switch (s.op) {
-    case HostOp::read: io_uring_prep_readv(sqe, fd, &s.iov[s.iov_first], s.iov_count, at); break;
-    case HostOp::write: io_uring_prep_writev(sqe, fd, &s.iov[s.iov_first], s.iov_count, at); break;
-    case HostOp::flush: io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC); break;
-    case HostOp::write_zeroes:
-      if (!s.zero_fill) {
-        io_uring_prep_fallocate(sqe, fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, at,
-                                s.total - s.done);
-        break;
+  switch (s.stage) {
+    case detail::Stage::sync: io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC); break;
+    case detail::Stage::vectored:
+      if (s.op == HostOp::read) {
+        io_uring_prep_readv(sqe, fd, &s.iov[s.iov_first], s.iov_count, at);
+      } else {
+        io_uring_prep_writev(sqe, fd, &s.iov[s.iov_first], s.iov_count, at);
       }
-      s.iov_first = 0;
-      s.iov_count = 0;
-      for (std::uint64_t left = s.total - s.done; left > 0 && s.iov_count < detail::kMaxSegments;) {
-        const std::uint64_t len = std::min(left, detail::kZeroChunk);
-        // const_cast: iovec has no const variant; a write only reads from the zero mapping.
-        s.iov[s.iov_count++] = iovec{const_cast<std::byte*>(zeros), len};
-        left -= len;
-      }
-      io_uring_prep_writev(sqe, fd, s.iov, s.iov_count, at);
       break;
+    case detail::Stage::zero: prep_zero(sqe, s); break;
+    case detail::Stage::read_head:
+    case detail::Stage::read_tail:
+    case detail::Stage::transfer: prep_bounce(sqe, s); break;
   }
   io_uring_sqe_set_data64(sqe, index);
   ++prepared;
+}
+
+void HostStorageService::Impl::prep_zero(io_uring_sqe* sqe, detail::Slot& s) noexcept {
+  const int fd = image_fd.get();
+  const std::uint64_t at = s.position + s.done;
+  if (!s.zero_fill) {
+    io_uring_prep_fallocate(sqe, fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, at, s.step_bytes);
+    return;
+  }
+  // Chunks of the zero mapping: page aligned, and of aligned lengths when the step is (O_DIRECT).
+  s.iov_first = 0;
+  s.iov_count = 0;
+  for (std::uint64_t left = s.step_bytes; left > 0 && s.iov_count < detail::kMaxSegments;) {
+    const std::uint64_t len = std::min(left, detail::kZeroChunk);
+    // const_cast: iovec has no const variant; a write only reads from the zero mapping.
+    s.iov[s.iov_count++] = iovec{const_cast<std::byte*>(zeros), len};
+    left -= len;
+  }
+  io_uring_prep_writev(sqe, fd, s.iov, s.iov_count, at);
 }
 
 void HostStorageService::Impl::submit_prepared() noexcept {
@@ -152,6 +162,10 @@ void HostStorageService::Impl::submit_prepared() noexcept {
 bool HostStorageService::Impl::reap() noexcept {
   bool any = false;
   for (;;) {
+    if (wake_pending) {  // a claim was released: the requests waiting for it try again
+      wake_deferred();
+      any = true;
+    }
     io_uring_cqe* cqes[32];
     const unsigned n = io_uring_peek_batch_cqe(&ring, cqes, 32);
     if (n == 0) return any;
@@ -174,29 +188,30 @@ void HostStorageService::Impl::on_complete(std::uint64_t user_data, int res) noe
   detail::Slot& s = slots[index];
   if (!s.busy) return;
   if (res == -EAGAIN || res == -EINTR) {
-    if (!stopping && s.retries < kMaxRetries) {
+    if (!stopping && s.retries < detail::kMaxRetries) {
       ++s.retries;
       bump(counters.retries);
-      issue(index);
+      issue(index);  // the same operation again; a claim stays held
       return;
     }
     finish(index, stopping ? -ECANCELED : res);
     return;
   }
-  if (s.op == HostOp::flush) {
-    finish(index, std::min(res, 0));
-    return;
+  // A write step's claim on its blocks ends with it, except from the reads of a
+  // read-modify-write to its write.
+  if (s.stage != detail::Stage::read_head && s.stage != detail::Stage::read_tail) release(s);
+  switch (s.stage) {
+    case detail::Stage::sync: finish(index, std::min(res, 0)); return;
+    case detail::Stage::vectored: vectored_done(index, res); return;
+    case detail::Stage::zero: zero_done(index, res); return;
+    case detail::Stage::read_head:
+    case detail::Stage::read_tail: edge_done(index, res); return;
+    case detail::Stage::transfer: transfer_done(index, res); return;
   }
-  if (s.op == HostOp::write_zeroes && !s.zero_fill) {
-    if (res == -EOPNOTSUPP && !stopping) {  // this file system has no ZERO_RANGE: write zeroes
-      zero_range = false;
-      s.zero_fill = true;
-      issue(index);
-      return;
-    }
-    finish(index, std::min(res, 0));
-    return;
-  }
+}
+
+void HostStorageService::Impl::vectored_done(std::uint32_t index, int res) noexcept {
+  detail::Slot& s = slots[index];
   if (res < 0) {
     finish(index, res);
     return;
@@ -215,12 +230,51 @@ void HostStorageService::Impl::on_complete(std::uint64_t user_data, int res) noe
     return;
   }
   bump(counters.retries);
-  if (!s.zero_fill) advance(s, static_cast<std::uint64_t>(res));
+  detail::advance(s, static_cast<std::uint64_t>(res));
+  // O_DIRECT: a short transfer may leave the rest unaligned; it then goes through the bounce
+  // buffer.
+  s.replan = dio_align != 0 && !aligned_rest(s);
+  issue(index);
+}
+
+void HostStorageService::Impl::zero_done(std::uint32_t index, int res) noexcept {
+  detail::Slot& s = slots[index];
+  if (!s.zero_fill) {
+    if (res == -EOPNOTSUPP && !stopping) {  // this file system has no ZERO_RANGE: write zeroes
+      zero_range = false;
+      s.zero_fill = true;
+      issue(index);
+      return;
+    }
+    if (res < 0) {
+      finish(index, res);
+      return;
+    }
+    s.done += s.step_bytes;
+  } else {
+    if (res <= 0) {
+      finish(index, res < 0 ? res : -EIO);
+      return;
+    }
+    s.done += static_cast<std::uint64_t>(res);
+    const std::uint64_t asked = std::min(s.step_bytes, detail::kMaxSegments * detail::kZeroChunk);
+    if (static_cast<std::uint64_t>(res) < asked) bump(counters.retries);
+  }
+  if (s.done >= s.total) {
+    finish(index, 0);
+    return;
+  }
+  if (stopping) {
+    finish(index, -ECANCELED);
+    return;
+  }
+  s.replan = true;
   issue(index);
 }
 
 void HostStorageService::Impl::finish(std::uint32_t index, int result) noexcept {
   detail::Slot& s = slots[index];
+  release(s);
   bump(counters.requests);
   if (stopping && result == -ECANCELED) bump(counters.cancelled_at_stop);
   if (result == 0) {
@@ -248,7 +302,7 @@ void HostStorageService::Impl::post(detail::ServiceChannel& ch, std::uint64_t ta
 bool HostStorageService::Impl::cancel_in_flight() noexcept {
   bool all = true;
   for (std::uint32_t i = 0; i < slots.size(); ++i) {
-    if (!slots[i].busy || slots[i].cancel_sent) continue;
+    if (!slots[i].busy || slots[i].cancel_sent || slots[i].waiting) continue;
     io_uring_sqe* sqe = io_uring_get_sqe(&ring);
     if (sqe == nullptr) {
       submit_prepared();

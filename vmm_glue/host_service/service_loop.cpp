@@ -148,7 +148,7 @@ void HostStorageService::Impl::sleep_until_work() noexcept {
   // (can_take() loads sq_tail with seq_cst).
   for (auto& ch : channels) ch->header->service_needs_wakeup.store(1, std::memory_order_seq_cst);
   bool work = stop.load(std::memory_order_relaxed) || has_pending.load(std::memory_order_relaxed) ||
-              io_uring_cq_ready(&ring) > 0;
+              io_uring_cq_ready(&ring) > 0 || wake_pending;
   for (auto& ch : channels) work = work || can_take(*ch);
   if (!work) {
     bump(counters.sleeps);
@@ -180,6 +180,7 @@ void HostStorageService::Impl::shut_down() noexcept {
   }
   adopt_channels();  // channels opened while stopping get their stop too
   reap();
+  wake_deferred();  // requests waiting for their blocks never reached the kernel: -ECANCELED
   // Every request in the kernel is asked to stop, and its completion awaited: it reports what
   // the kernel says (-ECANCELED only if the kernel cancelled it or it came back interrupted).
   // The budget is counted on the configured clock; the kernel is waited for in slices of at

@@ -71,6 +71,13 @@ struct HostRegionInfo {
   bool shared = false;  ///< Added with add_shared_region() (not guest RAM given at start).
 };
 
+/// How the service reaches the image: through the kernel's page cache, or around it (O_DIRECT).
+enum class HostDirectIo : std::uint8_t {
+  automatic,  ///< O_DIRECT for a block device, the page cache for a regular file.
+  on,         ///< O_DIRECT whatever the image is (tests use it on a file in /tmp).
+  off,        ///< The page cache, a block device too (not coherent with a VF on the same media).
+};
+
 struct HostServiceConfig {
   std::string image_path;         ///< The same disk image the card's storage maps.
   int image_fd = -1;              ///< If >= 0, used (duplicated) instead of image_path.
@@ -83,7 +90,14 @@ struct HostServiceConfig {
   std::uint64_t guest_memory_bytes = 0;
   std::vector<HostMemoryRegion> regions;  ///< Instead of guest_memory_fd: several regions.
   unsigned io_uring_depth = 128;          ///< io_uring entries = requests in flight at once.
-  bool zero_range = true;          ///< write_zeroes via fallocate(ZERO_RANGE) where supported.
+  bool zero_range = true;  ///< write_zeroes via fallocate(ZERO_RANGE) where supported.
+  /// Page cache or O_DIRECT. A block device is the PF's namespace of an SR-IOV SSD whose VF
+  /// writes the same media behind the page cache, so by default (automatic) it is read and
+  /// written with O_DIRECT; a regular file is shared with the card's MAP_SHARED mapping
+  /// through the page cache, so it keeps buffered IO. With O_DIRECT, base_offset and the
+  /// slice's end must be multiples of the image's direct IO alignment (the logical block size
+  /// of a block device); requests need not be (see HostStorageService).
+  HostDirectIo direct = HostDirectIo::automatic;
   unsigned idle_timeout_ms = 100;  ///< Longest sleep of the service thread between checks.
   /// How long stopping waits for IO already in the kernel to be cancelled or to finish.
   unsigned stop_timeout_ms = 5000;
@@ -125,8 +139,18 @@ class HostStorage {
 };
 
 /// The host side: one thread that serves every channel (one per virtqueue) with io_uring on
-/// the image. Buffered IO (no O_DIRECT), so it is coherent with the card's MAP_SHARED mapping of
-/// the same file. Guest memory is mapped at start and must not change afterwards.
+/// the image. Guest memory is mapped at start and must not change afterwards.
+///
+/// Page cache (HostServiceConfig::direct): a regular file is read and written through the page
+/// cache, which keeps it coherent with the card's MAP_SHARED mapping of the same file. A block
+/// device is read and written with O_DIRECT: a VF of the same SSD reads and writes its media
+/// without the host kernel, so a block the host path left in the page cache (or read from it)
+/// would be stale for one side or the other after a failover. A request whose offset, segment
+/// addresses and segment lengths are all multiples of the direct IO alignment goes to the
+/// device as it is; any other is carried through a bounce buffer of the request's slot
+/// (aligned windows of at most 128 KiB; the partial blocks at a write's edges are read first
+/// and written back whole, while no other write to those blocks is in flight). Nothing goes
+/// through the page cache either way; flush is fdatasync.
 ///
 /// Confidential guests: their RAM is private, so the service is started without guest memory
 /// (or with other guests' only) and their paravisor registers a shared bounce pool it owns with
@@ -137,12 +161,16 @@ class HostStorage {
 /// io_worker_cpu_ns() and last_error() may be called from any thread while the service lives.
 ///
 /// Memory: a channel of 256 entries is a 280 KiB memfd (1088-byte SQ entries, 16-byte CQ
-/// entries); the service adds 136 KiB per 128 of io_uring_depth.
+/// entries); the service adds 136 KiB per 128 of io_uring_depth. With O_DIRECT it reserves a
+/// 128 KiB bounce buffer per io_uring_depth entry (address space only: a page is allocated when
+/// an unaligned request first uses it, and kept).
 class HostStorageService final : public HostStorage {
  public:
   /// Opens the image, maps guest memory and starts the service thread.
   /// Errors: invalid_argument (no image, bad depth, empty/overlapping regions, slice past the
-  /// end of the image), not_found (image missing), io_error (open, mmap, io_uring, thread).
+  /// end of the image; with O_DIRECT: a slice not on the alignment, an image that refuses
+  /// O_DIRECT or needs an alignment above the page size), not_found (image missing), io_error
+  /// (open, mmap, io_uring, thread).
   static Result<std::unique_ptr<HostStorageService>> start(const HostServiceConfig& config);
   /// Stops the service (at most once; later calls return the first call's outcome). Every
   /// request in its hands completes exactly once: IO in the kernel is cancelled
@@ -196,6 +224,12 @@ class HostStorageService final : public HostStorage {
     std::uint64_t broken_channels = 0;    ///< Channels dropped for corrupt ring indices.
     std::uint64_t cancelled_at_stop = 0;  ///< Requests the kernel cancelled when stopping.
     std::uint64_t stuck_at_stop = 0;      ///< Requests still in the kernel after stop_timeout_ms.
+    /// O_DIRECT: transfers between the image and a bounce buffer (windows of unaligned requests).
+    std::uint64_t bounced = 0;
+    std::uint64_t rmw_reads = 0;  ///< O_DIRECT: partial edge blocks read for an unaligned write.
+    /// O_DIRECT: writes held back until a read-modify-write of the same blocks was done (or an
+    /// unaligned write until the writes to its blocks were).
+    std::uint64_t overlap_waits = 0;
   };
   Stats stats() const;
   /// The last problem the service noticed on its own (corrupt channel, stuck IO at stop), or "".
