@@ -262,6 +262,37 @@ std::optional<vu::VringState> FrontEnd::get_vring_base(std::uint32_t index) {
   return out;
 }
 
+std::optional<FrontEnd::InflightReply> FrontEnd::get_inflight_fd(std::uint16_t num_queues,
+                                                                 std::uint16_t queue_size) {
+  vu::Inflight ask{};
+  ask.num_queues = num_queues;
+  ask.queue_size = queue_size;
+  if (!send(static_cast<std::uint32_t>(Request::get_inflight_fd), &ask, sizeof ask)) {
+    return std::nullopt;
+  }
+  // The reply carries the record's fd: read it with recvmsg.
+  std::vector<std::byte> buf(sizeof(vu::Header) + sizeof(vu::Inflight));
+  std::vector<UniqueFd> fds;
+  std::size_t got = 0;
+  while (got < buf.size()) {
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, 2000) != 1) return std::nullopt;
+    auto r = recv_with_fds(fd_, std::span(buf.data() + got, buf.size() - got), fds, 4);
+    if (!r || r->closed) return std::nullopt;
+    got += r->bytes;
+  }
+  vu::Header h;
+  std::memcpy(&h, buf.data(), sizeof h);
+  EXPECT_EQ(h.request, static_cast<std::uint32_t>(Request::get_inflight_fd));
+  EXPECT_EQ(h.flags, vu::kVersion | vu::kFlagReply);
+  EXPECT_EQ(h.size, sizeof(vu::Inflight));
+  InflightReply out;
+  std::memcpy(&out.desc, buf.data() + sizeof h, sizeof out.desc);
+  EXPECT_LE(fds.size(), 1u);
+  if (!fds.empty()) out.fd = std::move(fds[0]);
+  return out;
+}
+
 std::optional<std::vector<std::byte>> FrontEnd::get_config(std::uint32_t offset,
                                                            std::uint32_t size) {
   std::vector<std::byte> req(sizeof(vu::ConfigHeader) + size);

@@ -13,8 +13,10 @@
 #include <string>
 #include <vector>
 
+#include "keel/unique_fd.h"
 #include "keel/vmm/split_ring_driver.h"
 #include "keel/vmm/vhost_user.h"
+#include "keel/vmm/vhost_user_inflight.h"
 #include "keel/wire/virtio.h"
 
 namespace keel::testing {
@@ -129,6 +131,13 @@ class FrontEnd {
     return ack(r, &s, sizeof s);
   }
   std::optional<vu::VringState> get_vring_base(std::uint32_t index);
+  /// GET_INFLIGHT_FD for `num_queues` rings of `queue_size`: the reply's description and the
+  /// fd that came with it (invalid if none), or nothing if no reply came.
+  struct InflightReply {
+    vu::Inflight desc{};
+    UniqueFd fd;
+  };
+  std::optional<InflightReply> get_inflight_fd(std::uint16_t num_queues, std::uint16_t queue_size);
   /// GET_CONFIG: the config bytes (empty when the back end answered with an error).
   std::optional<std::vector<std::byte>> get_config(std::uint32_t offset, std::uint32_t size);
 

@@ -187,7 +187,8 @@ TEST_F(VhostUserAbuse, FeaturesNotOfferedFail) {
   EXPECT_EQ(fe->ack_u64(Request::set_features, offered | (1ull << 3)), 1u);
   EXPECT_EQ(fe->ack_u64(Request::set_features, offered & ~keel::virtio::bit(32)), 1u)
       << "VERSION_1 is required";
-  EXPECT_EQ(fe->ack_u64(Request::set_protocol_features, 1ull << vu::protocol::kInflightShmfd), 1u);
+  EXPECT_EQ(fe->ack_u64(Request::set_protocol_features, 1ull << vu::protocol::kLogShmfd), 1u)
+      << "LOG_SHMFD is not offered (no dirty logging)";
   EXPECT_EQ(fe->ack_u64(Request::set_features, offered), 0u);
 }
 

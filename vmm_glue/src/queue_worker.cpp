@@ -42,6 +42,24 @@ Status QueueWorker::setup(const Virtqueue::Layout& layout, bool event_idx,
                                                   std::to_string(config_.max_queue_size));
   }
   if (Status st = vq_.setup(ports_.memory, layout, event_idx, last_avail); !st.ok()) return st;
+  resubmit_ = nullptr;
+  resubmit_next_ = 0;
+  if (layout.inflight != nullptr) {
+    const InflightQueue::Start start =
+        layout.inflight->start(vq_.size(), vq_.used_idx(), last_avail);
+    if (!start.rejected.empty()) {
+      kLog.warn("queue %u: inflight record not used (nothing resubmitted): %s", config_.index,
+                start.rejected.c_str());
+    }
+    vq_.track_inflight(start.tracking ? layout.inflight : nullptr, start.last_avail);
+    if (start.tracking && !layout.inflight->resubmit().empty()) {
+      resubmit_ = &layout.inflight->resubmit();
+      kLog.info(
+          "queue %u: resubmitting %zu requests a previous back end had taken (avail "
+          "ring goes on at %u, base %u)",
+          config_.index, resubmit_->size(), start.last_avail, last_avail);
+    }
+  }
   limits_.capacity_sectors = config_.capacity_sectors;
   limits_.seg_max = config_.seg_max;
   limits_.size_max = config_.size_max;
@@ -127,53 +145,67 @@ void QueueWorker::submit_pending() noexcept {
 }
 
 void QueueWorker::take_requests() noexcept {
+  // What a previous back end took and never completed goes first, oldest first, once.
+  const std::vector<std::uint16_t>* again = resubmit_;
+  while (again != nullptr && resubmit_next_ < again->size()) {
+    const std::uint16_t head = (*again)[resubmit_next_++];
+    if (!take(head, vq_.last_avail(), true)) return;
+  }
   std::uint16_t head;
   for (;;) {
     const std::uint16_t pos = vq_.last_avail();
     if (!vq_.pop(&head)) break;
-    const ChainError ce = vq_.read_chain(head, chain_);
-    if (ce == ChainError::bad_index || head >= requests_.slots.size()) {  // a head beyond the queue
-      counters_.bad_requests.fetch_add(1, std::memory_order_relaxed);
-      vq_.mark_broken();
-      return;
-    }
-    worker::Slot& s = requests_.slots[head];
-    if (s.busy) {  // the driver made a chain available twice
-      counters_.bad_requests.fetch_add(1, std::memory_order_relaxed);
-      vq_.mark_broken();
-      return;
-    }
-    ParseOutcome outcome = parse_blk_request(ports_.memory, limits_, head, ce, chain_, s.req);
-    if (outcome == ParseOutcome::submit && !split(s)) {
-      s.req.status = blk::kStatusIoErr;  // too fragmented to cut into sub-requests
-      outcome = ParseOutcome::complete;
-    }
-    switch (outcome) {
-      case ParseOutcome::broken:
-        counters_.bad_requests.fetch_add(1, std::memory_order_relaxed);
-        vq_.mark_broken();
-        return;
-      case ParseOutcome::complete:
-        if (s.req.status != blk::kStatusOk) {
-          counters_.bad_requests.fetch_add(1, std::memory_order_relaxed);
-          counters_.errors.fetch_add(1, std::memory_order_relaxed);
-        }
-        (void)write_blk_status(ports_.memory, s.req, s.req.status);
-        vq_.push_used(head, s.req.written);
-        counters_.requests.fetch_add(1, std::memory_order_relaxed);
-        pushed_ = true;
-        break;
-      case ParseOutcome::submit:
-        s.busy = true;
-        s.avail_pos = pos;
-        ++inflight_;
-        for (unsigned i = 0; i < s.nsubs; ++i) {
-          const auto sub = static_cast<std::uint16_t>(i);
-          if (!submit(head, sub)) pending_.push_back({head, sub});
-        }
-        break;
-    }
+    if (!take(head, pos, false)) return;
   }
+}
+
+bool QueueWorker::take(std::uint16_t head, std::uint16_t pos, bool resubmitted) noexcept {
+  const ChainError ce = vq_.read_chain(head, chain_);
+  if (ce == ChainError::bad_index || head >= requests_.slots.size()) {  // a head beyond the queue
+    counters_.bad_requests.fetch_add(1, std::memory_order_relaxed);
+    vq_.mark_broken();
+    return false;
+  }
+  worker::Slot& s = requests_.slots[head];
+  if (s.busy) {  // the driver made a chain available twice
+    counters_.bad_requests.fetch_add(1, std::memory_order_relaxed);
+    vq_.mark_broken();
+    return false;
+  }
+  ParseOutcome outcome = parse_blk_request(ports_.memory, limits_, head, ce, chain_, s.req);
+  if (outcome == ParseOutcome::submit && !split(s)) {
+    s.req.status = blk::kStatusIoErr;  // too fragmented to cut into sub-requests
+    outcome = ParseOutcome::complete;
+  }
+  switch (outcome) {
+    case ParseOutcome::broken:
+      counters_.bad_requests.fetch_add(1, std::memory_order_relaxed);
+      vq_.mark_broken();
+      return false;
+    case ParseOutcome::complete:
+      if (s.req.status != blk::kStatusOk) {
+        counters_.bad_requests.fetch_add(1, std::memory_order_relaxed);
+        counters_.errors.fetch_add(1, std::memory_order_relaxed);
+      }
+      (void)write_blk_status(ports_.memory, s.req, s.req.status);
+      vq_.push_used(head, s.req.written);
+      counters_.requests.fetch_add(1, std::memory_order_relaxed);
+      pushed_ = true;
+      return true;
+    case ParseOutcome::submit:
+      s.busy = true;
+      s.avail_pos = pos;
+      s.resubmitted = resubmitted;
+      ++inflight_;
+      // Recorded before the device sees it (a resubmitted head still is, with its counter).
+      if (!resubmitted) vq_.mark_taken(head);
+      for (unsigned i = 0; i < s.nsubs; ++i) {
+        const auto sub = static_cast<std::uint16_t>(i);
+        if (!submit(head, sub)) pending_.push_back({head, sub});
+      }
+      return true;
+  }
+  return true;
 }
 
 void QueueWorker::reap_vf() noexcept {
@@ -297,13 +329,16 @@ void QueueWorker::give_back_unfinished() noexcept {
   const std::uint16_t last = vq_.last_avail();
   auto busy_at_age = [&](unsigned age) {
     for (const worker::Slot& s : requests_.slots) {
-      if (s.busy && static_cast<std::uint16_t>(last - s.avail_pos) == age) return true;
+      if (s.busy && !s.resubmitted && static_cast<std::uint16_t>(last - s.avail_pos) == age) {
+        return true;
+      }
     }
     return false;
   };
   unsigned back = 0;
   while (back < requests_.slots.size() && busy_at_age(back + 1)) ++back;
   unsigned failed = 0;
+  unsigned kept = 0;
   for (worker::Slot& s : requests_.slots) {
     if (!s.busy) continue;
     const unsigned age = static_cast<std::uint16_t>(last - s.avail_pos);
@@ -313,7 +348,15 @@ void QueueWorker::give_back_unfinished() noexcept {
         s.subs[i].ok = false;
       }
     }
-    if (age >= 1 && age <= back) {
+    if (s.resubmitted) {
+      // Taken by a previous back end: not in the avail ring's tail. It stays inflight in the
+      // record, which resubmits it when the ring starts again.
+      s.busy = false;
+      --inflight_;
+      ++kept;
+      counters_.given_back.fetch_add(1, std::memory_order_relaxed);
+    } else if (age >= 1 && age <= back) {
+      vq_.mark_given_back(s.req.head);
       s.busy = false;  // given back: no used entry
       --inflight_;
       counters_.given_back.fetch_add(1, std::memory_order_relaxed);
@@ -331,8 +374,9 @@ void QueueWorker::give_back_unfinished() noexcept {
   notify_guest();
   kLog.warn(
       "queue %u: stopping with requests unfinished after the bound: %u given back to the "
-      "ring, %u failed (a completed request followed them)",
-      config_.index, back, failed);
+      "ring, %u failed (a completed request followed them), %u resubmitted ones left in the "
+      "inflight record",
+      config_.index, back, failed, kept);
 }
 
 bool QueueWorker::has_work_off_host() const noexcept {

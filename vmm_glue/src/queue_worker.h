@@ -13,6 +13,7 @@
 #include "keel/vmm/blk_request.h"
 #include "keel/vmm/blk_split.h"
 #include "keel/vmm/host_service.h"
+#include "keel/vmm/vhost_user_inflight.h"
 #include "keel/vmm/virtqueue.h"
 #include "vf_path.h"
 #include "worker_link.h"
@@ -71,6 +72,9 @@ class QueueWorker {
   unsigned pass(bool take) noexcept;
   void sync_vf() noexcept;
   void take_requests() noexcept;
+  /// Takes one chain (popped at avail index `pos`, or resubmitted from the inflight record).
+  /// False: the ring broke, take nothing more.
+  bool take(std::uint16_t head, std::uint16_t pos, bool resubmitted) noexcept;
   bool split(worker::Slot& s) noexcept;
   /// Sends a sub-request down the path in use; false: keep it pending.
   bool submit(std::uint16_t slot, std::uint16_t sub) noexcept;
@@ -98,6 +102,10 @@ class QueueWorker {
   unsigned sub_cap_ = 0;                   // subs per slot
   std::vector<SubRequest> split_scratch_;  // sub_cap_
 
+  // Heads the inflight record holds from a previous back end (InflightQueue::resubmit()),
+  // taken before any new avail entry; nullptr when none.
+  const std::vector<std::uint16_t>* resubmit_ = nullptr;
+  std::size_t resubmit_next_ = 0;
   unsigned inflight_ = 0;  // requests taken and not yet completed
   bool pushed_ = false;    // used entries pushed since the last notification decision
   ThreadCpuMeter cpu_;

@@ -2,7 +2,8 @@
 //   vhost_user_socket.cpp    listening, accepting, bounded message reads and replies
 //   vhost_user_server.cpp    lifecycle, the event loop, reporting
 //   vhost_user_messages.cpp  request validation and dispatch
-//   vhost_user_rings.cpp     memory table, paravisor (re)creation, ring start/stop
+//   vhost_user_rings.cpp     memory table, inflight record, paravisor (re)creation, ring
+//                            start/stop
 #pragma once
 
 #include <unistd.h>
@@ -14,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <utility>
@@ -23,6 +25,7 @@
 #include "keel/unique_fd.h"
 #include "keel/unix_listener.h"
 #include "keel/vmm/vhost_user.h"
+#include "keel/vmm/vhost_user_inflight.h"
 
 namespace keel::vmm {
 
@@ -89,6 +92,9 @@ struct VhostUserBlkServer::Impl {
   std::uint64_t acked_features = 0;
   std::uint64_t protocol_features = 0;
   std::unique_ptr<GuestMemory> memory;
+  /// INFLIGHT_SHMFD record (GET/SET_INFLIGHT_FD); the paravisor's rings record into it, so it
+  /// outlives the paravisor (replacing it retires the paravisor first).
+  std::unique_ptr<InflightRegion> inflight;
   std::unique_ptr<Paravisor> pv;
   bool pv_running = false;
   bool err_signalled = false;
@@ -115,8 +121,10 @@ struct VhostUserBlkServer::Impl {
   enum class ReadResult { message, closed, broken };
   /// Reads one whole message (its first byte is available); `why` says what broke.
   ReadResult read_message(detail::Message& m, std::string& why);
-  /// Sends a reply to `request` with `payload`. False (and close_requested) on failure.
-  bool reply(std::uint32_t request, const void* payload, std::size_t bytes);
+  /// Sends a reply to `request` with `payload` (and `fds`, with its first byte). False (and
+  /// close_requested) on failure.
+  bool reply(std::uint32_t request, const void* payload, std::size_t bytes,
+             std::span<const int> fds = {});
   bool reply_u64(std::uint32_t request, std::uint64_t value) {
     return reply(request, &value, sizeof value);
   }
@@ -141,6 +149,13 @@ struct VhostUserBlkServer::Impl {
 
   // vhost_user_rings.cpp
   Status set_mem_table(detail::Message& m);
+  /// GET_INFLIGHT_FD: a fresh record, sent with the reply. On failure handle() replies with an
+  /// empty one.
+  Status get_inflight_fd(const detail::Message& m);
+  Status set_inflight_fd(detail::Message& m);
+  /// Makes `r` the connection's record: the paravisor (whose rings record into the old one)
+  /// is retired first; the rings are set up again when they next start.
+  void replace_inflight(std::unique_ptr<InflightRegion> r);
   /// Stops the paravisor's workers (in-flight requests complete) and records where each
   /// running ring stands.
   void pause();

@@ -33,7 +33,8 @@ bool has_natural_reply(std::uint32_t request) {
     case Request::get_protocol_features:
     case Request::get_vring_base:
     case Request::get_queue_num:
-    case Request::get_config: return true;
+    case Request::get_config:
+    case Request::get_inflight_fd: return true;
     default: return false;  // every other request, known or not
   }
 }
@@ -168,6 +169,11 @@ void VhostUserBlkServer::Impl::handle(detail::Message& m) {
   if (static_cast<Request>(req) == Request::get_config) {
     log_failure(what + "; replying with an empty payload");
     reply(req, nullptr, 0);
+  } else if (static_cast<Request>(req) == Request::get_inflight_fd) {
+    // mmap_size 0 and no fd: QEMU goes on without inflight tracking.
+    log_failure(what + "; replying with an empty record");
+    const vu::Inflight none{};
+    reply(req, &none, sizeof none);
   } else if (!has_natural_reply(req) && need_reply) {
     log_failure(what + "; replying failure");
     reply_u64(req, 1);
@@ -280,10 +286,10 @@ Status VhostUserBlkServer::Impl::dispatch(detail::Message& m) {
     }
     case Request::get_config: return get_config(m);
     case Request::set_config: return set_config(m);
+    case Request::get_inflight_fd: return get_inflight_fd(m);
+    case Request::set_inflight_fd: return set_inflight_fd(m);
     case Request::set_log_base:
-    case Request::set_log_fd:
-    case Request::get_inflight_fd:
-    case Request::set_inflight_fd: break;
+    case Request::set_log_fd: break;
   }
   return make_error(Errc::invalid_argument, "not supported (keel offers protocol features " +
                                                 hex(vu::kOfferedProtocolFeatures) +

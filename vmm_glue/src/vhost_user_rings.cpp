@@ -93,6 +93,75 @@ Status VhostUserBlkServer::Impl::set_mem_table(detail::Message& m) {
   return apply_rings();
 }
 
+namespace {
+
+Status inflight_negotiated(std::uint64_t protocol_features) {
+  if ((protocol_features & (std::uint64_t{1} << vu::protocol::kInflightShmfd)) != 0) return {};
+  return make_error(Errc::invalid_argument,
+                    "VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD was not negotiated");
+}
+
+// The request's payload; its queue count must be one the device has.
+Result<vu::Inflight> inflight_payload(const detail::Message& m, unsigned queues) {
+  if (m.hdr.size != sizeof(vu::Inflight)) {
+    return make_error(Errc::invalid_argument, "payload of " + std::to_string(m.hdr.size) +
+                                                  " bytes; this request takes " +
+                                                  std::to_string(sizeof(vu::Inflight)));
+  }
+  vu::Inflight d;
+  std::memcpy(&d, m.payload.data(), sizeof d);
+  if (d.num_queues == 0 || d.num_queues > queues) {
+    return make_error(
+        Errc::out_of_range,
+        std::to_string(d.num_queues) + " queues (the device has " + std::to_string(queues) + ")");
+  }
+  if (d.queue_size == 0 || d.queue_size > vu::kMaxRingSize ||
+      (d.queue_size & (d.queue_size - 1)) != 0) {
+    return make_error(Errc::invalid_argument, "queue size " + std::to_string(d.queue_size) +
+                                                  " is not a power of two up to " +
+                                                  std::to_string(vu::kMaxRingSize));
+  }
+  return d;
+}
+
+}  // namespace
+
+Status VhostUserBlkServer::Impl::get_inflight_fd(const detail::Message& m) {
+  if (Status st = inflight_negotiated(protocol_features); !st.ok()) return st;
+  auto asked = inflight_payload(m, queues);
+  if (!asked) return asked.error();
+  auto made = InflightRegion::create(asked->num_queues, asked->queue_size);
+  if (!made) return made.error();
+  const vu::Inflight out = (*made)->description();
+  const int fd = (*made)->fd();
+  replace_inflight(std::move(made).value());  // keel records into the one it hands out
+  reply(m.hdr.request, &out, sizeof out, {&fd, 1});
+  return {};
+}
+
+Status VhostUserBlkServer::Impl::set_inflight_fd(detail::Message& m) {
+  if (Status st = inflight_negotiated(protocol_features); !st.ok()) return st;
+  auto given = inflight_payload(m, queues);
+  if (!given) return given.error();
+  if (m.fds.size() != 1) {
+    return make_error(Errc::invalid_argument,
+                      "needs exactly one file descriptor; got " + std::to_string(m.fds.size()));
+  }
+  auto mapped = InflightRegion::map(std::move(m.fds[0]), *given);
+  if (!mapped) return mapped.error();
+  replace_inflight(std::move(mapped).value());
+  return apply_rings();
+}
+
+void VhostUserBlkServer::Impl::replace_inflight(std::unique_ptr<InflightRegion> r) {
+  // The paravisor's rings record into the old record (quiesce still writes to it): it goes
+  // first, and each ring is set up again with the new one.
+  pause();
+  retire_paravisor();
+  inflight = std::move(r);
+  for (detail::Ring& ring : rings) ++ring.gen;
+}
+
 Result<Virtqueue::Layout> VhostUserBlkServer::Impl::layout_from(std::uint32_t num,
                                                                 std::uint64_t desc,
                                                                 std::uint64_t avail,
@@ -161,6 +230,7 @@ Status VhostUserBlkServer::Impl::apply_rings() {
       return make_error(layout.error().code,
                         "ring " + std::to_string(q) + ": " + layout.error().message);
     }
+    layout->inflight = inflight != nullptr ? inflight->queue(q) : nullptr;
     if (Status st = pv->set_queue(q, *layout, r.base); !st.ok()) {
       return make_error(st.error().code, "ring " + std::to_string(q) + ": " + st.error().message);
     }

@@ -203,6 +203,7 @@ void VhostUserBlkServer::Impl::drop_connection(const std::string& why) {
 void VhostUserBlkServer::Impl::reset_connection_state() {
   pause();
   retire_paravisor();
+  inflight.reset();  // after the paravisor, whose rings recorded into it
   memory.reset();
   reset_rings();
   owner = false;

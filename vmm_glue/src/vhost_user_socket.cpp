@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 
 #include <algorithm>
@@ -64,6 +65,28 @@ Io recv_exact(int fd, std::byte* buf, std::size_t n, std::vector<UniqueFd>& fds,
     got += r->bytes;
   }
   return Io::ok;
+}
+
+// The first send of a reply that carries fds: they travel with its first byte (SCM_RIGHTS).
+// Non-blocking, like every send of a reply; the caller resumes a short send without them.
+ssize_t send_first(int fd, const std::byte* buf, std::size_t n, std::span<const int> fds) {
+  if (fds.size() > vu::kMaxFds) {
+    errno = EINVAL;
+    return -1;
+  }
+  iovec iov{const_cast<std::byte*>(buf), n};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * vu::kMaxFds)] = {};
+  msghdr m{};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  m.msg_control = control;
+  m.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+  cmsghdr* c = CMSG_FIRSTHDR(&m);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+  std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  return ::sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
 }  // namespace
@@ -135,8 +158,8 @@ VhostUserBlkServer::Impl::ReadResult VhostUserBlkServer::Impl::read_message(deta
   return ReadResult::message;
 }
 
-bool VhostUserBlkServer::Impl::reply(std::uint32_t request, const void* payload,
-                                     std::size_t bytes) {
+bool VhostUserBlkServer::Impl::reply(std::uint32_t request, const void* payload, std::size_t bytes,
+                                     std::span<const int> fds) {
   if (!conn_fd.valid()) return false;
   std::array<std::byte, sizeof(vu::Header) + vu::kMaxPayload> buf;
   const vu::Header h{request, vu::kVersion | vu::kFlagReply, static_cast<std::uint32_t>(bytes)};
@@ -149,7 +172,9 @@ bool VhostUserBlkServer::Impl::reply(std::uint32_t request, const void* payload,
     Io io = wait_for(conn_fd.get(), POLLOUT, deadline);
     if (io == Io::ok) {
       const ssize_t k =
-          ::send(conn_fd.get(), buf.data() + sent, total - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+          sent == 0 && !fds.empty()
+              ? send_first(conn_fd.get(), buf.data(), total, fds)
+              : ::send(conn_fd.get(), buf.data() + sent, total - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (k > 0) {
         sent += static_cast<std::size_t>(k);
         continue;

@@ -4,6 +4,8 @@
 #include <cstring>
 #include <string>
 
+#include "keel/vmm/vhost_user_inflight.h"
+
 namespace keel::vmm {
 
 namespace {
@@ -79,6 +81,7 @@ Status Virtqueue::setup(const GuestMemory& mem, const Layout& l, bool event_idx,
   used_idx_ = load16(used_ + 2, std::memory_order_relaxed);
   signalled_used_ = used_idx_;
   broken_ = false;
+  inflight_ = nullptr;
   return {};
 }
 
@@ -126,13 +129,23 @@ ChainError Virtqueue::read_chain(std::uint16_t head, std::vector<ChainSeg>& out)
   return soft;
 }
 
+void Virtqueue::mark_taken(std::uint16_t head) noexcept {
+  if (inflight_ != nullptr) inflight_->taken(head);
+}
+
+void Virtqueue::mark_given_back(std::uint16_t head) noexcept {
+  if (inflight_ != nullptr) inflight_->given_back(head);
+}
+
 void Virtqueue::push_used(std::uint16_t head, std::uint32_t written) noexcept {
+  if (inflight_ != nullptr) inflight_->before_used(head);
   const std::uint16_t slot = static_cast<std::uint16_t>(used_idx_ % size_);
   virtio::UsedElem e{head, written};
   std::memcpy(used_ + 4 + 8u * slot, &e, sizeof e);
   ++used_idx_;
   // The element must be visible before the index that publishes it.
   store16(used_ + 2, used_idx_, std::memory_order_release);
+  if (inflight_ != nullptr) inflight_->after_used(head, used_idx_);
 }
 
 bool Virtqueue::should_notify() noexcept {

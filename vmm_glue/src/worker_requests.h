@@ -32,6 +32,7 @@ struct Sub {
 struct Slot {
   bool busy = false;
   std::uint16_t avail_pos = 0;  // the avail index it was taken from
+  bool resubmitted = false;     // from the inflight record (no avail_pos of its own)
   BlkRequest req;
   std::vector<Sub> subs;  // sized at setup (max_subs_per_request), never grown
   unsigned nsubs = 0;

@@ -40,11 +40,12 @@ inline constexpr std::uint32_t kMaxRingSize = virtio::kMaxQueueSize;
 // ring, shared with no other ring fd); memory fds regular files sealed with F_SEAL_SHRINK that
 // hold the whole region (GuestMemory::add_region). Anything else fails the request.
 
-/// What keel's server offers: MQ, REPLY_ACK, CONFIG (QEMU's vhost-user-blk requires it) and
-/// RESET_DEVICE. INFLIGHT_SHMFD is optional for QEMU and not offered.
+/// What keel's server offers: MQ, REPLY_ACK, CONFIG (QEMU's vhost-user-blk requires it),
+/// INFLIGHT_SHMFD (requests survive a back-end restart: keel/vmm/vhost_user_inflight.h) and
+/// RESET_DEVICE.
 inline constexpr std::uint64_t kOfferedProtocolFeatures =
     (1ull << protocol::kMq) | (1ull << protocol::kReplyAck) | (1ull << protocol::kConfig) |
-    (1ull << protocol::kResetDevice);
+    (1ull << protocol::kInflightShmfd) | (1ull << protocol::kResetDevice);
 
 }  // namespace keel::vhost_user
 
@@ -97,6 +98,15 @@ struct VhostUserBlkConfig {
 /// factory on SET_MEM_TABLE and re-created on every new table, and when a ring stops while
 /// others keep running (Paravisor has no per-queue stop). A ring the driver breaks
 /// (DEVICE_NEEDS_RESET) is signalled once on its SET_VRING_ERR eventfd.
+///
+/// Inflight tracking (INFLIGHT_SHMFD, once negotiated): GET_INFLIGHT_FD creates a record (a
+/// sealed memfd, sent with the reply) for the queue count and size asked; SET_INFLIGHT_FD maps
+/// the one the front end holds (QEMU sends it before the rings start, on every start, and after
+/// reconnecting to a restarted back end). Every request a ring takes is recorded there until it
+/// is used; when a ring starts, what the record still holds is resubmitted, oldest first, before
+/// any new avail entry (InflightQueue::start). A bad GET fails with an empty record (mmap_size
+/// 0: QEMU then runs without tracking); a bad SET as any request does; a record whose content
+/// does not check out is logged and reset, and nothing is resubmitted from it.
 ///
 /// Front-end fds never block keel: kick, call and err fds must be eventfds and are set
 /// O_NONBLOCK when received (a full counter then fails a notification with EAGAIN, which

@@ -10,6 +10,8 @@
 
 namespace keel::vmm {
 
+class InflightQueue;  // keel/vmm/vhost_user_inflight.h
+
 /// One buffer of a descriptor chain, already bounds-checked against guest memory.
 struct ChainSeg {
   std::uint64_t gpa;
@@ -47,6 +49,9 @@ class Virtqueue {
     std::uint64_t desc = 0;   ///< GPA of the descriptor table.
     std::uint64_t avail = 0;  ///< GPA of the available ring.
     std::uint64_t used = 0;   ///< GPA of the used ring.
+    /// vhost-user inflight record of this ring (INFLIGHT_SHMFD), or nullptr. setup() ignores
+    /// it: the queue worker checks it (InflightQueue::start) and hands it to track_inflight().
+    InflightQueue* inflight = nullptr;
   };
 
   /// Checks the layout (power-of-two size up to 32768, alignment, all three areas inside
@@ -57,6 +62,20 @@ class Virtqueue {
   bool ready() const noexcept { return size_ != 0; }
   std::uint16_t size() const noexcept { return size_; }
   std::uint16_t last_avail() const noexcept { return last_avail_; }
+  /// The used ring's idx as the device last wrote it (read from the ring at setup()).
+  std::uint16_t used_idx() const noexcept { return used_idx_; }
+
+  /// After setup(): records every request in `inflight` (nullptr: none), which start() has
+  /// accepted for this ring, and takes the next avail entry at `last_avail` (its answer).
+  void track_inflight(InflightQueue* inflight, std::uint16_t last_avail) noexcept {
+    inflight_ = inflight;
+    last_avail_ = last_avail;
+  }
+  /// Marks `head` (just popped, or being resubmitted) as taken in the inflight record, before
+  /// it is submitted. No-op without one.
+  void mark_taken(std::uint16_t head) noexcept;
+  /// `head` goes back to the avail ring unprocessed (before unpop()): no longer taken.
+  void mark_given_back(std::uint16_t head) noexcept;
 
   /// Next available chain head. False when the ring is empty, or when the driver published
   /// an impossible index (then broken() is true).
@@ -68,7 +87,8 @@ class Virtqueue {
   }
   /// Reads the chain starting at `head` into `out` (cleared first).
   ChainError read_chain(std::uint16_t head, std::vector<ChainSeg>& out) const noexcept;
-  /// Returns the chain to the driver with `written` bytes written into it.
+  /// Returns the chain to the driver with `written` bytes written into it (and, with an
+  /// inflight record, records it there in the spec's order around the used-ring update).
   void push_used(std::uint16_t head, std::uint32_t written) noexcept;
   /// After push_used: does the driver want an interrupt for what was pushed since the last
   /// call? (EVENT_IDX used_event, or VIRTQ_AVAIL_F_NO_INTERRUPT.)
@@ -95,6 +115,7 @@ class Virtqueue {
   std::uint16_t used_idx_ = 0;
   std::uint16_t signalled_used_ = 0;  // used idx at the last notification decision
   bool broken_ = false;
+  InflightQueue* inflight_ = nullptr;
 };
 
 }  // namespace keel::vmm
