@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -28,8 +29,14 @@ Controller::Controller(fpga::Function& fn, const Clock& clock, fpga::Stepper& st
     : fn_(fn), clock_(clock), stepper_(stepper), config_(config) {}
 
 Controller::~Controller() {
-  // Leave the controller disabled; do not wait long for a dead one.
-  if (!gone()) fn_.write32(nv::CC, 0);
+  // Leave the controller disabled; do not wait long for a dead one. A controller handed over
+  // is the next process's: left running.
+  if (!handed_over_.load() && !gone()) fn_.write32(nv::CC, 0);
+}
+
+Result<fpga::DmaBuffer> Controller::dma(std::size_t bytes) {
+  if (config_.arena != nullptr) return config_.arena->alloc(bytes);
+  return fn_.alloc_dma(bytes);
 }
 
 Result<std::unique_ptr<Controller>> Controller::open(fpga::Function& fn, const Clock& clock,
@@ -39,11 +46,11 @@ Result<std::unique_ptr<Controller>> Controller::open(fpga::Function& fn, const C
     return make_error(Errc::invalid_argument, "admin queue needs at least 2 entries");
   }
   std::unique_ptr<Controller> c(new Controller(fn, clock, stepper, config));
-  auto asq = fn.alloc_dma(std::max<std::size_t>(4096, config.admin_entries * wire::kSqeBytes));
+  auto asq = c->dma(std::max<std::size_t>(4096, config.admin_entries * wire::kSqeBytes));
   if (!asq) return asq.error();
-  auto acq = fn.alloc_dma(std::max<std::size_t>(4096, config.admin_entries * wire::kCqeBytes));
+  auto acq = c->dma(std::max<std::size_t>(4096, config.admin_entries * wire::kCqeBytes));
   if (!acq) return acq.error();
-  auto buf = fn.alloc_dma(4096);
+  auto buf = c->dma(4096);
   if (!buf) return buf.error();
   c->asq_ = std::move(asq).value();
   c->acq_ = std::move(acq).value();
@@ -273,12 +280,12 @@ Result<std::unique_ptr<QueuePair>> Controller::create_queue_pair(const QueuePair
                                                   ": the function has none");
   }
   const std::uint16_t vector = vector_for(qid, fn_.num_vectors());
-  auto sq = fn_.alloc_dma(std::size_t{entries} * wire::kSqeBytes);
+  auto sq = dma(std::size_t{entries} * wire::kSqeBytes);
   if (!sq) return sq.error();
-  auto cq = fn_.alloc_dma(std::size_t{entries} * wire::kCqeBytes);
+  auto cq = dma(std::size_t{entries} * wire::kCqeBytes);
   if (!cq) return cq.error();
   // One PRP list page per command slot: enough for any transfer up to MDTS.
-  auto prp = fn_.alloc_dma(std::size_t{entries} * 4096);
+  auto prp = dma(std::size_t{entries} * 4096);
   if (!prp) return prp.error();
 
   wire::Sqe c{};
@@ -318,7 +325,9 @@ void Controller::delete_queue(std::uint64_t generation, std::uint16_t qid) noexc
   // Under admin_mu_, which a reset holds while it moves the generation: a reset either freed
   // the queues already (and the qid may belong to a newer queue pair) or waits until they are
   // deleted here.
-  if (generation_.load(std::memory_order_acquire) != generation || gone()) return;
+  if (generation_.load(std::memory_order_acquire) != generation || handed_over_.load() || gone()) {
+    return;
+  }
   wire::Sqe d{};
   d.opc = wire::admin::kDeleteSq;
   d.cdw10 = qid;
@@ -326,6 +335,145 @@ void Controller::delete_queue(std::uint64_t generation, std::uint16_t qid) noexc
   d.opc = wire::admin::kDeleteCq;
   (void)admin_locked(d);
   if (qid < qid_used_.size()) qid_used_[qid] = false;
+}
+
+Status Controller::save(SavedController& out) {
+  if (config_.arena == nullptr) {
+    return make_error(Errc::invalid_argument,
+                      "the driver's queues are not in a DMA arena: they would not outlive this "
+                      "process (ControllerConfig::arena)");
+  }
+  std::unique_lock reset_lock(reset_mu_, std::try_to_lock);
+  if (!reset_lock.owns_lock()) return make_error(Errc::busy, "a controller reset is in progress");
+  std::lock_guard lock(admin_mu_);
+  if (status() != DeviceState::ready) {
+    return make_error(Errc::gone, std::string("the controller is ") + to_string(status()) +
+                                      ": nothing running to hand over");
+  }
+  SavedController c;
+  c.cap = cap_;
+  c.cc = fn_.read32(nv::CC);
+  c.aqa = fn_.read32(nv::AQA);
+  c.asq = fn_.read64(nv::ASQ);
+  c.acq = fn_.read64(nv::ACQ);
+  c.asq_buf = saved(asq_);
+  c.acq_buf = saved(acq_);
+  c.admin_buf = saved(admin_buf_);
+  c.admin_entries = config_.admin_entries;
+  c.asq_tail = asq_tail_;
+  c.acq_head = acq_head_;
+  c.acq_phase = acq_phase_;
+  c.next_cid = next_cid_;
+  c.io_queues = static_cast<std::uint16_t>(io_queues_);
+  c.mqes = mqes_;
+  c.block_bytes = block_bytes_;
+  c.max_transfer = max_transfer_;
+  c.id_ctrl = id_ctrl_;
+  c.id_ns = id_ns_;
+  out = c;
+  handed_over_.store(true);
+  return {};
+}
+
+Result<std::unique_ptr<Controller>> Controller::restore(fpga::Function& fn, const Clock& clock,
+                                                        fpga::Stepper& stepper,
+                                                        const SavedController& state,
+                                                        const ControllerConfig& config) {
+  if (config.arena == nullptr) {
+    return make_error(Errc::invalid_argument, "restoring needs the DMA arena the state names");
+  }
+  if (Status st = check(state); !st.ok()) return st.error();
+  std::unique_ptr<Controller> c(new Controller(fn, clock, stepper, config));
+  c->handed_over_.store(true);  // until restored: a failure leaves the device alone
+  const DeviceState now = c->status();
+  if (now == DeviceState::gone) return make_error(Errc::gone, "the function reads all ones");
+  if (now != DeviceState::ready) {
+    return make_error(Errc::unavailable, std::string("the controller is ") + to_string(now) +
+                                             ", not running as it was saved (reset or FLR?)");
+  }
+  const struct {
+    const char* name;
+    std::uint64_t saved, device;
+  } regs[] = {{"CAP", state.cap, fn.read64(nv::CAP)},
+              {"CC", state.cc, fn.read32(nv::CC)},
+              {"AQA", state.aqa, fn.read32(nv::AQA)},
+              {"ASQ", state.asq, fn.read64(nv::ASQ)},
+              {"ACQ", state.acq, fn.read64(nv::ACQ)}};
+  for (const auto& r : regs) {
+    if (r.saved != r.device) {
+      char buf[120];
+      std::snprintf(buf, sizeof buf, "%s reads 0x%llx, saved 0x%llx: the controller was reset",
+                    r.name, static_cast<unsigned long long>(r.device),
+                    static_cast<unsigned long long>(r.saved));
+      return make_error(Errc::unavailable, buf);
+    }
+  }
+  fpga::DmaArena& arena = *config.arena;
+  if (state.asq != arena.base() + state.asq_buf.offset ||
+      state.acq != arena.base() + state.acq_buf.offset) {
+    return make_error(Errc::unavailable, "the admin queues are not where the arena has them");
+  }
+  auto claim = [&](const SavedBuffer& b) { return arena.claim(b.offset, b.bytes); };
+  auto asq = claim(state.asq_buf);
+  auto acq = claim(state.acq_buf);
+  auto buf = claim(state.admin_buf);
+  for (const auto* r : {&asq, &acq, &buf}) {
+    if (!r->ok()) return make_error(Errc::unavailable, r->error().message);
+  }
+  c->asq_ = std::move(asq).value();
+  c->acq_ = std::move(acq).value();
+  c->admin_buf_ = std::move(buf).value();
+  c->config_.admin_entries = state.admin_entries;
+  c->asq_tail_ = state.asq_tail;
+  c->acq_head_ = state.acq_head;
+  c->acq_phase_ = state.acq_phase;
+  c->next_cid_ = state.next_cid;
+  c->cap_ = state.cap;
+  c->mqes_ = state.mqes;
+  c->io_queues_ = state.io_queues;
+  c->block_bytes_ = state.block_bytes;
+  c->max_transfer_ = state.max_transfer;
+  c->id_ctrl_ = state.id_ctrl;
+  c->id_ns_ = state.id_ns;
+  c->qid_used_.assign(std::size_t{state.io_queues} + 1, false);
+  c->handed_over_.store(false);
+  return c;
+}
+
+Result<std::unique_ptr<QueuePair>> Controller::restore_queue_pair(const SavedQueuePair& state) {
+  std::lock_guard lock(admin_mu_);
+  SavedController bounds;
+  bounds.io_queues = static_cast<std::uint16_t>(io_queues_);
+  bounds.mqes = mqes_;
+  if (Status st = check(bounds, state); !st.ok()) return st.error();
+  if (qid_used_[state.qid]) {
+    return make_error(Errc::invalid_argument,
+                      "queue pair " + std::to_string(state.qid) + " is restored already");
+  }
+  if (state.interrupts && fn_.num_vectors() == 0) {
+    return make_error(Errc::invalid_argument, "queue pair " + std::to_string(state.qid) +
+                                                  " used interrupts; the function has none now");
+  }
+  if (config_.arena == nullptr) {
+    return make_error(Errc::invalid_argument, "restoring needs the DMA arena the state names");
+  }
+  if (status() == DeviceState::gone) return make_error(Errc::gone, "the function reads all ones");
+  auto sq = config_.arena->claim(state.sq.offset, state.sq.bytes);
+  auto cq = config_.arena->claim(state.cq.offset, state.cq.bytes);
+  auto prp = config_.arena->claim(state.prp_lists.offset, state.prp_lists.bytes);
+  for (const auto* r : {&sq, &cq, &prp}) {
+    if (!r->ok()) return make_error(Errc::unavailable, r->error().message);
+  }
+  QueuePairConfig qc;
+  qc.entries = state.entries;
+  qc.interrupts = state.interrupts;
+  qc.command_timeout = std::chrono::nanoseconds(state.command_timeout_ns);
+  std::unique_ptr<QueuePair> qp(new QueuePair(*this, generation(), state.qid, state.entries, qc,
+                                              std::move(sq).value(), std::move(cq).value(),
+                                              std::move(prp).value()));
+  qp->resume(state);
+  qid_used_[state.qid] = true;
+  return qp;
 }
 
 Status Controller::reset() {

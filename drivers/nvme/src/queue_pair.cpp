@@ -41,7 +41,59 @@ QueuePair::QueuePair(Controller& ctrl, std::uint64_t generation, std::uint16_t q
   free_count_ = slots_.size();
 }
 
-QueuePair::~QueuePair() { ctrl_.delete_queue(generation_, qid_); }
+QueuePair::~QueuePair() {
+  if (!handed_over_) ctrl_.delete_queue(generation_, qid_);
+}
+
+Status QueuePair::save(SavedQueuePair& out) noexcept {
+  fpga::DmaArena* arena = ctrl_.config_.arena;
+  if (arena == nullptr) {
+    return make_error(Errc::invalid_argument,
+                      "queue pair " + std::to_string(qid_) + " is not in a DMA arena");
+  }
+  if (dead_ || handed_over_ || ctrl_.generation() != generation_) {
+    return make_error(Errc::gone, "queue pair " + std::to_string(qid_) +
+                                      " is no longer live (lost, reset or saved)");
+  }
+  commit();
+  write_cq_head();  // the device's view of the CQ is exactly what is saved
+  SavedQueuePair q;
+  q.qid = qid_;
+  q.entries = entries_;
+  q.interrupts = config_.interrupts;
+  q.command_timeout_ns = static_cast<std::int64_t>(config_.command_timeout.count());
+  q.sq = ctrl_.saved(sq_);
+  q.cq = ctrl_.saved(cq_);
+  q.prp_lists = ctrl_.saved(prp_lists_);
+  q.sq_tail = sq_tail_;
+  q.cq_head = cq_head_;
+  q.phase = phase_;
+  q.slots.reserve(slots_.size());
+  for (const Slot& sl : slots_) q.slots.push_back(SavedSlot{sl.tag, sl.cid, sl.busy, sl.timed_out});
+  q.free_order.reserve(free_count_);
+  for (std::size_t i = 0, at = free_head_; i < free_count_; ++i) {
+    q.free_order.push_back(free_[at]);
+    at = at + 1 == free_.size() ? 0 : at + 1;
+  }
+  out = std::move(q);
+  handed_over_ = true;
+  return {};
+}
+
+void QueuePair::resume(const SavedQueuePair& state) noexcept {
+  sq_tail_ = sq_committed_ = state.sq_tail;
+  cq_head_ = state.cq_head;
+  phase_ = state.phase;
+  outstanding_ = 0;
+  for (std::size_t i = 0; i < slots_.size(); ++i) {
+    const SavedSlot& sl = state.slots[i];
+    slots_[i] = Slot{sl.tag, 0, sl.cid, sl.busy, sl.timed_out};  // deadlines: stamped afresh
+    if (sl.busy) ++outstanding_;
+  }
+  free_head_ = 0;
+  free_count_ = state.free_order.size();
+  std::copy(state.free_order.begin(), state.free_order.end(), free_.begin());
+}
 
 int QueuePair::take_slot() noexcept {
   if (free_count_ == 0) return -1;
@@ -86,7 +138,9 @@ IoStatus QueuePair::push(wire::Sqe& sqe, std::uint64_t tag) noexcept {
 
 IoStatus QueuePair::submit_rw(std::uint8_t opc, std::uint64_t lba, std::uint32_t blocks,
                               std::span<const Segment> data, std::uint64_t tag) noexcept {
-  if (dead_ || ctrl_.generation() != generation_) return IoStatus::error(IoErrc::gone);
+  if (dead_ || handed_over_ || ctrl_.generation() != generation_) {
+    return IoStatus::error(IoErrc::gone);
+  }
   if (blocks == 0 || blocks > 65536 || data.empty()) return IoStatus::error(IoErrc::invalid);
   if (lba >= block_count_ || blocks > block_count_ - lba) return IoStatus::error(IoErrc::invalid);
   const std::uint64_t bytes = std::uint64_t{blocks} * ctrl_.block_bytes();
@@ -143,7 +197,9 @@ IoStatus QueuePair::write(std::uint64_t lba, std::uint32_t blocks, std::span<con
 }
 
 IoStatus QueuePair::flush(std::uint64_t tag) noexcept {
-  if (dead_ || ctrl_.generation() != generation_) return IoStatus::error(IoErrc::gone);
+  if (dead_ || handed_over_ || ctrl_.generation() != generation_) {
+    return IoStatus::error(IoErrc::gone);
+  }
   const int slot = take_slot();
   if (slot < 0) return IoStatus::error(IoErrc::queue_full);
   wire::Sqe sqe{};
@@ -155,7 +211,9 @@ IoStatus QueuePair::flush(std::uint64_t tag) noexcept {
 
 IoStatus QueuePair::write_zeroes(std::uint64_t lba, std::uint32_t blocks,
                                  std::uint64_t tag) noexcept {
-  if (dead_ || ctrl_.generation() != generation_) return IoStatus::error(IoErrc::gone);
+  if (dead_ || handed_over_ || ctrl_.generation() != generation_) {
+    return IoStatus::error(IoErrc::gone);
+  }
   if (blocks == 0 || blocks > 65536) return IoStatus::error(IoErrc::invalid);
   if (lba >= block_count_ || blocks > block_count_ - lba) return IoStatus::error(IoErrc::invalid);
   const int slot = take_slot();
@@ -171,7 +229,7 @@ IoStatus QueuePair::write_zeroes(std::uint64_t lba, std::uint32_t blocks,
 }
 
 void QueuePair::commit() noexcept {
-  if (sq_tail_ == sq_committed_) return;
+  if (sq_tail_ == sq_committed_ || handed_over_) return;
   // SQ entries must be visible before the doorbell write.
   std::atomic_thread_fence(std::memory_order_release);
   fn_.write32(regs::NVME_DOORBELL_BASE + regs::NVME_DOORBELL_STRIDE * qid_, sq_tail_);
@@ -200,6 +258,7 @@ void QueuePair::write_cq_head() noexcept {
 }
 
 unsigned QueuePair::poll(std::span<Completion> out) noexcept {
+  if (handed_over_) return 0;  // its completions are the next process's
   if (ctrl_.generation() != generation_ || dead_) {
     return fail_all(out, IoErrc::gone);
   }
@@ -262,7 +321,7 @@ unsigned QueuePair::poll(std::span<Completion> out) noexcept {
 
 void QueuePair::check_health(std::uint64_t now) noexcept {
   next_check_ns_ = now + check_interval_ns_;
-  if (outstanding_ == 0 || ctrl_.generation() != generation_) return;
+  if (outstanding_ == 0 || handed_over_ || ctrl_.generation() != generation_) return;
   // A removed, reset (FLR) or failed device completes nothing: fail now, not at the timeout.
   if (!ctrl_.check_alive(generation_)) return;
   check_timeouts(now);
@@ -298,6 +357,7 @@ void QueuePair::check_timeouts(std::uint64_t now) noexcept {
 }
 
 unsigned QueuePair::wait(std::span<Completion> out, std::chrono::nanoseconds timeout) noexcept {
+  if (handed_over_) return 0;
   commit();
   unsigned n = poll(out);
   if (n > 0) return n;

@@ -12,6 +12,8 @@
 
 #include "keel/clock.h"
 #include "keel/drivers/nvme/io_status.h"
+#include "keel/drivers/nvme/saved_state.h"
+#include "keel/fpga/dma_arena.h"
 #include "keel/fpga/function.h"
 #include "keel/fpga/stepper.h"
 #include "keel/result.h"
@@ -39,6 +41,10 @@ struct ControllerConfig {
   std::uint16_t io_queues = 0;
   /// Bound on every admin command.
   std::chrono::nanoseconds admin_timeout = std::chrono::seconds(2);
+  /// Where the driver's DMA memory (admin and IO queues, PRP lists, the admin data page) comes
+  /// from: an arena that outlives the process, for servicing (save() and restore() need one),
+  /// or, when null, the function's alloc_dma(). Outlives the controller.
+  fpga::DmaArena* arena = nullptr;
 };
 
 struct QueuePairConfig {
@@ -113,6 +119,28 @@ class Controller {
   /// Controller reset and re-initialisation (admin queue, Set Features). Every queue pair is
   /// invalidated. Errors: as open().
   Status reset();
+
+  /// NVMe keepalive, the old process's half: the controller as it runs, into `out`. Save every
+  /// queue pair first (QueuePair::save). The device is left enabled, and from now on this
+  /// object writes nothing to it: no admin command, no queue deletion, no CC write when it is
+  /// destroyed. Errors: invalid_argument (no arena: the queues would die with the process),
+  /// gone (removed), busy (a reset is in progress).
+  Status save(SavedController& out);
+  /// The new process's half: the controller of `state`, on a device that kept running; CC.EN
+  /// is never touched. Buffers are claimed in `config.arena` at their saved offsets. Errors:
+  /// invalid_argument (no arena, or `state` out of its bounds), gone, unavailable (the device
+  /// is not as it was saved: not ready, or CAP, CC, AQA, ASQ or ACQ differ, as after a reset or
+  /// FLR meanwhile; or the buffers are not free in the arena). On any error the caller takes
+  /// the reset path: open() with the same arena.
+  static Result<std::unique_ptr<Controller>> restore(fpga::Function& fn, const Clock& clock,
+                                                     fpga::Stepper& stepper,
+                                                     const SavedController& state,
+                                                     const ControllerConfig& config);
+  /// A queue pair of the saved state, after restore(): the commands it had in flight complete
+  /// on it with their tags (those the device completed meanwhile on its first poll), and it
+  /// takes new ones. Errors: invalid_argument (`state` out of bounds, its id in use), unavailable
+  /// (its buffers are not free in the arena), gone.
+  Result<std::unique_ptr<QueuePair>> restore_queue_pair(const SavedQueuePair& state);
   /// One CSTS read, no side effects (no reset, no generation change): for callers deciding
   /// whether the device is worth a reset or a bring-up.
   DeviceState status() noexcept { return status_of(fn_); }
@@ -161,6 +189,11 @@ class Controller {
   /// removal) has moved the generation on.
   void delete_queue(std::uint64_t generation, std::uint16_t qid) noexcept;
   std::chrono::nanoseconds ready_timeout() const;
+  /// DMA memory from the arena, or the function.
+  Result<fpga::DmaBuffer> dma(std::size_t bytes);
+  SavedBuffer saved(const fpga::DmaBuffer& b) const noexcept {
+    return SavedBuffer{config_.arena->offset_of(b), b.size()};
+  }
 
   fpga::Function& fn_;
   const Clock& clock_;
@@ -174,6 +207,9 @@ class Controller {
   std::uint16_t next_cid_ = 0;
   std::atomic<std::uint64_t> admin_device_errors_{0};
   std::atomic<std::uint64_t> generation_{1};
+  /// Saved (or not yet restored): the device belongs to whoever restores it; nothing is
+  /// written to it from here.
+  std::atomic<bool> handed_over_{false};
   std::vector<bool> qid_used_;  // by qid; guarded by admin_mu_
   nvme_id_ctrl id_ctrl_{};
   nvme_id_ns id_ns_{};

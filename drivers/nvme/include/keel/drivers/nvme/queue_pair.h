@@ -85,6 +85,13 @@ class QueuePair {
   /// bounded.
   void check_deadlines() noexcept { check_health(ctrl_.clock().now_ns()); }
 
+  /// NVMe keepalive: commits what was queued, tells the device the CQ head, and describes the
+  /// queue pair in `out` (its place in the arena, positions, every slot's CID and tag). From
+  /// then on it submits nothing (gone), reaps nothing (a completion is the next process's),
+  /// and its destruction does not delete its queues. Errors: gone (lost, or reset),
+  /// invalid_argument (its memory is not in an arena).
+  Status save(SavedQueuePair& out) noexcept;
+
   struct Stats {
     std::uint64_t submitted = 0;
     std::uint64_t completed = 0;
@@ -113,6 +120,8 @@ class QueuePair {
             const QueuePairConfig& config, fpga::DmaBuffer sq, fpga::DmaBuffer cq,
             fpga::DmaBuffer prp_lists);
 
+  /// Takes the positions and slots of `state` (restore_queue_pair, which checked them).
+  void resume(const SavedQueuePair& state) noexcept;
   IoStatus submit_rw(std::uint8_t opc, std::uint64_t lba, std::uint32_t blocks,
                      std::span<const Segment> data, std::uint64_t tag) noexcept;
   IoStatus push(keel::nvme::Sqe& sqe, std::uint64_t tag) noexcept;
@@ -140,6 +149,7 @@ class QueuePair {
   unsigned unreported_ = 0;  // completions consumed since the CQ head doorbell was written
   bool phase_ = true;
   bool dead_ = false;
+  bool handed_over_ = false;  // saved: the next process's now
   std::vector<Slot> slots_;
   std::vector<std::uint16_t> free_;  // free slot indices, a FIFO ring of slots_.size()
   std::size_t free_head_ = 0;        // oldest free slot in free_
