@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -298,10 +299,11 @@ Result<std::vector<std::byte>> RemoteHostSession::open(std::span<const std::byte
   if (!svc) return svc.error();
   std::uint64_t bytes = cfg.length;
   if (bytes == 0) {
-    struct stat st {};
-    if (::stat(cfg.image_path.c_str(), &st) == 0 &&
-        static_cast<std::uint64_t>(st.st_size) > cfg.base_offset) {
-      bytes = static_cast<std::uint64_t>(st.st_size) - cfg.base_offset;
+    // To the image's end: seeking finds it for a block device too (whose st_size is 0).
+    const UniqueFd image(::open(cfg.image_path.c_str(), O_RDONLY | O_CLOEXEC));
+    const off_t end = image.valid() ? ::lseek(image.get(), 0, SEEK_END) : -1;
+    if (end > 0 && static_cast<std::uint64_t>(end) > cfg.base_offset) {
+      bytes = static_cast<std::uint64_t>(end) - cfg.base_offset;
     }
   }
   service_ = std::move(svc).value();
