@@ -125,6 +125,24 @@ class Backend:
         if self.alive():
             os.kill(self.proc.pid, sig)
 
+    def restart(self, sig, timeout=20):
+        """Ends the backend with `sig` (SIGKILL: a crash; SIGTERM: a clean stop) and starts the
+        same command again, its output appended to the same log. Returns the seconds from the
+        signal to the new process's start."""
+        t0 = time.monotonic()
+        if self.alive():
+            os.kill(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                raise Failure(f"the backend ignored {signal.Signals(sig).name} for {timeout}s")
+        self.logf.write(f"--- keel guest harness: backend ended by {signal.Signals(sig).name} "
+                        f"(exit {self.proc.returncode}); started again ---\n".encode())
+        self.logf.flush()
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self.logf,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        return time.monotonic() - t0
+
     def stop(self, timeout=20):
         """SIGTERM, then SIGKILL after timeout. Returns the exit code (None if killed)."""
         if self.proc is None:

@@ -58,6 +58,11 @@ class RunConfig:
         self.remove_action = None
         self.restore_action = None
         self.seed = None
+        # Backend restarts under the guest: [(seconds into verify-write, signal), ...]. QEMU
+        # connects with reconnect=1 and the new backend resubmits what the old one had taken
+        # (vhost-user inflight tracking); the guest's verify must not notice but a pause.
+        self.restarts = []
+        self.expect_resubmitted = False  # some restart must find requests to resubmit
         for k, v in kw.items():
             if not hasattr(self, k):
                 raise TypeError(f"unknown run option {k}")
@@ -151,7 +156,8 @@ def run_guest(cfg, backend_template, label="guest"):
                      *(["-initrd", guest["initrd"]] if guest["initrd"] else []),
                      "-append", cmdline,
                      "-chardev", f"file,id=con,path={console_path}", "-serial", "chardev:con",
-                     "-chardev", f"socket,id=vblk,path={sock}",
+                     "-chardev", f"socket,id=vblk,path={sock}" +
+                     (",reconnect=1" if cfg.restarts else ""),
                      "-device", f"vhost-user-blk-pci,chardev=vblk,num-queues={cfg.queues}"]
             result["qemu"] = shlex.join(qargv)
             qlog = open(os.path.join(workdir, "qemu.log"), "wb")
@@ -169,6 +175,12 @@ def run_guest(cfg, backend_template, label="guest"):
     if result["backend_rc"] not in (0, -signal.SIGTERM) and not result.get("backend_died"):
         problems.append(f"backend exited with {result['backend_rc']} after SIGTERM")
     check_console(cfg, result, console)
+    if cfg.restarts:
+        # What the new backends took over (0 when a restart found nothing in flight).
+        result["resubmitted"] = sum(
+            int(n) for n in re.findall(r"resubmitting (\d+) requests", backend.log_tail(100000)))
+        if cfg.expect_resubmitted and result["resubmitted"] == 0:
+            problems.append("no restart found requests in flight to resubmit")
     if cfg.expect_backend_log:
         text = backend.log_tail(100000)
         for pat in cfg.expect_backend_log:
@@ -244,8 +256,13 @@ def _watch(cfg, result, console, backend, qemu_proc, console_path, t_boot, timeo
     failover = {}
     if cfg.failover:
         result["failover"] = failover
+    restarts = []
+    if cfg.restarts:
+        result["restarts"] = restarts
     pos = 0
     done = False
+    verify_start = None
+    verify_end = None
     while True:
         now = time.monotonic()
         text, pos = read_new(console_path, pos)
@@ -260,17 +277,21 @@ def _watch(cfg, result, console, backend, qemu_proc, console_path, t_boot, timeo
             elif kind == "FIO-START":
                 samples[job] = cpu_sample(backend.pid)
                 say(f"fio {job} started")
+                if job == "verify-write":
+                    verify_start = now
                 if job == "verify-write" and cfg.failover:
                     failover["start"] = now
                     if cfg.vf_absent_at_boot:
                         failover["removed"] = now  # (since before boot) restore counts from here
             elif kind == "FIO-DONE":
-                if job in samples:
+                if job in samples and not restarts:  # (a restarted backend is another process)
                     result["jobs"].setdefault(job, {})["backend_cpu"] = cpu_delta(
                         samples[job], cpu_sample(backend.pid))
                 result["jobs"].setdefault(job, {})["rc"] = int(kv.get("rc", "-1"))
                 result["jobs"][job]["wall_s"] = round(now - samples.get(job, {"t": now})["t"], 1)
                 say(f"fio {job} finished: rc {kv.get('rc')}")
+                if job == "verify-write":
+                    verify_end = now
                 if job == "verify-write" and cfg.failover:
                     failover["end"] = now
             elif kind == "ERROR":
@@ -295,6 +316,15 @@ def _watch(cfg, result, console, backend, qemu_proc, console_path, t_boot, timeo
                 how = "keelctl" if cfg.restore_action else signal.Signals(cfg.restore_signal).name
                 say(f"failover: restored the VF ({how}) "
                     f"{now - failover['start']:.1f}s into verify-write")
+        # Backend restarts: each at its time into verify-write, while the job runs.
+        if verify_start is not None and verify_end is None and len(restarts) < len(cfg.restarts):
+            at, sig = cfg.restarts[len(restarts)]
+            if now - verify_start >= at:
+                took = backend.restart(sig)
+                restarts.append({"at_s": round(now - verify_start, 1),
+                                 "signal": signal.Signals(sig).name, "down_s": round(took, 2)})
+                say(f"restart: backend ended by {signal.Signals(sig).name} "
+                    f"{now - verify_start:.1f}s into verify-write, started again")
         def backend_died():
             if backend.alive():
                 return None
@@ -310,6 +340,9 @@ def _watch(cfg, result, console, backend, qemu_proc, console_path, t_boot, timeo
             break
         time.sleep(0.05)
     result["guest_s"] = round(time.monotonic() - t_boot, 1)
+    if cfg.restarts and len(restarts) < len(cfg.restarts):
+        problems.append(f"{len(restarts)} of {len(cfg.restarts)} backend restarts happened "
+                        f"during verify-write: make the job larger")
     if cfg.failover:
         for k in ("removed", "restored", "end"):
             if k in failover:

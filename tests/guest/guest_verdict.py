@@ -114,6 +114,12 @@ def summarize(result):
         f = result["failover"]
         out.append(f"  failover: removed at {f.get('removed_at_s')}s, restored at "
                    f"{f.get('restored_at_s')}s, verify-write ended at {f.get('end_at_s')}s")
+    if "restarts" in result:
+        for r in result["restarts"]:
+            out.append(f"  restart: {r['signal']} at {r['at_s']}s into verify-write, new backend "
+                       f"{r['down_s']}s later")
+        out.append(f"  requests resubmitted from the inflight record: "
+                   f"{result.get('resubmitted', '?')}")
     if "pci" in result:
         out.append("  guest PCI: " + " ".join(f"{k}={v}" for k, v in result["pci"].items()))
     for name, st in result.get("steps", {}).items():

@@ -10,7 +10,9 @@
   run_guest.py test SCENARIO [--keel-bin PATH]
       a named run, as ctest calls it: qsd, keel-model, keel-sim, keel-model-failover,
       keel-sim-failover, keel-model-absent-vf (the VF is removed before the guest boots and
-      restored during verify-write), keel-card-two-guests (two guests, each with its own
+      restored during verify-write), keel-model-restart and keel-sim-restart (the backend
+      killed or stopped and started again under verify-write; QEMU reconnects and the new
+      process resubmits from the inflight record), keel-card-two-guests (two guests, each with its own
       paravisor process, on two VFs of one keel-card; one VF is pulled and put back),
       kernel-vfio (no vhost-user-blk: QEMU's SR-IOV NVMe controller behind an emulated Intel
       IOMMU; inside the guest, keelctl --keelctl-bin drives it through the kernel's VFIO)
@@ -22,6 +24,7 @@ See docs/guest.md.
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -44,6 +47,11 @@ KEEL_FAILOVER_LOG = [r"\bto_fallback=[1-9]", r"\bto_vf=[1-9]", r"\bfallback_ios=
 # host path has served the guest's boot and hundreds of fio's requests.
 KEEL_ABSENT_VF_LOG = [r"absent\s+->\s+fallback", r"fallback\s+->\s+active", r"\bto_vf=[1-9]",
                       r"\bvf_ios=[1-9]", r"\bfallback_ios=[1-9]\d\d", r"\berrors=0\b"]
+
+
+# A backend restarted under the guest: the last process's exit report shows no error; every
+# process after the first was handed QEMU's inflight record (SET_INFLIGHT_FD) before its rings.
+KEEL_RESTART_LOG = [r"\berrors=0\b", r"inflight record from the front end"]
 
 
 def qsd_template():
@@ -89,6 +97,9 @@ def add_run_options(p):
     p.add_argument("--vf-absent-at-boot", action="store_true",
                    help="send SIGUSR1 (remove the VF) before QEMU connects; with --failover "
                         "0,T the VF is restored T seconds into verify-write")
+    p.add_argument("--restart", default=None, metavar="AT:SIG[,AT:SIG...]",
+                   help="end the backend with SIG (KILL, TERM) AT seconds into verify-write and "
+                        "start it again; QEMU reconnects (reconnect=1)")
     p.add_argument("--expect-backend-log", action="append", default=[], metavar="REGEX")
     p.add_argument("--no-host-verify", action="store_true",
                    help="skip re-reading the image on the host after the run")
@@ -112,7 +123,12 @@ def config_from(args):
     if args.failover:
         a, b = args.failover.split(",")
         failover = (float(a), float(b))
+    restarts = []
+    for item in (args.restart.split(",") if args.restart else []):
+        at, sig = item.split(":")
+        restarts.append((float(at), getattr(signal, "SIG" + sig.upper().removeprefix("SIG"))))
     return keelguest.RunConfig(
+        restarts=restarts,
         build_dir=args.build_dir, accel=args.accel, smp=args.smp, mem_mib=args.mem_mib,
         queues=args.queues, size_mib=args.size_mib, fio_size=args.fio_size, bs=args.bs,
         iodepth=args.iodepth, runtime=args.runtime, jobs=args.jobs, numjobs=args.numjobs,
@@ -146,6 +162,7 @@ def main():
     t = sub.add_parser("test", help="a named scenario (ctest)")
     t.add_argument("scenario", choices=["qsd", "keel-model", "keel-sim", "keel-model-failover",
                                         "keel-sim-failover", "keel-model-absent-vf",
+                                        "keel-model-restart", "keel-sim-restart",
                                         "keel-card-two-guests", "kernel-vfio"])
     t.add_argument("--keel-bin", default=None)
     t.add_argument("--keelctl-bin", default=None,
@@ -233,6 +250,19 @@ def main():
                 # Long enough that the VF leaves and returns while fio writes and verifies.
                 if args.fio_size == "64M":
                     cfg.fio_size = "96M"
+            if sc.endswith("-restart"):
+                # A crash, a clean stop, a crash: each time the new process takes the
+                # connection QEMU re-makes and resubmits what the old one had taken.
+                if not cfg.restarts:
+                    cfg.restarts = [(2.0, signal.SIGKILL), (5.0, signal.SIGTERM),
+                                    (8.0, signal.SIGKILL)]
+                if not cfg.expect_backend_log:
+                    cfg.expect_backend_log = KEEL_RESTART_LOG
+                if args.fio_size == "64M":
+                    cfg.fio_size = "128M"
+                # The Verilated card is slow enough (~1k IOPS) that the guest's queue is always
+                # full at it: every crash finds requests in flight, which must be resubmitted.
+                cfg.expect_resubmitted = card == "sim"
         return finish(keelguest.run_guest(cfg, template, sc), args)
     except keelguest.Skip as e:
         print(f"SKIP: {e}", flush=True)

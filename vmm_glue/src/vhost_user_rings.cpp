@@ -149,6 +149,10 @@ Status VhostUserBlkServer::Impl::set_inflight_fd(detail::Message& m) {
   }
   auto mapped = InflightRegion::map(std::move(m.fds[0]), *given);
   if (!mapped) return mapped.error();
+  // A back end that starts with a record (after a restart) resubmits from it: worth a line.
+  kVhostLog.info("inflight record from the front end: %u queues of %u descriptors",
+                 static_cast<unsigned>(given->num_queues),
+                 static_cast<unsigned>(given->queue_size));
   replace_inflight(std::move(mapped).value());
   return apply_rings();
 }
