@@ -1,5 +1,4 @@
-// keel_bench_driver: the NVMe VF driver on the free-running reference card.
-//
+// keel_bench_driver: the NVMe VF driver on the free-running reference card. BM_RandRead4k:
 // 4 KiB random reads at several queue depths with 1 and 2 queue pairs, all owned by the
 // benchmark thread. Counters:
 //   iops                  completed reads per second (wall time)
@@ -17,6 +16,7 @@
 
 #include "keel/drivers/nvme/controller.h"
 #include "keel/drivers/nvme/queue_pair.h"
+#include "keel/drivers/nvme/saved_state.h"
 #include "keel/stack/stack.h"
 #include "keel/thread_cpu.h"
 
@@ -141,6 +141,124 @@ BENCHMARK(BM_RandRead4k)
     ->Args({128, 2})
     ->MinTime(0.5)
     ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// NVMe keepalive (servicing): the driver's hand-over of a running controller with `qps` queue
+// pairs, 32 reads in flight on each, to a new set of driver objects. Timed per iteration:
+//   save_us     every QueuePair::save, Controller::save, DmaArena::hand_over and encode()
+//   restore_us  decode(), DmaArena::adopt, Controller::restore and every restore_queue_pair
+// (the old objects' destruction in between is not timed: a process would just exit). The
+// reads left in flight then complete on the restored queue pairs before the next iteration.
+void BM_KeepaliveHandOver(benchmark::State& state) {
+  const unsigned nqp = static_cast<unsigned>(state.range(0));
+  constexpr unsigned kQd = 32;
+  keel::stack::StackConfig sc;
+  sc.card = "model";
+  sc.card_options.lockstep = false;
+  sc.card_options.storage_bytes = 256ull << 20;
+  sc.card_options.max_ioq_per_vf = 8;
+  sc.vfs.count = 1;
+  sc.vfs.queues = nqp;
+  auto s = keel::stack::Stack::open(sc);
+  if (!s) die(keel::to_string(s.error()));
+  auto stack = std::move(s).value();
+  keel::fpga::Function& vf = **stack->vf(0);
+  auto a = keel::fpga::DmaArena::create(vf, 16u << 20, keel::fpga::Iova{1} << 44);
+  if (!a) die(keel::to_string(a.error()));
+  std::unique_ptr<keel::fpga::DmaArena> arena = std::move(a).value();
+  std::vector<std::shared_ptr<void>> views;  // the card DMAs through the first one
+  drv::ControllerConfig cc;
+  cc.arena = arena.get();
+  auto c = drv::Controller::open(vf, stack->card(), stack->card(), cc);
+  if (!c) die(keel::to_string(c.error()));
+  std::unique_ptr<drv::Controller> ctrl = std::move(c).value();
+  std::vector<std::unique_ptr<drv::QueuePair>> qps;
+  for (unsigned q = 0; q < nqp; ++q) {
+    auto qp = ctrl->create_queue_pair({.entries = kQd + 1});
+    if (!qp) die(keel::to_string(qp.error()));
+    qps.push_back(std::move(qp).value());
+  }
+  auto b = vf.alloc_dma(std::size_t{kQd} * nqp * 4096);
+  if (!b) die(keel::to_string(b.error()));
+  keel::fpga::DmaBuffer buf = std::move(b).value();
+  const std::uint64_t blocks = ctrl->block_count() / 8;
+  std::mt19937_64 rng(1);
+  drv::Completion done[64];
+  double save_s = 0, restore_s = 0;
+  std::uint64_t crossed = 0;
+  using Clock = std::chrono::steady_clock;
+  for (auto _ : state) {
+    for (unsigned q = 0; q < nqp; ++q) {
+      for (unsigned i = 0; i < kQd; ++i) {
+        const drv::Segment seg{buf.iova() + (q * kQd + i) * 4096, 4096};
+        if (!qps[q]->read((rng() % blocks) * 8, 8, {&seg, 1}, i).ok()) die("submit");
+      }
+      qps[q]->commit();
+    }
+    const auto t0 = Clock::now();
+    drv::SavedDriver saved;
+    saved.queue_pairs.resize(nqp);
+    for (unsigned q = 0; q < nqp; ++q) {
+      if (!qps[q]->save(saved.queue_pairs[q]).ok()) die("save");
+    }
+    if (!ctrl->save(saved.controller).ok()) die("controller save");
+    auto h = arena->hand_over();
+    if (!h) die("hand over");
+    const std::vector<std::byte> blob = drv::encode(saved);
+    const auto t1 = Clock::now();
+    for (const auto& q : saved.queue_pairs) {
+      for (const auto& sl : q.slots) crossed += sl.busy ? 1 : 0;
+    }
+    qps.clear();
+    ctrl.reset();
+    arena.reset();
+    if (views.empty()) views.push_back(h->old_view);
+    const auto t2 = Clock::now();
+    auto d = drv::decode(blob);
+    if (!d) die(keel::to_string(d.error()));
+    auto adopted = keel::fpga::DmaArena::adopt(vf, std::move(h).value());
+    if (!adopted) die(keel::to_string(adopted.error()));
+    arena = std::move(adopted).value();
+    cc.arena = arena.get();
+    auto r = drv::Controller::restore(vf, stack->card(), stack->card(), d->controller, cc);
+    if (!r) die(keel::to_string(r.error()));
+    ctrl = std::move(r).value();
+    for (const auto& q : d->queue_pairs) {
+      auto qp = ctrl->restore_queue_pair(q);
+      if (!qp) die(keel::to_string(qp.error()));
+      qps.push_back(std::move(qp).value());
+    }
+    const auto t3 = Clock::now();
+    save_s += std::chrono::duration<double>(t1 - t0).count();
+    restore_s += std::chrono::duration<double>(t3 - t2).count();
+    state.SetIterationTime(std::chrono::duration<double>((t1 - t0) + (t3 - t2)).count());
+    for (unsigned q = 0; q < nqp; ++q) {
+      while (qps[q]->outstanding() > 0) {
+        const unsigned n = qps[q]->wait(done, std::chrono::seconds(5));
+        if (n == 0) die("reads stalled after the restore");
+        for (unsigned i = 0; i < n; ++i) {
+          if (!done[i].status.ok()) die("read failed: " + drv::to_string(done[i].status));
+        }
+      }
+    }
+  }
+  const double n = static_cast<double>(std::max<std::int64_t>(state.iterations(), 1));
+  state.counters["save_us"] = save_s / n * 1e6;
+  state.counters["restore_us"] = restore_s / n * 1e6;
+  state.counters["in_flight_at_save"] = static_cast<double>(crossed) / n;
+  qps.clear();
+  ctrl.reset();
+  buf.reset();
+  arena.reset();
+}
+
+BENCHMARK(BM_KeepaliveHandOver)
+    ->ArgNames({"qps"})
+    ->Arg(1)
+    ->Arg(4)
+    ->Arg(8)
+    ->Iterations(200)
+    ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
 }  // namespace
