@@ -61,6 +61,29 @@ Status send_with_fds(int socket, std::span<const std::span<const std::byte>> par
   return {};
 }
 
+long send_once_with_fds(int socket, std::span<const std::byte> bytes, std::span<const int> fds) {
+  constexpr std::size_t kScmMaxFds = 253;  // the kernel's SCM_MAX_FD
+  if (fds.size() > kScmMaxFds) {
+    errno = EINVAL;
+    return -1;
+  }
+  iovec iov{const_cast<std::byte*>(bytes.data()), bytes.size()};
+  std::vector<std::uint64_t> control((CMSG_SPACE(sizeof(int) * fds.size()) + 7) / 8);
+  msghdr m{};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  if (!fds.empty()) {
+    m.msg_control = control.data();
+    m.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+    cmsghdr* c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  }
+  return ::sendmsg(socket, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
 Result<Received> recv_with_fds(int socket, std::span<std::byte> buf, std::vector<UniqueFd>& fds,
                                std::size_t max_fds) {
   std::vector<std::uint64_t> control((CMSG_SPACE(sizeof(int) * std::max<std::size_t>(max_fds, 1)) + 7) / 8);

@@ -67,28 +67,6 @@ Io recv_exact(int fd, std::byte* buf, std::size_t n, std::vector<UniqueFd>& fds,
   return Io::ok;
 }
 
-// The first send of a reply that carries fds: they travel with its first byte (SCM_RIGHTS).
-// Non-blocking, like every send of a reply; the caller resumes a short send without them.
-ssize_t send_first(int fd, const std::byte* buf, std::size_t n, std::span<const int> fds) {
-  if (fds.size() > vu::kMaxFds) {
-    errno = EINVAL;
-    return -1;
-  }
-  iovec iov{const_cast<std::byte*>(buf), n};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * vu::kMaxFds)] = {};
-  msghdr m{};
-  m.msg_iov = &iov;
-  m.msg_iovlen = 1;
-  m.msg_control = control;
-  m.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-  cmsghdr* c = CMSG_FIRSTHDR(&m);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-  std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  return ::sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
-}
-
 }  // namespace
 
 Status VhostUserBlkServer::Impl::listen() {
@@ -173,7 +151,7 @@ bool VhostUserBlkServer::Impl::reply(std::uint32_t request, const void* payload,
     if (io == Io::ok) {
       const ssize_t k =
           sent == 0 && !fds.empty()
-              ? send_first(conn_fd.get(), buf.data(), total, fds)
+              ? send_once_with_fds(conn_fd.get(), std::span(buf).first(total), fds)
               : ::send(conn_fd.get(), buf.data() + sent, total - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (k > 0) {
         sent += static_cast<std::size_t>(k);

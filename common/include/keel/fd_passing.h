@@ -18,6 +18,12 @@ namespace keel {
 Status send_with_fds(int socket, std::span<const std::span<const std::byte>> parts,
                      std::span<const int> fds = {});
 
+/// One non-blocking sendmsg of `bytes` with `fds` attached (SCM_RIGHTS; none when empty), for
+/// a caller that bounds its own wait for room and resumes a short send without the fds. Never
+/// raises SIGPIPE. Returns what sendmsg returns: the bytes sent, or -1 with errno (EAGAIN when
+/// the socket is full; EINVAL for more than 253 fds).
+long send_once_with_fds(int socket, std::span<const std::byte> bytes, std::span<const int> fds);
+
 /// What one recv_with_fds() call got.
 struct Received {
   std::size_t bytes = 0;       ///< Bytes read; 0 with `closed`: the peer closed.
