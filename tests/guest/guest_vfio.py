@@ -35,8 +35,8 @@ START_LBA = 8
 COUNT0 = 127
 # guest_vfio.sh's steps, in the order it runs them.
 STEPS = ("modules", "pci", "pattern", "sriov-list", "sriov-enable", "vf-id-ctrl", "vf-write",
-         "vf-flr", "vf-verify", "vf-perf", "vf-failover", "sriov-disable", "bind-vfio", "id-ctrl",
-         "id-ns", "write", "verify", "read", "cmp")
+         "vf-flr", "vf-verify", "vf-id-ns", "vf-read", "vf-cmp", "vf-perf", "vf-failover",
+         "sriov-disable", "bind-vfio", "id-ctrl", "id-ns", "write", "verify", "read", "cmp")
 # Besides guest_console.DMESG_BAD: the IOMMU refusing a DMA (a buffer keelctl did not map).
 DMESG_VFIO_BAD = re.compile(r"DMAR: \[DMA (Read|Write)|DMAR: DRHD: handling fault|"
                             r"\bDMAR:.*\bfault\b|vfio.*\b(fail|error)")

@@ -19,7 +19,7 @@
 #   KEEL-PCI bdf=... class=... vendor=... device=... driver=... totalvfs=N numvfs=N group=N
 #   KEEL-PATTERN bytes=N md5=...           the pattern the write step writes
 # Steps, in order: modules pci pattern sriov-list sriov-enable vf-id-ctrl vf-write vf-flr
-# vf-verify vf-perf vf-failover sriov-disable bind-vfio id-ctrl id-ns write verify read cmp. modules, pci and bind-vfio
+# vf-verify vf-id-ns vf-read vf-cmp vf-perf vf-failover sriov-disable bind-vfio id-ctrl id-ns write verify read cmp. modules, pci and bind-vfio
 # prepare what follows: when one fails, no later step runs; the vf-* steps need sriov-enable.
 
 BDF=$(param bdf 0000:01:00.0)
@@ -266,6 +266,15 @@ step_vf_failover() {
         { echo "the IO did not go over both paths"; return 1; }
 }
 
+step_vf_read() {
+    rm -f "$BACK"
+    echo "# keelctl --card vfio:$VF read -s $VF_START -c $COUNT0 > $BACK"
+    timeout "$STEP_TIMEOUT" keelctl --card "vfio:$VF" read -s "$VF_START" -c "$COUNT0" >"$BACK"
+    rc=$?
+    echo "$BACK: $(wc -c <"$BACK") bytes, md5 $(md5sum "$BACK" | cut -d' ' -f1)"
+    return "$rc"
+}
+
 # A function-level reset of the VF through VFIO (VFIO_DEVICE_RESET): its controller comes back
 # disabled; what was written before is still there (vf-verify follows).
 step_vf_flr() {
@@ -325,6 +334,9 @@ kernel_vfio() {
         run_step vf-write vf_step write -s "$VF_START" -c "$COUNT0" -d "$PAT"
         run_step vf-flr step_vf_flr
         run_step vf-verify vf_step verify -s "$VF_START" -c "$COUNT0" -d "$PAT"
+        run_step vf-id-ns vf_step id-ns
+        run_step vf-read step_vf_read
+        run_step vf-cmp step_cmp
         run_step vf-perf step_vf_perf
         run_step vf-failover step_vf_failover
     fi
