@@ -10,14 +10,29 @@
 // --card vfio-user:<run dir>/vf<N>.sock: the card is a running keel-card and this process is
 // one guest's paravisor on its VF N (one process per guest, as OpenHCL per VM); the host path
 // serves bytes [--offset-mib, + --size-mib) of keel-card's --image.
+//
+// SIGHUP upgrades it in place (servicing): the binary at this program's path is started again
+// and given the front end's vhost-user session (the connection, its memory table, rings,
+// eventfds and inflight record) over a socket pair; this process releases the card and exits
+// once the new one serves. QEMU keeps its connection and notices a pause only.
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <CLI/CLI.hpp>
 
+#include <chrono>
 #include <cinttypes>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include <poll.h>
 
 #include "app_log.h"
 #include "keel/stack/stack.h"
@@ -33,6 +48,33 @@ int fail(const std::string& what) {
   std::fprintf(stderr, "keel-vhost-blk: %s\n", what.c_str());
   return 1;
 }
+
+// The environment variable that hands a new process its end of the upgrade's socket pair.
+constexpr const char* kHandoverEnv = "KEEL_VHOST_BLK_HANDOVER_FD";
+// The upgrade's one-byte records after the session: the old process let the card go; the new
+// one serves.
+constexpr char kReleased = 'R', kServing = 'S';
+
+using Clock = std::chrono::steady_clock;
+double ms_since(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+// One record of `want`, within `timeout`; false on anything else.
+bool wait_record(int fd, char want, std::chrono::seconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  while (Clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;
+    char c = 0;
+    const ssize_t k = ::recv(fd, &c, 1, 0);
+    if (k < 0 && errno == EINTR) continue;
+    return k == 1 && c == want;
+  }
+  return false;
+}
+
+bool send_record(int fd, char c) { return ::send(fd, &c, 1, MSG_NOSIGNAL) == 1; }
 
 void print_report(const vmm::VhostUserBlkServer& server) {
   std::printf("path transitions:\n");
@@ -101,8 +143,9 @@ int main(int argc, char** argv) {
   keel::apps::add_log_option(app, log_level);
   app.footer(
       "Signals: SIGUSR1 surprise-removes the VF (failover to the host path), SIGUSR2 restores "
-      "it (traffic returns to the VF); SIGINT/SIGTERM print the path transitions and counters "
-      "and exit.");
+      "it (traffic returns to the VF); SIGHUP upgrades: the binary at this program's path takes "
+      "the front end over without QEMU reconnecting; SIGINT/SIGTERM print the path transitions "
+      "and counters and exit.");
   CLI11_PARSE(app, argc, argv);
   if (!keel::apps::start_logging("keel-vhost-blk", log_level)) return 2;
 
@@ -113,7 +156,27 @@ int main(int argc, char** argv) {
   sigaddset(&sigs, SIGTERM);
   sigaddset(&sigs, SIGUSR1);
   sigaddset(&sigs, SIGUSR2);
+  sigaddset(&sigs, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
+  // The path the next binary is started from at an upgrade (whatever file is there then).
+  std::error_code path_ec;
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe", path_ec).string();
+
+  // A new process of an upgrade: the old one sends the session, then lets the card go.
+  int handover_fd = -1;
+  std::optional<vmm::VhostUserSession> session;
+  if (const char* env = std::getenv(kHandoverEnv); env != nullptr) {
+    handover_fd = std::atoi(env);
+    ::unsetenv(kHandoverEnv);
+    (void)::fcntl(handover_fd, F_SETFD, FD_CLOEXEC);
+    auto got = vmm::recv_session(handover_fd, std::chrono::seconds(30));
+    if (!got) return fail("upgrade: receiving the session: " + to_string(got.error()));
+    session = std::move(got).value();
+    if (!wait_record(handover_fd, kReleased, std::chrono::seconds(30))) {
+      return fail("upgrade: the old process did not let the card go");
+    }
+  }
 
   keel::stack::StackConfig sc;
   sc.card = card_spec;
@@ -193,10 +256,17 @@ int main(int argc, char** argv) {
   };
   vmm::VhostUserBlkConfig vc;
   vc.socket_path = socket_path;
-  auto server_r = vmm::VhostUserBlkServer::create(vc, factory);
+  auto server_r = session ? vmm::VhostUserBlkServer::adopt(vc, factory, std::move(*session))
+                          : vmm::VhostUserBlkServer::create(vc, factory);
+  session.reset();
   if (!server_r) return fail("vhost-user server: " + to_string(server_r.error()));
   std::unique_ptr<vmm::VhostUserBlkServer> server = std::move(server_r).value();
   if (auto st = server->start(); !st.ok()) return fail(to_string(st.error()));
+  if (handover_fd >= 0) {
+    (void)send_record(handover_fd, kServing);
+    ::close(handover_fd);
+    std::printf("keel-vhost-blk: upgrade: took over the front end's session\n");
+  }
   std::printf("keel-vhost-blk: serving %s (%" PRIu64
               " MiB, %u queue%s) from VF %u of the %s card "
               "on %s\n",
@@ -204,10 +274,87 @@ int main(int argc, char** argv) {
               socket_path.c_str());
   std::fflush(stdout);
 
+  // SIGHUP: hands the session to a new process of the binary at `self`. True when it serves
+  // (this process then exits); false when this one goes on serving.
+  auto upgrade = [&]() -> bool {
+    const auto t0 = Clock::now();
+    if (!server->connected()) {
+      std::printf("keel-vhost-blk: SIGHUP: no front end connected: restart to upgrade\n");
+      return false;
+    }
+    int sp[2];
+    if (self.empty() || ::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) != 0) {
+      std::printf("keel-vhost-blk: SIGHUP: cannot start the new process\n");
+      return false;
+    }
+    // Everything the child needs is made before fork(): between fork and exec it may only
+    // make system calls (other threads may hold the allocator's lock).
+    const std::string handover = std::string(kHandoverEnv) + "=" + std::to_string(sp[1]);
+    std::vector<char*> envp;
+    for (char** e = environ; *e != nullptr; ++e) envp.push_back(*e);
+    envp.push_back(const_cast<char*>(handover.c_str()));
+    envp.push_back(nullptr);
+    const pid_t child = ::fork();
+    if (child == 0) {
+      (void)::fcntl(sp[1], F_SETFD, 0);  // the new process's end survives exec
+      ::execve(self.c_str(), argv, envp.data());
+      ::_exit(127);
+    }
+    ::close(sp[1]);
+    keel::UniqueFd channel(sp[0]);
+    if (child < 0) return false;
+    auto taken = server->take_session();  // requests in flight complete first
+    if (!taken) {
+      std::printf("keel-vhost-blk: SIGHUP: %s\n", to_string(taken.error()).c_str());
+      ::kill(child, SIGKILL);
+      (void)::waitpid(child, nullptr, 0);
+      (void)server->start();
+      return false;
+    }
+    const double paused_ms = ms_since(t0);
+    if (auto st = vmm::send_session(channel.get(), *taken); !st.ok()) {
+      // The new process is gone: this one takes its session back and goes on.
+      std::printf("keel-vhost-blk: upgrade failed (%s): serving on\n", to_string(st.error()).c_str());
+      ::kill(child, SIGKILL);
+      (void)::waitpid(child, nullptr, 0);
+      print_report(*server);
+      server.reset();
+      auto back = vmm::VhostUserBlkServer::adopt(vc, factory, std::move(taken).value());
+      if (!back) {
+        std::printf("keel-vhost-blk: taking the session back failed: %s\n",
+                    to_string(back.error()).c_str());
+        std::exit(1);
+      }
+      server = std::move(back).value();
+      (void)server->start();
+      return false;
+    }
+    taken = vmm::VhostUserSession{};
+    // The card goes before the new process opens it (a VF over vfio-user or VFIO has one
+    // user at a time).
+    print_report(*server);
+    server.reset();
+    host.reset();
+    stack.reset();
+    (void)send_record(channel.get(), kReleased);
+    const bool serving = wait_record(channel.get(), kServing, std::chrono::seconds(60));
+    std::printf("keel-vhost-blk: upgrade: session taken after %.2f ms (requests drained), "
+                "%s pid %d after %.2f ms\n",
+                paused_ms, serving ? "served by" : "NOT served by", static_cast<int>(child),
+                ms_since(t0));
+    std::fflush(stdout);
+    return true;
+  };
+
   int sig = 0;
   for (;;) {
     sigwait(&sigs, &sig);
     if (sig == SIGINT || sig == SIGTERM) break;
+    if (sig == SIGHUP) {
+      if (upgrade()) return 0;
+      std::fflush(stdout);
+      continue;
+    }
     keel::fpga::FaultInjector* fi = card->faults();
     if (fi == nullptr) {
       std::printf("keel-vhost-blk: this card cannot remove or restore VFs\n");

@@ -56,6 +56,18 @@ Result<UnixListener> UnixListener::listen(const std::string& path,
   return l;
 }
 
+UnixListener UnixListener::adopt(UniqueFd fd, std::string path) noexcept {
+  UnixListener l;
+  l.fd_ = std::move(fd);
+  l.path_ = std::move(path);
+  return l;
+}
+
+void UnixListener::release() noexcept {
+  path_.clear();
+  fd_.reset();
+}
+
 UnixListener::UnixListener(UnixListener&& other) noexcept
     : fd_(std::move(other.fd_)), path_(std::exchange(other.path_, {})) {}
 

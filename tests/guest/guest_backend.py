@@ -3,6 +3,7 @@ it and its threads use, read from /proc.
 """
 
 import os
+import re
 import shlex
 import signal
 import stat
@@ -76,6 +77,43 @@ def cpu_delta(a, b):
             "sched_ns": sum(by_comm.values()), "by_thread": by_comm, "by_tid": by_tid}
 
 
+class _Adopted:
+    """A backend process that is not our child but our orphan (an upgrade's new process, whose
+    parent exited): with the harness a child subreaper (PR_SET_CHILD_SUBREAPER), it is reaped
+    here, so its exit status is known as for a child's."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = -1  # reaped elsewhere: gone, status unknown
+                return self.returncode
+            if pid == self.pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+
+def become_subreaper():
+    """Orphaned descendants (an upgraded backend) are reparented to this process."""
+    import ctypes
+    PR_SET_CHILD_SUBREAPER = 36
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise Failure("prctl(PR_SET_CHILD_SUBREAPER) failed: cannot follow an upgraded backend")
+
+
 class Backend:
     """The vhost-user-blk server: started before QEMU, stopped after it."""
 
@@ -125,6 +163,24 @@ class Backend:
         if self.alive():
             os.kill(self.proc.pid, sig)
 
+    def upgrade(self, timeout=60):
+        """SIGHUP: the backend hands its front end to a new process of its binary and exits 0.
+        Follows the new process (needs become_subreaper()). Returns the old process's figure
+        for the pause (ms from SIGHUP until the new one serves)."""
+        os.kill(self.proc.pid, signal.SIGHUP)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise Failure(f"the backend did not finish its upgrade within {timeout}s")
+        tail = self.log_tail(60)
+        # The last such line: earlier upgrades' lines may still be in the tail.
+        found = re.findall(r"served by pid (\d+) after ([\d.]+) ms", tail)
+        if rc != 0 or not found:
+            raise Failure(f"the upgrade failed (old process exit {rc}):\n{tail}")
+        pid, ms = found[-1]
+        self.proc = _Adopted(int(pid))
+        return float(ms)
+
     def restart(self, sig, timeout=20):
         """Ends the backend with `sig` (SIGKILL: a crash; SIGTERM: a clean stop) and starts the
         same command again, its output appended to the same log. Returns the seconds from the
@@ -153,7 +209,10 @@ class Backend:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 say(f"backend ignored SIGTERM for {timeout}s: killing it")
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                if isinstance(self.proc, _Adopted):
+                    os.kill(self.proc.pid, signal.SIGKILL)
+                else:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
                 self.logf.close()
                 return None

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import time
 
-from guest_backend import Backend, cpu_delta, cpu_sample
+from guest_backend import Backend, become_subreaper, cpu_delta, cpu_sample
 from guest_console import Console, read_new, watch_end
 from guest_env import Failure, FileLock, accel_args, detect_accel, find_tool, say
 from guest_initramfs import build_guest
@@ -63,6 +63,8 @@ class RunConfig:
         # (vhost-user inflight tracking); the guest's verify must not notice but a pause.
         self.restarts = []
         self.expect_resubmitted = False  # some restart must find requests to resubmit
+        # {regex: n}: lines of the backend's output that must match exactly n times
+        self.backend_log_counts = {}
         for k, v in kw.items():
             if not hasattr(self, k):
                 raise TypeError(f"unknown run option {k}")
@@ -132,6 +134,8 @@ def run_guest(cfg, backend_template, label="guest"):
                           queues=cfg.queues)
     result["backend"] = shlex.join(argv)
     backend = Backend(argv, os.path.join(workdir, "backend.log"))
+    if any(sig == signal.SIGHUP for _, sig in cfg.restarts):
+        become_subreaper()  # an upgraded backend is the old one's child, orphaned
     qemu_proc = None
     console = Console()
     lock = (FileLock(os.path.join(runs, "qemu.lock"), "the other guest (one QEMU at a time)")
@@ -181,11 +185,15 @@ def run_guest(cfg, backend_template, label="guest"):
             int(n) for n in re.findall(r"resubmitting (\d+) requests", backend.log_tail(100000)))
         if cfg.expect_resubmitted and result["resubmitted"] == 0:
             problems.append("no restart found requests in flight to resubmit")
-    if cfg.expect_backend_log:
+    if cfg.expect_backend_log or cfg.backend_log_counts:
         text = backend.log_tail(100000)
         for pat in cfg.expect_backend_log:
             if not re.search(pat, text, re.M):
                 problems.append(f"backend output lacks /{pat}/")
+        for pat, n in cfg.backend_log_counts.items():
+            got = len(re.findall(pat, text, re.M))
+            if got != n:
+                problems.append(f"backend output has /{pat}/ {got} times, not {n}")
     jobs = cfg.jobs.split(",")
     overwritten = "verify-write" in jobs and "randwrite" in jobs[jobs.index("verify-write"):]
     if cfg.image:
@@ -319,7 +327,13 @@ def _watch(cfg, result, console, backend, qemu_proc, console_path, t_boot, timeo
         # Backend restarts: each at its time into verify-write, while the job runs.
         if verify_start is not None and verify_end is None and len(restarts) < len(cfg.restarts):
             at, sig = cfg.restarts[len(restarts)]
-            if now - verify_start >= at:
+            if now - verify_start >= at and sig == signal.SIGHUP:
+                pause_ms = backend.upgrade()
+                restarts.append({"at_s": round(now - verify_start, 1), "signal": "SIGHUP",
+                                 "down_s": round(pause_ms / 1000, 3)})
+                say(f"upgrade: the backend handed over {now - verify_start:.1f}s into "
+                    f"verify-write; the new process served after {pause_ms:.1f} ms")
+            elif now - verify_start >= at:
                 took = backend.restart(sig)
                 restarts.append({"at_s": round(now - verify_start, 1),
                                  "signal": signal.Signals(sig).name, "down_s": round(took, 2)})

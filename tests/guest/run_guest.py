@@ -12,7 +12,9 @@
       keel-sim-failover, keel-model-absent-vf (the VF is removed before the guest boots and
       restored during verify-write), keel-model-restart and keel-sim-restart (the backend
       killed or stopped and started again under verify-write; QEMU reconnects and the new
-      process resubmits from the inflight record), keel-card-two-guests (two guests, each with its own
+      process resubmits from the inflight record), keel-model-upgrade (three SIGHUP upgrades in
+      place under verify-write: the session goes to a new process, QEMU never reconnects),
+      keel-card-two-guests (two guests, each with its own
       paravisor process, on two VFs of one keel-card; one VF is pulled and put back),
       kernel-vfio (no vhost-user-blk: QEMU's SR-IOV NVMe controller behind an emulated Intel
       IOMMU; inside the guest, keelctl --keelctl-bin drives it through the kernel's VFIO)
@@ -163,6 +165,7 @@ def main():
     t.add_argument("scenario", choices=["qsd", "keel-model", "keel-sim", "keel-model-failover",
                                         "keel-sim-failover", "keel-model-absent-vf",
                                         "keel-model-restart", "keel-sim-restart",
+                                        "keel-model-upgrade",
                                         "keel-card-two-guests", "kernel-vfio"])
     t.add_argument("--keel-bin", default=None)
     t.add_argument("--keelctl-bin", default=None,
@@ -248,6 +251,22 @@ def main():
                     cfg.expect_backend_log = list(KEEL_ABSENT_VF_LOG if absent
                                                   else KEEL_FAILOVER_LOG)
                 # Long enough that the VF leaves and returns while fio writes and verifies.
+                if args.fio_size == "64M":
+                    cfg.fio_size = "96M"
+            if sc.endswith("-upgrade"):
+                # Three in-place upgrades (SIGHUP) under the verify job: each time the new
+                # process takes the session over; QEMU never reconnects.
+                if not cfg.restarts:
+                    cfg.restarts = [(2.0, signal.SIGHUP), (4.0, signal.SIGHUP),
+                                    (6.0, signal.SIGHUP)]
+                if not cfg.expect_backend_log:
+                    cfg.expect_backend_log = [r"\berrors=0\b"]
+                cfg.backend_log_counts = {
+                    r"front end connected": 1,  # the one connection QEMU ever made
+                    r"took over the front end's session from another process":
+                        sum(1 for _, sig in cfg.restarts if sig == signal.SIGHUP),
+                    r"front end disconnected": 1,  # at the end, when QEMU exits
+                }
                 if args.fio_size == "64M":
                     cfg.fio_size = "96M"
             if sc.endswith("-restart"):

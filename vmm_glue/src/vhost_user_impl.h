@@ -100,6 +100,8 @@ struct VhostUserBlkServer::Impl {
   bool err_signalled = false;
   std::vector<detail::Ring> rings;
   bool close_requested = false;  // a handler found the connection unusable
+  /// take_session() gave the connection and the socket path to another process.
+  bool handed_over = false;
 
   // ---- reporting (any thread) ----
   mutable std::mutex mu;  // guards the members below and the pv pointer for counters()
@@ -130,6 +132,9 @@ struct VhostUserBlkServer::Impl {
   }
 
   // vhost_user_server.cpp
+  /// Asks a paravisor built over no memory what the device is (features, config space,
+  /// queues). Errors: the factory's, invalid_argument.
+  Status probe_device();
   unsigned run_once(std::chrono::milliseconds timeout);
   void handle_input();
   void drop_connection(const std::string& why);

@@ -22,30 +22,7 @@ Result<std::unique_ptr<VhostUserBlkServer>> VhostUserBlkServer::create(
   auto impl = std::make_unique<Impl>();
   impl->config = config;
   impl->factory = std::move(factory);
-  {
-    // The messages before SET_MEM_TABLE (features, queue count, config space) need the device:
-    // ask a paravisor built over no memory, then let it go.
-    auto memory = GuestMemory::empty();
-    auto probe = impl->factory(*memory);
-    if (!probe) {
-      return make_error(probe.error().code, "probing the device: " + probe.error().message);
-    }
-    std::unique_ptr<Paravisor> pv = std::move(probe).value();
-    if (pv == nullptr)
-      return make_error(Errc::invalid_argument, "the factory returned no paravisor");
-    impl->device_features = pv->device_features();
-    impl->probe_config = pv->config_space();
-    impl->queues = impl->probe_config.num_queues;
-    pv.reset();  // before the memory it refers to
-  }
-  if (impl->queues == 0 || impl->queues > vu::kVringIndexMask + 1) {
-    return make_error(Errc::invalid_argument,
-                      "the factory's paravisor has " + std::to_string(impl->queues) + " queues");
-  }
-  impl->wake_fd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!impl->wake_fd.valid()) {
-    return make_error(Errc::io_error, std::string("eventfd: ") + std::strerror(errno));
-  }
+  if (Status st = impl->probe_device(); !st.ok()) return st.error();
   if (Status st = impl->listen(); !st.ok()) {
     impl->unlink_socket();
     return st.error();
@@ -55,8 +32,43 @@ Result<std::unique_ptr<VhostUserBlkServer>> VhostUserBlkServer::create(
   return std::unique_ptr<VhostUserBlkServer>(new VhostUserBlkServer(std::move(impl)));
 }
 
+Status VhostUserBlkServer::Impl::probe_device() {
+  {
+    // The messages before SET_MEM_TABLE (features, queue count, config space) need the device:
+    // ask a paravisor built over no memory, then let it go.
+    auto empty = GuestMemory::empty();
+    auto probe = factory(*empty);
+    if (!probe) {
+      return make_error(probe.error().code, "probing the device: " + probe.error().message);
+    }
+    std::unique_ptr<Paravisor> p = std::move(probe).value();
+    if (p == nullptr)
+      return make_error(Errc::invalid_argument, "the factory returned no paravisor");
+    device_features = p->device_features();
+    probe_config = p->config_space();
+    queues = probe_config.num_queues;
+    p.reset();  // before the memory it refers to
+  }
+  if (queues == 0 || queues > vu::kVringIndexMask + 1) {
+    return make_error(Errc::invalid_argument,
+                      "the factory's paravisor has " + std::to_string(queues) + " queues");
+  }
+  wake_fd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!wake_fd.valid()) {
+    return make_error(Errc::io_error, std::string("eventfd: ") + std::strerror(errno));
+  }
+  return {};
+}
+
 VhostUserBlkServer::~VhostUserBlkServer() {
   stop();
+  if (impl_->handed_over) {
+    // Another process serves the front end on this connection and path now: let go quietly.
+    impl_->conn_fd.reset();
+    impl_->listener.release();
+    impl_->reset_connection_state();
+    return;
+  }
   impl_->drop_connection("the server is shutting down");
   impl_->reset_connection_state();
   impl_->unlink_socket();

@@ -45,6 +45,12 @@ class UnixListener {
   /// Closes the socket and removes its file now.
   void close() noexcept;
 
+  /// A listening socket handed over by another process (servicing), at `path`: removed when
+  /// this one is destroyed, as if it had bound it.
+  static UnixListener adopt(UniqueFd fd, std::string path) noexcept;
+  /// Gives the socket up without removing its file (another process serves on it now).
+  void release() noexcept;
+
  private:
   UniqueFd fd_;
   std::string path_;  ///< Empty when there is no file of ours to remove.

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "keel/result.h"
+#include "keel/unique_fd.h"
 #include "keel/vmm/guest_memory.h"
 #include "keel/vmm/paravisor.h"
 #include "keel/wire/vhost_user.h"
@@ -127,6 +128,29 @@ struct VhostUserBlkConfig {
 ///    card; the tests use this.
 /// connected(), stats(), last_error(), counters() and transitions() may be called from any
 /// thread.
+/// A live front end's connection as one process hands it to the next (servicing, issue 14):
+/// the listening socket, the connection, and the vhost-user messages that re-create the
+/// session's state in a new server (SET_OWNER, SET_FEATURES, SET_PROTOCOL_FEATURES,
+/// SET_MEM_TABLE, SET_INFLIGHT_FD, then per ring NUM, BASE, ADDR, CALL, ERR, KICK, ENABLE), each
+/// with its file descriptors. The front end notices nothing: the connection never closes.
+struct VhostUserSession {
+  struct Message {
+    vhost_user::Header hdr{};
+    std::vector<std::byte> payload;
+    std::vector<UniqueFd> fds;
+  };
+  UniqueFd listener;
+  UniqueFd connection;
+  std::vector<Message> messages;
+};
+
+/// The session over a unix SOCK_SEQPACKET socket (one record per message, its fds attached),
+/// for a hand-over to another process. Errors: io_error, gone (the peer closed).
+Status send_session(int channel, const VhostUserSession& s);
+/// Errors: io_error, gone, invalid_argument (not a session: bad magic or framing, too many
+/// messages or fds, a message larger than vhost-user allows), timeout.
+Result<VhostUserSession> recv_session(int channel, std::chrono::milliseconds timeout);
+
 class VhostUserBlkServer {
  public:
   /// Learns the device from a paravisor the factory builds over empty memory, then binds and
@@ -140,6 +164,23 @@ class VhostUserBlkServer {
   ~VhostUserBlkServer();
   VhostUserBlkServer(const VhostUserBlkServer&) = delete;
   VhostUserBlkServer& operator=(const VhostUserBlkServer&) = delete;
+
+  /// Servicing, the old process's half: stops the server's thread, stops the paravisor (the
+  /// requests in flight complete first, so the used rings are up to date and every ring's
+  /// base is where the avail ring stands) and destroys it, and returns the session with
+  /// duplicates of every fd. The server then serves nothing; its destructor neither closes the
+  /// connection on the front end's side (the new process holds it) nor removes the socket
+  /// path. Errors: unavailable (no front end is connected), io_error (dup).
+  Result<VhostUserSession> take_session();
+  /// The new process's half: a server on the handed-over listener and connection, its state
+  /// re-created by running the session's messages through the usual checks (a session that
+  /// fails them is refused, as the same messages from a front end would be). The paravisor is
+  /// built by `factory` and the rings start where they stood. Call start() next. Errors:
+  /// invalid_argument (no factory, the session's listener or connection missing, a message
+  /// refused), and whatever the factory returns.
+  static Result<std::unique_ptr<VhostUserBlkServer>> adopt(const VhostUserBlkConfig& config,
+                                                           ParavisorFactory factory,
+                                                           VhostUserSession session);
 
   /// Runs the server on its own thread. Errors: io_error (thread creation).
   Status start();
