@@ -166,6 +166,7 @@ int main(int argc, char** argv) {
   // A new process of an upgrade: the old one sends the session, then lets the card go.
   int handover_fd = -1;
   std::optional<vmm::VhostUserSession> session;
+  Clock::time_point released_at{};  // when the old process let the card go
   if (const char* env = std::getenv(kHandoverEnv); env != nullptr) {
     handover_fd = std::atoi(env);
     ::unsetenv(kHandoverEnv);
@@ -176,6 +177,7 @@ int main(int argc, char** argv) {
     if (!wait_record(handover_fd, kReleased, std::chrono::seconds(30))) {
       return fail("upgrade: the old process did not let the card go");
     }
+    released_at = Clock::now();
   }
 
   keel::stack::StackConfig sc;
@@ -194,6 +196,7 @@ int main(int argc, char** argv) {
   res[vf_index].slice_lbas = disk_lbas;
   auto stack_r = keel::stack::Stack::open_card(sc);
   if (!stack_r) return fail("opening the " + card_spec + " card: " + to_string(stack_r.error()));
+  const double card_open_ms = handover_fd >= 0 ? ms_since(released_at) : 0;
   std::unique_ptr<keel::stack::Stack> stack = std::move(stack_r).value();
   keel::fpga::Card* card = &stack->card();
   // A card of one function (a VF of keel-card's, or a VF handed to this process through VFIO):
@@ -265,7 +268,10 @@ int main(int argc, char** argv) {
   if (handover_fd >= 0) {
     (void)send_record(handover_fd, kServing);
     ::close(handover_fd);
-    std::printf("keel-vhost-blk: upgrade: took over the front end's session\n");
+    // Where the pause goes in this process, from the old one letting the card go.
+    std::printf("keel-vhost-blk: upgrade: took over the front end's session: card open after "
+                "%.2f ms, serving after %.2f ms (VF bring-up and host path included)\n",
+                card_open_ms, ms_since(released_at));
   }
   std::printf("keel-vhost-blk: serving %s (%" PRIu64
               " MiB, %u queue%s) from VF %u of the %s card "
@@ -336,12 +342,13 @@ int main(int argc, char** argv) {
     server.reset();
     host.reset();
     stack.reset();
+    const double released_ms = ms_since(t0);
     (void)send_record(channel.get(), kReleased);
     const bool serving = wait_record(channel.get(), kServing, std::chrono::seconds(60));
-    std::printf("keel-vhost-blk: upgrade: session taken after %.2f ms (requests drained), "
-                "%s pid %d after %.2f ms\n",
-                paused_ms, serving ? "served by" : "NOT served by", static_cast<int>(child),
-                ms_since(t0));
+    std::printf("keel-vhost-blk: upgrade: session taken after %.2f ms (requests drained), card "
+                "released after %.2f ms, %s pid %d after %.2f ms\n",
+                paused_ms, released_ms, serving ? "served by" : "NOT served by",
+                static_cast<int>(child), ms_since(t0));
     std::fflush(stdout);
     return true;
   };

@@ -160,7 +160,8 @@ Result<std::unique_ptr<VhostUserBlkServer>> VhostUserBlkServer::adopt(
       return refuse(make_error(Errc::invalid_argument, "session message " + std::to_string(i) +
                                                            " (" + name + ") is malformed"));
     }
-    std::memcpy(m->payload.data(), msg.payload.data(), msg.payload.size());
+    if (!msg.payload.empty())
+      std::memcpy(m->payload.data(), msg.payload.data(), msg.payload.size());
     m->fds = std::move(msg.fds);
     // Only what sets state: nothing in a session asks for a reply.
     switch (static_cast<Request>(msg.hdr.request)) {
