@@ -3,6 +3,7 @@
 
 #include <poll.h>
 #include <pthread.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -46,6 +47,7 @@ class Paravisor::Link final : public worker::WorkerLink {
     if (pv_.notify_) pv_.notify_(queue);
   }
   bool running() const noexcept override { return pv_.running_.load(std::memory_order_acquire); }
+  int stop_fd() const noexcept override { return pv_.stop_fd_.get(); }
   void tick() override { pv_.maybe_probe(); }
 
  private:
@@ -352,7 +354,16 @@ void Paravisor::set_kick_fd(unsigned q, int fd) {
 }
 
 Status Paravisor::start() {
-  if (!config_.threads || running_.exchange(true)) return {};
+  if (!config_.threads || running_.load()) return {};
+  if (!stop_fd_.valid()) {
+    stop_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!stop_fd_.valid()) {
+      return make_error(Errc::io_error, std::string("eventfd: ") + std::strerror(errno));
+    }
+  }
+  std::uint64_t v = 0;
+  (void)!::read(stop_fd_.get(), &v, sizeof v);  // the last stop's signal
+  running_.store(true);
   for (auto& w : workers_) threads_.emplace_back([w = w.get()] { w->run_thread(); });
   return {};
 }
@@ -391,6 +402,8 @@ void await_worker(const QueueWorker& w, std::thread& t) {
 
 void Paravisor::stop() {
   if (running_.exchange(false)) {
+    const std::uint64_t one = 1;
+    if (stop_fd_.valid()) (void)!::write(stop_fd_.get(), &one, sizeof one);  // wakes sleepers
     for (std::size_t i = 0; i < threads_.size(); ++i) await_worker(*workers_[i], threads_[i]);
     for (auto& t : threads_) t.join();
     threads_.clear();

@@ -401,6 +401,8 @@ void QueueWorker::run_thread() {
   };
   if (kick_fd >= 0) watch(kick_fd);
   watch(host_.client().completion_fd());
+  const int stop_fd = ports_.link.stop_fd();
+  if (stop_fd >= 0) watch(stop_fd);
   unsigned spins = 0;
   const drivers::nvme::QueuePair* watched_qp = nullptr;
   int watched_fd = -1;
@@ -450,6 +452,7 @@ void QueueWorker::run_thread() {
       epoll_event ev[4];
       const int k = epoll_wait(ep, ev, 4, static_cast<int>(std::max<long long>(ms, 1)));
       for (int i = 0; i < k; ++i) {
+        if (ev[i].data.fd == stop_fd) continue;  // left signalled for the other workers
         std::uint64_t v;
         (void)!read(ev[i].data.fd, &v, sizeof v);
       }

@@ -64,6 +64,10 @@ class WorkerLink {
   virtual void notify(unsigned queue) = 0;
   /// False once the paravisor stops its worker threads.
   virtual bool running() const noexcept = 0;
+  /// Readable once the paravisor stops its worker threads, so a sleeping worker wakes at once
+  /// (a control-plane pause, an upgrade's drain, waits for none of its idle sleeps); -1: none.
+  /// Never read: every worker must see it.
+  virtual int stop_fd() const noexcept { return -1; }
   /// Worker 0's thread calls it on every turn: the VF probe timer of the fallback.
   virtual void tick() = 0;
 

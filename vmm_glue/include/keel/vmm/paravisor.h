@@ -17,6 +17,7 @@
 #include "keel/fpga/function.h"
 #include "keel/fpga/stepper.h"
 #include "keel/result.h"
+#include "keel/unique_fd.h"
 #include "keel/vmm/guest_memory.h"
 #include "keel/vmm/host_service.h"
 #include "keel/vmm/virtqueue.h"
@@ -219,6 +220,7 @@ class Paravisor {
   std::function<void(unsigned)> notify_;
   std::vector<std::thread> threads_;
   std::atomic<bool> running_{false};
+  UniqueFd stop_fd_;  ///< An eventfd, signalled by stop(), drained by start().
 };
 
 }  // namespace keel::vmm
