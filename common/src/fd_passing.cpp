@@ -10,6 +10,23 @@
 
 namespace keel {
 
+namespace {
+
+// Attaches `fds` to `m` as one SCM_RIGHTS message, in `control` (sized here, 8-byte aligned).
+void attach_fds(msghdr& m, std::vector<std::uint64_t>& control, std::span<const int> fds) {
+  if (fds.empty()) return;
+  control.assign((CMSG_SPACE(sizeof(int) * fds.size()) + 7) / 8, 0);
+  m.msg_control = control.data();
+  m.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+  cmsghdr* c = CMSG_FIRSTHDR(&m);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+  std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+}
+
+}  // namespace
+
 Status send_with_fds(int socket, std::span<const std::span<const std::byte>> parts,
                      std::span<const int> fds) {
   std::vector<iovec> iov;
@@ -19,19 +36,11 @@ Status send_with_fds(int socket, std::span<const std::span<const std::byte>> par
     iov.push_back({const_cast<std::byte*>(p.data()), p.size()});
     total += p.size();
   }
-  std::vector<std::uint64_t> control((CMSG_SPACE(sizeof(int) * fds.size()) + 7) / 8);
+  std::vector<std::uint64_t> control;
   msghdr m{};
   m.msg_iov = iov.data();
   m.msg_iovlen = iov.size();
-  if (!fds.empty()) {
-    m.msg_control = control.data();
-    m.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    cmsghdr* c = CMSG_FIRSTHDR(&m);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
+  attach_fds(m, control, fds);
   std::size_t sent = 0;
   std::size_t first = 0;  // first iovec with bytes left
   while (sent < total) {
@@ -68,19 +77,11 @@ long send_once_with_fds(int socket, std::span<const std::byte> bytes, std::span<
     return -1;
   }
   iovec iov{const_cast<std::byte*>(bytes.data()), bytes.size()};
-  std::vector<std::uint64_t> control((CMSG_SPACE(sizeof(int) * fds.size()) + 7) / 8);
+  std::vector<std::uint64_t> control;
   msghdr m{};
   m.msg_iov = &iov;
   m.msg_iovlen = 1;
-  if (!fds.empty()) {
-    m.msg_control = control.data();
-    m.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    cmsghdr* c = CMSG_FIRSTHDR(&m);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
+  attach_fds(m, control, fds);
   return ::sendmsg(socket, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
