@@ -107,19 +107,24 @@ int main(int argc, char** argv) {
   app.add_option("--socket", socket_path, "Unix socket to listen on (QEMU: -chardev socket,path=)")
       ->required();
   app.add_option("--card", card_spec,
-                 "Card: model or sim (in this process), or vfio-user:<socket> (one VF of a "
-                 "running keel-card: its vf<N>.sock)")
+                 "Card: model or sim (in this process), vfio-user:<socket> (one VF of a "
+                 "running keel-card: its vf<N>.sock), or vfio:<BDF> (a VF bound to vfio-pci: "
+                 "an SR-IOV SSD's, or a keel board's whose PF is the host's)")
       ->check([](const std::string& v) -> std::string {
-        if (v == "model" || v == "sim" || v.rfind("vfio-user:", 0) == 0) return {};
-        return "expected model, sim or vfio-user:<socket>, got '" + v + "'";
+        if (v == "model" || v == "sim" || v.rfind("vfio-user:", 0) == 0 ||
+            v.rfind("vfio:", 0) == 0) {
+          return {};
+        }
+        return "expected model, sim, vfio-user:<socket> or vfio:<BDF>, got '" + v + "'";
       });
   app.add_option("--image", image,
-                 "Disk image backing the card's storage (created if missing); with vfio-user, "
-                 "keel-card's image, which the host path uses")
+                 "Disk image backing the card's storage (created if missing); with vfio-user or "
+                 "vfio, the storage the VF's namespace lives on (keel-card's image, the PF's "
+                 "namespace), which the host path uses")
       ->required();
   std::uint64_t offset_mib = 0;
   app.add_option("--offset-mib", offset_mib,
-                 "vfio-user: where the VF's slice starts in the image (keel-card gives VF n "
+                 "vfio-user or vfio: where the VF's slice starts in the image (keel-card gives VF n "
                  "n * size / vfs)");
   app.add_option("--size-mib", size_mib, "Guest disk size in MiB")
       ->required()
