@@ -266,15 +266,6 @@ step_vf_failover() {
         { echo "the IO did not go over both paths"; return 1; }
 }
 
-step_vf_read() {
-    rm -f "$BACK"
-    echo "# keelctl --card vfio:$VF read -s $VF_START -c $COUNT0 > $BACK"
-    timeout "$STEP_TIMEOUT" keelctl --card "vfio:$VF" read -s "$VF_START" -c "$COUNT0" >"$BACK"
-    rc=$?
-    echo "$BACK: $(wc -c <"$BACK") bytes, md5 $(md5sum "$BACK" | cut -d' ' -f1)"
-    return "$rc"
-}
-
 # A function-level reset of the VF through VFIO (VFIO_DEVICE_RESET): its controller comes back
 # disabled; what was written before is still there (vf-verify follows).
 step_vf_flr() {
@@ -304,9 +295,11 @@ step_pattern() {
     [ "$size" -eq "$bytes" ] || { echo "$PAT holds $size bytes, not $bytes"; return 1; }
 }
 
-step_read() {
-    echo "# keelctl --card vfio:$BDF read -s $START -c $COUNT0 > $BACK"
-    timeout "$STEP_TIMEOUT" keelctl --card "vfio:$BDF" read -s "$START" -c "$COUNT0" >"$BACK"
+# The pattern's blocks read back from function $1 (an address) at LBA $2 into $BACK.
+read_back() {
+    rm -f "$BACK"
+    echo "# keelctl --card vfio:$1 read -s $2 -c $COUNT0 > $BACK"
+    timeout "$STEP_TIMEOUT" keelctl --card "vfio:$1" read -s "$2" -c "$COUNT0" >"$BACK"
     rc=$?
     echo "$BACK: $(wc -c <"$BACK") bytes, md5 $(md5sum "$BACK" | cut -d' ' -f1)"
     return "$rc"
@@ -335,7 +328,7 @@ kernel_vfio() {
         run_step vf-flr step_vf_flr
         run_step vf-verify vf_step verify -s "$VF_START" -c "$COUNT0" -d "$PAT"
         run_step vf-id-ns vf_step id-ns
-        run_step vf-read step_vf_read
+        run_step vf-read read_back "$VF" "$VF_START"
         run_step vf-cmp step_cmp
         run_step vf-perf step_vf_perf
         run_step vf-failover step_vf_failover
@@ -347,7 +340,7 @@ kernel_vfio() {
     run_step id-ns keelctl_step id-ns
     run_step write keelctl_step write -s "$START" -c "$COUNT0" -d "$PAT"
     run_step verify keelctl_step verify -s "$START" -c "$COUNT0" -d "$PAT"
-    run_step read step_read
+    run_step read read_back "$BDF" "$START"
     run_step cmp step_cmp
 }
 
