@@ -63,10 +63,10 @@ void print_counters(const Served& s) {
               " refused=%" PRIu64 " region_reads=%" PRIu64 " region_writes=%" PRIu64
               " dma_maps=%" PRIu64 " dma_unmaps=%" PRIu64 " interrupts=%" PRIu64
               " resets=%" PRIu64 " released=%" PRIu64 " config_writes=%" PRIu64
-              " doorbell_stores=%" PRIu64 "\n",
+              " doorbell_stores=%" PRIu64 " enables=%" PRIu64 "\n",
               s.name.c_str(), s.connections, s.turned_away, c.commands, c.refused, c.region_reads,
               c.region_writes, c.dma_maps, c.dma_unmaps, c.interrupts_forwarded, c.resets,
-              c.released, c.config_writes, c.doorbell_stores);
+              c.released, c.config_writes, c.doorbell_stores, c.enables);
 }
 
 }  // namespace

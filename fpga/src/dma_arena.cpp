@@ -88,6 +88,7 @@ Result<std::unique_ptr<DmaArena>> DmaArena::adopt(Function& fn, Handover h) {
   auto view = map_view(h.memfd.get(), h.bytes);
   if (!view) return view.error();
   void* host = view->get();
+  if (Status s = fn.adopt_dma_fd(h.memfd.get(), 0, h.bytes, h.base); !s.ok()) return s.error();
   // The window stays the device's as it was (it never left its domain); this process takes
   // it over: unmapped from the device when this arena goes, unless handed over again.
   std::unique_ptr<DmaArena> a(new DmaArena(fn, std::move(h.memfd), host, h.bytes, h.base, true));

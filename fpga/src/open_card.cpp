@@ -87,7 +87,9 @@ Result<std::unique_ptr<Card>> open_card(std::string_view spec, const CardOptions
           "card spec '" + std::string(spec) +
               "': expected vfio-user:<socket>, e.g. vfio-user:/run/keel/keel0/vf0.sock");
     }
-    auto card = vfio_user::VfioUserCard::open(std::string(arg));
+    auto card = options.adopt_connection >= 0
+                    ? vfio_user::VfioUserCard::adopt(std::string(arg), options.adopt_connection)
+                    : vfio_user::VfioUserCard::open(std::string(arg));
     if (!card) return card.error();
     return std::unique_ptr<Card>(std::move(card).value());
   }

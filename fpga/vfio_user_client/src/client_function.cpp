@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "keel/clock.h"
@@ -48,7 +49,61 @@ Result<std::unique_ptr<ClientFunction>> ClientFunction::connect(const std::strin
   return f;
 }
 
+Result<std::unique_ptr<ClientFunction>> ClientFunction::adopt(const std::string& socket_path,
+                                                              int connection,
+                                                              const ClientConfig& config) {
+  UniqueFd fd(::fcntl(connection, F_DUPFD_CLOEXEC, 0));
+  if (!fd.valid()) {
+    return make_error(Errc::io_error,
+                      std::string("dup of the handed-over connection: ") + std::strerror(errno));
+  }
+  std::unique_ptr<ClientFunction> f(
+      new ClientFunction(std::make_unique<Channel>(std::move(fd)), socket_path, config));
+  if (Status s = f->setup(false); !s.ok()) return s.error();
+  f->number_ = f->identity_.number;
+  return f;
+}
+
+Result<UniqueFd> ClientFunction::hand_over(std::span<const fpga::Iova> keep) {
+  if (gone() || handed_over_.load()) {
+    return make_error(Errc::gone, "function " + std::to_string(number_) + " at " + path_ +
+                                      " is not connected: nothing to hand over");
+  }
+  std::vector<fpga::Iova> drop;
+  {
+    std::lock_guard lock(dma_mu_);
+    for (const auto& [iova, w] : windows_) {
+      if (std::find(keep.begin(), keep.end(), iova) == keep.end()) drop.push_back(iova);
+    }
+  }
+  for (fpga::Iova iova : drop) {
+    if (Status st = unmap_dma(iova); !st.ok()) return st.error();
+  }
+  std::lock_guard lock(mu_);
+  UniqueFd out(::fcntl(channel_->fd(), F_DUPFD_CLOEXEC, 0));
+  if (!out.valid()) return make_error(Errc::io_error, std::string("dup: ") + std::strerror(errno));
+  handed_over_.store(true, std::memory_order_release);
+  gone_.store(true, std::memory_order_release);
+  doorbell_base_.store(nullptr, std::memory_order_release);
+  {
+    std::lock_guard dma(dma_mu_);
+    windows_.clear();  // the next process's now: never unmapped from here
+  }
+  return out;
+}
+
+Status ClientFunction::adopt_dma_fd(int fd, std::uint64_t fd_offset, std::size_t bytes,
+                                    fpga::Iova iova) {
+  UniqueFd kept(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+  if (!kept.valid()) return make_error(Errc::io_error, std::string("dup: ") + std::strerror(errno));
+  std::lock_guard lock(dma_mu_);
+  if (Status s = iova_space_.reserve(iova, bytes); !s.ok()) return s;
+  windows_[iova] = Window{bytes, fd_offset, std::move(kept)};
+  return {};
+}
+
 bool ClientFunction::reconnect() noexcept {
+  if (handed_over_.load(std::memory_order_acquire)) return false;  // the next process's
   std::unique_lock attempt(reconnect_mu_, std::try_to_lock);
   if (!attempt.owns_lock()) return false;  // another thread is at it
   const std::uint64_t now = steady_clock().now_ns();
@@ -239,17 +294,21 @@ Result<Message> ClientFunction::call(Command command, std::span<const std::byte>
   }
 }
 
-Status ClientFunction::setup() {
-  auto v = call(Command::version, encode_version(config_.caps));
-  if (!v) return v.error();
-  auto agreed = decode_version(v->payload);
-  if (!agreed) return agreed.error();
-  if (agreed->major != kMajor || agreed->minor > kMinor) {
-    return make_error(Errc::invalid_argument, "the server answered VERSION with " +
-                                                  std::to_string(agreed->major) + "." +
-                                                  std::to_string(agreed->minor));
+Status ClientFunction::setup(bool negotiate) {
+  if (negotiate) {
+    auto v = call(Command::version, encode_version(config_.caps));
+    if (!v) return v.error();
+    auto agreed = decode_version(v->payload);
+    if (!agreed) return agreed.error();
+    if (agreed->major != kMajor || agreed->minor > kMinor) {
+      return make_error(Errc::invalid_argument, "the server answered VERSION with " +
+                                                    std::to_string(agreed->major) + "." +
+                                                    std::to_string(agreed->minor));
+    }
+    agreed_ = agreed->caps;
+  } else {
+    agreed_ = config_.caps;  // what the process before agreed to (the same binary offers it)
   }
-  agreed_ = agreed->caps;
   const DeviceInfo di{sizeof(DeviceInfo), 0, 0, 0};
   auto info_r = call(Command::device_get_info, bytes(di));
   if (!info_r) return info_r.error();
@@ -292,6 +351,14 @@ Status ClientFunction::setup() {
     const IrqSet set{sizeof(IrqSet), kIrqSetDataEventfd | kIrqSetActionTrigger, kPciMsixIrq, 0,
                      vectors_};
     if (auto r = call(Command::device_set_irqs, bytes(set), raw); !r) return r.error();
+    if (!negotiate) {
+      // An adopted function starts as a fresh one does, every vector unmasked: the process
+      // before may have left one masked (it masks while it polls), and this one's driver
+      // unmasks only what it masked itself. A pending message fires now, on this eventfd.
+      const IrqSet unmask{sizeof(IrqSet), kIrqSetDataNone | kIrqSetActionUnmask, kPciMsixIrq, 0,
+                          vectors_};
+      if (auto r = call(Command::device_set_irqs, bytes(unmask)); !r) return r.error();
+    }
   }
   return setup_request_irq(info->num_irqs);
 }

@@ -59,8 +59,22 @@ Result<std::unique_ptr<VfioUserCard>> VfioUserCard::open(const std::string& sock
                                                          const ClientConfig& config) {
   auto first = ClientFunction::connect(socket_path, config);
   if (!first) return first.error();
+  return around(std::move(first).value(), socket_path, config);
+}
+
+Result<std::unique_ptr<VfioUserCard>> VfioUserCard::adopt(const std::string& socket_path,
+                                                          int connection,
+                                                          const ClientConfig& config) {
+  auto first = ClientFunction::adopt(socket_path, connection, config);
+  if (!first) return first.error();
+  return around(std::move(first).value(), socket_path, config);
+}
+
+std::unique_ptr<VfioUserCard> VfioUserCard::around(std::unique_ptr<ClientFunction> first,
+                                                   const std::string& socket_path,
+                                                   const ClientConfig& config) {
   std::unique_ptr<VfioUserCard> card(new VfioUserCard(socket_path, config));
-  card->first_ = std::move(first).value();
+  card->first_ = std::move(first);
   card->single_vf_ = !card->first_->identity().is_pf();
   card->absent_pf_ = std::make_unique<fpga::AbsentFunction>(
       "this process holds one VF of the card; its PF is keel-card's (use keelctl --card "

@@ -15,6 +15,7 @@
 #include <string_view>
 
 #include "keel/log.h"
+#include "keel/regs/keel_regs.h"
 
 namespace keel::vfio_user {
 namespace {
@@ -318,6 +319,17 @@ Result<std::vector<std::byte>> FunctionServer::region_access(const Message& m, b
   if (write) {
     ++counters_.region_writes;
     const std::byte* src = m.payload.data() + sizeof a;
+    if (a.offset == regs::nvme::CC && a.count == 4) {
+      std::uint32_t cc;
+      std::memcpy(&cc, src, 4);
+      if ((cc & 1u) != 0 && (fn_.read32(regs::nvme::CC) & 1u) == 0) {
+        ++counters_.enables;
+        const std::string who =
+            fn_.number() == 0 ? std::string("pf") : "vf" + std::to_string(fn_.number() - 1);
+        kLog.info("%s: NVMe controller enabled (%llu in all)", who.c_str(),
+                  static_cast<unsigned long long>(counters_.enables));
+      }
+    }
     if (a.count == 8) {
       std::uint64_t v;
       std::memcpy(&v, src, 8);

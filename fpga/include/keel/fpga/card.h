@@ -134,6 +134,10 @@ struct CardOptions {
   unsigned max_ioq_per_vf = 8;
   /// true: the card moves only on step(); false: it runs on its own thread.
   bool lockstep = true;
+  /// vfio-user: a connection to the function another process handed over
+  /// (Function::hand_over), taken instead of dialing the socket (its VERSION was negotiated
+  /// then); -1: dial. Duplicated: the caller keeps its descriptor.
+  int adopt_connection = -1;
 };
 
 /// Opens a card from a spec: "model", "sim", "vfio:<BDF>", "xrt:<index>", or

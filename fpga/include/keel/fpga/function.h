@@ -4,9 +4,11 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 
 #include "keel/fpga/dma.h"
 #include "keel/result.h"
+#include "keel/unique_fd.h"
 
 namespace keel::fpga {
 
@@ -86,6 +88,29 @@ class Function {
   virtual void set_interrupt_masked(unsigned vector, bool masked) {
     (void)vector;
     (void)masked;
+  }
+
+  /// Servicing (NVMe keepalive): this process gives the function, running, to the next one.
+  /// Every DMA window but those at `keep` is unmapped; the rest stay in the device's domain,
+  /// now the next process's. From then on this object sends the device nothing (not even at
+  /// destruction) and its operations fail as gone. Returns what carries the function to the
+  /// next process (vfio-user: the connection, which it adopts through
+  /// CardOptions::adopt_connection). Errors: unavailable (the backend cannot hand a function
+  /// over: the device lives in this process, or the kernel's VFIO), gone.
+  virtual Result<UniqueFd> hand_over(std::span<const Iova> keep) {
+    (void)keep;
+    return make_error(Errc::unavailable, "this function cannot be handed to another process");
+  }
+  /// The next process's half: a window `hand_over()` kept, recorded as this process's (it is
+  /// unmapped by unmap_dma() and mapped again wherever this backend maps its windows again)
+  /// with nothing sent to the device. `fd` is the window's memory (duplicated). Default: an
+  /// in-process domain has nothing to record. Errors: out_of_range (overlaps a window).
+  virtual Status adopt_dma_fd(int fd, std::uint64_t fd_offset, std::size_t bytes, Iova iova) {
+    (void)fd;
+    (void)fd_offset;
+    (void)bytes;
+    (void)iova;
+    return {};
   }
 
   /// Function-level reset; returns when the reset is complete. For a VF: outstanding commands

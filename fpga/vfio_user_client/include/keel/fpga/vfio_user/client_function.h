@@ -58,6 +58,14 @@ class ClientFunction final : public fpga::Function, private fpga::DmaOwner {
   /// the protocol or is not a keel function), timeout.
   static Result<std::unique_ptr<ClientFunction>> connect(const std::string& socket_path,
                                                          const ClientConfig& config = {});
+  /// A connection another process handed over (Function::hand_over), with its VERSION long
+  /// agreed: reads the device, BAR0, configuration space and MSI-X info again and hands the
+  /// server this process's eventfds (the server forgets the old ones). The device is left as it
+  /// runs; the windows the old process kept are this one's once adopt_dma_fd() names them.
+  /// `connection` is duplicated. Errors: as connect(), io_error (dup).
+  static Result<std::unique_ptr<ClientFunction>> adopt(const std::string& socket_path,
+                                                       int connection,
+                                                       const ClientConfig& config = {});
   ~ClientFunction() override;
 
   unsigned number() const noexcept override { return number_; }
@@ -77,6 +85,10 @@ class ClientFunction final : public fpga::Function, private fpga::DmaOwner {
   int interrupt_fd(unsigned vector) override;
   void set_interrupt_masked(unsigned vector, bool masked) override;
   Status flr() override;
+  /// The connection, duplicated, after every window but `keep` is unmapped; this object then
+  /// sends nothing more and never dials again (the next process owns the function).
+  Result<UniqueFd> hand_over(std::span<const fpga::Iova> keep) override;
+  Status adopt_dma_fd(int fd, std::uint64_t fd_offset, std::size_t bytes, fpga::Iova iova) override;
 
   bool gone() const noexcept { return gone_.load(std::memory_order_acquire); }
   /// The function is off the bus: its request IRQ (VFIO's index 4) is signalled, as keel-card
@@ -120,7 +132,8 @@ class ClientFunction final : public fpga::Function, private fpga::DmaOwner {
   /// Sends a command and, unless `no_reply`, waits for its reply (an errno reply is an error).
   Result<Message> call(Command command, std::span<const std::byte> payload,
                        std::span<const int> fds = {}, bool no_reply = false) noexcept;
-  Status setup();
+  /// `negotiate`: send VERSION first (a connection of this process's own, not an adopted one).
+  Status setup(bool negotiate = true);
   Status setup_request_irq(std::uint32_t num_irqs);
   Result<IrqInfo> irq_info(std::uint32_t index);
   /// DMA_MAP of a window whose IOVA is already taken in iova_space_, and its record.
@@ -153,6 +166,7 @@ class ClientFunction final : public fpga::Function, private fpga::DmaOwner {
   UniqueFd req_fd_;  ///< The request IRQ's eventfd: signalled while the function is off the bus.
   std::uint16_t next_id_ = 0;
   std::atomic<bool> gone_{false};
+  std::atomic<bool> handed_over_{false};  ///< The next process owns the function.
   std::mutex dma_mu_;
   /// A DMA window: what DMA_MAP said, and its memory (a duplicate of the caller's fd), kept so
   /// a reconnection maps it again: the windows are this client's IOMMU domain, which outlives

@@ -30,6 +30,9 @@ class VfioUserCard final : public fpga::Card {
   /// Connects to the function at `socket_path`. Errors: those of ClientFunction::connect.
   static Result<std::unique_ptr<VfioUserCard>> open(const std::string& socket_path,
                                                     const ClientConfig& config = {});
+  /// The card of a connection another process handed over (servicing; ClientFunction::adopt).
+  static Result<std::unique_ptr<VfioUserCard>> adopt(const std::string& socket_path, int connection,
+                                                     const ClientConfig& config = {});
   ~VfioUserCard() override;
 
   std::string_view backend() const noexcept override { return "vfio-user"; }
@@ -55,6 +58,9 @@ class VfioUserCard final : public fpga::Card {
 
  private:
   VfioUserCard(std::string path, const ClientConfig& config);
+  static std::unique_ptr<VfioUserCard> around(std::unique_ptr<ClientFunction> first,
+                                              const std::string& socket_path,
+                                              const ClientConfig& config);
 
   class RemoteFaults;
   const std::string path_;

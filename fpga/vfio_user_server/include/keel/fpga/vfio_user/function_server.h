@@ -95,6 +95,9 @@ class FunctionServer {
     std::uint64_t config_writes = 0;    ///< Ignored writes to configuration space.
     std::uint64_t released = 0;         ///< Clients gone (a VF is reset at each).
     std::uint64_t doorbell_stores = 0;  ///< Doorbell writes taken from the page.
+    /// NVMe controller enables: writes of CC with EN set over EN clear. A controller taken
+    /// over running (servicing's keepalive) adds none; every bring-up or reset adds one.
+    std::uint64_t enables = 0;
   };
   const Counters& counters() const noexcept { return counters_; }
   bool negotiated() const noexcept { return negotiated_; }
