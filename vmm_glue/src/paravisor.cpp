@@ -49,6 +49,19 @@ class Paravisor::Link final : public worker::WorkerLink {
   bool running() const noexcept override { return pv_.running_.load(std::memory_order_acquire); }
   int stop_fd() const noexcept override { return pv_.stop_fd_.get(); }
   void tick() override { pv_.maybe_probe(); }
+  Result<fpga::DmaBuffer> vf_dma(std::size_t bytes) override {
+    if (pv_.config_.arena != nullptr) return pv_.config_.arena->alloc(bytes);
+    if (pv_.vf_ == nullptr) return make_error(Errc::unavailable, "no VF");
+    return pv_.vf_->alloc_dma(bytes);
+  }
+  std::unique_ptr<drv::QueuePair> take_kept_queue_pair() override {
+    // Under mu_ (with_controller): the pool belongs to the controller of now.
+    if (pv_.kept_pool_.empty()) return nullptr;
+    std::unique_ptr<drv::QueuePair> q = std::move(pv_.kept_pool_.back());
+    pv_.kept_pool_.pop_back();
+    pv_.kept_qps_.fetch_add(1, std::memory_order_relaxed);
+    return q;
+  }
 
  private:
   Paravisor& pv_;
@@ -86,6 +99,11 @@ Result<std::unique_ptr<Paravisor>> Paravisor::create(fpga::Function* vf, const C
   if (config.size_max < 4096) {
     return make_error(Errc::invalid_argument, "size_max must be at least 4096 bytes (a page)");
   }
+  if (config.block_bytes < 512 || config.block_bytes > QueueWorker::kChunkBytes ||
+      (config.block_bytes & (config.block_bytes - 1)) != 0) {
+    return make_error(Errc::invalid_argument,
+                      "block_bytes must be a power of two from 512 to 128 KiB");
+  }
   if (config.max_request_bytes < 512 || config.max_request_bytes > (64u << 20) ||
       config.max_request_bytes % 512 != 0) {
     return make_error(Errc::invalid_argument,
@@ -99,7 +117,8 @@ Result<std::unique_ptr<Paravisor>> Paravisor::create(fpga::Function* vf, const C
       pv->transition(PathState::fallback, "VF bring-up failed: " + to_string(st.error()));
     }
   }
-  if (pv->block_bytes_ == 0) pv->block_bytes_ = 512;
+  pv->config_.restore = nullptr;  // the caller's, read during create() only
+  if (pv->block_bytes_ == 0) pv->block_bytes_ = config.block_bytes;
   if (pv->capacity_ == 0) {
     return make_error(Errc::invalid_argument,
                       "disk size unknown: no VF answered and capacity_sectors is 0");
@@ -180,6 +199,7 @@ Paravisor::~Paravisor() {
   stop();
   workers_.clear();
   if (vf_ != nullptr && !config_.confidential) memory_.unmap_from_device(*vf_);
+  kept_pool_.clear();  // (before their controller)
   ctrl_.reset();
   // The host service keeps its own mapping of the pool until it is destroyed.
   if (pool_ != nullptr) munmap(pool_, pool_bytes_);
@@ -190,9 +210,18 @@ Status Paravisor::bring_up_vf() {
   drv::ControllerConfig cc;
   cc.admin_timeout = config_.admin_timeout;
   cc.io_queues = static_cast<std::uint16_t>(config_.queues);
+  cc.arena = config_.arena;
   if (!config_.confidential) {
-    // IOVA = GPA: guest RAM must stay below where the driver's own buffers go.
+    // IOVA = GPA: guest RAM must stay below where the driver's own buffers go, and clear of
+    // the DMA arena's window.
+    const fpga::DmaArena* a = config_.arena;
     for (const GuestMemory::Region& r : memory_.regions()) {
+      if (a != nullptr && r.gpa < a->base() + a->size() && a->base() < r.gpa + r.bytes) {
+        vf_refused_ = true;
+        return make_error(Errc::invalid_argument,
+                          "guest RAM overlaps the VF driver's DMA arena at IOVA " +
+                              std::to_string(a->base()) + ": the VF cannot map it at IOVA = GPA");
+      }
       if (r.gpa + r.bytes > fpga::kDmaAllocBase) {
         vf_refused_ = true;  // this memory table never fits: no probing until a hot-add
         char b[160];
@@ -205,8 +234,39 @@ Status Paravisor::bring_up_vf() {
       }
     }
   }
-  auto c = drv::Controller::open(*vf_, clock_, stepper_, cc);
+  // Keepalive: the controller a previous process left running, taken over as it is; if the
+  // device is not as saved (reset, FLR) or the state does not fit, the full bring-up below.
+  bool taken_over = false;
+  auto c = [&]() -> Result<std::unique_ptr<drv::Controller>> {
+    if (config_.restore != nullptr && config_.arena != nullptr) {
+      auto r = drv::Controller::restore(*vf_, clock_, stepper_, config_.restore->controller, cc);
+      if (r) {
+        taken_over = true;
+        return r;
+      }
+      kLog.warn("keepalive: the VF cannot be taken over as it runs (%s); resetting it",
+                to_string(r.error()).c_str());
+    }
+    return drv::Controller::open(*vf_, clock_, stepper_, cc);
+  }();
   if (!c) return c.error();
+  // Every queue pair taken over now, before anything else takes memory from the arena (a
+  // worker's bounce pool must not land on a live queue); the workers take them on their first
+  // pass. One that cannot be restored is deleted on the device, its id free again. (Declared
+  // after the controller: on an error below they go first.)
+  std::vector<std::unique_ptr<drv::QueuePair>> pool;
+  if (taken_over) {
+    for (const drv::SavedQueuePair& q : config_.restore->queue_pairs) {
+      auto qp = (*c)->restore_queue_pair(q);
+      if (qp) {
+        pool.push_back(std::move(qp).value());
+      } else {
+        kLog.warn("keepalive: queue pair %u not taken over: %s", static_cast<unsigned>(q.qid),
+                  to_string(qp.error()).c_str());
+        (*c)->abandon_queue_pair(q.qid);
+      }
+    }
+  }
   if (!config_.confidential) {
     memory_.unmap_from_device(*vf_);
     if (Status st = memory_.map_for_device(*vf_); !st.ok()) return st;
@@ -232,8 +292,10 @@ Status Paravisor::bring_up_vf() {
   }
   capacity_ = cap;
   block_bytes_ = lba;
+  kept_pool_ = std::move(pool);
   ctrl_ = std::move(c).value();
-  transition(PathState::active, "VF controller up");
+  transition(PathState::active,
+             taken_over ? "VF controller taken over running (keepalive)" : "VF controller up");
   return {};
 }
 
@@ -260,6 +322,7 @@ void Paravisor::vf_failed(const std::string& reason) {
   // reset deletes every queue (and, with the reset generation, fails them in the driver). A
   // device that is gone fails fast here.
   if (ctrl_ != nullptr) (void)ctrl_->reset();
+  kept_pool_.clear();  // of the generation before the reset: dead
   next_probe_ns_ = clock_.now_ns() + static_cast<std::uint64_t>(config_.probe_interval.count());
 }
 
@@ -400,7 +463,41 @@ void await_worker(const QueueWorker& w, std::thread& t) {
 
 }  // namespace
 
-void Paravisor::stop() {
+Result<drv::SavedDriver> Paravisor::save() {
+  if (running_.load(std::memory_order_acquire)) {
+    return make_error(Errc::busy, "the paravisor is running: stop() it first");
+  }
+  if (config_.arena == nullptr) {
+    return make_error(Errc::invalid_argument,
+                      "the VF driver's memory is not in a DMA arena: it dies with the process");
+  }
+  std::lock_guard lock(mu_);
+  if (ctrl_ == nullptr || state() != PathState::active) {
+    return make_error(Errc::unavailable, std::string("the VF path is ") + vmm::to_string(state()) +
+                                             ", not active: nothing runs on the VF to keep");
+  }
+  for (const auto& w : workers_) {
+    if (w->vf_outstanding() != 0) {
+      return make_error(Errc::unavailable, "queue " + std::to_string(&w - workers_.data()) +
+                                               " still has commands on the VF");
+    }
+  }
+  drv::SavedDriver out;
+  for (const auto& w : workers_) {
+    if (Status st = w->save_vf(out.queue_pairs); !st.ok()) return st.error();
+  }
+  for (const auto& q : kept_pool_) {  // taken over and never used: the next process's too
+    drv::SavedQueuePair s;
+    if (Status st = q->save(s); !st.ok()) return st.error();
+    out.queue_pairs.push_back(std::move(s));
+  }
+  if (Status st = ctrl_->save(out.controller); !st.ok()) return st.error();
+  kLog.info("keepalive: VF controller and %zu queue pair(s) saved, left running",
+            out.queue_pairs.size());
+  return out;
+}
+
+void Paravisor::stop(bool keep_vf_queues) {
   if (running_.exchange(false)) {
     const std::uint64_t one = 1;
     if (stop_fd_.valid()) (void)!::write(stop_fd_.get(), &one, sizeof one);  // wakes sleepers
@@ -408,7 +505,7 @@ void Paravisor::stop() {
     for (auto& t : threads_) t.join();
     threads_.clear();
   }
-  for (auto& w : workers_) w->quiesce();
+  for (auto& w : workers_) w->quiesce(keep_vf_queues);
 }
 
 bool Paravisor::needs_reset() const noexcept {
@@ -479,6 +576,7 @@ ParavisorCounters Paravisor::counters() const {
   }
   c.to_fallback = to_fallback_.load();
   c.to_vf = to_vf_.load();
+  c.kept_queue_pairs = kept_qps_.load();
   return c;
 }
 

@@ -302,7 +302,7 @@ unsigned QueueWorker::pass(bool take) noexcept {
   return static_cast<unsigned>(counters_.requests.load(std::memory_order_relaxed) - before);
 }
 
-void QueueWorker::quiesce() {
+void QueueWorker::quiesce(bool keep_vf) {
   quiescing_ = true;  // the data path runs on the control thread until the end of quiesce()
   // Only what was taken: a busy guest must not hold the pause (and the control plane) open.
   fpga::poll_until(ports_.clock, ports_.stepper, config_.quiesce_timeout, [&] {
@@ -318,6 +318,7 @@ void QueueWorker::quiesce() {
   }
   if (inflight_ != 0 || !pending_.empty()) give_back_unfinished();
   quiescing_ = false;
+  if (keep_vf && vf_.queue() != nullptr && vf_.queue()->outstanding() == 0) return;
   vf_.drop();  // deletes its queues: no VF command still uses a bounce chunk
 }
 

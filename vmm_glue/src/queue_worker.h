@@ -46,8 +46,10 @@ class QueueWorker {
   /// then are given back: if they are the last ones taken, last_avail is moved back before
   /// them (the front end makes them available again after GET_VRING_BASE); one followed by a
   /// completed request cannot be given back that way and completes with IOERR. Late
-  /// completions of their IO are recognised (tag epoch) and ignored.
-  void quiesce();
+  /// completions of their IO are recognised (tag epoch) and ignored. `keep_vf`: a queue pair
+  /// with nothing outstanding stays (servicing saves it running); one with commands left is
+  /// dropped all the same.
+  void quiesce(bool keep_vf = false);
 
   /// Work that does not wait on the host service: commands on the VF, or requests waiting
   /// for a path.
@@ -67,6 +69,12 @@ class QueueWorker {
   bool thread_exited() const noexcept { return exited_.load(std::memory_order_acquire); }
 
   const Counters& counters() const noexcept { return counters_; }
+  /// Commands on the VF queue pair (0 without one).
+  unsigned vf_outstanding() const noexcept {
+    return vf_.queue() != nullptr ? vf_.queue()->outstanding() : 0;
+  }
+  /// Servicing: appends the VF queue pair's saved state (nothing without one).
+  Status save_vf(std::vector<drivers::nvme::SavedQueuePair>& out) noexcept { return vf_.save(out); }
 
  private:
   unsigned pass(bool take) noexcept;

@@ -54,7 +54,7 @@ void VfPath::setup() noexcept {
 bool VfPath::alloc_bounce() noexcept {
   if (bounce_.valid()) return true;
   if (ports_.vf == nullptr) return false;
-  auto b = ports_.vf->alloc_dma(std::size_t{kBounceChunks} * kMaxSubBytes);
+  auto b = ports_.link.vf_dma(std::size_t{kBounceChunks} * kMaxSubBytes);
   if (!b) return false;
   bounce_ = std::move(b).value();
   free_all_bounce();
@@ -88,6 +88,12 @@ void VfPath::settle(const Look& look, bool vq_ready, std::uint16_t vq_size) noex
       // The VF is not taking DMA mappings: this queue stays on the host path (said once).
       if (first_try)
         kLog.warn("VF bounce buffer: no DMA memory; this queue stays on the host path");
+      return;
+    }
+    // Keepalive: a queue pair the previous process left running on the VF comes first.
+    if (auto kept = ports_.link.take_kept_queue_pair()) {
+      qp_ = std::move(kept);
+      qp_epoch_ = ports_.link.vf_epoch();
       return;
     }
     drv::QueuePairConfig c;
@@ -196,6 +202,14 @@ VfPath::Reaped VfPath::reap(std::span<Done> out) noexcept {
 void VfPath::drop() noexcept {
   qp_.reset();  // deletes its queues: no VF command still uses a bounce chunk
   if (bounce_.valid() && free_bounce_.size() != kBounceChunks) free_all_bounce();
+}
+
+Status VfPath::save(std::vector<drv::SavedQueuePair>& out) noexcept {
+  if (qp_ == nullptr) return {};
+  drv::SavedQueuePair q;
+  if (Status st = qp_->save(q); !st.ok()) return st;
+  out.push_back(std::move(q));
+  return {};
 }
 
 }  // namespace keel::vmm::worker

@@ -65,6 +65,9 @@ class VfPath {
   /// Drops the queue pair (deleting its queues) and frees every bounce chunk: no VF command
   /// can still use one.
   void drop() noexcept;
+  /// Servicing: the queue pair's state, appended to `out` (nothing without one); the queue
+  /// pair is then the next process's (QueuePair::save).
+  Status save(std::vector<drivers::nvme::SavedQueuePair>& out) noexcept;
 
  private:
   /// The bounce pool, allocated on first use; false while the VF cannot map it (absent).

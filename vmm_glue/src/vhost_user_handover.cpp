@@ -35,13 +35,17 @@ Result<UniqueFd> dup_fd(int fd) {
 
 }  // namespace
 
-Result<VhostUserSession> VhostUserBlkServer::take_session() {
+Result<VhostUserSession> VhostUserBlkServer::take_session(
+    const std::function<void(Paravisor&)>& last_look) {
   stop();
   Impl& m = *impl_;
   if (!m.conn_fd.valid()) {
     return make_error(Errc::unavailable, "no front end is connected: nothing to hand over");
   }
-  m.pause();  // requests in flight complete; every running ring's base is recorded
+  // Requests in flight complete; every running ring's base is recorded; the VF queue pairs
+  // stay for last_look (they go with the paravisor unless it saves them).
+  m.pause(true);
+  if (last_look && m.pv != nullptr) last_look(*m.pv);
   VhostUserSession s;
   auto listener = dup_fd(m.listener.fd());
   if (!listener) return listener.error();

@@ -66,6 +66,8 @@ inline void add(ParavisorCounters& to, const ParavisorCounters& c) {
   to.errors += c.errors;
   to.bad_requests += c.bad_requests;
   to.notifications += c.notifications;
+  to.given_back += c.given_back;
+  to.kept_queue_pairs += c.kept_queue_pairs;
   to.to_fallback += c.to_fallback;
   to.to_vf += c.to_vf;
 }
@@ -162,8 +164,8 @@ struct VhostUserBlkServer::Impl {
   /// is retired first; the rings are set up again when they next start.
   void replace_inflight(std::unique_ptr<InflightRegion> r);
   /// Stops the paravisor's workers (in-flight requests complete) and records where each
-  /// running ring stands.
-  void pause();
+  /// running ring stands. `keep_vf`: the VF queue pairs stay (a hand-over saves them).
+  void pause(bool keep_vf = false);
   /// pause() if ring q runs. (While the paravisor runs, every ring set up in it runs; the
   /// others may change freely.)
   void pause_ring(unsigned q) {

@@ -192,9 +192,9 @@ Result<Virtqueue::Layout> VhostUserBlkServer::Impl::layout_from(std::uint32_t nu
   return Virtqueue::Layout{static_cast<std::uint16_t>(num), gpa[0], gpa[1], gpa[2]};
 }
 
-void VhostUserBlkServer::Impl::pause() {
+void VhostUserBlkServer::Impl::pause(bool keep_vf) {
   if (!pv_running) return;
-  pv->stop();  // in-flight requests complete first; the used rings are then up to date
+  pv->stop(keep_vf);  // in-flight requests complete first; the used rings are then up to date
   for (unsigned q = 0; q < rings.size(); ++q) {
     if (!rings[q].running) continue;
     rings[q].base = pv->last_avail(q);

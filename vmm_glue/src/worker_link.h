@@ -7,10 +7,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "keel/clock.h"
 #include "keel/drivers/nvme/controller.h"
+#include "keel/drivers/nvme/queue_pair.h"
 #include "keel/fpga/function.h"
 #include "keel/fpga/stepper.h"
 #include "keel/vmm/guest_memory.h"
@@ -70,6 +72,14 @@ class WorkerLink {
   virtual int stop_fd() const noexcept { return -1; }
   /// Worker 0's thread calls it on every turn: the VF probe timer of the fallback.
   virtual void tick() = 0;
+  /// DMA memory for a worker's VF bounce pool: from the paravisor's DMA arena when it has one
+  /// (memory that outlives the process, for servicing), else the VF's own. Errors: as
+  /// fpga::Function::alloc_dma.
+  virtual Result<fpga::DmaBuffer> vf_dma(std::size_t bytes) = 0;
+  /// A queue pair a previous process left running on the VF (NVMe keepalive), restored when
+  /// the controller was taken over, for this worker to use instead of creating one; null once
+  /// every one is taken. Call inside with_controller (the controller of its generation).
+  virtual std::unique_ptr<drivers::nvme::QueuePair> take_kept_queue_pair() = 0;
 
  protected:
   WorkerLink() = default;

@@ -337,6 +337,14 @@ void Controller::delete_queue(std::uint64_t generation, std::uint16_t qid) noexc
   if (qid < qid_used_.size()) qid_used_[qid] = false;
 }
 
+void Controller::abandon_queue_pair(std::uint16_t qid) noexcept {
+  {
+    std::lock_guard lock(admin_mu_);
+    if (qid == 0 || qid >= qid_used_.size() || qid_used_[qid]) return;  // not one to abandon
+  }
+  delete_queue(generation(), qid);
+}
+
 Status Controller::save(SavedController& out) {
   if (config_.arena == nullptr) {
     return make_error(Errc::invalid_argument,

@@ -14,6 +14,8 @@
 
 #include "keel/clock.h"
 #include "keel/drivers/nvme/controller.h"
+#include "keel/drivers/nvme/queue_pair.h"
+#include "keel/fpga/dma_arena.h"
 #include "keel/fpga/function.h"
 #include "keel/fpga/stepper.h"
 #include "keel/result.h"
@@ -78,6 +80,19 @@ struct ParavisorConfig {
   std::uint32_t max_request_bytes = 16u << 20;
   /// Disk size when no VF answers at creation (otherwise the VF's namespace decides).
   std::uint64_t capacity_sectors = 0;
+  /// Logical block size the guest is told when no VF answers at creation (otherwise the VF's
+  /// LBA size): 512, or a power of two up to 128 KiB.
+  std::uint32_t block_bytes = 512;
+  /// Servicing (NVMe keepalive): where the VF driver's DMA memory comes from (admin and IO
+  /// queues, PRP lists, the bounce pools): an arena that a next process adopts, so save() can
+  /// hand the VF over running. Null: the VF's own alloc_dma(). Outlives the paravisor; its
+  /// window must not overlap guest RAM (IOVA = GPA).
+  fpga::DmaArena* arena = nullptr;
+  /// The VF as a previous process left it (save()), in `arena`: create() takes the controller
+  /// and its queue pairs over as they run, never touching CC.EN. If the device is not as saved
+  /// (reset or FLR meanwhile) or the state does not fit, create() falls back to the full
+  /// bring-up, which resets the controller. Read during create() only.
+  const drivers::nvme::SavedDriver* restore = nullptr;
   /// virtio-blk GET_ID answer.
   std::string serial = "keel";
   /// true: a thread per queue runs the data path; false: the caller runs run_once().
@@ -85,18 +100,19 @@ struct ParavisorConfig {
 };
 
 struct ParavisorCounters {
-  std::uint64_t requests = 0;       ///< Guest requests completed.
-  std::uint64_t vf_ios = 0;         ///< NVMe commands completed on the VF.
-  std::uint64_t fallback_ios = 0;   ///< Requests completed by the host service.
-  std::uint64_t reissued = 0;       ///< VF commands re-issued on the fallback.
-  std::uint64_t bounced = 0;        ///< VF transfers that went through the bounce pool.
-  std::uint64_t pool_bounced = 0;   ///< Host transfers through the shared pool (confidential).
-  std::uint64_t errors = 0;         ///< Requests completed with a non-OK status.
-  std::uint64_t bad_requests = 0;   ///< Malformed requests (completed with an error).
-  std::uint64_t notifications = 0;  ///< Interrupts sent to the guest.
-  std::uint64_t given_back = 0;     ///< Unfinished requests returned to the ring at a stop.
-  std::uint64_t to_fallback = 0;    ///< Switches to the fallback.
-  std::uint64_t to_vf = 0;          ///< Switches back to the VF.
+  std::uint64_t requests = 0;          ///< Guest requests completed.
+  std::uint64_t vf_ios = 0;            ///< NVMe commands completed on the VF.
+  std::uint64_t fallback_ios = 0;      ///< Requests completed by the host service.
+  std::uint64_t reissued = 0;          ///< VF commands re-issued on the fallback.
+  std::uint64_t bounced = 0;           ///< VF transfers that went through the bounce pool.
+  std::uint64_t pool_bounced = 0;      ///< Host transfers through the shared pool (confidential).
+  std::uint64_t errors = 0;            ///< Requests completed with a non-OK status.
+  std::uint64_t bad_requests = 0;      ///< Malformed requests (completed with an error).
+  std::uint64_t notifications = 0;     ///< Interrupts sent to the guest.
+  std::uint64_t given_back = 0;        ///< Unfinished requests returned to the ring at a stop.
+  std::uint64_t to_fallback = 0;       ///< Switches to the fallback.
+  std::uint64_t to_vf = 0;             ///< Switches back to the VF.
+  std::uint64_t kept_queue_pairs = 0;  ///< VF queue pairs taken over running (keepalive).
 };
 
 class QueueWorker;
@@ -137,8 +153,17 @@ class Paravisor {
   void set_kick_fd(unsigned q, int fd);
   /// Starts the workers (threads when configured) for every configured queue.
   Status start();
-  /// Stops the workers; in-flight requests finish first (bounded by the timeouts).
-  void stop();
+  /// Stops the workers; in-flight requests finish first (bounded by the timeouts). The VF
+  /// queue pairs are deleted, unless `keep_vf_queues` (before save(): those with nothing
+  /// outstanding stay, running).
+  void stop(bool keep_vf_queues = false);
+  /// Servicing, after stop(): the VF driver's state (controller and every queue pair) for the
+  /// next process, which passes it as ParavisorConfig::restore. The VF is left running and
+  /// from now on this paravisor writes nothing to it (destroying it deletes no queue and
+  /// leaves CC alone); its guest-RAM windows go when it is destroyed. Errors: busy (still
+  /// running), invalid_argument (no arena), unavailable (the VF path is not active, or a queue
+  /// pair still has commands: the next process then resets the VF), gone.
+  Result<drivers::nvme::SavedDriver> save();
   /// DEVICE_NEEDS_RESET: a virtqueue was broken by the driver.
   bool needs_reset() const noexcept;
   /// Last avail index of queue q (vhost-user GET_VRING_BASE).
@@ -215,6 +240,10 @@ class Paravisor {
   mutable std::mutex mu_;  // transitions, controller lifecycle
   std::vector<Transition> log_;
   std::atomic<std::uint64_t> to_fallback_{0}, to_vf_{0};
+  /// Queue pairs taken over with the controller (keepalive), until a worker takes each;
+  /// guarded by mu_.
+  std::vector<std::unique_ptr<drivers::nvme::QueuePair>> kept_pool_;
+  std::atomic<std::uint64_t> kept_qps_{0};
   std::unique_ptr<Link> link_;
   std::vector<std::unique_ptr<QueueWorker>> workers_;
   std::function<void(unsigned)> notify_;

@@ -170,8 +170,10 @@ class VhostUserBlkServer {
   /// base is where the avail ring stands) and destroys it, and returns the session with
   /// duplicates of every fd. The server then serves nothing; its destructor neither closes the
   /// connection on the front end's side (the new process holds it) nor removes the socket
-  /// path. Errors: unavailable (no front end is connected), io_error (dup).
-  Result<VhostUserSession> take_session();
+  /// path. `last_look`, if given, sees the stopped paravisor before it is destroyed (the
+  /// NVMe keepalive saves its VF state there: Paravisor::save). Errors: unavailable (no front
+  /// end is connected), io_error (dup).
+  Result<VhostUserSession> take_session(const std::function<void(Paravisor&)>& last_look = {});
   /// The new process's half: a server on the handed-over listener and connection, its state
   /// re-created by running the session's messages through the usual checks (a session that
   /// fails them is refused, as the same messages from a front end would be). The paravisor is

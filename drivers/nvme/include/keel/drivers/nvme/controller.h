@@ -141,6 +141,10 @@ class Controller {
   /// takes new ones. Errors: invalid_argument (`state` out of bounds, its id in use), unavailable
   /// (its buffers are not free in the arena), gone.
   Result<std::unique_ptr<QueuePair>> restore_queue_pair(const SavedQueuePair& state);
+  /// A queue pair of the saved state that restore_queue_pair() refused: its queues are deleted
+  /// on the device (they may point at memory put to other use now), so the id is free for a
+  /// new one. Ids outside the controller's are ignored.
+  void abandon_queue_pair(std::uint16_t qid) noexcept;
   /// One CSTS read, no side effects (no reset, no generation change): for callers deciding
   /// whether the device is worth a reset or a bring-up.
   DeviceState status() noexcept { return status_of(fn_); }
