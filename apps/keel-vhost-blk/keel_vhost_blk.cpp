@@ -15,6 +15,13 @@
 // and given the front end's vhost-user session (the connection, its memory table, rings,
 // eventfds and inflight record) over a socket pair; this process releases the card and exits
 // once the new one serves. QEMU keeps its connection and notices a pause only.
+//
+// With a card over vfio-user (keel-card's VF) the VF stays up across the upgrade (NVMe
+// keepalive): the VF driver's memory lives in a DMA arena (a memfd in the VF's domain at a fixed
+// IOVA), the old process saves the driver's state (Paravisor::save) and hands over the arena and
+// its vfio-user connection instead of closing it, and the new process takes the controller and
+// its queue pairs over as they run, never resetting the VF. If any of that fails, the new process
+// resets the VF and brings it up (the full path, which loses nothing either).
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -26,6 +33,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -35,6 +43,9 @@
 #include <poll.h>
 
 #include "app_log.h"
+#include "keel/drivers/nvme/saved_state.h"
+#include "keel/fd_passing.h"
+#include "keel/fpga/dma_arena.h"
 #include "keel/stack/stack.h"
 #include "keel/vmm/remote_host.h"
 #include "keel/vmm/vhost_user.h"
@@ -54,6 +65,22 @@ constexpr const char* kHandoverEnv = "KEEL_VHOST_BLK_HANDOVER_FD";
 // The upgrade's one-byte records after the session: the old process let the card go; the new
 // one serves.
 constexpr char kReleased = 'R', kServing = 'S';
+// Before kReleased, with a card kept alive: 'K', the arena's IOVA and size, the driver's saved
+// state, and two fds: the arena's memfd and the card connection.
+constexpr char kKept = 'K';
+// Where a vfio-user VF's DMA arena sits: clear of guest RAM (IOVA = GPA, refused at and above
+// it) and of the driver's other buffers (from 2^52), inside a 48-bit IOMMU.
+constexpr keel::fpga::Iova kArenaIova = keel::fpga::Iova{1} << 47;
+// Per queue: its SQ, CQ and PRP lists at the largest virtqueue (2049 entries), its bounce
+// pool (4 MiB); plus the admin queue.
+std::size_t arena_bytes(unsigned queues) { return std::size_t{queues} * (16u << 20) + (1u << 20); }
+
+// What the old process hands over to keep the VF running.
+struct KeptCard {
+  keel::UniqueFd memfd, connection;
+  std::uint64_t base = 0, bytes = 0;
+  std::vector<std::byte> state;
+};
 
 using Clock = std::chrono::steady_clock;
 double ms_since(Clock::time_point t0) {
@@ -76,6 +103,49 @@ bool wait_record(int fd, char want, std::chrono::seconds timeout) {
 
 bool send_record(int fd, char c) { return ::send(fd, &c, 1, MSG_NOSIGNAL) == 1; }
 
+bool send_kept(int fd, const KeptCard& k) {
+  std::vector<std::byte> rec(17);
+  rec[0] = static_cast<std::byte>(kKept);
+  std::memcpy(rec.data() + 1, &k.base, 8);
+  std::memcpy(rec.data() + 9, &k.bytes, 8);
+  rec.insert(rec.end(), k.state.begin(), k.state.end());
+  const int fds[2] = {k.memfd.get(), k.connection.get()};
+  const std::span<const std::byte> part(rec);
+  return keel::send_with_fds(fd, {&part, 1}, fds).ok();
+}
+
+// The old process's last records: kReleased, after a KeptCard if it kept the card alive.
+// Nullopt (and `released` false) on anything else within `timeout`.
+std::optional<KeptCard> wait_release(int fd, std::chrono::seconds timeout, bool& released) {
+  released = false;
+  std::optional<KeptCard> kept;
+  std::vector<std::byte> buf(4u << 20);
+  const auto deadline = Clock::now() + timeout;
+  while (Clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;
+    std::vector<keel::UniqueFd> fds;
+    auto r = keel::recv_with_fds(fd, buf, fds, 4);
+    if (!r || r->closed) return std::nullopt;
+    if (r->again) continue;
+    if (r->bytes == 1 && buf[0] == static_cast<std::byte>(kReleased)) {
+      released = true;
+      return kept;
+    }
+    if (r->bytes < 17 || buf[0] != static_cast<std::byte>(kKept) || fds.size() != 2) {
+      return std::nullopt;
+    }
+    KeptCard k;
+    std::memcpy(&k.base, buf.data() + 1, 8);
+    std::memcpy(&k.bytes, buf.data() + 9, 8);
+    k.state.assign(buf.begin() + 17, buf.begin() + static_cast<std::ptrdiff_t>(r->bytes));
+    k.memfd = std::move(fds[0]);
+    k.connection = std::move(fds[1]);
+    kept = std::move(k);
+  }
+  return std::nullopt;
+}
+
 void print_report(const vmm::VhostUserBlkServer& server) {
   std::printf("path transitions:\n");
   for (const vmm::Transition& t : server.transitions()) {
@@ -85,9 +155,10 @@ void print_report(const vmm::VhostUserBlkServer& server) {
   const vmm::ParavisorCounters c = server.counters();
   std::printf("counters: requests=%" PRIu64 " vf_ios=%" PRIu64 " fallback_ios=%" PRIu64
               " reissued=%" PRIu64 " bounced=%" PRIu64 " errors=%" PRIu64 " bad_requests=%" PRIu64
-              " notifications=%" PRIu64 " to_fallback=%" PRIu64 " to_vf=%" PRIu64 "\n",
+              " notifications=%" PRIu64 " to_fallback=%" PRIu64 " to_vf=%" PRIu64
+              " kept_queue_pairs=%" PRIu64 "\n",
               c.requests, c.vf_ios, c.fallback_ios, c.reissued, c.bounced, c.errors, c.bad_requests,
-              c.notifications, c.to_fallback, c.to_vf);
+              c.notifications, c.to_fallback, c.to_vf, c.kept_queue_pairs);
   const auto s = server.stats();
   std::printf("vhost-user: connections=%" PRIu64 " turned_away=%" PRIu64 " disconnects=%" PRIu64
               " messages=%" PRIu64 " failed_requests=%" PRIu64 " protocol_errors=%" PRIu64
@@ -171,7 +242,8 @@ int main(int argc, char** argv) {
   // A new process of an upgrade: the old one sends the session, then lets the card go.
   int handover_fd = -1;
   std::optional<vmm::VhostUserSession> session;
-  Clock::time_point released_at{};  // when the old process let the card go
+  std::optional<KeptCard> kept_card;  // the card the old process kept running for this one
+  Clock::time_point released_at{};    // when the old process let the card go
   if (const char* env = std::getenv(kHandoverEnv); env != nullptr) {
     handover_fd = std::atoi(env);
     ::unsetenv(kHandoverEnv);
@@ -179,9 +251,9 @@ int main(int argc, char** argv) {
     auto got = vmm::recv_session(handover_fd, std::chrono::seconds(30));
     if (!got) return fail("upgrade: receiving the session: " + to_string(got.error()));
     session = std::move(got).value();
-    if (!wait_record(handover_fd, kReleased, std::chrono::seconds(30))) {
-      return fail("upgrade: the old process did not let the card go");
-    }
+    bool released = false;
+    kept_card = wait_release(handover_fd, std::chrono::seconds(30), released);
+    if (!released) return fail("upgrade: the old process did not let the card go");
     released_at = Clock::now();
   }
 
@@ -190,6 +262,7 @@ int main(int argc, char** argv) {
   sc.card_options.image_path = image;
   sc.card_options.storage_bytes = (size_mib + vf_index) * kMiB;
   sc.card_options.lockstep = false;  // like silicon: the card works on its own thread
+  if (kept_card) sc.card_options.adopt_connection = kept_card->connection.get();
   const std::uint64_t disk_lbas = size_mib * kMiB / 512;
   std::vector<keel::sriov::VfResources>& res = sc.vfs.resources;
   res.resize(vf_index + 1);
@@ -225,6 +298,40 @@ int main(int argc, char** argv) {
   auto vf = stack->vf(vf_index);
   if (!vf) return fail("VF " + std::to_string(vf_index) + ": " + to_string(vf.error()));
 
+  // NVMe keepalive (a VF over vfio-user): the VF driver's memory in an arena the next process
+  // adopts; the state the previous process saved, if it kept the VF running for this one.
+  std::unique_ptr<keel::fpga::DmaArena> arena;
+  std::optional<keel::drivers::nvme::SavedDriver> saved;
+  if (kept_card) {
+    keel::fpga::DmaArena::Handover h;
+    h.memfd = std::move(kept_card->memfd);
+    h.base = kept_card->base;
+    h.bytes = kept_card->bytes;
+    auto a = keel::fpga::DmaArena::adopt(**vf, std::move(h));
+    auto s = keel::drivers::nvme::decode(kept_card->state);
+    if (!a) {
+      std::printf("keel-vhost-blk: upgrade: the DMA arena cannot be adopted (%s): the VF is reset\n",
+                  to_string(a.error()).c_str());
+    } else {
+      arena = std::move(a).value();
+      if (s) {
+        saved = std::move(s).value();
+      } else {
+        std::printf("keel-vhost-blk: upgrade: the saved VF state is refused (%s): the VF is reset\n",
+                    to_string(s.error()).c_str());
+      }
+    }
+    kept_card.reset();
+  } else if (card->backend() == "vfio-user") {
+    auto a = keel::fpga::DmaArena::create(**vf, arena_bytes(queues), kArenaIova);
+    if (a) {
+      arena = std::move(a).value();
+    } else {
+      std::printf("keel-vhost-blk: no DMA arena (%s): an upgrade will reset the VF\n",
+                  to_string(a.error()).c_str());
+    }
+  }
+
   // Re-created by the server for every memory table the front end sends.
   std::unique_ptr<vmm::HostStorage> host;
   auto factory = [&](vmm::GuestMemory& mem) -> keel::Result<std::unique_ptr<vmm::Paravisor>> {
@@ -253,6 +360,18 @@ int main(int argc, char** argv) {
       host = std::move(h).value();
     }
     vmm::ParavisorConfig pc;
+    pc.arena = arena.get();
+    if (saved && mem.regions().empty()) {
+      // The server's probe, before the front end's memory table: the device as the kept VF
+      // has it, without touching the VF (the next paravisor takes it over running).
+      pc.capacity_sectors = saved->controller.id_ns.nsze * saved->controller.block_bytes / 512;
+      pc.block_bytes = saved->controller.block_bytes;
+      pc.confidential = confidential;
+      pc.queues = queues;
+      pc.threads = true;
+      return stack->create_paravisor(nullptr, mem, *host, pc);
+    }
+    pc.restore = saved ? &*saved : nullptr;
     pc.confidential = confidential;
     pc.queues = queues;
     pc.threads = true;  // the server runs on its own thread and never drives the data path
@@ -260,7 +379,9 @@ int main(int argc, char** argv) {
     // A guest under TCG on a loaded host can leave commands waiting a long time: a longer
     // bound than the default keeps a slow host from looking like a lost VF.
     pc.command_timeout = std::chrono::seconds(5);
-    return stack->create_paravisor(no_vf ? nullptr : *vf, mem, *host, pc);
+    auto pv = stack->create_paravisor(no_vf ? nullptr : *vf, mem, *host, pc);
+    saved.reset();  // taken over or not, once
+    return pv;
   };
   vmm::VhostUserBlkConfig vc;
   vc.socket_path = socket_path;
@@ -314,7 +435,19 @@ int main(int argc, char** argv) {
     ::close(sp[1]);
     keel::UniqueFd channel(sp[0]);
     if (child < 0) return false;
-    auto taken = server->take_session();  // requests in flight complete first
+    // Requests in flight complete first; then the VF driver's state is saved, the VF left
+    // running, if it lives in an arena the new process can adopt.
+    std::optional<keel::drivers::nvme::SavedDriver> to_keep;
+    std::string not_kept = "no DMA arena";
+    auto taken = server->take_session([&](vmm::Paravisor& pv) {
+      if (arena == nullptr) return;
+      auto s = pv.save();
+      if (s) {
+        to_keep = std::move(s).value();
+      } else {
+        not_kept = to_string(s.error());
+      }
+    });
     if (!taken) {
       std::printf("keel-vhost-blk: SIGHUP: %s\n", to_string(taken.error()).c_str());
       ::kill(child, SIGKILL);
@@ -342,12 +475,36 @@ int main(int argc, char** argv) {
     }
     taken = vmm::VhostUserSession{};
     // The card goes before the new process opens it (a VF over vfio-user or VFIO has one
-    // user at a time).
+    // user at a time); kept running, it goes with the arena and the connection.
     print_report(*server);
     server.reset();
     host.reset();
+    std::optional<KeptCard> keep;
+    if (to_keep) {
+      auto h = arena->hand_over();
+      const keel::fpga::Iova window = arena->base();
+      auto conn = h ? (*vf)->hand_over({&window, 1}) : keel::Result<keel::UniqueFd>(h.error());
+      if (h && conn) {
+        keep.emplace();
+        keep->memfd = std::move(h->memfd);
+        keep->connection = std::move(conn).value();
+        keep->base = h->base;
+        keep->bytes = h->bytes;
+        keep->state = keel::drivers::nvme::encode(*to_keep);
+      } else {
+        not_kept = to_string(h ? conn.error() : h.error());
+      }
+    }
+    arena.reset();
     stack.reset();
     const double released_ms = ms_since(t0);
+    if (keep && !send_kept(channel.get(), *keep)) {
+      keep.reset();
+      not_kept = "sending it to the new process failed";
+    }
+    std::printf("keel-vhost-blk: upgrade: VF %s\n",
+                keep ? "kept running (NVMe keepalive): its state, arena and connection handed over"
+                     : ("not kept (" + not_kept + "): the new process resets it").c_str());
     (void)send_record(channel.get(), kReleased);
     const bool serving = wait_record(channel.get(), kServing, std::chrono::seconds(60));
     std::printf("keel-vhost-blk: upgrade: session taken after %.2f ms (requests drained), card "
@@ -388,6 +545,7 @@ int main(int argc, char** argv) {
   print_report(*server);
   server.reset();  // drops the front end; the paravisor stops before the host service goes
   host.reset();
+  arena.reset();  // its window goes before the card
   stack.reset();
   return 0;
 }

@@ -9,6 +9,7 @@ its slice of the card's image.
 import copy
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -102,3 +103,76 @@ def run_two_guests(cfg, apps_dir, card="model"):
     if ok:
         os.unlink(image)
     return ok, results, card_tail
+
+
+# The paravisor's upgrades on a card in another process (issue 14): each old keel-vhost-blk keeps
+# the VF running and hands its state, DMA arena and card connection over; the card must see no
+# controller enable after the first upgrade, one client connection in all, and no reset.
+KEPT = [r"\berrors=0\b", r"\bkept_queue_pairs=[1-9]"]
+
+
+def run_card_upgrade(cfg, apps_dir, card="model"):
+    """One guest on VF 0 of keel-card; its keel-vhost-blk upgraded three times (SIGHUP) under
+    fio verify. Returns (ok, result, card log tail)."""
+    keel_card = os.path.join(apps_dir, "keel-card")
+    keel_vhost = os.path.join(apps_dir, "keel-vhost-blk")
+    for exe in (keel_card, keel_vhost):
+        if not os.access(exe, os.X_OK):
+            raise Failure(f"{exe} is not built")
+    runs = os.path.join(os.path.abspath(cfg.build_dir), "guest", "runs")
+    os.makedirs(runs, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix=f"card-upgrade-{card}-", dir=runs)
+    run_dir = tempfile.mkdtemp(prefix="keel-card-")  # short socket paths
+    image = os.path.join(workdir, "card.img")
+    size = cfg.size_mib
+    with open(image, "wb") as f:
+        f.truncate(size << 20)
+    card_log = os.path.join(workdir, "keel-card.log")
+    card_proc = Backend([keel_card, "--card", card, "--image", image, "--size-mib", str(size),
+                         "--vfs", "1", "--queues", str(cfg.queues), "--run-dir", run_dir,
+                         "--log-level", "info"], card_log)
+    enables_at_upgrade = []
+
+    def enables():
+        with open(card_log, errors="replace") as f:
+            return sum(1 for line in f if "vf0: NVMe controller enabled" in line)
+
+    c = copy.copy(cfg)
+    c.shared_image = image
+    c.image_offset = 0
+    c.workdir = os.path.join(workdir, "guest")
+    if not c.restarts:
+        c.restarts = [(2.0, signal.SIGHUP), (4.0, signal.SIGHUP), (6.0, signal.SIGHUP)]
+    ups = sum(1 for _, sig in c.restarts if sig == signal.SIGHUP)
+    c.expect_backend_log = c.expect_backend_log or list(KEPT)
+    c.backend_log_counts = {
+        r"front end connected": 1,
+        r"took over the front end's session from another process": ups,
+        r"upgrade: VF kept running \(NVMe keepalive\)": ups,
+        r"-> active: VF controller taken over running \(keepalive\)": ups,
+    }
+    c.before_upgrade = lambda: enables_at_upgrade.append(enables())
+    template = (f"{keel_vhost} --socket {{socket}} --card vfio-user:{run_dir}/vf0.sock "
+                f"--image {{image}} --size-mib {size} --queues {{queues}} --log-level info")
+    try:
+        card_proc.start()
+        card_proc.wait_socket(os.path.join(run_dir, "vf0.sock"), 60)
+        result = run_guest(c, template, f"card-upgrade-{card}")
+    finally:
+        rc = card_proc.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+    card_tail = card_proc.log_tail(12)
+    ok = result["ok"] and rc == 0
+    final = enables()
+    say(f"keel-card: VF 0 controller enables {final} in all; at the upgrades: "
+        f"{enables_at_upgrade}")
+    if len(enables_at_upgrade) != ups or any(n != final for n in enables_at_upgrade):
+        say("FAIL: the VF's controller was enabled again during the upgrades (a reset)")
+        ok = False
+    counters = [ln for ln in card_tail.splitlines() if ln.startswith("vf0 ")]
+    if not counters or "connections=1 " not in counters[-1] or " resets=0 " not in counters[-1]:
+        say(f"FAIL: keel-card's VF 0 saw more than one connection or a reset: {counters}")
+        ok = False
+    if ok:
+        os.unlink(image)
+    return ok, result, card_tail

@@ -63,6 +63,7 @@ class RunConfig:
         # (vhost-user inflight tracking); the guest's verify must not notice but a pause.
         self.restarts = []
         self.expect_resubmitted = False  # some restart must find requests to resubmit
+        self.before_upgrade = None  # called right before each SIGHUP upgrade
         # {regex: n}: lines of the backend's output that must match exactly n times
         self.backend_log_counts = {}
         for k, v in kw.items():
@@ -328,6 +329,8 @@ def _watch(cfg, result, console, backend, qemu_proc, console_path, t_boot, timeo
         if verify_start is not None and verify_end is None and len(restarts) < len(cfg.restarts):
             at, sig = cfg.restarts[len(restarts)]
             if now - verify_start >= at and sig == signal.SIGHUP:
+                if cfg.before_upgrade:
+                    cfg.before_upgrade()
                 pause_ms = backend.upgrade()
                 restarts.append({"at_s": round(now - verify_start, 1), "signal": "SIGHUP",
                                  "down_s": round(pause_ms / 1000, 3)})

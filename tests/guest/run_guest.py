@@ -165,7 +165,8 @@ def main():
     t.add_argument("scenario", choices=["qsd", "keel-model", "keel-sim", "keel-model-failover",
                                         "keel-sim-failover", "keel-model-absent-vf",
                                         "keel-model-restart", "keel-sim-restart",
-                                        "keel-model-upgrade",
+                                        "keel-model-upgrade", "keel-card-model-upgrade",
+                                        "keel-card-sim-upgrade",
                                         "keel-card-two-guests", "kernel-vfio"])
     t.add_argument("--keel-bin", default=None)
     t.add_argument("--keelctl-bin", default=None,
@@ -219,6 +220,21 @@ def main():
             for r in results:
                 for line in keelguest.summarize(r):
                     print(line, flush=True)
+            print("keel-card:\n" + card_tail, flush=True)
+            return 0 if ok else 1
+        if sc.startswith("keel-card-") and sc.endswith("-upgrade"):
+            if args.keel_target in ("0", "", "false", "FALSE"):
+                raise keelguest.Skip("this build has no apps (keel-card, keel-vhost-blk)")
+            card = "sim" if "-sim-" in sc else "model"
+            if card == "sim" and args.sim_target in ("0", ""):
+                raise keelguest.Skip("this build has no Verilated card (KEEL_WITH_SIM=OFF)")
+            if args.fio_size == "64M":
+                cfg.fio_size = "120M"  # the verify job outlasts the three upgrades (2, 4, 6 s)
+            apps = os.path.dirname(args.keel_bin) if args.keel_bin else os.path.join(
+                args.build_dir, "apps")
+            ok, result, card_tail = guest_multi.run_card_upgrade(cfg, apps, card)
+            for line in keelguest.summarize(result):
+                print(line, flush=True)
             print("keel-card:\n" + card_tail, flush=True)
             return 0 if ok else 1
         if sc == "qsd":
