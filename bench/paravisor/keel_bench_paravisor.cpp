@@ -10,17 +10,32 @@
 //                  thread is silicon and the guest driver thread is the guest: neither counts.
 //   p50_us/p99_us  request latency seen by the guest
 //   peak_rss_mib   peak resident memory of the process
+//
+// BM_KeepaliveUpgrade/queues:N (issue 14): the paravisor handed over to a new one in the same
+// process, the VF kept running (NVMe keepalive), under 4 KiB reads at QD 32 on each of N
+// queues, one hand-over per iteration. What a keel-vhost-blk upgrade does but for the process
+// and the vhost-user session: stop(true) (requests in flight complete), save() and encoding,
+// the arena handed over and adopted, decoding, a new paravisor taking the controller and its
+// queue pairs over, the guest's rings given to it at their last_avail, start().
+//   save_us        stop + save + encode + arena hand-over (median)
+//   restore_us     adopt + decode + create (take-over) + rings + start (median)
+//   blackout_us    the longest gap between two guest completions around the hand-over
+//                  (median and max_blackout_us over the iterations)
 #include <benchmark/benchmark.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <random>
+#include <thread>
 #include <vector>
 
+#include "keel/drivers/nvme/saved_state.h"
+#include "keel/fpga/dma_arena.h"
 #include "keel/stack/stack.h"
 #include "keel/vmm/guest_driver.h"
 
@@ -151,7 +166,171 @@ void BM_Guest4k(benchmark::State& state, bool vf_path, bool write) {
   state.counters["peak_rss_mib"] = static_cast<double>(ru.ru_maxrss) / 1024.0;
 }
 
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+void BM_KeepaliveUpgrade(benchmark::State& state) {
+  const unsigned queues = static_cast<unsigned>(state.range(0));
+  constexpr unsigned kQd = 32;
+  const std::string image = keel::stack::scratch_image_path("bench-keepalive");
+  keel::stack::StackConfig sc;
+  sc.card = "model";
+  sc.card_options.image_path = image;
+  sc.card_options.storage_bytes = kDiskBytes;
+  sc.card_options.lockstep = false;
+  sc.vfs.count = 1;
+  sc.vfs.queues = queues;
+  auto stack = must(keel::stack::Stack::open_card(sc), "card");
+  if (auto st = stack->discover_pf(); !st.ok()) die("PF manager: " + keel::to_string(st.error()));
+  if (auto st = stack->enable_vfs(); !st.ok()) die(keel::to_string(st.error()));
+  keel::fpga::Function* vf = must(stack->vf(0), "VF");
+  auto mem = must(vmm::GuestMemory::create(64ull << 20), "guest memory");
+  keel::stack::DiskSpec disk;
+  disk.length = kDiskBytes;
+  auto host = must(stack->start_host_service(stack->host_config(*mem, disk)), "host service");
+  // As keel-vhost-blk places it: clear of guest RAM and of alloc_dma()'s 2^52.
+  auto arena =
+      must(keel::fpga::DmaArena::create(*vf, std::size_t{queues} * (16u << 20) + (1u << 20),
+                                        keel::fpga::Iova{1} << 47),
+           "DMA arena");
+  std::shared_ptr<void> first_view;  // the in-process card DMAs through the first mapping
+  vmm::ParavisorConfig cfg;
+  cfg.threads = true;
+  cfg.queues = queues;
+  cfg.capacity_sectors = kDiskBytes / 512;
+  cfg.arena = arena.get();
+  auto pv = must(stack->create_paravisor(vf, *mem, *host, cfg), "paravisor");
+  auto guest = must(vmm::GuestDriver::attach(*pv, *mem, queues, 256, 1u << 20), "guest driver");
+  if (auto st = pv->start(); !st.ok()) die(keel::to_string(st.error()));
+
+  // The guest, on its own thread (a vCPU): QD 32 reads per queue, resubmitted on completion;
+  // while `measuring`, the longest gap between two completions on any queue.
+  using Clock = std::chrono::steady_clock;
+  std::atomic<bool> quit{false}, measuring{false};
+  std::vector<std::atomic<std::uint64_t>> completed(queues);  // per queue
+  std::atomic<std::int64_t> max_gap_ns{0};
+  std::atomic<bool> failed{false};
+  std::thread vcpu([&] {
+    const std::uint64_t buf = guest->alloc(std::uint64_t{queues} * kQd * 4096);
+    std::mt19937_64 rng(7);
+    const std::uint64_t blocks = kDiskBytes / 4096;
+    auto submit = [&](unsigned q, unsigned slot) {
+      const vmm::DataSeg seg{buf + (q * kQd + slot) * 4096ull, 4096};
+      auto id = guest->submit(q, blk::kIn, (rng() % blocks) * 8, {&seg, 1});
+      if (!id.ok()) die("submit: " + keel::to_string(id.error()));
+      return *id;
+    };
+    std::vector<std::vector<unsigned>> slot_of(queues, std::vector<unsigned>(256));
+    for (unsigned q = 0; q < queues; ++q) {
+      for (unsigned s = 0; s < kQd; ++s) slot_of[q][submit(q, s)] = s;
+      guest->kick(q);
+    }
+    vmm::GuestCompletion done[256];
+    Clock::time_point last = Clock::now();
+    bool was_measuring = false;
+    while (!quit.load(std::memory_order_acquire)) {
+      unsigned got = 0;
+      for (unsigned q = 0; q < queues; ++q) {
+        const unsigned n = guest->reap(q, done);
+        for (unsigned i = 0; i < n; ++i) {
+          if (done[i].status != blk::kStatusOk) failed = true;
+          const unsigned s = slot_of[q][done[i].id];
+          slot_of[q][submit(q, s)] = s;
+        }
+        if (n > 0) guest->kick(q);
+        completed[q].fetch_add(n, std::memory_order_release);
+        got += n;
+      }
+      if (got == 0) {
+        std::this_thread::sleep_for(std::chrono::microseconds(20));
+        continue;
+      }
+      const Clock::time_point now = Clock::now();
+      const bool m = measuring.load(std::memory_order_acquire);
+      if (m && was_measuring) {
+        const std::int64_t gap = std::chrono::nanoseconds(now - last).count();
+        if (gap > max_gap_ns.load()) max_gap_ns.store(gap);
+      }
+      was_measuring = m;
+      last = now;
+    }
+  });
+
+  // Until every queue has completed `n` more requests.
+  auto wait_for = [&](std::uint64_t n) {
+    std::vector<std::uint64_t> target(queues);
+    for (unsigned q = 0; q < queues; ++q) target[q] = completed[q].load() + n;
+    const auto deadline = Clock::now() + std::chrono::seconds(10);
+    for (unsigned q = 0; q < queues; ++q) {
+      while (completed[q].load() < target[q]) {
+        if (Clock::now() > deadline) die("the guest's IO stopped");
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
+      }
+    }
+  };
+  std::vector<double> save_us, restore_us, blackout_us;
+  wait_for(kQd * 8);  // steady load
+  for (auto _ : state) {
+    max_gap_ns = 0;
+    measuring = true;
+    wait_for(kQd * 2);  // completions before the hand-over count too
+    const auto t0 = Clock::now();
+    pv->stop(true);
+    auto saved = must(pv->save(), "save");
+    const std::vector<std::byte> blob = keel::drivers::nvme::encode(saved);
+    auto h = must(arena->hand_over(), "arena hand-over");
+    const auto t1 = Clock::now();
+    std::vector<std::uint16_t> last_avail(queues);
+    for (unsigned q = 0; q < queues; ++q) last_avail[q] = pv->last_avail(q);
+    pv.reset();
+    if (!first_view) first_view = h.old_view;
+    const auto t2 = Clock::now();
+    arena = must(keel::fpga::DmaArena::adopt(*vf, std::move(h)), "arena adopt");
+    const auto state_in = must(keel::drivers::nvme::decode(blob), "decode");
+    cfg.arena = arena.get();
+    cfg.restore = &state_in;
+    pv = must(stack->create_paravisor(vf, *mem, *host, cfg), "paravisor take-over");
+    cfg.restore = nullptr;
+    if (auto st = guest->rebind(*pv, last_avail); !st.ok()) die(keel::to_string(st.error()));
+    if (auto st = pv->start(); !st.ok()) die(keel::to_string(st.error()));
+    const auto t3 = Clock::now();
+    wait_for(kQd * 2);  // IO flows again on every queue
+    measuring = false;
+    if (pv->counters().kept_queue_pairs != queues) die("a queue pair was not taken over");
+    if (pv->state() != vmm::PathState::active) die("the VF path is not active after the take-over");
+    save_us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+    restore_us.push_back(std::chrono::duration<double, std::micro>(t3 - t2).count());
+    blackout_us.push_back(static_cast<double>(max_gap_ns.load()) / 1000.0);
+  }
+  quit = true;
+  vcpu.join();
+  if (failed) die("a guest request failed");
+  state.counters["save_us"] = median(save_us);
+  state.counters["restore_us"] = median(restore_us);
+  state.counters["blackout_us"] = median(blackout_us);
+  state.counters["max_blackout_us"] =
+      blackout_us.empty() ? 0 : *std::max_element(blackout_us.begin(), blackout_us.end());
+  pv->stop();
+  guest.reset();
+  pv.reset();
+  arena.reset();
+  host.reset();
+  stack.reset();
+  std::filesystem::remove(image);
+}
+
 void register_all() {
+  benchmark::RegisterBenchmark("BM_KeepaliveUpgrade", BM_KeepaliveUpgrade)
+      ->ArgName("queues")
+      ->Arg(1)
+      ->Arg(4)
+      ->Arg(8)
+      ->Iterations(20)
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
   for (bool vf : {true, false}) {
     for (bool write : {false, true}) {
       const std::string name = std::string("BM_Guest4k/") + (write ? "randwrite" : "randread") +

@@ -115,7 +115,7 @@ bool DmaArena::take(std::uint64_t offset, std::size_t bytes) {
   return true;
 }
 
-Result<DmaBuffer> DmaArena::alloc(std::size_t bytes) {
+Result<DmaBuffer> DmaArena::alloc(std::size_t bytes, bool zeroed) {
   if (bytes == 0)
     return make_error(Errc::invalid_argument, "cannot allocate 0 bytes of DMA memory");
   const std::size_t rounded = (bytes + kPage - 1) / kPage * kPage;
@@ -124,7 +124,7 @@ Result<DmaBuffer> DmaArena::alloc(std::size_t bytes) {
     if (len < rounded) continue;
     const std::uint64_t at = offset;
     (void)take(at, rounded);
-    std::memset(host_ + at, 0, rounded);
+    if (zeroed) std::memset(host_ + at, 0, rounded);
     return DmaBuffer(this, host_ + at, rounded, base_ + at);
   }
   return make_error(Errc::no_memory, "the DMA arena (" + std::to_string(bytes_) +

@@ -54,13 +54,33 @@ Result<std::unique_ptr<GuestDriver>> GuestDriver::attach(Paravisor& dev, GuestMe
     if (Status st = dev.set_queue(q, {size, L.desc, L.avail, L.used}); !st.ok()) return st.error();
   }
   g->next_free_ = (at + (2u << 20) - 1) & ~std::uint64_t{(2u << 20) - 1};
+  g->size_max_ = std::max<std::uint32_t>(dev.config_space().size_max, 512);
   return g;
+}
+
+Status GuestDriver::rebind(Paravisor& dev, std::span<const std::uint16_t> last_avail) {
+  if (last_avail.size() != queues_.size()) {
+    return make_error(Errc::invalid_argument, "one last_avail per queue");
+  }
+  if (Status st = dev.set_features(dev.device_features()); !st.ok()) return st;
+  for (unsigned q = 0; q < queues_.size(); ++q) {
+    const Queue& Q = queues_[q];
+    dev.set_kick_fd(q, Q.kick_fd);
+    dev.set_call_fd(q, Q.call_fd);
+    const SplitRingDriver::Layout& L = Q.ring->layout();
+    if (Status st = dev.set_queue(q, {L.size, L.desc, L.avail, L.used}, last_avail[q]); !st.ok()) {
+      return st;
+    }
+  }
+  dev_ = &dev;
+  size_max_ = std::max<std::uint32_t>(dev.config_space().size_max, 512);
+  return {};
 }
 
 GuestDriver::~GuestDriver() {
   for (unsigned i = 0; i < queues_.size(); ++i) {
-    dev_.set_kick_fd(i, -1);
-    dev_.set_call_fd(i, -1);
+    dev_->set_kick_fd(i, -1);
+    dev_->set_call_fd(i, -1);
     if (queues_[i].kick_fd >= 0) close(queues_[i].kick_fd);
     if (queues_[i].call_fd >= 0) close(queues_[i].call_fd);
   }
@@ -82,7 +102,7 @@ Result<std::uint16_t> GuestDriver::publish(unsigned q, std::uint32_t type, std::
                                            std::span<const std::byte> payload) {
   Queue& Q = queues_[q];
   // As Linux does with VIRTIO_BLK_F_SIZE_MAX: no descriptor longer than size_max.
-  const std::uint32_t size_max = std::max<std::uint32_t>(dev_.config_space().size_max, 512);
+  const std::uint32_t size_max = size_max_.load(std::memory_order_relaxed);
   std::vector<DataSeg> pieces;
   for (const DataSeg& d : data) {
     for (std::uint32_t off = 0; off < d.len || (d.len == 0 && off == 0);) {

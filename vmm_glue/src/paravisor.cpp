@@ -50,7 +50,8 @@ class Paravisor::Link final : public worker::WorkerLink {
   int stop_fd() const noexcept override { return pv_.stop_fd_.get(); }
   void tick() override { pv_.maybe_probe(); }
   Result<fpga::DmaBuffer> vf_dma(std::size_t bytes) override {
-    if (pv_.config_.arena != nullptr) return pv_.config_.arena->alloc(bytes);
+    // Not zeroed: the bounce pool is always written before it is read.
+    if (pv_.config_.arena != nullptr) return pv_.config_.arena->alloc(bytes, false);
     if (pv_.vf_ == nullptr) return make_error(Errc::unavailable, "no VF");
     return pv_.vf_->alloc_dma(bytes);
   }

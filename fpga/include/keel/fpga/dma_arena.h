@@ -48,9 +48,11 @@ class DmaArena final : public DmaOwner {
   DmaArena(const DmaArena&) = delete;
   DmaArena& operator=(const DmaArena&) = delete;
 
-  /// Zeroed, page-aligned memory of at least `bytes`, first fit. Errors: invalid_argument
+  /// Page-aligned memory of at least `bytes`, first fit, zeroed unless `zeroed` is false (a
+  /// bounce pool, always written before it is read: zeroing it costs a page fault per page of
+  /// a freshly adopted mapping, in the middle of a hand-over). Errors: invalid_argument
   /// (0 bytes), no_memory (the arena is full).
-  Result<DmaBuffer> alloc(std::size_t bytes);
+  Result<DmaBuffer> alloc(std::size_t bytes, bool zeroed = true);
   /// The buffer a previous process had at `offset` (restore): its contents untouched.
   /// Errors: out_of_range (outside the arena, unaligned, or overlapping a claimed range).
   Result<DmaBuffer> claim(std::uint64_t offset, std::size_t bytes);

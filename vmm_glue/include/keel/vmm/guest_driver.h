@@ -5,6 +5,7 @@
 // exactly as a guest kernel's inbox driver does (minus the kernel).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -56,6 +57,13 @@ class GuestDriver {
   /// guest vCPU halts until its interrupt. Call reap() first: it re-arms EVENT_IDX.
   void wait(unsigned q, int timeout_ms);
 
+  /// Servicing: the guest's queues go on with another device (a paravisor that took the old
+  /// one's VF over), as a vhost-user front end re-sends them to a new back end: features,
+  /// kick and call fds, and every ring at its device's `last_avail`. The old device must be
+  /// stopped; the guest's data path (publish, reap, kick, wait) never touches the device, so it
+  /// may run on another thread meanwhile. Errors: from the device.
+  Status rebind(Paravisor& dev, std::span<const std::uint16_t> last_avail);
+
   /// Guest memory the test may use for data, above the rings.
   std::uint64_t alloc(std::uint64_t bytes, std::uint64_t align = 4096);
   std::byte* host(std::uint64_t gpa, std::uint64_t len) const { return mem_.translate(gpa, len); }
@@ -67,13 +75,15 @@ class GuestDriver {
     int kick_fd = -1;
     int call_fd = -1;
   };
-  GuestDriver(Paravisor& dev, GuestMemory& mem) : dev_(dev), mem_(mem) {}
+  GuestDriver(Paravisor& dev, GuestMemory& mem) : dev_(&dev), mem_(mem) {}
   Result<std::uint16_t> publish(unsigned q, std::uint32_t type, std::uint64_t sector,
                                 std::span<const DataSeg> data, bool device_writes,
                                 std::span<const std::byte> payload);
 
-  Paravisor& dev_;
+  Paravisor* dev_;
   GuestMemory& mem_;
+  /// The device's, at attach or rebind (the data path asks no device).
+  std::atomic<std::uint32_t> size_max_{512};
   std::vector<Queue> queues_;
   std::uint64_t next_free_ = 0;
 };
