@@ -57,6 +57,21 @@ T must(keel::Result<T> r, const char* what) {
   return std::move(r).value();
 }
 
+// The free-running model card on `image`, its one VF enabled with `queues` IO queue pairs.
+std::unique_ptr<keel::stack::Stack> open_model_card(const std::string& image, unsigned queues) {
+  keel::stack::StackConfig sc;
+  sc.card = "model";
+  sc.card_options.image_path = image;
+  sc.card_options.storage_bytes = kDiskBytes;
+  sc.card_options.lockstep = false;
+  sc.vfs.count = 1;
+  sc.vfs.queues = queues;
+  auto stack = must(keel::stack::Stack::open_card(sc), "card");
+  if (auto st = stack->discover_pf(); !st.ok()) die("PF manager: " + keel::to_string(st.error()));
+  if (auto st = stack->enable_vfs(); !st.ok()) die(keel::to_string(st.error()));
+  return stack;
+}
+
 struct Rig {
   std::string image;
   std::unique_ptr<keel::stack::Stack> stack;
@@ -69,16 +84,7 @@ struct Rig {
     // The image lives in /dev/shm when there is one: both paths then measure keel, not the
     // disk under /tmp.
     image = keel::stack::scratch_image_path("bench-pv");
-    keel::stack::StackConfig sc;
-    sc.card = "model";
-    sc.card_options.image_path = image;
-    sc.card_options.storage_bytes = kDiskBytes;
-    sc.card_options.lockstep = false;
-    sc.vfs.count = 1;
-    sc.vfs.queues = 1;
-    stack = must(keel::stack::Stack::open_card(sc), "card");
-    if (auto st = stack->discover_pf(); !st.ok()) die("PF manager: " + keel::to_string(st.error()));
-    if (auto st = stack->enable_vfs(); !st.ok()) die(keel::to_string(st.error()));
+    stack = open_model_card(image, 1);
     mem = must(vmm::GuestMemory::create(64ull << 20), "guest memory");
     keel::stack::DiskSpec disk;
     disk.base_offset = 0;
@@ -176,16 +182,7 @@ void BM_KeepaliveUpgrade(benchmark::State& state) {
   const unsigned queues = static_cast<unsigned>(state.range(0));
   constexpr unsigned kQd = 32;
   const std::string image = keel::stack::scratch_image_path("bench-keepalive");
-  keel::stack::StackConfig sc;
-  sc.card = "model";
-  sc.card_options.image_path = image;
-  sc.card_options.storage_bytes = kDiskBytes;
-  sc.card_options.lockstep = false;
-  sc.vfs.count = 1;
-  sc.vfs.queues = queues;
-  auto stack = must(keel::stack::Stack::open_card(sc), "card");
-  if (auto st = stack->discover_pf(); !st.ok()) die("PF manager: " + keel::to_string(st.error()));
-  if (auto st = stack->enable_vfs(); !st.ok()) die(keel::to_string(st.error()));
+  auto stack = open_model_card(image, queues);
   keel::fpga::Function* vf = must(stack->vf(0), "VF");
   auto mem = must(vmm::GuestMemory::create(64ull << 20), "guest memory");
   keel::stack::DiskSpec disk;

@@ -113,6 +113,15 @@ class ParavisorKeepalive : public ::testing::TestWithParam<std::string>, public 
         pv_->set_queue(q, {r.size(), r.desc_gpa(), r.avail_gpa(), r.used_gpa()}, last_avail));
   }
 
+  /// Requests crossing the hand-over: 24 writes per queue, 8 of them completed, 12 more
+  /// published while nothing runs; then retire().
+  void load_and_retire(std::vector<std::byte>& blob, std::vector<std::uint16_t>& last_avail) {
+    ASSERT_NO_FATAL_FAILURE(submit_writes(24));
+    ASSERT_NO_FATAL_FAILURE(complete_some(8));
+    ASSERT_NO_FATAL_FAILURE(submit_writes(12));
+    ASSERT_NO_FATAL_FAILURE(retire(blob, last_avail));
+  }
+
   /// The old "process"'s half: stops with the VF queues kept, saves, and exits (its paravisor
   /// is destroyed, its arena handed over); then the new one adopts the arena. The state and
   /// each ring's last_avail come back as the new process would receive them: bytes.
@@ -290,12 +299,9 @@ TEST_P(ParavisorKeepalive, FiveHandOversUnderVerifiedLoad) {
   ASSERT_GT(cc_after_up, 0u) << "the first bring-up enables the controller";
   for (unsigned round = 0; round < 5; ++round) {
     SCOPED_TRACE("hand-over " + std::to_string(round + 1));
-    ASSERT_NO_FATAL_FAILURE(submit_writes(24));
-    ASSERT_NO_FATAL_FAILURE(complete_some(8));
-    ASSERT_NO_FATAL_FAILURE(submit_writes(12));
     std::vector<std::byte> blob;
     std::vector<std::uint16_t> bases;
-    ASSERT_NO_FATAL_FAILURE(retire(blob, bases));
+    ASSERT_NO_FATAL_FAILURE(load_and_retire(blob, bases));
     unsigned crossing = 0;
     for (unsigned q = 0; q < kQueues; ++q)
       crossing += static_cast<std::uint16_t>(rings_[q]->avail_idx() - bases[q]);
@@ -325,12 +331,9 @@ TEST_P(ParavisorKeepalive, FiveHandOversUnderVerifiedLoad) {
 // the new one takes the full bring-up (CC written again) on the same arena, serves on the VF,
 // and every write, before and after, reads back.
 TEST_P(ParavisorKeepalive, ResetBetweenSaveAndRestoreLosesNothing) {
-  ASSERT_NO_FATAL_FAILURE(submit_writes(24));
-  ASSERT_NO_FATAL_FAILURE(complete_some(8));
-  ASSERT_NO_FATAL_FAILURE(submit_writes(12));
   std::vector<std::byte> blob;
   std::vector<std::uint16_t> bases;
-  ASSERT_NO_FATAL_FAILURE(retire(blob, bases));
+  ASSERT_NO_FATAL_FAILURE(load_and_retire(blob, bases));
   const unsigned cc_before = watch_->cc_writes();
   KEEL_ASSERT_OK(watch_->flr());
   auto decoded = drv::decode(blob);
@@ -357,12 +360,9 @@ TEST_P(ParavisorKeepalive, CorruptStateTakesResetPath) {
   enum class Spoil { blob_byte, cc, asq };
   for (Spoil spoil : {Spoil::blob_byte, Spoil::cc, Spoil::asq}) {
     SCOPED_TRACE("spoiled: " + std::to_string(static_cast<int>(spoil)));
-    ASSERT_NO_FATAL_FAILURE(submit_writes(24));
-    ASSERT_NO_FATAL_FAILURE(complete_some(8));
-    ASSERT_NO_FATAL_FAILURE(submit_writes(12));
     std::vector<std::byte> blob;
     std::vector<std::uint16_t> bases;
-    ASSERT_NO_FATAL_FAILURE(retire(blob, bases));
+    ASSERT_NO_FATAL_FAILURE(load_and_retire(blob, bases));
     const unsigned cc_before = watch_->cc_writes();
     std::optional<drv::SavedDriver> state;
     if (spoil == Spoil::blob_byte) {
