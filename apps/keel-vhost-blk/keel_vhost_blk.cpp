@@ -46,6 +46,7 @@
 #include "keel/drivers/nvme/saved_state.h"
 #include "keel/fd_passing.h"
 #include "keel/fpga/dma_arena.h"
+#include "keel/process_memory.h"
 #include "keel/stack/stack.h"
 #include "keel/vmm/remote_host.h"
 #include "keel/vmm/vhost_user.h"
@@ -332,10 +333,18 @@ int main(int argc, char** argv) {
     }
   }
 
+  // What this process only maps and does not count as its own memory: the guest's RAM (the
+  // memory tables' files) and the card's storage image.
+  std::vector<keel::FileId> not_own;
+  if (auto id = keel::file_id(image); id) not_own.push_back(*id);
+
   // Re-created by the server for every memory table the front end sends.
   std::unique_ptr<vmm::HostStorage> host;
   auto factory = [&](vmm::GuestMemory& mem) -> keel::Result<std::unique_ptr<vmm::Paravisor>> {
     host.reset();  // the paravisor that used it is gone
+    for (const auto& r : mem.regions()) {
+      if (auto id = keel::file_id(r.fd); id) not_own.push_back(*id);
+    }
     if (!host_socket.empty()) {
       // The host path in keel-hostd: it gets this guest's RAM only if it is not confidential.
       std::vector<vmm::HostMemoryRegion> ram;
@@ -543,6 +552,12 @@ int main(int argc, char** argv) {
   std::printf("keel-vhost-blk: %s: shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
   server->stop();
   print_report(*server);
+  if (auto own = keel::own_resident_bytes(not_own); own) {
+    std::printf("memory: %.1f MiB resident of its own (guest RAM and the card's storage left "
+                "out), %u queue%s, %s card\n",
+                static_cast<double>(*own) / (1 << 20), queues, queues == 1 ? "" : "s",
+                remote ? "a remote" : "an in-process");
+  }
   server.reset();  // drops the front end; the paravisor stops before the host service goes
   host.reset();
   arena.reset();  // its window goes before the card
