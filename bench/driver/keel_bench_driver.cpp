@@ -8,6 +8,15 @@
 //   doorbells_per_io      SQ doorbell writes per IO (batching)
 //   idle_polls_per_io     polls that found nothing, per IO
 //   peak_rss_mib          peak resident memory of the process
+// BM_NullDriver: the same loop on the null function (fpga::NullFunction), which completes the
+// commands inside the SQ doorbell write, in the benchmark thread: the driver alone, plus the
+// null device's few nanoseconds per command (timed:1 measures them). Counters:
+//   cpu_ns_per_io         thread CPU per IO, all of it (the device's share included)
+//   device_ns_per_io      timed:1 only: time inside IO doorbell writes (TSC) per IO
+//   driver_ns_per_io      timed:1 only: cpu_ns_per_io - device_ns_per_io
+//   sq_doorbells_per_io   SQ tail doorbell writes per IO (one per reap-and-resubmit batch)
+//   cq_doorbells_per_io   CQ head doorbell writes per IO
+//   idle_polls_per_io     polls that found nothing, per IO (0: the device never lags)
 #include <benchmark/benchmark.h>
 #include <sys/resource.h>
 
@@ -17,6 +26,7 @@
 #include "keel/drivers/nvme/controller.h"
 #include "keel/drivers/nvme/queue_pair.h"
 #include "keel/drivers/nvme/saved_state.h"
+#include "keel/fpga/null_function.h"
 #include "keel/stack/stack.h"
 #include "keel/thread_cpu.h"
 
@@ -142,6 +152,95 @@ BENCHMARK(BM_RandRead4k)
     ->MinTime(0.5)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
+
+// The driver alone: 4 KiB reads on the null function, `qd` in flight over `qps` queue pairs
+// owned by the benchmark thread, each reap resubmitted as one batch (one SQ doorbell per queue
+// pair per turn; the driver writes the CQ head lazily, see QueuePair::poll).
+void BM_NullDriver(benchmark::State& state) {
+  const unsigned qd = static_cast<unsigned>(state.range(0));
+  const unsigned nqp = static_cast<unsigned>(state.range(1));
+  const bool timed = state.range(2) != 0;
+  const unsigned per_qp = std::max(1u, qd / nqp);
+  keel::fpga::NullFunctionConfig nc;
+  nc.io_queues = static_cast<std::uint16_t>(nqp);
+  nc.measure_device_time = timed;
+  keel::fpga::NullFunction fn(nc);
+  auto c = drv::Controller::open(fn, keel::steady_clock(), fn);
+  if (!c) die(keel::to_string(c.error()));
+  std::unique_ptr<drv::Controller> ctrl = std::move(c).value();
+  std::vector<std::unique_ptr<drv::QueuePair>> qps;
+  for (unsigned q = 0; q < nqp; ++q) {
+    auto qp = ctrl->create_queue_pair({.entries = 256});
+    if (!qp) die(keel::to_string(qp.error()));
+    qps.push_back(std::move(qp).value());
+  }
+  auto b = fn.alloc_dma(std::size_t{per_qp} * nqp * 4096);
+  if (!b) die(keel::to_string(b.error()));
+  keel::fpga::DmaBuffer buf = std::move(b).value();
+  const std::uint64_t lba_mask = (ctrl->block_count() / 8 - 1) * 8;  // 4 KiB units, a power of 2
+  std::uint64_t lba = 0;
+  auto submit = [&](unsigned q, std::uint64_t slot) {
+    const drv::Segment seg{buf.iova() + (q * per_qp + slot) * 4096, 4096};
+    lba = (lba + 8) & lba_mask;
+    const drv::IoStatus st = qps[q]->read(lba, 8, {&seg, 1}, slot);
+    if (!st.ok()) die("submit: " + drv::to_string(st));
+  };
+  for (unsigned q = 0; q < nqp; ++q) {
+    for (unsigned s = 0; s < per_qp; ++s) submit(q, s);
+    qps[q]->commit();
+  }
+  const keel::fpga::NullFunction::Stats s0 = fn.stats();
+  const double dev0 = fn.device_ns();
+  drv::Completion done[256];
+  std::uint64_t ios = 0;
+  const std::uint64_t cpu0 = keel::this_thread_cpu_ns();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto _ : state) {
+    for (unsigned q = 0; q < nqp; ++q) {
+      drv::QueuePair& qp = *qps[q];
+      const unsigned n = qp.poll(done);
+      for (unsigned i = 0; i < n; ++i) {
+        if (!done[i].status.ok()) die("read failed: " + drv::to_string(done[i].status));
+        submit(q, done[i].tag);
+      }
+      qp.commit();
+      ios += n;
+    }
+  }
+  const std::uint64_t cpu = keel::this_thread_cpu_ns() - cpu0;
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const keel::fpga::NullFunction::Stats s1 = fn.stats();
+  const double dev = fn.device_ns() - dev0;
+  std::uint64_t idle = 0;
+  for (const auto& qp : qps) idle += qp->stats().idle_polls;
+  for (auto& qp : qps) {
+    while (qp->outstanding() > 0) qp->wait(done, std::chrono::seconds(1));
+  }
+  const double n = static_cast<double>(std::max<std::uint64_t>(ios, 1));
+  const double cpu_per_io = static_cast<double>(cpu) / n;
+  state.counters["iops"] = static_cast<double>(ios) / secs;
+  state.counters["cpu_ns_per_io"] = cpu_per_io;
+  if (timed) {
+    state.counters["device_ns_per_io"] = dev / n;
+    state.counters["driver_ns_per_io"] = cpu_per_io - dev / n;
+  }
+  state.counters["sq_doorbells_per_io"] =
+      static_cast<double>(s1.sq_doorbells - s0.sq_doorbells) / n;
+  state.counters["cq_doorbells_per_io"] =
+      static_cast<double>(s1.cq_doorbells - s0.cq_doorbells) / n;
+  state.counters["idle_polls_per_io"] = static_cast<double>(idle) / n;
+  state.SetItemsProcessed(static_cast<std::int64_t>(ios));
+  qps.clear();
+  buf.reset();
+  ctrl.reset();
+}
+
+BENCHMARK(BM_NullDriver)
+    ->ArgNames({"qd", "qps", "timed"})
+    ->ArgsProduct({{1, 32, 128}, {1, 2}, {0, 1}})
+    ->MinTime(0.5)
+    ->UseRealTime()
+    ->Unit(benchmark::kNanosecond);
 
 // NVMe keepalive (servicing): the driver's hand-over of a running controller with `qps` queue
 // pairs, 32 reads in flight on each, to a new set of driver objects. Timed per iteration:
