@@ -13,10 +13,26 @@ const char* to_string(Rw rw) {
     case Rw::write: return "write";
     case Rw::randread: return "randread";
     case Rw::randwrite: return "randwrite";
+    case Rw::rw: return "rw";
     case Rw::randrw: return "randrw";
   }
   return "?";
 }
+
+const char* const kRwValues = "read, write, randread, randwrite, rw (or readwrite), randrw";
+
+std::optional<Rw> rw_from_string(const std::string& text) {
+  if (text == "read") return Rw::read;
+  if (text == "write") return Rw::write;
+  if (text == "randread") return Rw::randread;
+  if (text == "randwrite") return Rw::randwrite;
+  if (text == "rw" || text == "readwrite") return Rw::rw;
+  if (text == "randrw") return Rw::randrw;
+  return std::nullopt;
+}
+
+bool is_mixed(Rw rw) { return rw == Rw::rw || rw == Rw::randrw; }
+bool is_random(Rw rw) { return rw == Rw::randread || rw == Rw::randwrite || rw == Rw::randrw; }
 
 const char* to_string(PathChoice p) {
   switch (p) {
@@ -89,25 +105,70 @@ Result<std::chrono::milliseconds> parse_duration(const std::string& text) {
   return std::chrono::milliseconds(static_cast<long long>(ms));
 }
 
+Result<std::pair<std::uint64_t, std::uint64_t>> parse_rate_iops(const std::string& text) {
+  auto one = [](const std::string& v) -> Result<std::uint64_t> {
+    if (v.empty()) return std::uint64_t{0};
+    if (v.find_first_not_of("0123456789") != std::string::npos) {
+      return make_error(Errc::invalid_argument, "'" + v + "' is not a number of IOPS");
+    }
+    try {
+      return static_cast<std::uint64_t>(std::stoull(v));
+    } catch (const std::exception&) {
+      return make_error(Errc::invalid_argument, "'" + v + "' is too large");
+    }
+  };
+  const auto comma = text.find(',');
+  if (comma != std::string::npos && text.find(',', comma + 1) != std::string::npos) {
+    return make_error(Errc::invalid_argument, "'" + text + "': use N, R,W, R, or ,W");
+  }
+  if (comma == std::string::npos) {
+    auto n = one(text);
+    if (!n) return n.error();
+    if (text.empty() || *n == 0) {
+      return make_error(Errc::invalid_argument, "'" + text + "': a positive number of IOPS");
+    }
+    return std::pair{*n, *n};  // fio: one value caps reads and writes, each
+  }
+  auto r = one(text.substr(0, comma));
+  if (!r) return r.error();
+  auto w = one(text.substr(comma + 1));
+  if (!w) return w.error();
+  if (*r == 0 && *w == 0) {
+    return make_error(Errc::invalid_argument, "'" + text + "': no positive cap");
+  }
+  return std::pair{*r, *w};
+}
+
 Result<Invocation> parse_options(int argc, const char* const* argv) {
   Invocation inv;
   Config& c = inv.config;
   CLI::App app{
       "keel-perf: IOPS, latency and host CPU per IO of keel's accelerated path (paravisor -> VF) "
       "against the software fallback (paravisor -> host storage service), fio style."};
-  std::string rw = "randread", path = "both", bs = "4k", runtime, size, sweep, card_size;
+  std::string rw = "randread", path = "both", bs = "4k", runtime, size, sweep, card_size, ramp,
+              rate_iops;
   app.add_option("--card", c.card,
                  "card: model (default), sim (the Verilated RTL card), vfio:<BDF>, xrt:<N>, "
                  "vfio-user:<keel-card run dir>/pf.sock");
   app.add_option("--vfs", c.vfs, "VFs to enable (default: one per job)");
   app.add_option("--path", path, "vf, fallback or both")->capture_default_str();
-  app.add_option("--rw", rw, "read, write, randread, randwrite, randrw")->capture_default_str();
-  app.add_option("--rwmixread", c.rwmixread, "percent reads for randrw")->capture_default_str();
+  app.add_option("--rw", rw,
+                 "as fio: read, write (sequential), randread, randwrite (random), rw or "
+                 "readwrite (sequential mixed), randrw (random mixed)")
+      ->capture_default_str();
+  app.add_option("--rwmixread", c.rwmixread, "percent reads for rw and randrw")
+      ->capture_default_str();
   app.add_option("--bs", bs, "block size (512 to 128k, multiple of 512)")->capture_default_str();
   app.add_option("--iodepth", c.iodepth, "requests in flight per job")->capture_default_str();
   app.add_option("--numjobs", c.numjobs, "jobs: one guest (paravisor) per job, each on its own VF")
       ->capture_default_str();
   app.add_option("--runtime", runtime, "run for this long per path (e.g. 10s)");
+  app.add_option("--ramp_time,--ramp-time", ramp,
+                 "as fio: run this long first (e.g. 2s) before counting anything: IOs, "
+                 "bandwidth, latency, CPU and keel's counters are from after the ramp");
+  app.add_option("--rate_iops,--rate-iops", rate_iops,
+                 "as fio: cap each job's IOPS; N caps reads and writes at N each, R,W apart, "
+                 "R, reads only, ,W writes only (submissions paced against the clock)");
   app.add_option("--size", size, "bytes per job: IO region, and the amount without --runtime");
   app.add_flag("--verify", c.verify,
                "check every block read and, at the end, every block written; a job that "
@@ -132,18 +193,10 @@ Result<Invocation> parse_options(int argc, const char* const* argv) {
   }
   c.progress = !no_progress;
   auto bad = [](const std::string& what) { return make_error(Errc::invalid_argument, what); };
-  if (rw == "read")
-    c.rw = Rw::read;
-  else if (rw == "write")
-    c.rw = Rw::write;
-  else if (rw == "randread")
-    c.rw = Rw::randread;
-  else if (rw == "randwrite")
-    c.rw = Rw::randwrite;
-  else if (rw == "randrw" || rw == "rw")
-    c.rw = Rw::randrw;
+  if (auto r = rw_from_string(rw))
+    c.rw = *r;
   else
-    return bad("--rw: '" + rw + "' is not one of read, write, randread, randwrite, randrw");
+    return bad("--rw: '" + rw + "' is not one of " + kRwValues);
   if (path == "vf")
     c.path = PathChoice::vf;
   else if (path == "fallback")
@@ -172,6 +225,17 @@ Result<Invocation> parse_options(int argc, const char* const* argv) {
     if (!r) return bad("--runtime: " + r.error().message);
     if (r->count() <= 0) return bad("--runtime: must be positive");
     c.runtime = *r;
+  }
+  if (!ramp.empty()) {
+    auto r = parse_duration(ramp);
+    if (!r) return bad("--ramp_time: " + r.error().message);
+    c.ramp_time = *r;
+  }
+  if (!rate_iops.empty()) {
+    auto r = parse_rate_iops(rate_iops);
+    if (!r) return bad("--rate_iops: " + r.error().message);
+    c.rate_iops_read = r->first;
+    c.rate_iops_write = r->second;
   }
   if (!size.empty()) {
     auto s = parse_size(size);

@@ -1,6 +1,9 @@
 #include "report.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <ctime>
 
 namespace keel::perf {
 
@@ -8,28 +11,91 @@ using nlohmann::json;
 
 namespace {
 
-json dir_json(const DirStats& d, double seconds) {
-  const Histogram& h = d.lat;
-  return {{"io_bytes", d.bytes},
-          {"total_ios", d.ios},
-          {"bw_bytes", seconds > 0 ? static_cast<double>(d.bytes) / seconds : 0.0},
-          {"iops", seconds > 0 ? static_cast<double>(d.ios) / seconds : 0.0},
-          {"runtime", static_cast<std::uint64_t>(seconds * 1000)},
-          {"lat_ns",
-           {{"min", h.min()},
-            {"max", h.max()},
-            {"mean", h.mean()},
-            {"N", h.count()},
-            {"percentile",
-             {{"50.000000", h.percentile(0.50)},
-              {"90.000000", h.percentile(0.90)},
-              {"99.000000", h.percentile(0.99)},
-              {"99.900000", h.percentile(0.999)}}}}}};
+// fio's default completion-latency percentiles, keyed as fio writes them.
+constexpr double kPercentiles[] = {1,  5,  10, 20, 30,   40,   50,    60,   70,
+                                   80, 90, 95, 99, 99.5, 99.9, 99.95, 99.99};
+
+json percentiles(const Histogram& h) {
+  json p = json::object();
+  for (double q : kPercentiles) {
+    char key[16];
+    std::snprintf(key, sizeof key, "%.6f", q);
+    p[key] = h.percentile(q / 100.0);
+  }
+  return p;
 }
 
+json lat_json(const Histogram& h, bool with_percentiles) {
+  json j = {{"min", h.min()},
+            {"max", h.max()},
+            {"mean", h.mean()},
+            {"stddev", h.stddev()},
+            {"N", h.count()}};
+  if (with_percentiles) j["percentile"] = percentiles(h);
+  return j;
+}
+
+// fio's read/write/trim object: bw in KiB/s, runtime in ms, latencies in ns.
+json dir_json(const DirStats& d, double seconds) {
+  const double bw_bytes = seconds > 0 ? static_cast<double>(d.bytes) / seconds : 0.0;
+  return {{"io_bytes", d.bytes},
+          {"io_kbytes", d.bytes >> 10},
+          {"bw_bytes", static_cast<std::uint64_t>(bw_bytes)},
+          {"bw", static_cast<std::uint64_t>(bw_bytes / 1024.0)},
+          {"iops", seconds > 0 ? static_cast<double>(d.ios) / seconds : 0.0},
+          {"runtime", d.ios > 0 ? static_cast<std::uint64_t>(seconds * 1000) : 0},
+          {"total_ios", d.ios},
+          {"short_ios", 0},
+          {"drop_ios", 0},
+          {"slat_ns", lat_json(d.slat, false)},
+          {"clat_ns", lat_json(d.clat, true)},
+          {"lat_ns", lat_json(d.lat, true)}};
+}
+
+std::string ms_string(std::chrono::milliseconds ms) { return std::to_string(ms.count()) + "ms"; }
+
+// fio's options as fio writes them: strings.
+json fio_options(const Config& c) {
+  json o = {{"rw", to_string(c.rw)},
+            {"bs", std::to_string(c.bs)},
+            {"iodepth", std::to_string(c.iodepth)},
+            {"numjobs", std::to_string(c.numjobs)},
+            {"size", std::to_string(c.size)}};
+  if (is_mixed(c.rw)) o["rwmixread"] = std::to_string(c.rwmixread);
+  if (c.runtime.count() > 0) {
+    o["runtime"] = ms_string(c.runtime);
+    o["time_based"] = "1";  // keel-perf runs the whole --runtime, as fio's time_based
+  }
+  if (c.ramp_time.count() > 0) o["ramp_time"] = ms_string(c.ramp_time);
+  if (c.rate_iops_read != 0 || c.rate_iops_write != 0) {
+    auto v = [](std::uint64_t n) { return n != 0 ? std::to_string(n) : std::string(); };
+    o["rate_iops"] = c.rate_iops_read == c.rate_iops_write
+                         ? v(c.rate_iops_read)
+                         : v(c.rate_iops_read) + "," + v(c.rate_iops_write);
+  }
+  if (c.verify) o["verify"] = "pattern";
+  return o;
+}
+
+// keel-perf's own options, as numbers (what keel's tools read).
+json keel_options(const Config& c) {
+  return {{"rw", to_string(c.rw)},
+          {"rwmixread", c.rwmixread},
+          {"bs", c.bs},
+          {"iodepth", c.iodepth},
+          {"numjobs", c.numjobs},
+          {"vfs", c.vfs},
+          {"runtime_ms", c.runtime.count()},
+          {"ramp_time_ms", c.ramp_time.count()},
+          {"rate_iops", {c.rate_iops_read, c.rate_iops_write}},
+          {"size", c.size},
+          {"verify", c.verify}};
+}
+
+// Completion latency of reads and writes together: the figure keel quotes.
 Histogram all_lat(const PathResult& r) {
-  Histogram h = r.read.lat;
-  h.merge(r.write.lat);
+  Histogram h = r.read.clat;
+  h.merge(r.write.clat);
   return h;
 }
 
@@ -48,56 +114,70 @@ std::string human(double v) {
 
 }  // namespace
 
-json to_json(const Point& p) {
+json to_json(const Point& p, const std::string& jobname_suffix, unsigned first_groupid) {
   json jobs = json::array();
   for (const PathResult& r : p.paths) {
     const Histogram lat = all_lat(r);
-    jobs.push_back({{"jobname", r.path},
-                    {"path", r.path},
-                    {"card", r.card},
-                    {"elapsed", r.seconds},
+    const double cpu_ns = r.seconds * 1e9 * std::max(1u, r.job_threads);
+    auto pct = [&](std::uint64_t ns) {
+      return cpu_ns > 0 ? 100.0 * static_cast<double>(ns) / cpu_ns : 0.0;
+    };
+    const std::string name = r.path + jobname_suffix;
+    json opts = fio_options(p.config);
+    opts["name"] = name;
+    json keel = {{"path", r.path},
+                 {"card", r.card},
+                 {"elapsed", r.seconds},
+                 {"ramp_seconds", r.ramp_seconds},
+                 {"ramp_ios", r.ramp_ios},
+                 {"iops", r.iops()},
+                 {"host_cpu_ns", r.host_cpu_ns},
+                 {"host_cpu_ns_per_io", r.cpu_ns_per_io()},
+                 {"lat_ns_all",
+                  {{"min", lat.min()},
+                   {"mean", lat.mean()},
+                   {"max", lat.max()},
+                   {"p50", lat.percentile(0.5)},
+                   {"p90", lat.percentile(0.9)},
+                   {"p99", lat.percentile(0.99)},
+                   {"p99.9", lat.percentile(0.999)}}},
+                 {"verify", {{"blocks", r.verified_blocks}, {"errors", r.verify_errors}}},
+                 {"path_switches", r.path_switches},
+                 {"vf_returns", r.vf_returns},
+                 {"vf_ios", r.vf_ios},
+                 {"fallback_ios", r.fallback_ios},
+                 {"peak_rss_mib", r.peak_rss_mib},
+                 {"rate_iops", {p.config.rate_iops_read, p.config.rate_iops_write}},
+                 {"job_threads", r.job_threads}};
+    if (r.rtl && r.card_commands > 0) {
+      keel["rtl_card"] = {{"commands", r.card_commands},
+                          {"cycles", r.card_cycles},
+                          {"clock_mhz", r.clock_mhz},
+                          {"busy_cycles", r.card_busy_cycles},
+                          {"cycles_per_cmd", r.cycles_per_cmd()},
+                          {"busy_cycles_per_cmd", r.busy_cycles_per_cmd()},
+                          {"projected_iops", r.projected_iops()},
+                          {"sim_cycles_per_s", static_cast<double>(r.card_cycles) / r.seconds}};
+    }
+    const auto runtime_ms = static_cast<std::uint64_t>(r.seconds * 1000);
+    jobs.push_back({{"jobname", name},
+                    {"groupid", first_groupid + jobs.size()},
+                    {"error", 0},
+                    {"eta", 0},
+                    {"elapsed", static_cast<std::uint64_t>(r.seconds + r.ramp_seconds + 0.5)},
+                    {"job options", opts},
                     {"read", dir_json(r.read, r.seconds)},
                     {"write", dir_json(r.write, r.seconds)},
-                    {"iops", r.iops()},
-                    {"host_cpu_ns", r.host_cpu_ns},
-                    {"host_cpu_ns_per_io", r.cpu_ns_per_io()},
-                    {"lat_ns_all",
-                     {{"min", lat.min()},
-                      {"mean", lat.mean()},
-                      {"max", lat.max()},
-                      {"p50", lat.percentile(0.5)},
-                      {"p90", lat.percentile(0.9)},
-                      {"p99", lat.percentile(0.99)},
-                      {"p99.9", lat.percentile(0.999)}}},
-                    {"verify", {{"blocks", r.verified_blocks}, {"errors", r.verify_errors}}},
-                    {"path_switches", r.path_switches},
-                    {"vf_returns", r.vf_returns},
-                    {"vf_ios", r.vf_ios},
-                    {"fallback_ios", r.fallback_ios},
-                    {"peak_rss_mib", r.peak_rss_mib}});
-    if (r.rtl && r.card_commands > 0) {
-      jobs.back()["rtl_card"] = {
-          {"commands", r.card_commands},
-          {"cycles", r.card_cycles},
-          {"clock_mhz", r.clock_mhz},
-          {"busy_cycles", r.card_busy_cycles},
-          {"cycles_per_cmd", r.cycles_per_cmd()},
-          {"busy_cycles_per_cmd", r.busy_cycles_per_cmd()},
-          {"projected_iops", r.projected_iops()},
-          {"sim_cycles_per_s", static_cast<double>(r.card_cycles) / r.seconds}};
-    }
+                    {"trim", dir_json(DirStats{}, 0)},
+                    {"job_runtime", runtime_ms},
+                    {"usr_cpu", pct(r.job_usr_ns)},
+                    {"sys_cpu", pct(r.job_sys_ns)},
+                    {"ctx", r.job_ctx},
+                    {"majf", r.job_majf},
+                    {"minf", r.job_minf},
+                    {"keel", keel}});
   }
-  json out = {{"jobs", jobs},
-              {"options",
-               {{"rw", to_string(p.config.rw)},
-                {"rwmixread", p.config.rwmixread},
-                {"bs", p.config.bs},
-                {"iodepth", p.config.iodepth},
-                {"numjobs", p.config.numjobs},
-                {"vfs", p.config.vfs},
-                {"runtime_ms", p.config.runtime.count()},
-                {"size", p.config.size},
-                {"verify", p.config.verify}}}};
+  json out = {{"jobs", jobs}, {"options", keel_options(p.config)}};
   if (p.paths.size() == 2) {
     const PathResult& vf = p.paths[0];
     const PathResult& fb = p.paths[1];
@@ -111,17 +191,41 @@ json to_json(const Point& p) {
 }
 
 json document(const std::vector<Point>& points, const std::string& sweep_param) {
-  json d = {{"fio version", "keel-perf-0.1"}, {"timestamp", std::time(nullptr)}};
-  if (points.size() == 1) {
+  const auto now = std::chrono::system_clock::now();
+  const std::time_t t = std::chrono::system_clock::to_time_t(now);
+  char when[64] = "";
+  std::tm tm{};
+  if (localtime_r(&t, &tm) != nullptr)
+    std::strftime(when, sizeof when, "%a %b %e %H:%M:%S %Y", &tm);
+  json d = {{"fio version", kFioVersion},
+            {"timestamp", static_cast<std::int64_t>(t)},
+            {"timestamp_ms",
+             std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count()},
+            {"time", when},
+            {"global options", points.empty() ? json::object() : fio_options(points[0].config)}};
+  if (points.size() == 1 && sweep_param.empty()) {
     json one = to_json(points[0]);
-    d["global options"] = one["options"];
     d["jobs"] = one["jobs"];
-    d["keel"] = {{"ratios", one.contains("ratios") ? one["ratios"] : json::object()}};
+    d["keel"] = {{"options", one["options"]},
+                 {"ratios", one.contains("ratios") ? one["ratios"] : json::object()}};
     return d;
   }
+  // A sweep: every point's paths are jobs too (jobname "vf iodepth=16"), and the points as
+  // keel's tools read them.
+  json all = json::array();
   json arr = json::array();
-  for (const Point& p : points) arr.push_back(to_json(p));
+  for (const Point& p : points) {
+    const std::uint64_t v = sweep_param == "iodepth" ? p.config.iodepth
+                            : sweep_param == "bs"    ? p.config.bs
+                                                     : p.config.vfs;
+    json one =
+        to_json(p, " " + sweep_param + "=" + std::to_string(v), static_cast<unsigned>(all.size()));
+    for (const auto& j : one["jobs"]) all.push_back(j);
+    arr.push_back(std::move(one));
+  }
+  d["jobs"] = all;
   d["sweep"] = {{"param", sweep_param}, {"points", arr}};
+  d["keel"] = {{"sweep_param", sweep_param}};
   return d;
 }
 
@@ -129,11 +233,17 @@ std::string text_report(const Point& p) {
   std::string out;
   char line[320];
   const Config& c = p.config;
-  std::snprintf(line, sizeof line, "%s bs=%u iodepth=%u numjobs=%u vfs=%u%s\n", to_string(c.rw),
-                c.bs, c.iodepth, c.numjobs, c.vfs, c.verify ? " verify" : "");
+  std::snprintf(line, sizeof line, "%s bs=%u iodepth=%u numjobs=%u vfs=%u%s", to_string(c.rw), c.bs,
+                c.iodepth, c.numjobs, c.vfs, c.verify ? " verify" : "");
   out += line;
+  if (is_mixed(c.rw)) out += " rwmixread=" + std::to_string(c.rwmixread);
+  if (c.ramp_time.count() > 0) out += " ramp_time=" + ms_string(c.ramp_time);
+  if (c.rate_iops_read != 0 || c.rate_iops_write != 0) {
+    out += " rate_iops=" + fio_options(c)["rate_iops"].get<std::string>() + " (per job)";
+  }
+  out += "\n";
   std::snprintf(line, sizeof line, "%-9s %10s %10s %9s %9s %9s %9s %10s %10s %12s\n", "path",
-                "IOPS", "MB/s", "lat min", "mean", "p50", "p99", "p99.9", "max", "cpu ns/IO");
+                "IOPS", "MB/s", "clat min", "mean", "p50", "p99", "p99.9", "max", "cpu ns/IO");
   out += line;
   for (const PathResult& r : p.paths) {
     const Histogram lat = all_lat(r);

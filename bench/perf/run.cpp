@@ -9,6 +9,7 @@
 #include <atomic>
 #include <bit>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <random>
@@ -20,7 +21,6 @@ namespace keel::perf {
 
 namespace vmm = keel::vmm;
 namespace blk = keel::virtio::blk;
-using Clock = std::chrono::steady_clock;
 
 // ---------------------------------------------------------------- histogram
 
@@ -35,6 +35,7 @@ void Histogram::add(std::uint64_t ns) noexcept {
   ++buckets_[std::min(i, buckets_.size() - 1)];
   ++count_;
   sum_ += ns;
+  sumsq_ += static_cast<long double>(ns) * static_cast<long double>(ns);
   min_ = std::min(min_, ns);
   max_ = std::max(max_, ns);
 }
@@ -43,8 +44,17 @@ void Histogram::merge(const Histogram& o) noexcept {
   for (std::size_t i = 0; i < buckets_.size(); ++i) buckets_[i] += o.buckets_[i];
   count_ += o.count_;
   sum_ += o.sum_;
+  sumsq_ += o.sumsq_;
   min_ = std::min(min_, o.min_);
   max_ = std::max(max_, o.max_);
+}
+
+double Histogram::stddev() const noexcept {
+  if (count_ == 0) return 0;
+  const long double n = static_cast<long double>(count_);
+  const long double m = static_cast<long double>(sum_) / n;
+  const long double var = sumsq_ / n - m * m;
+  return var > 0 ? static_cast<double>(std::sqrt(var)) : 0.0;
 }
 
 std::uint64_t Histogram::percentile(double p) const noexcept {
@@ -60,6 +70,86 @@ std::uint64_t Histogram::percentile(double p) const noexcept {
     return std::clamp(hi, min_, max_);
   }
   return max_;
+}
+
+void DirStats::merge(const DirStats& o) noexcept {
+  ios += o.ios;
+  bytes += o.bytes;
+  slat.merge(o.slat);
+  clat.merge(o.clat);
+  lat.merge(o.lat);
+}
+
+// ---------------------------------------------------------------- workload
+
+IoPattern::IoPattern(Rw rw, unsigned rwmixread, std::uint64_t blocks, std::uint64_t seed)
+    : rw_(rw), rwmixread_(rwmixread), blocks_(std::max<std::uint64_t>(1, blocks)), rng_(seed) {}
+
+IoPattern::Io IoPattern::next() {
+  Io io;
+  switch (rw_) {
+    case Rw::read:
+    case Rw::randread: io.write = false; break;
+    case Rw::write:
+    case Rw::randwrite: io.write = true; break;
+    case Rw::rw:
+    case Rw::randrw: io.write = rng_() % 100 >= rwmixread_; break;
+  }
+  if (is_random(rw_)) {
+    io.block = rng_() % blocks_;
+  } else {
+    std::uint64_t& c = cursor_[io.write ? 1 : 0];
+    io.block = c;
+    c = c + 1 == blocks_ ? 0 : c + 1;
+  }
+  return io;
+}
+
+std::uint64_t IoPattern::redraw() { return rng_() % blocks_; }
+
+RatePacer::RatePacer(std::uint64_t iops, Clock::time_point start, unsigned burst)
+    : iops_(iops), origin_(start), burst_(std::max(1u, burst)) {}
+
+Clock::time_point RatePacer::at(std::uint64_t n) const noexcept {
+  const double ns = static_cast<double>(n) * 1e9 / static_cast<double>(iops_);
+  return origin_ + std::chrono::duration_cast<Clock::duration>(
+                       std::chrono::nanoseconds(static_cast<std::chrono::nanoseconds::rep>(ns)));
+}
+
+Clock::time_point RatePacer::due() const noexcept {
+  return capped() ? at(n_) : Clock::time_point::min();
+}
+
+void RatePacer::take(Clock::time_point now) noexcept {
+  if (!capped()) return;
+  // Behind by more than `burst` IOs: move the schedule so that `burst` go now, this one first.
+  const Clock::time_point last_of_burst = at(n_ + burst_ - 1);
+  if (last_of_burst < now) origin_ += now - last_of_burst;
+  ++n_;
+}
+
+PaceWait pace_wait(Clock::duration gap, unsigned inflight) noexcept {
+  if (gap <= Clock::duration::zero()) return PaceWait::none;
+  if (inflight == 0) return PaceWait::sleep;
+  return gap >= std::chrono::milliseconds(1) ? PaceWait::interrupt : PaceWait::poll;
+}
+
+void Recorder::complete(bool is_write, std::uint32_t bytes, Clock::time_point taken,
+                        Clock::time_point submitted, Clock::time_point done) noexcept {
+  if (!counts(taken)) {
+    ++ramp_ios;
+    return;
+  }
+  auto ns = [](Clock::duration d) {
+    return static_cast<std::uint64_t>(
+        std::max<std::int64_t>(0, std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()));
+  };
+  DirStats& d = is_write ? write : read;
+  ++d.ios;
+  d.bytes += bytes;
+  d.slat.add(ns(submitted - taken));
+  d.clat.add(ns(done - submitted));
+  d.lat.add(ns(done - taken));
 }
 
 // ---------------------------------------------------------------- stack
@@ -166,12 +256,15 @@ struct Job {
   std::unique_ptr<vmm::HostStorageService> host;
   std::unique_ptr<vmm::Paravisor> pv;
   std::unique_ptr<vmm::GuestDriver> drv;
-  DirStats read, write;
+  Recorder rec{Clock::time_point{}};
   std::atomic<std::uint64_t> done{0};
   std::uint64_t verify_errors = 0, verified = 0;
   std::vector<std::uint32_t> version;  // per block: last version written (--verify)
   std::uint64_t buf = 0;               // guest buffers
   std::string error;
+  struct {
+    std::uint64_t usr_ns = 0, sys_ns = 0, ctx = 0, majf = 0, minf = 0;
+  } usage;
 };
 
 // Every 512-byte sector: 16 bytes of header (sector, version, job), then bytes derived from them.
@@ -200,8 +293,26 @@ bool check_block(const std::byte* p, std::uint32_t bytes, std::uint64_t sector,
   return true;
 }
 
-void run_job(Job& j, const Config& c, unsigned index, Clock::time_point deadline,
-             std::uint64_t amount) {
+struct ThreadUsage {
+  std::uint64_t usr_ns = 0, sys_ns = 0, ctx = 0, majf = 0, minf = 0;
+};
+
+ThreadUsage thread_usage() {
+  rusage ru{};
+  getrusage(RUSAGE_THREAD, &ru);
+  auto ns = [](const timeval& t) {
+    return static_cast<std::uint64_t>(t.tv_sec) * 1'000'000'000u +
+           static_cast<std::uint64_t>(t.tv_usec) * 1000u;
+  };
+  return {ns(ru.ru_utime), ns(ru.ru_stime),
+          static_cast<std::uint64_t>(ru.ru_nvcsw) + static_cast<std::uint64_t>(ru.ru_nivcsw),
+          static_cast<std::uint64_t>(ru.ru_majflt), static_cast<std::uint64_t>(ru.ru_minflt)};
+}
+
+// One job: `measure_from` is the end of --ramp_time (the start without it), `deadline` the end of
+// a timed run; without --runtime the job does `amount` bytes after the ramp.
+void run_job(Job& j, const Config& c, unsigned index, Clock::time_point start,
+             Clock::time_point measure_from, Clock::time_point deadline, std::uint64_t amount) {
   vmm::GuestDriver& g = *j.drv;
   const std::uint32_t bs = c.bs;
   const std::uint64_t blocks = c.size / bs;
@@ -211,48 +322,64 @@ void run_job(Job& j, const Config& c, unsigned index, Clock::time_point deadline
   struct Slot {
     std::uint64_t block = 0;
     bool write = false;
-    Clock::time_point start;
-    bool used = false;
+    Clock::time_point taken, submitted;
   };
   std::vector<Slot> slots(c.iodepth);
   std::vector<unsigned> free_slots;
   for (unsigned s = c.iodepth; s-- > 0;) free_slots.push_back(s);
   std::vector<int> slot_of(65536, -1);
-  std::mt19937_64 rng(c.seed * 7919 + index);
-  std::uint64_t next_seq = 0, issued_bytes = 0;
+  IoPattern pattern(c.rw, c.rwmixread, blocks, c.seed * 7919 + index);
+  std::optional<IoPattern::Io> pending;  // taken from the pattern, not yet submitted
+  RatePacer pace[2] = {
+      c.rate_iops_read ? RatePacer(c.rate_iops_read, start, c.iodepth) : RatePacer(),
+      c.rate_iops_write ? RatePacer(c.rate_iops_write, start, c.iodepth) : RatePacer()};
+  Recorder& rec = j.rec;
+  const bool timed = c.runtime.count() > 0;
+  bool measuring = false;
+  ThreadUsage u0;
+  std::uint64_t issued_bytes = 0;  // measured IOs only
   unsigned inflight = 0;
-  const bool random = c.rw == Rw::randread || c.rw == Rw::randwrite || c.rw == Rw::randrw;
-  auto pick_write = [&] {
-    switch (c.rw) {
-      case Rw::read:
-      case Rw::randread: return false;
-      case Rw::write:
-      case Rw::randwrite: return true;
-      case Rw::randrw: return rng() % 100 >= c.rwmixread;
-    }
-    return false;
-  };
   vmm::GuestCompletion done[256];
   for (;;) {
-    const bool time_up = c.runtime.count() > 0 ? Clock::now() >= deadline : issued_bytes >= amount;
-    while (!time_up && !free_slots.empty() && (c.runtime.count() > 0 || issued_bytes < amount)) {
-      std::uint64_t block = 0;
-      bool found = false;
-      for (int tries = 0; tries < 8 && !found; ++tries) {
-        block = random ? rng() % blocks : next_seq++ % blocks;
-        found = !busy[block];
+    auto now = Clock::now();
+    if (!measuring && now >= measure_from) {
+      measuring = true;
+      u0 = thread_usage();
+    }
+    const bool time_up = timed ? now >= deadline : issued_bytes >= amount;
+    Clock::time_point paced_until = Clock::time_point::min();
+    while (!time_up && !free_slots.empty() && (timed || issued_bytes < amount)) {
+      if (!pending) pending = pattern.next();
+      // An IO on this block is in flight. Random: another block. Sequential: in order; with
+      // --verify after it (a read racing a write of its block reads either), without it at once
+      // (fio's default: rw's reads follow its writes through the same blocks).
+      if (busy[pending->block] && (c.verify || is_random(c.rw))) {
+        if (!is_random(c.rw)) break;
+        for (int tries = 0; tries < 8 && busy[pending->block]; ++tries) {
+          pending->block = pattern.redraw();
+        }
+        if (busy[pending->block]) break;
       }
-      if (!found) break;
+      RatePacer& p = pace[pending->write ? 1 : 0];
+      if (p.capped()) {
+        now = Clock::now();
+        if (now < p.due()) {
+          paced_until = p.due();
+          break;
+        }
+        p.take(now);
+      }
       const unsigned s = free_slots.back();
       free_slots.pop_back();
       Slot& sl = slots[s];
-      sl.block = block;
-      sl.write = pick_write();
-      sl.used = true;
-      const std::uint64_t sector = block * (bs / 512);
+      sl.block = pending->block;
+      sl.write = pending->write;
+      pending.reset();
+      sl.taken = Clock::now();
+      const std::uint64_t sector = sl.block * (bs / 512);
       std::byte* mem = g.host(buf + std::uint64_t{s} * bs, bs);
       if (sl.write) {
-        const std::uint32_t v = c.verify ? ++version[block] : 1;
+        const std::uint32_t v = c.verify ? ++version[sl.block] : 1;
         fill_block(mem, bs, sector, v, index);
       }
       const vmm::DataSeg seg{buf + std::uint64_t{s} * bs, bs};
@@ -262,15 +389,15 @@ void run_job(Job& j, const Config& c, unsigned index, Clock::time_point deadline
         return;
       }
       slot_of[*id] = static_cast<int>(s);
-      busy[block] = true;
-      sl.start = Clock::now();
+      sl.submitted = Clock::now();  // published: the device may take it from here
+      busy[sl.block] = true;
       ++inflight;
-      issued_bytes += bs;
+      if (rec.counts(sl.taken)) issued_bytes += bs;
     }
     g.kick(0);
     if (inflight == 0 && time_up) break;
     const unsigned n = g.reap(0, done);
-    const auto now = Clock::now();
+    now = Clock::now();
     for (unsigned i = 0; i < n; ++i) {
       const int s = slot_of[done[i].id];
       if (s < 0) {
@@ -282,12 +409,7 @@ void run_job(Job& j, const Config& c, unsigned index, Clock::time_point deadline
         j.error = "request failed with virtio-blk status " + std::to_string(done[i].status);
         return;
       }
-      const auto ns = static_cast<std::uint64_t>(
-          std::chrono::duration_cast<std::chrono::nanoseconds>(now - sl.start).count());
-      DirStats& d = sl.write ? j.write : j.read;
-      ++d.ios;
-      d.bytes += bs;
-      d.lat.add(ns);
+      rec.complete(sl.write, bs, sl.taken, sl.submitted, now);
       if (c.verify && !sl.write && version[sl.block] != 0) {
         ++j.verified;
         if (!check_block(g.host(buf + std::uint64_t(s) * bs, bs), bs, sl.block * (bs / 512),
@@ -300,11 +422,34 @@ void run_job(Job& j, const Config& c, unsigned index, Clock::time_point deadline
       --inflight;
       j.done.fetch_add(1, std::memory_order_relaxed);
     }
-    if (n == 0) g.wait(0, 5);  // halt until the device's interrupt, as a vCPU does
+    if (n > 0) continue;
+    // Nothing reaped. Paced (--rate_iops): wait for the next IO's time, blocking in the kernel
+    // when it is a millisecond or more away; else halt until the device's interrupt, as a
+    // vCPU does.
+    if (paced_until != Clock::time_point::min() && !free_slots.empty()) {
+      if (!measuring && paced_until > measure_from) paced_until = measure_from;
+      if (timed && paced_until > deadline) paced_until = deadline;
+      const auto gap = paced_until - now;
+      switch (pace_wait(gap, inflight)) {
+        case PaceWait::none:
+        case PaceWait::poll: break;
+        case PaceWait::sleep: std::this_thread::sleep_until(paced_until); break;
+        case PaceWait::interrupt:
+          g.wait(0, static_cast<int>(std::min<std::int64_t>(
+                        5, std::chrono::duration_cast<std::chrono::milliseconds>(gap).count())));
+          break;
+      }
+      continue;
+    }
+    if (inflight > 0 || !time_up) g.wait(0, 5);
   }
+  if (!measuring) u0 = thread_usage();  // ended within the ramp: nothing measured
+  const ThreadUsage u1 = thread_usage();
+  j.usage = {u1.usr_ns - u0.usr_ns, u1.sys_ns - u0.sys_ns, u1.ctx - u0.ctx, u1.majf - u0.majf,
+             u1.minf - u0.minf};
 }
 
-bool reads(Rw rw) { return rw == Rw::read || rw == Rw::randread || rw == Rw::randrw; }
+bool reads(Rw rw) { return rw != Rw::write && rw != Rw::randwrite; }
 
 // --verify, before the timed phase: a job that reads first writes its whole region with a known
 // pattern (version 1 of every block), so every read of the timed phase is checked against it.
@@ -462,13 +607,6 @@ Result<PathResult> Stack::run(const Config& c, bool vf_path, const Progress& pro
     return n;
   };
   const std::uint64_t amount = c.size;
-  const std::uint64_t cpu0 = cpu_now();
-  std::uint64_t switches0 = 0, returns0 = 0;
-  for (const auto& j : jobs) {
-    const vmm::ParavisorCounters k = j->pv->counters();
-    switches0 += k.to_fallback;
-    returns0 += k.to_vf;
-  }
   // A card of one function (a VF through VFIO) has no PF here: no card counters.
   sriov::PfManager* pm = stack_->card().owns_pf() ? &stack_->pf() : nullptr;
   r.rtl = spec_ == "sim";
@@ -479,16 +617,37 @@ Result<PathResult> Stack::run(const Config& c, bool vf_path, const Progress& pro
     for (const auto& v : pm->vfs()) n += v.counters.busy_cycles;
     return n;
   };
-  const sriov::CardCounters k0 = pm != nullptr ? pm->counters() : sriov::CardCounters{};
-  const std::uint64_t busy0 = busy_now();
+  // Everything keel counts is read when the ramp ends (at the start without --ramp_time).
+  std::uint64_t cpu0 = 0, switches0 = 0, returns0 = 0, busy0 = 0;
+  sriov::CardCounters k0{};
+  auto sample = [&] {
+    cpu0 = cpu_now();
+    switches0 = returns0 = 0;
+    for (const auto& j : jobs) {
+      const vmm::ParavisorCounters k = j->pv->counters();
+      switches0 += k.to_fallback;
+      returns0 += k.to_vf;
+    }
+    k0 = pm != nullptr ? pm->counters() : sriov::CardCounters{};
+    busy0 = busy_now();
+  };
   const auto t0 = Clock::now();
-  const auto deadline = t0 + c.runtime;
+  const auto measure_from = t0 + c.ramp_time;
+  const auto deadline = measure_from + c.runtime;
+  r.ramp_seconds = std::chrono::duration<double>(c.ramp_time).count();
+  for (auto& j : jobs) j->rec = Recorder(measure_from);
+  if (c.ramp_time.count() == 0) sample();
   std::vector<std::thread> threads;
   for (unsigned i = 0; i < jobs.size(); ++i) {
-    threads.emplace_back([&, i] { run_job(*jobs[i], c, i, deadline, amount); });
+    threads.emplace_back([&, i] { run_job(*jobs[i], c, i, t0, measure_from, deadline, amount); });
+  }
+  if (c.ramp_time.count() > 0) {
+    std::this_thread::sleep_until(measure_from);
+    sample();
   }
   // Progress from this thread while the jobs run.
   const double expect_ios = static_cast<double>(amount / c.bs) * jobs.size();
+  const double total_ms = static_cast<double>((c.ramp_time + c.runtime).count());
   std::atomic<bool> finished{false};
   std::thread watcher([&] {
     while (!finished.load()) {
@@ -496,16 +655,16 @@ Result<PathResult> Stack::run(const Config& c, bool vf_path, const Progress& pro
       std::uint64_t n = 0;
       for (const auto& j : jobs) n += j->done.load(std::memory_order_relaxed);
       const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-      const double frac = c.runtime.count() > 0
-                              ? secs * 1000.0 / static_cast<double>(c.runtime.count())
-                              : static_cast<double>(n) / expect_ios;
+      const double frac =
+          c.runtime.count() > 0 ? secs * 1000.0 / total_ms : static_cast<double>(n) / expect_ios;
       if (progress && !finished.load()) progress(r.path, std::min(frac, 1.0), n, secs);
     }
   });
   for (auto& t : threads) t.join();
+  const auto t1 = Clock::now();  // before the watcher's join, which can take its 250 ms tick
   finished.store(true);
   watcher.join();
-  r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  r.seconds = t1 > measure_from ? std::chrono::duration<double>(t1 - measure_from).count() : 0;
   r.host_cpu_ns = cpu_now() - cpu0;
   const sriov::CardCounters k1 = pm != nullptr ? pm->counters() : sriov::CardCounters{};
   r.card_commands = k1.commands - k0.commands;
@@ -519,12 +678,15 @@ Result<PathResult> Stack::run(const Config& c, bool vf_path, const Progress& pro
   for (auto& j : jobs) {
     if (!j->error.empty())
       return make_error(Errc::io_error, "job on path " + r.path + ": " + j->error);
-    r.read.ios += j->read.ios;
-    r.read.bytes += j->read.bytes;
-    r.read.lat.merge(j->read.lat);
-    r.write.ios += j->write.ios;
-    r.write.bytes += j->write.bytes;
-    r.write.lat.merge(j->write.lat);
+    r.read.merge(j->rec.read);
+    r.write.merge(j->rec.write);
+    r.ramp_ios += j->rec.ramp_ios;
+    r.job_usr_ns += j->usage.usr_ns;
+    r.job_sys_ns += j->usage.sys_ns;
+    r.job_ctx += j->usage.ctx;
+    r.job_majf += j->usage.majf;
+    r.job_minf += j->usage.minf;
+    ++r.job_threads;
     r.verify_errors += j->verify_errors;
     r.verified_blocks += j->verified;
     const vmm::ParavisorCounters k = j->pv->counters();

@@ -42,10 +42,11 @@ def qd_sweep(doc, out):
     for point in sweep["points"]:
         qd = point["options"]["iodepth"]
         for job in point["jobs"]:
-            s = series.setdefault(job["path"], {"qd": [], "iops": [], "cpu": []})
+            k = job.get("keel", job)  # keel's figures: in "keel" since fio's layout
+            s = series.setdefault(k["path"], {"qd": [], "iops": [], "cpu": []})
             s["qd"].append(qd)
-            s["iops"].append(job["iops"])
-            s["cpu"].append(job["host_cpu_ns_per_io"])
+            s["iops"].append(k["iops"])
+            s["cpu"].append(k["host_cpu_ns_per_io"])
     for key, ylabel, name in (("iops", "IOPS", "iops_vs_qd.png"),
                               ("cpu", "host CPU ns per IO", "cpu_vs_qd.png")):
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -71,10 +72,11 @@ def latency(doc, out):
     fig, ax = plt.subplots(figsize=(6, 4))
     width = 0.8 / len(jobs)
     for i, job in enumerate(jobs):
-        lat = job["lat_ns_all"]
+        k = job.get("keel", job)  # keel's figures: in "keel" since fio's layout
+        lat = k["lat_ns_all"]
         ys = [lat[k] / 1000.0 for k in labels]
         xs = [x + i * width for x in range(len(labels))]
-        ax.bar(xs, ys, width=width, label=f"path={job['path']}")
+        ax.bar(xs, ys, width=width, label=f"path={k['path']}")
     ax.set_xticks([x + width * (len(jobs) - 1) / 2 for x in range(len(labels))], labels)
     ax.set_yscale("log")
     ax.set_ylabel("latency (us)")
