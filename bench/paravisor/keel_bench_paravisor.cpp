@@ -10,6 +10,9 @@
 //                  thread is silicon and the guest driver thread is the guest: neither counts.
 //   p50_us/p99_us  request latency seen by the guest
 //   peak_rss_mib   peak resident memory of the process
+//   card_wait_pct  of the time the model card's thread (the silicon) wanted a CPU, the share
+//                  it waited for one (schedstat): over 10 means the host was too loaded for
+//                  the vf figures to measure the path
 //
 // BM_KeepaliveUpgrade/queues:N (issue 14): the paravisor handed over to a new one in the same
 // process, the VF kept running (NVMe keepalive), under 4 KiB reads at QD 32 on each of N
@@ -37,6 +40,7 @@
 #include "keel/drivers/nvme/saved_state.h"
 #include "keel/fpga/dma_arena.h"
 #include "keel/stack/stack.h"
+#include "keel/thread_cpu.h"
 #include "keel/vmm/guest_driver.h"
 
 namespace {
@@ -133,6 +137,8 @@ void BM_Guest4k(benchmark::State& state, bool vf_path, bool write) {
   std::uint64_t ios = 0;
   const std::uint64_t cpu0 =
       rig.pv->worker_cpu_ns() + rig.host->thread_cpu_ns() + rig.host->io_worker_cpu_ns();
+  const int card_tid = rig.stack->card().thread_id();
+  const keel::SchedStat card0 = keel::thread_schedstat(card_tid);
   const auto t0 = std::chrono::steady_clock::now();
   for (auto _ : state) {
     const unsigned n = g.reap(0, done);
@@ -153,6 +159,9 @@ void BM_Guest4k(benchmark::State& state, bool vf_path, bool write) {
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const std::uint64_t cpu =
       rig.pv->worker_cpu_ns() + rig.host->thread_cpu_ns() + rig.host->io_worker_cpu_ns() - cpu0;
+  const keel::SchedStat card1 = keel::thread_schedstat(card_tid);
+  const double card_want =
+      static_cast<double>((card1.run_ns - card0.run_ns) + (card1.wait_ns - card0.wait_ns));
   std::sort(lat_us.begin(), lat_us.end());
   auto pct = [&](double p) {
     return lat_us.empty() ? 0.0 : lat_us[static_cast<std::size_t>(p * (lat_us.size() - 1))];
@@ -170,6 +179,10 @@ void BM_Guest4k(benchmark::State& state, bool vf_path, bool write) {
       static_cast<double>(c.notifications) /
       static_cast<double>(std::max<std::uint64_t>(c.requests, 1));
   state.counters["peak_rss_mib"] = static_cast<double>(ru.ru_maxrss) / 1024.0;
+  if (vf_path && card_want > 0) {
+    state.counters["card_wait_pct"] =
+        100.0 * static_cast<double>(card1.wait_ns - card0.wait_ns) / card_want;
+  }
 }
 
 double median(std::vector<double> v) {

@@ -149,6 +149,12 @@ json to_json(const Point& p, const std::string& jobname_suffix, unsigned first_g
                  {"peak_rss_mib", r.peak_rss_mib},
                  {"rate_iops", {p.config.rate_iops_read, p.config.rate_iops_write}},
                  {"job_threads", r.job_threads}};
+    if (r.card_thread) {
+      keel["card_thread"] = {{"run_ns", r.card_run_ns},
+                             {"wait_ns", r.card_wait_ns},
+                             {"wait_share", r.card_wait_share()},
+                             {"starved", r.card_starved()}};
+    }
     if (r.rtl && r.card_commands > 0) {
       keel["rtl_card"] = {{"commands", r.card_commands},
                           {"cycles", r.card_cycles},
@@ -265,6 +271,17 @@ std::string text_report(const Point& p) {
                     "above measure the simulator)\n",
                     r.busy_cycles_per_cmd(), human(r.projected_iops()).c_str(), r.clock_mhz,
                     r.cycles_per_cmd(), static_cast<double>(r.card_cycles) / r.seconds / 1e6);
+      out += line;
+    }
+    if (r.card_thread) {
+      std::snprintf(line, sizeof line,
+                    "          card thread: ran %.1f ms, waited %.1f ms for a CPU (%.0f%% of the "
+                    "time it wanted one)%s\n",
+                    static_cast<double>(r.card_run_ns) / 1e6,
+                    static_cast<double>(r.card_wait_ns) / 1e6, 100.0 * r.card_wait_share(),
+                    r.card_starved() ? ": WARNING, the simulated card was starved (the host is "
+                                       "loaded): this path's figures measure the scheduler"
+                                     : "");
       out += line;
     }
     if (c.verify) {

@@ -15,6 +15,7 @@
 #include <random>
 #include <thread>
 
+#include "keel/thread_cpu.h"
 #include "keel/vmm/guest_driver.h"
 
 namespace keel::perf {
@@ -620,8 +621,11 @@ Result<PathResult> Stack::run(const Config& c, bool vf_path, const Progress& pro
   // Everything keel counts is read when the ramp ends (at the start without --ramp_time).
   std::uint64_t cpu0 = 0, switches0 = 0, returns0 = 0, busy0 = 0;
   sriov::CardCounters k0{};
+  const int card_tid = stack_->card().thread_id();
+  SchedStat card0{};
   auto sample = [&] {
     cpu0 = cpu_now();
+    if (card_tid >= 0) card0 = thread_schedstat(card_tid);
     switches0 = returns0 = 0;
     for (const auto& j : jobs) {
       const vmm::ParavisorCounters k = j->pv->counters();
@@ -666,6 +670,12 @@ Result<PathResult> Stack::run(const Config& c, bool vf_path, const Progress& pro
   watcher.join();
   r.seconds = t1 > measure_from ? std::chrono::duration<double>(t1 - measure_from).count() : 0;
   r.host_cpu_ns = cpu_now() - cpu0;
+  if (card_tid >= 0) {
+    const SchedStat card1 = thread_schedstat(card_tid);
+    r.card_thread = card1.run_ns > 0 && card1.run_ns + card1.wait_ns > card0.run_ns + card0.wait_ns;
+    r.card_run_ns = card1.run_ns - card0.run_ns;
+    r.card_wait_ns = card1.wait_ns - card0.wait_ns;
+  }
   const sriov::CardCounters k1 = pm != nullptr ? pm->counters() : sriov::CardCounters{};
   r.card_commands = k1.commands - k0.commands;
   r.card_cycles = k1.cycles - k0.cycles;

@@ -143,6 +143,19 @@ struct PathResult {
   std::uint64_t card_cycles = 0;
   std::uint64_t card_busy_cycles = 0;  ///< Data-mover cycles of the commands (VF counters).
   unsigned clock_mhz = 0;
+  /// The simulated card's thread (its silicon) over the timed phase, from its schedstat: CPU
+  /// it ran and time it was runnable but waited for a CPU. `card_thread` false: no such thread
+  /// here (lockstep, a board, a card in another process).
+  bool card_thread = false;
+  std::uint64_t card_run_ns = 0, card_wait_ns = 0;
+  /// Share of the time the card's thread wanted a CPU that it spent waiting for one.
+  double card_wait_share() const {
+    const std::uint64_t want = card_run_ns + card_wait_ns;
+    return want > 0 ? static_cast<double>(card_wait_ns) / static_cast<double>(want) : 0;
+  }
+  /// Starved: it waited for a CPU more than a tenth of the time it wanted one (the host is
+  /// loaded; the VF path's figures then measure the host's scheduler, not the path).
+  bool card_starved() const { return card_thread && card_wait_share() > 0.10; }
 
   std::uint64_t ios() const { return read.ios + write.ios; }
   double iops() const { return seconds > 0 ? static_cast<double>(ios()) / seconds : 0; }

@@ -1,5 +1,10 @@
 #include "keel/thread_cpu.h"
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstdio>
+
 namespace keel {
 
 std::uint64_t clock_ns(clockid_t clock) noexcept {
@@ -41,5 +46,21 @@ std::uint64_t ThreadCpuMeter::ns() const noexcept {
   // Read as 0 once the thread has gone (between its last instruction and finish() landing).
   return ns != 0 ? ns : final_ns_.load();
 }
+
+SchedStat thread_schedstat(int tid) noexcept {
+  SchedStat s;
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/self/task/%d/schedstat", tid);
+  std::FILE* f = std::fopen(path, "re");
+  if (f == nullptr) return s;
+  unsigned long long run = 0, wait = 0, slices = 0;
+  if (std::fscanf(f, "%llu %llu %llu", &run, &wait, &slices) == 3) {
+    s = SchedStat{run, wait, slices};
+  }
+  std::fclose(f);
+  return s;
+}
+
+int this_thread_tid() noexcept { return static_cast<int>(::syscall(SYS_gettid)); }
 
 }  // namespace keel

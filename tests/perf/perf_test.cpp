@@ -494,9 +494,20 @@ TEST(PerfRun, VerifiedRunOnBothPathsAndItsJson) {
     EXPECT_EQ(r->verify_errors, 0u);
     EXPECT_GT(r->host_cpu_ns, 0u);
     EXPECT_EQ(r->path_switches, 0u);
+    if (vf) {
+      // The free-running model card's thread did the VF path's work: its schedstat is read.
+      EXPECT_TRUE(r->card_thread);
+      EXPECT_GT(r->card_run_ns, 0u);
+      EXPECT_GE(r->card_wait_share(), 0.0);
+      EXPECT_LE(r->card_wait_share(), 1.0);
+    }
     p.paths.push_back(std::move(r).value());
   }
   const auto doc = document({p}, "");
+  ASSERT_TRUE(doc["jobs"][0]["keel"].contains("card_thread"));
+  for (const char* k : {"run_ns", "wait_ns", "wait_share", "starved"}) {
+    EXPECT_TRUE(doc["jobs"][0]["keel"]["card_thread"].contains(k)) << k;
+  }
   EXPECT_EQ(doc["fio version"], "keel-perf-0.1");
   ASSERT_EQ(doc["jobs"].size(), 2u);
   for (const auto& job : doc["jobs"]) {

@@ -110,6 +110,20 @@ TEST(ProcessMemory, OwnResidentBytesLeaveOutExcludedFiles) {
   EXPECT_FALSE(file_id(std::string("/nonexistent/keel")).ok());
 }
 
+// The scheduler's account of a thread: one that burnt CPU has run time; a thread id that is
+// not this process's reads as zeros.
+TEST(SchedStat, ThreadsRunTimeAndNothingForAStranger) {
+  volatile std::uint64_t x = 0;
+  const std::uint64_t cpu0 = this_thread_cpu_ns();
+  while (this_thread_cpu_ns() - cpu0 < 5'000'000) x = x + 1;
+  const SchedStat s = thread_schedstat(this_thread_tid());
+  EXPECT_GT(s.run_ns, 0u);
+  EXPECT_GT(s.timeslices, 0u);
+  const SchedStat none = thread_schedstat(-1);
+  EXPECT_EQ(none.run_ns, 0u);
+  EXPECT_EQ(none.wait_ns, 0u);
+}
+
 TEST(Clock, ManualClockMovesOnlyWhenAdvanced) {
   ManualClock c(100);
   EXPECT_EQ(c.now_ns(), 100u);

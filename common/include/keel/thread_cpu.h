@@ -22,6 +22,19 @@ std::uint64_t thread_cpu_ns(pthread_t t) noexcept;
 /// it), for threads keel did not create, such as the kernel's io_uring workers.
 clockid_t thread_cpu_clock_of_tid(int tid) noexcept;
 
+/// What the scheduler did for kernel thread `tid` of this process
+/// (/proc/self/task/<tid>/schedstat): time on a CPU, time runnable but waiting for one (the
+/// run queue), and timeslices. Zeros when it cannot be read (the thread has exited, or the
+/// kernel has no schedstats).
+struct SchedStat {
+  std::uint64_t run_ns = 0;
+  std::uint64_t wait_ns = 0;
+  std::uint64_t timeslices = 0;
+};
+SchedStat thread_schedstat(int tid) noexcept;
+/// The calling thread's kernel thread id.
+int this_thread_tid() noexcept;
+
 /// The CPU time of one worker thread, readable from any thread while it runs and after it
 /// ends. The worker calls start() first and finish() last.
 class ThreadCpuMeter {

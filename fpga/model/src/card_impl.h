@@ -72,6 +72,7 @@ struct ModelCard::Impl {
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
   std::atomic<bool> running{false};
   std::thread thread;
+  std::atomic<int> tid{-1};  ///< The free-running thread's kernel thread id.
 
   std::uint64_t now_ns() const noexcept;
   /// One arbitration round over the present VFs. Caller holds mu.

@@ -7,6 +7,7 @@
 #include <keel/regs/keel_regs.h>
 
 #include "card_impl.h"
+#include "keel/thread_cpu.h"
 
 namespace keel::fpga::model {
 
@@ -104,6 +105,8 @@ Status ModelCard::set_num_vfs(unsigned n) {
 
 bool ModelCard::lockstep() const noexcept { return impl_->config.card.lockstep; }
 
+int ModelCard::thread_id() const noexcept { return impl_->tid.load(std::memory_order_acquire); }
+
 unsigned ModelCard::step(unsigned n) {
   if (!lockstep()) return 0;
   unsigned done = 0;
@@ -155,6 +158,7 @@ bool ModelCard::Impl::any_busy() noexcept {
 
 void ModelCard::Impl::run() {
   pthread_setname_np(pthread_self(), "keel-card");
+  tid.store(this_thread_tid(), std::memory_order_release);
   // Like silicon that clock-gates when idle: poll for a short while after the last piece of
   // work, then sleep until the host writes a register or doorbell. Sleeping early matters on a
   // shared host: a thread that spins gets scheduled late when work does arrive.

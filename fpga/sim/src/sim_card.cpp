@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <string>
 
+#include "keel/thread_cpu.h"
 #include "sim_impl.h"
 
 namespace keel::fpga::sim {
@@ -138,6 +139,8 @@ Status SimCard::set_num_vfs(unsigned n) {
 }
 
 bool SimCard::lockstep() const noexcept { return impl_->lockstep(); }
+
+int SimCard::thread_id() const noexcept { return impl_->tid.load(std::memory_order_acquire); }
 
 unsigned SimCard::step(unsigned n) {
   if (!lockstep()) return 0;
@@ -306,6 +309,7 @@ Status SimCard::Impl::do_flr(unsigned fn, const DbgOp* via_dbg) {
 }
 
 void SimCard::Impl::run_thread() {
+  tid.store(this_thread_tid(), std::memory_order_release);
   std::uint64_t* read_result = nullptr;
   bool* read_done = nullptr;
   std::unique_lock lock(mu);

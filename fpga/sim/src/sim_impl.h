@@ -74,6 +74,7 @@ struct SimCard::Impl {
   // Free-running card.
   std::atomic<bool> running{false};
   std::thread thread;
+  std::atomic<int> tid{-1};  ///< The free-running thread's kernel thread id.
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
   struct Request {
     enum class Kind { mmio, flr, dbg } kind = Kind::mmio;

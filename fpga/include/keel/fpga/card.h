@@ -53,6 +53,10 @@ class Card : public Clock, public Stepper {
 
   /// True when the card moves only on step().
   virtual bool lockstep() const noexcept = 0;
+  /// The kernel thread id of the thread a free-running simulated card runs on (its silicon,
+  /// which benchmarks do not count as host CPU but whose starvation they report); -1 when
+  /// there is none (lockstep, a board, a card in another process), or not yet.
+  virtual int thread_id() const noexcept { return -1; }
   /// Advances a lockstep card by `n` steps (each one arbitration round and a fixed slice of
   /// card time). Returns the number of commands the card completed. No-op on a free card.
   virtual unsigned step(unsigned n = 1) = 0;

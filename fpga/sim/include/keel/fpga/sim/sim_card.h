@@ -73,6 +73,7 @@ class SimCard final : public Card {
   unsigned num_vfs() const noexcept override;
   Status set_num_vfs(unsigned n) override;
   bool lockstep() const noexcept override;
+  int thread_id() const noexcept override;
   unsigned step(unsigned n = 1) override;
   std::uint64_t now_ns() const noexcept override;
   FaultInjector* faults() noexcept override;
