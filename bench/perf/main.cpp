@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
       Config c = inv->config;
       if (sweep_param == "iodepth") c.iodepth = static_cast<unsigned>(v);
       if (sweep_param == "bs") c.bs = static_cast<std::uint32_t>(v);
+      if (sweep_param == "rate_iops") c.rate_iops_read = c.rate_iops_write = v;  // fio: each
       if (sweep_param == "vfs") {
         c.vfs = static_cast<unsigned>(v);
         c.numjobs = c.vfs;
@@ -81,9 +82,7 @@ int main(int argc, char** argv) {
       if (inv->sweep && p.config.verify) {  // (a single run's report has its own verify line)
         std::printf("verify %s=%llu path %s: %llu blocks checked, %llu errors\n",
                     sweep_param.c_str(),
-                    static_cast<unsigned long long>(sweep_param == "iodepth" ? p.config.iodepth
-                                                    : sweep_param == "bs"    ? p.config.bs
-                                                                             : p.config.vfs),
+                    static_cast<unsigned long long>(sweep_value(p.config, sweep_param)),
                     r.path.c_str(), static_cast<unsigned long long>(r.verified_blocks),
                     static_cast<unsigned long long>(r.verify_errors));
       }

@@ -180,7 +180,8 @@ Result<Invocation> parse_options(int argc, const char* const* argv) {
   app.add_option("--card-size", card_size, "storage of a simulated card (default: fits the jobs)");
   app.add_option("--seed", c.seed, "random seed")->capture_default_str();
   app.add_option("--sweep", sweep,
-                 "PARAM=V1,V2,...: repeat over iodepth, bs or vfs (e.g. iodepth=1,4,16,64,256)");
+                 "PARAM=V1,V2,...: repeat over iodepth, bs, vfs or rate_iops (offered IOPS "
+                 "per direction, as --rate_iops N) (e.g. iodepth=1,4,16,64,256, rate_iops=1k,10k)");
   bool no_progress = false;
   app.add_flag("--no-progress", no_progress, "no live progress line");
   try {
@@ -255,8 +256,8 @@ Result<Invocation> parse_options(int argc, const char* const* argv) {
     if (eq == std::string::npos) return bad("--sweep: use PARAM=V1,V2,... (e.g. iodepth=1,4,16)");
     Sweep s;
     s.param = sweep.substr(0, eq);
-    if (s.param != "iodepth" && s.param != "bs" && s.param != "vfs") {
-      return bad("--sweep: '" + s.param + "' is not one of iodepth, bs, vfs");
+    if (s.param != "iodepth" && s.param != "bs" && s.param != "vfs" && s.param != "rate_iops") {
+      return bad("--sweep: '" + s.param + "' is not one of iodepth, bs, vfs, rate_iops");
     }
     std::stringstream in(sweep.substr(eq + 1));
     std::string item;

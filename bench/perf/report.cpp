@@ -196,6 +196,13 @@ json to_json(const Point& p, const std::string& jobname_suffix, unsigned first_g
   return out;
 }
 
+std::uint64_t sweep_value(const Config& c, const std::string& param) {
+  if (param == "iodepth") return c.iodepth;
+  if (param == "bs") return c.bs;
+  if (param == "rate_iops") return c.rate_iops_read;
+  return c.vfs;
+}
+
 json document(const std::vector<Point>& points, const std::string& sweep_param) {
   const auto now = std::chrono::system_clock::now();
   const std::time_t t = std::chrono::system_clock::to_time_t(now);
@@ -221,9 +228,7 @@ json document(const std::vector<Point>& points, const std::string& sweep_param) 
   json all = json::array();
   json arr = json::array();
   for (const Point& p : points) {
-    const std::uint64_t v = sweep_param == "iodepth" ? p.config.iodepth
-                            : sweep_param == "bs"    ? p.config.bs
-                                                     : p.config.vfs;
+    const std::uint64_t v = sweep_value(p.config, sweep_param);
     json one =
         to_json(p, " " + sweep_param + "=" + std::to_string(v), static_cast<unsigned>(all.size()));
     for (const auto& j : one["jobs"]) all.push_back(j);
@@ -311,9 +316,7 @@ std::string sweep_table(const std::vector<Point>& points, const std::string& par
                 "cpu ns/IO", "p99 us");
   out += line;
   for (const Point& p : points) {
-    const std::uint64_t v = param == "iodepth" ? p.config.iodepth
-                            : param == "bs"    ? p.config.bs
-                                               : p.config.vfs;
+    const std::uint64_t v = sweep_value(p.config, param);
     for (const PathResult& r : p.paths) {
       std::snprintf(line, sizeof line, "%-8llu %-9s %10s %12.0f %10.1f\n",
                     static_cast<unsigned long long>(v), r.path.c_str(), human(r.iops()).c_str(),

@@ -31,6 +31,9 @@ nlohmann::json document(const std::vector<Point>& points, const std::string& swe
 /// The table a person reads.
 std::string text_report(const Point& p);
 /// One line per sweep point.
+/// The swept parameter's value in `c` (iodepth, bs, vfs, or rate_iops: the read cap).
+std::uint64_t sweep_value(const Config& c, const std::string& param);
+
 std::string sweep_table(const std::vector<Point>& points, const std::string& param);
 
 }  // namespace keel::perf

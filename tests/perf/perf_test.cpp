@@ -151,6 +151,15 @@ TEST(PerfOptions, Sweeps) {
   r = parse({"--sweep", "bs=512,4k,128k"});
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->sweep->values, (std::vector<std::uint64_t>{512, 4096, 131072}));
+  // The offered rate (CPU per IO at 1k, 10k, 100k IOPS): each point caps as --rate_iops N.
+  r = parse({"--sweep", "rate_iops=1000,10000,100000"});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->sweep->param, "rate_iops");
+  EXPECT_EQ(r->sweep->values, (std::vector<std::uint64_t>{1000, 10000, 100000}));
+  Config c = r->config;
+  c.rate_iops_read = c.rate_iops_write = 10000;
+  EXPECT_EQ(sweep_value(c, "rate_iops"), 10000u);
+  EXPECT_EQ(sweep_value(c, "iodepth"), c.iodepth);
 }
 
 // The offsets of sequential jobs are sequential: block 0 upwards, wrapping at the region's end.

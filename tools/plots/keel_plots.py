@@ -64,6 +64,37 @@ def qd_sweep(doc, out):
         print(os.path.join(out, name))
 
 
+def rate_sweep(doc, out):
+    """Host CPU per IO against the offered rate (keel-perf --sweep rate_iops=...), both paths:
+    what a guest costs at 1k, 10k, 100k IOPS, not only flat out."""
+    sweep = doc.get("sweep")
+    if not sweep or sweep.get("param") != "rate_iops":
+        sys.exit("keel_plots: --rate-sweep needs keel-perf JSON from --sweep rate_iops=...")
+    series = {}
+    for point in sweep["points"]:
+        for job in point["jobs"]:
+            k = job["keel"]
+            s = series.setdefault(k["path"], {"rate": [], "cpu": [], "iops": []})
+            s["rate"].append(k["rate_iops"][0])  # the cap per direction: reads here
+            s["cpu"].append(k["host_cpu_ns_per_io"])
+            s["iops"].append(k["iops"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for path, s in sorted(series.items()):
+        ax.plot(s["rate"], s["cpu"], marker="o", label=f"path={path}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered IOPS (rate_iops)")
+    ax.set_ylabel("host CPU ns per IO")
+    ax.set_title("keel-perf: host CPU per IO against the offered rate")
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    name = os.path.join(out, "cpu_vs_rate.png")
+    fig.savefig(name, dpi=110)
+    plt.close(fig)
+    print(name)
+
+
 def latency(doc, out):
     jobs = doc.get("jobs")
     if not jobs:
@@ -117,16 +148,19 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="directory for the PNG files")
     ap.add_argument("--qd-sweep", help="keel-perf JSON of --sweep iodepth=...")
+    ap.add_argument("--rate-sweep", help="keel-perf JSON of --sweep rate_iops=...")
     ap.add_argument("--latency", help="keel-perf JSON of one run")
     ap.add_argument("--gbench", nargs="*", default=[], help="Google Benchmark JSON files")
     ap.add_argument("--counter", action="append", default=[],
                     help="Google Benchmark counter to plot (default: cycles_per_cmd)")
     args = ap.parse_args()
-    if not (args.qd_sweep or args.latency or args.gbench):
-        ap.error("nothing to plot: give --qd-sweep, --latency or --gbench")
+    if not (args.qd_sweep or args.rate_sweep or args.latency or args.gbench):
+        ap.error("nothing to plot: give --qd-sweep, --rate-sweep, --latency or --gbench")
     os.makedirs(args.out, exist_ok=True)
     if args.qd_sweep:
         qd_sweep(load(args.qd_sweep), args.out)
+    if args.rate_sweep:
+        rate_sweep(load(args.rate_sweep), args.out)
     if args.latency:
         latency(load(args.latency), args.out)
     if args.gbench:
