@@ -14,6 +14,10 @@
 //                  it waited for one (schedstat): over 10 means the host was too loaded for
 //                  the vf figures to measure the path
 //
+// BM_IdleBackend/path=vf|fallback (issue 15, "quiet guests cost nothing"): a guest attached
+// and doing no IO for 2 s; idle_cpu_pct is the whole process's CPU (paravisor workers, host
+// service, the model card's thread) over that time, in percent of one core.
+//
 // BM_KeepaliveUpgrade/queues:N (issue 14): the paravisor handed over to a new one in the same
 // process, the VF kept running (NVMe keepalive), under 4 KiB reads at QD 32 on each of N
 // queues, one hand-over per iteration. What a keel-vhost-blk upgrade does but for the process
@@ -185,6 +189,20 @@ void BM_Guest4k(benchmark::State& state, bool vf_path, bool write) {
   }
 }
 
+void BM_IdleBackend(benchmark::State& state, bool vf_path) {
+  Rig rig(vf_path);
+  double pct = 0;
+  for (auto _ : state) {
+    const std::uint64_t cpu0 = keel::clock_ns(CLOCK_PROCESS_CPUTIME_ID);
+    const auto t0 = std::chrono::steady_clock::now();
+    std::this_thread::sleep_for(std::chrono::seconds(2));  // the guest is quiet
+    const double wall_ns =
+        std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count();
+    pct = 100.0 * static_cast<double>(keel::clock_ns(CLOCK_PROCESS_CPUTIME_ID) - cpu0) / wall_ns;
+  }
+  state.counters["idle_cpu_pct"] = pct;
+}
+
 double median(std::vector<double> v) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -333,6 +351,13 @@ void BM_KeepaliveUpgrade(benchmark::State& state) {
 }
 
 void register_all() {
+  for (bool vf : {true, false}) {
+    const std::string name = std::string("BM_IdleBackend/path=") + (vf ? "vf" : "fallback");
+    benchmark::RegisterBenchmark(name.c_str(), BM_IdleBackend, vf)
+        ->Iterations(1)
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  }
   benchmark::RegisterBenchmark("BM_KeepaliveUpgrade", BM_KeepaliveUpgrade)
       ->ArgName("queues")
       ->Arg(1)
