@@ -9,11 +9,15 @@
 // fallback: every request takes the host path), and an NBD server playing the guest. Serves
 // until SIGINT or SIGTERM, then prints the path transitions, the paravisor and server
 // counters, and host-side CPU: paravisor workers + host service thread + its io_uring workers
-// (the cost keel_bench_paravisor counts), and the NBD server thread (the "guest") apart.
+// (the cost keel_bench_paravisor counts), and the NBD server threads (the "guest") apart.
+// --connections N (default 4): N connections served in parallel, each on its own server worker,
+// virtqueue and VF queue pair (--queues M < N: spread over M of them); the N+1th is closed at
+// once (logged; fio's nbd engine then fails).
 #include <signal.h>
 #include <sys/resource.h>
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <fstream>
@@ -44,6 +48,8 @@ int main(int argc, char** argv) {
   std::string export_name = "keel";
   std::uint64_t size_mib = 64;
   unsigned queue_depth = 64;
+  unsigned connections = 4;
+  unsigned queues = 0;
   bool read_only = false;
   app.add_option("--socket", socket_path, "Unix socket to listen on")->required();
   app.add_option("--card", card,
@@ -59,6 +65,15 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"vf", "fallback"}));
   app.add_option("--queue-depth", queue_depth, "NBD requests in flight per connection")
       ->check(CLI::Range(1u, 4096u));
+  app.add_option("--connections", connections,
+                 "NBD connections served at once, in parallel: the paravisor gets as many queues "
+                 "(and VF queue pairs), the server as many worker threads. A connection past the "
+                 "limit is closed at once, with a log line")
+      ->check(CLI::Range(1u, 64u));
+  app.add_option("--queues", queues,
+                 "Server workers and paravisor queues the connections are spread over (default: "
+                 "--connections, one each)")
+      ->check(CLI::Range(1u, 64u));
   app.add_option("--export-name", export_name, "Export name (the default export '' works too)");
   app.add_option("--trim", trim, "NBD_CMD_TRIM: zero (write zeroes), ignore, off")
       ->check(CLI::IsMember({"zero", "ignore", "off"}));
@@ -84,6 +99,8 @@ int main(int argc, char** argv) {
   o.server.socket_path = socket_path;
   o.server.export_name = export_name;
   o.server.queue_depth = queue_depth;
+  o.server.queues = queues == 0 ? connections : std::min(queues, connections);
+  o.server.max_connections = connections;
   o.server.read_only = read_only;
   o.server.trim = trim == "zero"     ? vmm::NbdTrim::zero
                   : trim == "ignore" ? vmm::NbdTrim::ignore
@@ -92,9 +109,10 @@ int main(int argc, char** argv) {
   if (!disk_r) return fail(keel::to_string(disk_r.error()));
   std::unique_ptr<stack::NbdDisk> disk = std::move(disk_r).value();
   std::printf("keel-nbd: serving %s (%" PRIu64
-              " MiB) on the %s card, path %s, on %s (export '%s')\n",
+              " MiB) on the %s card, path %s, on %s (export '%s'), up to %u connections on %u "
+              "queue(s)\n",
               disk->image().c_str(), size_mib, card.c_str(), path.c_str(), socket_path.c_str(),
-              export_name.c_str());
+              export_name.c_str(), connections, o.server.queues);
   std::printf("keel-nbd: fio --ioengine=nbd --uri='nbd+unix:///%s?socket=%s'\n",
               export_name.c_str(), socket_path.c_str());
   std::fflush(stdout);
@@ -133,7 +151,7 @@ int main(int argc, char** argv) {
       "host cpu: %.3f ms (paravisor workers + host service + io_uring workers), "
       "%.0f ns per virtio request\n",
       static_cast<double>(host_cpu) / 1e6, static_cast<double>(host_cpu) / per_io);
-  std::printf("nbd server thread cpu: %.3f ms, %.0f ns per virtio request\n",
+  std::printf("nbd server threads cpu: %.3f ms, %.0f ns per virtio request\n",
               static_cast<double>(server_cpu) / 1e6, static_cast<double>(server_cpu) / per_io);
   std::printf("peak rss: %.1f MiB\n", static_cast<double>(ru.ru_maxrss) / 1024.0);
   // Its own memory: everything resident but the disk image (card storage and host path map

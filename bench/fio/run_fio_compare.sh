@@ -6,13 +6,17 @@
 #   qsd            qemu-storage-daemon's NBD export of a raw image (file driver)
 #
 #   bench/fio/run_fio_compare.sh [--keel-nbd BIN] [--rw randrw] [--rwmixread 70] [--bs 4k]
-#       [--iodepth 16] [--runtime 10] [--size 64M] [--out DIR] [--image-dir DIR] [--card model]
-#       [--targets "keel-vf keel-fallback qsd"]
+#       [--iodepth 16] [--numjobs 1] [--runtime 10] [--size 64M] [--out DIR] [--image-dir DIR]
+#       [--card model] [--targets "keel-vf keel-fallback qsd"] [--keel-queues M]
+#
+# --numjobs N: N fio jobs at once (group_reporting: the table sums them), each on its own NBD
+# connection; keel-nbd then serves them with --connections N (one server worker, virtqueue and
+# VF queue pair each; --keel-queues M: spread over M of them instead).
 #
 # Every fio run writes --output-format=json to DIR/<target>.json. Backend CPU per IO comes from
 # /proc/<pid>/stat (utime + stime) of the serving process, sampled right before and right after
 # fio; for keel that process also holds the model card's thread (what silicon does on a real
-# card) and the NBD server thread (what the guest's own driver does), so keel-nbd's own report
+# card) and the NBD server threads (what the guest's own driver does), so keel-nbd's own report
 # of its data-path threads (paravisor workers + host service + io_uring workers, from
 # --stats-json) is shown beside it.
 set -euo pipefail
@@ -23,6 +27,8 @@ rw=randrw
 rwmixread=70
 bs=4k
 iodepth=16
+numjobs=1
+keel_queues=""
 runtime=10
 size=64M
 out=""
@@ -30,7 +36,7 @@ image_dir=""
 card=model
 targets="keel-vf keel-fallback qsd"
 
-usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --keel-nbd) keel_nbd=$2; shift 2 ;;
@@ -38,6 +44,8 @@ while [ $# -gt 0 ]; do
     --rwmixread) rwmixread=$2; shift 2 ;;
     --bs) bs=$2; shift 2 ;;
     --iodepth) iodepth=$2; shift 2 ;;
+    --numjobs) numjobs=$2; shift 2 ;;
+    --keel-queues) keel_queues=$2; shift 2 ;;
     --runtime) runtime=$2; shift 2 ;;
     --size) size=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
@@ -116,7 +124,7 @@ run_fio() {  # target socket
   [ "$target" = qsd ] && name=f  # qsd names an export after its node unless told otherwise
   fio --name="$target" --ioengine=nbd "--uri=nbd+unix:///$name?socket=$sock" \
     --rw="$rw" --rwmixread="$rwmixread" --bs="$bs" --iodepth="$iodepth" --size="$size" \
-    --time_based --runtime="$runtime" --lat_percentiles=1 \
+    --numjobs="$numjobs" --group_reporting --time_based --runtime="$runtime" --lat_percentiles=1 \
     --randrepeat=1 --randseed=1 --output-format=json --output="$out/$target.json"
 }
 
@@ -129,6 +137,7 @@ for target in $targets; do
     keel-vf|keel-fallback)
       "$keel_nbd" --socket "$sock" --card "$card" --image "$img" --size-mib "$size_mib" \
         --path "${target#keel-}" --queue-depth "$((iodepth > 64 ? iodepth : 64))" \
+        --connections "$numjobs" ${keel_queues:+--queues "$keel_queues"} \
         --stats-json "$out/$target.keel.json" >"$log" 2>&1 &
       ;;
     qsd)
@@ -141,7 +150,7 @@ for target in $targets; do
   esac
   server_pid=$!
   wait_socket "$sock" "$server_pid" "$log"
-  echo "== $target: fio $rw ${rwmixread}% reads, bs $bs, iodepth $iodepth, ${runtime} s, $size (server pid $server_pid)"
+  echo "== $target: fio $rw ${rwmixread}% reads, bs $bs, iodepth $iodepth, numjobs $numjobs, ${runtime} s, $size (server pid $server_pid)"
   t0=$(cpu_ticks "$server_pid")
   run_fio "$target" "$sock" || { cat "$log" >&2; die "fio failed against $target"; }
   t1=$(cpu_ticks "$server_pid")
@@ -189,8 +198,8 @@ if "keel-vf" in base and "keel-fallback" in base and base["keel-fallback"][0] > 
 if "keel-vf" in base and "qsd" in base and base["qsd"][0] > 0:
     print(f"keel vf / qemu-storage-daemon IOPS: {base['keel-vf'][0] / base['qsd'][0]:.2f}x")
 print("\nproc CPU: utime+stime of the serving process over the fio run (/proc/<pid>/stat); for keel")
-print("it includes the model card's thread (silicon on a real card) and the NBD server thread (the")
+print("it includes the model card's thread (silicon on a real card) and the NBD server threads (the")
 print("guest's driver). keel data-path: paravisor workers + host service + io_uring workers + NBD")
-print("server thread, per NBD request, from keel-nbd --stats-json (process lifetime).")
+print("server threads, per NBD request, from keel-nbd --stats-json (process lifetime).")
 print(f"fio JSON and server logs: {out}")
 EOF

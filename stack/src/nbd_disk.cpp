@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 
@@ -41,7 +42,7 @@ Result<std::unique_ptr<NbdDisk>> NbdDisk::create(const NbdDiskOptions& options) 
   sc.card_options.storage_bytes = options.size_bytes;
   sc.card_options.lockstep = false;  // the card works on its own thread, like silicon
   sc.vfs.resources.resize(1);
-  sc.vfs.resources[0].queues = 1;
+  sc.vfs.resources[0].queues = std::max(1u, options.server.queues);  // a queue pair per worker
   sc.vfs.resources[0].slice_base = 0;
   sc.vfs.resources[0].slice_lbas = options.size_bytes / 512;
   auto st = stack::Stack::open_card(sc);
@@ -91,6 +92,7 @@ Result<std::unique_ptr<NbdDisk>> NbdDisk::create(const NbdDiskOptions& options) 
   }
   ParavisorConfig pc;
   pc.threads = true;
+  pc.queues = std::max(1u, options.server.queues);  // a virtqueue per NBD server worker
   pc.capacity_sectors = options.size_bytes / 512;
   pc.max_queue_size = std::max<std::uint16_t>(pc.max_queue_size, options.server.virtqueue_size);
   auto pv = d->stack_->create_paravisor(vf, *d->memory_, *d->host_, pc);

@@ -53,6 +53,8 @@ TEST_P(NbdTest, ConfigurationBeyondTheLimitsIsRefused) {
   disk_.reset();
   EXPECT_TRUE(refused([](auto& s) { s.queue_depth = nbd::kMaxQueueDepth + 1; }));
   EXPECT_TRUE(refused([](auto& s) { s.max_connections = nbd::kMaxConnections + 1; }));
+  EXPECT_TRUE(refused([](auto& s) { s.queues = nbd::kMaxQueues + 1; }));
+  EXPECT_TRUE(refused([](auto& s) { s.queues = 0; }));
   EXPECT_TRUE(refused([](auto& s) { s.max_request_bytes = nbd::kMaxPayload * 2; }));
   EXPECT_TRUE(refused([](auto& s) { s.export_name = std::string(nbd::kMaxString + 1, 'n'); }));
 }

@@ -1,4 +1,5 @@
 // The NBD server's configuration: what it checks and the guest memory it needs.
+#include <algorithm>
 #include <string>
 
 #include "keel/vmm/nbd_server.h"
@@ -12,9 +13,12 @@ using nbd_internal::kRingArea;
 using nbd_internal::max_request_chunks;
 
 std::uint64_t NbdServer::guest_memory_bytes(const NbdServerConfig& config) noexcept {
-  const std::uint64_t pool =
-      (config.buffer_bytes + (2u << 20) - 1) & ~std::uint64_t{(2u << 20) - 1};
-  return kRingArea + pool;
+  // Each worker's share of the buffers (nbd_server.cpp, Worker::pool_bytes), 2 MiB aligned.
+  const std::uint64_t n = config.queues == 0 ? 1 : config.queues;
+  const std::uint64_t share =
+      std::max(config.buffer_bytes / n / kChunk * kChunk, max_request_chunks(config) * kChunk);
+  const std::uint64_t pool = (share + (2u << 20) - 1) & ~std::uint64_t{(2u << 20) - 1};
+  return kRingArea + n * pool;
 }
 
 Status check_nbd_config(const NbdServerConfig& config, const GuestMemory& memory) {
@@ -45,6 +49,10 @@ Status check_nbd_config(const NbdServerConfig& config, const GuestMemory& memory
   if (config.max_connections == 0 || config.max_connections > nbd::kMaxConnections) {
     return bad("max_connections " + std::to_string(config.max_connections) + ": must be 1.." +
                std::to_string(nbd::kMaxConnections));
+  }
+  if (config.queues == 0 || config.queues > nbd::kMaxQueues) {
+    return bad("queues " + std::to_string(config.queues) + ": must be 1.." +
+               std::to_string(nbd::kMaxQueues));
   }
   if (config.export_name.size() > nbd::kMaxString || config.description.size() > nbd::kMaxString) {
     return bad("export name and description are limited to 4096 bytes");

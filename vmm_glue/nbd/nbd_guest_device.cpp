@@ -10,8 +10,9 @@ namespace {
 
 class GuestDevice final : public NbdDevice {
  public:
-  GuestDevice(Paravisor& pv, std::unique_ptr<GuestDriver> guest)
-      : pv_(pv), guest_(std::move(guest)) {}
+  /// Queue `q` of the guest driver (shared by the server's workers, one queue each).
+  GuestDevice(Paravisor& pv, std::shared_ptr<GuestDriver> guest, unsigned q)
+      : pv_(pv), guest_(std::move(guest)), q_(q) {}
   // The guest driver detaches before the server closes the call fd it signals.
   ~GuestDevice() override = default;
 
@@ -19,19 +20,21 @@ class GuestDevice final : public NbdDevice {
   std::uint64_t alloc(std::uint64_t bytes, std::uint64_t align) override {
     return guest_->alloc(bytes, align);
   }
-  void set_call_fd(int fd) override { pv_.set_call_fd(0, fd); }
+  void set_call_fd(int fd) override { pv_.set_call_fd(q_, fd); }
+  /// Starts the paravisor (every queue): the server calls it on its first device only.
   Status start() override { return pv_.start(); }
-  unsigned free_descriptors() const noexcept override { return guest_->free_descriptors(0); }
+  unsigned free_descriptors() const noexcept override { return guest_->free_descriptors(q_); }
   Result<std::uint16_t> submit(std::uint32_t type, std::uint64_t sector,
                                std::span<const DataSeg> data) override {
-    return guest_->submit(0, type, sector, data);
+    return guest_->submit(q_, type, sector, data);
   }
-  unsigned reap(std::span<GuestCompletion> out) override { return guest_->reap(0, out); }
-  void kick() override { guest_->kick(0); }
+  unsigned reap(std::span<GuestCompletion> out) override { return guest_->reap(q_, out); }
+  void kick() override { guest_->kick(q_); }
 
  private:
   Paravisor& pv_;
-  std::unique_ptr<GuestDriver> guest_;
+  std::shared_ptr<GuestDriver> guest_;
+  unsigned q_;
 };
 
 }  // namespace
@@ -43,9 +46,14 @@ Result<std::unique_ptr<NbdServer>> NbdServer::create(const NbdServerConfig& conf
   }
   // Checked before the guest driver attaches: a bad configuration leaves the paravisor alone.
   if (Status s = check_nbd_config(config, memory); !s.ok()) return s.error();
-  auto g = GuestDriver::attach(pv, memory, 1, config.virtqueue_size, 0);
+  const unsigned queues = config.queues;
+  auto g = GuestDriver::attach(pv, memory, queues, config.virtqueue_size, 0);
   if (!g) return g.error();
-  return create(config, std::make_unique<GuestDevice>(pv, std::move(g).value()), memory);
+  std::shared_ptr<GuestDriver> guest = std::move(g).value();
+  std::vector<std::unique_ptr<NbdDevice>> devices;
+  for (unsigned q = 0; q < queues; ++q)
+    devices.push_back(std::make_unique<GuestDevice>(pv, guest, q));
+  return create(config, std::move(devices), memory);
 }
 
 }  // namespace keel::vmm

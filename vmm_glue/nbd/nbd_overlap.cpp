@@ -4,6 +4,7 @@
 namespace keel::vmm::nbd_internal {
 
 void RangeOrder::hold(HeldRange& r) noexcept {
+  std::lock_guard lock(mu_);
   if (r.linked || r.begin >= r.end) return;
   r.linked = true;
   r.next = nullptr;
@@ -18,6 +19,7 @@ void RangeOrder::hold(HeldRange& r) noexcept {
 }
 
 void RangeOrder::release(HeldRange& r) noexcept {
+  std::lock_guard lock(mu_);
   if (!r.linked) return;
   if (r.prev != nullptr) {
     r.prev->next = r.next;
@@ -35,6 +37,7 @@ void RangeOrder::release(HeldRange& r) noexcept {
 }
 
 bool RangeOrder::may_start(const HeldRange& r) const noexcept {
+  std::lock_guard lock(mu_);
   if (!r.linked) return true;
   for (const HeldRange* e = head_; e != nullptr && e != &r; e = e->next) {
     const bool overlap = e->begin < r.end && r.begin < e->end;

@@ -13,11 +13,15 @@
 // The list is intrusive (no allocation); checks walk it from the oldest entry, so they cost
 // O(requests held), which the queue depth and the connection limit bound.
 //
-// Threading: used by the server thread only.
+// One RangeOrder is shared by all the server's workers (nbd_server.cpp), so the order holds
+// across connections served by different threads: its own mutex guards the list.
+//
+// Threading: any thread; every call locks the list.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 
 namespace keel::vmm::nbd_internal {
 
@@ -37,9 +41,13 @@ class RangeOrder {
   void release(HeldRange& r) noexcept;
   /// True when no range held before `r` conflicts with it (`r` must be held, or empty).
   bool may_start(const HeldRange& r) const noexcept;
-  std::size_t size() const noexcept { return size_; }
+  std::size_t size() const noexcept {
+    std::lock_guard lock(mu_);
+    return size_;
+  }
 
  private:
+  mutable std::mutex mu_;  // everything below, and the links of every HeldRange in the list
   HeldRange* head_ = nullptr;
   HeldRange* tail_ = nullptr;
   std::size_t size_ = 0;

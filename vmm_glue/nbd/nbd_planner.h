@@ -38,14 +38,16 @@ class RequestDone {
 class Planner final : public OpSink {
  public:
   Planner(const NbdServerConfig& cfg, DataBuffers& buffers, DeviceQueue& queue,
-          const TimeoutClock& clock, Counters& counters, Notes& notes, RequestDone& done)
+          const TimeoutClock& clock, Counters& counters, Notes& notes, RequestDone& done,
+          RangeOrder& order)
       : cfg_(cfg),
         buffers_(buffers),
         queue_(queue),
         clock_(clock),
         counters_(counters),
         notes_(notes),
-        done_(done) {}
+        done_(done),
+        order_(order) {}
 
   /// Decides the covering range, edges and RMW of a new request, and the range it will hold.
   void plan(Req& r);
@@ -60,6 +62,9 @@ class Planner final : public OpSink {
   /// A request that timed out while waiting for an overlapping one: released from the order and
   /// handed to RequestDone with EIO, never run. Call pump_admissions() afterwards.
   void cancel_queued(Req& r);
+  /// Requests wait for an overlapping one (possibly another worker's: pump_admissions() then
+  /// has to be called again, as nothing here learns when that one finishes).
+  bool waiting() const noexcept { return !admit_q_.empty(); }
 
   /// Takes the device's completions and moves their requests on; returns how many.
   unsigned reap() { return queue_.reap(*this); }
@@ -88,7 +93,7 @@ class Planner final : public OpSink {
   Counters& counters_;
   Notes& notes_;
   RequestDone& done_;
-  RangeOrder order_;
+  RangeOrder& order_;         // shared by every worker of the server
   std::deque<Req*> admit_q_;  // admitted, waiting for an overlapping request to finish
   unsigned running_ = 0;
   bool pumping_ = false, pump_again_ = false;

@@ -27,13 +27,14 @@ namespace keel::vmm::nbd_internal {
 class Requests final : public RequestSink, public RequestDone {
  public:
   Requests(const NbdServerConfig& cfg, std::uint64_t export_bytes, DataBuffers& buffers,
-           DeviceQueue& queue, const TimeoutClock& clock, Counters& counters, Notes& notes)
+           DeviceQueue& queue, const TimeoutClock& clock, Counters& counters, Notes& notes,
+           RangeOrder& order)
       : cfg_(cfg),
         export_bytes_(export_bytes),
         buffers_(buffers),
         counters_(counters),
         notes_(notes),
-        planner_(cfg, buffers, queue, clock, counters, notes, *this) {}
+        planner_(cfg, buffers, queue, clock, counters, notes, *this, order) {}
 
   Planner& planner() noexcept { return planner_; }
   const Planner& planner() const noexcept { return planner_; }

@@ -19,7 +19,8 @@ class Stack;
 
 /// One keel guest disk behind an NBD server, stood up whole: a free-running card, its PF
 /// manager and one VF, a host storage service on the same image, a paravisor (worker threads)
-/// on the VF or on the fallback, and the server. keel-nbd and the tests use it. 
+/// on the VF or on the fallback, and the server. keel-nbd and the tests use it. The paravisor
+/// and the VF get one queue (pair) per server worker (server.queues).
 struct NbdDiskOptions {
   std::string card = "model";  ///< Card spec ("model", "sim", ...).
   /// Disk image (created if missing). Empty: a temporary image in /dev/shm (or the temp

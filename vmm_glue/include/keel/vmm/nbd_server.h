@@ -23,9 +23,20 @@
 // (reads pass reads), so concurrent requests never lose each other's bytes and an RMW's edge
 // sectors cannot change between its read and its write.
 //
-// Buffers: the data buffers (buffer_bytes) are shared, but one connection holds at most
-// max(buffer_bytes / max_connections, one largest request) at once; a request past that waits
-// on its own connection only (see vmm_glue/nbd/nbd_pool.h).
+// Workers (NbdServerConfig::queues): each is a thread with its own epoll, its own virtqueue of
+// the paravisor (so its own paravisor worker and VF queue pair) and its own share of the data
+// buffers; connections are spread over them (the worker serving the fewest takes the next), so
+// with queues >= connections every connection is served in parallel on its own queue.
+// Overlapping requests are ordered across workers too (one order, under a lock). Flushes: a
+// FLUSH on any connection covers every write completed on any connection (NBD_FLAG_CAN_MULTI_CONN
+// is advertised; why it holds: nbd_server.cpp, NbdServer::Impl::setup).
+// Connections past max_connections are accepted and closed at once (never kept waiting), with a
+// log line saying the limit; they count in NbdServerStats::turned_away.
+//
+// Buffers: each worker has max(buffer_bytes / queues, one largest request) of data buffers; one
+// connection holds at most max(its worker's buffers / its worker's share of max_connections, one
+// largest request) at once; a request past that waits on its own connection only (see
+// vmm_glue/nbd/nbd_pool.h).
 //
 // Bad peers, per the spec's SHOULDs:
 //   bad request magic, unknown client flags, bad option magic    -> the connection is dropped
@@ -53,6 +64,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "keel/clock.h"
 #include "keel/result.h"
@@ -79,6 +91,8 @@ inline constexpr unsigned kMaxQueuedOptionReplies = 64;
 inline constexpr unsigned kMaxQueueDepth = 4096;
 /// Upper bound of NbdServerConfig::max_connections (further peers are accepted and closed).
 inline constexpr unsigned kMaxConnections = 1024;
+/// Upper bound of NbdServerConfig::queues (workers, each with its own virtqueue).
+inline constexpr unsigned kMaxQueues = 64;
 
 }  // namespace keel::nbd
 
@@ -101,8 +115,12 @@ struct NbdServerConfig {
   unsigned queue_depth = 64;
   /// Largest READ/WRITE payload (the spec's 32 MiB at most; a power of two >= 4096).
   std::uint32_t max_request_bytes = nbd::kMaxPayload;
-  /// Data buffers in guest memory, shared by all connections (>= max_request_bytes + 256 KiB).
+  /// Data buffers in guest memory (>= max_request_bytes + 256 KiB), split between the workers
+  /// (each gets at least one largest request's worth).
   std::uint64_t buffer_bytes = 64ull << 20;
+  /// Workers: threads serving connections, each with its own virtqueue (queue i of the
+  /// paravisor, which must have been created with at least this many). 1..kMaxQueues.
+  unsigned queues = 1;
   /// Entries of the server's virtqueue (the guest driver's queue; a power of two).
   std::uint16_t virtqueue_size = 256;
   /// Largest virtio-blk request the server builds (a multiple of 128 KiB); longer NBD requests
@@ -110,7 +128,7 @@ struct NbdServerConfig {
   std::uint32_t max_virtio_bytes = 1u << 20;
   NbdTrim trim = NbdTrim::zero;
   bool read_only = false;
-  /// Connections at once; further ones are accepted and closed at once.
+  /// Connections at once; further ones are accepted and closed at once (and logged).
   unsigned max_connections = 16;
   /// Whole handshake, from accept to the end of GO / EXPORT_NAME.
   std::chrono::milliseconds handshake_timeout{10000};
@@ -155,8 +173,8 @@ struct NbdServerStats {
 
 class NbdDevice;  // vmm_glue/nbd/nbd_device.h: the virtio-blk device the server drives
 
-/// An NBD server on a unix socket, exporting the virtio-blk disk of one paravisor. One thread
-/// serves every connection (epoll); all connections share one virtqueue.
+/// An NBD server on a unix socket, exporting the virtio-blk disk of one paravisor. `queues`
+/// worker threads (epoll) serve the connections, each worker on its own virtqueue.
 ///
 /// Threading: stats(), thread_cpu_ns() and last_error() may be called from any thread.
 class NbdServer {
@@ -184,7 +202,7 @@ class NbdServer {
   void stop();
 
   NbdServerStats stats() const;
-  /// CPU time of the server thread so far (user + system), in nanoseconds.
+  /// CPU time of the server's worker threads so far (user + system), in nanoseconds.
   std::uint64_t thread_cpu_ns() const;
   /// The last problem the server noticed (a dropped peer, a failed device request), or "".
   std::string last_error() const;
@@ -196,9 +214,10 @@ class NbdServer {
 
  private:
   friend struct NbdServerTestSeam;  // vmm_glue/nbd/nbd_seam.h (the fuzz target's way in)
-  /// The server over any device (production: the paravisor's guest driver).
+  /// The server over any devices, one per worker (production: the queues of the paravisor's
+  /// guest driver).
   static Result<std::unique_ptr<NbdServer>> create(const NbdServerConfig& config,
-                                                   std::unique_ptr<NbdDevice> device,
+                                                   std::vector<std::unique_ptr<NbdDevice>> devices,
                                                    GuestMemory& memory);
   explicit NbdServer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
