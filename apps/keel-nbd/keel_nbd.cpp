@@ -112,7 +112,8 @@ int main(int argc, char** argv) {
               " MiB) on the %s card, path %s, on %s (export '%s'), up to %u connections on %u "
               "queue(s)\n",
               disk->image().c_str(), size_mib, card.c_str(), path.c_str(), socket_path.c_str(),
-              export_name.c_str(), connections, o.server.queues);
+              export_name.c_str(), connections,
+              static_cast<unsigned>(disk->paravisor().config_space().num_queues));
   std::printf("keel-nbd: fio --ioengine=nbd --uri='nbd+unix:///%s?socket=%s'\n",
               export_name.c_str(), socket_path.c_str());
   std::fflush(stdout);

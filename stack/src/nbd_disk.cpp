@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "keel/stack/nbd_disk.h"
+#include "keel/log.h"
 #include "keel/stack/stack.h"
 
 namespace keel::stack {
@@ -16,6 +17,8 @@ namespace keel::stack {
 using namespace keel::vmm;  // NbdDisk assembles the paravisor's pieces
 
 namespace {
+
+constexpr log::Logger kLog{"nbd-disk"};
 
 Error context(const std::string& what, const Error& e) {
   return make_error(e.code, what + ": " + e.message);
@@ -71,7 +74,30 @@ Result<std::unique_ptr<NbdDisk>> NbdDisk::create(const NbdDiskOptions& options) 
     if (Status s = d->stack_->enable_vfs(); !s.ok()) return context("enabling the VF", s.error());
   }
 
-  auto mem = GuestMemory::create(NbdServer::guest_memory_bytes(options.server));
+  // Each server worker's queue wants a VF queue pair of its own. A VF set up elsewhere (a card
+  // of one function) may give fewer than there are workers: the connections are then spread
+  // over as many queues as it gives, not left on the host path of a queue without one.
+  NbdServerConfig server = options.server;  // (queues 0 or too many: NbdServer refuses them)
+  fpga::Function* vf = nullptr;
+  if (options.vf_path) {
+    auto v = d->stack_->vf(0);
+    if (!v) return context("VF 0", v.error());
+    vf = *v;
+    if (!d->stack_->card().owns_pf()) {
+      drivers::nvme::ControllerConfig cc;
+      cc.io_queues = static_cast<std::uint16_t>(std::clamp(server.queues, 1u, 64u));
+      auto probe = d->stack_->open_controller(*vf, cc);
+      if (!probe) return context("the VF's controller", probe.error());
+      const unsigned granted = (*probe)->io_queue_count();
+      if (granted != 0 && granted < server.queues) {
+        kLog.warn("the VF gives %u IO queue pairs: the connections share %u queues, not %u",
+                  granted, granted, server.queues);
+        server.queues = granted;
+      }
+    }
+  }
+
+  auto mem = GuestMemory::create(NbdServer::guest_memory_bytes(server));
   if (!mem) return context("guest memory", mem.error());
   d->memory_ = std::move(mem).value();
 
@@ -84,17 +110,11 @@ Result<std::unique_ptr<NbdDisk>> NbdDisk::create(const NbdDiskOptions& options) 
   if (!host) return context("host storage service", host.error());
   d->host_ = std::move(host).value();
 
-  fpga::Function* vf = nullptr;
-  if (options.vf_path) {
-    auto v = d->stack_->vf(0);
-    if (!v) return context("VF 0", v.error());
-    vf = *v;
-  }
   ParavisorConfig pc;
   pc.threads = true;
-  pc.queues = std::max(1u, options.server.queues);  // a virtqueue per NBD server worker
+  pc.queues = std::max(1u, server.queues);  // a virtqueue per NBD server worker
   pc.capacity_sectors = options.size_bytes / 512;
-  pc.max_queue_size = std::max<std::uint16_t>(pc.max_queue_size, options.server.virtqueue_size);
+  pc.max_queue_size = std::max<std::uint16_t>(pc.max_queue_size, server.virtqueue_size);
   auto pv = d->stack_->create_paravisor(vf, *d->memory_, *d->host_, pc);
   if (!pv) return context("paravisor", pv.error());
   d->pv_ = std::move(pv).value();
@@ -103,9 +123,9 @@ Result<std::unique_ptr<NbdDisk>> NbdDisk::create(const NbdDiskOptions& options) 
                                              to_string(d->pv_->state()) + "); see the log above");
   }
 
-  auto server = NbdServer::create(options.server, *d->pv_, *d->memory_);
-  if (!server) return context("NBD server", server.error());
-  d->server_ = std::move(server).value();
+  auto srv = NbdServer::create(server, *d->pv_, *d->memory_);
+  if (!srv) return context("NBD server", srv.error());
+  d->server_ = std::move(srv).value();
   if (Status s = d->server_->start(); !s.ok()) return context("starting", s.error());
   return d;
 }
