@@ -405,6 +405,9 @@ void QueueWorker::run_thread() {
   const int stop_fd = ports_.link.stop_fd();
   if (stop_fd >= 0) watch(stop_fd);
   unsigned spins = 0;
+  std::uint64_t spin_start_ns = 0;
+  // How long a worker polls for VF completions before it sleeps on the queue's MSI-X.
+  constexpr std::uint64_t kVfSpinNs = 10'000;
   const drivers::nvme::QueuePair* watched_qp = nullptr;
   int watched_fd = -1;
   while (ports_.link.running()) {
@@ -430,9 +433,14 @@ void QueueWorker::run_thread() {
       continue;
     }
     // With commands on the VF, completions are microseconds away: poll a while longer
-    // before paying for a sleep and an interrupt.
-    const unsigned spin_limit = qp != nullptr && qp->outstanding() > 0 ? 1024 : 64;
-    if (++spins < spin_limit) {
+    // before paying for a sleep and an interrupt, but for a bounded time, not a count of
+    // turns: a card that takes longer (one woken from its own sleep, one starved of a CPU)
+    // would have a poller burn tens of microseconds of CPU per IO for nothing.
+    const bool vf_busy = qp != nullptr && qp->outstanding() > 0;
+    if (spins == 0) spin_start_ns = ports_.clock.now_ns();
+    ++spins;
+    if (!vf_busy ? spins < 64
+                 : (spins % 16 != 0 || ports_.clock.now_ns() - spin_start_ns < kVfSpinNs)) {
       __builtin_ia32_pause();
       continue;
     }
