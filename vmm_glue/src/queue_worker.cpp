@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "keel/clock.h"
 #include "keel/log.h"
 
 namespace keel::vmm {
@@ -437,10 +438,12 @@ void QueueWorker::run_thread() {
     // turns: a card that takes longer (one woken from its own sleep, one starved of a CPU)
     // would have a poller burn tens of microseconds of CPU per IO for nothing.
     const bool vf_busy = qp != nullptr && qp->outstanding() > 0;
-    if (spins == 0) spin_start_ns = ports_.clock.now_ns();
+    // (The host's clock, not the card's: a lockstep card's time stands still while nothing
+    // steps it.)
+    if (spins == 0) spin_start_ns = steady_clock().now_ns();
     ++spins;
     if (!vf_busy ? spins < 64
-                 : (spins % 16 != 0 || ports_.clock.now_ns() - spin_start_ns < kVfSpinNs)) {
+                 : (spins % 16 != 0 || steady_clock().now_ns() - spin_start_ns < kVfSpinNs)) {
       __builtin_ia32_pause();
       continue;
     }
