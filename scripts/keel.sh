@@ -18,7 +18,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config python3 clang-format clang libclang-rt-14-dev
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   libnvme-dev libjson-c-dev libssl-dev liburing-dev libxrt-dev uuid-dev libibverbs-dev
-  libcli11-dev nlohmann-json3-dev libfmt-dev libspdlog-dev
+  libcli11-dev nlohmann-json3-dev libfmt-dev libspdlog-dev libtpms-dev swtpm
   verilator yosys iverilog python3-matplotlib
   qemu-system-x86 qemu-utils busybox-static fio kmod
 )

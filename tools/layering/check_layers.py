@@ -52,6 +52,7 @@ LAYERS = [
     ("vmm_glue/include/keel/vmm/remote_host.h", "host_service", 4),
     ("vmm_glue/include/", "paravisor", 4.5),
     ("vmm_glue/src/", "paravisor", 4.5),
+    ("vmm_glue/vtpm/", "vtpm", 4.5),
     ("vmm_glue/nbd/", "nbd", 4.8),
     ("vmm_glue/include/keel/vmm/nbd_server.h", "nbd", 4.8),
     ("stack/", "stack", 5),
