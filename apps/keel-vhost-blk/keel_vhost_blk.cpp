@@ -50,6 +50,7 @@
 #include "keel/stack/stack.h"
 #include "keel/vmm/remote_host.h"
 #include "keel/vmm/vhost_user.h"
+#include "keel/vtpm/vtpm_server.h"
 
 namespace {
 
@@ -69,6 +70,10 @@ constexpr char kReleased = 'R', kServing = 'S';
 // Before kReleased, with a card kept alive: 'K', the arena's IOVA and size, the driver's saved
 // state, and two fds: the arena's memfd and the card connection.
 constexpr char kKept = 'K';
+// Before kReleased, with a vTPM: 'T', the TPM's locality (u8), buffer size (u32), whether it
+// runs (u8), which sockets follow (u8: 1 control connection, 2 data channel), and the fds: the
+// listener, then those (its volatile state is in the sealed state file).
+constexpr char kVtpm = 'T';
 // Where a vfio-user VF's DMA arena sits: clear of guest RAM (IOVA = GPA, refused at and above
 // it) and of the driver's other buffers (from 2^52), inside a 48-bit IOMMU.
 constexpr keel::fpga::Iova kArenaIova = keel::fpga::Iova{1} << 47;
@@ -115,9 +120,43 @@ bool send_kept(int fd, const KeptCard& k) {
   return keel::send_with_fds(fd, {&part, 1}, fds).ok();
 }
 
-// The old process's last records: kReleased, after a KeptCard if it kept the card alive.
-// Nullopt (and `released` false) on anything else within `timeout`.
-std::optional<KeptCard> wait_release(int fd, std::chrono::seconds timeout, bool& released) {
+bool send_vtpm(int fd, keel::vtpm::VtpmHandover& h) {
+  std::vector<std::byte> rec(8);
+  rec[0] = static_cast<std::byte>(kVtpm);
+  rec[1] = static_cast<std::byte>(h.locality);
+  std::memcpy(rec.data() + 2, &h.buffer_size, 4);
+  rec[6] = static_cast<std::byte>(h.running ? 1 : 0);
+  rec[7] = static_cast<std::byte>((h.ctrl.valid() ? 1 : 0) | (h.data.valid() ? 2 : 0));
+  std::vector<int> fds = {h.listener.get()};
+  if (h.ctrl.valid()) fds.push_back(h.ctrl.get());
+  if (h.data.valid()) fds.push_back(h.data.get());
+  const std::span<const std::byte> part(rec);
+  return keel::send_with_fds(fd, {&part, 1}, fds).ok();
+}
+
+// A kVtpm record (its bytes and fds) as a VtpmHandover; nullopt when malformed.
+std::optional<keel::vtpm::VtpmHandover> parse_vtpm(std::span<const std::byte> rec,
+                                                   std::vector<keel::UniqueFd>& fds) {
+  if (rec.size() != 8 || fds.empty()) return std::nullopt;
+  keel::vtpm::VtpmHandover h;
+  h.locality = static_cast<std::uint8_t>(rec[1]);
+  std::memcpy(&h.buffer_size, rec.data() + 2, 4);
+  h.running = rec[6] != std::byte{0};
+  const auto which = static_cast<unsigned>(rec[7]);
+  const std::size_t want = 1 + (which & 1) + ((which >> 1) & 1);
+  if (which > 3 || fds.size() != want) return std::nullopt;
+  std::size_t i = 0;
+  h.listener = std::move(fds[i++]);
+  if (which & 1) h.ctrl = std::move(fds[i++]);
+  if (which & 2) h.data = std::move(fds[i++]);
+  return h;
+}
+
+// The old process's last records: kReleased, after a KeptCard if it kept the card alive and a
+// vTPM record (into `vtpm`) if it served one. Nullopt (and `released` false) on anything else
+// within `timeout`.
+std::optional<KeptCard> wait_release(int fd, std::chrono::seconds timeout, bool& released,
+                                     std::optional<keel::vtpm::VtpmHandover>& vtpm) {
   released = false;
   std::optional<KeptCard> kept;
   std::vector<std::byte> buf(4u << 20);
@@ -132,6 +171,11 @@ std::optional<KeptCard> wait_release(int fd, std::chrono::seconds timeout, bool&
     if (r->bytes == 1 && buf[0] == static_cast<std::byte>(kReleased)) {
       released = true;
       return kept;
+    }
+    if (r->bytes >= 1 && buf[0] == static_cast<std::byte>(kVtpm)) {
+      vtpm = parse_vtpm(std::span(buf).first(r->bytes), fds);
+      if (!vtpm) return std::nullopt;
+      continue;
     }
     if (r->bytes < 17 || buf[0] != static_cast<std::byte>(kKept) || fds.size() != 2) {
       return std::nullopt;
@@ -195,9 +239,10 @@ int main(int argc, char** argv) {
                  "namespace), which the host path uses")
       ->required();
   std::uint64_t offset_mib = 0;
-  app.add_option("--offset-mib", offset_mib,
-                 "vfio-user or vfio: where the VF's slice starts in the image (keel-card gives VF n "
-                 "n * size / vfs)");
+  app.add_option(
+      "--offset-mib", offset_mib,
+      "vfio-user or vfio: where the VF's slice starts in the image (keel-card gives VF n "
+      "n * size / vfs)");
   app.add_option("--size-mib", size_mib, "Guest disk size in MiB")
       ->required()
       ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 20));
@@ -216,6 +261,22 @@ int main(int argc, char** argv) {
   app.add_flag("--confidential", confidential,
                "The guest's RAM is private: the host path sees only a shared bounce pool (with "
                "--host-service, keel-hostd never gets a guest-RAM fd)");
+  // The guest's TPM, hosted here (docs/vtpm.md): QEMU's -tpmdev emulator connects to it.
+  keel::vtpm::VtpmServerConfig vtpm_config;
+  auto* vtpm_opt = app.add_option("--vtpm-ctrl", vtpm_config.ctrl_path,
+                                  "Serve the guest a TPM 2.0 on this control socket (QEMU: "
+                                  "-chardev socket,path=... -tpmdev emulator -device tpm-crb)");
+  app.add_option("--vtpm-state", vtpm_config.state.path,
+                 "With --vtpm-ctrl: the TPM's state file (AES-256-GCM sealed)")
+      ->needs(vtpm_opt);
+  app.add_option("--vtpm-key", vtpm_config.state.key_path,
+                 "With --vtpm-ctrl: the state's key file (32 bytes raw or 64 hex digits, mode "
+                 "0600); the host service never reads it")
+      ->needs(vtpm_opt);
+  app.add_option("--vtpm-guest", vtpm_config.state.guest,
+                 "With --vtpm-ctrl: the guest's name the state is bound to")
+      ->needs(vtpm_opt);
+  vtpm_opt->needs("--vtpm-state")->needs("--vtpm-key")->needs("--vtpm-guest");
   std::string log_level;
   keel::apps::add_log_option(app, log_level);
   app.footer(
@@ -244,7 +305,8 @@ int main(int argc, char** argv) {
   int handover_fd = -1;
   std::optional<vmm::VhostUserSession> session;
   std::optional<KeptCard> kept_card;  // the card the old process kept running for this one
-  Clock::time_point released_at{};    // when the old process let the card go
+  std::optional<keel::vtpm::VtpmHandover> kept_vtpm;  // the vTPM the old process served
+  Clock::time_point released_at{};                    // when the old process let the card go
   if (const char* env = std::getenv(kHandoverEnv); env != nullptr) {
     handover_fd = std::atoi(env);
     ::unsetenv(kHandoverEnv);
@@ -253,9 +315,20 @@ int main(int argc, char** argv) {
     if (!got) return fail("upgrade: receiving the session: " + to_string(got.error()));
     session = std::move(got).value();
     bool released = false;
-    kept_card = wait_release(handover_fd, std::chrono::seconds(30), released);
+    kept_card = wait_release(handover_fd, std::chrono::seconds(30), released, kept_vtpm);
     if (!released) return fail("upgrade: the old process did not let the card go");
     released_at = Clock::now();
+  }
+
+  // The guest's TPM: taken over from the old process at an upgrade (same client, same
+  // channels, its volatile state resumed), else started on its state file.
+  std::unique_ptr<keel::vtpm::VtpmServer> vtpm;
+  if (!vtpm_config.ctrl_path.empty()) {
+    auto v = kept_vtpm ? keel::vtpm::VtpmServer::adopt(vtpm_config, std::move(*kept_vtpm))
+                       : keel::vtpm::VtpmServer::create(vtpm_config);
+    if (!v) return fail("vTPM: " + to_string(v.error()));
+    vtpm = std::move(v).value();
+    if (auto st = vtpm->start(); !st.ok()) return fail("vTPM: " + to_string(st.error()));
   }
 
   keel::stack::StackConfig sc;
@@ -311,15 +384,17 @@ int main(int argc, char** argv) {
     auto a = keel::fpga::DmaArena::adopt(**vf, std::move(h));
     auto s = keel::drivers::nvme::decode(kept_card->state);
     if (!a) {
-      std::printf("keel-vhost-blk: upgrade: the DMA arena cannot be adopted (%s): the VF is reset\n",
-                  to_string(a.error()).c_str());
+      std::printf(
+          "keel-vhost-blk: upgrade: the DMA arena cannot be adopted (%s): the VF is reset\n",
+          to_string(a.error()).c_str());
     } else {
       arena = std::move(a).value();
       if (s) {
         saved = std::move(s).value();
       } else {
-        std::printf("keel-vhost-blk: upgrade: the saved VF state is refused (%s): the VF is reset\n",
-                    to_string(s.error()).c_str());
+        std::printf(
+            "keel-vhost-blk: upgrade: the saved VF state is refused (%s): the VF is reset\n",
+            to_string(s.error()).c_str());
       }
     }
     kept_card.reset();
@@ -404,9 +479,10 @@ int main(int argc, char** argv) {
     (void)send_record(handover_fd, kServing);
     ::close(handover_fd);
     // Where the pause goes in this process, from the old one letting the card go.
-    std::printf("keel-vhost-blk: upgrade: took over the front end's session: card open after "
-                "%.2f ms, serving after %.2f ms (VF bring-up and host path included)\n",
-                card_open_ms, ms_since(released_at));
+    std::printf(
+        "keel-vhost-blk: upgrade: took over the front end's session: card open after "
+        "%.2f ms, serving after %.2f ms (VF bring-up and host path included)\n",
+        card_open_ms, ms_since(released_at));
   }
   std::printf("keel-vhost-blk: serving %s (%" PRIu64
               " MiB, %u queue%s) from VF %u of the %s card "
@@ -467,7 +543,8 @@ int main(int argc, char** argv) {
     const double paused_ms = ms_since(t0);
     if (auto st = vmm::send_session(channel.get(), *taken); !st.ok()) {
       // The new process is gone: this one takes its session back and goes on.
-      std::printf("keel-vhost-blk: upgrade failed (%s): serving on\n", to_string(st.error()).c_str());
+      std::printf("keel-vhost-blk: upgrade failed (%s): serving on\n",
+                  to_string(st.error()).c_str());
       ::kill(child, SIGKILL);
       (void)::waitpid(child, nullptr, 0);
       print_report(*server);
@@ -514,12 +591,29 @@ int main(int argc, char** argv) {
     std::printf("keel-vhost-blk: upgrade: VF %s\n",
                 keep ? "kept running (NVMe keepalive): its state, arena and connection handed over"
                      : ("not kept (" + not_kept + "): the new process resets it").c_str());
+    if (vtpm) {
+      // The TPM goes last: its client (QEMU's TPM thread) only waits meanwhile.
+      auto h = vtpm->hand_over();
+      vtpm.reset();
+      if (!h) {
+        std::printf(
+            "keel-vhost-blk: upgrade: vTPM not handed over (%s): the new process starts "
+            "it from its state file\n",
+            to_string(h.error()).c_str());
+      } else if (!send_vtpm(channel.get(), *h)) {
+        std::printf("keel-vhost-blk: upgrade: sending the vTPM failed\n");
+      } else {
+        std::printf("keel-vhost-blk: upgrade: vTPM handed over (TPM %s)\n",
+                    h->running ? "running" : "stopped");
+      }
+    }
     (void)send_record(channel.get(), kReleased);
     const bool serving = wait_record(channel.get(), kServing, std::chrono::seconds(60));
-    std::printf("keel-vhost-blk: upgrade: session taken after %.2f ms (requests drained), card "
-                "released after %.2f ms, %s pid %d after %.2f ms\n",
-                paused_ms, released_ms, serving ? "served by" : "NOT served by",
-                static_cast<int>(child), ms_since(t0));
+    std::printf(
+        "keel-vhost-blk: upgrade: session taken after %.2f ms (requests drained), card "
+        "released after %.2f ms, %s pid %d after %.2f ms\n",
+        paused_ms, released_ms, serving ? "served by" : "NOT served by", static_cast<int>(child),
+        ms_since(t0));
     std::fflush(stdout);
     return true;
   };
@@ -552,11 +646,22 @@ int main(int argc, char** argv) {
   std::printf("keel-vhost-blk: %s: shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
   server->stop();
   print_report(*server);
+  if (vtpm) {
+    vtpm->stop();
+    const auto& c = vtpm->vtpm().counters();
+    std::printf("vtpm: %" PRIu64 " control messages (%" PRIu64 " refused), %" PRIu64
+                " TPM commands (%" PRIu64 " of a bad size, %" PRIu64 " in failure mode)%s\n",
+                c.ctrl_messages.load(), c.ctrl_refused.load(), c.tpm_commands.load(),
+                c.bad_command_size.load(), c.failure_mode.load(),
+                vtpm->vtpm().in_failure_mode() ? ", state REFUSED" : "");
+    vtpm.reset();
+  }
   if (auto own = keel::own_resident_bytes(not_own); own) {
-    std::printf("memory: %.1f MiB resident of its own (guest RAM and the card's storage left "
-                "out), %u queue%s, %s card\n",
-                static_cast<double>(*own) / (1 << 20), queues, queues == 1 ? "" : "s",
-                remote ? "a remote" : "an in-process");
+    std::printf(
+        "memory: %.1f MiB resident of its own (guest RAM and the card's storage left "
+        "out), %u queue%s, %s card\n",
+        static_cast<double>(*own) / (1 << 20), queues, queues == 1 ? "" : "s",
+        remote ? "a remote" : "an in-process");
   }
   server.reset();  // drops the front end; the paravisor stops before the host service goes
   host.reset();

@@ -62,6 +62,20 @@ fail() {
     say "ERROR msg=$*"
 }
 
+# A scenario's step (guest_vfio.sh, guest_vtpm.sh): its output (stdout and stderr) between
+# KEEL-STEP-BEGIN and KEEL-STEP-END markers with its exit status; the host names a failed step
+# and its output, so no KEEL-ERROR is needed.
+run_step() {
+    name=$1
+    shift
+    say "STEP-BEGIN job=$name uptime=$(uptime_s)"
+    "$@" 2>&1
+    rc=$?
+    say "STEP-END job=$name rc=$rc uptime=$(uptime_s)"
+    [ "$rc" -eq 0 ] || STATUS=fail
+    return "$rc"
+}
+
 finish() {
     # keel.shell=1: a shell on the console before powering off (docs/guest.md; by hand only).
     if [ "$MODE" = init ] && [ "$(param shell 0)" = 1 ]; then

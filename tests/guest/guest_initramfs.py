@@ -1,7 +1,7 @@
 """The guest's initramfs: guest_init.sh as /init, busybox, fio with its libraries and the
 kernel's virtio modules, packed in the kernel's newc cpio format without cpio(1). The
 kernel-vfio guest's carries the NVMe and VFIO modules and guest_vfio.sh instead of fio and the
-virtio modules (FLAVORS).
+virtio modules; the vtpm guest's the virtio modules, keel-tpm and guest_vtpm.sh (FLAVORS).
 """
 
 import hashlib
@@ -23,6 +23,8 @@ FLAVORS = {
     "fio": {"modules": "virtio", "fio": True, "scripts": {}},
     "kernel-vfio": {"modules": "kernel-vfio", "fio": False,
                     "scripts": {"etc/keel/kernel-vfio.sh": os.path.join(HERE, "guest_vfio.sh")}},
+    "vtpm": {"modules": "virtio", "fio": False,
+             "scripts": {"etc/keel/vtpm.sh": os.path.join(HERE, "guest_vtpm.sh")}},
 }
 # The cached initramfs files: initramfs-KEY.cpio (fio), initramfs-FLAVOR-KEY.cpio (the others).
 INITRD_NAME = re.compile(r"^initramfs-(?:([a-z][a-z0-9-]*)-)?[0-9a-f]{16}\.cpio$")

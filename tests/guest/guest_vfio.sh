@@ -2,7 +2,7 @@
 # installed as /etc/keel/kernel-vfio.sh) when the kernel command line says
 # keel.scenario=kernel-vfio, once the modules of /etc/keel/modules (nvme, vfio-pci,
 # vfio_iommu_type1 and their dependencies) are loaded. Uses guest_init.sh's say, fail, param,
-# uptime_s and OUT; guest_init.sh's finish follows.
+# uptime_s, run_step and OUT; guest_init.sh's finish follows.
 #
 # The guest runs under QEMU with an emulated Intel IOMMU and an SR-IOV capable NVMe controller
 # (tests/guest/guest_vfio.py). This script shows what the kernel made of the controller (the
@@ -38,18 +38,6 @@ DMESG_PATTERN='nvme|vfio|dmar|iommu|sr-iov|i/o error|error|warn|bug|call trace|f
 dmesg -n 1
 # VFIO pins the DMA buffers keelctl maps: no limit (root may raise it).
 ulimit -l unlimited 2>/dev/null
-
-run_step() {
-    name=$1
-    shift
-    say "STEP-BEGIN job=$name uptime=$(uptime_s)"
-    "$@" 2>&1
-    rc=$?
-    say "STEP-END job=$name rc=$rc uptime=$(uptime_s)"
-    # The host names the failed step and its output (guest_vfio.py); no KEEL-ERROR needed.
-    [ "$rc" -eq 0 ] || STATUS=fail
-    return "$rc"
-}
 
 link_name() {
     if [ -e "$1" ]; then basename "$(readlink "$1")"; else echo -; fi

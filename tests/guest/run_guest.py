@@ -18,6 +18,8 @@
       paravisor process, on two VFs of one keel-card; one VF is pulled and put back),
       kernel-vfio (no vhost-user-blk: QEMU's SR-IOV NVMe controller behind an emulated Intel
       IOMMU; inside the guest, keelctl --keelctl-bin drives it through the kernel's VFIO)
+      vtpm (the guest's TPM in its paravisor process: PCRs, extend, seal; a restart, unseal;
+      a tampered state refused: three boots, tests/guest/guest_vtpm.py)
 
 Exit status: 0 pass, 1 fail, 77 skipped (this machine cannot run it; the reason is printed).
 See docs/guest.md.
@@ -34,6 +36,7 @@ sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import guest_multi  # noqa: E402
 import guest_vfio  # noqa: E402
+import guest_vtpm  # noqa: E402
 import keelguest  # noqa: E402
 
 QSD = ("{qsd} --blockdev driver=file,node-name=disk0,filename={image} "
@@ -167,12 +170,14 @@ def main():
                                         "keel-model-restart", "keel-sim-restart",
                                         "keel-model-upgrade", "keel-card-model-upgrade",
                                         "keel-card-sim-upgrade",
-                                        "keel-card-two-guests", "kernel-vfio"])
+                                        "keel-card-two-guests", "kernel-vfio", "vtpm"])
     t.add_argument("--keel-bin", default=None)
     t.add_argument("--keelctl-bin", default=None,
                    help="kernel-vfio: the keelctl to run in the guest (default B/apps/keelctl)")
     t.add_argument("--perf-bin", default=None,
                    help="kernel-vfio: the keel-perf to run in the guest (default B/bench/keel-perf)")
+    t.add_argument("--keel-tpm-bin", default=None,
+                   help="vtpm: the TPM client to run in the guest (default B/tests/vtpm/keel-tpm)")
     t.add_argument("--keelctl-target", default="1",
                    help="0 when the build has no keelctl target (kernel-vfio skips)")
     t.add_argument("--keel-target", default="1",
@@ -211,6 +216,20 @@ def main():
                 raise keelguest.Failure(f"{perf!r} is not an executable (build keel-perf)")
             return finish(guest_vfio.run_kernel_vfio(cfg, os.path.abspath(keelctl),
                                                      perf=os.path.abspath(perf)), args)
+        if sc == "vtpm":
+            if args.keel_target in ("0", "", "false", "FALSE"):
+                raise keelguest.Skip("this build has no keel-vhost-blk target")
+            keel_bin = args.keel_bin or os.path.join(args.build_dir, "apps", "keel-vhost-blk")
+            tpm_bin = args.keel_tpm_bin or os.path.join(args.build_dir, "tests", "vtpm",
+                                                        "keel-tpm")
+            r = guest_vtpm.run_vtpm(cfg, os.path.abspath(keel_bin), os.path.abspath(tpm_bin))
+            print(f"vtpm: PCR0 {r.get('pcr0')}; PCR23 {r.get('pcr23')}; unsealed "
+                  f"{r.get('unsealed')!r}; tampered state: {r.get('refused_how')}; "
+                  f"{r['wall_s']}s; work dir {r['workdir']}", flush=True)
+            print("paravisor:\n" + r.get("paravisor_tail", ""), flush=True)
+            for p in r["problems"]:
+                print(f"PROBLEM: {p}", flush=True)
+            return 0 if r["ok"] else 1
         if sc == "keel-card-two-guests":
             if args.keel_target in ("0", "", "false", "FALSE"):
                 raise keelguest.Skip("this build has no apps (keel-card, keel-vhost-blk)")
