@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -238,30 +239,46 @@ TEST_P(Driver, ResetsRacingAdminCommandsLoseNone) {
   ASSERT_NE(ctrl_, nullptr);
   std::atomic<bool> resetting{true};
   std::string admin_error;
-  unsigned admin_done = 0;
+  std::atomic<unsigned> admin_done{0};
+  std::atomic<bool> admin_failed{false};
   std::thread admin([&] {
     keel::nvme::Sqe get{};
     get.opc = keel::nvme::admin::kGetFeatures;
     get.cdw10 = keel::nvme::feature::kNumberOfQueues;
-    // Bounded: ends with the resets, or at the first failure.
-    for (unsigned i = 0; i < 100000 && resetting.load(); ++i) {
+    // Bounded: ends with the resets, at the first failure, or after a minute.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::minutes(1);
+    while (resetting.load() && std::chrono::steady_clock::now() < until) {
       auto r = ctrl_->admin(get);
       if (!r.ok() || keel::nvme::cqe_status(*r) != 0) {
         admin_error = r.ok() ? "NVMe status " + std::to_string(keel::nvme::cqe_status(*r))
                              : to_string(r.error());
+        admin_failed.store(true);
         return;
       }
       ++admin_done;
     }
   });
-  for (int i = 0; i < 20 && admin_error.empty(); ++i) {
+  // Each reset waits for an admin command after the previous one, so the two interleave on a
+  // loaded host too (once, 20 resets ran before the admin thread was first scheduled).
+  bool interleaved = true;
+  for (int i = 0; i < 20 && interleaved; ++i) {
+    const unsigned seen = admin_done.load();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (admin_done.load() == seen && !admin_failed.load() &&
+           std::chrono::steady_clock::now() < deadline) {
+      // Sleeps rather than spins: on two cores a spinning waiter starves the card's thread.
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+    if (admin_failed.load()) break;
+    interleaved = admin_done.load() != seen;
     const Status st = ctrl_->reset();
     EXPECT_TRUE(st.ok()) << "reset " << i << ": " << (st.ok() ? "" : to_string(st.error()));
   }
   resetting.store(false);
   admin.join();
-  EXPECT_EQ(admin_error, "") << "after " << admin_done << " admin commands";
-  EXPECT_GT(admin_done, 0u);
+  EXPECT_EQ(admin_error, "") << "after " << admin_done.load() << " admin commands";
+  EXPECT_TRUE(interleaved) << "no admin command completed in 10 s between two resets";
+  EXPECT_GT(admin_done.load(), 0u);
 }
 
 TEST_P(Driver, QueuePairPerThread) {
