@@ -174,6 +174,9 @@ Result<Invocation> parse_options(int argc, const char* const* argv) {
                "check every block read and, at the end, every block written; a job that "
                "reads first fills its region with a known pattern (not timed)");
   app.add_option("--json", c.json_path, "write fio-like JSON results to FILE");
+  app.add_flag("--card-rt", c.card_rt,
+               "run the simulated card's thread (its silicon) at real-time priority "
+               "(SCHED_FIFO 1) so a loaded host cannot starve it (needs CAP_SYS_NICE)");
   app.add_option("--image", c.image,
                  "disk image for a simulated card (default: a temp file); with vfio-user, "
                  "keel-card's --image (the fallback path uses it)");

@@ -39,6 +39,10 @@ struct Config {
   std::uint64_t card_mib = 0;  ///< Card storage; 0: derived from jobs and size.
   std::uint32_t seed = 1;
   bool progress = true;  ///< Live line on a terminal.
+  /// The simulated card's thread (its silicon) at real-time priority (SCHED_FIFO 1), so that a
+  /// loaded host's other threads never make it wait for a CPU, as they cannot make a card's
+  /// silicon wait. Needs CAP_SYS_NICE; without it the run says so and goes on.
+  bool card_rt = false;
 };
 
 /// A sweep: one parameter over several values ("iodepth", "bs" or "vfs").

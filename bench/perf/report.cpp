@@ -153,7 +153,8 @@ json to_json(const Point& p, const std::string& jobname_suffix, unsigned first_g
       keel["card_thread"] = {{"run_ns", r.card_run_ns},
                              {"wait_ns", r.card_wait_ns},
                              {"wait_share", r.card_wait_share()},
-                             {"starved", r.card_starved()}};
+                             {"starved", r.card_starved()},
+                             {"realtime", r.card_rt}};
     }
     if (r.rtl && r.card_commands > 0) {
       keel["rtl_card"] = {{"commands", r.card_commands},
@@ -280,8 +281,9 @@ std::string text_report(const Point& p) {
     }
     if (r.card_thread) {
       std::snprintf(line, sizeof line,
-                    "          card thread: ran %.1f ms, waited %.1f ms for a CPU (%.0f%% of the "
-                    "time it wanted one)%s\n",
+                    "          card thread%s%s: ran %.1f ms, waited %.1f ms for a CPU (%.0f%% of "
+                    "the time it wanted one)%s\n",
+                    r.card_rt.empty() ? "" : ", ", r.card_rt.c_str(),
                     static_cast<double>(r.card_run_ns) / 1e6,
                     static_cast<double>(r.card_wait_ns) / 1e6, 100.0 * r.card_wait_share(),
                     r.card_starved() ? ": WARNING, the simulated card was starved (the host is "

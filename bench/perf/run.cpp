@@ -1,6 +1,8 @@
 #include "run.h"
 
+#include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 
 #include <sys/resource.h>
 #include <unistd.h>
@@ -492,6 +494,13 @@ Result<PathResult> Stack::run(const Config& c, bool vf_path, const Progress& pro
   std::uint64_t cpu0 = 0, switches0 = 0, returns0 = 0, busy0 = 0;
   sriov::CardCounters k0{};
   const int card_tid = stack_->card().thread_id();
+  if (c.card_rt && card_tid >= 0) {
+    sched_param sp{};
+    sp.sched_priority = 1;
+    r.card_rt = ::sched_setscheduler(card_tid, SCHED_FIFO, &sp) == 0
+                    ? "SCHED_FIFO 1"
+                    : std::string("not real-time: ") + std::strerror(errno);
+  }
   SchedStat card0{};
   auto sample = [&] {
     cpu0 = cpu_now();

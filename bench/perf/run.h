@@ -148,6 +148,9 @@ struct PathResult {
   /// here (lockstep, a board, a card in another process).
   bool card_thread = false;
   std::uint64_t card_run_ns = 0, card_wait_ns = 0;
+  /// --card-rt: whether the card's thread ran at real-time priority ("" when not asked, else
+  /// "SCHED_FIFO 1" or why not).
+  std::string card_rt;
   /// Share of the time the card's thread wanted a CPU that it spent waiting for one.
   double card_wait_share() const {
     const std::uint64_t want = card_run_ns + card_wait_ns;

@@ -1,5 +1,7 @@
 // keel-perf: option parsing and its errors, the JSON it writes, and a short verified run on
 // each path of the model card.
+#include <sched.h>
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -623,6 +625,33 @@ TEST(PerfRun, RateIopsCapsTheJob) {
     EXPECT_EQ(r->read.ios, 64u);
     EXPECT_LE(r->iops(), 2000.0 * 64 / 63) << r->path;
     EXPECT_GE(r->seconds, 63 / 2000.0) << r->path;
+  }
+}
+
+// --card-rt puts the model card's thread at SCHED_FIFO 1 (root here; without CAP_SYS_NICE the
+// run says why not), and the report and JSON say which it was.
+TEST(PerfRun, CardRtSaysWhatTheCardThreadGot) {
+  auto inv = parse({"--card", "model", "--rw", "randread", "--size", "256k", "--path", "vf",
+                    "--card-rt", "--no-progress"});
+  ASSERT_TRUE(inv.ok());
+  EXPECT_TRUE(inv->config.card_rt);
+  auto stack = Stack::open(inv->config);
+  ASSERT_TRUE(stack.ok()) << to_string(stack.error());
+  auto r = (*stack)->run(inv->config, true, nullptr);
+  ASSERT_TRUE(r.ok()) << to_string(r.error());
+  sched_param sp{};
+  int policy = -1;
+  if (r->card_rt == "SCHED_FIFO 1") {
+    policy = ::sched_getscheduler((*stack)->card().thread_id());
+    EXPECT_EQ(policy, SCHED_FIFO);
+    EXPECT_EQ(::sched_getparam((*stack)->card().thread_id(), &sp), 0);
+    EXPECT_EQ(sp.sched_priority, 1);
+  } else {
+    EXPECT_EQ(r->card_rt.rfind("not real-time: ", 0), 0u) << r->card_rt;
+  }
+  if (r->card_thread) {
+    const auto doc = document({{inv->config, {*r}}}, "");
+    EXPECT_EQ(doc["jobs"][0]["keel"]["card_thread"]["realtime"], r->card_rt);
   }
 }
 
