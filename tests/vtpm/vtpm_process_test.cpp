@@ -88,11 +88,11 @@ TEST(VtpmProcess, SameAnswersAsSwtpm) {
 
 // ---------------------------------------------------------------------------------------------
 
-// A started TPM with "persist me" in an owner NV index.
-void start_and_write_nv(Tpm& tpm) {
+// A started TPM with `data` (10 bytes) in an owner NV index.
+void start_and_write_nv(Tpm& tpm, const char* data = "persist me") {
   ASSERT_EQ(tpm.startup().rc, 0u);
   ASSERT_EQ(tpm.nv_define_space(kDefaultNvIndex, 10).rc, 0u);
-  ASSERT_EQ(tpm.nv_write(kRhOwner, kDefaultNvIndex, text("persist me")).rc, 0u);
+  ASSERT_EQ(tpm.nv_write(kRhOwner, kDefaultNvIndex, text(data)).rc, 0u);
 }
 
 TEST(VtpmProcess, PersistsAcrossRestart) {
@@ -472,9 +472,7 @@ TEST(VtpmProcess, StateBlobRoundTrip) {
   START(k);
   auto t = proc::connect_ctrl(k.sock());
   Tpm tpm(*t);
-  ASSERT_EQ(tpm.startup().rc, 0u);
-  ASSERT_EQ(tpm.nv_define_space(kDefaultNvIndex, 10).rc, 0u);
-  ASSERT_EQ(tpm.nv_write(kRhOwner, kDefaultNvIndex, text("blob state")).rc, 0u);
+  ASSERT_NO_FATAL_FAILURE(start_and_write_nv(tpm, "blob state"));
   ASSERT_EQ(t->stop(), 0u);
   const Bytes permanent = get_state_blob(*t, 1);
   ASSERT_GT(permanent.size(), 100u);
@@ -506,9 +504,7 @@ TEST(VtpmProcess, SetStateBlobIsDurable) {
   START(k);
   auto t = proc::connect_ctrl(k.sock());
   Tpm tpm(*t);
-  ASSERT_EQ(tpm.startup().rc, 0u);
-  ASSERT_EQ(tpm.nv_define_space(kDefaultNvIndex, 10).rc, 0u);
-  ASSERT_EQ(tpm.nv_write(kRhOwner, kDefaultNvIndex, text("blob state")).rc, 0u);
+  ASSERT_NO_FATAL_FAILURE(start_and_write_nv(tpm, "blob state"));
   ASSERT_EQ(t->stop(), 0u);
   const Bytes permanent = get_state_blob(*t, 1);
   ASSERT_EQ(t->init(0), 0u);
