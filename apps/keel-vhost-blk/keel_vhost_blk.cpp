@@ -597,8 +597,9 @@ int main(int argc, char** argv) {
       vtpm.reset();
       if (!h) {
         std::printf(
-            "keel-vhost-blk: upgrade: vTPM not handed over (%s): the new process starts "
-            "it from its state file\n",
+            "keel-vhost-blk: upgrade: vTPM not handed over (%s): QEMU's TPM channels close "
+            "and the guest's TPM fails until QEMU starts again (its state is safe in the "
+            "file)\n",
             to_string(h.error()).c_str());
       } else if (!send_vtpm(channel.get(), *h)) {
         std::printf("keel-vhost-blk: upgrade: sending the vTPM failed\n");

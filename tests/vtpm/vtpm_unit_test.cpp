@@ -70,6 +70,16 @@ TEST_F(VtpmTest, OnePerProcess) {
   auto second = Vtpm::open(config_);
   ASSERT_FALSE(second.ok());
   EXPECT_EQ(second.error().code, Errc::busy);
+  // The refused one never unhooked the first from libtpms: its state still gets written.
+  ASSERT_EQ(result_of(v->control(msg(2, be32(0))).reply), 0u);
+  ASSERT_EQ(rc_of(command(*v, kStartup)), 0u);
+  const std::size_t writes = v->state()->writes();
+  // TPM2_HierarchyChangeAuth(owner, empty), password session: the owner auth is persistent.
+  const Bytes change_auth = {0x80, 0x02, 0, 0,    0, 29, 0,    0, 0x01, 0x29, 0x40, 0, 0, 0x01, 0,
+                             0,    0,    9, 0x40, 0, 0,  0x09, 0, 0,    0x01, 0,    0, 0, 0};
+  EXPECT_EQ(rc_of(command(*v, change_auth)), 0u);
+  EXPECT_GT(v->state()->writes(), writes);
+  EXPECT_FALSE(Vtpm::open(config_).ok()) << "a second vTPM after the refused one";
 }
 
 TEST_F(VtpmTest, LifecycleAsQemuDrivesIt) {

@@ -54,6 +54,10 @@ Result<std::vector<std::uint8_t>> read_all(int fd, const std::string& path) {
   }
 }
 
+void cleanse(std::map<std::string, std::vector<std::uint8_t>, std::less<>>& blobs) {
+  for (auto& [name, data] : blobs) OPENSSL_cleanse(data.data(), data.size());
+}
+
 int hex_value(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -281,7 +285,7 @@ Result<std::unique_ptr<SealedState>> SealedState::open(const SealedStateConfig& 
 
 SealedState::~SealedState() {
   if (!key_.empty()) OPENSSL_cleanse(key_.data(), key_.size());
-  for (auto& [name, data] : blobs_) OPENSSL_cleanse(data.data(), data.size());
+  cleanse(blobs_);
 }
 
 std::optional<std::vector<std::uint8_t>> SealedState::load(std::string_view name) const {
@@ -301,8 +305,15 @@ Status SealedState::store(std::string_view name,
     next.erase(it);
   }
   auto bytes = seal(std::span<const std::uint8_t, 32>(key_.data(), 32), config_.guest, next);
-  if (!bytes) return bytes.error();
-  if (Status st = write_file(*bytes); !st.ok()) return st;
+  if (!bytes) {
+    cleanse(next);
+    return bytes.error();
+  }
+  if (Status st = write_file(*bytes); !st.ok()) {
+    cleanse(next);
+    return st;
+  }
+  cleanse(blobs_);
   blobs_ = std::move(next);
   ++writes_;
   return {};

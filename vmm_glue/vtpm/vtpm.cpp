@@ -6,6 +6,8 @@
 #include <libtpms/tpm_nvfilename.h>
 #include <libtpms/tpm_tis.h>
 
+#include <openssl/crypto.h>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -111,19 +113,25 @@ Result<std::unique_ptr<Vtpm>> Vtpm::open(const SealedStateConfig& config) {
 }
 
 Vtpm::~Vtpm() {
+  // A Vtpm that lost the race in open() never owned libtpms: it must not stop it or unhook the
+  // one that did.
+  Vtpm* self = this;
+  if (!g_vtpm.compare_exchange_strong(self, nullptr)) return;
   stop();
   if (resp_) TPM_Free(resp_);
-  g_vtpm.store(nullptr);
 }
 
 std::uint32_t Vtpm::nv_load(unsigned char** data, std::uint32_t* length, const char* name) {
   auto blob = state_ ? state_->load(name) : std::nullopt;
   // TPM_RETRY tells libtpms the blob does not exist yet (a TPM to manufacture).
   if (!blob) return TPM_RETRY;
-  if (TPM_Malloc(data, static_cast<std::uint32_t>(blob->size())) != TPM_SUCCESS) return TPM_FAIL;
-  std::memcpy(*data, blob->data(), blob->size());
-  *length = static_cast<std::uint32_t>(blob->size());
-  return TPM_SUCCESS;
+  TPM_RESULT rc = TPM_Malloc(data, static_cast<std::uint32_t>(blob->size()));
+  if (rc == TPM_SUCCESS) {
+    std::memcpy(*data, blob->data(), blob->size());
+    *length = static_cast<std::uint32_t>(blob->size());
+  }
+  OPENSSL_cleanse(blob->data(), blob->size());  // the TPM's seeds: no stray copies
+  return rc == TPM_SUCCESS ? TPM_SUCCESS : TPM_FAIL;
 }
 
 std::uint32_t Vtpm::nv_store(const unsigned char* data, std::uint32_t length, const char* name) {

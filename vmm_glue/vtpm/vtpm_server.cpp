@@ -22,20 +22,9 @@ constexpr int kMidMessageTimeoutMs = 5000;
 // A control message: the largest request (HASH_DATA, 4 + 4 + 4096) with room to spare.
 constexpr std::size_t kCtrlBuffer = 8192;
 
-void set_blocking(int fd) {
+void set_nonblocking(int fd) {
   int flags = ::fcntl(fd, F_GETFL);
-  if (flags >= 0) ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
-}
-
-bool write_all(int fd, std::span<const std::uint8_t> bytes) {
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = ::send(fd, bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    done += static_cast<std::size_t>(n);
-  }
-  return true;
+  if (flags >= 0) ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
 }
 
 void drain(int fd) {
@@ -52,6 +41,13 @@ Result<std::unique_ptr<VtpmServer>> VtpmServer::create(VtpmServerConfig config) 
   auto vtpm = Vtpm::open(s->config_.state);
   if (!vtpm) return vtpm.error();
   s->vtpm_ = std::move(*vtpm);
+  // A volatile state in the file is an upgrade's that no process took over: a fresh start must
+  // not resume its PCRs and sessions (a guest's cold boot starts from zeroed PCRs).
+  if (SealedState* st = s->vtpm_->state(); st != nullptr && st->load("volatilestate")) {
+    if (Status d = st->store("volatilestate", std::nullopt); !d.ok()) return d.error();
+    kLog.warn("dropped a volatile TPM state an unfinished upgrade left in %s",
+              s->config_.state.path.c_str());
+  }
   UnixListenerConfig lc;
   lc.backlog = 4;
   auto l = UnixListener::listen(s->config_.ctrl_path, lc);
@@ -96,17 +92,22 @@ Result<VtpmHandover> VtpmServer::hand_over() {
   h.running = vtpm_->running();
   h.locality = vtpm_->locality();
   h.buffer_size = vtpm_->buffer_size();
-  Status saved = vtpm_->suspend();
+  if (Status saved = vtpm_->suspend(); !saved.ok()) {
+    // The sockets still go: the next process starts the TPM from its permanent state, as after
+    // a reset, which the guest survives better than channels that close for good.
+    kLog.error("upgrade: %s; the next process starts the TPM from its permanent state",
+               to_string(saved.error()).c_str());
+  }
   vtpm_.reset();  // libtpms and the state's lock go before the next process opens them
+  shutdown_ = true;
   h.listener.reset(::fcntl(listener_.fd(), F_DUPFD_CLOEXEC, 0));
+  if (!h.listener.valid()) {
+    return make_error(Errc::io_error,
+                      std::string("duplicating the vTPM's listener: ") + std::strerror(errno));
+  }
   listener_.release();
   h.ctrl = std::move(ctrl_);
   h.data = std::move(data_);
-  shutdown_ = true;
-  if (!saved.ok()) {
-    h.running = false;
-    return saved.error();
-  }
   return h;
 }
 
@@ -136,15 +137,49 @@ void VtpmServer::drop_ctrl() {
   kLog.debug("control connection closed");
 }
 
+bool VtpmServer::wait_io(int fd, short events, Deadline deadline) {
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    pollfd p[2] = {{fd, events, 0}, {stop_fd_.get(), POLLIN, 0}};
+    int r = ::poll(p, 2, static_cast<int>(left.count()) + 1);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 || p[1].revents) return false;  // stop() ends a stalled peer's hold at once
+    if (r > 0) return true;
+  }
+}
+
 bool VtpmServer::read_exact(int fd, std::uint8_t* buf, std::size_t n) {
+  // One bound for the whole message: a peer that trickles bytes cannot hold the server longer.
+  const Deadline deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(kMidMessageTimeoutMs);
   std::size_t done = 0;
   while (done < n) {
-    pollfd p{fd, POLLIN, 0};
-    int r = ::poll(&p, 1, kMidMessageTimeoutMs);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return false;
     ssize_t k = ::recv(fd, buf + done, n - done, MSG_DONTWAIT);
-    if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (k < 0 && errno == EINTR) continue;
+    if (k < 0 && errno == EAGAIN) {
+      if (!wait_io(fd, POLLIN, deadline)) return false;
+      continue;
+    }
+    if (k <= 0) return false;
+    done += static_cast<std::size_t>(k);
+  }
+  return true;
+}
+
+bool VtpmServer::send_all(int fd, std::span<const std::uint8_t> bytes) {
+  // A peer that stops reading its replies loses its channel instead of blocking the server.
+  const Deadline deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(kMidMessageTimeoutMs);
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t k = ::send(fd, bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (k < 0 && errno == EINTR) continue;
+    if (k < 0 && errno == EAGAIN) {
+      if (!wait_io(fd, POLLOUT, deadline)) return false;
+      continue;
+    }
     if (k <= 0) return false;
     done += static_cast<std::size_t>(k);
   }
@@ -168,6 +203,16 @@ void VtpmServer::on_ctrl() {
     out.reply = ctrl_error_reply(static_cast<std::uint32_t>(CtrlCmd::set_datafd), kResBadParameter);
   } else {
     out = vtpm_->control(buf);
+    // A refused SET_STATEBLOB header that announced a length (an oversized blob) is followed
+    // by a body this server will not read: the stream cannot be resynchronised, so the
+    // connection goes after the refusal. (A header too short to announce one is refused alone.)
+    if (buf.size() >= 16 &&
+        load_be32(buf.data()) == static_cast<std::uint32_t>(CtrlCmd::set_state_blob) &&
+        !parse_ctrl(buf).request) {
+      (void)send_all(ctrl_.get(), out.reply);
+      kLog.warn("control channel: SET_STATEBLOB refused; closing the connection");
+      return drop_ctrl();
+    }
   }
   if (out.blob_rest) {
     CtrlParse parsed = parse_ctrl(buf);
@@ -183,10 +228,10 @@ void VtpmServer::on_ctrl() {
   }
   if (out.take_datafd) {
     data_ = std::move(fds[0]);
-    set_blocking(data_.get());
+    set_nonblocking(data_.get());
     kLog.info("data channel set");
   }
-  if (!write_all(ctrl_.get(), out.reply)) return drop_ctrl();
+  if (!send_all(ctrl_.get(), out.reply)) return drop_ctrl();
   if (out.shutdown) {
     kLog.info("SHUTDOWN: TPM stopped");
     data_.reset();
@@ -214,7 +259,7 @@ void VtpmServer::on_data() {
     // the client learns why.
     drain(data_.get());
     auto resp = vtpm_->command(cmd);  // counted and answered as TPM_RC_COMMAND_SIZE
-    if (!write_all(data_.get(), resp)) data_.reset();
+    if (!send_all(data_.get(), resp)) data_.reset();
     return;
   }
   cmd.resize(size);
@@ -224,7 +269,7 @@ void VtpmServer::on_data() {
     return;
   }
   auto resp = vtpm_->command(cmd);
-  if (!write_all(data_.get(), resp)) {
+  if (!send_all(data_.get(), resp)) {
     data_.reset();
     kLog.info("data channel closed while answering");
   }
@@ -250,7 +295,6 @@ void VtpmServer::run() {
       if (ctrl_.valid()) {
         on_ctrl();
       } else if (UniqueFd c = listener_.accept(); c.valid()) {
-        set_blocking(c.get());
         ctrl_ = std::move(c);
         kLog.debug("control connection accepted");
       }

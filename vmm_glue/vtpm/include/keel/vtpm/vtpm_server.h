@@ -8,12 +8,16 @@
 // one leaves, as with swtpm). The data channel is the fd the client hands over with SET_DATAFD;
 // a command is read whole (its header's size), run, and answered before the next message on
 // either channel is read. A command that announces a size below 10 or above the buffer gets
-// TPM_RC_COMMAND_SIZE and what is pending on the channel is dropped; a peer that stops halfway
-// through a command or a state blob for 5 s loses its channel. Nothing a client sends stops the
-// server but SHUTDOWN, and only when `exit_on_shutdown` (the standalone keel-vtpm).
+// TPM_RC_COMMAND_SIZE and what is pending on the channel is dropped. A peer that takes more than
+// 5 s to send a whole command or state blob, or to take a whole reply, loses its channel; so
+// does one whose SET_STATEBLOB header is refused (its body cannot be told from the next
+// message). stop() ends such a wait at once. Nothing a client sends stops the server but
+// SHUTDOWN, and only when `exit_on_shutdown` (the standalone keel-vtpm).
 #pragma once
 
+#include <chrono>
 #include <memory>
+#include <span>
 #include <string>
 #include <thread>
 
@@ -78,7 +82,12 @@ class VtpmServer {
   void on_ctrl();
   void on_data();
   void drop_ctrl();
+  using Deadline = std::chrono::steady_clock::time_point;
+  /// Waits for `events` on fd until `deadline`; false on timeout or stop().
+  bool wait_io(int fd, short events, Deadline deadline);
+  /// A whole message in / out within 5 s (false: the peer stalled or went, or stop()).
   bool read_exact(int fd, std::uint8_t* buf, std::size_t n);
+  bool send_all(int fd, std::span<const std::uint8_t> bytes);
 
   VtpmServerConfig config_;
   std::unique_ptr<Vtpm> vtpm_;
