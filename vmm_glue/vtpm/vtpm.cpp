@@ -77,11 +77,11 @@ Result<std::unique_ptr<Vtpm>> Vtpm::open(const SealedStateConfig& config) {
                       "this process already serves a vTPM (libtpms has one TPM per "
                       "process)");
   }
+  // From here, a failure's return destroys `v`, whose destructor unhooks it again.
   StateProblem problem = StateProblem::none;
   auto state = SealedState::open(config, &problem);
   if (!state) {
     if (problem != StateProblem::untrusted) {
-      g_vtpm.store(nullptr);
       return state.error();
     }
     v->failure_reason_ = state.error().message;
@@ -93,7 +93,6 @@ Result<std::unique_ptr<Vtpm>> Vtpm::open(const SealedStateConfig& config) {
   }
   v->state_ = std::move(*state);
   if (TPMLIB_ChooseTPMVersion(TPMLIB_TPM_VERSION_2) != TPM_SUCCESS) {
-    g_vtpm.store(nullptr);
     return make_error(Errc::unavailable, "libtpms has no TPM 2.0");
   }
   libtpms_callbacks cbs{};
@@ -106,7 +105,6 @@ Result<std::unique_ptr<Vtpm>> Vtpm::open(const SealedStateConfig& config) {
   cbs.tpm_io_getlocality = cb_locality;
   cbs.tpm_io_getphysicalpresence = cb_presence;
   if (TPMLIB_RegisterCallbacks(&cbs) != TPM_SUCCESS) {
-    g_vtpm.store(nullptr);
     return make_error(Errc::unavailable, "libtpms refused keel's storage callbacks");
   }
   return v;
