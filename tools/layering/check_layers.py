@@ -7,6 +7,7 @@ keel's layers, lowest first (docs/architecture.md draws them):
   regs (hdl)            the register map generated from hdl/regmap
   fpga core, fpga/pci   the Card/Function interface, IOMMU model; PCI and SR-IOV sysfs
   fpga/vfio_common      VFIO semantics both VFIO backends share (IOVA space, region info)
+  fpga/eswitch          the Ethernet switch (the card's embedded one and the host's software one)
   fpga backends         model, sim, vfio, xrt: the ways a card is reached
   fpga registry         open_card(): the one place that knows every backend
   drivers, sriov        the VF drivers; the PF managers
@@ -38,6 +39,7 @@ LAYERS = [
     ("fpga/pci/", "pci", 2),
     ("fpga/vfio_user/", "vfio_user", 2),
     ("fpga/vfio_common/", "vfio_common", 2.2),
+    ("fpga/eswitch/", "eswitch", 2.3),
     ("fpga/model/", "model", 2.5),
     ("fpga/sim/", "sim", 2.5),
     ("fpga/vfio/", "vfio", 2.5),

@@ -17,6 +17,7 @@
 namespace keel::fpga {
 
 class FaultInjector;
+class NicCard;
 
 /// A card: one PF and up to max_vfs() VFs. Implemented by fpga/model (C++ reference card),
 /// fpga/sim (Verilated RTL), and the real-board backends.
@@ -74,6 +75,10 @@ class Card : public Clock, public Stepper {
 
   /// The card's fault injector, or nullptr on real hardware.
   virtual FaultInjector* faults() noexcept { return nullptr; }
+
+  /// The card's NIC (a PF of its own with its VFs and the embedded switch), or nullptr when the
+  /// backend has none (a plain NVMe device, or a card whose NIC this backend cannot reach yet).
+  virtual NicCard* nic() noexcept { return nullptr; }
 
  protected:
   Card() = default;
