@@ -12,6 +12,7 @@
 #include "keel/fpga/iommu_function.h"
 #include "keel/fpga/model/model_card.h"
 #include "keel/fpga/pf_function.h"
+#include "nic_model.h"
 #include "vf_controller.h"
 
 namespace keel::fpga::model {
@@ -62,6 +63,7 @@ struct ModelCard::Impl {
   std::unique_ptr<PfFunction> pf;
   std::vector<std::unique_ptr<VfFunction>> vfs;
   std::unique_ptr<FaultInjector> faults;
+  std::unique_ptr<NicModel> nic;  ///< The NIC PF, its VFs and the switch.
 
   std::mutex mu;  // card state: controllers' card side, VF resources, NUM_VFS
   std::atomic<unsigned> num_vfs{0};

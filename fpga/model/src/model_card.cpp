@@ -39,7 +39,8 @@ Result<std::unique_ptr<ModelCard>> ModelCard::create(const ModelConfig& config) 
   auto impl = std::make_unique<Impl>();
   impl->config = config;
   impl->storage = std::move(storage).value();
-  impl->iommu = std::make_unique<Iommu>(o.max_vfs + 1);
+  // Domains: the NVMe PF and VFs (0..64), then the NIC PF and its VFs (kNicPfFunction..).
+  impl->iommu = std::make_unique<Iommu>(nic_vf_function(o.max_vfs - 1) + 1);
   impl->present = std::make_unique<std::atomic<bool>[]>(o.max_vfs);
   impl->pf = std::make_unique<PfFunction>(*impl);
   for (unsigned i = 0; i < o.max_vfs; ++i) {
@@ -56,6 +57,17 @@ Result<std::unique_ptr<ModelCard>> ModelCard::create(const ModelConfig& config) 
     impl->vfs.push_back(std::make_unique<VfFunction>(*impl, i));
   }
   impl->faults = make_fault_injector(*impl);
+  NicHost nic_host;
+  nic_host.iommu = impl->iommu.get();
+  nic_host.activity = &impl->activity;
+  nic_host.lockstep = o.lockstep;
+  nic_host.now_ns = [c = impl.get()] { return c->now_ns(); };
+  nic_host.step = [c = impl.get()] {
+    std::lock_guard lock(c->mu);
+    c->round();
+    c->virtual_ns.fetch_add(c->config.ns_per_step, std::memory_order_release);
+  };
+  impl->nic = std::make_unique<NicModel>(std::move(nic_host), o.max_vfs);
   std::unique_ptr<ModelCard> card(new ModelCard(std::move(impl)));
   if (!o.lockstep) {
     card->impl_->running.store(true);
@@ -120,6 +132,7 @@ unsigned ModelCard::step(unsigned n) {
 
 std::uint64_t ModelCard::now_ns() const noexcept { return impl_->now_ns(); }
 FaultInjector* ModelCard::faults() noexcept { return impl_->faults.get(); }
+NicCard* ModelCard::nic() noexcept { return impl_->nic.get(); }
 Iommu& ModelCard::iommu() noexcept { return *impl_->iommu; }
 
 std::uint64_t ModelCard::Impl::now_ns() const noexcept {
@@ -135,9 +148,9 @@ std::uint64_t ModelCard::Impl::storage_lbas() const noexcept {
 
 unsigned ModelCard::Impl::round() noexcept {
   const unsigned n = num_vfs.load(std::memory_order_relaxed);
-  if (n == 0) return 0;
   const std::uint64_t now = now_ns();
-  unsigned done = 0;
+  unsigned done = nic->service(now);
+  if (n == 0) return done;
   for (unsigned k = 0; k < n; ++k) {
     VfController& c = *ctrls[(rr + k) % n];
     const unsigned weight = c.resources().weight == 0 ? 1 : c.resources().weight;
@@ -148,6 +161,7 @@ unsigned ModelCard::Impl::round() noexcept {
 }
 
 bool ModelCard::Impl::any_busy() noexcept {
+  if (nic->busy()) return true;
   const unsigned n = num_vfs.load(std::memory_order_relaxed);
   const std::uint64_t now = now_ns();
   for (unsigned i = 0; i < n; ++i) {

@@ -9,6 +9,7 @@
 
 #include "keel/fpga/card.h"
 #include "keel/fpga/iommu.h"
+#include "keel/fpga/nic.h"
 
 namespace keel::fpga::model {
 
@@ -50,6 +51,7 @@ class ModelCard final : public Card {
   unsigned step(unsigned n = 1) override;
   std::uint64_t now_ns() const noexcept override;
   FaultInjector* faults() noexcept override;
+  NicCard* nic() noexcept override;
 
   /// The IOMMU shared by all functions (tests inspect its windows and fault counts).
   Iommu& iommu() noexcept;
