@@ -401,6 +401,17 @@ virtio::blk::Config Paravisor::config_space() const noexcept {
   return c;
 }
 
+std::vector<std::byte> Paravisor::config_bytes() const {
+  // The fields of virtio-blk's configuration, without the struct's tail padding.
+  constexpr std::size_t kBytes =
+      offsetof(virtio::blk::Config, unused1) + sizeof(virtio::blk::Config::unused1);
+  static_assert(kBytes == 60, "virtio-blk config space is 60 bytes");
+  const virtio::blk::Config c = config_space();
+  std::vector<std::byte> out(kBytes);
+  std::memcpy(out.data(), &c, kBytes);
+  return out;
+}
+
 Status Paravisor::set_queue(unsigned q, const Virtqueue::Layout& layout, std::uint16_t last_avail) {
   if (q >= workers_.size()) {
     return make_error(Errc::invalid_argument, "queue " + std::to_string(q) + " does not exist (" +

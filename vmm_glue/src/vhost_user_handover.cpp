@@ -45,7 +45,7 @@ Result<VhostUserSession> VhostUserBlkServer::take_session(
   // Requests in flight complete; every running ring's base is recorded; the VF queue pairs
   // stay for last_look (they go with the paravisor unless it saves them).
   m.pause(true);
-  if (last_look && m.pv != nullptr) last_look(*m.pv);
+  if (auto* pv = dynamic_cast<Paravisor*>(m.pv.get()); last_look && pv != nullptr) last_look(*pv);
   VhostUserSession s;
   auto listener = dup_fd(m.listener.fd());
   if (!listener) return listener.error();
@@ -129,6 +129,11 @@ Result<VhostUserSession> VhostUserBlkServer::take_session(
 
 Result<std::unique_ptr<VhostUserBlkServer>> VhostUserBlkServer::adopt(
     const VhostUserBlkConfig& config, ParavisorFactory factory, VhostUserSession session) {
+  return adopt_device(config, device_factory(std::move(factory)), std::move(session));
+}
+
+Result<std::unique_ptr<VhostUserBlkServer>> VhostUserBlkServer::adopt_device(
+    const VhostUserBlkConfig& config, DeviceFactory factory, VhostUserSession session) {
   if (!factory) return make_error(Errc::invalid_argument, "vhost-user server without a factory");
   if (!session.listener.valid() || !session.connection.valid()) {
     return make_error(Errc::invalid_argument, "the session has no listening socket or connection");

@@ -78,10 +78,10 @@ struct VhostUserBlkServer::Impl {
   using Clock = std::chrono::steady_clock;
 
   VhostUserBlkConfig config;
-  ParavisorFactory factory;
+  DeviceFactory factory;
   // The device, learned at create().
   std::uint64_t device_features = 0;
-  virtio::blk::Config probe_config{};
+  std::vector<std::byte> probe_config;  ///< The device's config space, as probed.
   unsigned queues = 0;
 
   UnixListener listener;
@@ -97,7 +97,7 @@ struct VhostUserBlkServer::Impl {
   /// INFLIGHT_SHMFD record (GET/SET_INFLIGHT_FD); the paravisor's rings record into it, so it
   /// outlives the paravisor (replacing it retires the paravisor first).
   std::unique_ptr<InflightRegion> inflight;
-  std::unique_ptr<Paravisor> pv;
+  std::unique_ptr<VhostDevice> pv;
   bool pv_running = false;
   bool err_signalled = false;
   std::vector<detail::Ring> rings;

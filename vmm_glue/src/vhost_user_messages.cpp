@@ -20,11 +20,6 @@ using vu::Request;
 
 namespace {
 
-// Bytes of virtio::blk::Config that are fields (no tail padding).
-constexpr std::size_t kBlkConfigBytes =
-    offsetof(virtio::blk::Config, unused1) + sizeof(virtio::blk::Config::unused1);
-static_assert(kBlkConfigBytes == 60, "virtio-blk config space is 60 bytes");
-
 constexpr std::uint64_t kProtocolFeaturesBit = std::uint64_t{1} << vu::kFeatureProtocolFeatures;
 
 bool has_natural_reply(std::uint32_t request) {
@@ -419,8 +414,8 @@ Status VhostUserBlkServer::Impl::get_config(const detail::Message& m) {
   auto h = config_header(m);
   if (!h) return h.error();
   std::array<std::byte, vu::kMaxConfigBytes> space{};
-  const virtio::blk::Config c = pv != nullptr ? pv->config_space() : probe_config;
-  std::memcpy(space.data(), &c, kBlkConfigBytes);
+  const std::vector<std::byte> c = pv != nullptr ? pv->config_bytes() : probe_config;
+  std::memcpy(space.data(), c.data(), std::min(c.size(), space.size()));
   std::array<std::byte, sizeof(vu::ConfigHeader) + vu::kMaxConfigBytes> out{};
   std::memcpy(out.data(), &*h, sizeof(vu::ConfigHeader));
   std::memcpy(out.data() + sizeof(vu::ConfigHeader), space.data() + h->offset, h->size);
@@ -434,19 +429,17 @@ Status VhostUserBlkServer::Impl::set_config(const detail::Message& m) {
   if (h->flags > 1) {
     return make_error(Errc::invalid_argument, "config flags " + hex(h->flags) + " unknown");
   }
-  std::array<std::byte, vu::kMaxConfigBytes> space{};
-  const virtio::blk::Config c = pv != nullptr ? pv->config_space() : probe_config;
-  std::memcpy(space.data(), &c, kBlkConfigBytes);
-  const std::byte* wanted = m.payload.data() + sizeof(vu::ConfigHeader);
+  const std::span<const std::byte> wanted(m.payload.data() + sizeof(vu::ConfigHeader), h->size);
+  if (pv != nullptr) return pv->write_config(h->offset, wanted);
+  // Before the first memory table there is no device yet: the probed space is read-only.
   for (std::uint32_t i = 0; i < h->size; ++i) {
-    if (wanted[i] != space[h->offset + i]) {
+    const std::size_t at = h->offset + i;
+    if (wanted[i] != (at < probe_config.size() ? probe_config[at] : std::byte{0})) {
       return make_error(Errc::invalid_argument,
-                        "config byte " + std::to_string(h->offset + i) +
-                            " is read-only (keel's virtio-blk has no writable field: no "
-                            "CONFIG_WCE)");
+                        "config byte " + std::to_string(at) + " is read-only");
     }
   }
-  return {};  // writing what is already there changes nothing
+  return {};
 }
 
 }  // namespace keel::vmm

@@ -256,13 +256,12 @@ Status VhostUserBlkServer::Impl::create_paravisor() {
   if (!made) {
     return make_error(made.error().code, "creating the paravisor: " + made.error().message);
   }
-  std::unique_ptr<Paravisor> p = std::move(made).value();
-  if (p == nullptr) return make_error(Errc::invalid_argument, "the factory returned no paravisor");
-  if (p->config_space().num_queues != queues) {
-    return make_error(Errc::invalid_argument, "the factory's paravisor has " +
-                                                  std::to_string(p->config_space().num_queues) +
-                                                  " queues; the device announced " +
-                                                  std::to_string(queues));
+  std::unique_ptr<VhostDevice> p = std::move(made).value();
+  if (p == nullptr) return make_error(Errc::invalid_argument, "the factory returned no device");
+  if (p->num_queues() != queues) {
+    return make_error(Errc::invalid_argument,
+                      "the factory's device has " + std::to_string(p->num_queues()) +
+                          " queues; the device announced " + std::to_string(queues));
   }
   if (features_set) {
     if (Status st = p->set_features(acked_features & ~kProtocolFeaturesBit); !st.ok()) return st;
@@ -279,7 +278,7 @@ void VhostUserBlkServer::Impl::retire_paravisor() {
   if (pv == nullptr) return;
   pause();
   pv->stop();
-  std::unique_ptr<Paravisor> old;
+  std::unique_ptr<VhostDevice> old;
   {
     std::lock_guard lock(mu);
     detail::add(retired, pv->counters());

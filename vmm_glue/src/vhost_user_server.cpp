@@ -16,8 +16,22 @@ namespace vu = vhost_user;
 
 VhostUserBlkServer::VhostUserBlkServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
+DeviceFactory device_factory(ParavisorFactory factory) {
+  if (!factory) return {};
+  return [f = std::move(factory)](GuestMemory& memory) -> Result<std::unique_ptr<VhostDevice>> {
+    auto made = f(memory);
+    if (!made) return made.error();
+    return std::unique_ptr<VhostDevice>(std::move(made).value());
+  };
+}
+
 Result<std::unique_ptr<VhostUserBlkServer>> VhostUserBlkServer::create(
     const VhostUserBlkConfig& config, ParavisorFactory factory) {
+  return create_device(config, device_factory(std::move(factory)));
+}
+
+Result<std::unique_ptr<VhostUserBlkServer>> VhostUserBlkServer::create_device(
+    const VhostUserBlkConfig& config, DeviceFactory factory) {
   if (!factory) return make_error(Errc::invalid_argument, "vhost-user server without a factory");
   auto impl = std::make_unique<Impl>();
   impl->config = config;
@@ -41,12 +55,17 @@ Status VhostUserBlkServer::Impl::probe_device() {
     if (!probe) {
       return make_error(probe.error().code, "probing the device: " + probe.error().message);
     }
-    std::unique_ptr<Paravisor> p = std::move(probe).value();
-    if (p == nullptr)
-      return make_error(Errc::invalid_argument, "the factory returned no paravisor");
+    std::unique_ptr<VhostDevice> p = std::move(probe).value();
+    if (p == nullptr) return make_error(Errc::invalid_argument, "the factory returned no device");
     device_features = p->device_features();
-    probe_config = p->config_space();
-    queues = probe_config.num_queues;
+    probe_config = p->config_bytes();
+    queues = p->num_queues();
+    if (probe_config.size() > vu::kMaxConfigBytes) {
+      return make_error(Errc::invalid_argument, "the device's config space is " +
+                                                    std::to_string(probe_config.size()) +
+                                                    " bytes; vhost-user carries at most " +
+                                                    std::to_string(vu::kMaxConfigBytes));
+    }
     p.reset();  // before the memory it refers to
   }
   if (queues == 0 || queues > vu::kVringIndexMask + 1) {
@@ -113,7 +132,11 @@ unsigned VhostUserBlkServer::run_paravisor_once() {
   return n;
 }
 
-Paravisor* VhostUserBlkServer::paravisor() noexcept { return impl_->pv.get(); }
+Paravisor* VhostUserBlkServer::paravisor() noexcept {
+  return dynamic_cast<Paravisor*>(impl_->pv.get());
+}
+
+VhostDevice* VhostUserBlkServer::device() noexcept { return impl_->pv.get(); }
 bool VhostUserBlkServer::connected() const noexcept { return impl_->connected.load(); }
 std::uint64_t VhostUserBlkServer::device_features() const noexcept {
   return impl_->device_features;

@@ -22,26 +22,10 @@
 #include "keel/unique_fd.h"
 #include "keel/vmm/guest_memory.h"
 #include "keel/vmm/host_service.h"
+#include "keel/vmm/vhost_device.h"
 #include "keel/vmm/virtqueue.h"
 
 namespace keel::vmm {
-
-/// Which path carries the guest's IO (design brief, "Failover").
-enum class PathState : std::uint8_t {
-  absent,    ///< No VF: everything on the fallback.
-  ready,     ///< VF up again, traffic about to move back.
-  active,    ///< Accelerated: IO goes to the VF.
-  draining,  ///< VF lost: in-flight VF IO is being re-issued on the fallback.
-  fallback,  ///< Software path; the VF is probed for its return.
-};
-const char* to_string(PathState s) noexcept;
-
-struct Transition {
-  PathState from;
-  PathState to;
-  std::string reason;
-  std::uint64_t card_time_ns;
-};
 
 /// Every member has a default.
 struct ParavisorConfig {
@@ -99,27 +83,11 @@ struct ParavisorConfig {
   bool threads = false;
 };
 
-struct ParavisorCounters {
-  std::uint64_t requests = 0;          ///< Guest requests completed.
-  std::uint64_t vf_ios = 0;            ///< NVMe commands completed on the VF.
-  std::uint64_t fallback_ios = 0;      ///< Requests completed by the host service.
-  std::uint64_t reissued = 0;          ///< VF commands re-issued on the fallback.
-  std::uint64_t bounced = 0;           ///< VF transfers that went through the bounce pool.
-  std::uint64_t pool_bounced = 0;      ///< Host transfers through the shared pool (confidential).
-  std::uint64_t errors = 0;            ///< Requests completed with a non-OK status.
-  std::uint64_t bad_requests = 0;      ///< Malformed requests (completed with an error).
-  std::uint64_t notifications = 0;     ///< Interrupts sent to the guest.
-  std::uint64_t given_back = 0;        ///< Unfinished requests returned to the ring at a stop.
-  std::uint64_t to_fallback = 0;       ///< Switches to the fallback.
-  std::uint64_t to_vf = 0;             ///< Switches back to the VF.
-  std::uint64_t kept_queue_pairs = 0;  ///< VF queue pairs taken over running (keepalive).
-};
-
 class QueueWorker;
 
 /// The paravisor of one guest. Owns the guest's virtio-blk device state, its VF driver and
 /// its host-service channels.
-class Paravisor {
+class Paravisor final : public VhostDevice {
  public:
   /// `vf` may be null (the guest starts without one). The VF's resources must already be
   /// committed by the PF manager. Errors: from the VF bring-up (then the guest starts on the
@@ -133,30 +101,34 @@ class Paravisor {
                                                    fpga::Stepper& stepper, GuestMemory& memory,
                                                    HostStorage& host,
                                                    const ParavisorConfig& config = {});
-  ~Paravisor();
+  ~Paravisor() override;
   Paravisor(const Paravisor&) = delete;
   Paravisor& operator=(const Paravisor&) = delete;
 
   // ---- virtio-blk device (what a front end drives) ----
-  std::uint64_t device_features() const noexcept;
+  std::uint64_t device_features() const noexcept override;
   /// Errors: invalid_argument (features not offered, or VERSION_1 missing).
-  Status set_features(std::uint64_t features);
+  Status set_features(std::uint64_t features) override;
   /// The device configuration space (capacity, seg_max, blk_size, num_queues, ...).
   virtio::blk::Config config_space() const noexcept;
+  unsigned num_queues() const noexcept override { return config_space().num_queues; }
+  /// config_space() as the 60 bytes of virtio-blk's configuration that are fields.
+  std::vector<std::byte> config_bytes() const override;
   /// Sets up virtqueue `q`. Errors: invalid_argument (bad index, size, layout).
-  Status set_queue(unsigned q, const Virtqueue::Layout& layout, std::uint16_t last_avail = 0);
+  Status set_queue(unsigned q, const Virtqueue::Layout& layout,
+                   std::uint16_t last_avail = 0) override;
   /// Where completions are signalled: called with the queue index (in-process guests), or
   /// an eventfd per queue (vhost-user call fds; -1 to use the callback).
   void set_notifier(std::function<void(unsigned)> notify);
-  void set_call_fd(unsigned q, int fd);
+  void set_call_fd(unsigned q, int fd) override;
   /// Kick fd per queue (vhost-user): the worker sleeps on it when idle.
-  void set_kick_fd(unsigned q, int fd);
+  void set_kick_fd(unsigned q, int fd) override;
   /// Starts the workers (threads when configured) for every configured queue.
-  Status start();
+  Status start() override;
   /// Stops the workers; in-flight requests finish first (bounded by the timeouts). The VF
   /// queue pairs are deleted, unless `keep_vf_queues` (before save(): those with nothing
   /// outstanding stay, running).
-  void stop(bool keep_vf_queues = false);
+  void stop(bool keep_vf_queues = false) override;
   /// Servicing, after stop(): the VF driver's state (controller and every queue pair) for the
   /// next process, which passes it as ParavisorConfig::restore. The VF is left running and
   /// from now on this paravisor writes nothing to it (destroying it deletes no queue and
@@ -165,13 +137,13 @@ class Paravisor {
   /// pair still has commands: the next process then resets the VF), gone.
   Result<drivers::nvme::SavedDriver> save();
   /// DEVICE_NEEDS_RESET: a virtqueue was broken by the driver.
-  bool needs_reset() const noexcept;
+  bool needs_reset() const noexcept override;
   /// Last avail index of queue q (vhost-user GET_VRING_BASE).
-  std::uint16_t last_avail(unsigned q) const noexcept;
+  std::uint16_t last_avail(unsigned q) const noexcept override;
 
   /// Runs every worker once (threads == false): take new requests, reap completions, notify.
   /// Returns the number of guest requests completed.
-  unsigned run_once();
+  unsigned run_once() override;
 
   /// What wait_for_host() did.
   enum class HostWait {
@@ -192,8 +164,8 @@ class Paravisor {
   /// The VF is back (hot-add announced by the host): probe it now instead of at the next
   /// probe interval.
   void vf_arrived();
-  std::vector<Transition> transitions() const;
-  ParavisorCounters counters() const;
+  std::vector<Transition> transitions() const override;
+  ParavisorCounters counters() const override;
   /// Guest-visible capacity in 512-byte sectors.
   std::uint64_t capacity_sectors() const noexcept { return capacity_; }
   /// Confidential mode: where the shared pool lies in the host service's address space (0 and

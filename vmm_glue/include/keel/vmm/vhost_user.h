@@ -62,6 +62,10 @@ namespace keel::vmm {
 /// called once from create() with an empty GuestMemory, to learn the device (features, config
 /// space, queue count) before any front end connects; that paravisor is destroyed at once.
 using ParavisorFactory = std::function<Result<std::unique_ptr<Paravisor>>(GuestMemory& memory)>;
+/// The same for any device the server can drive (virtio-net's NetParavisor, say).
+using DeviceFactory = std::function<Result<std::unique_ptr<VhostDevice>>(GuestMemory& memory)>;
+/// A ParavisorFactory as a DeviceFactory (an empty one stays empty).
+DeviceFactory device_factory(ParavisorFactory factory);
 
 /// Every member has a default except the socket path.
 struct VhostUserBlkConfig {
@@ -160,6 +164,11 @@ class VhostUserBlkServer {
   /// io_error (socket, bind), and whatever the factory returns.
   static Result<std::unique_ptr<VhostUserBlkServer>> create(const VhostUserBlkConfig& config,
                                                             ParavisorFactory factory);
+  /// The same server for any virtio device (the name stays from when it served only
+  /// virtio-blk): the protocol, memory table, rings and inflight records are the device's
+  /// business only through VhostDevice.
+  static Result<std::unique_ptr<VhostUserBlkServer>> create_device(const VhostUserBlkConfig& config,
+                                                                   DeviceFactory factory);
   /// Stops the thread, drops the connection (the paravisor stops first), removes the socket.
   ~VhostUserBlkServer();
   VhostUserBlkServer(const VhostUserBlkServer&) = delete;
@@ -170,9 +179,9 @@ class VhostUserBlkServer {
   /// base is where the avail ring stands) and destroys it, and returns the session with
   /// duplicates of every fd. The server then serves nothing; its destructor neither closes the
   /// connection on the front end's side (the new process holds it) nor removes the socket
-  /// path. `last_look`, if given, sees the stopped paravisor before it is destroyed (the
-  /// NVMe keepalive saves its VF state there: Paravisor::save). Errors: unavailable (no front
-  /// end is connected), io_error (dup).
+  /// path. `last_look`, if given, sees the stopped paravisor (a virtio-blk device) before it is
+  /// destroyed (the NVMe keepalive saves its VF state there: Paravisor::save). Errors: unavailable
+  /// (no front end is connected), io_error (dup).
   Result<VhostUserSession> take_session(const std::function<void(Paravisor&)>& last_look = {});
   /// The new process's half: a server on the handed-over listener and connection, its state
   /// re-created by running the session's messages through the usual checks (a session that
@@ -183,6 +192,9 @@ class VhostUserBlkServer {
   static Result<std::unique_ptr<VhostUserBlkServer>> adopt(const VhostUserBlkConfig& config,
                                                            ParavisorFactory factory,
                                                            VhostUserSession session);
+  static Result<std::unique_ptr<VhostUserBlkServer>> adopt_device(const VhostUserBlkConfig& config,
+                                                                  DeviceFactory factory,
+                                                                  VhostUserSession session);
 
   /// Runs the server on its own thread. Errors: io_error (thread creation).
   Status start();
@@ -198,6 +210,8 @@ class VhostUserBlkServer {
   /// The current front end's paravisor, or nullptr. Only from the thread driving run_once(),
   /// and only until its next call.
   Paravisor* paravisor() noexcept;
+  /// The same for any device.
+  VhostDevice* device() noexcept;
   bool connected() const noexcept;
 
   /// Device identity learned at create().
