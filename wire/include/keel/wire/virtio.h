@@ -139,4 +139,52 @@ static_assert(offsetof(Config, blk_size) == 20 && offsetof(Config, num_queues) =
               "virtio-blk config layout");
 
 }  // namespace blk
+
+// virtio-net (virtio 1.1 section 5.1).
+namespace net {
+
+// Feature bits (5.1.3).
+inline constexpr unsigned kCsum = 0;
+inline constexpr unsigned kGuestCsum = 1;
+inline constexpr unsigned kMtu = 3;
+inline constexpr unsigned kMac = 5;
+inline constexpr unsigned kGuestTso4 = 7;
+inline constexpr unsigned kHostTso4 = 11;
+inline constexpr unsigned kMrgRxbuf = 15;
+inline constexpr unsigned kStatus = 16;
+inline constexpr unsigned kCtrlVq = 17;
+inline constexpr unsigned kMq = 22;
+
+/// Device configuration (5.1.4), the fields keel offers: mac, status, max_virtqueue_pairs, mtu.
+struct Config {
+  std::uint8_t mac[6];
+  std::uint16_t status;
+  std::uint16_t max_virtqueue_pairs;
+  std::uint16_t mtu;
+};
+static_assert(sizeof(Config) == 12 && offsetof(Config, mtu) == 10);
+inline constexpr std::uint16_t kStatusLinkUp = 1;
+
+/// The header in front of every packet (5.1.6). With VERSION_1 it is always 12 bytes;
+/// num_buffers is the count of RX buffers a packet spans (1 without MRG_RXBUF).
+struct Hdr {
+  std::uint8_t flags;
+  std::uint8_t gso_type;
+  std::uint16_t hdr_len;
+  std::uint16_t gso_size;
+  std::uint16_t csum_start;
+  std::uint16_t csum_offset;
+  std::uint16_t num_buffers;
+};
+static_assert(sizeof(Hdr) == 12 && offsetof(Hdr, num_buffers) == 10);
+inline constexpr std::uint8_t kHdrNeedsCsum = 1;
+inline constexpr std::uint8_t kHdrDataValid = 2;
+inline constexpr std::uint8_t kGsoNone = 0;
+
+/// Virtqueue numbering: receiveq N is 2N, transmitq N is 2N + 1 (the control queue, which keel
+/// does not offer, would follow).
+constexpr unsigned rx_queue(unsigned pair) { return 2 * pair; }
+constexpr unsigned tx_queue(unsigned pair) { return 2 * pair + 1; }
+
+}  // namespace net
 }  // namespace keel::virtio

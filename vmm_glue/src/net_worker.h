@@ -1,0 +1,114 @@
+// One virtio-net queue pair of a NetParavisor: the guest's receiveq and transmitq, the VF queue
+// pair of the same index, and (worker 0) the fallback port. Owned by one thread: its own, or
+// the caller of NetParavisor::run_once().
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <span>
+#include <thread>
+#include <vector>
+
+#include "keel/drivers/net/queue_pair.h"
+#include "keel/unique_fd.h"
+#include "keel/vmm/net_paravisor.h"
+#include "keel/vmm/virtqueue.h"
+
+namespace keel::vmm {
+
+class NetWorker {
+ public:
+  NetWorker(NetParavisor& pv, unsigned pair);
+  ~NetWorker();
+  NetWorker(const NetWorker&) = delete;
+  NetWorker& operator=(const NetWorker&) = delete;
+
+  /// `which`: 0 receiveq, 1 transmitq.
+  Status setup(unsigned which, const Virtqueue::Layout& layout, bool event_idx,
+               std::uint16_t last_avail);
+  bool configured() const noexcept { return rxq_.ready() && txq_.ready(); }
+  void set_call_fd(unsigned which, int fd) noexcept { call_fd_[which] = fd; }
+  void set_kick_fd(unsigned which, int fd) noexcept { kick_fd_[which] = fd; }
+  std::uint16_t last_avail(unsigned which) const noexcept {
+    return which == 0 ? rxq_.last_avail() : txq_.last_avail();
+  }
+  bool broken() const noexcept { return rxq_.broken() || txq_.broken(); }
+
+  /// Runs the worker on a thread of its own until stop().
+  Status start_thread();
+  /// Stops the thread (if any), then settles the rings: TX frames on the VF are reaped (for a
+  /// bounded time) and every chain taken is returned, so last_avail() is where the next
+  /// device starts.
+  void stop();
+  /// One pass of the data path (threads == false). Returns the work done.
+  unsigned pass();
+  /// Wakes the thread (probe now, stop).
+  void wake() noexcept;
+
+  NetCounters counters() const noexcept;
+  ParavisorCounters paravisor_counters() const noexcept;
+  std::uint64_t cpu_ns() const noexcept { return cpu_ns_.load(std::memory_order_relaxed); }
+
+ private:
+  struct RxChain {
+    std::uint16_t head;
+    std::uint32_t capacity;
+    std::vector<ChainSeg> segs;
+  };
+
+  void run();
+  void sleep();
+  /// The VF queue pair if traffic is on the VF in this worker's epoch, else nullptr.
+  drivers::net::QueuePair* vf_queue() noexcept;
+  /// The VF was lost (a newer epoch): re-send what is on its TX ring through the fallback.
+  void let_go_of_vf();
+  void check_vf();
+  unsigned reap();
+  unsigned tx_pass();
+  unsigned rx_pass();
+  /// Sends one guest TX chain (the frame after its virtio-net header). False: the VF ring is
+  /// full (the chain stays popped in `head`: the caller gives it back).
+  bool transmit(std::uint16_t head, const std::vector<ChainSeg>& segs);
+  bool send_fallback(const std::vector<ChainSeg>& segs);
+  /// Copies a frame into the guest's RX buffers. False: not enough buffers posted yet.
+  bool deliver(std::span<const std::uint8_t> frame);
+  /// A frame for the guest: delivered now, or held in the backlog (or dropped when full).
+  void receive(std::span<const std::uint8_t> frame, bool from_vf);
+  bool take_rx_chain();
+  void notify(unsigned which);
+  /// Gathers the bytes of `segs` after the first `skip` into `out`.
+  bool gather(const std::vector<ChainSeg>& segs, std::size_t skip, std::vector<std::uint8_t>& out);
+  std::uint64_t cookie(std::uint16_t head) const noexcept { return epoch_ << 16 | head; }
+
+  NetParavisor& pv_;
+  const unsigned pair_;
+  Virtqueue rxq_, txq_;
+  int call_fd_[2] = {-1, -1};
+  int kick_fd_[2] = {-1, -1};
+  bool mrg_ = false;
+  bool pushed_[2] = {false, false};
+
+  std::uint64_t epoch_ = 0;          ///< The VF epoch this worker works in.
+  std::vector<std::uint8_t> on_vf_;  ///< Per TX head: on the VF's ring.
+  std::vector<std::uint16_t> on_vf_heads_;
+  std::deque<RxChain> rx_chains_;   ///< Popped RX chains not filled yet.
+  bool rx_chains_in_order_ = true;  ///< rx_chains_ are the last ones popped.
+  std::deque<std::vector<std::uint8_t>> backlog_;
+  std::vector<ChainSeg> segs_;
+  std::vector<std::uint8_t> scratch_;
+  std::uint64_t next_health_ns_ = 0;
+
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  UniqueFd wake_fd_;
+  std::atomic<std::uint64_t> cpu_ns_{0};
+
+  struct Counters {
+    std::atomic<std::uint64_t> tx_vf{0}, tx_fallback{0}, tx_resent{0}, rx_vf{0}, rx_fallback{0};
+    std::atomic<std::uint64_t> tx_bad{0}, tx_dropped{0}, rx_dropped{0}, rx_bad_chains{0};
+    std::atomic<std::uint64_t> tx_vf_errors{0}, notifications{0};
+  } c_;
+};
+
+}  // namespace keel::vmm
