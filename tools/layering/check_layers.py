@@ -52,6 +52,7 @@ LAYERS = [
     ("vmm_glue/host_service/", "host_service", 4),
     ("vmm_glue/include/keel/vmm/host_service.h", "host_service", 4),
     ("vmm_glue/include/keel/vmm/remote_host.h", "host_service", 4),
+    ("vmm_glue/host_service/include/keel/vmm/soft_switch.h", "host_service", 4),
     ("vmm_glue/include/", "paravisor", 4.5),
     ("vmm_glue/src/", "paravisor", 4.5),
     ("vmm_glue/vtpm/", "vtpm", 4.5),
