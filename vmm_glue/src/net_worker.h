@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "keel/drivers/net/queue_pair.h"
+#include "keel/thread_cpu.h"
 #include "keel/unique_fd.h"
 #include "keel/vmm/net_paravisor.h"
 #include "keel/vmm/virtqueue.h"
@@ -48,7 +49,7 @@ class NetWorker {
 
   NetCounters counters() const noexcept;
   ParavisorCounters paravisor_counters() const noexcept;
-  std::uint64_t cpu_ns() const noexcept { return cpu_ns_.load(std::memory_order_relaxed); }
+  std::uint64_t cpu_ns() const noexcept { return cpu_.ns(); }
 
  private:
   struct RxChain {
@@ -102,7 +103,9 @@ class NetWorker {
   std::thread thread_;
   std::atomic<bool> stop_{false};
   UniqueFd wake_fd_;
-  std::atomic<std::uint64_t> cpu_ns_{0};
+  ThreadCpuMeter cpu_;
+  bool port_readable_ = false;  ///< The last sleep saw the fallback port readable.
+  std::uint32_t passes_ = 0;
 
   struct Counters {
     std::atomic<std::uint64_t> tx_vf{0}, tx_fallback{0}, tx_resent{0}, rx_vf{0}, rx_fallback{0};
