@@ -9,6 +9,9 @@
 // a VM's paravisor) or .../pf.sock (the PF and, beside it, every VF).
 //
 // A VF's doorbells are a page its client maps (sparse mmap + an ioeventfd).
+//
+// The card's NIC (model only) is served beside it: the NIC PF on nicpf.sock, NIC VF n on
+// nicvf<n>.sock (nic_serving.h), its uplink from --uplink.
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
@@ -23,12 +26,15 @@
 #include <string>
 #include <vector>
 
+#include <keel/regs/keel_regs.h>
 #include "app_log.h"
+#include "keel/fpga/nic.h"
 #include "keel/fpga/vfio_user/function_server.h"
 #include "keel/log.h"
 #include "keel/stack/stack.h"
 #include "keel/unix_listener.h"
-#include <keel/regs/keel_regs.h>
+#include "nic_serving.h"
+#include "served.h"
 
 namespace {
 
@@ -41,33 +47,9 @@ int fail(const std::string& what) {
   return 1;
 }
 
-// One served function: its socket, its one client, the server state.
-struct Served {
-  std::string name;  // "pf", "vf0", ...
-  keel::UnixListener listener;
-  std::unique_ptr<vu::Channel> client;
-  std::unique_ptr<vu::FunctionServer> server;
-  std::uint64_t connections = 0, turned_away = 0;
-};
-
-void drop_client(Served& s, const char* why) {
-  if (!s.client) return;
-  kLog.info("%s: client gone (%s); the function is reset", s.name.c_str(), why);
-  s.client.reset();
-  s.server->client_gone();
-}
-
-void print_counters(const Served& s) {
-  const auto& c = s.server->counters();
-  std::printf("%-4s connections=%" PRIu64 " turned_away=%" PRIu64 " commands=%" PRIu64
-              " refused=%" PRIu64 " region_reads=%" PRIu64 " region_writes=%" PRIu64
-              " dma_maps=%" PRIu64 " dma_unmaps=%" PRIu64 " interrupts=%" PRIu64
-              " resets=%" PRIu64 " released=%" PRIu64 " config_writes=%" PRIu64
-              " doorbell_stores=%" PRIu64 " enables=%" PRIu64 "\n",
-              s.name.c_str(), s.connections, s.turned_away, c.commands, c.refused, c.region_reads,
-              c.region_writes, c.dma_maps, c.dma_unmaps, c.interrupts_forwarded, c.resets,
-              c.released, c.config_writes, c.doorbell_stores, c.enables);
-}
+using keel::card_app::drop_client;
+using keel::card_app::print_counters;
+using keel::card_app::Served;
 
 }  // namespace
 
@@ -75,7 +57,8 @@ int main(int argc, char** argv) {
   CLI::App app{"keel-card: a simulated keel card serving its PF and VFs over vfio-user"};
   std::string card_spec = "model", image, run_dir = "/run/keel/keel0", log_level;
   std::uint64_t size_mib = 64;
-  unsigned vfs = 1, queues = 2;
+  unsigned vfs = 1, queues = 2, nic_vfs = 0;
+  std::string uplink;
   app.add_option("--card", card_spec, "Card backend")->check(CLI::IsMember({"model", "sim"}));
   app.add_option("--image", image, "Storage image (created if missing; default: in memory)");
   app.add_option("--size-mib", size_mib, "Storage size in MiB (split evenly between the VFs)")
@@ -85,7 +68,16 @@ int main(int argc, char** argv) {
                  "vf enable N later)")
       ->check(CLI::Range(0u, 8u));
   app.add_option("--queues", queues, "IO queue pairs per VF")->check(CLI::Range(1u, 8u));
-  app.add_option("--run-dir", run_dir, "Where the sockets go: pf.sock, vf<N>.sock");
+  app.add_option("--run-dir", run_dir,
+                 "Where the sockets go: pf.sock, vf<N>.sock, nicpf.sock, nicvf<N>.sock");
+  app.add_option("--nic-vfs", nic_vfs,
+                 "NIC VFs to enable at start, each with MAC 02:4b:45:45:4c:<N> and its switch "
+                 "port enabled (0: none)")
+      ->check(CLI::Range(0u, 64u));
+  app.add_option("--uplink", uplink,
+                 "The NIC switch's uplink: dgram:LOCAL_PATH,REMOTE_PATH (a unix datagram socket "
+                 "bound to LOCAL_PATH, its peer at REMOTE_PATH dialled until it is there), "
+                 "seqpacket:PATH or tap:IFNAME");
   keel::apps::add_log_option(app, log_level);
   CLI11_PARSE(app, argc, argv);
   if (!keel::apps::start_logging("keel-card", log_level)) return 2;
@@ -121,18 +113,28 @@ int main(int argc, char** argv) {
   std::filesystem::create_directories(run_dir, ec);
   if (ec) return fail("--run-dir " + run_dir + ": " + ec.message());
 
+  // The NIC half, when the card has one.
+  std::uint64_t generation = 0;  // bumped when the VF sockets change
+  std::unique_ptr<keel::card_app::NicServing> nic;
+  if (card.nic() != nullptr) {
+    keel::card_app::NicOptions no;
+    no.run_dir = run_dir;
+    no.vfs = nic_vfs;
+    no.uplink = uplink;
+    auto n = keel::card_app::NicServing::start(*card.nic(), no, generation);
+    if (!n) return fail("the NIC: " + to_string(n.error()));
+    nic = std::move(n).value();
+  } else if (nic_vfs > 0 || !uplink.empty()) {
+    return fail("--nic-vfs/--uplink: the " + card_spec + " card has no NIC");
+  }
+
   // served[0] is the PF; served[n + 1] VF n, for the VFs the card has now.
   std::vector<std::unique_ptr<Served>> served;
-  std::uint64_t generation = 0;  // bumped when the VF sockets change
   auto serve = [&](keel::fpga::Function& fn, const std::string& name,
                    vu::FunctionServerConfig fc) -> keel::Status {
-    auto s = std::make_unique<Served>();
-    s->name = name;
-    auto l = keel::UnixListener::listen(run_dir + "/" + name + ".sock");
-    if (!l) return l.error();
-    s->listener = std::move(l.value());
-    s->server = std::make_unique<vu::FunctionServer>(fn, std::move(fc));
-    served.push_back(std::move(s));
+    auto s = keel::card_app::serve_function(fn, run_dir, name, std::move(fc));
+    if (!s) return s.error();
+    served.push_back(std::move(s).value());
     return {};
   };
   auto serve_vfs = [&]() -> keel::Status {
@@ -243,8 +245,11 @@ int main(int argc, char** argv) {
   }
   if (auto st = serve(card.pf(), "pf", pf_config); !st.ok()) return fail(to_string(st.error()));
   if (auto st = serve_vfs(); !st.ok()) return fail(to_string(st.error()));
-  std::printf("keel-card: %s card, %" PRIu64 " MiB, %u VFs, serving on %s (pf.sock, vf<N>.sock)\n",
-              card_spec.c_str(), size_mib, card.num_vfs(), run_dir.c_str());
+  std::printf("keel-card: %s card, %" PRIu64
+              " MiB, %u VFs, %u NIC VFs, serving on %s (pf.sock, "
+              "vf<N>.sock%s)\n",
+              card_spec.c_str(), size_mib, card.num_vfs(), nic ? card.nic()->num_vfs() : 0,
+              run_dir.c_str(), nic ? ", nicpf.sock, nicvf<N>.sock" : "");
   std::fflush(stdout);
 
   // One loop: signals, listeners, clients and the functions' interrupts.
@@ -252,25 +257,31 @@ int main(int argc, char** argv) {
     std::vector<pollfd> p;
     // (function, 0 listener / 1 client / 2 irq / 3 doorbell kick)
     std::vector<std::pair<std::size_t, int>> who;
+    // Every served function: the NVMe PF and VFs, then the NIC's.
+    std::vector<Served*> all;
+    for (const auto& s : served) all.push_back(s.get());
+    if (nic) nic->collect(all);
     p.push_back({sig_fd, POLLIN, 0});
     who.push_back({0, -1});
-    for (std::size_t i = 0; i < served.size(); ++i) {
-      p.push_back({served[i]->listener.fd(), POLLIN, 0});
+    for (std::size_t i = 0; i < all.size(); ++i) {
+      p.push_back({all[i]->listener.fd(), POLLIN, 0});
       who.push_back({i, 0});
-      if (!served[i]->client) continue;
-      p.push_back({served[i]->client->fd(), POLLIN, 0});
+      if (!all[i]->client) continue;
+      p.push_back({all[i]->client->fd(), POLLIN, 0});
       who.push_back({i, 1});
-      for (int fd : served[i]->server->interrupt_fds()) {
+      for (int fd : all[i]->server->interrupt_fds()) {
         if (fd < 0) continue;
         p.push_back({fd, POLLIN, 0});
         who.push_back({i, 2});
       }
-      if (const int db = served[i]->server->doorbell_fd(); db >= 0) {
+      if (const int db = all[i]->server->doorbell_fd(); db >= 0) {
         p.push_back({db, POLLIN, 0});
         who.push_back({i, 3});
       }
     }
-    if (::poll(p.data(), p.size(), -1) < 0) continue;  // EINTR
+    const int polled = ::poll(p.data(), p.size(), nic ? nic->poll_timeout_ms() : -1);
+    if (nic) nic->tick();
+    if (polled <= 0) continue;  // EINTR, or the uplink's tick
     const std::uint64_t polled_generation = generation;
     for (std::size_t k = 0; k < p.size() && generation == polled_generation; ++k) {
       if (p[k].revents == 0) continue;
@@ -278,7 +289,7 @@ int main(int argc, char** argv) {
         running = false;
         continue;
       }
-      Served& s = *served[who[k].first];
+      Served& s = *all[who[k].first];
       if (who[k].second == 0) {
         keel::UniqueFd fd = s.listener.accept();
         if (!fd.valid()) continue;
@@ -317,6 +328,8 @@ int main(int argc, char** argv) {
             if (auto st = follow_num_vfs(); !st.ok()) {
               kLog.error("serving the new VFs: %s", st.error().message.c_str());
             }
+          } else if (nic && nic->is_pf(&s)) {  // the same for the NIC's NUM_VFS
+            nic->follow_num_vfs();
           }
         }
       } else if (who[k].second == 2) {
@@ -329,5 +342,6 @@ int main(int argc, char** argv) {
 
   std::printf("keel-card: shutting down\n");
   for (const auto& s : served) print_counters(*s);
+  if (nic) nic->print_counters();
   return 0;
 }

@@ -79,8 +79,9 @@ Result<std::unique_ptr<Card>> open_card(std::string_view spec, const CardOptions
   }
   if (kind == "vfio") return open_vfio(spec, arg);
   if (kind == "vfio-user") {
-    // A card served by keel-card: its pf.sock or one of its vf<N>.sock. The card is what it
-    // is (CardOptions do not apply).
+    // A card served by keel-card: its pf.sock or one of its vf<N>.sock, or a NIC function's
+    // nicpf.sock / nicvf<N>.sock (a card whose nic() is that). The card is what it is
+    // (CardOptions do not apply).
     if (arg.empty()) {
       return make_error(
           Errc::invalid_argument,

@@ -324,6 +324,41 @@ TEST(ConfigSpace, OnlyAKeelFunctionParses) {
   EXPECT_EQ(parse_config_space(std::span(c.data(), 64)).error().code, Errc::invalid_argument);
 }
 
+// The NIC's functions: an Ethernet controller with the NIC's device IDs and function numbers
+// (the NIC PF 65, NIC VF n 66 + n); an ID that contradicts the number does not parse.
+TEST(ConfigSpace, NicFunctionsAreEthernetControllers) {
+  FunctionIdentity pf;
+  pf.number = kNicPfNumber;
+  pf.max_vfs = 8;
+  pf.num_vfs = 2;
+  const auto c = build_config_space(pf);
+  EXPECT_EQ(c[0x0B], 0x02);  // network controller
+  EXPECT_EQ(c[0x0A], 0x00);  // Ethernet
+  EXPECT_EQ(c[0x02] | c[0x03] << 8, kPciDeviceNicPf);
+  auto id = parse_config_space(c);
+  ASSERT_TRUE(id.ok()) << id.error().message;
+  EXPECT_TRUE(id->is_pf());
+  EXPECT_TRUE(id->is_nic());
+  EXPECT_EQ(id->num_vfs, 2u);
+  FunctionIdentity vf;
+  vf.number = kNicPfNumber + 1 + 3;
+  const auto v = build_config_space(vf);
+  EXPECT_EQ(v[0x02] | v[0x03] << 8, kPciDeviceNicVf);
+  auto vid = parse_config_space(v);
+  ASSERT_TRUE(vid.ok()) << vid.error().message;
+  EXPECT_FALSE(vid->is_pf());
+  EXPECT_TRUE(vid->is_nic());
+  EXPECT_EQ(vid->vf_index(), 3u);
+  FunctionIdentity nvme_vf;
+  nvme_vf.number = 4;
+  EXPECT_FALSE(nvme_vf.is_nic());
+  EXPECT_EQ(nvme_vf.vf_index(), 3u);
+  auto liar = v;  // an NVMe VF's ID with a NIC VF's number
+  liar[0x02] = static_cast<std::uint8_t>(kPciDeviceVf);
+  liar[0x03] = static_cast<std::uint8_t>(kPciDeviceVf >> 8);
+  EXPECT_EQ(parse_config_space(liar).error().code, Errc::invalid_argument);
+}
+
 // A client that goes (its process died) leaves a reset function: an enabled controller is
 // disabled, as VFIO resets a device a process lets go of.
 TEST_F(FunctionServerTest, AClientThatGoesLeavesAResetFunction) {

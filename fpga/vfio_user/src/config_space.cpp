@@ -23,17 +23,25 @@ constexpr std::uint8_t kCapVersion = 1;
 
 std::array<std::uint8_t, kConfigSpaceBytes> build_config_space(const FunctionIdentity& id) {
   std::array<std::uint8_t, kConfigSpaceBytes> c{};
+  const std::uint16_t device = id.is_nic() ? (id.is_pf() ? kPciDeviceNicPf : kPciDeviceNicVf)
+                                           : (id.is_pf() ? kPciDevicePf : kPciDeviceVf);
   put16(c, 0x00, kPciVendorId);
-  put16(c, 0x02, id.is_pf() ? kPciDevicePf : kPciDeviceVf);
+  put16(c, 0x02, device);
   put16(c, 0x06, kStatusCapList);
-  c[0x08] = 1;     // revision
-  c[0x09] = 0x02;  // NVM Express
-  c[0x0A] = 0x08;  // non-volatile memory controller
-  c[0x0B] = 0x01;  // mass storage
+  c[0x08] = 1;  // revision
+  if (id.is_nic()) {
+    c[0x09] = 0x00;  // no programming interface
+    c[0x0A] = 0x00;  // Ethernet controller
+    c[0x0B] = 0x02;  // network controller
+  } else {
+    c[0x09] = 0x02;  // NVM Express
+    c[0x0A] = 0x08;  // non-volatile memory controller
+    c[0x0B] = 0x01;  // mass storage
+  }
   c[0x0E] = 0x00;  // type-0 header
   c[0x10] = 0x04;  // BAR0: memory, 64-bit, not prefetchable
   put16(c, 0x2C, kPciVendorId);
-  put16(c, 0x2E, id.is_pf() ? kPciDevicePf : kPciDeviceVf);
+  put16(c, 0x2E, device);
   c[0x34] = kKeelCapOffset;
   c[kKeelCapOffset + 0] = kCapVendorSpecific;
   c[kKeelCapOffset + 1] = 0;  // last capability
@@ -53,7 +61,9 @@ Result<FunctionIdentity> parse_config_space(std::span<const std::uint8_t> c) {
                       "configuration space of " + std::to_string(c.size()) + " bytes, not 256");
   }
   const unsigned vendor = get16(c, 0x00), device = get16(c, 0x02);
-  if (vendor != kPciVendorId || (device != kPciDevicePf && device != kPciDeviceVf)) {
+  const bool pf_id = device == kPciDevicePf || device == kPciDeviceNicPf;
+  const bool nic_id = device == kPciDeviceNicPf || device == kPciDeviceNicVf;
+  if (vendor != kPciVendorId || (!pf_id && !nic_id && device != kPciDeviceVf)) {
     char b[96];
     std::snprintf(b, sizeof b, "PCI ID %04x:%04x is not a keel card function", vendor, device);
     return make_error(Errc::invalid_argument, b);
@@ -68,7 +78,7 @@ Result<FunctionIdentity> parse_config_space(std::span<const std::uint8_t> c) {
       id.num_vfs = get16(c, at + kKeelCapNumVfs);
       id.removed_vfs = get16(c, at + kKeelCapRemovedVfs) |
                        static_cast<std::uint32_t>(get16(c, at + kKeelCapRemovedVfs + 2)) << 16;
-      if ((device == kPciDevicePf) != id.is_pf() || id.num_vfs > id.max_vfs) {
+      if (pf_id != id.is_pf() || nic_id != id.is_nic() || id.num_vfs > id.max_vfs) {
         return make_error(Errc::invalid_argument,
                           "the keel capability contradicts the device ID (function " +
                               std::to_string(id.number) + ")");

@@ -14,6 +14,7 @@
 #include <string>
 #include <string_view>
 
+#include "keel/fpga/nic.h"
 #include "keel/log.h"
 #include "keel/regs/keel_regs.h"
 
@@ -21,6 +22,14 @@ namespace keel::vfio_user {
 namespace {
 
 constexpr log::Logger kLog{"vfio-user"};
+static_assert(kNicPfNumber == fpga::kNicPfFunction && kNicPfNumber + 1 == fpga::nic_vf_function(0));
+
+/// Which function of the card `fn` is (config_space.h's numbering).
+FunctionIdentity identity_of(const fpga::Function& fn) {
+  FunctionIdentity id;
+  id.number = fn.number();
+  return id;
+}
 
 std::uint32_t errno_of(const Error& e) {
   switch (e.code) {
@@ -78,7 +87,7 @@ void FunctionServer::client_gone() {
   // finds a clean function and the other functions notice nothing. The PF is not: it holds
   // the card's VF setup, which outlives the tool that made it (keelctl), as it does behind a
   // PF driver.
-  if (fn_.number() != 0 && (negotiated_ || !windows_.empty())) {
+  if (!identity_of(fn_).is_pf() && (negotiated_ || !windows_.empty())) {
     ++counters_.released;
     if (Status s = fn_.flr(); !s.ok()) kLog.warn("reset at release: %s", s.error().message.c_str());
   }
@@ -242,8 +251,8 @@ Result<std::vector<std::byte>> FunctionServer::config_access(const RegionAccess&
   std::vector<std::byte> reply = bytes_of(a);
   if (write) {
     ++counters_.config_writes;
-    if (fn_.number() == 0 && a.offset == kKeelCapOffset + kKeelCapNumVfs &&
-        (a.count == 2 || a.count == 4)) {
+    const bool pf = identity_of(fn_).is_pf();
+    if (pf && a.offset == kKeelCapOffset + kKeelCapNumVfs && (a.count == 2 || a.count == 4)) {
       const auto* v = reinterpret_cast<const std::uint8_t*>(m.payload.data() + sizeof a);
       const unsigned n = static_cast<unsigned>(v[0]) | static_cast<unsigned>(v[1]) << 8;
       if (!config_.set_num_vfs) {
@@ -255,8 +264,7 @@ Result<std::vector<std::byte>> FunctionServer::config_access(const RegionAccess&
                                                       " the card has");
       }
       if (Status st = config_.set_num_vfs(n); !st.ok()) return st.error();
-    } else if (fn_.number() == 0 && a.offset == kKeelCapOffset + kKeelCapRemovedVfs &&
-               a.count == 4) {
+    } else if (pf && a.offset == kKeelCapOffset + kKeelCapRemovedVfs && a.count == 4) {
       std::uint32_t mask;
       std::memcpy(&mask, m.payload.data() + sizeof a, 4);
       if (!config_.set_removed_vfs) {
@@ -265,8 +273,7 @@ Result<std::vector<std::byte>> FunctionServer::config_access(const RegionAccess&
                           "injection on it)");
       }
       if (Status st = config_.set_removed_vfs(mask); !st.ok()) return st.error();
-    } else if (fn_.number() == 0 && a.offset == kKeelCapOffset + kKeelCapFault &&
-               a.count == sizeof(FaultRecord)) {
+    } else if (pf && a.offset == kKeelCapOffset + kKeelCapFault && a.count == sizeof(FaultRecord)) {
       FaultRecord f;
       std::memcpy(&f, m.payload.data() + sizeof a, sizeof f);
       if (!config_.inject_fault) {
@@ -277,8 +284,7 @@ Result<std::vector<std::byte>> FunctionServer::config_access(const RegionAccess&
     return reply;  // every other field is read-only: ignored, as PCI does
   }
   ++counters_.region_reads;
-  FunctionIdentity id;
-  id.number = fn_.number();
+  FunctionIdentity id = identity_of(fn_);
   if (id.is_pf()) {
     id.max_vfs = config_.max_vfs;
     id.num_vfs = config_.num_vfs ? config_.num_vfs() : 0;
@@ -319,7 +325,7 @@ Result<std::vector<std::byte>> FunctionServer::region_access(const Message& m, b
   if (write) {
     ++counters_.region_writes;
     const std::byte* src = m.payload.data() + sizeof a;
-    if (a.offset == regs::nvme::CC && a.count == 4) {
+    if (a.offset == regs::nvme::CC && a.count == 4 && !identity_of(fn_).is_nic()) {
       std::uint32_t cc;
       std::memcpy(&cc, src, 4);
       if ((cc & 1u) != 0 && (fn_.read32(regs::nvme::CC) & 1u) == 0) {
