@@ -120,7 +120,10 @@ void NetWorker::let_go_of_vf() {
   // fallback (TCP copes with a duplicate; a lost frame would cost a retransmit timeout).
   for (std::uint16_t head : on_vf_heads_) {
     on_vf_[head] = 0;
-    if (txq_.read_chain(head, segs_) == ChainError::ok && send_fallback(segs_)) {
+    // Read and checked again: the guest may have rewritten the chain since it was checked.
+    if (!valid_tx(txq_.read_chain(head, segs_), segs_)) {
+      c_.tx_bad.fetch_add(1, std::memory_order_relaxed);
+    } else if (send_fallback(segs_)) {
       c_.tx_resent.fetch_add(1, std::memory_order_relaxed);
     } else {
       c_.tx_dropped.fetch_add(1, std::memory_order_relaxed);
@@ -193,23 +196,7 @@ unsigned NetWorker::tx_pass() {
       txq_.mark_broken();
       return n;
     }
-    std::size_t bytes = 0;
-    bool readable = true;
-    for (const ChainSeg& s : segs_) {
-      bytes += s.len;
-      readable = readable && !s.device_writes;
-    }
-    // The header must say what keel offered: no checksum offload, no segmentation.
-    vnet::Hdr hdr{};
-    bool ok = e == ChainError::ok && readable && bytes >= kHdr + knic::kEthHeader &&
-              bytes - kHdr <= pv_.config_.mtu + 18u;
-    if (ok) {
-      scratch_.clear();
-      ok = gather(segs_, 0, scratch_) && scratch_.size() >= kHdr;
-      if (ok) std::memcpy(&hdr, scratch_.data(), kHdr);
-      ok = ok && hdr.gso_type == vnet::kGsoNone && (hdr.flags & vnet::kHdrNeedsCsum) == 0;
-    }
-    if (!ok) {
+    if (!valid_tx(e, segs_)) {
       c_.tx_bad.fetch_add(1, std::memory_order_relaxed);
       txq_.push_used(head, 0);
       pushed_[1] = true;
@@ -224,6 +211,25 @@ unsigned NetWorker::tx_pass() {
   }
   if (drivers::net::QueuePair* qp = vf_queue()) qp->flush();
   return n;
+}
+
+bool NetWorker::valid_tx(ChainError e, const std::vector<ChainSeg>& segs) {
+  std::size_t bytes = 0;
+  bool readable = true;
+  for (const ChainSeg& s : segs) {
+    bytes += s.len;
+    readable = readable && !s.device_writes;
+  }
+  if (e != ChainError::ok || !readable || bytes < kHdr + knic::kEthHeader ||
+      bytes - kHdr > pv_.config_.mtu + 18u) {
+    return false;
+  }
+  // The header must say what keel offered: no checksum offload, no segmentation.
+  vnet::Hdr hdr{};
+  scratch_.clear();
+  if (!gather(segs, 0, scratch_) || scratch_.size() < kHdr) return false;
+  std::memcpy(&hdr, scratch_.data(), kHdr);
+  return hdr.gso_type == vnet::kGsoNone && (hdr.flags & vnet::kHdrNeedsCsum) == 0;
 }
 
 bool NetWorker::transmit(std::uint16_t head, const std::vector<ChainSeg>& segs) {
@@ -295,7 +301,7 @@ bool NetWorker::send_fallback(const std::vector<ChainSeg>& segs) {
   scratch_[0] = static_cast<std::uint8_t>(fp::RecordType::frame);
   const std::size_t at = scratch_.size();
   std::vector<std::uint8_t> frame;
-  if (!gather(segs, kHdr, frame)) return false;
+  if (!gather(segs, kHdr, frame) || frame.size() < knic::kEthHeader) return false;
   scratch_.resize(at + frame.size());
   std::memcpy(scratch_.data() + at, frame.data(), frame.size());
   std::lock_guard lock(pv_.fallback_mu_);

@@ -72,6 +72,9 @@ class NetWorker {
   /// full (the chain stays popped in `head`: the caller gives it back).
   bool transmit(std::uint16_t head, const std::vector<ChainSeg>& segs);
   bool send_fallback(const std::vector<ChainSeg>& segs);
+  /// A TX chain keel can send: read by the device only, header + an Ethernet frame within the
+  /// MTU, and a header asking for nothing keel did not offer (checksum, segmentation).
+  bool valid_tx(ChainError e, const std::vector<ChainSeg>& segs);
   /// Copies a frame into the guest's RX buffers. False: not enough buffers posted yet.
   bool deliver(std::span<const std::uint8_t> frame);
   /// A frame for the guest: delivered now, or held in the backlog (or dropped when full).
