@@ -20,7 +20,7 @@ PACKAGES=(
   libnvme-dev libjson-c-dev libssl-dev liburing-dev libxrt-dev uuid-dev libibverbs-dev
   libcli11-dev nlohmann-json3-dev libfmt-dev libspdlog-dev libtpms-dev swtpm
   verilator yosys iverilog python3-matplotlib
-  qemu-system-x86 qemu-utils busybox-static fio kmod
+  qemu-system-x86 qemu-utils busybox-static fio kmod iperf3
 )
 
 die() { echo "keel: $*" >&2; exit 1; }

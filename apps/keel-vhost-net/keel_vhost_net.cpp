@@ -151,7 +151,14 @@ int main(int argc, char** argv) {
     // The host's hot-remove / hot-add notices. The server's thread owns the device; the
     // paravisor's failover calls are made for other threads.
     server->stop();
-    if (auto* pv = dynamic_cast<vmm::NetParavisor*>(server->device())) {
+    // Every paravisor the server had (one per memory table), frames counted as requests.
+  const vmm::ParavisorCounters pc = server->counters();
+  std::printf("counters: frames=%" PRIu64 " vf_frames=%" PRIu64 " fallback_frames=%" PRIu64
+              " resent=%" PRIu64 " bad=%" PRIu64 " errors=%" PRIu64 " to_fallback=%" PRIu64
+              " to_vf=%" PRIu64 "\n",
+              pc.requests, pc.vf_ios, pc.fallback_ios, pc.reissued, pc.bad_requests, pc.errors,
+              pc.to_fallback, pc.to_vf);
+  if (auto* pv = dynamic_cast<vmm::NetParavisor*>(server->device())) {
       if (sig == SIGUSR1) {
         pv->vf_removed("the host announced the VF's removal");
       } else {
@@ -169,6 +176,13 @@ int main(int argc, char** argv) {
     std::printf("transition: %s -> %s at %.3f s: %s\n", vmm::to_string(t.from),
                 vmm::to_string(t.to), static_cast<double>(t.card_time_ns) / 1e9, t.reason.c_str());
   }
+  // Every paravisor the server had (one per memory table), frames counted as requests.
+  const vmm::ParavisorCounters pc = server->counters();
+  std::printf("counters: frames=%" PRIu64 " vf_frames=%" PRIu64 " fallback_frames=%" PRIu64
+              " resent=%" PRIu64 " bad=%" PRIu64 " errors=%" PRIu64 " to_fallback=%" PRIu64
+              " to_vf=%" PRIu64 "\n",
+              pc.requests, pc.vf_ios, pc.fallback_ios, pc.reissued, pc.bad_requests, pc.errors,
+              pc.to_fallback, pc.to_vf);
   if (auto* pv = dynamic_cast<vmm::NetParavisor*>(server->device())) {
     const vmm::NetCounters c = pv->net_counters();
     std::printf("frames: tx %" PRIu64 " on the VF, %" PRIu64 " on the fallback (%" PRIu64

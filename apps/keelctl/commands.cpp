@@ -178,6 +178,10 @@ int run(const Invocation& inv) {
 
   auto stack = open(o);
   keel::fpga::Card* card = &stack->card();
+  if (cmd == Command::nic_list || cmd == Command::nic_set || cmd == Command::nic_remove ||
+      cmd == Command::nic_restore) {
+    return run_nic(*card, inv);
+  }
   auto pf_manager = [&]() -> keel::sriov::PfManager& {
     if (!card->owns_pf()) {
       fail(card->describe() + ": this card is one function, its PF is not this process's; " +

@@ -6,6 +6,10 @@
 #include <optional>
 #include <string>
 
+namespace keel::fpga {
+class Card;
+}
+
 namespace keelctl {
 
 /// Options before the command.
@@ -31,6 +35,10 @@ enum class Command {
   read,
   write,
   verify,
+  nic_list,     ///< the NIC: its VFs' ports and counters, the uplink
+  nic_set,      ///< a NIC VF's port: MAC, rate limit, enable
+  nic_remove,   ///< surprise-remove a NIC VF (a simulated card's fault)
+  nic_restore,  ///< put it back
 };
 
 /// What one run of keelctl does: the global options, the command and its arguments.
@@ -43,11 +51,14 @@ struct Invocation {
   std::uint64_t start = 0;                                             // read/write/verify
   std::uint32_t block_count0 = 0;  // 0's based, as nvme-cli's --block-count
   std::string data_path;
+  std::string mac;  // nic vf set --mac
 };
 
 /// Runs the command; exits the process with status 1 and a message on stderr on any error.
 int run(const Invocation& inv);
 /// The same for --card nvme-pf:<address> (a standard NVMe SR-IOV PF; nvme_pf.cpp).
 int run_nvme_pf(const Invocation& inv, const std::string& address);
+/// keelctl nic ... on the card's NIC (nic.cpp).
+int run_nic(keel::fpga::Card& card, const Invocation& inv);
 
 }  // namespace keelctl

@@ -76,6 +76,21 @@ int main(int argc, char** argv) {
   verify->get_option("--data")->required();
   auto* counters = app.add_subcommand("counters", "card and VF performance counters");
 
+  auto* nic = app.add_subcommand("nic", "the NIC: its VFs' switch ports, the uplink");
+  nic->require_subcommand(1);
+  auto* nic_list = nic->add_subcommand("list", "NIC VFs: MAC, port, counters; the uplink");
+  auto* nic_vf = nic->add_subcommand("vf", "one NIC VF");
+  nic_vf->require_subcommand(1);
+  auto* nic_set = nic_vf->add_subcommand("set", "give a NIC VF's port its MAC and rate limit");
+  nic_set->add_option("index", vf_index, "NIC VF")->required();
+  nic_set->add_option("--mac", inv.mac, "MAC address (aa:bb:cc:dd:ee:ff)")->required();
+  nic_set->add_option("--rate", rate, "TX rate limit in Mbit/s (0: none)")->capture_default_str();
+  auto* nic_remove = nic_vf->add_subcommand(
+      "remove", "pull one NIC VF from the bus (surprise removal: its guest fails over)");
+  nic_remove->add_option("index", vf_index, "NIC VF")->required();
+  auto* nic_restore = nic_vf->add_subcommand("restore", "put a removed NIC VF back");
+  nic_restore->add_option("index", vf_index, "NIC VF")->required();
+
   CLI11_PARSE(app, argc, argv);
 
   using keelctl::Command;
@@ -92,5 +107,9 @@ int main(int argc, char** argv) {
   if (*read) inv.command = Command::read;
   if (*write) inv.command = Command::write;
   if (*verify) inv.command = Command::verify;
+  if (*nic_list) inv.command = Command::nic_list;
+  if (*nic_set) inv.command = Command::nic_set;
+  if (*nic_remove) inv.command = Command::nic_remove;
+  if (*nic_restore) inv.command = Command::nic_restore;
   return keelctl::run(inv);
 }

@@ -25,6 +25,8 @@ FLAVORS = {
                     "scripts": {"etc/keel/kernel-vfio.sh": os.path.join(HERE, "guest_vfio.sh")}},
     "vtpm": {"modules": "virtio", "fio": False,
              "scripts": {"etc/keel/vtpm.sh": os.path.join(HERE, "guest_vtpm.sh")}},
+    "net": {"modules": "net", "fio": False,
+            "scripts": {"etc/keel/net.sh": os.path.join(HERE, "guest_net.sh")}},
 }
 # The cached initramfs files: initramfs-KEY.cpio (fio), initramfs-FLAVOR-KEY.cpio (the others).
 INITRD_NAME = re.compile(r"^initramfs-(?:([a-z][a-z0-9-]*)-)?[0-9a-f]{16}\.cpio$")

@@ -20,8 +20,10 @@ GUEST_MODULES = ("virtio_pci", "virtio_blk")
 # The kernel-vfio guest's (guest_vfio.py): the NVMe driver that first binds the controller,
 # then VFIO with the type1 IOMMU backend that takes it over.
 VFIO_MODULES = ("nvme", "vfio_pci", "vfio_iommu_type1")
+# The network guests' (guest_net.py): virtio-net, the inbox driver on keel's vhost-user-net.
+NET_MODULES = ("virtio_pci", "virtio_net")
 # Each guest's set, by name; an initramfs carries and loads one set (guest_initramfs.FLAVORS).
-MODULE_SETS = {"virtio": GUEST_MODULES, "kernel-vfio": VFIO_MODULES}
+MODULE_SETS = {"virtio": GUEST_MODULES, "kernel-vfio": VFIO_MODULES, "net": NET_MODULES}
 
 
 def run_checked(argv, what, **kw):
@@ -135,7 +137,8 @@ def prepare_kernel(cache):
     if os.path.isfile(manifest_path):
         with open(manifest_path) as f:
             manifest = json.load(f)
-        if manifest.get("builder") == BUILDER_VERSION and all(
+        if manifest.get("builder") == BUILDER_VERSION and set(
+                manifest.get("module_sets", {})) == set(MODULE_SETS) and all(
                 os.path.isfile(os.path.join(kdir, p))
                 for p in [manifest["vmlinuz"]] + manifest["modules"]):
             return kdir, manifest

@@ -20,6 +20,9 @@
       IOMMU; inside the guest, keelctl --keelctl-bin drives it through the kernel's VFIO)
       vtpm (the guest's TPM in its paravisor process: PCRs, extend, seal; a restart, unseal;
       a tampered state refused: three boots, tests/guest/guest_vtpm.py)
+      net (two guests' inbox virtio_net on keel-vhost-net over two NIC VFs of one keel-card,
+      with keel-hostd's software switch as fallback: ping, iperf3 with guest 0's VF removed
+      and restored mid-stream: tests/guest/guest_net.py)
 
 Exit status: 0 pass, 1 fail, 77 skipped (this machine cannot run it; the reason is printed).
 See docs/guest.md.
@@ -35,6 +38,7 @@ import sys
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import guest_multi  # noqa: E402
+import guest_net  # noqa: E402
 import guest_vfio  # noqa: E402
 import guest_vtpm  # noqa: E402
 import keelguest  # noqa: E402
@@ -170,7 +174,7 @@ def main():
                                         "keel-model-restart", "keel-sim-restart",
                                         "keel-model-upgrade", "keel-card-model-upgrade",
                                         "keel-card-sim-upgrade",
-                                        "keel-card-two-guests", "kernel-vfio", "vtpm"])
+                                        "keel-card-two-guests", "kernel-vfio", "vtpm", "net"])
     t.add_argument("--keel-bin", default=None)
     t.add_argument("--keelctl-bin", default=None,
                    help="kernel-vfio: the keelctl to run in the guest (default B/apps/keelctl)")
@@ -227,6 +231,19 @@ def main():
                   f"{r.get('unsealed')!r}; tampered state: {r.get('refused_how')}; "
                   f"{r['wall_s']}s; work dir {r['workdir']}", flush=True)
             print("paravisor:\n" + r.get("paravisor_tail", ""), flush=True)
+            for p in r["problems"]:
+                print(f"PROBLEM: {p}", flush=True)
+            return 0 if r["ok"] else 1
+        if sc == "net":
+            if args.keel_target in ("0", "", "false", "FALSE"):
+                raise keelguest.Skip("this build has no apps (keel-card, keel-vhost-net)")
+            apps = os.path.dirname(args.keel_bin) if args.keel_bin else os.path.join(
+                args.build_dir, "apps")
+            r = guest_net.run_net(cfg, os.path.abspath(apps))
+            print(f"net: iperf3 {r.get('iperf')}; VF faults {r.get('faults')}; {r['wall_s']}s; "
+                  f"work dir {r['workdir']}", flush=True)
+            for i, tail in enumerate(r.get("paravisor_tails", [])):
+                print(f"keel-vhost-net {i}:\n{tail}", flush=True)
             for p in r["problems"]:
                 print(f"PROBLEM: {p}", flush=True)
             return 0 if r["ok"] else 1

@@ -10,6 +10,7 @@
 
 #include "keel/log.h"
 #include "keel/wire/fallback_port.h"
+#include "keel/wire/vhost_user.h"
 #include "net_worker.h"
 
 namespace keel::vmm {
@@ -211,6 +212,11 @@ Status NetParavisor::set_features(std::uint64_t features) {
   }
   features_ = features;
   return {};
+}
+
+std::uint64_t NetParavisor::protocol_features(std::uint64_t offered) const noexcept {
+  namespace p = vhost_user::protocol;
+  return offered & ~(bit(p::kConfig) | bit(p::kInflightShmfd));
 }
 
 std::vector<std::byte> NetParavisor::config_bytes() const {

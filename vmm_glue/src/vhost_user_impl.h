@@ -82,6 +82,9 @@ struct VhostUserBlkServer::Impl {
   // The device, learned at create().
   std::uint64_t device_features = 0;
   std::vector<std::byte> probe_config;  ///< The device's config space, as probed.
+  /// Protocol features offered: vhost_user::kOfferedProtocolFeatures less what the device
+  /// has no use for (VhostDevice::protocol_features).
+  std::uint64_t offered_protocol = vhost_user::kOfferedProtocolFeatures;
   unsigned queues = 0;
 
   UnixListener listener;

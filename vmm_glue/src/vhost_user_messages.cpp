@@ -247,16 +247,15 @@ Status VhostUserBlkServer::Impl::dispatch(detail::Message& m) {
     case Request::set_vring_err: return ring_fd(m, static_cast<Request>(req));
     case Request::get_protocol_features:
       if (Status st = expect_size(m, 0); !st.ok()) return st;
-      reply_u64(req, vu::kOfferedProtocolFeatures);
+      reply_u64(req, offered_protocol);
       return {};
     case Request::set_protocol_features: {
       if (Status st = expect_size(m, 8); !st.ok()) return st;
       const auto v = payload_as<std::uint64_t>(m);
-      if ((v & ~vu::kOfferedProtocolFeatures) != 0) {
-        return make_error(Errc::invalid_argument, "protocol features " +
-                                                      hex(v & ~vu::kOfferedProtocolFeatures) +
-                                                      " were not offered (offered " +
-                                                      hex(vu::kOfferedProtocolFeatures) + ")");
+      if ((v & ~offered_protocol) != 0) {
+        return make_error(Errc::invalid_argument,
+                          "protocol features " + hex(v & ~offered_protocol) +
+                              " were not offered (offered " + hex(offered_protocol) + ")");
       }
       protocol_features = v;
       return {};
@@ -287,8 +286,7 @@ Status VhostUserBlkServer::Impl::dispatch(detail::Message& m) {
     case Request::set_log_fd: break;
   }
   return make_error(Errc::invalid_argument, "not supported (keel offers protocol features " +
-                                                hex(vu::kOfferedProtocolFeatures) +
-                                                " and no dirty logging)");
+                                                hex(offered_protocol) + " and no dirty logging)");
 }
 
 Status VhostUserBlkServer::Impl::set_features(const detail::Message& m) {

@@ -60,6 +60,8 @@ Status VhostUserBlkServer::Impl::probe_device() {
     device_features = p->device_features();
     probe_config = p->config_bytes();
     queues = p->num_queues();
+    offered_protocol =
+        p->protocol_features(vu::kOfferedProtocolFeatures) & vu::kOfferedProtocolFeatures;
     if (probe_config.size() > vu::kMaxConfigBytes) {
       return make_error(Errc::invalid_argument, "the device's config space is " +
                                                     std::to_string(probe_config.size()) +

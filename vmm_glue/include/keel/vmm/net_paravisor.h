@@ -101,6 +101,9 @@ class NetParavisor final : public VhostDevice {
   std::uint64_t device_features() const noexcept override;
   Status set_features(std::uint64_t features) override;
   unsigned num_queues() const noexcept override { return 2 * config_.queue_pairs; }
+  /// Without CONFIG (QEMU's virtio-net keeps its own config space) and INFLIGHT_SHMFD (frames
+  /// are not resubmitted after a back-end restart: TCP retransmits them).
+  std::uint64_t protocol_features(std::uint64_t offered) const noexcept override;
   std::vector<std::byte> config_bytes() const override;
   Status set_queue(unsigned q, const Virtqueue::Layout& layout,
                    std::uint16_t last_avail = 0) override;

@@ -56,6 +56,10 @@ class VhostDevice {
   virtual std::uint64_t device_features() const noexcept = 0;
   /// Errors: invalid_argument (features not offered, or VERSION_1 missing).
   virtual Status set_features(std::uint64_t features) = 0;
+  /// The vhost-user protocol features to offer, of those the server can (`offered`): a device
+  /// drops those it has no use for (virtio-net: no config space messages, no inflight records,
+  /// which QEMU's vhost-user-net never sends and warns about).
+  virtual std::uint64_t protocol_features(std::uint64_t offered) const noexcept { return offered; }
   /// Virtqueues the device has (what the front end may set up).
   virtual unsigned num_queues() const noexcept = 0;
   /// The device-specific configuration space as GET_CONFIG returns it (at most 256 bytes).
