@@ -107,7 +107,7 @@ case "${1:-}" in
       # The servers under fuzz log every refused message: keep that in a file, show its end on
       # a failure (libFuzzer prints the crashing input's path and the sanitizer report last).
       log="$BUILD_DIR-fuzz/$target.log"
-      if ! "$BUILD_DIR-fuzz/$target" -max_total_time="${FUZZ_SECONDS:-30}" -timeout=10 \
+      if ! "$BUILD_DIR-fuzz/$target" -max_total_time="${FUZZ_SECONDS:-20}" -timeout=10 \
         -seed="${FUZZ_SEED:-1}" -artifact_prefix="$BUILD_DIR-fuzz/$target-" \
         -rss_limit_mb=2048 -print_final_stats=1 "$BUILD_DIR-fuzz/corpus-$target" "${seeds[@]}" \
         >"$log" 2>&1; then
