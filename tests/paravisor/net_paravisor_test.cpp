@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cstring>
 #include <optional>
 #include <utility>
@@ -140,7 +141,7 @@ class NetParavisor : public ::testing::Test {
   }
 
   /// Guest `i` on NIC VF `i` (or none), with a fallback port the test holds.
-  NetGuest& guest(unsigned i, bool with_vf = true, unsigned mtu = 1500) {
+  NetGuest& guest(unsigned i, bool with_vf = true, unsigned mtu = 1500, unsigned pairs = 1) {
     auto g = std::make_unique<NetGuest>();
     auto mem = vmm::GuestMemory::create(8 << 20);
     EXPECT_TRUE(mem.ok());
@@ -155,11 +156,12 @@ class NetParavisor : public ::testing::Test {
     cfg.threads = false;
     cfg.probe_interval = std::chrono::microseconds(50);
     cfg.health_interval = std::chrono::microseconds(20);
+    cfg.queue_pairs = pairs;
     fpga::Function* vf = with_vf ? *nic_->vf(i) : nullptr;
     auto pv = vmm::NetParavisor::create(vf, *card_, *card_, *g->mem, UniqueFd(sv[0]), cfg);
     EXPECT_TRUE(pv.ok()) << to_string(pv.error());
     g->pv = std::move(pv).value();
-    std::uint64_t f = kFeatures;
+    std::uint64_t f = kFeatures | (pairs > 1 ? 1ull << vnet::kMq : 0);
     EXPECT_TRUE(g->pv->set_features(f).ok());
     EXPECT_TRUE(g->pv->set_queue(0, g->layout(*g->rx)).ok());
     EXPECT_TRUE(g->pv->set_queue(1, g->layout(*g->tx)).ok());
@@ -241,6 +243,65 @@ TEST_F(NetParavisor, GuestsTalkThroughTheirVfs) {
   // The card moved them: its counters agree.
   EXPECT_EQ(nic_->pf().read64(nv::at(0, nv::TX_FRAMES)), 100u);
   EXPECT_EQ(nic_->pf().read64(nv::at(1, nv::RX_FRAMES)), 100u);
+}
+
+TEST_F(NetParavisor, MultiqueueSpreadsFlowsOverQueuePairs) {
+  NetGuest& a = guest(0);
+  NetGuest& b = guest(1, true, 1500, 2);
+  EXPECT_NE(b.pv->device_features() & (1ull << vnet::kMq), 0u);
+  ASSERT_EQ(b.pv->num_queues(), 4u);
+  vnet::Config c;
+  const auto cfg = b.pv->config_bytes();
+  std::memcpy(&c, cfg.data(), sizeof c);
+  EXPECT_EQ(c.max_virtqueue_pairs, 2u);
+  // B's second pair: its rings and RX buffers elsewhere in its memory.
+  auto translate = [m = b.mem.get()](std::uint64_t gpa, std::uint64_t len) {
+    return m->translate(gpa, len);
+  };
+  vmm::SplitRingDriver rx1(translate, {NetGuest::kQueue, 0x8000, 0x9000, 0xA000});
+  vmm::SplitRingDriver tx1(translate, {NetGuest::kQueue, 0xC000, 0xD000, 0xE000});
+  ASSERT_TRUE(b.pv->set_queue(2, b.layout(rx1)).ok());
+  ASSERT_TRUE(b.pv->set_queue(3, b.layout(tx1)).ok());
+  auto rx1_buf = [](std::uint16_t slot) { return 0x300000 + std::uint64_t{slot} * 2048; };
+  for (int i = 0; i < 32; ++i) {
+    vmm::SplitRingDriver::Piece p{rx1_buf(rx1.next_free()), 2048, true};
+    ASSERT_TRUE(rx1.publish(std::span(&p, 1)).ok());
+  }
+  // 32 flows (IPv4 UDP, source address varies): each lands whole on one of B's pairs.
+  std::vector<std::vector<std::uint8_t>> sent, got;
+  unsigned on_second = 0;
+  for (unsigned flow = 0; flow < 32; ++flow) {
+    auto f = frame(mac_of(1), mac_of(0), 40);
+    f[14] = 0x45;
+    f[23] = 17;
+    f[29] = static_cast<std::uint8_t>(flow);
+    sent.push_back(f);
+    a.send(f);
+  }
+  ASSERT_TRUE(run_until([&] {
+    while (auto f = b.received()) got.push_back(*f);
+    while (auto u = rx1.pop_used()) {
+      const auto* p = reinterpret_cast<const std::uint8_t*>(
+          b.mem->translate(rx1_buf(static_cast<std::uint16_t>(u->id)), u->len));
+      got.emplace_back(p + sizeof(vnet::Hdr), p + u->len);
+      ++on_second;
+    }
+    return got.size() == sent.size();
+  }));
+  std::sort(sent.begin(), sent.end());
+  std::sort(got.begin(), got.end());
+  EXPECT_EQ(got, sent);
+  EXPECT_GT(on_second, 0u);
+  EXPECT_LT(on_second, 32u);
+  // B sends on its second transmitq.
+  const auto back = frame(mac_of(0), mac_of(1), 99, 5);
+  std::memcpy(b.mem->translate(0x3F0000, 12 + back.size()) + 12, back.data(), back.size());
+  std::memset(b.mem->translate(0x3F0000, 12), 0, 12);
+  vmm::SplitRingDriver::Piece t{0x3F0000, static_cast<std::uint32_t>(12 + back.size()), false};
+  ASSERT_TRUE(tx1.publish(std::span(&t, 1)).ok());
+  std::optional<std::vector<std::uint8_t>> r;
+  ASSERT_TRUE(run_until([&] { return (r = a.received()).has_value(); }));
+  EXPECT_EQ(*r, back);
 }
 
 TEST_F(NetParavisor, JumboFramesSpanMergedRxBuffers) {
