@@ -347,6 +347,13 @@ bool SoftSwitch::Impl::hello(Conn& c, unsigned port, std::size_t body) {
   }
   for (unsigned i = 1; i < conns.size(); ++i) {
     if (i != port && conns[i].fd.valid() && conns[i].hello && conns[i].mac == mac) {
+      // A paravisor that rebuilt its device dials again before this loop has read the old
+      // connection's end: an old port that has hung up gives its MAC to the new one.
+      pollfd p{conns[i].fd.get(), POLLRDHUP, 0};
+      if (::poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) {
+        close_port(i, "it hung up (its MAC is taken over by a new port)");
+        continue;
+      }
       fail(port, SoftSwitchError::mac_in_use);
       return false;
     }

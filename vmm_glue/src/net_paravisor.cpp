@@ -2,7 +2,10 @@
 // path is in net_worker.cpp.
 #include "keel/vmm/net_paravisor.h"
 
+#include <poll.h>
 #include <sys/socket.h>
+
+#include <cerrno>
 
 #include <cstring>
 
@@ -111,29 +114,33 @@ Status NetParavisor::send_hello() {
   std::memcpy(h.mac, config_.mac.data(), 6);
   h.mtu = static_cast<std::uint16_t>(config_.mtu);
   std::memcpy(rec.data() + sizeof(fp::RecordHeader), &h, sizeof h);
-  std::lock_guard lock(fallback_mu_);
-  if (::send(fallback_.get(), rec.data(), rec.size(), MSG_NOSIGNAL) !=
-      static_cast<ssize_t>(rec.size())) {
-    return make_error(Errc::io_error, std::string("fallback port: HELLO: ") + strerror(errno));
+  if (port_send(rec, std::chrono::milliseconds(500)) != PortSend::sent) {
+    return make_error(Errc::io_error,
+                      std::string("fallback port: HELLO not taken: ") + strerror(errno));
   }
   return {};
 }
 
 Status NetParavisor::send_state(bool on_fallback) {
-  if (!fallback_.valid()) return {};
+  if (!port_usable()) return {};
   std::array<std::uint8_t, sizeof(fp::RecordHeader) + sizeof(fp::State)> rec{};
   rec[0] = static_cast<std::uint8_t>(fp::RecordType::state);
   rec[sizeof(fp::RecordHeader)] = on_fallback ? 1 : 0;
-  std::lock_guard lock(fallback_mu_);
-  if (::send(fallback_.get(), rec.data(), rec.size(), MSG_NOSIGNAL) !=
-      static_cast<ssize_t>(rec.size())) {
-    return make_error(Errc::io_error, std::string("fallback port: STATE: ") + strerror(errno));
+  // Bounded: a switch that stopped reading must not hold the failover. (A STATE it never gets
+  // leaves the guest's frames on the other path until it reads again: logged by the caller.)
+  if (port_send(rec, std::chrono::milliseconds(200)) != PortSend::sent) {
+    return make_error(Errc::io_error,
+                      std::string("fallback port: STATE not taken: ") + strerror(errno));
   }
   return {};
 }
 
 void NetParavisor::transition(PathState to, const std::string& reason) {
   std::lock_guard lock(mu_);
+  transition_locked(to, reason);
+}
+
+void NetParavisor::transition_locked(PathState to, const std::string& reason) {
   const PathState from = state_.load();
   if (from == to) return;
   transitions_.push_back({from, to, reason, clock_.now_ns()});
@@ -143,21 +150,67 @@ void NetParavisor::transition(PathState to, const std::string& reason) {
 
 void NetParavisor::vf_failed(const std::string& reason) {
   {
+    // One step: a worker that sees the new epoch finds the state draining already, so the
+    // last one's move to fallback cannot be overtaken by this one's move to draining.
     std::lock_guard lock(mu_);
     if (state_.load() != PathState::active) return;
     drained_.store(0);
+    drain_target_ = running_workers();
     epoch_.fetch_add(1, std::memory_order_acq_rel);
+    transition_locked(PathState::draining, reason);
+    if (drain_target_ == 0) transition_locked(PathState::fallback, "no queue pair runs");
   }
-  transition(PathState::draining, reason);
   // Frames for the guest's MAC come to the port from now on.
   if (Status st = send_state(true); !st.ok()) kLog.warn("%s", st.error().message.c_str());
   for (auto& w : workers_) w->wake();
 }
 
 void NetParavisor::worker_drained(std::uint64_t epoch) {
-  if (epoch != epoch_.load(std::memory_order_acquire)) return;
-  if (drained_.fetch_add(1) + 1 == workers_.size()) {
-    transition(PathState::fallback, "every queue pair is off the VF");
+  std::lock_guard lock(mu_);
+  if (epoch != epoch_.load(std::memory_order_acquire) || state_.load() != PathState::draining) {
+    return;
+  }
+  if (drained_.fetch_add(1) + 1 >= drain_target_) {
+    transition_locked(PathState::fallback, "every queue pair is off the VF");
+  }
+}
+
+unsigned NetParavisor::running_workers() const noexcept {
+  // Workers whose rings are not set up never run (and never touch the VF).
+  unsigned n = 0;
+  for (const auto& w : workers_) n += w->configured() ? 1u : 0u;
+  return n;
+}
+
+bool NetParavisor::port_usable() const noexcept {
+  return fallback_.valid() && !port_lost_.load(std::memory_order_acquire);
+}
+
+void NetParavisor::port_lost() noexcept {
+  if (!port_lost_.exchange(true)) {
+    kLog.warn(
+        "the software switch closed the fallback port: no fallback for this guest until "
+        "its front end sets up the device again");
+  }
+}
+
+NetParavisor::PortSend NetParavisor::port_send(std::span<const std::uint8_t> record,
+                                               std::chrono::milliseconds wait) {
+  std::lock_guard lock(fallback_mu_);
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  for (;;) {
+    const ssize_t r =
+        ::send(fallback_.get(), record.data(), record.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (r == static_cast<ssize_t>(record.size())) return PortSend::sent;
+    if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+      if (errno == EPIPE || errno == ECONNRESET) port_lost();
+      return PortSend::failed;
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return PortSend::full;
+    pollfd p{fallback_.get(), POLLOUT, 0};
+    (void)::poll(&p, 1, static_cast<int>(left.count()));
   }
 }
 
@@ -305,7 +358,7 @@ ParavisorCounters NetParavisor::counters() const {
   std::lock_guard lock(mu_);
   for (const Transition& t : transitions_) {
     if (t.to == PathState::draining) ++total.to_fallback;
-    if (t.to == PathState::active && t.from == PathState::ready) ++total.to_vf;
+    if (t.to == PathState::active && t.from != PathState::absent) ++total.to_vf;
   }
   return total;
 }

@@ -59,7 +59,6 @@ Status NetWorker::setup(unsigned which, const Virtqueue::Layout& layout, bool ev
 
 Status NetWorker::start_thread() {
   stop_.store(false);
-  epoch_ = pv_.epoch_.load();
   try {
     thread_ = std::thread([this] { run(); });
   } catch (const std::system_error& e) {
@@ -80,6 +79,8 @@ void NetWorker::stop() {
     thread_.join();
   }
   if (!txq_.ready()) return;
+  // A loss this worker has not acted on yet: re-send through the fallback, report drained.
+  if (epoch_ != pv_.epoch_.load(std::memory_order_acquire)) let_go_of_vf();
   // TX frames on the VF: give the card a bounded moment to complete them; whatever is still
   // there goes to the guest as sent (it may or may not have left: the guest's TCP decides).
   const std::uint64_t deadline = pv_.clock_.deadline_after(std::chrono::milliseconds(100));
@@ -123,7 +124,7 @@ void NetWorker::let_go_of_vf() {
     // Read and checked again: the guest may have rewritten the chain since it was checked.
     if (!valid_tx(txq_.read_chain(head, segs_), segs_)) {
       c_.tx_bad.fetch_add(1, std::memory_order_relaxed);
-    } else if (send_fallback(segs_)) {
+    } else if (send_fallback(segs_, std::chrono::milliseconds(50)) == PortSend::sent) {
       c_.tx_resent.fetch_add(1, std::memory_order_relaxed);
     } else {
       c_.tx_dropped.fetch_add(1, std::memory_order_relaxed);
@@ -186,6 +187,8 @@ unsigned NetWorker::reap() {
 }
 
 unsigned NetWorker::tx_pass() {
+  tx_blocked_ = false;
+  port_full_ = false;
   if (!txq_.ready() || txq_.broken()) return 0;
   unsigned n = 0;
   std::uint16_t head;
@@ -193,6 +196,14 @@ unsigned NetWorker::tx_pass() {
     const ChainError e = txq_.read_chain(head, segs_);
     if (ring_error(e)) {
       kLog.warn("transmitq %u: %s: the queue is broken", pair_, to_string(e));
+      txq_.mark_broken();
+      return n;
+    }
+    if (head < on_vf_.size() && on_vf_[head] != 0) {
+      kLog.warn(
+          "transmitq %u: chain %u made available again while the device holds it: the "
+          "queue is broken",
+          pair_, head);
       txq_.mark_broken();
       return n;
     }
@@ -204,7 +215,8 @@ unsigned NetWorker::tx_pass() {
       continue;
     }
     if (!transmit(head, segs_)) {
-      txq_.unpop(1);  // the VF's ring is full: after the next reap
+      txq_.unpop(1);  // the VF's ring or the port is full: after the next reap, or POLLOUT
+      tx_blocked_ = true;
       break;
     }
     ++n;
@@ -285,28 +297,31 @@ bool NetWorker::transmit(std::uint16_t head, const std::vector<ChainSeg>& segs) 
         return true;
     }
   }
-  if (send_fallback(segs)) {
-    c_.tx_fallback.fetch_add(1, std::memory_order_relaxed);
-  } else {
-    c_.tx_dropped.fetch_add(1, std::memory_order_relaxed);
+  switch (send_fallback(segs)) {
+    case PortSend::sent: c_.tx_fallback.fetch_add(1, std::memory_order_relaxed); break;
+    case PortSend::full:
+      // The switch has not read what it was sent: the chain waits (the guest's queue backs
+      // up, as on a full VF ring) until the port takes more.
+      port_full_ = true;
+      return false;
+    case PortSend::failed: c_.tx_dropped.fetch_add(1, std::memory_order_relaxed); break;
   }
   txq_.push_used(head, 0);
   pushed_[1] = true;
   return true;
 }
 
-bool NetWorker::send_fallback(const std::vector<ChainSeg>& segs) {
-  if (!pv_.fallback_.valid()) return false;
+NetParavisor::PortSend NetWorker::send_fallback(const std::vector<ChainSeg>& segs,
+                                                std::chrono::milliseconds wait) {
+  if (!pv_.port_usable()) return PortSend::failed;
   scratch_.assign(sizeof(fp::RecordHeader), 0);
   scratch_[0] = static_cast<std::uint8_t>(fp::RecordType::frame);
   const std::size_t at = scratch_.size();
   std::vector<std::uint8_t> frame;
-  if (!gather(segs, kHdr, frame) || frame.size() < knic::kEthHeader) return false;
+  if (!gather(segs, kHdr, frame) || frame.size() < knic::kEthHeader) return PortSend::failed;
   scratch_.resize(at + frame.size());
   std::memcpy(scratch_.data() + at, frame.data(), frame.size());
-  std::lock_guard lock(pv_.fallback_mu_);
-  return ::send(pv_.fallback_.get(), scratch_.data(), scratch_.size(),
-                MSG_DONTWAIT | MSG_NOSIGNAL) == static_cast<ssize_t>(scratch_.size());
+  return pv_.port_send(scratch_, wait);
 }
 
 bool NetWorker::gather(const std::vector<ChainSeg>& segs, std::size_t skip,
@@ -335,7 +350,8 @@ bool NetWorker::gather(const std::vector<ChainSeg>& segs, std::size_t skip,
 unsigned NetWorker::rx_pass() {
   if (!rxq_.ready() || rxq_.broken()) return 0;
   unsigned n = 0;
-  while (!backlog_.empty() && deliver(backlog_.front())) {
+  while (!backlog_.empty() && deliver(backlog_.front().frame)) {
+    (backlog_.front().from_vf ? c_.rx_vf : c_.rx_fallback).fetch_add(1, std::memory_order_relaxed);
     backlog_.pop_front();
     ++n;
   }
@@ -348,12 +364,17 @@ unsigned NetWorker::rx_pass() {
   // (a recv that finds nothing is a system call per pass).
   const bool look = vf_queue() == nullptr || port_readable_ || (++passes_ & 63) == 0;
   port_readable_ = false;
-  if (pair_ == 0 && pv_.fallback_.valid() && look) {
+  if (pair_ == 0 && pv_.port_usable() && look) {
     std::array<std::uint8_t, fp::kMaxRecord> rec;
     for (unsigned i = 0; i < kRxBudget && backlog_.size() < pv_.config_.rx_backlog; ++i) {
       const ssize_t r = ::recv(pv_.fallback_.get(), rec.data(), rec.size(), MSG_DONTWAIT);
       if (r < 0) break;
-      if (r == 0) break;  // the switch went away; frames may come again on a new port
+      if (r == 0) {
+        // The switch closed the port: no fallback from now on (a paravisor built for the
+        // next memory table dials it again). Stop polling a socket that is always readable.
+        pv_.port_lost();
+        break;
+      }
       if (static_cast<std::size_t>(r) < sizeof(fp::RecordHeader) + knic::kEthHeader ||
           rec[0] != static_cast<std::uint8_t>(fp::RecordType::frame)) {
         continue;  // not a frame: the switch sends nothing else
@@ -368,17 +389,21 @@ unsigned NetWorker::rx_pass() {
 }
 
 void NetWorker::receive(std::span<const std::uint8_t> frame, bool from_vf) {
-  auto& counter = from_vf ? c_.rx_vf : c_.rx_fallback;
-  if (backlog_.empty() && deliver(frame)) {
-    counter.fetch_add(1, std::memory_order_relaxed);
-    return;
+  if (backlog_.empty()) {
+    const std::uint64_t dropped = c_.rx_dropped.load(std::memory_order_relaxed);
+    if (deliver(frame)) {
+      // deliver() also "succeeds" by dropping a frame no chain can hold (counted there).
+      if (c_.rx_dropped.load(std::memory_order_relaxed) == dropped) {
+        (from_vf ? c_.rx_vf : c_.rx_fallback).fetch_add(1, std::memory_order_relaxed);
+      }
+      return;
+    }
   }
   if (backlog_.size() >= pv_.config_.rx_backlog) {
     c_.rx_dropped.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  backlog_.emplace_back(frame.begin(), frame.end());
-  counter.fetch_add(1, std::memory_order_relaxed);
+  backlog_.push_back({std::vector<std::uint8_t>(frame.begin(), frame.end()), from_vf});
 }
 
 bool NetWorker::take_rx_chain() {
@@ -396,6 +421,8 @@ bool NetWorker::take_rx_chain() {
       writable = writable && s.device_writes;
       c.capacity += s.len;
     }
+    // Empty buffers hold nothing: not kept (a chain of thousands of them would pin memory).
+    std::erase_if(c.segs, [](const ChainSeg& s) { return s.len == 0; });
     // A frame needs at least the header in the first buffer (and, without MRG_RXBUF, the
     // whole frame in one chain: checked by deliver()).
     if (!writable || c.capacity < kHdr) {
@@ -496,29 +523,34 @@ void NetWorker::run() {
 
 void NetWorker::sleep() {
   // Ask to be kicked, then look once more (a kick between the last pass and now is seen).
-  // New RX buffers matter only to frames waiting for them.
-  const bool rx_more = rxq_.ready() && rxq_.enable_kicks() && !backlog_.empty();
-  const bool tx_more = txq_.ready() && txq_.enable_kicks();
+  // New RX buffers matter only to frames waiting for them; new TX chains only if the last
+  // pass was not held up by a full VF ring or port (then those are what it waits for).
+  const bool held = !backlog_.empty();
+  const bool rx_more = rxq_.ready() && rxq_.enable_kicks() && held;
+  const bool tx_more = txq_.ready() && txq_.enable_kicks() && !tx_blocked_;
   if (rx_more || tx_more) return;
   drivers::net::QueuePair* qp = vf_queue();
   if (qp != nullptr) {
     qp->arm_interrupts(true);
-    if (qp->rx_ready() || (qp->tx_ready() && !on_vf_heads_.empty())) return;
+    // Received frames matter only when the guest can take them.
+    if ((!held && qp->rx_ready()) || (qp->tx_ready() && !on_vf_heads_.empty())) return;
   }
   std::vector<pollfd> fds;
-  auto add = [&fds](int fd) {
-    if (fd >= 0) fds.push_back({fd, POLLIN, 0});
+  auto add = [&fds](int fd, short events = POLLIN) {
+    if (fd >= 0) fds.push_back({fd, events, 0});
   };
   add(wake_fd_.get());
-  if (!backlog_.empty()) add(kick_fd_[0]);
-  add(kick_fd_[1]);
+  if (held) add(kick_fd_[0]);
+  if (!tx_blocked_) add(kick_fd_[1]);
   if (qp != nullptr) {
-    add(qp->rx_interrupt_fd());
+    if (!held) add(qp->rx_interrupt_fd());
     if (!on_vf_heads_.empty()) add(qp->tx_interrupt_fd());
   }
-  if (pair_ == 0 && pv_.fallback_.valid() && backlog_.size() < pv_.config_.rx_backlog) {
-    add(pv_.fallback_.get());
+  const int port = pv_.port_usable() ? pv_.fallback_.get() : -1;
+  if (pair_ == 0 && port >= 0 && (!held || port_full_)) {
+    add(port, static_cast<short>((held ? 0 : POLLIN) | (port_full_ ? POLLOUT : 0)));
   }
+  if (pair_ != 0 && port_full_ && port >= 0) add(port, POLLOUT);
   // Bounded: health checks on the VF, probes for its return, rings without kick fds.
   auto interval = qp != nullptr ? pv_.config_.health_interval : pv_.config_.probe_interval;
   if (kick_fd_[0] < 0 || kick_fd_[1] < 0) interval = std::chrono::milliseconds(1);
@@ -526,8 +558,8 @@ void NetWorker::sleep() {
       std::chrono::duration_cast<std::chrono::milliseconds>(interval).count(), 1, 50));
   if (::poll(fds.data(), fds.size(), ms) > 0) {
     for (const pollfd& p : fds) {
-      if (p.fd == pv_.fallback_.get()) {
-        port_readable_ = p.revents != 0;
+      if (p.fd == port) {
+        port_readable_ = (p.revents & ~POLLOUT) != 0;
       } else if ((p.revents & POLLIN) != 0) {
         std::uint64_t v;
         (void)!::read(p.fd, &v, sizeof v);

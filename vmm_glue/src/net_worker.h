@@ -71,7 +71,11 @@ class NetWorker {
   /// Sends one guest TX chain (the frame after its virtio-net header). False: the VF ring is
   /// full (the chain stays popped in `head`: the caller gives it back).
   bool transmit(std::uint16_t head, const std::vector<ChainSeg>& segs);
-  bool send_fallback(const std::vector<ChainSeg>& segs);
+  using PortSend = NetParavisor::PortSend;
+  /// Sends the frame of a TX chain as a FRAME record on the fallback port, waiting up to
+  /// `wait` for room in the socket.
+  PortSend send_fallback(const std::vector<ChainSeg>& segs,
+                         std::chrono::milliseconds wait = std::chrono::milliseconds(0));
   /// A TX chain keel can send: read by the device only, header + an Ethernet frame within the
   /// MTU, and a header asking for nothing keel did not offer (checksum, segmentation).
   bool valid_tx(ChainError e, const std::vector<ChainSeg>& segs);
@@ -98,7 +102,13 @@ class NetWorker {
   std::vector<std::uint16_t> on_vf_heads_;
   std::deque<RxChain> rx_chains_;   ///< Popped RX chains not filled yet.
   bool rx_chains_in_order_ = true;  ///< rx_chains_ are the last ones popped.
-  std::deque<std::vector<std::uint8_t>> backlog_;
+  struct Held {
+    std::vector<std::uint8_t> frame;
+    bool from_vf;
+  };
+  std::deque<Held> backlog_;  ///< Frames for a guest with no RX buffer posted.
+  bool tx_blocked_ = false;   ///< The last pass left a TX chain: VF ring or port full.
+  bool port_full_ = false;    ///< ... the port's socket was full.
   std::vector<ChainSeg> segs_;
   std::vector<std::uint8_t> scratch_;
   std::uint64_t next_health_ns_ = 0;

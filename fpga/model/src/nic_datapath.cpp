@@ -376,6 +376,11 @@ void NicModel::stop_uplink() noexcept {
 
 void NicModel::uplink_reader(int fd, int stop_fd) noexcept {
   std::vector<std::uint8_t> buf(65536);
+  int type = 0;
+  socklen_t len = sizeof type;
+  // 1: a datagram socket or not a socket at all (a TAP device); 0: a connection.
+  const int datagram =
+      ::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type == SOCK_DGRAM ? 1 : 0;
   for (;;) {
     pollfd p[2] = {{fd, POLLIN, 0}, {stop_fd, POLLIN, 0}};
     if (::poll(p, 2, -1) < 0) {
@@ -395,7 +400,9 @@ void NicModel::uplink_reader(int fd, int stop_fd) noexcept {
         uplink_failed_.store(true);
         return;
       }
-      if (r == 0 && (p[0].revents & POLLHUP) != 0) {
+      // A zero-length read is the peer's end on a connection (SEQPACKET); on a datagram
+      // socket it is an empty datagram (a runt the switch drops).
+      if (r == 0 && (datagram == 0 || (p[0].revents & POLLHUP) != 0)) {
         kLog.info("uplink: peer closed; the uplink stops receiving");
         uplink_failed_.store(true);
         return;

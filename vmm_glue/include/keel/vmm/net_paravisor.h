@@ -28,6 +28,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <vector>
 
 #include "keel/clock.h"
@@ -137,6 +138,14 @@ class NetParavisor final : public VhostDevice {
                UniqueFd fallback, const NetParavisorConfig& config);
   Status bring_up_vf();
   void transition(PathState to, const std::string& reason);
+  void transition_locked(PathState to, const std::string& reason);  // caller holds mu_
+  unsigned running_workers() const noexcept;
+  /// The fallback port exists and the switch has not closed it.
+  bool port_usable() const noexcept;
+  void port_lost() noexcept;
+  /// One record on the port, waiting up to `wait` for room (0: not at all).
+  enum class PortSend : std::uint8_t { sent, full, failed };
+  PortSend port_send(std::span<const std::uint8_t> record, std::chrono::milliseconds wait);
   /// A worker (or vf_removed) found the VF lost: move to draining, tell the switch.
   void vf_failed(const std::string& reason);
   /// A worker has let go of its VF queue pair; the last one completes the move.
@@ -162,6 +171,8 @@ class NetParavisor final : public VhostDevice {
   /// pair and reports drained.
   std::atomic<std::uint64_t> epoch_{0};
   std::atomic<unsigned> drained_{0};
+  unsigned drain_target_ = 0;  ///< Workers that must let go of the VF (guarded by mu_).
+  std::atomic<bool> port_lost_{false};
   std::atomic<bool> probe_now_{false};
   std::uint64_t next_probe_ns_ = 0;
 
