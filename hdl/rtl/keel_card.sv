@@ -21,11 +21,16 @@
 //   m_flush_*     Persist a byte range of card DDR (Flush, shutdown).
 //   s_dbg_*       Fault injection for simulation shells; tie s_dbg_valid low on hardware.
 //   cfg_*         Straps: run-time limits of this instance (at most the parameters).
+//   m_nic_*, s_nic_*, s_upl_*, m_upl_*, cfg_nic_*, cfg_uplink_*
+//                 The NIC half (keel_nic, functions 65..): its own byte-addressed 64-bit host
+//                 DMA, MSI-X requests, the uplink's frame streams and straps. BAR accesses of
+//                 functions >= 65 on s_axil_* are routed to it.
 //
 // Inside: keel_mmio / keel_pf_regs (registers), keel_ctrl (VF lifecycle), keel_frontend
 // (queue contexts, SQ fetch, admin, PRP walk), keel_jobq (per-VF job queues), keel_qos_arbiter
 // and keel_rate_limiter (QoS), keel_mover (data path), keel_cq_writer (completions, MSI-X),
-// keel_counters. See docs/rtl-architecture.md.
+// keel_counters; keel_nic (the NIC PF and VFs, the embedded switch). See
+// docs/rtl-architecture.md.
 module keel_card #(
   // VFs the card implements (1..64).
   parameter int NUM_VFS = 4,
@@ -51,6 +56,12 @@ module keel_card #(
   parameter int HOST_CHUNK_LOG2 = 10,
   // Width of the host and DDR data buses (the data path is built for 512).
   parameter int DATA_W = 512,
+  // NIC VFs (functions 66..66 + NIC_VFS - 1; a power of two, 2..8) of the NIC half.
+  parameter int NIC_VFS = 4,
+  // 1: the NIC half (keel_nic) is built; 0: its ports are tied off and the NIC functions
+  // answer nothing (the yosys synthesis checks build the NVMe half alone for now; see
+  // docs/rtl-synthesis.md).
+  parameter int NIC = 1,
   // Width of a VF index (derived).
   parameter int VFW = (NUM_VFS > 1) ? $clog2(NUM_VFS) : 1
 ) (
@@ -174,6 +185,48 @@ module keel_card #(
   input  wire  [7:0]          s_dbg_vf,
   input  wire  [31:0]         s_dbg_arg0,
   input  wire  [63:0]         s_dbg_arg1,
+
+  // ---- the NIC half (keel_nic): its own DMA, MSI-X and uplink ports
+  input  wire  [NIC_VFS-1:0]  cfg_nic_removed,
+  input  wire                 cfg_uplink_on,
+  input  wire                 cfg_uplink_up,
+  output logic                m_nic_rd_valid,
+  input  wire                 m_nic_rd_ready,
+  output logic [63:0]         m_nic_rd_addr,
+  output logic [15:0]         m_nic_rd_len,
+  output logic [7:0]          m_nic_rd_fn,
+  input  wire                 s_nic_rd_valid,
+  input  wire  [63:0]         s_nic_rd_data,
+  input  wire                 s_nic_rd_last,
+  input  wire                 s_nic_rd_err,
+  output logic                m_nic_wr_valid,
+  input  wire                 m_nic_wr_ready,
+  output logic [63:0]         m_nic_wr_addr,
+  output logic [15:0]         m_nic_wr_len,
+  output logic [7:0]          m_nic_wr_fn,
+  output logic                m_nic_wd_valid,
+  input  wire                 m_nic_wd_ready,
+  output logic [63:0]         m_nic_wd_data,
+  output logic                m_nic_wd_last,
+  input  wire                 s_nic_wb_valid,
+  input  wire                 s_nic_wb_err,
+  output logic                m_nic_msix_valid,
+  input  wire                 m_nic_msix_ready,
+  output logic [7:0]          m_nic_msix_fn,
+  output logic [15:0]         m_nic_msix_vector,
+  input  wire                 s_upl_valid,
+  output logic                s_upl_ready,
+  input  wire  [63:0]         s_upl_data,
+  input  wire  [3:0]          s_upl_bytes,
+  input  wire                 s_upl_last,
+  output logic                m_upl_valid,
+  input  wire                 m_upl_ready,
+  output logic [63:0]         m_upl_data,
+  output logic [3:0]          m_upl_bytes,
+  output logic                m_upl_last,
+  input  wire                 s_upl_overflow,
+  input  wire                 s_upl_tx_drop,
+  output logic [7:0]          status_nic_num_vfs,
 
   // ---- status for the shell
   output logic [7:0]          status_num_vfs,
@@ -355,13 +408,32 @@ module keel_card #(
   assign status_vf_removed = vf_removed;
 
   // ---------------------------------------------------------------- registers
+  // BAR accesses of functions 65 and up (the NIC PF and VFs) go to keel_nic; the shell has one
+  // transaction outstanding at a time, so the split needs no ordering of its own.
+  logic        nic_w, nic_r, n_awready, n_bvalid, n_arready, n_rvalid, nic_idle;
+  logic        e_awready, e_wready, e_bvalid, e_arready, e_rvalid;
+  logic [1:0]  e_bresp, e_rresp;
+  logic [63:0] e_rdata, n_rdata;
+  assign nic_w = s_axil_awuser >= 8'd65;
+  assign nic_r = s_axil_aruser >= 8'd65;
+  assign s_axil_awready = nic_w ? n_awready : e_awready;
+  assign s_axil_wready = nic_w ? n_awready : e_wready;
+  assign s_axil_bvalid = e_bvalid || n_bvalid;
+  assign s_axil_bresp = e_bvalid ? e_bresp : 2'd0;
+  assign s_axil_arready = nic_r ? n_arready : e_arready;
+  assign s_axil_rvalid = e_rvalid || n_rvalid;
+  assign s_axil_rdata = e_rvalid ? e_rdata : n_rdata;
+  assign s_axil_rresp = e_rvalid ? e_rresp : 2'd0;
+
   keel_mmio #(.NUM_VFS(NUM_VFS), .NUM_IOQ(NUM_IOQ), .MQES(MQES)) u_mmio (
     .clk, .rst, .cfg_max_ioq,
-    .s_axil_awvalid, .s_axil_awready, .s_axil_awaddr, .s_axil_awuser,
-    .s_axil_wvalid, .s_axil_wready, .s_axil_wdata, .s_axil_wstrb,
-    .s_axil_bvalid, .s_axil_bready, .s_axil_bresp,
-    .s_axil_arvalid, .s_axil_arready, .s_axil_araddr, .s_axil_aruser,
-    .s_axil_rvalid, .s_axil_rready, .s_axil_rdata, .s_axil_rresp,
+    .s_axil_awvalid(s_axil_awvalid && !nic_w), .s_axil_awready(e_awready),
+    .s_axil_awaddr, .s_axil_awuser,
+    .s_axil_wvalid(s_axil_wvalid && !nic_w), .s_axil_wready(e_wready), .s_axil_wdata,
+    .s_axil_wstrb, .s_axil_bvalid(e_bvalid), .s_axil_bready, .s_axil_bresp(e_bresp),
+    .s_axil_arvalid(s_axil_arvalid && !nic_r), .s_axil_arready(e_arready), .s_axil_araddr,
+    .s_axil_aruser, .s_axil_rvalid(e_rvalid), .s_axil_rready, .s_axil_rdata(e_rdata),
+    .s_axil_rresp(e_rresp),
     .pf_wr_valid, .pf_wr_addr, .pf_wr_lo, .pf_wr_hi, .pf_wr_data, .pf_wr_done,
     .pf_rd_en, .pf_rd_addr, .pf_rd_data,
     .num_vfs, .vf_removed, .vf_ready, .vf_fatal, .vf_shst, .regs_clear_valid, .regs_clear_vf,
@@ -585,8 +657,47 @@ module keel_card #(
     .m_b_valid(m_axi_host_bvalid), .m_b_ready(m_axi_host_bready), .m_b_id(m_axi_host_bid)
   );
 
+  // ---------------------------------------------------------------- the NIC half
+  if (NIC != 0) begin : g_nic
+    keel_nic #(.NV(NIC_VFS), .NQ(4), .CLOCK_MHZ(CLOCK_MHZ)) u_nic (
+      .clk, .rst,
+      .s_awvalid(s_axil_awvalid && nic_w), .s_awready(n_awready), .s_awaddr(s_axil_awaddr),
+      .s_awuser(s_axil_awuser), .s_wdata(s_axil_wdata), .s_wstrb(s_axil_wstrb),
+      .s_bvalid(n_bvalid), .s_bready(s_axil_bready),
+      .s_arvalid(s_axil_arvalid && nic_r), .s_arready(n_arready), .s_araddr(s_axil_araddr),
+      .s_aruser(s_axil_aruser), .s_rvalid(n_rvalid), .s_rready(s_axil_rready), .s_rdata(n_rdata),
+      .cfg_removed(cfg_nic_removed), .cfg_uplink_on, .cfg_uplink_up,
+      .m_rd_valid(m_nic_rd_valid), .m_rd_ready(m_nic_rd_ready), .m_rd_addr(m_nic_rd_addr),
+      .m_rd_len(m_nic_rd_len), .m_rd_fn(m_nic_rd_fn), .s_rd_valid(s_nic_rd_valid),
+      .s_rd_data(s_nic_rd_data), .s_rd_last(s_nic_rd_last), .s_rd_err(s_nic_rd_err),
+      .m_wr_valid(m_nic_wr_valid), .m_wr_ready(m_nic_wr_ready), .m_wr_addr(m_nic_wr_addr),
+      .m_wr_len(m_nic_wr_len), .m_wr_fn(m_nic_wr_fn), .m_wd_valid(m_nic_wd_valid),
+      .m_wd_ready(m_nic_wd_ready), .m_wd_data(m_nic_wd_data), .m_wd_last(m_nic_wd_last),
+      .s_wb_valid(s_nic_wb_valid), .s_wb_err(s_nic_wb_err),
+      .m_msix_valid(m_nic_msix_valid), .m_msix_ready(m_nic_msix_ready),
+      .m_msix_fn(m_nic_msix_fn), .m_msix_vector(m_nic_msix_vector),
+      .s_upl_valid, .s_upl_ready, .s_upl_data, .s_upl_bytes, .s_upl_last,
+      .m_upl_valid, .m_upl_ready, .m_upl_data, .m_upl_bytes, .m_upl_last,
+      .s_upl_overflow, .s_upl_tx_drop, .status_num_vfs(status_nic_num_vfs),
+      .skip_valid(s_skip_valid), .skip_cycles(s_skip_cycles), .idle(nic_idle)
+    );
+  end else begin : g_no_nic
+    keel_no_nic u_no_nic (
+      .clk, .rst, .s_awvalid(s_axil_awvalid && nic_w), .s_awready(n_awready),
+      .s_bvalid(n_bvalid), .s_bready(s_axil_bready), .s_arvalid(s_axil_arvalid && nic_r),
+      .s_arready(n_arready), .s_rvalid(n_rvalid), .s_rready(s_axil_rready), .s_rdata(n_rdata),
+      .m_rd_valid(m_nic_rd_valid), .m_rd_addr(m_nic_rd_addr), .m_rd_len(m_nic_rd_len),
+      .m_rd_fn(m_nic_rd_fn), .m_wr_valid(m_nic_wr_valid), .m_wr_addr(m_nic_wr_addr),
+      .m_wr_len(m_nic_wr_len), .m_wr_fn(m_nic_wr_fn), .m_wd_valid(m_nic_wd_valid),
+      .m_wd_data(m_nic_wd_data), .m_wd_last(m_nic_wd_last), .m_msix_valid(m_nic_msix_valid),
+      .m_msix_fn(m_nic_msix_fn), .m_msix_vector(m_nic_msix_vector), .s_upl_ready,
+      .m_upl_valid, .m_upl_data, .m_upl_bytes, .m_upl_last,
+      .status_num_vfs(status_nic_num_vfs), .idle(nic_idle)
+    );
+  end
+
   // ---------------------------------------------------------------- fast-forward status
-  assign status_idle = mmio_idle && pf_idle && ctrl_idle && rate_idle && fe_idle && &jq_idle &&
+  assign status_idle = nic_idle && mmio_idle && pf_idle && ctrl_idle && rate_idle && fe_idle && &jq_idle &&
                        mover_idle && cqw_idle && flush_owner_q == 2'd0 && !cqop_valid &&
                        !cqclr_valid && !feop_valid;
   assign status_wake = ctrl_wake < cqw_wake ? ctrl_wake : cqw_wake;

@@ -18,6 +18,12 @@ foreach(v YOSYS TOP SOURCES OUT_DIR)
   endif()
 endforeach()
 
+# CHPARAMS (optional): parameters of TOP for this run, as chparam's options ("-set NIC 0").
+set(_chparam "")
+if(DEFINED CHPARAMS)
+  set(_chparam "chparam ${CHPARAMS} ${TOP}\n")
+endif()
+
 if(NOT DEFINED STAGE)
   set(STAGE full)
 endif()
@@ -52,7 +58,7 @@ endfunction()
 
 run_yosys(yosys_${STAGE}
 "read_verilog -sv ${_src}
-hierarchy -top ${TOP}
+${_chparam}hierarchy -top ${TOP}
 blackbox *keel_ram
 ${_synth}
 ${_no_latches}

@@ -12,11 +12,17 @@ foreach(v YOSYS TOP SOURCES OUT_DIR)
   endif()
 endforeach()
 
+# CHPARAMS (optional): parameters of TOP for this run, as chparam's options ("-set NIC 0").
+set(_chparam "")
+if(DEFINED CHPARAMS)
+  set(_chparam "chparam ${CHPARAMS} ${TOP}\n")
+endif()
+
 file(MAKE_DIRECTORY "${OUT_DIR}")
 string(REPLACE ";" " " _src "${SOURCES}")
 file(WRITE "${OUT_DIR}/yosys_xilinx.ys"
 "read_verilog -sv ${_src}
-hierarchy -top ${TOP}
+${_chparam}hierarchy -top ${TOP}
 synth_xilinx -family xcup -top ${TOP} -flatten
 select -assert-none t:LDCE t:LDPE t:$_DLATCH_* t:$dlatch
 tee -o ${OUT_DIR}/stat_xilinx.txt stat -width

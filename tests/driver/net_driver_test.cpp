@@ -123,7 +123,9 @@ class NetDriver : public CardTest {
       const unsigned n = tx.reap(c);
       out.insert(out.end(), c, c + n);
       if (tx.tx_in_flight() == 0 && n == 0) break;
-      if (n == 0 && !tx.wait(net::WaitFor::tx, 1ms)) break;
+      // A wait that times out is no failure: the bound is the deadline (a loaded machine
+      // may keep a free-running card off its CPU for longer than one wait).
+      if (n == 0) (void)tx.wait(net::WaitFor::tx, 1ms);
     }
     EXPECT_EQ(tx.tx_in_flight(), 0u) << "TX completions missing";
     return out;

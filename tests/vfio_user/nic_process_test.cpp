@@ -95,9 +95,6 @@ struct VfClient {
 class NicProcessTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (backend() == "sim" && std::getenv("KEEL_SIM_HAS_NIC") == nullptr) {
-      GTEST_SKIP() << "the RTL card has no NIC yet (the NIC is in the model card only)";
-    }
     run_dir_ = stack::scratch_image_path("nic-run", std::filesystem::temp_directory_path());
     std::filesystem::create_directories(run_dir_);
     card_end_ = run_dir_ + "/uplink-card.sock";

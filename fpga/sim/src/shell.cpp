@@ -9,7 +9,8 @@
 namespace keel::fpga::sim {
 
 Shell::Shell(const ShellConfig& config, Iommu& iommu, CardStorage& storage,
-             std::vector<std::unique_ptr<MsixInterrupts>>& irqs)
+             std::vector<std::unique_ptr<MsixInterrupts>>& irqs,
+             std::vector<std::unique_ptr<MsixInterrupts>>& nic_irqs, NicLink& link)
     : cfg_(config),
       irqs_(irqs),
       ctx_(std::make_unique<VerilatedContext>()),
@@ -24,7 +25,8 @@ Shell::Shell(const ShellConfig& config, Iommu& iommu, CardStorage& storage,
       msix_(pc_, irqs),
       side_band_(pc_, irqs, ats_),
       flush_(pc_, storage),
-      mmio_(pc_, iommu) {
+      mmio_(pc_, iommu),
+      nic_(pc_, iommu, nic_irqs, link) {
   top_->cfg_max_vfs = static_cast<std::uint8_t>(cfg_.max_vfs);
   top_->cfg_max_ioq = static_cast<std::uint8_t>(cfg_.max_ioq);
   top_->cfg_storage_lbas = storage.bytes() >> 9;
@@ -64,7 +66,7 @@ std::uint64_t Shell::flr_done(unsigned fn) const noexcept { return side_band_.fl
 
 bool Shell::quiet() const noexcept {
   return host_read_.quiet() && host_write_.quiet() && ddr_read_.quiet() && ddr_write_.quiet() &&
-         ats_.quiet() && flush_.quiet() && !mmio_.busy() && side_band_.quiet();
+         ats_.quiet() && flush_.quiet() && !mmio_.busy() && side_band_.quiet() && nic_.quiet();
 }
 
 bool Shell::can_skip() const noexcept { return top_->status_idle && quiet(); }
@@ -95,6 +97,7 @@ void Shell::cycle() {
   ++cycle_;
   num_vfs_.store(top_->status_num_vfs, std::memory_order_release);
   removed_.store(top_->status_vf_removed, std::memory_order_release);
+  nic_num_vfs_.store(top_->status_nic_num_vfs, std::memory_order_release);
   drive();
   top_->clk = 0;
   top_->eval();
@@ -112,6 +115,7 @@ void Shell::sample() {
   side_band_.sample();
   flush_.sample();
   mmio_.sample();
+  nic_.sample();
 }
 
 // After the edge: what the shell presents during the next cycle. The order is the order the
@@ -127,6 +131,7 @@ void Shell::drive() {
   flush_.drive();
   top_->s_skip_valid = 0;
   mmio_.drive();
+  nic_.drive();
 }
 
 }  // namespace keel::fpga::sim

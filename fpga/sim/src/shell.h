@@ -16,6 +16,7 @@
 #include "keel/fpga/iommu.h"
 #include "keel/fpga/msix_interrupts.h"
 #include "keel/fpga/sim/sim_card.h"
+#include "shell_nic_port.h"
 #include "shell_ports.h"
 
 class Vkeel_card;
@@ -26,8 +27,10 @@ namespace keel::fpga::sim {
 class Shell {
  public:
   /// `irqs[f]` are the MSI-X vectors of function f (0: the PF).
+  /// `nic_irqs[n]`: NIC VF n's; `link`: the NIC's uplink frames.
   Shell(const ShellConfig& config, Iommu& iommu, CardStorage& storage,
-        std::vector<std::unique_ptr<MsixInterrupts>>& irqs);
+        std::vector<std::unique_ptr<MsixInterrupts>>& irqs,
+        std::vector<std::unique_ptr<MsixInterrupts>>& nic_irqs, NicLink& link);
   ~Shell();
   Shell(const Shell&) = delete;
   Shell& operator=(const Shell&) = delete;
@@ -56,6 +59,7 @@ class Shell {
 
   /// Mirrors of the card's status outputs (updated every cycle; readable from any thread).
   unsigned num_vfs() const noexcept { return num_vfs_.load(std::memory_order_acquire); }
+  unsigned nic_num_vfs() const noexcept { return nic_num_vfs_.load(std::memory_order_acquire); }
   bool vf_removed(unsigned vf) const noexcept {
     return ((removed_.load(std::memory_order_acquire) >> vf) & 1u) != 0;
   }
@@ -93,9 +97,11 @@ class Shell {
   SideBandPort side_band_;
   FlushPort flush_;
   MmioMaster mmio_;
+  NicPort nic_;
 
   // Mirrors of the card's status outputs.
   std::atomic<unsigned> num_vfs_{0};
+  std::atomic<unsigned> nic_num_vfs_{0};
   std::atomic<std::uint64_t> removed_{0};
 };
 

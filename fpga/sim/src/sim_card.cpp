@@ -2,6 +2,8 @@
 #include <cstdio>
 #include <string>
 
+#include <keel/regs/keel_regs.h>
+
 #include "keel/thread_cpu.h"
 #include "sim_impl.h"
 
@@ -50,7 +52,10 @@ Result<std::unique_ptr<SimCard>> SimCard::create(const SimConfig& config) {
   auto impl = std::make_unique<Impl>();
   impl->config = config;
   impl->storage = std::move(storage).value();
-  impl->iommu = std::make_unique<Iommu>(o.max_vfs + 1);
+  impl->iommu = std::make_unique<Iommu>(nic_vf_function(kSimNicVfs - 1) + 1);
+  for (unsigned i = 0; i < kSimNicVfs; ++i) {
+    impl->nic_irqs.push_back(std::make_unique<MsixInterrupts>(2 * regs::NIC_MAX_QUEUES));
+  }
   impl->irqs.push_back(std::make_unique<MsixInterrupts>(1));
   for (unsigned i = 0; i < o.max_vfs; ++i) {
     impl->irqs.push_back(std::make_unique<MsixInterrupts>(o.max_ioq_per_vf + 1));
@@ -64,11 +69,13 @@ Result<std::unique_ptr<SimCard>> SimCard::create(const SimConfig& config) {
   sc.ats_latency = config.ats_latency;
   sc.stall_percent = config.stall_percent;
   sc.stall_seed = config.stall_seed;
-  impl->shell = std::make_unique<Shell>(sc, *impl->iommu, *impl->storage, impl->irqs);
+  impl->shell = std::make_unique<Shell>(sc, *impl->iommu, *impl->storage, impl->irqs,
+                                        impl->nic_irqs, impl->nic_link);
   impl->shell->reset(kResetCycles);
   impl->pf = std::make_unique<SimPf>(*impl);
   for (unsigned i = 0; i < o.max_vfs; ++i) impl->vfs.push_back(std::make_unique<SimVf>(*impl, i));
   impl->faults = make_sim_fault_injector(*impl);
+  impl->nic = std::make_unique<SimNic>(*impl);
   std::unique_ptr<SimCard> card(new SimCard(std::move(impl)));
   if (!o.lockstep) {
     card->impl_->running.store(true);
@@ -80,6 +87,7 @@ Result<std::unique_ptr<SimCard>> SimCard::create(const SimConfig& config) {
 SimCard::SimCard(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 SimCard::~SimCard() {
+  impl_->nic.reset();  // its uplink reader first
   if (impl_->thread.joinable()) {
     impl_->running.store(false);
     {
@@ -156,6 +164,7 @@ unsigned SimCard::run_cycles(std::uint64_t cycles) {
 
 std::uint64_t SimCard::now_ns() const noexcept { return impl_->now_ns(); }
 FaultInjector* SimCard::faults() noexcept { return impl_->faults.get(); }
+NicCard* SimCard::nic() noexcept { return impl_->nic.get(); }
 Iommu& SimCard::iommu() noexcept { return *impl_->iommu; }
 
 SimStats SimCard::stats() const {

@@ -20,6 +20,7 @@
 #include "keel/fpga/pf_function.h"
 #include "keel/fpga/sim/sim_card.h"
 #include "shell.h"
+#include "sim_nic.h"
 
 namespace keel::fpga::sim {
 
@@ -68,6 +69,10 @@ struct SimCard::Impl {
   std::unique_ptr<SimPf> pf;
   std::vector<std::unique_ptr<SimVf>> vfs;
   std::unique_ptr<FaultInjector> faults;
+  // The NIC half: NIC VF n's interrupts, the uplink's frames, the NicCard.
+  std::vector<std::unique_ptr<MsixInterrupts>> nic_irqs;
+  NicLink nic_link;
+  std::unique_ptr<SimNic> nic;
 
   mutable std::mutex mu;  // the shell and the RTL
 

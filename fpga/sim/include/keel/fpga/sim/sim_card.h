@@ -77,6 +77,8 @@ class SimCard final : public Card {
   unsigned step(unsigned n = 1) override;
   std::uint64_t now_ns() const noexcept override;
   FaultInjector* faults() noexcept override;
+  /// The NIC half (keel_nic): 4 NIC VFs of 4 queue pairs, the embedded switch, the uplink.
+  NicCard* nic() noexcept override;
 
   /// The IOMMU of the shell (tests inspect its windows and fault counts).
   Iommu& iommu() noexcept;
