@@ -368,6 +368,12 @@ struct Fuzzed {
     drain_peers();
   }
   void round() {
+    // A device-writable RX buffer over the rings lets the device's writes rewrite the avail
+    // ring too (entries it took read back as something else): the ring checks stop there.
+    for (unsigned i = 0; i < size[0] && !clobbered; ++i) {
+      const auto d = load<virtio::Desc>(kDescAt[0] + 16u * i);
+      if ((d.flags & virtio::kDescWrite) != 0 && d.len > 0 && d.addr < kRings) clobbered = true;
+    }
     pv->run_once();
     for (Peer& p : w.peers) p.pv->run_once();
     w.card->step(1);
