@@ -150,9 +150,11 @@ class ValidMapTest(TempDirTest):
     def test_real_register_map_is_valid(self) -> None:
         rm = g.load_regmap(REAL_JSON)
         self.assertEqual(rm.source_label, "hdl/regmap/keel_regs.json")
-        self.assertEqual([b.name for b in rm.blocks], ["PF", "VFCFG", "NVME"])
+        self.assertEqual([b.name for b in rm.blocks],
+                         ["PF", "VFCFG", "NVME", "NICPF", "NICVFCFG", "NIC", "NICQ"])
         cpp = g.gen_cpp(rm)
         self.assertIn("inline constexpr std::uint64_t MAGIC = 0x4B45454Cull;", cpp)
+        self.assertIn("inline constexpr std::uint64_t NIC_MAGIC = 0x4B4E4943ull;", cpp)
         self.assertIn("inline constexpr std::uint64_t CAP_MQES_MASK = 0x000000000000FFFFull;",
                       cpp)
 
