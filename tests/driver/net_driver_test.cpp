@@ -314,6 +314,149 @@ TEST_P(NetDriver, ZeroCopyReturnsCookies) {
   nics_[0].reset();  // the rings go before the memory their descriptors name
 }
 
+/// Caller-buffer completions of `rx` within the helpers' bound, until `want` have come.
+std::vector<net::RxCompletion> rx_buffers(fpga::Card& card, net::QueuePair& rx, std::size_t want,
+                                          std::chrono::nanoseconds bound) {
+  std::vector<net::RxCompletion> got;
+  const std::uint64_t deadline = card.deadline_after(bound);
+  while (got.size() < want && card.now_ns() < deadline) {
+    net::RxCompletion c[8];
+    const unsigned n = rx.poll_rx_buffers(c);
+    got.insert(got.end(), c, c + n);
+    if (n == 0 && !rx.wait(net::WaitFor::rx, std::chrono::nanoseconds(deadline - card.now_ns()))) {
+      break;
+    }
+  }
+  return got;
+}
+
+TEST_P(NetDriver, CallerRxBuffersTakeFramesInPlace) {
+  ASSERT_NO_FATAL_FAILURE(open_both());
+  KEEL_ASSERT_OK(qp(1).use_caller_rx_buffers(true));
+  EXPECT_TRUE(qp(1).caller_rx_buffers());
+  EXPECT_EQ(qp(1).rx_posted(), 0u);
+  // No buffer posted: the card has nowhere to put a frame and drops it.
+  ASSERT_EQ(qp(0).send(make_frame(mac_of(1), mac_of(0), 100, 1)), net::NetErrc::ok);
+  qp(0).flush();
+  reap_all(qp(0));
+  EXPECT_TRUE(rx_buffers(*card_, qp(1), 1, 100us).empty());
+  EXPECT_EQ(nic_card_->pf().read64(vc::at(1, vc::DROP_RX_NO_BUF)), 1u);
+
+  // The caller's memory (the paravisor: guest RX buffers), in buffers of an odd size.
+  auto mem = vf(1).alloc_dma(64 << 10);
+  KEEL_ASSERT_OK(mem);
+  constexpr std::uint32_t kBuf = 700;
+  const net::RxBuffer bad[2] = {{mem->iova(), 0, 1}, {mem->iova(), 65536, 2}};
+  EXPECT_EQ(qp(1).post_rx(bad[0]), net::NetErrc::invalid);
+  EXPECT_EQ(qp(1).post_rx(bad[1]), net::NetErrc::invalid);
+  EXPECT_EQ(qp(0).post_rx({mem->iova(), kBuf, 1}), net::NetErrc::invalid) << "driver buffers";
+  for (unsigned i = 0; i < 8; ++i) {
+    ASSERT_EQ(qp(1).post_rx({mem->iova() + i * 4096, kBuf, 500 + i}), net::NetErrc::ok);
+  }
+  EXPECT_EQ(qp(1).rx_posted(), 8u);
+  qp(1).flush();
+  // A short frame in one buffer, then a 1500-byte one across three.
+  const Frame small = make_frame(mac_of(1), mac_of(0), 50, 2);
+  const Frame big = make_frame(mac_of(1), mac_of(0), 1500 - 14, 3);
+  for (const Frame* f : {&small, &big}) ASSERT_EQ(qp(0).send(*f), net::NetErrc::ok);
+  qp(0).flush();
+  const auto got = rx_buffers(*card_, qp(1), 4, wait_);
+  ASSERT_EQ(got.size(), 4u);
+  for (unsigned i = 0; i < 4; ++i) {
+    EXPECT_EQ(got[i].cookie, 500u + i);
+    EXPECT_EQ(got[i].status, knic::kOk);
+    EXPECT_EQ(got[i].frame, i == 0 ? small.size() : big.size());
+    EXPECT_EQ(got[i].more, i == 1 || i == 2);
+  }
+  EXPECT_EQ(got[0].len, small.size());
+  EXPECT_EQ(got[1].len, kBuf);
+  EXPECT_EQ(got[2].len, kBuf);
+  EXPECT_EQ(got[3].len, big.size() - 2 * kBuf);
+  EXPECT_EQ(Frame(reinterpret_cast<std::uint8_t*>(mem->data()),
+                  reinterpret_cast<std::uint8_t*>(mem->data()) + small.size()),
+            small);
+  Frame joined;
+  for (unsigned i = 1; i < 4; ++i) {
+    const auto* b = reinterpret_cast<std::uint8_t*>(mem->data()) + i * 4096;
+    joined.insert(joined.end(), b, b + got[i].len);
+  }
+  EXPECT_EQ(joined, big);
+  EXPECT_EQ(qp(1).rx_posted(), 4u);
+  EXPECT_EQ(qp(1).stats().rx_frames, 2u);
+  EXPECT_EQ(qp(1).stats().rx_bytes, small.size() + big.size());
+  EXPECT_EQ(qp(1).stats().rx_errors, 0u);
+  EXPECT_EQ(qp(1).stats().device_errors, 0u);
+
+  // Back to driver buffers: the four still posted are handed back, the mode works as before.
+  KEEL_ASSERT_OK(qp(1).use_caller_rx_buffers(false));
+  const auto back = rx_buffers(*card_, qp(1), 4, 100us);
+  ASSERT_EQ(back.size(), 4u);
+  for (unsigned i = 0; i < 4; ++i) {
+    EXPECT_EQ(back[i].cookie, 504u + i);
+    EXPECT_EQ(back[i].status, knic::kFlushed);
+  }
+  exchange(qp(0), qp(1), make_frame(mac_of(1), mac_of(0), 300, 4));
+  nics_[1].reset();  // the rings go before the memory their descriptors name
+}
+
+TEST_P(NetDriver, CallerRxBuffersComeBackOnDisableAndRecover) {
+  ASSERT_NO_FATAL_FAILURE(open_both());
+  KEEL_ASSERT_OK(qp(1).use_caller_rx_buffers(true));
+  auto mem = vf(1).alloc_dma(32 << 10);
+  KEEL_ASSERT_OK(mem);
+  auto post = [&](unsigned n, std::uint64_t first) {
+    for (unsigned i = 0; i < n; ++i) {
+      ASSERT_EQ(qp(1).post_rx({mem->iova() + i * 2048, 2048, first + i}), net::NetErrc::ok);
+    }
+    qp(1).flush();
+  };
+  ASSERT_NO_FATAL_FAILURE(post(5, 10));
+  // disable(): the card stops, every posted buffer comes back flushed, exactly once.
+  qp(1).disable();
+  EXPECT_EQ(qp(1).post_rx({mem->iova(), 2048, 99}), net::NetErrc::down);
+  EXPECT_EQ(qp(1).send(make_frame(mac_of(0), mac_of(1), 60, 1)), net::NetErrc::down);
+  ASSERT_EQ(qp(0).send(make_frame(mac_of(1), mac_of(0), 60, 2)), net::NetErrc::ok);
+  qp(0).flush();
+  reap_all(qp(0));
+  auto back = rx_buffers(*card_, qp(1), 6, 100us);
+  ASSERT_EQ(back.size(), 5u) << "the card filled a buffer of a stopped queue";
+  for (unsigned i = 0; i < 5; ++i) {
+    EXPECT_EQ(back[i].cookie, 10u + i);
+    EXPECT_EQ(back[i].status, knic::kFlushed);
+    EXPECT_EQ(back[i].len, 0u);
+  }
+  // Rebuilt in the same mode, it takes buffers again.
+  KEEL_ASSERT_OK(qp(1).use_caller_rx_buffers(true));
+  ASSERT_NO_FATAL_FAILURE(post(3, 20));
+  const Frame f = make_frame(mac_of(1), mac_of(0), 100, 3);
+  ASSERT_EQ(qp(0).send(f), net::NetErrc::ok);
+  qp(0).flush();
+  auto got = rx_buffers(*card_, qp(1), 1, wait_);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].cookie, 20u);
+  EXPECT_EQ(got[0].len, f.size());
+  // An FLR and recover(): the two still posted come back; the mode stays.
+  KEEL_ASSERT_OK(vf(1).flr());
+  EXPECT_EQ(nics_[1]->state(), net::DeviceState::not_ready);
+  KEEL_ASSERT_OK(nics_[1]->recover());
+  EXPECT_TRUE(qp(1).caller_rx_buffers());
+  back = rx_buffers(*card_, qp(1), 3, 100us);
+  ASSERT_EQ(back.size(), 2u);
+  EXPECT_EQ(back[0].cookie, 21u);
+  EXPECT_EQ(back[1].cookie, 22u);
+  EXPECT_EQ(back[1].status, knic::kFlushed);
+  ASSERT_NO_FATAL_FAILURE(post(1, 30));
+  ASSERT_EQ(qp(0).send(f), net::NetErrc::ok);
+  qp(0).flush();
+  got = rx_buffers(*card_, qp(1), 1, wait_);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].cookie, 30u);
+  EXPECT_EQ(Frame(reinterpret_cast<std::uint8_t*>(mem->data()),
+                  reinterpret_cast<std::uint8_t*>(mem->data()) + f.size()),
+            f);
+  nics_[1].reset();
+}
+
 TEST_P(NetDriver, InterruptModeWait) {
   if (vf(0).num_vectors() < 2) GTEST_SKIP() << "the NIC VF has no MSI-X vectors";
   net::NicConfig cfg;

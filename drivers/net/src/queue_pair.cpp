@@ -47,8 +47,10 @@ QueuePair::QueuePair(Nic& nic, unsigned q)
   tx_buf_bytes_ = round_up64(max_frame_);
   rx_buf_bytes_ = c.rx_buffer_bytes;
   tx_slots_.resize(tx_size_);
+  rx_slots_.resize(rx_size_);
   rx_scratch_.resize(max_frame_);
   flushed_.reserve(tx_size_);
+  rx_flushed_.reserve(rx_size_);
 }
 
 QueuePair::~QueuePair() = default;
@@ -73,10 +75,38 @@ void QueuePair::flush_in_flight() noexcept {
   rx_partial_ = 0;
 }
 
+void QueuePair::flush_rx_posted() noexcept {
+  if (rx_caller_) {
+    for (unsigned i = rx_clean_; i != rx_tail_; i = (i + 1) & rx_mask()) {
+      rx_flushed_.push_back(RxCompletion{rx_slots_[i].cookie, 0, 0, knic::kFlushed, false});
+    }
+  }
+  rx_clean_ = rx_tail_ = rx_published_ = 0;
+  rx_in_frame_ = false;
+  rx_partial_ = 0;
+}
+
+void QueuePair::disable() noexcept {
+  stop();
+  flush_in_flight();
+  flush_rx_posted();
+  disabled_ = true;
+}
+
+Status QueuePair::use_caller_rx_buffers(bool on) {
+  if (on == rx_caller_ && !disabled_) return {};
+  stop();
+  flush_in_flight();
+  flush_rx_posted();
+  rx_caller_ = on;
+  return build();
+}
+
 Status QueuePair::build() {
   // Fresh memory: the old rings may be void (a restored function's DMA domain) and the device
   // must not see anything it wrote before. The old buffers go first (an arena has room for one
   // set).
+  disabled_ = true;  // until the queue pair runs again
   for (fpga::DmaBuffer* b : {&tx_ring_, &tx_cq_, &rx_ring_, &rx_cq_, &tx_bufs_, &rx_bufs_}) {
     b->reset();
   }
@@ -91,7 +121,9 @@ Status QueuePair::build() {
   if (Status s = alloc(rx_ring_, rx_size_ * kEntry); !s.ok()) return s;
   if (Status s = alloc(rx_cq_, rx_size_ * kEntry); !s.ok()) return s;
   if (Status s = alloc(tx_bufs_, std::size_t{tx_size_} * tx_buf_bytes_); !s.ok()) return s;
-  if (Status s = alloc(rx_bufs_, std::size_t{rx_size_} * rx_buf_bytes_); !s.ok()) return s;
+  if (!rx_caller_) {
+    if (Status s = alloc(rx_bufs_, std::size_t{rx_size_} * rx_buf_bytes_); !s.ok()) return s;
+  }
   // An arena may hand out memory that is not zeroed: a stale phase bit would look like a
   // completion.
   std::memset(tx_cq_.data(), 0, tx_cq_.size());
@@ -101,12 +133,12 @@ Status QueuePair::build() {
   tx_clean_ = tx_tail_ = tx_published_ = tx_cq_head_ = 0;
   tx_phase_ = true;
   tx_frame_status_ = knic::kOk;
-  rx_clean_ = rx_tail_ = rx_cq_head_ = 0;
+  flush_rx_posted();  // caller buffers still posted: kFlushed
+  rx_cq_head_ = 0;
   rx_phase_ = true;
-  rx_in_frame_ = false;
-  rx_partial_ = 0;
-  // Every RX slot owns one buffer for good: reposting a slot is only moving the tail.
-  for (unsigned i = 0; i < rx_size_; ++i) {
+  // Driver buffers: every RX slot owns one for good, so reposting a slot is only moving the
+  // tail. Caller buffers: written by post_rx().
+  for (unsigned i = 0; i < rx_size_ && !rx_caller_; ++i) {
     knic::RxDesc d{};
     d.addr = rx_bufs_.iova() + std::uint64_t{i} * rx_buf_bytes_;
     d.len = static_cast<std::uint16_t>(rx_buf_bytes_);
@@ -141,8 +173,10 @@ Status QueuePair::build() {
   }
   if (!done) return make_error(Errc::timeout, which + ": waited for QSTATUS.ENABLED");
   arm_interrupts(true);
+  disabled_ = false;
+  if (rx_caller_) return {};
   // All buffers but one posted (a ring holds entries - 1).
-  rx_tail_ = rx_size_ - 1;
+  rx_tail_ = rx_published_ = rx_size_ - 1;
   fn_.write32(reg(rq::RX_TAIL), rx_tail_);
   ++stats_.rx_doorbells;
   return {};
@@ -159,6 +193,7 @@ void QueuePair::idle() noexcept {
 }
 
 NetErrc QueuePair::check_device() const noexcept {
+  if (disabled_) return NetErrc::down;
   switch (nic_.seen()) {
     case DeviceState::ready: return NetErrc::ok;
     case DeviceState::gone: return NetErrc::gone;
@@ -215,12 +250,86 @@ NetErrc QueuePair::send_zero_copy(std::span<const TxSegment> segs, std::uint64_t
 }
 
 void QueuePair::flush() noexcept {
-  if (tx_tail_ == tx_published_) return;
+  if (tx_tail_ == tx_published_ && rx_tail_ == rx_published_) return;
   if (check_device() != NetErrc::ok) return;            // the rebuild will flush them
   std::atomic_thread_fence(std::memory_order_release);  // descriptors before the doorbell
-  fn_.write32(reg(rq::TX_TAIL), tx_tail_);
-  tx_published_ = tx_tail_;
-  ++stats_.tx_doorbells;
+  if (tx_tail_ != tx_published_) {
+    fn_.write32(reg(rq::TX_TAIL), tx_tail_);
+    tx_published_ = tx_tail_;
+    ++stats_.tx_doorbells;
+  }
+  if (rx_tail_ != rx_published_) {
+    fn_.write32(reg(rq::RX_TAIL), rx_tail_);
+    rx_published_ = rx_tail_;
+    ++stats_.rx_doorbells;
+  }
+}
+
+NetErrc QueuePair::post_rx(const RxBuffer& buf) noexcept {
+  if (NetErrc e = check_device(); e != NetErrc::ok) return e;
+  if (!rx_caller_ || buf.len == 0 || buf.len > 65535) return NetErrc::invalid;
+  if (rx_free() == 0) return NetErrc::full;
+  knic::RxDesc d{};
+  d.addr = buf.iova;
+  d.len = static_cast<std::uint16_t>(buf.len);
+  std::memcpy(rx_ring_.data() + std::size_t{rx_tail_} * kEntry, &d, sizeof d);
+  rx_slots_[rx_tail_] = RxSlot{buf.cookie, buf.len};
+  rx_tail_ = (rx_tail_ + 1) & rx_mask();
+  return NetErrc::ok;
+}
+
+unsigned QueuePair::poll_rx_buffers(std::span<RxCompletion> out) noexcept {
+  unsigned n = 0;
+  while (rx_flushed_next_ < rx_flushed_.size() && n < out.size()) {
+    out[n++] = rx_flushed_[rx_flushed_next_++];
+  }
+  if (rx_flushed_next_ < rx_flushed_.size()) return n;
+  rx_flushed_.clear();
+  rx_flushed_next_ = 0;
+  if (!rx_caller_ || !rx_cq_.valid()) return n;
+  unsigned consumed = 0;
+  knic::Cqe c;
+  while (n < out.size() && cqe_at(rx_cq_, rx_cq_head_, rx_phase_, c)) {
+    rx_cq_head_ = (rx_cq_head_ + 1) & rx_mask();
+    if (rx_cq_head_ == 0) rx_phase_ = !rx_phase_;
+    ++consumed;
+    if (rx_clean_ == rx_published_ || c.index != rx_clean_) {
+      ++stats_.device_errors;  // names no posted buffer, or not the next one
+      continue;
+    }
+    const RxSlot& slot = rx_slots_[rx_clean_];
+    rx_clean_ = (rx_clean_ + 1) & rx_mask();
+    RxCompletion r{slot.cookie, c.len, c.frame, static_cast<knic::Status>(c.status),
+                   (c.flags & knic::kCqeMore) != 0};
+    if (r.status == knic::kOk && r.len > slot.len) {
+      ++stats_.device_errors;
+      r.status = knic::kBadDesc;
+    }
+    if (r.status != knic::kOk) r.len = 0;
+    // Counted per frame, as in driver-buffer mode.
+    if (!rx_in_frame_) {
+      rx_in_frame_ = true;
+      rx_partial_ = 0;
+      rx_partial_bad_ = false;
+    }
+    rx_partial_ += r.len;
+    rx_partial_bad_ = rx_partial_bad_ || r.status != knic::kOk;
+    if (!r.more) {
+      rx_in_frame_ = false;
+      if (rx_partial_bad_ || rx_partial_ != r.frame) {
+        ++stats_.rx_errors;
+      } else {
+        ++stats_.rx_frames;
+        stats_.rx_bytes += rx_partial_;
+      }
+    }
+    out[n++] = r;
+  }
+  if (consumed > 0 && check_device() == NetErrc::ok) {
+    fn_.write32(reg(rq::RX_CQ_HEAD), rx_cq_head_);
+  }
+  if (consumed == 0 && n == 0) idle();
+  return n;
 }
 
 bool QueuePair::tx_ready() const noexcept {
@@ -232,6 +341,7 @@ bool QueuePair::tx_ready() const noexcept {
 
 bool QueuePair::rx_ready() const noexcept {
   if (!rx_cq_.valid()) return false;
+  if (rx_flushed_next_ < rx_flushed_.size()) return true;
   knic::Cqe c;
   return cqe_at(rx_cq_, rx_cq_head_, rx_phase_, c);
 }
@@ -283,7 +393,7 @@ unsigned QueuePair::reap(std::span<TxCompletion> out) noexcept {
 
 unsigned QueuePair::poll_rx_impl(unsigned budget, void (*cb)(void*, std::span<const std::uint8_t>),
                                  void* ctx) noexcept {
-  if (!rx_cq_.valid()) return 0;
+  if (!rx_cq_.valid() || rx_caller_) return 0;
   if (!rx_ready()) {
     idle();
     return 0;
@@ -294,7 +404,7 @@ unsigned QueuePair::poll_rx_impl(unsigned budget, void (*cb)(void*, std::span<co
     rx_cq_head_ = (rx_cq_head_ + 1) & rx_mask();
     if (rx_cq_head_ == 0) rx_phase_ = !rx_phase_;
     ++consumed;
-    if (rx_clean_ == rx_tail_ || c.index != rx_clean_) {
+    if (rx_clean_ == rx_published_ || c.index != rx_clean_) {
       ++stats_.device_errors;  // names no posted buffer, or not the next one
       continue;
     }
@@ -342,7 +452,7 @@ unsigned QueuePair::poll_rx_impl(unsigned budget, void (*cb)(void*, std::span<co
     // Release the completions, then give the buffers back (their descriptors never change).
     fn_.write32(reg(rq::RX_CQ_HEAD), rx_cq_head_);
     if (freed > 0) {
-      rx_tail_ = (rx_tail_ + freed) & rx_mask();
+      rx_tail_ = rx_published_ = (rx_tail_ + freed) & rx_mask();
       std::atomic_thread_fence(std::memory_order_release);
       fn_.write32(reg(rq::RX_TAIL), rx_tail_);
       ++stats_.rx_doorbells;

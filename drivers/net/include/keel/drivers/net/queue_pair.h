@@ -28,6 +28,27 @@ struct TxCompletion {
   knic::Status status = knic::kOk;
 };
 
+/// An empty RX buffer of the caller (caller-buffer mode, QueuePair::use_caller_rx_buffers): an
+/// IOVA in the VF's DMA domain (the paravisor's guest buffers, IOVA = guest physical address),
+/// its size (1..65535) and a cookie that comes back with its completion.
+struct RxBuffer {
+  fpga::Iova iova = 0;
+  std::uint32_t len = 0;
+  std::uint64_t cookie = 0;
+};
+
+/// One caller RX buffer back from the card, in the order the buffers were posted. A frame
+/// spans consecutive completions, all but the last with `more` set; every one carries the
+/// frame's status and length. kFlushed: the buffer is returned unfilled because the queue pair
+/// stopped or was rebuilt (disable, recover): the card no longer writes it.
+struct RxCompletion {
+  std::uint64_t cookie = 0;
+  std::uint32_t len = 0;    ///< Bytes the card wrote into this buffer (0 unless status kOk).
+  std::uint32_t frame = 0;  ///< Length of the whole frame.
+  knic::Status status = knic::kOk;
+  bool more = false;  ///< The frame continues in the next completion.
+};
+
 /// What wait() waits for.
 enum class WaitFor : std::uint8_t { rx, tx, any };
 
@@ -40,12 +61,18 @@ enum class WaitFor : std::uint8_t { rx, tx, any };
 /// (wait() flushes too). reap() consumes TX completions, frees the slots, counts results and
 /// returns the cookie and status of every finished zero-copy frame; it writes TX_CQ_HEAD once.
 ///
-/// RX: every RX slot owns a driver buffer of NicConfig::rx_buffer_bytes and all but one are
-/// posted at all times. poll_rx() hands each received frame to a callback as one contiguous
-/// span valid during the call: a frame that fits one buffer is passed in place (no copy); a
-/// frame the card spread over several buffers is reassembled into a per-queue buffer of
-/// max_frame() bytes first. The consumed buffers are posted again and RX_CQ_HEAD and RX_TAIL
-/// written once per call.
+/// RX, driver buffers (the default): every RX slot owns a driver buffer of
+/// NicConfig::rx_buffer_bytes and all but one are posted at all times. poll_rx() hands each
+/// received frame to a callback as one contiguous span valid during the call: a frame that fits one
+/// buffer is passed in place (no copy); a frame the card spread over several buffers is reassembled
+/// into a per-queue buffer of max_frame() bytes first. The consumed buffers are posted again and
+/// RX_CQ_HEAD and RX_TAIL written once per call.
+///
+/// RX, caller buffers (use_caller_rx_buffers(true), for zero-copy receive): the driver owns no
+/// RX buffer. post_rx() queues the caller's buffers (flush() publishes them with one RX_TAIL
+/// write) and poll_rx_buffers() returns each one as the card completes it, with its cookie;
+/// the caller puts frames together from them. When the queue pair stops or is rebuilt, every
+/// buffer still posted comes back kFlushed, so the caller can reclaim its memory.
 ///
 /// Device loss: send() fails with down or gone once the Nic has seen the device lost or reset
 /// (Nic::state(), a wait() that timed out, or every 1024th reap() or poll_rx() that found
@@ -80,16 +107,42 @@ class QueuePair {
   /// memory stays the caller's and must not change until reap() returns `cookie`. Errors
   /// (nothing queued): invalid, too_large, full, down, gone.
   NetErrc send_zero_copy(std::span<const TxSegment> segs, std::uint64_t cookie) noexcept;
-  /// Publishes queued TX descriptors: one TX_TAIL write if anything was queued since the last.
+  /// Publishes queued TX descriptors and (caller-buffer mode) queued RX buffers: one TX_TAIL /
+  /// RX_TAIL write each, if anything was queued since the last.
   void flush() noexcept;
+
+  /// Switches between driver RX buffers (false) and caller RX buffers (true). A control-path
+  /// call from the thread owning the queue pair: when the mode changes, the queue pair is
+  /// stopped and rebuilt as by Nic::recover() (TX in flight comes back kFlushed, frames waiting
+  /// in driver buffers are lost, caller buffers come back kFlushed). The mode stays across
+  /// recover(). Errors: as Nic::open()'s queue-pair bring-up.
+  Status use_caller_rx_buffers(bool on);
+  bool caller_rx_buffers() const noexcept { return rx_caller_; }
+  /// Caller-buffer mode: buffers that can be posted now.
+  unsigned rx_free() const noexcept { return rx_size_ - 1 - ((rx_tail_ - rx_clean_) & rx_mask()); }
+  /// Caller-buffer mode: buffers posted and not yet returned.
+  unsigned rx_posted() const noexcept { return (rx_tail_ - rx_clean_) & rx_mask(); }
+  /// Caller-buffer mode: queues one empty buffer. Errors (nothing queued): invalid (driver
+  /// buffer mode, or a length of 0 or over 65535), full, down, gone.
+  NetErrc post_rx(const RxBuffer& buf) noexcept;
+  /// Caller-buffer mode: returns completed (or flushed) buffers in posting order, at most
+  /// out.size(); writes RX_CQ_HEAD once. A completion that claims more bytes than its buffer
+  /// holds is returned kBadDesc with len 0.
+  unsigned poll_rx_buffers(std::span<RxCompletion> out) noexcept;
+  /// Stops the queue pair on the device (CFG 0; nothing is written to a removed one): TX in
+  /// flight comes back kFlushed from reap() and caller RX buffers from poll_rx_buffers(). It
+  /// refuses work (down) until Nic::recover() or use_caller_rx_buffers() rebuilds it. The card
+  /// stops the queue before its next frame; a frame it is writing at that moment still lands.
+  void disable() noexcept;
 
   /// Consumes TX completions. Finished zero-copy frames go to `out` (reaping stops when it is
   /// full); returns how many were written. Copy frames are only counted.
   unsigned reap(std::span<TxCompletion> out) noexcept;
   unsigned reap() noexcept { return reap(std::span<TxCompletion>{}); }
 
-  /// Receives up to `budget` frames, calling `on_frame(std::span<const std::uint8_t>)` for
-  /// each; returns how many were delivered.
+  /// Driver-buffer mode: receives up to `budget` frames, calling
+  /// `on_frame(std::span<const std::uint8_t>)` for each; returns how many were delivered (0 in
+  /// caller-buffer mode).
   template <typename F>
   unsigned poll_rx(unsigned budget, F&& on_frame) {
     return poll_rx_impl(
@@ -146,6 +199,8 @@ class QueuePair {
   void stop() noexcept;
   /// TX work still on the ring completes as kFlushed through reap().
   void flush_in_flight() noexcept;
+  /// Caller RX buffers still posted come back kFlushed through poll_rx_buffers().
+  void flush_rx_posted() noexcept;
   NetErrc check_device() const noexcept;
   /// A reap() or poll_rx() that found nothing: every kHealthEvery-th looks at the device.
   void idle() noexcept;
@@ -171,8 +226,9 @@ class QueuePair {
   unsigned tx_cq_head_ = 0;
   bool tx_phase_ = true;
   std::uint8_t tx_frame_status_ = knic::kOk;  // worst status of the frame being reaped
-  // RX: buffers [rx_clean_, rx_tail_) are posted; rx_cq_head_ tracks the completion ring.
-  unsigned rx_tail_ = 0, rx_clean_ = 0;
+  // RX: buffers [rx_clean_, rx_tail_) are posted, [rx_clean_, rx_published_) published with
+  // the doorbell (the same in driver-buffer mode); rx_cq_head_ tracks the completion ring.
+  unsigned rx_tail_ = 0, rx_published_ = 0, rx_clean_ = 0;
   unsigned rx_cq_head_ = 0;
   bool rx_phase_ = true;
   // A frame spread over buffers, being reassembled.
@@ -183,6 +239,16 @@ class QueuePair {
   // Zero-copy frames failed by a rebuild, reported by the next reap().
   std::vector<TxCompletion> flushed_;
   std::size_t flushed_next_ = 0;
+  // Caller-buffer mode: each slot's buffer, and buffers a stop gave back.
+  bool rx_caller_ = false;
+  struct RxSlot {
+    std::uint64_t cookie = 0;
+    std::uint32_t len = 0;
+  };
+  std::vector<RxSlot> rx_slots_;
+  std::vector<RxCompletion> rx_flushed_;
+  std::size_t rx_flushed_next_ = 0;
+  bool disabled_ = false;  ///< disable() ran: no work until a rebuild.
   unsigned idle_polls_ = 0;
   Nic::Stats stats_;
 };
