@@ -84,6 +84,10 @@ int main(int argc, char** argv) {
   app.add_option("--mtu", mtu, "The guest's MTU")->check(CLI::Range(68u, 9000u));
   app.add_option("--queues", queues, "virtqueue pairs")->check(CLI::Range(1u, 4u));
   app.add_option("--switch", switch_path, "The host's software switch (keel-hostd --net-switch)");
+  bool rx_copy = false;
+  app.add_flag("--rx-copy", rx_copy,
+               "Receive into the driver's buffers and copy to the guest, not straight into the "
+               "guest's buffers (zero-copy receive needs the guest's VIRTIO_NET_F_MRG_RXBUF)");
   keel::apps::add_log_option(app, log_level);
   CLI11_PARSE(app, argc, argv);
   if (!keel::apps::start_logging("keel-vhost-net", log_level)) return 2;
@@ -123,6 +127,7 @@ int main(int argc, char** argv) {
   cfg.mtu = mtu;
   cfg.queue_pairs = queues;
   cfg.threads = true;
+  cfg.rx_zero_copy = !rx_copy;
   const keel::SteadyClock clock;
   auto factory = [&](vmm::GuestMemory& memory) -> keel::Result<std::unique_ptr<vmm::VhostDevice>> {
     // The server's probe (no memory yet) needs the device's shape only: no VF, no port.
@@ -187,10 +192,11 @@ int main(int argc, char** argv) {
     const vmm::NetCounters c = pv->net_counters();
     std::printf("frames: tx %" PRIu64 " on the VF, %" PRIu64 " on the fallback (%" PRIu64
                 " re-sent at a failover), rx %" PRIu64 " from the VF, %" PRIu64
-                " from the fallback; dropped: %" PRIu64 " malformed TX chains, %" PRIu64
-                " TX without a path, %" PRIu64 " RX, %" PRIu64 " bad RX chains\n",
-                c.tx_vf, c.tx_fallback, c.tx_resent, c.rx_vf, c.rx_fallback, c.tx_bad, c.tx_dropped,
-                c.rx_dropped, c.rx_bad_chains);
+                " from the fallback (%" PRIu64 " written in place by the card); dropped: %" PRIu64
+                " malformed TX chains, %" PRIu64 " TX without a path, %" PRIu64 " RX, %" PRIu64
+                " bad RX chains\n",
+                c.tx_vf, c.tx_fallback, c.tx_resent, c.rx_vf, c.rx_fallback, c.rx_zero_copy,
+                c.tx_bad, c.tx_dropped, c.rx_dropped, c.rx_bad_chains);
   }
   server.reset();
   card.reset();

@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <cinttypes>
 
 #include <cstring>
 
@@ -81,6 +82,13 @@ NetParavisor::NetParavisor(fpga::Function* vf, const Clock& clock, fpga::Stepper
 
 NetParavisor::~NetParavisor() {
   stop();
+  const NetCounters c = net_counters();
+  if (c.tx_vf + c.tx_fallback + c.rx_vf + c.rx_fallback > 0) {
+    kLog.info("frames: tx %" PRIu64 " VF, %" PRIu64 " fallback; rx %" PRIu64 " VF (%" PRIu64
+              " in place, %" PRIu64 " of them moved), %" PRIu64 " fallback; dropped rx %" PRIu64,
+              c.tx_vf, c.tx_fallback, c.rx_vf, c.rx_zero_copy, c.rx_moved, c.rx_fallback,
+              c.rx_dropped);
+  }
   workers_.clear();
   nic_.reset();
   if (vf_mapped_) memory_.unmap_from_device(*vf_);
@@ -378,6 +386,8 @@ NetCounters NetParavisor::net_counters() const {
     t.rx_bad_chains += c.rx_bad_chains;
     t.tx_vf_errors += c.tx_vf_errors;
     t.notifications += c.notifications;
+    t.rx_zero_copy += c.rx_zero_copy;
+    t.rx_moved += c.rx_moved;
   }
   return t;
 }

@@ -51,7 +51,9 @@ Status NetWorker::setup(unsigned which, const Virtqueue::Layout& layout, bool ev
     on_vf_heads_.clear();
   } else {
     rx_chains_.clear();
-    rx_chains_in_order_ = true;
+    rx_posted_.clear();
+    rx_filled_ = 0;
+    rx_pops_ = 0;
   }
   mrg_ = (pv_.features_ & (std::uint64_t{1} << vnet::kMrgRxbuf)) != 0;
   return {};
@@ -87,6 +89,14 @@ void NetWorker::stop() {
   while (!on_vf_heads_.empty() && vf_queue() != nullptr && pv_.clock_.now_ns() < deadline) {
     if (reap() == 0) pv_.stepper_.advance();
   }
+  // Guest memory the card may still touch (TX chains it has not completed, RX chains posted
+  // for zero-copy receive) is handed back only once the queue pair is stopped; the next
+  // start rebuilds it (sync_rx_mode).
+  if (drivers::net::QueuePair* qp = vf_queue();
+      qp != nullptr && (!on_vf_heads_.empty() || !rx_posted_.empty())) {
+    quiesce_vf_queue(*qp);
+  }
+  reclaim_posted();
   for (std::uint16_t head : on_vf_heads_) {
     on_vf_[head] = 0;
     txq_.push_used(head, 0);
@@ -95,16 +105,63 @@ void NetWorker::stop() {
   on_vf_heads_.clear();
   // RX chains taken but not filled go back to the avail ring when they are the last ones
   // taken; otherwise they are returned empty (the guest counts a short frame).
-  if (rx_chains_in_order_) {
+  bool last_taken = true;
+  for (std::size_t i = 0; i < rx_chains_.size(); ++i) {
+    last_taken = last_taken && rx_chains_[i].seq == rx_pops_ - rx_chains_.size() + i;
+  }
+  if (last_taken) {
     rxq_.unpop(static_cast<std::uint16_t>(rx_chains_.size()));
+    rx_pops_ -= rx_chains_.size();
   } else {
     for (const RxChain& c : rx_chains_) rxq_.push_used(c.head, 0);
     pushed_[0] = !rx_chains_.empty();
   }
   rx_chains_.clear();
-  rx_chains_in_order_ = true;
   notify(0);
   notify(1);
+}
+
+drivers::net::QueuePair* NetWorker::own_queue() noexcept {
+  drivers::net::Nic* nic = pv_.nic_.get();
+  return nic != nullptr && pair_ < nic->queue_count() ? &nic->queue(pair_) : nullptr;
+}
+
+void NetWorker::quiesce_vf_queue(drivers::net::QueuePair& qp) {
+  if (qp.caller_rx_buffers()) rx_vf_zero_copy(qp);  // frames the card finished: delivered
+  qp.disable();
+  // What disable() hands back is taken back here: TX chains by the caller, RX chains by
+  // reclaim_posted(). Read and forgotten.
+  std::array<drivers::net::RxCompletion, 64> rx;
+  while (qp.poll_rx_buffers(rx) == rx.size()) {
+  }
+  std::array<drivers::net::TxCompletion, 64> tx;
+  while (qp.reap(tx) == tx.size()) {
+  }
+}
+
+void NetWorker::reclaim_posted() {
+  if (rx_posted_.empty()) return;
+  for (PostedRx& p : rx_posted_) rx_chains_.push_back(std::move(p.chain));
+  rx_posted_.clear();
+  rx_filled_ = 0;
+  rx_frame_bad_ = false;
+  std::sort(rx_chains_.begin(), rx_chains_.end(),
+            [](const RxChain& a, const RxChain& b) { return a.seq < b.seq; });
+}
+
+bool NetWorker::want_zero_copy() const noexcept { return mrg_ && pv_.config_.rx_zero_copy; }
+
+void NetWorker::sync_rx_mode() {
+  drivers::net::QueuePair* qp = vf_queue();
+  if (qp == nullptr) return;
+  const bool want = want_zero_copy();
+  if (!qp->disabled() && qp->caller_rx_buffers() == want) return;
+  // A rebuild hands back what is on the rings: only when this worker has nothing there.
+  if (!on_vf_heads_.empty() || !rx_posted_.empty()) return;
+  if (Status st = qp->use_caller_rx_buffers(want); !st.ok()) {
+    pv_.vf_failed("VF queue pair " + std::to_string(pair_) + ": " + st.error().message);
+    if (epoch_ != pv_.epoch_.load(std::memory_order_acquire)) let_go_of_vf();
+  }
 }
 
 drivers::net::QueuePair* NetWorker::vf_queue() noexcept {
@@ -116,6 +173,14 @@ drivers::net::QueuePair* NetWorker::vf_queue() noexcept {
 }
 
 void NetWorker::let_go_of_vf() {
+  // Guest RX chains on the VF's ring: frames the card completed are delivered, the rest
+  // serve the fallback once the card can no longer write them (the queue pair is stopped;
+  // recover() rebuilds it when the VF returns). Before the epoch moves: their cookies carry
+  // this one.
+  if (drivers::net::QueuePair* qp = own_queue(); qp != nullptr && !rx_posted_.empty()) {
+    quiesce_vf_queue(*qp);
+  }
+  reclaim_posted();
   epoch_ = pv_.epoch_.load(std::memory_order_acquire);
   // The VF is lost: what its TX ring held may never leave. Send it again through the
   // fallback (TCP copes with a duplicate; a lost frame would cost a retransmit timeout).
@@ -140,6 +205,7 @@ unsigned NetWorker::pass() {
   if (epoch_ != pv_.epoch_.load(std::memory_order_acquire)) let_go_of_vf();
   if (pair_ == 0) pv_.maybe_probe();
   check_vf();
+  sync_rx_mode();
   unsigned work = reap();
   work += tx_pass();
   work += rx_pass();
@@ -349,14 +415,19 @@ bool NetWorker::gather(const std::vector<ChainSeg>& segs, std::size_t skip,
 
 unsigned NetWorker::rx_pass() {
   if (!rxq_.ready() || rxq_.broken()) return 0;
-  unsigned n = 0;
+  drivers::net::QueuePair* qp = vf_queue();
+  // Zero-copy receive: frames are in the guest's buffers already, whatever the backlog holds.
+  const bool zc = qp != nullptr && qp->caller_rx_buffers();
+  unsigned n = zc ? rx_vf_zero_copy(*qp) : 0;
   while (!backlog_.empty() && deliver(backlog_.front().frame)) {
     (backlog_.front().from_vf ? c_.rx_vf : c_.rx_fallback).fetch_add(1, std::memory_order_relaxed);
     backlog_.pop_front();
     ++n;
   }
-  if (!backlog_.empty()) return n;  // the guest has no buffers: leave frames where they are
-  if (drivers::net::QueuePair* qp = vf_queue()) {
+  // The guest has no buffers: leave frames where they are (zero-copy: the card drops what
+  // finds no guest buffer, and counts it).
+  if (!backlog_.empty()) return n;
+  if (qp != nullptr && !zc) {
     n += qp->poll_rx(kRxBudget, [this](std::span<const std::uint8_t> f) { receive(f, true); });
   }
   // The port carries the guest's frames while it is on the fallback; on the VF only for a
@@ -385,7 +456,157 @@ unsigned NetWorker::rx_pass() {
       ++n;
     }
   }
+  // What the backlog and the port left goes on the VF's ring for the card to fill.
+  if (zc && backlog_.empty() && !rxq_.broken()) post_rx_chains(*qp);
   return n;
+}
+
+void NetWorker::post_rx_chains(drivers::net::QueuePair& qp) {
+  while (qp.rx_free() > 0) {
+    if (rx_chains_.empty() && !take_rx_chain()) break;
+    RxChain c = std::move(rx_chains_.front());
+    rx_chains_.pop_front();
+    // The card writes from chain offset kHdr to the end of the segment holding it (at most
+    // 65535 bytes); the chain up to there must be guest RAM (the header goes in front).
+    std::size_t skip = kHdr;
+    std::uint64_t gpa = 0;
+    std::uint32_t room = 0;
+    bool ram = true;
+    for (const ChainSeg& s : c.segs) {
+      if (skip >= s.len) {
+        ram = ram && in_guest_memory(pv_.memory_, s.gpa, s.len);
+        skip -= s.len;
+        continue;
+      }
+      gpa = s.gpa + skip;
+      room = static_cast<std::uint32_t>(std::min<std::uint64_t>(s.len - skip, 0xFFFF));
+      ram = ram && in_guest_memory(pv_.memory_, s.gpa, skip + room);
+      break;
+    }
+    if (room == 0 || !ram) {
+      c_.rx_bad_chains.fetch_add(1, std::memory_order_relaxed);
+      rxq_.push_used(c.head, 0);
+      pushed_[0] = true;
+      continue;
+    }
+    const std::uint64_t ck = (epoch_ & 0xFFFFFFFFu) << 32 | std::uint64_t{rx_posts_};
+    if (qp.post_rx({gpa, room, ck}) != NetErrc::ok) {
+      rx_chains_.push_front(std::move(c));  // down or gone: noticed by the health check
+      break;
+    }
+    rx_posted_.push_back(PostedRx{std::move(c), rx_posts_++, 0});
+  }
+  qp.flush();
+}
+
+unsigned NetWorker::rx_vf_zero_copy(drivers::net::QueuePair& qp) {
+  std::array<drivers::net::RxCompletion, 64> done;
+  unsigned frames = 0;
+  for (;;) {
+    const unsigned n = qp.poll_rx_buffers(done);
+    for (unsigned i = 0; i < n; ++i) {
+      const drivers::net::RxCompletion& c = done[i];
+      // Buffers of an older epoch were taken back when the VF was let go.
+      if ((c.cookie >> 32) != (epoch_ & 0xFFFFFFFFu)) continue;
+      if (rx_filled_ >= rx_posted_.size() ||
+          rx_posted_[rx_filled_].id != (c.cookie & 0xFFFFFFFFu)) {
+        kLog.warn("receiveq %u: the VF returned a buffer out of order", pair_);
+        continue;
+      }
+      PostedRx& p = rx_posted_[rx_filled_++];
+      p.written = c.len;
+      rx_frame_bad_ = rx_frame_bad_ || c.status != knic::kOk;
+      if (c.more && rx_filled_ < rx_posted_.size()) continue;
+      finish_vf_frame(rx_filled_, c.frame, rx_frame_bad_ || c.more);
+      rx_filled_ = 0;
+      rx_frame_bad_ = false;
+      ++frames;
+    }
+    if (n < done.size()) break;
+  }
+  return frames;
+}
+
+void NetWorker::finish_vf_frame(std::size_t bufs, std::uint32_t frame_len, bool bad) {
+  std::uint64_t total = 0;
+  for (std::size_t i = 0; i < bufs; ++i) total += rx_posted_[i].written;
+  // A frame in several chains needs MRG_RXBUF (num_buffers); zero-copy runs only with it.
+  bad = bad || total != frame_len || total < knic::kEthHeader || (!mrg_ && bufs > 1);
+  // In place unless a frame waits in the backlog before it (the order of frames is kept):
+  // then it is copied out behind that one, and its chains take frames again.
+  bool in_place = !bad && backlog_.empty();
+  if (in_place) {
+    vnet::Hdr hdr{};
+    hdr.num_buffers = static_cast<std::uint16_t>(bufs);
+    hdr.gso_type = vnet::kGsoNone;
+    in_place =
+        write_chain(rx_posted_[0].chain.segs, 0, reinterpret_cast<const std::uint8_t*>(&hdr), kHdr);
+    // Later buffers carry no header: their bytes move from offset kHdr to the start.
+    for (std::size_t i = 1; i < bufs && in_place; ++i) {
+      const PostedRx& p = rx_posted_[i];
+      scratch_.clear();
+      in_place = gather(p.chain.segs, kHdr, scratch_) && scratch_.size() >= p.written &&
+                 write_chain(p.chain.segs, 0, scratch_.data(), p.written);
+    }
+    if (in_place) {
+      c_.rx_vf.fetch_add(1, std::memory_order_relaxed);
+      c_.rx_zero_copy.fetch_add(1, std::memory_order_relaxed);
+      if (bufs > 1) c_.rx_moved.fetch_add(1, std::memory_order_relaxed);
+      for (std::size_t i = 0; i < bufs; ++i) {
+        const PostedRx& p = rx_posted_.front();
+        rxq_.push_used(p.chain.head, p.written + (i == 0 ? static_cast<std::uint32_t>(kHdr) : 0));
+        rx_posted_.pop_front();
+      }
+      pushed_[0] = true;
+      return;
+    }
+  }
+  std::vector<std::uint8_t> frame;
+  if (!bad) {
+    for (std::size_t i = 0; i < bufs && !bad; ++i) {
+      const PostedRx& p = rx_posted_[i];
+      const std::size_t at = frame.size();
+      bad = !gather(p.chain.segs, kHdr, frame) || frame.size() - at < p.written;
+      frame.resize(at + p.written);
+    }
+  }
+  for (std::size_t i = 0; i < bufs; ++i) {
+    rx_chains_.push_back(std::move(rx_posted_.front().chain));
+    rx_posted_.pop_front();
+  }
+  std::sort(rx_chains_.begin(), rx_chains_.end(),
+            [](const RxChain& a, const RxChain& b) { return a.seq < b.seq; });
+  if (bad) {
+    // The card dropped it (it counts why) or it does not add up.
+    c_.rx_dropped.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  receive(frame, true);
+}
+
+bool NetWorker::write_chain(const std::vector<ChainSeg>& segs, std::size_t off,
+                            const std::uint8_t* src, std::size_t len) {
+  for (const ChainSeg& s : segs) {
+    if (len == 0) break;
+    if (off >= s.len) {
+      off -= s.len;
+      continue;
+    }
+    std::uint64_t gpa = s.gpa + off;
+    std::uint64_t left = std::min<std::uint64_t>(s.len - off, len);
+    off = 0;
+    while (left > 0) {
+      const std::uint64_t run = std::min(left, region_run(pv_.memory_, gpa));
+      std::byte* p = pv_.memory_.translate(gpa, run);
+      if (run == 0 || p == nullptr) return false;
+      std::memcpy(p, src, run);
+      src += run;
+      len -= run;
+      gpa += run;
+      left -= run;
+    }
+  }
+  return len == 0;
 }
 
 void NetWorker::receive(std::span<const std::uint8_t> frame, bool from_vf) {
@@ -409,7 +630,7 @@ void NetWorker::receive(std::span<const std::uint8_t> frame, bool from_vf) {
 bool NetWorker::take_rx_chain() {
   std::uint16_t head;
   while (rxq_.pop(&head)) {
-    RxChain c{head, 0, {}};
+    RxChain c{head, 0, {}, rx_pops_++};
     const ChainError e = rxq_.read_chain(head, c.segs);
     if (ring_error(e)) {
       kLog.warn("receiveq %u: %s: the queue is broken", pair_, to_string(e));
@@ -429,7 +650,6 @@ bool NetWorker::take_rx_chain() {
       c_.rx_bad_chains.fetch_add(1, std::memory_order_relaxed);
       rxq_.push_used(head, 0);
       pushed_[0] = true;
-      if (!rx_chains_.empty()) rx_chains_in_order_ = false;
       continue;
     }
     rx_chains_.push_back(std::move(c));
@@ -490,7 +710,6 @@ bool NetWorker::deliver(std::span<const std::uint8_t> frame) {
     rxq_.push_used(rc.head, written);
     rx_chains_.pop_front();
   }
-  if (rx_chains_.empty()) rx_chains_in_order_ = true;
   pushed_[0] = true;
   return true;
 }
@@ -525,25 +744,30 @@ void NetWorker::sleep() {
   // Ask to be kicked, then look once more (a kick between the last pass and now is seen).
   // New RX buffers matter only to frames waiting for them; new TX chains only if the last
   // pass was not held up by a full VF ring or port (then those are what it waits for).
+  // Zero-copy receive: new RX buffers matter once the VF's RX ring is half empty (before, the
+  // next received frame wakes the worker and it posts them then: fewer wake-ups), and
+  // received frames always (they are in guest memory already).
   const bool held = !backlog_.empty();
-  const bool rx_more = rxq_.ready() && rxq_.enable_kicks() && held;
+  drivers::net::QueuePair* qp = vf_queue();
+  const bool zc = qp != nullptr && qp->caller_rx_buffers();
+  const bool want_rx_buffers = held || (zc && qp->rx_posted() < qp->rx_free());
+  const bool want_rx_frames = !held || zc;
+  const bool rx_more = rxq_.ready() && rxq_.enable_kicks() && want_rx_buffers;
   const bool tx_more = txq_.ready() && txq_.enable_kicks() && !tx_blocked_;
   if (rx_more || tx_more) return;
-  drivers::net::QueuePair* qp = vf_queue();
   if (qp != nullptr) {
     qp->arm_interrupts(true);
-    // Received frames matter only when the guest can take them.
-    if ((!held && qp->rx_ready()) || (qp->tx_ready() && !on_vf_heads_.empty())) return;
+    if ((want_rx_frames && qp->rx_ready()) || (qp->tx_ready() && !on_vf_heads_.empty())) return;
   }
   std::vector<pollfd> fds;
   auto add = [&fds](int fd, short events = POLLIN) {
     if (fd >= 0) fds.push_back({fd, events, 0});
   };
   add(wake_fd_.get());
-  if (held) add(kick_fd_[0]);
+  if (want_rx_buffers) add(kick_fd_[0]);
   if (!tx_blocked_) add(kick_fd_[1]);
   if (qp != nullptr) {
-    if (!held) add(qp->rx_interrupt_fd());
+    if (want_rx_frames) add(qp->rx_interrupt_fd());
     if (!on_vf_heads_.empty()) add(qp->tx_interrupt_fd());
   }
   const int port = pv_.port_usable() ? pv_.fallback_.get() : -1;
@@ -583,6 +807,8 @@ NetCounters NetWorker::counters() const noexcept {
   n.rx_bad_chains = c_.rx_bad_chains.load();
   n.tx_vf_errors = c_.tx_vf_errors.load();
   n.notifications = c_.notifications.load();
+  n.rx_zero_copy = c_.rx_zero_copy.load();
+  n.rx_moved = c_.rx_moved.load();
   return n;
 }
 

@@ -56,10 +56,39 @@ class NetWorker {
     std::uint16_t head;
     std::uint32_t capacity;
     std::vector<ChainSeg> segs;
+    std::uint64_t seq = 0;  ///< Pop order on the receiveq.
+  };
+  /// A guest RX chain on the VF's RX ring (zero-copy receive). The card writes at chain offset
+  /// kHdr, in the segment holding it; the header goes in front when the frame is complete.
+  struct PostedRx {
+    RxChain chain;
+    std::uint32_t id = 0;       ///< Posting order (the cookie's low half).
+    std::uint32_t written = 0;  ///< Bytes the card wrote (once completed).
   };
 
   void run();
   void sleep();
+  /// Zero-copy receive when the guest merges RX buffers (and the config allows it).
+  bool want_zero_copy() const noexcept;
+  /// Puts the VF queue pair in the RX buffer mode wanted (a rebuild), or rebuilds it after a
+  /// stop() disabled it. Only while nothing of this worker is on its rings.
+  void sync_rx_mode();
+  /// The Nic's queue pair of this worker whatever the path state (nullptr: no Nic).
+  drivers::net::QueuePair* own_queue() noexcept;
+  /// Zero-copy receive: completes the frames the card wrote into posted chains.
+  unsigned rx_vf_zero_copy(drivers::net::QueuePair& qp);
+  /// Zero-copy receive: puts guest RX chains on the VF's RX ring while it has room.
+  void post_rx_chains(drivers::net::QueuePair& qp);
+  /// The first `bufs` posted chains hold a frame of `frame_len` bytes: header, move, used.
+  void finish_vf_frame(std::size_t bufs, std::uint32_t frame_len, bool bad);
+  /// Stops the VF queue pair (the card then writes no guest buffer and reads no TX chain) and
+  /// takes back the chains it held: completed frames are delivered first.
+  void quiesce_vf_queue(drivers::net::QueuePair& qp);
+  /// Chains on the VF's RX ring go back to rx_chains_ (the card no longer writes them).
+  void reclaim_posted();
+  /// Writes `len` bytes at chain offset `off`. False if the chain is shorter or not guest RAM.
+  bool write_chain(const std::vector<ChainSeg>& segs, std::size_t off, const std::uint8_t* src,
+                   std::size_t len);
   /// The VF queue pair if traffic is on the VF in this worker's epoch, else nullptr.
   drivers::net::QueuePair* vf_queue() noexcept;
   /// The VF was lost (a newer epoch): re-send what is on its TX ring through the fallback.
@@ -100,8 +129,12 @@ class NetWorker {
   std::uint64_t epoch_ = 0;          ///< The VF epoch this worker works in.
   std::vector<std::uint8_t> on_vf_;  ///< Per TX head: on the VF's ring.
   std::vector<std::uint16_t> on_vf_heads_;
-  std::deque<RxChain> rx_chains_;   ///< Popped RX chains not filled yet.
-  bool rx_chains_in_order_ = true;  ///< rx_chains_ are the last ones popped.
+  std::deque<RxChain> rx_chains_;   ///< Popped RX chains not filled yet (nor on the VF).
+  std::uint64_t rx_pops_ = 0;       ///< Chains popped from the receiveq since setup.
+  std::deque<PostedRx> rx_posted_;  ///< Chains on the VF's RX ring, in posting order.
+  std::size_t rx_filled_ = 0;       ///< Leading rx_posted_ holding the frame being received.
+  std::uint32_t rx_posts_ = 0;      ///< Buffers posted (PostedRx::id).
+  bool rx_frame_bad_ = false;
   struct Held {
     std::vector<std::uint8_t> frame;
     bool from_vf;
@@ -123,7 +156,7 @@ class NetWorker {
   struct Counters {
     std::atomic<std::uint64_t> tx_vf{0}, tx_fallback{0}, tx_resent{0}, rx_vf{0}, rx_fallback{0};
     std::atomic<std::uint64_t> tx_bad{0}, tx_dropped{0}, rx_dropped{0}, rx_bad_chains{0};
-    std::atomic<std::uint64_t> tx_vf_errors{0}, notifications{0};
+    std::atomic<std::uint64_t> tx_vf_errors{0}, notifications{0}, rx_zero_copy{0}, rx_moved{0};
   } c_;
 };
 

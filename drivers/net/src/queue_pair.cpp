@@ -298,9 +298,9 @@ unsigned QueuePair::poll_rx_buffers(std::span<RxCompletion> out) noexcept {
       continue;
     }
     const RxSlot& slot = rx_slots_[rx_clean_];
-    rx_clean_ = (rx_clean_ + 1) & rx_mask();
     RxCompletion r{slot.cookie, c.len, c.frame, static_cast<knic::Status>(c.status),
                    (c.flags & knic::kCqeMore) != 0};
+    rx_clean_ = (rx_clean_ + 1) & rx_mask();
     if (r.status == knic::kOk && r.len > slot.len) {
       ++stats_.device_errors;
       r.status = knic::kBadDesc;

@@ -64,6 +64,10 @@ struct NetParavisorConfig {
   unsigned rx_ring_log2 = 8;
   /// Frames a worker holds for a guest that has no RX buffer posted; more are dropped.
   unsigned rx_backlog = 256;
+  /// Receive without a copy when the guest negotiated MRG_RXBUF: its RX buffers go on the VF's
+  /// RX ring (IOVA = GPA) and the card writes frames straight into them. Off, or without
+  /// MRG_RXBUF, the VF receives into the driver's buffers and frames are copied to the guest.
+  bool rx_zero_copy = true;
 };
 
 /// Counters beyond ParavisorCounters (which counts frames as requests).
@@ -79,6 +83,12 @@ struct NetCounters {
   std::uint64_t rx_bad_chains = 0;  ///< RX chains the guest posted that cannot take a frame.
   std::uint64_t tx_vf_errors = 0;   ///< VF TX completions with a drop status (spoofed, ...).
   std::uint64_t notifications = 0;  ///< Interrupts sent to the guest.
+  /// Of rx_vf: frames the card wrote straight into the guest's buffers (zero-copy receive;
+  /// the paravisor writes only the virtio-net header).
+  std::uint64_t rx_zero_copy = 0;
+  /// Of rx_zero_copy: frames spread over several guest buffers, whose later parts were moved
+  /// within each buffer to where virtio-net wants them (the buffer's start, no header).
+  std::uint64_t rx_moved = 0;
 };
 
 class NetWorker;

@@ -118,6 +118,8 @@ class QueuePair {
   /// recover(). Errors: as Nic::open()'s queue-pair bring-up.
   Status use_caller_rx_buffers(bool on);
   bool caller_rx_buffers() const noexcept { return rx_caller_; }
+  /// disable() ran (or a rebuild failed): the queue pair refuses work until it is rebuilt.
+  bool disabled() const noexcept { return disabled_; }
   /// Caller-buffer mode: buffers that can be posted now.
   unsigned rx_free() const noexcept { return rx_size_ - 1 - ((rx_tail_ - rx_clean_) & rx_mask()); }
   /// Caller-buffer mode: buffers posted and not yet returned.
