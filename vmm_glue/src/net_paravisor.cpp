@@ -102,6 +102,11 @@ Status NetParavisor::bring_up_vf() {
   nc.mtu = config_.mtu;
   nc.interrupts = config_.threads;
   nc.rx_buffer_bytes = 2048;
+  // Zero-copy receive is the likely mode (Linux merges RX buffers): the queue pairs start
+  // with nothing posted, so frames that come before the guest's first RX buffers are dropped
+  // (and counted) by the card, not taken into driver buffers a mode switch would discard.
+  nc.caller_rx_buffers =
+      config_.rx_zero_copy && (features_ == 0 || (features_ & bit(vnet::kMrgRxbuf)) != 0);
   auto nic = drivers::net::Nic::open(*vf_, clock_, stepper_, nc);
   if (!nic) return nic.error();
   if ((*nic)->mac() != config_.mac) {

@@ -158,6 +158,10 @@ void NetWorker::sync_rx_mode() {
   if (!qp->disabled() && qp->caller_rx_buffers() == want) return;
   // A rebuild hands back what is on the rings: only when this worker has nothing there.
   if (!on_vf_heads_.empty() || !rx_posted_.empty()) return;
+  // Frames already in driver buffers are delivered before the rebuild drops those buffers.
+  if (!qp->caller_rx_buffers() && !qp->disabled()) {
+    (void)qp->poll_rx(~0u, [this](std::span<const std::uint8_t> f) { receive(f, true); });
+  }
   if (Status st = qp->use_caller_rx_buffers(want); !st.ok()) {
     pv_.vf_failed("VF queue pair " + std::to_string(pair_) + ": " + st.error().message);
     if (epoch_ != pv_.epoch_.load(std::memory_order_acquire)) let_go_of_vf();

@@ -39,7 +39,11 @@ std::uint32_t round_up64(std::uint32_t v) noexcept { return (v + 63u) & ~63u; }
 }  // namespace
 
 QueuePair::QueuePair(Nic& nic, unsigned q)
-    : nic_(nic), fn_(nic.function()), q_(q), interrupts_(nic.config().interrupts) {
+    : nic_(nic),
+      fn_(nic.function()),
+      q_(q),
+      interrupts_(nic.config().interrupts),
+      rx_caller_(nic.config().caller_rx_buffers) {
   const NicConfig& c = nic.config();
   tx_size_ = 1u << c.tx_ring_log2;
   rx_size_ = 1u << c.rx_ring_log2;

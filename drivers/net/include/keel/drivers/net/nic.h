@@ -57,6 +57,10 @@ struct NicConfig {
   std::uint32_t mtu = 1500;
   /// Completion interrupts on (QueuePair::wait sleeps on MSI-X) or off (it polls).
   bool interrupts = false;
+  /// Queue pairs start with caller RX buffers (QueuePair::use_caller_rx_buffers): nothing is
+  /// posted until the caller posts its own, so no frame lands in a driver buffer that a
+  /// later switch of mode would throw away.
+  bool caller_rx_buffers = false;
   /// Bound on waiting for STATUS.READY and QSTATUS.ENABLED after an enable.
   std::chrono::nanoseconds enable_timeout = std::chrono::milliseconds(100);
   /// Where the driver's DMA memory (rings, TX copy buffers, RX buffers) comes from, or, when
