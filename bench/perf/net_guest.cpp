@@ -33,7 +33,7 @@ vmm::Virtqueue::Layout layout_of(const vmm::SplitRingDriver& d) {
 
 Result<std::unique_ptr<NetGuest>> NetGuest::create(const knic::Mac& mac, fpga::Function* vf,
                                                    fpga::model::ModelCard& card,
-                                                   const std::string& switch_path) {
+                                                   const std::string& switch_path, bool rx_copy) {
   std::unique_ptr<NetGuest> g(new NetGuest());
   g->mac_ = mac;
   auto mem = vmm::GuestMemory::create(8u << 20);
@@ -58,6 +58,7 @@ Result<std::unique_ptr<NetGuest>> NetGuest::create(const knic::Mac& mac, fpga::F
   vmm::NetParavisorConfig cfg;
   cfg.mac = mac;
   cfg.threads = true;
+  cfg.rx_zero_copy = !rx_copy;
   auto pv = vmm::NetParavisor::create(vf, card, card, *g->mem_, std::move(port).value(), cfg);
   if (!pv) return pv.error();
   g->pv_ = std::move(pv).value();

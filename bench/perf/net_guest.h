@@ -29,10 +29,12 @@ class NetGuest {
 
   /// A guest with MAC `mac`, its device on `vf` (null: the fallback only), its fallback port
   /// connected to the switch at `switch_path`. Its rings are set up, its RX buffers posted and
-  /// its paravisor's worker started.
+  /// its paravisor's worker started. `rx_copy`: the paravisor copies received frames instead
+  /// of posting the guest's buffers on the VF (NetParavisorConfig::rx_zero_copy off).
   static Result<std::unique_ptr<NetGuest>> create(const knic::Mac& mac, fpga::Function* vf,
                                                   fpga::model::ModelCard& card,
-                                                  const std::string& switch_path);
+                                                  const std::string& switch_path,
+                                                  bool rx_copy = false);
   ~NetGuest();
   NetGuest(const NetGuest&) = delete;
   NetGuest& operator=(const NetGuest&) = delete;

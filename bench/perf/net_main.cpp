@@ -19,9 +19,11 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::printf(
-      "card: %s; 2 guests, window %u, stream %lld ms (+%lld ms ramp), ping-pong %lld ms%s%s\n",
-      (*bench)->describe().c_str(), c->window, static_cast<long long>(c->runtime.count()),
-      static_cast<long long>(c->ramp.count()), static_cast<long long>(c->lat_runtime.count()),
+      "card: %s; 2 guests, window %u, VF receive %s, stream %lld ms (+%lld ms ramp), ping-pong "
+      "%lld ms%s%s\n",
+      (*bench)->describe().c_str(), c->window, c->rx_copy ? "copied" : "in place",
+      static_cast<long long>(c->runtime.count()), static_cast<long long>(c->ramp.count()),
+      static_cast<long long>(c->lat_runtime.count()),
       (*bench)->card_rt().empty() ? "" : "; card thread ", (*bench)->card_rt().c_str());
   std::vector<NetPoint> points;
   for (std::uint32_t bs : c->sizes) {

@@ -31,6 +31,9 @@ Result<NetConfig> parse_net_options(int argc, const char* const* argv) {
   app.add_option("--window", c.window, "stream: frames sent and not yet received, at most")
       ->capture_default_str();
   app.add_option("--json", c.json_path, "write JSON results to FILE");
+  app.add_flag("--rx-copy", c.rx_copy,
+               "VF path: the paravisor receives into the driver's buffers and copies to the "
+               "guest (default: the card writes into the guest's buffers)");
   app.add_flag("--card-rt", c.card_rt,
                "the model card's thread (its silicon) at SCHED_FIFO 1 (needs CAP_SYS_NICE)");
   try {
@@ -240,7 +243,8 @@ json net_document(const NetConfig& c, const std::string& card,
               {"ramp_ms", c.ramp.count()},
               {"lat_runtime_ms", c.lat_runtime.count()},
               {"window", c.window},
-              {"card_rt", c.card_rt}}}};
+              {"card_rt", c.card_rt},
+              {"rx", c.rx_copy ? "copy" : "zero-copy"}}}};
   json pts = json::array(), jobs = json::array();
   for (const NetPoint& p : points) {
     json paths = json::array();

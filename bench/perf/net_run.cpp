@@ -233,8 +233,8 @@ Result<NetPathResult> NetBench::run(const NetConfig& c, bool vf_path, std::uint3
   for (unsigned i = 0; i < 2; ++i) {
     auto vf = nic.vf(i);
     if (!vf) return vf.error();
-    auto guest =
-        NetGuest::create(mac_of(i), vf_path ? *vf : nullptr, *card_, switch_->socket_path());
+    auto guest = NetGuest::create(mac_of(i), vf_path ? *vf : nullptr, *card_,
+                                  switch_->socket_path(), c.rx_copy);
     if (!guest) return guest.error();
     g[i] = std::move(guest).value();
     if (vf_path && g[i]->paravisor().state() != vmm::PathState::active) {

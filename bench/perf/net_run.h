@@ -31,6 +31,7 @@ struct NetConfig {
   unsigned window = 64;
   std::string json_path;
   bool card_rt = false;  ///< The card's thread at SCHED_FIFO 1 (as keel-perf --card-rt).
+  bool rx_copy = false;  ///< VF path: received frames copied, not written in place.
 };
 
 /// Parses argv. --help prints usage and returns not_found with an empty message.
