@@ -477,6 +477,27 @@ TEST_F(NetParavisor, FramesOnTheVfRingAtALossAreResent) {
   EXPECT_EQ(a.tx_done(), 5u);
 }
 
+TEST_F(NetParavisor, AnnouncedRemovalWaitsUntilTheVfHasGone) {
+  NetGuest& a = guest(0);
+  guest(1);
+  // The host announces the removal before doing it: the guest moves to the fallback and stays
+  // there while the VF still answers (probes every 50 us of card time).
+  a.pv->vf_removed("host announced removal");
+  ASSERT_TRUE(run_until([&] { return a.pv->state() == vmm::PathState::fallback; }));
+  EXPECT_FALSE(run_until([&] { return a.pv->state() != vmm::PathState::fallback; }, 500))
+      << "a VF announced as leaving was taken back";
+  // Removed, then restored: a real return, taken without a host notice.
+  ASSERT_TRUE(nic_->surprise_remove(0).ok());
+  ASSERT_FALSE(run_until([&] { return a.pv->state() != vmm::PathState::fallback; }, 50));
+  ASSERT_TRUE(nic_->restore(0).ok());
+  ASSERT_TRUE(run_until([&] { return a.pv->state() == vmm::PathState::active; }));
+  // Announced and then called off (vf_arrived): back at once.
+  a.pv->vf_removed("host announced removal");
+  ASSERT_TRUE(run_until([&] { return a.pv->state() == vmm::PathState::fallback; }));
+  a.pv->vf_arrived();
+  ASSERT_TRUE(run_until([&] { return a.pv->state() == vmm::PathState::active; }));
+}
+
 TEST_F(NetParavisor, GuestWithoutVfUsesTheSwitch) {
   NetGuest& a = guest(0, /*with_vf=*/false);
   EXPECT_EQ(a.pv->state(), vmm::PathState::absent);

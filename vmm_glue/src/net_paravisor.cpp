@@ -235,7 +235,13 @@ void NetParavisor::maybe_probe() {
   if (!asked && now < next_probe_ns_) return;
   next_probe_ns_ = now + static_cast<std::uint64_t>(config_.probe_interval.count());
   if (memory_.regions().empty()) return;
-  if (drivers::net::Nic::status_of(*vf_) == drivers::net::DeviceState::gone) return;
+  if (drivers::net::Nic::status_of(*vf_) == drivers::net::DeviceState::gone) {
+    removal_announced_.store(false);  // the announced removal happened: the next return counts
+    return;
+  }
+  // Announced but not yet done: bringing the VF back now would put traffic on a function the
+  // host is about to take.
+  if (removal_announced_.load()) return;
   // No queue pair is in use on the fallback: the driver may rebuild them.
   Status st;
   if (nic_ != nullptr) {
@@ -254,9 +260,13 @@ void NetParavisor::maybe_probe() {
   transition(PathState::active, "traffic returns to the VF");
 }
 
-void NetParavisor::vf_removed(const std::string& reason) { vf_failed(reason); }
+void NetParavisor::vf_removed(const std::string& reason) {
+  removal_announced_.store(true);
+  vf_failed(reason);
+}
 
 void NetParavisor::vf_arrived() {
+  removal_announced_.store(false);
   probe_now_.store(true);
   if (!workers_.empty()) workers_[0]->wake();
 }

@@ -15,7 +15,9 @@
 // the port every TX frame still on the VF's ring (the guest's TCP copes with the odd
 // duplicate; nothing is lost), and carries on there. While on the fallback it probes the VF
 // every probe_interval (or at once after vf_arrived()); when the driver brings it back, STATE
-// on_fallback = 0 and traffic returns to the VF.
+// on_fallback = 0 and traffic returns to the VF. After vf_removed() it does not probe a VF that
+// is still there (the host is about to take it): only once it has been seen gone, or after
+// vf_arrived().
 //
 // Queue numbering as virtio-net: receiveq N = 2N, transmitq N = 2N + 1; one worker per queue
 // pair, which owns the pair's VF queue pair. Frames from the fallback port go to pair 0.
@@ -134,7 +136,8 @@ class NetParavisor final : public VhostDevice {
 
   // ---- failover ----
   PathState state() const noexcept { return state_.load(std::memory_order_acquire); }
-  /// The VF went away (announced by the host): traffic moves to the fallback now.
+  /// The VF goes away (announced by the host, perhaps before it is gone): traffic moves to the
+  /// fallback now, and stays there until the VF has been seen gone or vf_arrived() is called.
   void vf_removed(const std::string& reason);
   /// The VF is back (announced by the host): probe it now.
   void vf_arrived();
@@ -184,6 +187,8 @@ class NetParavisor final : public VhostDevice {
   unsigned drain_target_ = 0;  ///< Workers that must let go of the VF (guarded by mu_).
   std::atomic<bool> port_lost_{false};
   std::atomic<bool> probe_now_{false};
+  /// vf_removed() was called and the VF has not been seen gone since, nor vf_arrived() called.
+  std::atomic<bool> removal_announced_{false};
   std::uint64_t next_probe_ns_ = 0;
 
   std::vector<std::unique_ptr<NetWorker>> workers_;
