@@ -37,6 +37,14 @@ int dial(int fd, const sockaddr_un& a) {
 
 }  // namespace
 
+int dial_unix(int fd, const std::string& path) noexcept {
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof a.sun_path) return ENAMETOOLONG;
+  std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
+  return dial(fd, a);
+}
+
 Result<Uplink> open_uplink(const std::string& spec) {
   const auto colon = spec.find(':');
   const std::string kind = spec.substr(0, colon);

@@ -29,6 +29,10 @@ struct Uplink {
 /// io_error (socket, bind, connect, /dev/net/tun or TUNSETIFF failed; with the errno text).
 Result<Uplink> open_uplink(const std::string& spec);
 
+/// connect(2) of `fd` to the unix socket at `path` (a dgram uplink's `peer`, dialled again):
+/// 0 when connected, else the errno (ENAMETOOLONG for a path too long).
+int dial_unix(int fd, const std::string& path) noexcept;
+
 /// For help texts.
 inline constexpr const char* kUplinkSpecHelp =
     "dgram:LOCAL,REMOTE (unix datagram socket bound to LOCAL, sending to REMOTE, which may "

@@ -2,12 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/if.h>
-#include <linux/if_tun.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <cinttypes>
@@ -17,6 +12,7 @@
 #include <keel/regs/keel_regs.h>
 #include "keel/clock.h"
 #include "keel/log.h"
+#include "uplink.h"
 
 namespace keel::card_app {
 namespace {
@@ -32,90 +28,9 @@ Error sys_error(const std::string& what) {
   return make_error(Errc::io_error, what + ": " + std::strerror(errno));
 }
 
-Result<sockaddr_un> unix_address(const std::string& path) {
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof a.sun_path) {
-    return make_error(Errc::invalid_argument,
-                      "uplink: socket path '" + path + "' empty or too long");
-  }
-  std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
-  return a;
-}
-
-/// connect(2) to a unix socket path; the errno on failure (0: connected).
-int dial(int fd, const sockaddr_un& a) {
-  return ::connect(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a) == 0 ? 0 : errno;
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------- the uplink
-
-Result<UplinkFd> open_uplink(const std::string& spec) {
-  const auto colon = spec.find(':');
-  const std::string kind = spec.substr(0, colon);
-  const std::string arg = colon == std::string::npos ? "" : spec.substr(colon + 1);
-  const auto malformed = [&] {
-    return make_error(Errc::invalid_argument,
-                      "--uplink '" + spec +
-                          "': expected dgram:LOCAL_PATH,REMOTE_PATH, seqpacket:PATH or tap:IFNAME");
-  };
-  if (arg.empty()) return malformed();
-  UplinkFd out;
-  if (kind == "dgram") {
-    const auto comma = arg.find(',');
-    if (comma == std::string::npos) return malformed();
-    auto local = unix_address(arg.substr(0, comma));
-    if (!local) return local.error();
-    auto remote = unix_address(arg.substr(comma + 1));
-    if (!remote) return remote.error();
-    out.fd = UniqueFd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-    if (!out.fd.valid()) return sys_error("uplink: socket");
-    // A socket left at the local path by an earlier keel-card goes; anything else stays.
-    struct stat st {};
-    if (::lstat(local->sun_path, &st) == 0) {
-      if (!S_ISSOCK(st.st_mode)) {
-        return make_error(Errc::invalid_argument,
-                          std::string("uplink: ") + local->sun_path + " exists and is no socket");
-      }
-      ::unlink(local->sun_path);
-    }
-    if (::bind(out.fd.get(), reinterpret_cast<const sockaddr*>(&*local), sizeof *local) != 0) {
-      return sys_error(std::string("uplink: bind ") + local->sun_path);
-    }
-    const int e = dial(out.fd.get(), *remote);
-    if (e == ENOENT || e == ECONNREFUSED) {
-      out.connected = false;  // the peer is not there yet: dialled again later
-    } else if (e != 0) {
-      errno = e;
-      return sys_error(std::string("uplink: connect ") + remote->sun_path);
-    }
-    return out;
-  }
-  if (kind == "seqpacket") {
-    auto a = unix_address(arg);
-    if (!a) return a.error();
-    out.fd = UniqueFd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-    if (!out.fd.valid()) return sys_error("uplink: socket");
-    if (const int e = dial(out.fd.get(), *a); e != 0) {
-      errno = e;
-      return sys_error("uplink: connect " + arg);
-    }
-    return out;
-  }
-  if (kind == "tap") {
-    if (arg.size() >= IFNAMSIZ) return malformed();
-    out.fd = UniqueFd(::open("/dev/net/tun", O_RDWR | O_CLOEXEC));
-    if (!out.fd.valid()) return sys_error("uplink: /dev/net/tun");
-    ifreq ifr{};
-    ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
-    std::memcpy(ifr.ifr_name, arg.c_str(), arg.size() + 1);
-    if (::ioctl(out.fd.get(), TUNSETIFF, &ifr) != 0) return sys_error("uplink: TUNSETIFF " + arg);
-    return out;
-  }
-  return malformed();
-}
 
 /// The uplink as keel-card keeps it: a datagram socket's peer is dialled again while it is not
 /// there, and after frames to it failed (a peer that went and came back is a new socket at the
@@ -123,7 +38,7 @@ Result<UplinkFd> open_uplink(const std::string& spec) {
 struct NicServing::Uplink {
   bool dgram = false;
   std::string local;
-  sockaddr_un remote{};
+  std::string remote;
   UniqueFd fd;
   bool connected = false;
   std::uint64_t tx_drops_seen = 0;
@@ -148,20 +63,18 @@ Result<std::unique_ptr<NicServing>> NicServing::start(fpga::NicCard& nic, const 
                                                   std::to_string(nic.max_vfs()) + " NIC VFs");
   }
   if (!options.uplink.empty()) {
-    auto u = open_uplink(options.uplink);
+    auto u = apps::open_uplink(options.uplink);
     if (!u) return u.error();
     auto up = std::make_unique<Uplink>();
-    if (options.uplink.starts_with("dgram:")) {
-      const std::string arg = options.uplink.substr(6);
-      const auto comma = arg.find(',');
+    if (!u->peer.empty()) {  // dgram
       up->dgram = true;
-      up->local = arg.substr(0, comma);
-      up->remote = *unix_address(arg.substr(comma + 1));  // checked by open_uplink
+      up->local = u->local;
+      up->remote = u->peer;
       up->connected = u->connected;
       up->fd = UniqueFd(::fcntl(u->fd.get(), F_DUPFD_CLOEXEC, 0));
       if (!up->fd.valid()) return sys_error("uplink: dup");
       if (!up->connected) {
-        kLog.info("uplink: %s is not there yet; dialling it every %d ms", up->remote.sun_path,
+        kLog.info("uplink: %s is not there yet; dialling it every %d ms", up->remote.c_str(),
                   kUplinkTickMs);
       }
     }
@@ -292,10 +205,10 @@ void NicServing::tick() {
   const bool failing = drops != u.tx_drops_seen;
   u.tx_drops_seen = drops;
   if (u.connected && !failing) return;
-  const int e = dial(u.fd.get(), u.remote);
-  if (e == 0 && !u.connected) kLog.info("uplink: connected to %s", u.remote.sun_path);
+  const int e = apps::dial_unix(u.fd.get(), u.remote);
+  if (e == 0 && !u.connected) kLog.info("uplink: connected to %s", u.remote.c_str());
   if (e != 0 && u.connected) {
-    kLog.warn("uplink: %s: %s; dialling it again", u.remote.sun_path, std::strerror(e));
+    kLog.warn("uplink: %s: %s; dialling it again", u.remote.c_str(), std::strerror(e));
   }
   u.connected = e == 0;
 }

@@ -69,13 +69,4 @@ class NicServing {
   std::unique_ptr<Uplink> uplink_;
 };
 
-/// Opens the uplink `spec` names (see NicOptions::uplink). A datagram socket whose peer is not
-/// there yet is returned unconnected (`connected` false): connect it later. Errors:
-/// invalid_argument (malformed), io_error (socket, bind, connect, open, TUNSETIFF).
-struct UplinkFd {
-  UniqueFd fd;
-  bool connected = true;
-};
-Result<UplinkFd> open_uplink(const std::string& spec);
-
 }  // namespace keel::card_app
