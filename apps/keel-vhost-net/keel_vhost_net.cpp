@@ -51,8 +51,9 @@ bool parse_mac(const std::string& s, keel::knic::Mac& out) {
   return true;
 }
 
-/// A connection to the software switch, or an invalid fd (logged) when it is not there.
-keel::UniqueFd connect_switch(const std::string& path) {
+/// A connection to the software switch, or an invalid fd (logged unless `quiet`) when it is
+/// not there.
+keel::UniqueFd connect_switch(const std::string& path, bool quiet = false) {
   if (path.empty()) return {};
   keel::UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   sockaddr_un a{};
@@ -60,9 +61,10 @@ keel::UniqueFd connect_switch(const std::string& path) {
   if (!fd.valid() || path.size() >= sizeof a.sun_path) return {};
   std::memcpy(a.sun_path, path.c_str(), path.size());
   if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0) {
+    if (quiet) return {};
     std::fprintf(stderr,
                  "keel-vhost-net: the software switch at %s does not answer (%s): no fallback "
-                 "path for this guest\n",
+                 "path for this guest until it does (dialled again every 100 ms)\n",
                  path.c_str(), std::strerror(errno));
     return {};
   }
@@ -128,6 +130,9 @@ int main(int argc, char** argv) {
   cfg.queue_pairs = queues;
   cfg.threads = true;
   cfg.rx_zero_copy = !rx_copy;
+  if (!switch_path.empty()) {
+    cfg.redial_fallback = [switch_path] { return connect_switch(switch_path, true); };
+  }
   const keel::SteadyClock clock;
   auto factory = [&](vmm::GuestMemory& memory) -> keel::Result<std::unique_ptr<vmm::VhostDevice>> {
     // The server's probe (no memory yet) needs the device's shape only: no VF, no port.

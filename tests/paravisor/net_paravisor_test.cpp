@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <optional>
 #include <utility>
 
@@ -159,6 +160,7 @@ class NetParavisor : public ::testing::Test {
     cfg.health_interval = std::chrono::microseconds(20);
     cfg.queue_pairs = pairs;
     cfg.rx_zero_copy = rx_zero_copy;
+    cfg.redial_fallback = redial_;
     fpga::Function* vf = with_vf ? *nic_->vf(i) : nullptr;
     auto pv = vmm::NetParavisor::create(vf, *card_, *card_, *g->mem, UniqueFd(sv[0]), cfg);
     EXPECT_TRUE(pv.ok()) << to_string(pv.error());
@@ -209,6 +211,7 @@ class NetParavisor : public ::testing::Test {
 
   std::unique_ptr<fpga::model::ModelCard> card_;
   fpga::NicCard* nic_ = nullptr;
+  std::function<UniqueFd()> redial_;  // NetParavisorConfig::redial_fallback of new guests
   std::vector<std::unique_ptr<NetGuest>> guests_;
 };
 
@@ -496,6 +499,51 @@ TEST_F(NetParavisor, AnnouncedRemovalWaitsUntilTheVfHasGone) {
   ASSERT_TRUE(run_until([&] { return a.pv->state() == vmm::PathState::fallback; }));
   a.pv->vf_arrived();
   ASSERT_TRUE(run_until([&] { return a.pv->state() == vmm::PathState::active; }));
+}
+
+TEST_F(NetParavisor, FallbackPortIsDialledAgainAfterTheSwitchCloses) {
+  bool switch_up = false;
+  UniqueFd new_end;  // the test's end of the port dialled again
+  unsigned dials = 0;
+  redial_ = [&]() -> UniqueFd {
+    ++dials;
+    if (!switch_up) return {};
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) return {};
+    new_end = UniqueFd(sv[1]);
+    return UniqueFd(sv[0]);
+  };
+  NetGuest& a = guest(0);
+  guest(1);
+  (void)port_records(a);
+  EXPECT_EQ(dials, 0u);
+  // The switch goes away (keel-hostd restarts): the port reads end-of-file.
+  a.port.reset();
+  ASSERT_TRUE(run_until([&] { return dials > 0; }, 5000)) << "the closed port was not noticed";
+  // Dialled every probe interval until the switch answers; then HELLO and STATE (on the VF).
+  switch_up = true;
+  ASSERT_TRUE(run_until([&] { return new_end.valid(); }));
+  a.port = std::move(new_end);
+  std::vector<std::vector<std::uint8_t>> recs;
+  ASSERT_TRUE(run_until([&] { return (recs = port_records(a)).size() >= 2; }));
+  EXPECT_EQ(recs[0][0], static_cast<std::uint8_t>(fp::RecordType::hello));
+  EXPECT_EQ(std::memcmp(recs[0].data() + 4, mac_of(0).data(), 6), 0);
+  EXPECT_EQ(recs[1][0], static_cast<std::uint8_t>(fp::RecordType::state));
+  EXPECT_EQ(recs[1][4], 0);  // on the VF
+  // The new port carries the guest's traffic when the VF goes.
+  ASSERT_TRUE(nic_->surprise_remove(0).ok());
+  ASSERT_TRUE(run_until([&] { return a.pv->state() == vmm::PathState::fallback; }));
+  const auto f = frame(mac_of(1), mac_of(0), 120, 9);
+  a.send(f);
+  std::vector<std::uint8_t> got;
+  ASSERT_TRUE(run_until([&] {
+    for (auto& r : port_records(a)) {
+      if (r[0] == static_cast<std::uint8_t>(fp::RecordType::frame))
+        got.assign(r.begin() + 4, r.end());
+    }
+    return !got.empty();
+  }));
+  EXPECT_EQ(got, f);
 }
 
 TEST_F(NetParavisor, GuestWithoutVfUsesTheSwitch) {

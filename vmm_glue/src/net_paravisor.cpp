@@ -2,8 +2,10 @@
 // path is in net_worker.cpp.
 #include "keel/vmm/net_paravisor.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cinttypes>
@@ -46,9 +48,19 @@ Result<std::unique_ptr<NetParavisor>> NetParavisor::create(fpga::Function* vf, c
   if (knic::is_multicast(config.mac) || knic::is_zero(config.mac)) {
     return make_error(Errc::invalid_argument, "the guest needs a unicast MAC address");
   }
+  const bool have_port = fallback.valid();
+  if (!have_port && config.redial_fallback) {
+    // No switch yet: a placeholder that a dialled connection replaces (maybe_redial), so the
+    // port's fd number never changes under the workers.
+    fallback = UniqueFd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    if (!fallback.valid()) {
+      return make_error(Errc::io_error, std::string("fallback port: socket: ") + strerror(errno));
+    }
+  }
   std::unique_ptr<NetParavisor> pv(
       new NetParavisor(vf, clock, stepper, memory, std::move(fallback), config));
-  if (pv->fallback_.valid()) {
+  if (!have_port) pv->port_lost_.store(true);
+  if (have_port) {
     if (Status st = pv->send_hello(); !st.ok()) return st.error();
   }
   // An empty memory table is the vhost-user server's probe: no VF, no traffic.
@@ -61,7 +73,7 @@ Result<std::unique_ptr<NetParavisor>> NetParavisor::create(fpga::Function* vf, c
   }
   // Nothing is on the VF: a probe may bring it up at any time.
   if (pv->state() != PathState::active) pv->drained_.store(pv->config_.queue_pairs);
-  if (pv->state() != PathState::active && pv->fallback_.valid()) {
+  if (pv->state() != PathState::active && pv->port_usable()) {
     if (Status st = pv->send_state(true); !st.ok()) return st.error();
   }
   return pv;
@@ -201,10 +213,40 @@ bool NetParavisor::port_usable() const noexcept {
 
 void NetParavisor::port_lost() noexcept {
   if (!port_lost_.exchange(true)) {
-    kLog.warn(
-        "the software switch closed the fallback port: no fallback for this guest until "
-        "its front end sets up the device again");
+    if (config_.redial_fallback) {
+      kLog.warn("the software switch closed the fallback port: dialling it again");
+    } else {
+      kLog.warn(
+          "the software switch closed the fallback port: no fallback for this guest until "
+          "its front end sets up the device again");
+    }
   }
+}
+
+void NetParavisor::maybe_redial() {
+  if (!config_.redial_fallback || !port_lost_.load(std::memory_order_acquire)) return;
+  const std::uint64_t now = clock_.now_ns();
+  if (now < next_redial_ns_) return;
+  next_redial_ns_ = now + static_cast<std::uint64_t>(config_.probe_interval.count());
+  UniqueFd fd = config_.redial_fallback();
+  if (!fd.valid()) return;
+  {
+    // Same fd number, new connection: workers holding the number see the new socket.
+    std::lock_guard lock(fallback_mu_);
+    if (::dup3(fd.get(), fallback_.get(), O_CLOEXEC) < 0) {
+      kLog.warn("fallback port: dup3: %s", strerror(errno));
+      return;
+    }
+  }
+  port_lost_.store(false, std::memory_order_release);
+  Status st = send_hello();
+  if (st.ok()) st = send_state(state() != PathState::active);
+  if (!st.ok()) {
+    kLog.warn("%s", st.error().message.c_str());
+    port_lost();
+    return;
+  }
+  kLog.info("fallback port: connected to the software switch again");
 }
 
 NetParavisor::PortSend NetParavisor::port_send(std::span<const std::uint8_t> record,

@@ -207,7 +207,10 @@ void NetWorker::let_go_of_vf() {
 
 unsigned NetWorker::pass() {
   if (epoch_ != pv_.epoch_.load(std::memory_order_acquire)) let_go_of_vf();
-  if (pair_ == 0) pv_.maybe_probe();
+  if (pair_ == 0) {
+    pv_.maybe_probe();
+    pv_.maybe_redial();
+  }
   check_vf();
   sync_rx_mode();
   unsigned work = reap();

@@ -70,6 +70,11 @@ struct NetParavisorConfig {
   /// RX ring (IOVA = GPA) and the card writes frames straight into them. Off, or without
   /// MRG_RXBUF, the VF receives into the driver's buffers and frames are copied to the guest.
   bool rx_zero_copy = true;
+  /// Dials the host's software switch again after it closed the fallback port (restarted,
+  /// say), or when there was none at create(): a connected SOCK_SEQPACKET socket, or an invalid
+  /// fd to be tried again after probe_interval. Called from a worker. Empty: a closed port stays
+  /// closed until the front end sets the device up again.
+  std::function<UniqueFd()> redial_fallback;
 };
 
 /// Counters beyond ParavisorCounters (which counts frames as requests).
@@ -165,6 +170,9 @@ class NetParavisor final : public VhostDevice {
   void worker_drained(std::uint64_t epoch);
   /// From worker 0 while on the fallback: brings the VF back when it answers.
   void maybe_probe();
+  /// From worker 0 while the port is lost: dials the switch again (config_.redial_fallback),
+  /// puts the new connection behind the same fd number, says HELLO and STATE.
+  void maybe_redial();
   Status send_state(bool on_fallback);
   Status send_hello();
 
@@ -190,6 +198,7 @@ class NetParavisor final : public VhostDevice {
   /// vf_removed() was called and the VF has not been seen gone since, nor vf_arrived() called.
   std::atomic<bool> removal_announced_{false};
   std::uint64_t next_probe_ns_ = 0;
+  std::uint64_t next_redial_ns_ = 0;
 
   std::vector<std::unique_ptr<NetWorker>> workers_;
   std::function<void(unsigned)> notify_;
