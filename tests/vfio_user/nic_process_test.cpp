@@ -6,11 +6,17 @@
 //
 // The card is free-running in another process: every wait is bounded on the host's clock.
 // KEEL_CARD_BIN: the keel-card binary; KEEL_CARD_BACKEND: "model" or "sim" (one ctest each).
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/if.h>
+#include <linux/if_packet.h>
+#include <linux/if_tun.h>
+#include <net/ethernet.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -118,13 +124,25 @@ class NicProcessTest : public ::testing::Test {
     ASSERT_EQ(::bind(uplink_.get(), reinterpret_cast<const sockaddr*>(&a), sizeof a), 0)
         << std::strerror(errno);
   }
-  /// Sends into the switch through the uplink (to keel-card's end).
+  /// Sends into the switch through the uplink (to keel-card's end; a connected uplink: its
+  /// peer).
   void uplink_send(const Frame& f) {
     const sockaddr_un a = unix_addr(card_end_);
-    ASSERT_EQ(::sendto(uplink_.get(), f.data(), f.size(), 0, reinterpret_cast<const sockaddr*>(&a),
-                       sizeof a),
-              static_cast<ssize_t>(f.size()))
-        << std::strerror(errno);
+    const ssize_t n = uplink_connected_ ? ::send(uplink_.get(), f.data(), f.size(), 0)
+                                        : ::sendto(uplink_.get(), f.data(), f.size(), 0,
+                                                   reinterpret_cast<const sockaddr*>(&a), sizeof a);
+    ASSERT_EQ(n, static_cast<ssize_t>(f.size())) << std::strerror(errno);
+  }
+  /// Whether `want` comes out of the uplink within kWait; other frames (a TAP's host sends
+  /// its own) are passed over.
+  bool uplink_sees(const Frame& want) {
+    const std::uint64_t until = steady_clock().deadline_after(kWait);
+    for (std::uint64_t now = 0; (now = steady_clock().now_ns()) < until;) {
+      if (uplink_receive(std::chrono::milliseconds((until - now) / 1'000'000 + 1)) == want) {
+        return true;
+      }
+    }
+    return false;
   }
   /// The next frame out of the uplink within `timeout`, or an empty one.
   Frame uplink_receive(std::chrono::milliseconds timeout) {
@@ -138,22 +156,13 @@ class NicProcessTest : public ::testing::Test {
   }
 
   /// Starts keel-card with the NIC and waits (bounded) for its banner: every socket is up.
-  void start_card(unsigned nic_vfs) {
-    std::vector<std::string> args{KEEL_CARD_BIN,
-                                  "--card",
-                                  backend(),
-                                  "--size-mib",
-                                  "16",
-                                  "--vfs",
-                                  "1",
-                                  "--nic-vfs",
-                                  std::to_string(nic_vfs),
-                                  "--uplink",
-                                  "dgram:" + card_end_ + "," + test_end_,
-                                  "--run-dir",
-                                  run_dir_,
-                                  "--log-level",
-                                  "warn"};
+  void start_card(unsigned nic_vfs, std::string uplink = {}) {
+    if (uplink.empty()) uplink = "dgram:" + card_end_ + "," + test_end_;
+    std::vector<std::string> args{KEEL_CARD_BIN, "--card",      backend(),
+                                  "--size-mib",  "16",          "--vfs",
+                                  "1",           "--nic-vfs",   std::to_string(nic_vfs),
+                                  "--uplink",    uplink,        "--run-dir",
+                                  run_dir_,      "--log-level", "warn"};
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -265,6 +274,7 @@ class NicProcessTest : public ::testing::Test {
   UniqueFd stdout_;
   std::string output_;  ///< What keel-card printed.
   UniqueFd uplink_;
+  bool uplink_connected_ = false;  ///< uplink_ sends with send(), not sendto(card_end_)
   VfClient clients_[2];
 };
 
@@ -457,6 +467,82 @@ TEST_F(NicProcessTest, TheUplinkPeerMayAppearLater) {
   const auto rx = receive(clients_[0], 1);
   ASSERT_EQ(rx.size(), 1u);
   EXPECT_EQ(rx[0], in);
+}
+
+// The uplink as a unix SEQPACKET connection keel-card dials (--uplink seqpacket:PATH).
+TEST_F(NicProcessTest, SeqpacketUplink) {
+  UniqueFd listener(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  ASSERT_TRUE(listener.valid());
+  const sockaddr_un a = unix_addr(test_end_);
+  ASSERT_EQ(::bind(listener.get(), reinterpret_cast<const sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(listener.get(), 1), 0);
+  ASSERT_NO_FATAL_FAILURE(start_card(2, "seqpacket:" + test_end_));
+  uplink_ = UniqueFd(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  ASSERT_TRUE(uplink_.valid()) << std::strerror(errno);
+  uplink_connected_ = true;
+  ASSERT_NO_FATAL_FAILURE(open_client(0, false));
+  ASSERT_NO_FATAL_FAILURE(open_client(1, false));
+  const Frame out = make_frame(kOutside, vf_mac(0), 700, 21);
+  ASSERT_EQ(clients_[0].qp().send(out), net::NetErrc::ok);
+  clients_[0].qp().flush();
+  EXPECT_TRUE(uplink_sees(out));
+  reap_all(clients_[0]);
+  const Frame in = make_frame(vf_mac(1), kOutside, 900, 22);
+  ASSERT_NO_FATAL_FAILURE(uplink_send(in));
+  const auto got = receive(clients_[1], 1);
+  ASSERT_EQ(got.size(), 1u) << "the frame from the uplink did not reach VF 1";
+  EXPECT_EQ(got[0], in);
+}
+
+// The uplink as a host TAP device (--uplink tap:IFNAME): frames the card sends to an unknown
+// MAC leave through the host's interface, frames the host sends on it reach the VF they name.
+// The test sees the interface with a packet socket. Needs CAP_NET_ADMIN and CAP_NET_RAW
+// (skipped without).
+TEST_F(NicProcessTest, TapUplink) {
+  const std::string ifname = "keeltap" + std::to_string(::getpid() % 100000);
+  {
+    // Can this process make a TAP at all? (The same ioctl keel-card makes.)
+    UniqueFd tun(::open("/dev/net/tun", O_RDWR | O_CLOEXEC));
+    ifreq ifr{};
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+    std::memcpy(ifr.ifr_name, ifname.c_str(), ifname.size() + 1);
+    if (!tun.valid() || ::ioctl(tun.get(), TUNSETIFF, &ifr) != 0) {
+      GTEST_SKIP() << "no TAP device here (" << std::strerror(errno) << ")";
+    }
+  }
+  ASSERT_NO_FATAL_FAILURE(start_card(2, "tap:" + ifname));
+  // No IPv6 on it (its autoconfiguration frames would be flooded to the VFs), and up.
+  if (FILE* f = std::fopen(("/proc/sys/net/ipv6/conf/" + ifname + "/disable_ipv6").c_str(), "w")) {
+    std::fputs("1", f);
+    std::fclose(f);
+  }
+  UniqueFd ctl(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  ifreq ifr{};
+  std::memcpy(ifr.ifr_name, ifname.c_str(), ifname.size() + 1);
+  ASSERT_EQ(::ioctl(ctl.get(), SIOCGIFFLAGS, &ifr), 0) << std::strerror(errno);
+  ifr.ifr_flags = static_cast<short>(ifr.ifr_flags | IFF_UP);
+  ASSERT_EQ(::ioctl(ctl.get(), SIOCSIFFLAGS, &ifr), 0) << std::strerror(errno);
+  ASSERT_EQ(::ioctl(ctl.get(), SIOCGIFINDEX, &ifr), 0) << std::strerror(errno);
+  uplink_ = UniqueFd(::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL)));
+  if (!uplink_.valid()) GTEST_SKIP() << "no packet socket here (" << std::strerror(errno) << ")";
+  sockaddr_ll ll{};
+  ll.sll_family = AF_PACKET;
+  ll.sll_protocol = htons(ETH_P_ALL);
+  ll.sll_ifindex = ifr.ifr_ifindex;
+  ASSERT_EQ(::bind(uplink_.get(), reinterpret_cast<const sockaddr*>(&ll), sizeof ll), 0);
+  uplink_connected_ = true;
+  ASSERT_NO_FATAL_FAILURE(open_client(0, false));
+  ASSERT_NO_FATAL_FAILURE(open_client(1, false));
+  const Frame out = make_frame(kOutside, vf_mac(0), 500, 31);
+  ASSERT_EQ(clients_[0].qp().send(out), net::NetErrc::ok);
+  clients_[0].qp().flush();
+  EXPECT_TRUE(uplink_sees(out)) << "the frame did not come out of " << ifname;
+  reap_all(clients_[0]);
+  const Frame in = make_frame(vf_mac(1), kOutside, 600, 32);
+  ASSERT_NO_FATAL_FAILURE(uplink_send(in));
+  const auto got = receive(clients_[1], 1);
+  ASSERT_EQ(got.size(), 1u) << "the frame sent on " << ifname << " did not reach VF 1";
+  EXPECT_EQ(got[0], in);
 }
 
 }  // namespace
