@@ -413,18 +413,26 @@ TEST_P(NetDriver, CallerRxBuffersComeBackOnDisableAndRecover) {
     }
     qp(1).flush();
   };
-  ASSERT_NO_FATAL_FAILURE(post(5, 10));
-  // disable(): the card stops, every posted buffer comes back flushed, exactly once.
+  ASSERT_NO_FATAL_FAILURE(post(6, 9));
+  // A frame the card has written but nobody has polled yet when the queue pair stops comes
+  // back with its completion; every other posted buffer comes back flushed, exactly once.
+  const Frame early = make_frame(mac_of(1), mac_of(0), 90, 7);
+  ASSERT_EQ(qp(0).send(early), net::NetErrc::ok);
+  qp(0).flush();
+  ASSERT_TRUE(qp(1).wait(net::WaitFor::rx, wait_));
   qp(1).disable();
   EXPECT_EQ(qp(1).post_rx({mem->iova(), 2048, 99}), net::NetErrc::down);
   EXPECT_EQ(qp(1).send(make_frame(mac_of(0), mac_of(1), 60, 1)), net::NetErrc::down);
   ASSERT_EQ(qp(0).send(make_frame(mac_of(1), mac_of(0), 60, 2)), net::NetErrc::ok);
   qp(0).flush();
   reap_all(qp(0));
-  auto back = rx_buffers(*card_, qp(1), 6, 100us);
-  ASSERT_EQ(back.size(), 5u) << "the card filled a buffer of a stopped queue";
-  for (unsigned i = 0; i < 5; ++i) {
-    EXPECT_EQ(back[i].cookie, 10u + i);
+  auto back = rx_buffers(*card_, qp(1), 7, 100us);
+  ASSERT_EQ(back.size(), 6u) << "the card filled a buffer of a stopped queue";
+  EXPECT_EQ(back[0].cookie, 9u);
+  EXPECT_EQ(back[0].status, knic::kOk);
+  EXPECT_EQ(back[0].len, early.size());
+  for (unsigned i = 1; i < 6; ++i) {
+    EXPECT_EQ(back[i].cookie, 9u + i);
     EXPECT_EQ(back[i].status, knic::kFlushed);
     EXPECT_EQ(back[i].len, 0u);
   }

@@ -238,9 +238,13 @@ void NetParavisor::maybe_redial() {
       return;
     }
   }
-  port_lost_.store(false, std::memory_order_release);
+  // HELLO first, before any worker may use the port (the switch closes a port whose first
+  // record is not HELLO); then it is usable, and STATE follows.
   Status st = send_hello();
-  if (st.ok()) st = send_state(state() != PathState::active);
+  if (st.ok()) {
+    port_lost_.store(false, std::memory_order_release);
+    st = send_state(state() != PathState::active);
+  }
   if (!st.ok()) {
     kLog.warn("%s", st.error().message.c_str());
     port_lost();
@@ -300,6 +304,9 @@ void NetParavisor::maybe_probe() {
   // The switch sends the guest's frames to the uplink (the card) again.
   if (Status s2 = send_state(false); !s2.ok()) kLog.warn("%s", s2.error().message.c_str());
   transition(PathState::active, "traffic returns to the VF");
+  // A removal announced while the VF was being brought back found the guest not yet active
+  // and did nothing: leave again now.
+  if (removal_announced_.load()) vf_failed("the host announced the VF's removal");
 }
 
 void NetParavisor::vf_removed(const std::string& reason) {

@@ -127,8 +127,15 @@ drivers::net::QueuePair* NetWorker::own_queue() noexcept {
 }
 
 void NetWorker::quiesce_vf_queue(drivers::net::QueuePair& qp) {
-  if (qp.caller_rx_buffers()) rx_vf_zero_copy(qp);  // frames the card finished: delivered
+  // Frames the card finished are delivered: before the stop, and those it finished while
+  // stopping (disable() waits for it and hands them back with their completions).
+  if (!qp.caller_rx_buffers()) {
+    (void)qp.poll_rx(~0u, [this](std::span<const std::uint8_t> f) { receive(f, true); });
+  } else {
+    rx_vf_zero_copy(qp);
+  }
   qp.disable();
+  if (qp.caller_rx_buffers()) rx_vf_zero_copy(qp);
   // What disable() hands back is taken back here: TX chains by the caller, RX chains by
   // reclaim_posted(). Read and forgotten.
   std::array<drivers::net::RxCompletion, 64> rx;
@@ -181,7 +188,8 @@ void NetWorker::let_go_of_vf() {
   // serve the fallback once the card can no longer write them (the queue pair is stopped;
   // recover() rebuilds it when the VF returns). Before the epoch moves: their cookies carry
   // this one.
-  if (drivers::net::QueuePair* qp = own_queue(); qp != nullptr && !rx_posted_.empty()) {
+  if (drivers::net::QueuePair* qp = own_queue();
+      qp != nullptr && (!rx_posted_.empty() || !on_vf_heads_.empty())) {
     quiesce_vf_queue(*qp);
   }
   reclaim_posted();
@@ -312,7 +320,7 @@ bool NetWorker::valid_tx(ChainError e, const std::vector<ChainSeg>& segs) {
   // The header must say what keel offered: no checksum offload, no segmentation.
   vnet::Hdr hdr{};
   scratch_.clear();
-  if (!gather(segs, 0, scratch_) || scratch_.size() < kHdr) return false;
+  if (!gather(segs, 0, scratch_, kHdr) || scratch_.size() < kHdr) return false;
   std::memcpy(&hdr, scratch_.data(), kHdr);
   return hdr.gso_type == vnet::kGsoNone && (hdr.flags & vnet::kHdrNeedsCsum) == 0;
 }
@@ -398,19 +406,23 @@ NetParavisor::PortSend NetWorker::send_fallback(const std::vector<ChainSeg>& seg
 }
 
 bool NetWorker::gather(const std::vector<ChainSeg>& segs, std::size_t skip,
-                       std::vector<std::uint8_t>& out) {
+                       std::vector<std::uint8_t>& out, std::size_t limit) {
   for (const ChainSeg& s : segs) {
     std::uint64_t gpa = s.gpa;
     std::uint64_t left = s.len;
-    while (left > 0) {
-      const std::uint64_t run = std::min(left, region_run(pv_.memory_, gpa));
+    while (left > 0 && limit > 0) {
+      // Only what is wanted is looked at: a chain may be far longer than its frame.
+      const std::uint64_t want = limit == SIZE_MAX ? left : std::uint64_t{skip} + limit;
+      const std::uint64_t run = std::min({left, region_run(pv_.memory_, gpa), want});
       const std::byte* p = pv_.memory_.translate(gpa, run);
       if (run == 0 || p == nullptr) return false;
       if (skip >= run) {
         skip -= run;
       } else {
         const auto* b = reinterpret_cast<const std::uint8_t*>(p) + skip;
-        out.insert(out.end(), b, b + (run - skip));
+        const auto n = static_cast<std::size_t>(run - skip);
+        out.insert(out.end(), b, b + n);
+        if (limit != SIZE_MAX) limit -= n;
         skip = 0;
       }
       gpa += run;
@@ -497,8 +509,11 @@ void NetWorker::post_rx_chains(drivers::net::QueuePair& qp) {
       continue;
     }
     const std::uint64_t ck = (epoch_ & 0xFFFFFFFFu) << 32 | std::uint64_t{rx_posts_};
-    if (qp.post_rx({gpa, room, ck}) != NetErrc::ok) {
-      rx_chains_.push_front(std::move(c));  // down or gone: noticed by the health check
+    if (const NetErrc e = qp.post_rx({gpa, room, ck}); e != NetErrc::ok) {
+      rx_chains_.push_front(std::move(c));
+      if (e == NetErrc::down || e == NetErrc::gone) {
+        pv_.vf_failed(std::string("VF refused an RX buffer: ") + drivers::net::to_string(e));
+      }
       break;
     }
     rx_posted_.push_back(PostedRx{std::move(c), rx_posts_++, 0});
@@ -513,12 +528,15 @@ unsigned NetWorker::rx_vf_zero_copy(drivers::net::QueuePair& qp) {
     const unsigned n = qp.poll_rx_buffers(done);
     for (unsigned i = 0; i < n; ++i) {
       const drivers::net::RxCompletion& c = done[i];
-      // Buffers of an older epoch were taken back when the VF was let go.
-      if ((c.cookie >> 32) != (epoch_ & 0xFFFFFFFFu)) continue;
+      // Buffers of an older epoch were taken back when the VF was let go; unfilled ones of
+      // a stop are taken back by reclaim_posted().
+      if ((c.cookie >> 32) != (epoch_ & 0xFFFFFFFFu) || c.status == knic::kFlushed) continue;
       if (rx_filled_ >= rx_posted_.size() ||
           rx_posted_[rx_filled_].id != (c.cookie & 0xFFFFFFFFu)) {
-        kLog.warn("receiveq %u: the VF returned a buffer out of order", pair_);
-        continue;
+        // The driver returns buffers in posting order: nothing would match from here on.
+        pv_.vf_failed("receiveq " + std::to_string(pair_) +
+                      ": the VF returned a buffer out of order");
+        return frames;
       }
       PostedRx& p = rx_posted_[rx_filled_++];
       p.written = c.len;
@@ -552,7 +570,7 @@ void NetWorker::finish_vf_frame(std::size_t bufs, std::uint32_t frame_len, bool 
     for (std::size_t i = 1; i < bufs && in_place; ++i) {
       const PostedRx& p = rx_posted_[i];
       scratch_.clear();
-      in_place = gather(p.chain.segs, kHdr, scratch_) && scratch_.size() >= p.written &&
+      in_place = gather(p.chain.segs, kHdr, scratch_, p.written) && scratch_.size() >= p.written &&
                  write_chain(p.chain.segs, 0, scratch_.data(), p.written);
     }
     if (in_place) {
@@ -573,7 +591,7 @@ void NetWorker::finish_vf_frame(std::size_t bufs, std::uint32_t frame_len, bool 
     for (std::size_t i = 0; i < bufs && !bad; ++i) {
       const PostedRx& p = rx_posted_[i];
       const std::size_t at = frame.size();
-      bad = !gather(p.chain.segs, kHdr, frame) || frame.size() - at < p.written;
+      bad = !gather(p.chain.segs, kHdr, frame, p.written) || frame.size() - at < p.written;
       frame.resize(at + p.written);
     }
   }
@@ -758,7 +776,7 @@ void NetWorker::sleep() {
   drivers::net::QueuePair* qp = vf_queue();
   const bool zc = qp != nullptr && qp->caller_rx_buffers();
   const bool want_rx_buffers = held || (zc && qp->rx_posted() < qp->rx_free());
-  const bool want_rx_frames = !held || zc;
+  const bool want_rx_frames = (!held || zc) && !rxq_.broken();
   const bool rx_more = rxq_.ready() && rxq_.enable_kicks() && want_rx_buffers;
   const bool tx_more = txq_.ready() && txq_.enable_kicks() && !tx_blocked_;
   if (rx_more || tx_more) return;

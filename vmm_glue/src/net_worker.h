@@ -114,8 +114,9 @@ class NetWorker {
   void receive(std::span<const std::uint8_t> frame, bool from_vf);
   bool take_rx_chain();
   void notify(unsigned which);
-  /// Gathers the bytes of `segs` after the first `skip` into `out`.
-  bool gather(const std::vector<ChainSeg>& segs, std::size_t skip, std::vector<std::uint8_t>& out);
+  /// Gathers the bytes of `segs` after the first `skip` into `out`, at most `limit` of them.
+  bool gather(const std::vector<ChainSeg>& segs, std::size_t skip, std::vector<std::uint8_t>& out,
+              std::size_t limit = SIZE_MAX);
   std::uint64_t cookie(std::uint16_t head) const noexcept { return epoch_ << 16 | head; }
 
   NetParavisor& pv_;

@@ -64,6 +64,12 @@ std::uint64_t QueuePair::reg(std::uint64_t r) const noexcept { return rq::at(q_,
 void QueuePair::stop() noexcept {
   if (fn_.read32(regs::nic::ID) == 0xFFFFFFFFu) return;
   fn_.write32(reg(rq::CFG), 0);
+  // The write may be applied after it returns (the card takes register writes between
+  // frames): until QSTATUS says stopped, a frame may still land in a posted buffer.
+  (void)fpga::poll_until(nic_.clock(), nic_.stepper(), nic_.config().enable_timeout, [&] {
+    const std::uint32_t qs = fn_.read32(reg(rq::QSTATUS));
+    return qs == 0xFFFFFFFFu || (qs & rq::QSTATUS_ENABLED_MASK) == 0;
+  });
 }
 
 void QueuePair::flush_in_flight() noexcept {
@@ -81,6 +87,15 @@ void QueuePair::flush_in_flight() noexcept {
 
 void QueuePair::flush_rx_posted() noexcept {
   if (rx_caller_) {
+    // Buffers the card filled before it stopped come back as it completed them; the rest
+    // unfilled.
+    knic::Cqe c;
+    while (rx_cq_.valid() && rx_clean_ != rx_published_ &&
+           cqe_at(rx_cq_, rx_cq_head_, rx_phase_, c) && c.index == rx_clean_) {
+      rx_cq_head_ = (rx_cq_head_ + 1) & rx_mask();
+      if (rx_cq_head_ == 0) rx_phase_ = !rx_phase_;
+      rx_flushed_.push_back(take_rx(c));
+    }
     for (unsigned i = rx_clean_; i != rx_tail_; i = (i + 1) & rx_mask()) {
       rx_flushed_.push_back(RxCompletion{rx_slots_[i].cookie, 0, 0, knic::kFlushed, false});
     }
@@ -282,6 +297,36 @@ NetErrc QueuePair::post_rx(const RxBuffer& buf) noexcept {
   return NetErrc::ok;
 }
 
+RxCompletion QueuePair::take_rx(const knic::Cqe& c) noexcept {
+  const RxSlot& slot = rx_slots_[rx_clean_];
+  RxCompletion r{slot.cookie, c.len, c.frame, static_cast<knic::Status>(c.status),
+                 (c.flags & knic::kCqeMore) != 0};
+  rx_clean_ = (rx_clean_ + 1) & rx_mask();
+  if (r.status == knic::kOk && r.len > slot.len) {
+    ++stats_.device_errors;
+    r.status = knic::kBadDesc;
+  }
+  if (r.status != knic::kOk) r.len = 0;
+  // Counted per frame, as in driver-buffer mode.
+  if (!rx_in_frame_) {
+    rx_in_frame_ = true;
+    rx_partial_ = 0;
+    rx_partial_bad_ = false;
+  }
+  rx_partial_ += r.len;
+  rx_partial_bad_ = rx_partial_bad_ || r.status != knic::kOk;
+  if (!r.more) {
+    rx_in_frame_ = false;
+    if (rx_partial_bad_ || rx_partial_ != r.frame) {
+      ++stats_.rx_errors;
+    } else {
+      ++stats_.rx_frames;
+      stats_.rx_bytes += rx_partial_;
+    }
+  }
+  return r;
+}
+
 unsigned QueuePair::poll_rx_buffers(std::span<RxCompletion> out) noexcept {
   unsigned n = 0;
   while (rx_flushed_next_ < rx_flushed_.size() && n < out.size()) {
@@ -301,33 +346,7 @@ unsigned QueuePair::poll_rx_buffers(std::span<RxCompletion> out) noexcept {
       ++stats_.device_errors;  // names no posted buffer, or not the next one
       continue;
     }
-    const RxSlot& slot = rx_slots_[rx_clean_];
-    RxCompletion r{slot.cookie, c.len, c.frame, static_cast<knic::Status>(c.status),
-                   (c.flags & knic::kCqeMore) != 0};
-    rx_clean_ = (rx_clean_ + 1) & rx_mask();
-    if (r.status == knic::kOk && r.len > slot.len) {
-      ++stats_.device_errors;
-      r.status = knic::kBadDesc;
-    }
-    if (r.status != knic::kOk) r.len = 0;
-    // Counted per frame, as in driver-buffer mode.
-    if (!rx_in_frame_) {
-      rx_in_frame_ = true;
-      rx_partial_ = 0;
-      rx_partial_bad_ = false;
-    }
-    rx_partial_ += r.len;
-    rx_partial_bad_ = rx_partial_bad_ || r.status != knic::kOk;
-    if (!r.more) {
-      rx_in_frame_ = false;
-      if (rx_partial_bad_ || rx_partial_ != r.frame) {
-        ++stats_.rx_errors;
-      } else {
-        ++stats_.rx_frames;
-        stats_.rx_bytes += rx_partial_;
-      }
-    }
-    out[n++] = r;
+    out[n++] = take_rx(c);
   }
   if (consumed > 0 && check_device() == NetErrc::ok) {
     fn_.write32(reg(rq::RX_CQ_HEAD), rx_cq_head_);

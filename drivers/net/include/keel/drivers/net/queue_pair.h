@@ -134,7 +134,8 @@ class QueuePair {
   /// Stops the queue pair on the device (CFG 0; nothing is written to a removed one): TX in
   /// flight comes back kFlushed from reap() and caller RX buffers from poll_rx_buffers(). It
   /// refuses work (down) until Nic::recover() or use_caller_rx_buffers() rebuilds it. The card
-  /// stops the queue before its next frame; a frame it is writing at that moment still lands.
+  /// finishes a frame it is writing first: disable() waits until QSTATUS says the queue pair
+  /// stopped, and a buffer the card filled meanwhile comes back with its completion.
   void disable() noexcept;
 
   /// Consumes TX completions. Finished zero-copy frames go to `out` (reaping stops when it is
@@ -197,12 +198,16 @@ class QueuePair {
   /// Allocates fresh rings and buffers, programs the NICQ registers, enables the queue pair
   /// and posts every RX buffer. What was in flight goes to flushed_ first.
   Status build();
-  /// Disables the queue pair on the device (CFG 0) unless it is gone.
+  /// Disables the queue pair on the device (CFG 0) unless it is gone, and waits (bounded by
+  /// NicConfig::enable_timeout) until QSTATUS says it stopped.
   void stop() noexcept;
   /// TX work still on the ring completes as kFlushed through reap().
   void flush_in_flight() noexcept;
-  /// Caller RX buffers still posted come back kFlushed through poll_rx_buffers().
+  /// Caller RX buffers still posted come back through poll_rx_buffers(): those the card
+  /// completed before it stopped with their completion, the others kFlushed.
   void flush_rx_posted() noexcept;
+  /// The completion `c` of the buffer at rx_clean_ (caller-buffer mode), counted.
+  RxCompletion take_rx(const knic::Cqe& c) noexcept;
   NetErrc check_device() const noexcept;
   /// A reap() or poll_rx() that found nothing: every kHealthEvery-th looks at the device.
   void idle() noexcept;
