@@ -212,6 +212,7 @@ class NetParavisor : public ::testing::Test {
   std::unique_ptr<fpga::model::ModelCard> card_;
   fpga::NicCard* nic_ = nullptr;
   std::function<UniqueFd()> redial_;  // NetParavisorConfig::redial_fallback of new guests
+  void frames_received_before_the_loss(bool zero_copy);
   std::vector<std::unique_ptr<NetGuest>> guests_;
 };
 
@@ -544,6 +545,41 @@ TEST_F(NetParavisor, FallbackPortIsDialledAgainAfterTheSwitchCloses) {
     return !got.empty();
   }));
   EXPECT_EQ(got, f);
+}
+
+// Frames the card put in B's buffers (only A and the card run) before B's VF went are delivered
+// after the failover, in place or copied.
+void NetParavisor::frames_received_before_the_loss(bool zero_copy) {
+  NetGuest& a = guest(0);
+  NetGuest& b = guest(1, true, 1500, 1, zero_copy);
+  run_until([] { return false; }, 20);  // B's buffers on its VF
+  std::vector<std::vector<std::uint8_t>> sent;
+  for (int i = 0; i < 3; ++i) {
+    sent.push_back(frame(mac_of(1), mac_of(0), 200, static_cast<std::uint8_t>(40 + i)));
+    a.send(sent.back());
+  }
+  for (int i = 0; i < 500 && nic_->pf().read64(nv::at(1, nv::RX_FRAMES)) < 3; ++i) {
+    a.pv->run_once();
+    card_->step(1);
+  }
+  ASSERT_EQ(nic_->pf().read64(nv::at(1, nv::RX_FRAMES)), 3u);
+  EXPECT_FALSE(b.rx->pop_used().has_value());
+  ASSERT_TRUE(nic_->surprise_remove(1).ok());
+  std::vector<std::vector<std::uint8_t>> got;
+  ASSERT_TRUE(run_until([&] {
+    while (auto f = b.received()) got.push_back(*f);
+    return got.size() == 3 && b.pv->state() == vmm::PathState::fallback;
+  })) << got.size()
+      << " frames";
+  EXPECT_EQ(got, sent);
+}
+
+TEST_F(NetParavisor, FramesInGuestBuffersAtALossAreDelivered) {
+  frames_received_before_the_loss(true);
+}
+
+TEST_F(NetParavisor, FramesInDriverBuffersAtALossAreDelivered) {
+  frames_received_before_the_loss(false);
 }
 
 TEST_F(NetParavisor, GuestWithoutVfUsesTheSwitch) {

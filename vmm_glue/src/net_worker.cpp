@@ -180,7 +180,9 @@ drivers::net::QueuePair* NetWorker::vf_queue() noexcept {
     return nullptr;
   }
   drivers::net::Nic* nic = pv_.nic_.get();
-  return nic != nullptr && pair_ < nic->queue_count() ? &nic->queue(pair_) : nullptr;
+  if (nic == nullptr || pair_ >= nic->queue_count()) return nullptr;
+  used_vf_ = true;
+  return &nic->queue(pair_);
 }
 
 void NetWorker::let_go_of_vf() {
@@ -188,10 +190,11 @@ void NetWorker::let_go_of_vf() {
   // serve the fallback once the card can no longer write them (the queue pair is stopped;
   // recover() rebuilds it when the VF returns). Before the epoch moves: their cookies carry
   // this one.
-  if (drivers::net::QueuePair* qp = own_queue();
-      qp != nullptr && (!rx_posted_.empty() || !on_vf_heads_.empty())) {
-    quiesce_vf_queue(*qp);
-  }
+  // Copy mode too: frames already in driver buffers reach the guest, not the next rebuild.
+  // Only a worker that used the VF in this epoch (it is one the drain waits for, so worker
+  // 0's recover() cannot be running on its queue pair).
+  if (drivers::net::QueuePair* qp = own_queue(); qp != nullptr && used_vf_) quiesce_vf_queue(*qp);
+  used_vf_ = false;
   reclaim_posted();
   epoch_ = pv_.epoch_.load(std::memory_order_acquire);
   // The VF is lost: what its TX ring held may never leave. Send it again through the

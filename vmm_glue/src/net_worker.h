@@ -136,6 +136,7 @@ class NetWorker {
   std::size_t rx_filled_ = 0;       ///< Leading rx_posted_ holding the frame being received.
   std::uint32_t rx_posts_ = 0;      ///< Buffers posted (PostedRx::id).
   bool rx_frame_bad_ = false;
+  bool used_vf_ = false;  ///< vf_queue() gave this worker the VF in its epoch.
   struct Held {
     std::vector<std::uint8_t> frame;
     bool from_vf;
