@@ -17,6 +17,12 @@
 // DMA: a byte-addressed read and write port of its own on the shell (m_rd_*, m_wr_*), 8 bytes
 // a beat, the function number (66 + VF) with every request; a refused request answers err (the
 // data beats still come, or are still taken).
+//
+// The per-queue, per-VF and per-descriptor state lives in flat vectors. Every write to it uses
+// a constant index: the run-time queue (qsel), VF or descriptor number selects one iteration
+// of a constant loop. Written through a run-time part-select instead (`x[i*64 +: 64] <= ...`),
+// each write becomes a shift-and-mask of the whole vector, which yosys's `proc` cannot get
+// through in reasonable time (docs/rtl-synthesis.md). Reads may use run-time indices.
 module keel_nic_engine #(
   parameter int NV = 4,
   parameter int NQ = 4,
@@ -170,6 +176,7 @@ module keel_nic_engine #(
   logic        rx_side;
   logic [VW-1:0] qv;
   int          qi;
+  logic [NQT-1:0] qsel;  // qi, one-hot: the per-queue state the FSM writes
   logic [3:0]  tl2, rl2;
   logic [11:0] tmask, rmask, thead, ttail, rhead, rtail;
   logic [11:0] tavail, tcq_used, ravail, rcq_free;
@@ -179,6 +186,7 @@ module keel_nic_engine #(
               (st_q >= S_RD_REQ && ret_q >= S_RXD && ret_q <= S_RXCQE);
     qv = rx_side ? p_q[VW-1:0] : v_q;
     qi = 32'(qv) * NQ + (rx_side ? 32'(rq_q) : 32'(q_q));
+    for (int i = 0; i < NQT; i++) qsel[i] = qi == i;
     tl2 = q_cfg[qi*10 +: 4];
     rl2 = q_cfg[qi*10 + 4 +: 4];
     tmask = 12'((13'd1 << tl2) - 13'd1);
@@ -342,8 +350,11 @@ module keel_nic_engine #(
   endfunction
 
   // ---------------------------------------------------------------- the FSM
+  // Counter c (a constant) of VF v.
   task automatic count(input int v, input int c, input logic [63:0] by);
-    cnt_q[(v * 12 + c) * 64 +: 64] <= cnt_q[(v * 12 + c) * 64 +: 64] + by;
+    for (int u = 0; u < NV; u++) begin
+      if (v == u) cnt_q[(u * 12 + c) * 64 +: 64] <= cnt_q[(u * 12 + c) * 64 +: 64] + by;
+    end
   endtask
   // A ring access failed: FATAL on that VF. A TX ring stops the frame; an RX ring only this
   // delivery (the frame goes on to the other ports and completes).
@@ -376,14 +387,16 @@ module keel_nic_engine #(
     tail = tx ? tx_cq_tail_q[qi*12 +: 12] : rx_cq_tail_q[qi*12 +: 12];
     cqe_q <= {6'd0, more, tx ? tx_ph_q[qi] : rx_ph_q[qi], 5'd0, status, 4'd0, index, 32'd0,
               frame, len};
-    if (tx) begin
-      tx_cq_tail_q[qi*12 +: 12] <= (tail + 12'd1) & tmask;
-      if (((tail + 12'd1) & tmask) == 12'd0) tx_ph_q[qi] <= !tx_ph_q[qi];
-      tx_fire_q[qi] <= 1'b1;
-    end else begin
-      rx_cq_tail_q[qi*12 +: 12] <= (tail + 12'd1) & rmask;
-      if (((tail + 12'd1) & rmask) == 12'd0) rx_ph_q[qi] <= !rx_ph_q[qi];
-      rx_fire_q[qi] <= 1'b1;
+    for (int i = 0; i < NQT; i++) begin
+      if (qsel[i] && tx) begin
+        tx_cq_tail_q[i*12 +: 12] <= (tail + 12'd1) & tmask;
+        if (((tail + 12'd1) & tmask) == 12'd0) tx_ph_q[i] <= !tx_ph_q[i];
+        tx_fire_q[i] <= 1'b1;
+      end else if (qsel[i]) begin
+        rx_cq_tail_q[i*12 +: 12] <= (tail + 12'd1) & rmask;
+        if (((tail + 12'd1) & rmask) == 12'd0) rx_ph_q[i] <= !rx_ph_q[i];
+        rx_fire_q[i] <= 1'b1;
+      end
     end
     wr((tx ? tx_cq_base[qi*64 +: 64] : rx_cq_base[qi*64 +: 64]) + {48'd0, tail, 4'd0}, 16'd16,
        1'b0, ret);
@@ -434,13 +447,19 @@ module keel_nic_engine #(
         end
         S_IRQ: begin
           if (irq_q == SW'(NQT)) st_q <= S_IDLE;
-          else if (!m_msix_valid) begin
-            tx_fire_q[IW'(irq_q)] <= 1'b0;
-            rx_fire_q[IW'(irq_q)] <= 1'b0;
-            irq_q <= irq_q + SW'(1);
-          end else if (m_msix_ready) begin
-            if (m_msix_vector[0]) rx_fire_q[IW'(irq_q)] <= 1'b0;
-            else tx_fire_q[IW'(irq_q)] <= 1'b0;
+          else begin
+            for (int i = 0; i < NQT; i++) begin
+              if (IW'(irq_q) == IW'(i)) begin
+                if (!m_msix_valid) begin
+                  tx_fire_q[i] <= 1'b0;
+                  rx_fire_q[i] <= 1'b0;
+                end else if (m_msix_ready) begin
+                  if (m_msix_vector[0]) rx_fire_q[i] <= 1'b0;
+                  else tx_fire_q[i] <= 1'b0;
+                end
+              end
+            end
+            if (!m_msix_valid) irq_q <= irq_q + SW'(1);
           end
         end
         // ---- TX: descriptors
@@ -458,10 +477,10 @@ module keel_nic_engine #(
             status_q <= ST_OVER; count(32'(v_q), C_OVER, 64'd1); st_q <= S_TXCQE; i_q <= '0;
           end else if (!bk_ok) begin
             if (!thr_q[qi]) count(32'(v_q), C_THR, 64'd1);
-            thr_q[qi] <= 1'b1;
+            for (int i = 0; i < NQT; i++) if (qsel[i]) thr_q[i] <= 1'b1;
             st_q <= S_IDLE;
           end else begin
-            thr_q[qi] <= 1'b0;
+            for (int i = 0; i < NQT; i++) if (qsel[i]) thr_q[i] <= 1'b0;
             status_q <= ST_OK;
             i_q <= '0; off_q <= '0;
             st_q <= S_GATHER;
@@ -573,7 +592,7 @@ module keel_nic_engine #(
         end
         S_RXBAD: begin
           if (i_q == rn_q) begin
-            rx_head[qi*12 +: 12] <= (rhead + 12'(rn_q)) & rmask;
+            for (int i = 0; i < NQT; i++) if (qsel[i]) rx_head[i*12 +: 12] <= (rhead + 12'(rn_q)) & rmask;
             next_port(p_q + 1'b1);
           end else begin
             i_q <= i_q + 6'd1;
@@ -590,7 +609,7 @@ module keel_nic_engine #(
         end
         S_RXCQE: begin
           if (i_q == rn_q) begin
-            rx_head[qi*12 +: 12] <= (rhead + 12'(rn_q)) & rmask;
+            for (int i = 0; i < NQT; i++) if (qsel[i]) rx_head[i*12 +: 12] <= (rhead + 12'(rn_q)) & rmask;
             if (rxst_q == ST_OK) begin
               count(32'(p_q), C_RXF, 64'd1);
               count(32'(p_q), C_RXB, 64'(total_q));
@@ -616,7 +635,7 @@ module keel_nic_engine #(
         S_TXCQE: begin
           if (from_upl_q) st_q <= S_IDLE;
           else if (i_q == n_q) begin
-            tx_head[qi*12 +: 12] <= (thead + 12'(n_q)) & tmask;
+            for (int i = 0; i < NQT; i++) if (qsel[i]) tx_head[i*12 +: 12] <= (thead + 12'(n_q)) & tmask;
             st_q <= S_IDLE;
           end else begin
             i_q <= i_q + 6'd1;
@@ -629,11 +648,13 @@ module keel_nic_engine #(
         S_RD_BEAT: if (s_rd_valid) begin
           beat_q <= beat_q + 13'd1;
           if (s_rd_err) dma_err_q <= 1'b1;
-          if (dma_dst_q == 2'd1 && beat_q == 13'd0) ra_q[i_q*64 +: 64] <= s_rd_data;
-          if (dma_dst_q == 2'd1 && beat_q == 13'd1) rl_q[i_q*16 +: 16] <= s_rd_data[15:0];
-          if (dma_dst_q == 2'd0 && beat_q == 13'd0) da_q[n_q*64 +: 64] <= s_rd_data;
+          for (int k = 0; k < SEGS; k++) begin  // descriptor k: RX i_q, TX n_q
+            if (dma_dst_q == 2'd1 && beat_q == 13'd0 && i_q == 6'(k)) ra_q[k*64 +: 64] <= s_rd_data;
+            if (dma_dst_q == 2'd1 && beat_q == 13'd1 && i_q == 6'(k)) rl_q[k*16 +: 16] <= s_rd_data[15:0];
+            if (dma_dst_q == 2'd0 && beat_q == 13'd0 && n_q == 6'(k)) da_q[k*64 +: 64] <= s_rd_data;
+            if (dma_dst_q == 2'd0 && beat_q == 13'd1 && n_q == 6'(k)) dl_q[k*16 +: 16] <= s_rd_data[15:0];
+          end
           if (dma_dst_q == 2'd0 && beat_q == 13'd1) begin
-            dl_q[n_q*16 +: 16] <= s_rd_data[15:0];
             n_q <= n_q + 6'd1;
             total_q <= total_q + 17'(s_rd_data[15:0]);
             if (s_rd_data[15:0] == 16'd0) zero_q <= 1'b1;

@@ -10,6 +10,13 @@
 // `hold` keeps it there while a write is pending, so every register write is atomic with
 // respect to the frames, as in the reference model. Writes are applied as one or two 32-bit
 // halves (the strobes say which), low half first, one per cycle.
+//
+// The per-VF and per-queue state lives in flat vectors. Every write to it uses a constant index:
+// a run-time VF or queue number selects one iteration of a constant loop (`for (int v ...) if
+// (sel == v) ...`), and the tasks below are only ever called with such constants. Written
+// through a run-time part-select instead (`x[sel*64 +: 64] <= ...`), each write becomes a
+// shift-and-mask of the whole vector, which yosys's `proc` cannot get through in reasonable
+// time (docs/rtl-synthesis.md). Reads may use run-time indices.
 module keel_nic_regs #(
   parameter int NV = 4,
   parameter int NQ = 4,
@@ -103,9 +110,57 @@ module keel_nic_regs #(
   assign s_awready = ws_q == 2'd1;
   assign s_bvalid = ws_q == 2'd2;
 
-  function automatic logic [15:0] qsize(input logic [3:0] l2);
-    qsize = 16'd1 << l2;
+  // A write to a NICQ register (of a VF that is present): wq_hit, the queue (VF-major) and the
+  // register. vf_write leaves these to queue_write, which the always_ff below calls once per
+  // queue at its top level: nested under apply's and vf_write's branches, each queue's copy
+  // would put a dozen multiplexer levels in front of every bit of the queue's state.
+  // wsize: the ring size (entries) that bounds a tail or head write, 1 << the TX (TX_TAIL,
+  // TX_CQ_HEAD) or RX size field of that queue, computed once here rather than in each copy.
+  logic          wq_hit;
+  int            wq;
+  logic [5:0]    wr;
+  logic [15:0]   wsize;
+  always_comb begin
+    logic [VW-1:0] v;
+    logic [3:0]    l2;
+    v = VW'(s_awuser - FN_PF - 8'd1);
+    wq_hit = s_awuser > FN_PF && s_awuser - FN_PF - 8'd1 < 8'(NV) && present_q[v] && !removed[v] &&
+             64'(wa) >= keel_regs_pkg::NICQ_BASE &&
+             64'(wa) < keel_regs_pkg::NICQ_BASE + 64'(NQ) * keel_regs_pkg::NICQ_STRIDE;
+    wq = 32'(v) * NQ + 32'((64'(wa) - keel_regs_pkg::NICQ_BASE) / keel_regs_pkg::NICQ_STRIDE);
+    wr = 6'((64'(wa) - keel_regs_pkg::NICQ_BASE) % keel_regs_pkg::NICQ_STRIDE);
+    l2 = (wr == 6'h28 || wr == 6'h30) ? cfg_q[wq*32 +: 4] : cfg_q[wq*32 + 4 +: 4];
+    wsize = 16'd1 << l2;
+  end
+
+  // The VFs a register write resets as an FLR does (reset_vf): those that come or go when
+  // NICPF NUM_VFS changes, or the one a NICVFCFG FLR names. The always_ff below does these
+  // resets together with those of restored VFs, ahead of apply(), rather than in apply: one
+  // copy of reset_vf (which writes every queue of the VF) per VF instead of four keeps yosys's
+  // `proc` quick. In a cycle where apply() would reset a VF it writes nothing else reset_vf
+  // writes, so doing the reset first changes nothing.
+  function automatic logic num_vfs_bad(input logic [7:0] n);
+    num_vfs_bad = n > 8'(NV) || (num_vfs_q != 8'd0 && n != 8'd0 && n != num_vfs_q);
   endfunction
+  logic [NV-1:0] wreset;
+  always_comb begin
+    logic [VW-1:0] pv;  // the NICVFCFG instance and register the write addresses
+    logic [7:0]    pr;
+    pv = VW'((64'(wa) - keel_regs_pkg::NICVFCFG_BASE) / keel_regs_pkg::NICVFCFG_STRIDE);
+    pr = 8'((64'(wa) - keel_regs_pkg::NICVFCFG_BASE) % keel_regs_pkg::NICVFCFG_STRIDE);
+    wreset = '0;
+    if (s_awuser == FN_PF && 64'(wa) == keel_regs_pkg::NICPF_NUM_VFS_OFFSET) begin
+      if (!num_vfs_bad(wv[7:0]) && wv[7:0] != num_vfs_q) begin
+        for (int v = 0; v < NV; v++) begin
+          wreset[v] = wv[7:0] == 8'd0 ? 8'(v) < num_vfs_q : 8'(v) < wv[7:0];
+        end
+      end
+    end else if (s_awuser == FN_PF && 64'(wa) >= keel_regs_pkg::NICVFCFG_BASE &&
+                 64'(wa) < keel_regs_pkg::NICVFCFG_BASE + 64'(NV) * keel_regs_pkg::NICVFCFG_STRIDE &&
+                 64'(pr) == keel_regs_pkg::NICVFCFG_FLR_OFFSET && wv[0]) begin
+      for (int v = 0; v < NV; v++) wreset[v] = pv == VW'(v) && 8'(v) < num_vfs_q;
+    end
+  end
 
   always_ff @(posedge clk) begin
     qreset <= '0;
@@ -130,14 +185,21 @@ module keel_nic_regs #(
       endcase
       // Ring faults from the engine.
       if (fault_valid) begin
-        fatal_q[fault_vf] <= 1'b1;
-        qerr_q[(32'(fault_vf) * NQ + 32'(fault_q)) * 4 +: 4] <= 4'd3;
+        for (int v = 0; v < NV; v++) begin
+          if (fault_vf == VW'(v)) fatal_q[v] <= 1'b1;
+        end
+        for (int i = 0; i < NQT; i++) begin
+          if (32'(fault_vf) * NQ + 32'(fault_q) == i) qerr_q[i*4 +: 4] <= 4'd3;
+        end
       end
-      // A restored VF comes back as after an FLR.
+      // A restored VF comes back as after an FLR; the resets of the write applied (wreset).
       for (int v = 0; v < NV; v++) begin
-        if (removed_q[v] && !removed[v]) reset_vf(v);
+        if ((removed_q[v] && !removed[v]) || (wgo && wreset[v])) reset_vf(v);
       end
       if (wgo) apply(s_awuser, wa, wv);
+      for (int i = 0; i < NQT; i++) begin
+        if (wgo && wq_hit && wq == i) queue_write(i, wr, wv);
+      end
     end
   end
 
@@ -164,14 +226,13 @@ module keel_nic_regs #(
   task automatic apply(input logic [7:0] fn, input logic [15:0] a, input logic [31:0] d);
     if (fn == FN_PF) begin
       if (64'(a) == keel_regs_pkg::NICPF_NUM_VFS_OFFSET) begin
-        if (d[7:0] > 8'(NV) || (num_vfs_q != 8'd0 && d[7:0] != 8'd0 && d[7:0] != num_vfs_q)) begin
+        if (num_vfs_bad(d[7:0])) begin
           num_vfs_err_q <= 1'b1;
         end else begin
           num_vfs_err_q <= 1'b0;
           if (d[7:0] != num_vfs_q) begin
-            for (int v = 0; v < NV; v++) begin
+            for (int v = 0; v < NV; v++) begin  // and reset_vf(v) (wreset)
               if (d[7:0] == 8'd0 && 8'(v) < num_vfs_q) begin
-                reset_vf(v);
                 present_q[v] <= 1'b0;
                 port_en_q[v] <= 1'b0;
                 cfg_err_q[v] <= 1'b0;
@@ -180,24 +241,27 @@ module keel_nic_regs #(
                 rate[v*32 +: 32] <= '0;
                 cnt_clear[v] <= 1'b1;
               end
-              if (d[7:0] != 8'd0 && 8'(v) < d[7:0]) begin
-                reset_vf(v);
-                present_q[v] <= 1'b1;
-              end
+              if (d[7:0] != 8'd0 && 8'(v) < d[7:0]) present_q[v] <= 1'b1;
             end
             num_vfs_q <= d[7:0];
           end
         end
       end else if (64'(a) >= keel_regs_pkg::NICVFCFG_BASE && 64'(a) < keel_regs_pkg::NICVFCFG_BASE + 64'(NV) * keel_regs_pkg::NICVFCFG_STRIDE) begin
-        pf_port_write(VW'((64'(a) - keel_regs_pkg::NICVFCFG_BASE) / keel_regs_pkg::NICVFCFG_STRIDE),
-                      8'((64'(a) - keel_regs_pkg::NICVFCFG_BASE) % keel_regs_pkg::NICVFCFG_STRIDE), d);
+        for (int v = 0; v < NV; v++) begin
+          if (VW'((64'(a) - keel_regs_pkg::NICVFCFG_BASE) / keel_regs_pkg::NICVFCFG_STRIDE) == VW'(v)) begin
+            pf_port_write(v, 8'((64'(a) - keel_regs_pkg::NICVFCFG_BASE) % keel_regs_pkg::NICVFCFG_STRIDE), d);
+          end
+        end
       end
     end else if (fn > FN_PF && fn - FN_PF - 8'd1 < 8'(NV)) begin
-      vf_write(VW'(fn - FN_PF - 8'd1), a, d);
+      for (int v = 0; v < NV; v++) begin
+        if (VW'(fn - FN_PF - 8'd1) == VW'(v)) vf_write(v, a, d[15:0]);
+      end
     end
   endtask
 
-  task automatic pf_port_write(input logic [VW-1:0] v, input logic [7:0] r, input logic [31:0] d);
+  // NICVFCFG v, register r (v is a constant: see the module's header).
+  task automatic pf_port_write(input int v, input logic [7:0] r, input logic [31:0] d);
     logic [47:0] m;
     logic [3:0]  code;
     m = mac[v*48 +: 48];
@@ -212,7 +276,7 @@ module keel_nic_regs #(
         else if (m[0] || m == 48'd0) code = 4'd1;
         else begin
           for (int u = 0; u < NV; u++) begin
-            if (32'(v) != u && port_up[u] && mac[u*48 +: 48] == m) code = 4'd2;
+            if (v != u && port_up[u] && mac[u*48 +: 48] == m) code = 4'd2;
           end
         end
         err_code_q[v*4 +: 4] <= code;
@@ -235,11 +299,12 @@ module keel_nic_regs #(
         mac[v*48 + 32 +: 16] <= d[15:0];
       end
     end else if (64'(r) == keel_regs_pkg::NICVFCFG_FLR_OFFSET) begin
-      if (d[0] && 8'(v) < num_vfs_q) reset_vf(32'(v));
+      // d[0] with v < NUM_VFS: reset_vf(v), done ahead of apply() (wreset).
     end
   endtask
 
-  task automatic vf_write(input logic [VW-1:0] v, input logic [15:0] a, input logic [31:0] d);
+  // NIC VF v's registers (v is a constant).
+  task automatic vf_write(input int v, input logic [15:0] a, input logic [15:0] d);
     if (!present_q[v] || removed[v]) begin
       // gone: writes are ignored
     end else if (64'(a) == keel_regs_pkg::NIC_CTRL_OFFSET) begin
@@ -248,7 +313,7 @@ module keel_nic_regs #(
       end else begin
         enabled_q[v] <= 1'b0;
         fatal_q[v] <= 1'b0;
-        for (int q = 0; q < NQ; q++) stop_q(32'(v) * NQ + q);
+        for (int q = 0; q < NQ; q++) stop_q(v * NQ + q);
       end
     end else if (64'(a) == keel_regs_pkg::NIC_MTU_OFFSET) begin
       if (d[15:0] < 16'(keel_regs_pkg::KEEL_NIC_MIN_MTU) || d[15:0] > 16'(keel_regs_pkg::KEEL_NIC_MAX_MTU)) begin
@@ -257,26 +322,25 @@ module keel_nic_regs #(
         mtu_err_q[v] <= 1'b0;
         mtu[v*14 +: 14] <= d[13:0];
       end
-    end else if (64'(a) >= keel_regs_pkg::NICQ_BASE && 64'(a) < keel_regs_pkg::NICQ_BASE + 64'(NQ) * keel_regs_pkg::NICQ_STRIDE) begin
-      queue_write(32'(v) * NQ + 32'((64'(a) - keel_regs_pkg::NICQ_BASE) / keel_regs_pkg::NICQ_STRIDE),
-                  6'((64'(a) - keel_regs_pkg::NICQ_BASE) % keel_regs_pkg::NICQ_STRIDE), d);
     end
+    // NICQ registers: queue_write (wq_hit).
   endtask
 
+  // NICQ register r of queue i (VF-major; i is a constant).
   task automatic queue_write(input int i, input logic [5:0] r, input logic [31:0] d);
-    logic [3:0]  tl, rl;
-    logic [15:0] size;
-    tl = cfg_q[i*32 +: 4];
-    rl = cfg_q[i*32 + 4 +: 4];
     if (r < 6'h20) begin
       if (q_en[i]) qerr_q[i*4 +: 4] <= 4'd4;
       else begin
-        case (r[4:3])
-          2'd0: tx_base[i*64 + 32*32'(r[2]) +: 32] <= d;
-          2'd1: tx_cq_base[i*64 + 32*32'(r[2]) +: 32] <= d;
-          2'd2: rx_base[i*64 + 32*32'(r[2]) +: 32] <= d;
-          default: rx_cq_base[i*64 + 32*32'(r[2]) +: 32] <= d;
-        endcase
+        for (int h = 0; h < 2; h++) begin  // r[2]: the half
+          if (32'(r[2]) == h) begin
+            case (r[4:3])
+              2'd0: tx_base[i*64 + 32*h +: 32] <= d;
+              2'd1: tx_cq_base[i*64 + 32*h +: 32] <= d;
+              2'd2: rx_base[i*64 + 32*h +: 32] <= d;
+              default: rx_cq_base[i*64 + 32*h +: 32] <= d;
+            endcase
+          end
+        end
       end
     end else if (64'(r) == keel_regs_pkg::NICQ_CFG_OFFSET) begin
       if (q_en[i]) begin
@@ -306,9 +370,8 @@ module keel_nic_regs #(
         end
       end
     end else if (r >= 6'h28 && r < 6'h38) begin
-      size = (r == 6'h28 || r == 6'h30) ? qsize(tl) : qsize(rl);
       if (q_en[i]) begin
-        if (d[15:0] >= size) qerr_q[i*4 +: 4] <= 4'd5;
+        if (d[15:0] >= wsize) qerr_q[i*4 +: 4] <= 4'd5;
         else begin
           case (r)
             6'h28: tx_tail[i*12 +: 12] <= d[11:0];
