@@ -592,7 +592,9 @@ module keel_nic_engine #(
         end
         S_RXBAD: begin
           if (i_q == rn_q) begin
-            for (int i = 0; i < NQT; i++) if (qsel[i]) rx_head[i*12 +: 12] <= (rhead + 12'(rn_q)) & rmask;
+            for (int i = 0; i < NQT; i++) begin
+              if (qsel[i]) rx_head[i*12 +: 12] <= (rhead + 12'(rn_q)) & rmask;
+            end
             next_port(p_q + 1'b1);
           end else begin
             i_q <= i_q + 6'd1;
@@ -609,7 +611,9 @@ module keel_nic_engine #(
         end
         S_RXCQE: begin
           if (i_q == rn_q) begin
-            for (int i = 0; i < NQT; i++) if (qsel[i]) rx_head[i*12 +: 12] <= (rhead + 12'(rn_q)) & rmask;
+            for (int i = 0; i < NQT; i++) begin
+              if (qsel[i]) rx_head[i*12 +: 12] <= (rhead + 12'(rn_q)) & rmask;
+            end
             if (rxst_q == ST_OK) begin
               count(32'(p_q), C_RXF, 64'd1);
               count(32'(p_q), C_RXB, 64'(total_q));
@@ -635,7 +639,9 @@ module keel_nic_engine #(
         S_TXCQE: begin
           if (from_upl_q) st_q <= S_IDLE;
           else if (i_q == n_q) begin
-            for (int i = 0; i < NQT; i++) if (qsel[i]) tx_head[i*12 +: 12] <= (thead + 12'(n_q)) & tmask;
+            for (int i = 0; i < NQT; i++) begin
+              if (qsel[i]) tx_head[i*12 +: 12] <= (thead + 12'(n_q)) & tmask;
+            end
             st_q <= S_IDLE;
           end else begin
             i_q <= i_q + 6'd1;
@@ -648,11 +654,15 @@ module keel_nic_engine #(
         S_RD_BEAT: if (s_rd_valid) begin
           beat_q <= beat_q + 13'd1;
           if (s_rd_err) dma_err_q <= 1'b1;
-          for (int k = 0; k < SEGS; k++) begin  // descriptor k: RX i_q, TX n_q
-            if (dma_dst_q == 2'd1 && beat_q == 13'd0 && i_q == 6'(k)) ra_q[k*64 +: 64] <= s_rd_data;
-            if (dma_dst_q == 2'd1 && beat_q == 13'd1 && i_q == 6'(k)) rl_q[k*16 +: 16] <= s_rd_data[15:0];
-            if (dma_dst_q == 2'd0 && beat_q == 13'd0 && n_q == 6'(k)) da_q[k*64 +: 64] <= s_rd_data;
-            if (dma_dst_q == 2'd0 && beat_q == 13'd1 && n_q == 6'(k)) dl_q[k*16 +: 16] <= s_rd_data[15:0];
+          for (int k = 0; k < SEGS; k++) begin  // descriptor k: RX buffer i_q, TX n_q
+            if (dma_dst_q == 2'd1 && i_q == 6'(k)) begin
+              if (beat_q == 13'd0) ra_q[k*64 +: 64] <= s_rd_data;
+              if (beat_q == 13'd1) rl_q[k*16 +: 16] <= s_rd_data[15:0];
+            end
+            if (dma_dst_q == 2'd0 && n_q == 6'(k)) begin
+              if (beat_q == 13'd0) da_q[k*64 +: 64] <= s_rd_data;
+              if (beat_q == 13'd1) dl_q[k*16 +: 16] <= s_rd_data[15:0];
+            end
           end
           if (dma_dst_q == 2'd0 && beat_q == 13'd1) begin
             n_q <= n_q + 6'd1;

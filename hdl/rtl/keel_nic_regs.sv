@@ -124,8 +124,8 @@ module keel_nic_regs #(
     logic [VW-1:0] v;
     logic [3:0]    l2;
     v = VW'(s_awuser - FN_PF - 8'd1);
-    wq_hit = s_awuser > FN_PF && s_awuser - FN_PF - 8'd1 < 8'(NV) && present_q[v] && !removed[v] &&
-             64'(wa) >= keel_regs_pkg::NICQ_BASE &&
+    wq_hit = s_awuser > FN_PF && s_awuser - FN_PF - 8'd1 < 8'(NV) &&
+             present_q[v] && !removed[v] && 64'(wa) >= keel_regs_pkg::NICQ_BASE &&
              64'(wa) < keel_regs_pkg::NICQ_BASE + 64'(NQ) * keel_regs_pkg::NICQ_STRIDE;
     wq = 32'(v) * NQ + 32'((64'(wa) - keel_regs_pkg::NICQ_BASE) / keel_regs_pkg::NICQ_STRIDE);
     wr = 6'((64'(wa) - keel_regs_pkg::NICQ_BASE) % keel_regs_pkg::NICQ_STRIDE);
@@ -249,7 +249,8 @@ module keel_nic_regs #(
       end else if (64'(a) >= keel_regs_pkg::NICVFCFG_BASE && 64'(a) < keel_regs_pkg::NICVFCFG_BASE + 64'(NV) * keel_regs_pkg::NICVFCFG_STRIDE) begin
         for (int v = 0; v < NV; v++) begin
           if (VW'((64'(a) - keel_regs_pkg::NICVFCFG_BASE) / keel_regs_pkg::NICVFCFG_STRIDE) == VW'(v)) begin
-            pf_port_write(v, 8'((64'(a) - keel_regs_pkg::NICVFCFG_BASE) % keel_regs_pkg::NICVFCFG_STRIDE), d);
+            pf_port_write(v, 8'((64'(a) - keel_regs_pkg::NICVFCFG_BASE) % keel_regs_pkg::NICVFCFG_STRIDE),
+                          d);
           end
         end
       end
