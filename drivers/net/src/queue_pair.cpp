@@ -297,6 +297,15 @@ NetErrc QueuePair::post_rx(const RxBuffer& buf) noexcept {
   return NetErrc::ok;
 }
 
+bool QueuePair::pop_rx_cqe(knic::Cqe& c, bool& ok) noexcept {
+  if (!cqe_at(rx_cq_, rx_cq_head_, rx_phase_, c)) return false;
+  rx_cq_head_ = (rx_cq_head_ + 1) & rx_mask();
+  if (rx_cq_head_ == 0) rx_phase_ = !rx_phase_;
+  ok = rx_clean_ != rx_published_ && c.index == rx_clean_;
+  if (!ok) ++stats_.device_errors;  // names no posted buffer, or not the next one
+  return true;
+}
+
 RxCompletion QueuePair::take_rx(const knic::Cqe& c) noexcept {
   const RxSlot& slot = rx_slots_[rx_clean_];
   RxCompletion r{slot.cookie, c.len, c.frame, static_cast<knic::Status>(c.status),
@@ -338,15 +347,10 @@ unsigned QueuePair::poll_rx_buffers(std::span<RxCompletion> out) noexcept {
   if (!rx_caller_ || !rx_cq_.valid()) return n;
   unsigned consumed = 0;
   knic::Cqe c;
-  while (n < out.size() && cqe_at(rx_cq_, rx_cq_head_, rx_phase_, c)) {
-    rx_cq_head_ = (rx_cq_head_ + 1) & rx_mask();
-    if (rx_cq_head_ == 0) rx_phase_ = !rx_phase_;
+  bool ok = false;
+  while (n < out.size() && pop_rx_cqe(c, ok)) {
     ++consumed;
-    if (rx_clean_ == rx_published_ || c.index != rx_clean_) {
-      ++stats_.device_errors;  // names no posted buffer, or not the next one
-      continue;
-    }
-    out[n++] = take_rx(c);
+    if (ok) out[n++] = take_rx(c);
   }
   if (consumed > 0 && check_device() == NetErrc::ok) {
     fn_.write32(reg(rq::RX_CQ_HEAD), rx_cq_head_);
@@ -423,14 +427,10 @@ unsigned QueuePair::poll_rx_impl(unsigned budget, void (*cb)(void*, std::span<co
   }
   unsigned delivered = 0, consumed = 0, freed = 0;
   knic::Cqe c;
-  while (delivered < budget && cqe_at(rx_cq_, rx_cq_head_, rx_phase_, c)) {
-    rx_cq_head_ = (rx_cq_head_ + 1) & rx_mask();
-    if (rx_cq_head_ == 0) rx_phase_ = !rx_phase_;
+  bool ok = false;
+  while (delivered < budget && pop_rx_cqe(c, ok)) {
     ++consumed;
-    if (rx_clean_ == rx_published_ || c.index != rx_clean_) {
-      ++stats_.device_errors;  // names no posted buffer, or not the next one
-      continue;
-    }
+    if (!ok) continue;
     const auto* buf = reinterpret_cast<const std::uint8_t*>(rx_bufs_.data()) +
                       std::size_t{rx_clean_} * rx_buf_bytes_;
     rx_clean_ = (rx_clean_ + 1) & rx_mask();

@@ -206,6 +206,9 @@ class QueuePair {
   /// Caller RX buffers still posted come back through poll_rx_buffers(): those the card
   /// completed before it stopped with their completion, the others kFlushed.
   void flush_rx_posted() noexcept;
+  /// Takes the next RX completion if the card has written one (false: none). `ok` false: it
+  /// names no posted buffer or not the next one (counted in device_errors; skip it).
+  bool pop_rx_cqe(knic::Cqe& c, bool& ok) noexcept;
   /// The completion `c` of the buffer at rx_clean_ (caller-buffer mode), counted.
   RxCompletion take_rx(const knic::Cqe& c) noexcept;
   NetErrc check_device() const noexcept;
