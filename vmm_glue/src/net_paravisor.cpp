@@ -50,8 +50,8 @@ Result<std::unique_ptr<NetParavisor>> NetParavisor::create(fpga::Function* vf, c
   }
   const bool have_port = fallback.valid();
   if (!have_port && config.redial_fallback) {
-    // No switch yet: a placeholder that a dialled connection replaces (maybe_redial), so the
-    // port's fd number never changes under the workers.
+    // No switch yet: an unconnected socket holds the port's fd number; maybe_redial() puts the
+    // connection behind that number once the switch answers, so workers never see it change.
     fallback = UniqueFd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
     if (!fallback.valid()) {
       return make_error(Errc::io_error, std::string("fallback port: socket: ") + strerror(errno));

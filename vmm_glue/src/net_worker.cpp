@@ -121,6 +121,10 @@ void NetWorker::stop() {
   notify(1);
 }
 
+void NetWorker::deliver_driver_buffers(drivers::net::QueuePair& qp) {
+  (void)qp.poll_rx(~0u, [this](std::span<const std::uint8_t> f) { receive(f, true); });
+}
+
 drivers::net::QueuePair* NetWorker::own_queue() noexcept {
   drivers::net::Nic* nic = pv_.nic_.get();
   return nic != nullptr && pair_ < nic->queue_count() ? &nic->queue(pair_) : nullptr;
@@ -130,7 +134,7 @@ void NetWorker::quiesce_vf_queue(drivers::net::QueuePair& qp) {
   // Frames the card finished are delivered: before the stop, and those it finished while
   // stopping (disable() waits for it and hands them back with their completions).
   if (!qp.caller_rx_buffers()) {
-    (void)qp.poll_rx(~0u, [this](std::span<const std::uint8_t> f) { receive(f, true); });
+    deliver_driver_buffers(qp);
   } else {
     rx_vf_zero_copy(qp);
   }
@@ -166,9 +170,7 @@ void NetWorker::sync_rx_mode() {
   // A rebuild hands back what is on the rings: only when this worker has nothing there.
   if (!on_vf_heads_.empty() || !rx_posted_.empty()) return;
   // Frames already in driver buffers are delivered before the rebuild drops those buffers.
-  if (!qp->caller_rx_buffers() && !qp->disabled()) {
-    (void)qp->poll_rx(~0u, [this](std::span<const std::uint8_t> f) { receive(f, true); });
-  }
+  if (!qp->caller_rx_buffers() && !qp->disabled()) deliver_driver_buffers(*qp);
   if (Status st = qp->use_caller_rx_buffers(want); !st.ok()) {
     pv_.vf_failed("VF queue pair " + std::to_string(pair_) + ": " + st.error().message);
     if (epoch_ != pv_.epoch_.load(std::memory_order_acquire)) let_go_of_vf();
@@ -179,10 +181,9 @@ drivers::net::QueuePair* NetWorker::vf_queue() noexcept {
   if (pv_.state() != PathState::active || epoch_ != pv_.epoch_.load(std::memory_order_acquire)) {
     return nullptr;
   }
-  drivers::net::Nic* nic = pv_.nic_.get();
-  if (nic == nullptr || pair_ >= nic->queue_count()) return nullptr;
-  used_vf_ = true;
-  return &nic->queue(pair_);
+  drivers::net::QueuePair* qp = own_queue();
+  if (qp != nullptr) used_vf_ = true;
+  return qp;
 }
 
 void NetWorker::let_go_of_vf() {

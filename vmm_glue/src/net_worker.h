@@ -84,6 +84,9 @@ class NetWorker {
   /// Stops the VF queue pair (the card then writes no guest buffer and reads no TX chain) and
   /// takes back the chains it held: completed frames are delivered first.
   void quiesce_vf_queue(drivers::net::QueuePair& qp);
+  /// Copy mode: every frame waiting in the driver's RX buffers goes to the guest (or the
+  /// backlog), before those buffers are dropped by a stop or a mode switch.
+  void deliver_driver_buffers(drivers::net::QueuePair& qp);
   /// Chains on the VF's RX ring go back to rx_chains_ (the card no longer writes them).
   void reclaim_posted();
   /// Writes `len` bytes at chain offset `off`. False if the chain is shorter or not guest RAM.
